@@ -1,0 +1,42 @@
+# wholeip: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: bootstrap demo test lint typecheck unit kernel e2e bench clean
+
+bootstrap:
+	@hack/bootstrap.sh
+
+## The demo sandbox: API server double, two netns nodes, agents, real traffic.
+demo: bootstrap
+	$(PY) -m wholeip.testing.demo
+
+## The whole test suite (lint, types, layers, unit, real-kernel, end to end).
+test: bootstrap lint typecheck
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: bootstrap
+	$(VENV)/bin/ruff check src tests hack
+	$(VENV)/bin/ruff format --check src tests hack
+	$(VENV)/bin/lint-imports
+
+typecheck: bootstrap
+	$(VENV)/bin/mypy
+
+unit: bootstrap
+	$(PY) -m pytest -q tests/unit
+
+kernel: bootstrap
+	$(PY) -m pytest -q tests/nft
+
+e2e: bootstrap
+	$(PY) -m pytest -q tests/e2e
+
+## Benchmarks live outside the suite: they print a table and write JSON.
+bench: bootstrap
+	$(PY) -m wholeip.bench --out bench-results/bench.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist src/*.egg-info

@@ -1,0 +1,58 @@
+"""The one interface between wholeip and nf_tables, and its error types.
+
+A backend does two things: list one table (libnftables JSON objects, as
+``nft -j list table`` prints them) and run one transaction (a list of
+libnftables JSON commands, all applied or none). Two implementations exist:
+:mod:`wholeip.nft.libnft` talks to the kernel through the official libnftables
+binding; :mod:`wholeip.nft.fake` keeps the state in memory and behaves like the
+kernel (atomic, checks references, raises the same errors). One contract test
+suite (``tests/nft/test_contract.py``) runs against both.
+
+Errors are one hierarchy so callers never parse error strings themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+JSONObj = dict[str, Any]
+
+
+class NftError(Exception):
+    """Base of every error a backend raises. ``detail`` is nft's own message."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message if not detail else f"{message}: {detail}")
+        self.detail = detail
+
+
+class NotFound(NftError):
+    """A command refers to a table, chain, set or element that does not exist."""
+
+
+class Exists(NftError):
+    """A command creates something that exists already (with ``create``, or an element
+    whose key exists with other data)."""
+
+
+class Rejected(NftError):
+    """The transaction was refused for any other reason (bad syntax, wrong types, the kernel
+    said no). Nothing of it was applied."""
+
+
+class Unavailable(NftError):
+    """The backend cannot be used at all (no libnftables, no permission, wrong JSON schema)."""
+
+
+class Backend(Protocol):
+    """What the engine needs from nf_tables."""
+
+    def list_table(self, family: str, name: str) -> list[JSONObj] | None:
+        """The objects of one table (table, sets and maps with their elements, chains,
+        rules), in libnftables JSON form; ``None`` when the table does not exist."""
+        ...
+
+    def transact(self, commands: Sequence[JSONObj]) -> None:
+        """Apply libnftables JSON commands as one transaction: all or nothing."""
+        ...

@@ -1,0 +1,80 @@
+"""Settings: every knob of the agent, frozen, one docstring per field.
+
+The CLI turns flags and their ``WHOLEIP_*`` environment twins into one
+:class:`Settings`; everything below the CLI takes the pieces it needs as
+keyword arguments, so tests build them directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+WHOLE_IP_ANNOTATION = "networking.cozystack.io/wholeIP"
+ALLOW_ICMP_ANNOTATION = "networking.cozystack.io/allowICMP"
+PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """What decides which Services are managed and which networks are the cluster's."""
+
+    proxy_name: str = "wholeip"
+    """Value of the ``service.kubernetes.io/service-proxy-name`` label that selects a
+    Service (``cozy-proxy`` for a cluster migrating from cozy-proxy)."""
+
+    service_cidrs: tuple[IPNetwork, ...] = (ipaddress.ip_network("10.96.0.0/12"),)
+    """The cluster's Service networks (``--service-cidr``): east-west, never an external IP."""
+
+    cluster_cidrs: tuple[IPNetwork, ...] = ()
+    """Pod networks (``--cluster-cidr``). When set, they replace the Nodes' ``spec.podCIDRs``
+    as the pod part of the cluster networks; when empty, the Nodes' podCIDRs are used."""
+
+    allow_spec_external_ips: bool = False
+    """Also take ``spec.externalIPs`` as external IPs. Off by default: anyone who can edit a
+    Service could claim any address (CVE-2020-8554)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``wholeip run`` needs."""
+
+    node_name: str
+    """This node's name (``--node-name`` or ``NODE_NAME``): egress maps hold only its pods."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    """Which Services are managed, and the cluster networks."""
+
+    table: str = "wholeip"
+    """Name of our own ``inet`` table. Nothing outside it is ever read or written."""
+
+    kubeconfig: str | None = None
+    """Path of a kubeconfig; ``None`` means ``KUBECONFIG`` or in-cluster configuration."""
+
+    min_sync_interval: float = 1.0
+    """Seconds between two syncs at least (after a burst is used up)."""
+
+    sync_burst: int = 2
+    """Syncs allowed back to back before ``min_sync_interval`` applies."""
+
+    max_sync_interval: float = 60.0
+    """Seconds after which a full sync runs even without a change; it compares with the
+    kernel and repairs drift."""
+
+    health_timeout: float = 60.0
+    """``/healthz`` fails when a change has waited longer than this for a commit."""
+
+    bind_address: str = "127.0.0.1"
+    """Address the probe and metrics server binds to."""
+
+    port: int = 9765
+    """Port of the probe and metrics server."""
+
+    log_format: str = "json"
+    """``json`` (one object a line) or ``console`` (for humans)."""
+
+    log_level: str = "info"
+    """``debug``, ``info``, ``warning`` or ``error``."""
