@@ -1,0 +1,520 @@
+"""Cluster model (pure): raw Kubernetes objects in, one typed, immutable ClusterState out.
+
+Input is whatever ``kubectl get -o yaml`` or the informers' caches hold: plain
+dicts, untrusted. Nothing here raises on bad input; every object that cannot
+be used becomes a :class:`Problem` (logged, and turned into a Kubernetes Event
+by the agent) and the rest of the cluster is still modelled. That is what
+keeps one broken Service from costing the rules of every other one.
+
+Decisions the model takes, in one place so the compiler stays mechanical:
+
+* which Services are managed, and in which mode (whole IP or per port);
+* which external IPs a Service may claim (guards against CVE-2020-8554-style
+  claims, conflicts between Services resolved oldest-first);
+* which ready endpoint is the backend, per address family;
+* which addresses form the cluster networks (east-west traffic).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wholeip.settings import (
+    ALLOW_ICMP_ANNOTATION,
+    PROXY_NAME_LABEL,
+    SERVICE_NAME_LABEL,
+    WHOLE_IP_ANNOTATION,
+    IPNetwork,
+    ModelSettings,
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Mode(enum.Enum):
+    """How a managed Service's external IP forwards traffic."""
+
+    WHOLE_IP = "whole-ip"
+    """Every port and protocol."""
+    PER_PORT = "per-port"
+    """Only the (protocol, port) pairs of ``spec.ports``."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectRef:
+    """Which Kubernetes object a problem or a mapping belongs to."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        if self.namespace:
+            return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something an object's owner must know. ``reason`` is a CamelCase Event reason."""
+
+    ref: ObjectRef
+    reason: str
+    message: str
+    warning: bool = True
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortSpec:
+    """One (protocol, port) a per-port Service forwards, with the pod port it targets."""
+
+    protocol: str
+    port: int
+    target_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The pod that receives a Service's traffic, for one address family."""
+
+    address: IPAddress
+    node_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping1to1:
+    """One external IP <-> one pod IP, the unit the datapath is made of."""
+
+    service: ObjectRef
+    external_ip: IPAddress
+    pod_ip: IPAddress
+    node_name: str | None
+    mode: Mode
+    allow_icmp: bool
+    ports: tuple[PortSpec, ...]
+    source_ranges: tuple[IPNetwork, ...]
+    egress: bool
+    """True when this mapping also gives the pod its egress source address (one external IP
+    per pod and family: the oldest Service's first address)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """Everything the compiler needs, and nothing it would have to re-derive."""
+
+    mappings: tuple[Mapping1to1, ...]
+    cluster_networks: tuple[IPNetwork, ...]
+    problems: tuple[Problem, ...]
+    managed_services: tuple[ObjectRef, ...]
+
+
+# --------------------------------------------------------------------------- raw helpers
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _ref(obj: Mapping[str, Any], kind: str) -> ObjectRef:
+    meta = _dict(obj.get("metadata"))
+    return ObjectRef(kind, _str(meta.get("namespace")), _str(meta.get("name")), _str(meta.get("uid")))
+
+
+def parse_ip(value: Any) -> IPAddress | None:
+    """An IP address from a string, or None. Zone ids and surrounding spaces are refused."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def parse_network(value: Any) -> IPNetwork | None:
+    """A CIDR (host bits allowed, as Kubernetes allows them in source ranges), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def _is_true(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "true"
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True, slots=True)
+class _Service:
+    ref: ObjectRef
+    created: str
+    mode: Mode
+    allow_icmp: bool
+    external_ips: tuple[IPAddress, ...]
+    ports: tuple[PortSpec, ...]
+    source_ranges: tuple[IPNetwork, ...]
+
+    @property
+    def age_key(self) -> tuple[str, str, str]:
+        # RFC 3339 timestamps in UTC sort lexically; a missing one sorts last (newest).
+        return (self.created or "~", self.ref.namespace, self.ref.name)
+
+
+def _service_mode(
+    meta: Mapping[str, Any], settings: ModelSettings, ref: ObjectRef, problems: list[Problem]
+) -> Mode | None:
+    annotations = _dict(meta.get("annotations"))
+    labels = _dict(meta.get("labels"))
+    raw = annotations.get(WHOLE_IP_ANNOTATION)
+    labelled = labels.get(PROXY_NAME_LABEL) == settings.proxy_name and bool(settings.proxy_name)
+    if raw is None:
+        return Mode.PER_PORT if labelled else None
+    value = _str(raw).strip().lower()
+    if value == "true":
+        return Mode.WHOLE_IP
+    if value == "false":
+        return Mode.PER_PORT if labelled else None
+    problems.append(
+        Problem(
+            ref,
+            "InvalidAnnotation",
+            f'annotation {WHOLE_IP_ANNOTATION}={raw!r} is neither "true" nor "false"; '
+            + ("forwarding only the listed ports" if labelled else "Service not managed"),
+        )
+    )
+    return Mode.PER_PORT if labelled else None
+
+
+def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Problem]) -> tuple[PortSpec, ...]:
+    ports: set[PortSpec] = set()
+    for raw in _list(spec.get("ports")):
+        entry = _dict(raw)
+        protocol = _str(entry.get("protocol") or "TCP").upper()
+        port = entry.get("port")
+        if protocol not in ("TCP", "UDP", "SCTP") or not isinstance(port, int) or not 0 < port < 65536:
+            problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535"))
+            continue
+        target = entry.get("targetPort", port)
+        if not isinstance(target, int):
+            # A named targetPort resolves through the EndpointSlice's ports; the
+            # translation decision (issue: per-port mode) is taken by the compiler.
+            target = port
+        ports.add(PortSpec(protocol.lower(), port, target))
+    return tuple(sorted(ports))
+
+
+def _parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: list[Problem]) -> _Service | None:
+    ref = _ref(obj, "Service")
+    if not ref.name:
+        problems.append(Problem(ref, "InvalidObject", "Service without metadata.name ignored"))
+        return None
+    meta = _dict(obj.get("metadata"))
+    mode = _service_mode(meta, settings, ref, problems)
+    if mode is None:
+        return None
+    spec = _dict(obj.get("spec"))
+    status = _dict(obj.get("status"))
+    ips: list[IPAddress] = []
+    candidates: list[tuple[str, Any]] = [
+        ("status.loadBalancer.ingress[].ip", _dict(i).get("ip"))
+        for i in _list(_dict(status.get("loadBalancer")).get("ingress"))
+        if _dict(i).get("ip") is not None
+    ]
+    if settings.allow_spec_external_ips:
+        candidates += [("spec.externalIPs", ip) for ip in _list(spec.get("externalIPs"))]
+    for source, raw_ip in candidates:
+        ip = parse_ip(raw_ip)
+        if ip is None:
+            problems.append(Problem(ref, "InvalidExternalIP", f"{source}: {raw_ip!r} is not an IP address"))
+        elif ip not in ips:
+            ips.append(ip)
+    ranges: list[IPNetwork] = []
+    for raw_range in _list(spec.get("loadBalancerSourceRanges")):
+        net = parse_network(raw_range)
+        if net is None:
+            problems.append(
+                Problem(
+                    ref,
+                    "InvalidSourceRange",
+                    f"loadBalancerSourceRanges: {raw_range!r} is not a CIDR",
+                )
+            )
+        elif net not in ranges:
+            ranges.append(net)
+    return _Service(
+        ref=ref,
+        created=_str(meta.get("creationTimestamp")),
+        mode=mode,
+        allow_icmp=_is_true(_dict(meta.get("annotations")).get(ALLOW_ICMP_ANNOTATION)),
+        external_ips=tuple(ips),
+        ports=_service_ports(spec, ref, problems) if mode is Mode.PER_PORT else (),
+        source_ranges=tuple(sorted(ranges, key=lambda n: (n.version, n))),
+    )
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def _ready_endpoints(
+    slices: Iterable[Mapping[str, Any]], problems: list[Problem]
+) -> dict[tuple[str, str], dict[int, dict[IPAddress, str | None]]]:
+    """(namespace, service) -> family -> ready address -> node name."""
+    out: dict[tuple[str, str], dict[int, dict[IPAddress, str | None]]] = {}
+    for eps in slices:
+        ref = _ref(eps, "EndpointSlice")
+        service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
+        if not service:
+            continue
+        address_type = eps.get("addressType")
+        if address_type not in ("IPv4", "IPv6"):
+            continue  # FQDN slices carry no pod address
+        family = 4 if address_type == "IPv4" else 6
+        per_family = out.setdefault((ref.namespace, service), {}).setdefault(family, {})
+        for raw in _list(eps.get("endpoints")):
+            endpoint = _dict(raw)
+            conditions = _dict(endpoint.get("conditions"))
+            # The API says a nil "ready" means ready; "serving and not terminating"
+            # would admit terminating pods, which a 1:1 NAT must not pick.
+            if conditions.get("ready") is False:
+                continue
+            addresses = _list(endpoint.get("addresses"))
+            if not addresses:
+                problems.append(Problem(ref, "EndpointWithoutAddress", "endpoint without addresses ignored"))
+                continue
+            ip = parse_ip(addresses[0])
+            if ip is None or ip.version != family:
+                problems.append(
+                    Problem(
+                        ref,
+                        "InvalidEndpointAddress",
+                        f"endpoint address {addresses[0]!r} is not an {address_type} address",
+                    )
+                )
+                continue
+            node = endpoint.get("nodeName")
+            per_family[ip] = node if isinstance(node, str) and node else None
+    return out
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+def _node_networks(
+    nodes: Iterable[Mapping[str, Any]], problems: list[Problem]
+) -> tuple[list[IPNetwork], list[IPAddress]]:
+    pod_cidrs: list[IPNetwork] = []
+    node_ips: list[IPAddress] = []
+    for node in nodes:
+        ref = _ref(node, "Node")
+        spec = _dict(node.get("spec"))
+        raw_cidrs = _list(spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        for raw in raw_cidrs:
+            net = parse_network(raw)
+            if net is None:
+                problems.append(Problem(ref, "InvalidPodCIDR", f"spec.podCIDRs: {raw!r} is not a CIDR", warning=True))
+            else:
+                pod_cidrs.append(net)
+        for addr in _list(_dict(node.get("status")).get("addresses")):
+            entry = _dict(addr)
+            if entry.get("type") in ("InternalIP", "ExternalIP"):
+                ip = parse_ip(entry.get("address"))
+                if ip is not None:
+                    node_ips.append(ip)
+    return pod_cidrs, node_ips
+
+
+def _collapse(networks: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
+
+
+# --------------------------------------------------------------------------- guards
+
+
+def refusal(ip: IPAddress, *, cluster: tuple[IPNetwork, ...], node_ips: frozenset[IPAddress]) -> str | None:
+    """Why an address may not be an external IP, or None when it may."""
+    if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
+        return f"{ip} is a loopback, link-local, multicast or unspecified address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{ip} is the broadcast address"
+    if ip in node_ips:
+        return f"{ip} is a Node address"
+    for net in cluster:
+        if ip in net:
+            return f"{ip} lies inside the cluster network {net}"
+    return None
+
+
+# --------------------------------------------------------------------------- the state
+
+
+def _split_kinds(objects: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], ...]:
+    services: list[Mapping[str, Any]] = []
+    slices: list[Mapping[str, Any]] = []
+    nodes: list[Mapping[str, Any]] = []
+    for obj in objects:
+        kind = obj.get("kind")
+        if kind == "Service":
+            services.append(obj)
+        elif kind == "EndpointSlice":
+            slices.append(obj)
+        elif kind == "Node":
+            nodes.append(obj)
+    return services, slices, nodes
+
+
+def build_state_from_objects(
+    objects: Iterable[Mapping[str, Any]], *, node_name: str, settings: ModelSettings
+) -> ClusterState:
+    """Like :func:`build_state`, for a flat list of objects of any kind (others are ignored)."""
+    services, slices, nodes = _split_kinds(objects)
+    return build_state(
+        services=services,
+        endpoint_slices=slices,
+        nodes=nodes,
+        node_name=node_name,
+        settings=settings,
+    )
+
+
+def build_state(
+    *,
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str,
+    settings: ModelSettings,
+) -> ClusterState:
+    """The ClusterState for the given raw objects, seen from node ``node_name``.
+
+    Deterministic: the same objects in any order give an equal state.
+    """
+    del node_name  # the state is the same on every node; the compiler picks the node's part
+    problems: list[Problem] = []
+    pod_cidrs, node_ips = _node_networks(nodes, problems)
+    cluster = _collapse(
+        [
+            *(settings.cluster_cidrs or pod_cidrs),
+            *settings.service_cidrs,
+            *(ipaddress.ip_network(ip) for ip in node_ips),
+        ]
+    )
+    guard_nets = _collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs])
+    node_ip_set = frozenset(node_ips)
+
+    parsed = [s for s in (_parse_service(obj, settings, problems) for obj in services) if s is not None]
+    parsed.sort(key=lambda s: s.age_key)
+    endpoints = _ready_endpoints(endpoint_slices, problems)
+
+    mappings: list[Mapping1to1] = []
+    claimed: dict[IPAddress, ObjectRef] = {}
+    egress_owner: dict[IPAddress, ObjectRef] = {}
+    seen_refs: set[tuple[str, str]] = set()
+    for svc in parsed:
+        if (svc.ref.namespace, svc.ref.name) in seen_refs:
+            problems.append(
+                Problem(
+                    svc.ref,
+                    "DuplicateObject",
+                    "the same Service appears twice; the first one is used",
+                )
+            )
+            continue
+        seen_refs.add((svc.ref.namespace, svc.ref.name))
+        if not svc.external_ips:
+            problems.append(
+                Problem(
+                    svc.ref,
+                    "NoExternalIP",
+                    "managed Service has no status.loadBalancer.ingress IP yet",
+                    warning=False,
+                )
+            )
+            continue
+        by_family = endpoints.get((svc.ref.namespace, svc.ref.name), {})
+        for ip in svc.external_ips:
+            why = refusal(ip, cluster=guard_nets, node_ips=node_ip_set)
+            if why is not None:
+                problems.append(Problem(svc.ref, "ExternalIPRefused", f"external IP refused: {why}"))
+                continue
+            owner = claimed.get(ip)
+            if owner is not None:
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "ExternalIPConflict",
+                        f"external IP {ip} is already claimed by the older Service {owner.namespace}/{owner.name}",
+                    )
+                )
+                continue
+            ready = by_family.get(ip.version, {})
+            if not ready:
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "NoReadyEndpoint",
+                        f"no ready IPv{ip.version} endpoint for external IP {ip}",
+                    )
+                )
+                continue
+            pod_ip = min(ready, key=int)
+            if len(ready) > 1:
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "SeveralReadyEndpoints",
+                        f"{len(ready)} ready IPv{ip.version} endpoints; a whole IP maps to one pod,"
+                        f" using {pod_ip} (the lowest address)",
+                    )
+                )
+            claimed[ip] = svc.ref
+            prev = egress_owner.get(pod_ip)
+            egress = prev is None
+            if prev is None:
+                egress_owner[pod_ip] = svc.ref
+            elif prev != svc.ref:
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "EgressClaimedByOlderService",
+                        f"pod {pod_ip} already leaves with the external IP of the older Service"
+                        f" {prev.namespace}/{prev.name}",
+                        warning=False,
+                    )
+                )
+            mappings.append(
+                Mapping1to1(
+                    service=svc.ref,
+                    external_ip=ip,
+                    pod_ip=pod_ip,
+                    node_name=ready[pod_ip],
+                    mode=svc.mode,
+                    allow_icmp=svc.allow_icmp,
+                    ports=svc.ports,
+                    source_ranges=svc.source_ranges,
+                    egress=egress,
+                )
+            )
+    return ClusterState(
+        mappings=tuple(sorted(mappings, key=lambda m: (m.external_ip.version, int(m.external_ip)))),
+        cluster_networks=cluster,
+        problems=tuple(problems),
+        managed_services=tuple(sorted(svc.ref for svc in parsed)),
+    )

@@ -1,0 +1,88 @@
+"""The real backend: the official libnftables binding, JSON in and JSON out.
+
+One ``Nftables`` context per backend, behind a lock: libnftables contexts are
+not thread-safe, and the agent runs commits in a worker thread. Each
+transaction is one ``json_cmd`` call, which libnftables sends to the kernel as
+one netlink batch: all of it is applied or none.
+
+Errors come back as text on libnftables' error buffer; they are mapped to the
+types in :mod:`wholeip.nft.backend` by the errno text the kernel reports, so
+callers never parse messages. The JSON schema version is checked once, at
+construction: an nft whose JSON we do not know is refused up front rather
+than misread later.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from wholeip.nft.backend import Exists, JSONObj, NftError, NotFound, Rejected, Unavailable
+
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+
+def classify(message: str) -> type[NftError]:
+    """Which error type an nft error text means."""
+    text = message.lower()
+    if "no such file or directory" in text or "does not exist" in text:
+        return NotFound
+    if "file exists" in text:
+        return Exists
+    return Rejected
+
+
+class LibnftBackend:
+    """:class:`~wholeip.nft.backend.Backend` over libnftables."""
+
+    def __init__(self, *, nft: Any = None) -> None:
+        if nft is None:
+            try:
+                import nftables
+            except ImportError as exc:  # pragma: no cover - depends on the machine
+                raise Unavailable(
+                    "the Python module 'nftables' is missing",
+                    detail="install python3-nftables (system Python) or oxl-libnftables (virtualenv)",
+                ) from exc
+            try:
+                nft = nftables.Nftables()
+            except OSError as exc:  # pragma: no cover - depends on the machine
+                raise Unavailable("libnftables.so.1 could not be loaded", detail=str(exc)) from exc
+        self._nft = nft
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(True)
+        self._lock = threading.Lock()
+        self.schema_version = self._schema_version()
+        if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise Unavailable(f"libnftables JSON schema version {self.schema_version} is not supported")
+
+    def _schema_version(self) -> int:
+        rc, out, err = self._nft.cmd("list tables")
+        if rc != 0:
+            raise Unavailable("nft cannot list tables", detail=err.strip())
+        for obj in json.loads(out).get("nftables", []):
+            if "metainfo" in obj:
+                return int(obj["metainfo"].get("json_schema_version", 0))
+        return 0
+
+    def list_table(self, family: str, name: str) -> list[JSONObj] | None:
+        with self._lock:
+            rc, out, err = self._nft.json_cmd({"nftables": [{"list": {"table": {"family": family, "name": name}}}]})
+        if rc != 0:
+            kind = classify(str(err))
+            if kind is NotFound:
+                return None
+            raise kind(f"listing table {family} {name} failed", detail=str(err).strip())
+        objects: list[JSONObj] = out.get("nftables", []) if isinstance(out, dict) else []
+        return objects
+
+    def transact(self, commands: Sequence[JSONObj]) -> None:
+        if not commands:
+            return
+        with self._lock:
+            rc, _out, err = self._nft.json_cmd({"nftables": list(commands)})
+        if rc != 0:
+            text = str(err).strip()
+            raise classify(text)("nft transaction refused", detail=text)
