@@ -1,0 +1,48 @@
+"""Shared fixtures: network namespaces and the two nft backends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from wholeip.nft.backend import Backend
+from wholeip.nft.fake import FakeBackend
+
+
+def kernel_available() -> str | None:
+    """Why real-kernel tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    if shutil.which("ip") is None or shutil.which("nft") is None:
+        return "needs iproute2 and nftables"
+    return None
+
+
+@pytest.fixture
+def netns() -> Iterator[object]:
+    """A fresh, empty network namespace (skips the test where there can be none)."""
+    why = kernel_available()
+    if why:
+        pytest.skip(why)
+    from wholeip.testing.netns import Netns
+
+    with Netns() as ns:
+        yield ns
+
+
+@pytest.fixture(params=["fake", "kernel"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Each contract test runs once on the fake and once on nf_tables in a fresh namespace."""
+    if request.param == "fake":
+        yield FakeBackend()
+        return
+    why = kernel_available()
+    if why:
+        pytest.skip(why)
+    from wholeip.testing.netns import Netns, NetnsBackend
+
+    with Netns() as ns:
+        yield NetnsBackend(ns)

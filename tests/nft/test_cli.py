@@ -1,0 +1,147 @@
+"""The ``wholeip`` command as a user runs it: real processes, real nf_tables in a namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wholeip.testing import synth
+from wholeip.testing.netns import Netns
+
+WHOLEIP = [sys.executable, "-m", "wholeip"]
+
+
+def run(
+    *args: str, ns: Netns | None = None, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = [*WHOLEIP, *args]
+    if ns is not None:
+        argv = ["ip", "netns", "exec", ns.name, *argv]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(argv, capture_output=True, text=True, input=stdin, env=full_env, timeout=120, check=False)
+
+
+@pytest.fixture
+def cluster_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(synth.as_list(synth.cluster(20, dual_stack=True))))
+    return path
+
+
+def write_yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "in.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_render_needs_no_kernel_and_is_byte_stable(cluster_file: Path) -> None:
+    first = run("render", "-f", str(cluster_file), "--node-name", "n1")
+    second = run("render", "-f", str(cluster_file), "--node-name", "n1")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    doc = json.loads(first.stdout)
+    assert doc["nftables"][0] == {"add": {"table": {"family": "inet", "name": "wholeip"}}}
+
+
+def test_node_name_from_environment(cluster_file: Path) -> None:
+    assert run("render", "-f", str(cluster_file), env={"NODE_NAME": "n2"}).returncode == 0
+    missing = run("render", "-f", str(cluster_file), env={"NODE_NAME": "", "WHOLEIP_NODE_NAME": ""})
+    assert missing.returncode == 2
+    assert "--node-name" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kind: Service\nmetadata: {name: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "expected a Kubernetes object"),
+        ("kind: ConfigMap\nmetadata: {name: x}\n", "skipping kind ConfigMap"),
+        (
+            "apiVersion: v1\nkind: Service\n"
+            "metadata: {name: s, annotations: {networking.cozystack.io/wholeIP: 'true'}}\n",
+            "NoExternalIP",
+        ),
+    ],
+)
+def test_bad_input_gives_a_clear_message_never_a_traceback(tmp_path: Path, text: str, message: str) -> None:
+    result = run("render", "-f", str(write_yaml(tmp_path, text)), "--node-name", "n1")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    result = run("render", "-f", str(tmp_path / "nope.yaml"), "--node-name", "n1")
+    assert result.returncode == 2
+    assert "No such file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stdin_input(cluster_file: Path) -> None:
+    result = run("render", "-f", "-", "--node-name", "n1", stdin=cluster_file.read_text())
+    assert result.returncode == 0
+    assert "100.64.0.1" in result.stdout
+
+
+def test_help_reads_well() -> None:
+    result = run("apply", "--help")
+    assert result.returncode == 0
+    assert "WHOLEIP_NODE_NAME" in result.stdout
+    assert "one transaction" in result.stdout
+
+
+@pytest.mark.kernel
+def test_diff_apply_apply_cleanup(netns: Netns, cluster_file: Path) -> None:
+    f = ["-f", str(cluster_file), "--node-name", "n1"]
+    before = run("diff", *f, ns=netns)
+    assert before.returncode == 1, before.stderr
+    assert json.loads(before.stdout)["nftables"]
+    first = run("apply", *f, ns=netns)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("applied: created table")
+    second = run("apply", *f, ns=netns)
+    assert second.stdout.startswith("applied: no changes"), second.stdout
+    after = run("diff", *f, ns=netns)
+    assert after.returncode == 0
+    assert after.stdout == ""
+    listing = netns.run(["nft", "-j", "list", "map", "inet", "wholeip", "ingress4"])
+    elems = json.loads(listing.stdout)["nftables"][1]["map"]["elem"]
+    assert ["100.64.0.1", "10.128.0.10"] in elems
+    assert run("cleanup", ns=netns).stdout.startswith("removed table inet wholeip")
+    assert "nothing to do" in run("cleanup", ns=netns).stdout
+    assert netns.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+@pytest.mark.kernel
+def test_cleanup_leaves_other_tables(netns: Netns, cluster_file: Path) -> None:
+    assert (
+        netns.run(
+            ["nft", "add table ip keepme; add chain ip keepme c { type filter hook input priority 0; }"]
+        ).returncode
+        == 0
+    )
+    assert run("apply", "-f", str(cluster_file), "--node-name", "n1", ns=netns).returncode == 0
+    assert run("cleanup", ns=netns).returncode == 0
+    assert netns.run(["nft", "list", "tables"]).stdout.split() == ["table", "ip", "keepme"]
+
+
+@pytest.mark.kernel
+def test_apply_ten_thousand_services(netns: Netns, tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    objects: list[Any] = synth.cluster(10_000, dual_stack=True)
+    path.write_text(json.dumps(synth.as_list(objects)))
+    started = time.perf_counter()
+    result = run("apply", "-f", str(path), "--node-name", "n1", ns=netns)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    print(f"\napply of 10,000 dual-stack whole-IP Services: {elapsed:.2f}s wall; {result.stdout.strip()}")
+    count = netns.run(["nft", "-j", "list", "map", "inet", "wholeip", "ingress6"])
+    assert len(json.loads(count.stdout)["nftables"][1]["map"]["elem"]) == 10_000
+    again = run("apply", "-f", str(path), "--node-name", "n1", ns=netns)
+    assert again.stdout.startswith("applied: no changes")

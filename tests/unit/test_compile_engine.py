@@ -1,0 +1,136 @@
+"""Compiler and engine on the fake backend: shape of the table, minimal transactions, drift."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wholeip import compile, model
+from wholeip.engine import Engine
+from wholeip.nft.backend import Rejected
+from wholeip.nft.doc import render_table
+from wholeip.nft.fake import FakeBackend
+from wholeip.settings import ModelSettings
+from wholeip.testing import synth
+
+
+def desired(n: int, *, node: str = "n1", pod_offset: int = 0, dual_stack: bool = True) -> compile.TableDoc:
+    objs = synth.cluster(n, dual_stack=dual_stack, pod_offset=pod_offset)
+    state = model.build_state_from_objects(objs, node_name=node, settings=ModelSettings())
+    return compile.compile_table(state, node_name=node)
+
+
+def test_no_rules_per_service() -> None:
+    small, large = desired(1), desired(2000)
+    assert small.skeleton == large.skeleton
+    assert len(large.elements["ingress4"]) == 2000
+
+
+def test_ingress_everywhere_egress_only_for_local_pods() -> None:
+    n1, n2 = desired(10, node="n1"), desired(10, node="n2")
+    assert n1.elements["ingress4"] == n2.elements["ingress4"]
+    assert len(n1.elements["egress4"]) == len(n2.elements["egress4"]) == 5
+    assert not n1.elements["egress4"] & n2.elements["egress4"]
+
+
+def test_render_is_deterministic() -> None:
+    objs = synth.cluster(30, dual_stack=True)
+    a = compile.compile_table(
+        model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings()), node_name="n1"
+    )
+    b = compile.compile_table(
+        model.build_state_from_objects(list(reversed(objs)), node_name="n1", settings=ModelSettings()), node_name="n1"
+    )
+    assert json.dumps(render_table(a)) == json.dumps(render_table(b))
+
+
+def test_second_sync_sends_an_empty_transaction() -> None:
+    backend = FakeBackend()
+    engine = Engine(backend=backend)
+    first = engine.sync(desired(100))
+    assert first.plan.created
+    second = engine.sync(desired(100), full=True)
+    assert second.plan.empty
+    assert len(backend.transactions) == 1
+
+
+def test_restarted_engine_commits_only_the_difference() -> None:
+    backend = FakeBackend()
+    Engine(backend=backend).sync(desired(100))
+    restarted = Engine(backend=backend)
+    assert restarted.sync(desired(100)).plan.empty  # first sync of a new engine is full
+    result = restarted.sync(desired(100, pod_offset=1))
+    # Every pod moves one slot: all 200 ingress values and all 100 local egress values
+    # change; the self-hairpin sets (pod . pod) lose one pod and gain one per family.
+    assert (result.plan.added, result.plan.deleted) == (302, 302)
+    assert not result.plan.rebuilt
+
+
+def test_failed_commit_keeps_old_state_and_forces_full_sync() -> None:
+    backend = FakeBackend()
+    engine = Engine(backend=backend)
+    engine.sync(desired(10))
+    backend.fail_next = Rejected("boom")
+    with pytest.raises(Rejected):
+        engine.sync(desired(10, pod_offset=1))
+    assert engine.last is None
+    listing = backend.list_table("inet", "wholeip")
+    assert listing is not None
+    result = engine.sync(desired(10, pod_offset=1))
+    assert result.full
+    assert result.plan.added > 0
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        [{"delete": {"table": {"family": "inet", "name": "wholeip"}}}],
+        [{"flush": {"map": {"family": "inet", "table": "wholeip", "name": "ingress4"}}}],
+        [{"delete": {"element": {"family": "inet", "table": "wholeip", "name": "ingress4", "elem": ["100.64.0.1"]}}}],
+        [
+            {
+                "add": {
+                    "element": {
+                        "family": "inet",
+                        "table": "wholeip",
+                        "name": "ingress4",
+                        "elem": [["198.51.100.99", "10.0.0.1"]],
+                    }
+                }
+            }
+        ],
+        [{"flush": {"chain": {"family": "inet", "table": "wholeip", "name": "stateless_prerouting"}}}],
+        [
+            {
+                "add": {
+                    "rule": {"family": "inet", "table": "wholeip", "chain": "raw_prerouting", "expr": [{"drop": None}]}
+                }
+            }
+        ],
+    ],
+    ids=["table-deleted", "map-flushed", "element-deleted", "element-added", "chain-flushed", "rule-inserted"],
+)
+def test_full_sync_repairs_drift_and_reports_it(damage: list[dict[str, object]]) -> None:
+    backend = FakeBackend()
+    engine = Engine(backend=backend)
+    want = desired(10)
+    engine.sync(want)
+    assert engine.sync(want).plan.empty  # normal sync trusts memory
+    backend.transact(damage)
+    assert engine.sync(want).plan.empty  # still trusts memory: no listing on the hot path
+    repaired = engine.sync(want, full=True)
+    assert repaired.drift
+    assert not repaired.plan.empty
+    assert engine.sync(want, full=True).plan.empty
+
+
+def test_cleanup_touches_only_our_table() -> None:
+    backend = FakeBackend()
+    backend.transact([{"add": {"table": {"family": "ip", "name": "other"}}}])
+    engine = Engine(backend=backend)
+    engine.sync(desired(3))
+    assert engine.cleanup()
+    assert not engine.cleanup()
+    assert backend.list_table("inet", "wholeip") is None
+    assert backend.list_table("ip", "other") is not None

@@ -1,0 +1,283 @@
+"""The model: which Services are managed, with which IPs and backends, and what is refused."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from wholeip.model import ClusterState, Mode, build_state_from_objects
+from wholeip.settings import ModelSettings
+
+
+def node(name: str = "n1", cidrs: tuple[str, ...] = ("10.244.1.0/24",), ip: str = "192.0.2.11") -> dict[str, Any]:
+    return {
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"podCIDRs": list(cidrs)},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    }
+
+
+def svc(
+    name: str = "web",
+    *,
+    ips: tuple[str, ...] = ("203.0.113.10",),
+    annotations: dict[str, Any] | None = None,
+    labels: dict[str, Any] | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+    namespace: str = "default",
+    spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{name}",
+            "creationTimestamp": created,
+            "annotations": {"networking.cozystack.io/wholeIP": "true"} if annotations is None else annotations,
+            "labels": labels or {},
+        },
+        "spec": spec or {},
+        "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}},
+    }
+
+
+def eps(
+    service: str = "web",
+    addrs: tuple[str, ...] = ("10.244.1.10",),
+    *,
+    family: str = "IPv4",
+    ready: Any = True,
+    node_name: str = "n1",
+    namespace: str = "default",
+) -> dict[str, Any]:
+    cond = {} if ready is None else {"ready": ready}
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-{family}-{addrs[:1]}",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": family,
+        "endpoints": [{"addresses": [a], "nodeName": node_name, "conditions": cond} for a in addrs],
+    }
+
+
+def build(*objs: dict[str, Any], settings: ModelSettings | None = None) -> ClusterState:
+    return build_state_from_objects(list(objs), node_name="n1", settings=settings or ModelSettings())
+
+
+def reasons(state: ClusterState) -> list[str]:
+    return [p.reason for p in state.problems]
+
+
+def test_annotated_service_maps_external_ip_to_ready_pod() -> None:
+    state = build(node(), svc(), eps())
+    assert len(state.mappings) == 1
+    m = state.mappings[0]
+    assert (str(m.external_ip), str(m.pod_ip), m.node_name, m.mode, m.egress) == (
+        "203.0.113.10",
+        "10.244.1.10",
+        "n1",
+        Mode.WHOLE_IP,
+        True,
+    )
+    assert state.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("annotations", "labels", "expected"),
+    [
+        ({"networking.cozystack.io/wholeIP": "true"}, {}, Mode.WHOLE_IP),
+        ({"networking.cozystack.io/wholeIP": "True"}, {}, Mode.WHOLE_IP),
+        ({"networking.cozystack.io/wholeIP": "false"}, {}, None),
+        ({}, {}, None),
+        ({}, {"service.kubernetes.io/service-proxy-name": "wholeip"}, Mode.PER_PORT),
+        ({}, {"service.kubernetes.io/service-proxy-name": "other"}, None),
+        (
+            {"networking.cozystack.io/wholeIP": "true"},
+            {"service.kubernetes.io/service-proxy-name": "wholeip"},
+            Mode.WHOLE_IP,
+        ),
+        (
+            {"networking.cozystack.io/wholeIP": "false"},
+            {"service.kubernetes.io/service-proxy-name": "wholeip"},
+            Mode.PER_PORT,
+        ),
+    ],
+)
+def test_which_services_are_managed(annotations: dict[str, str], labels: dict[str, str], expected: Mode | None) -> None:
+    state = build(node(), svc(annotations=annotations, labels=labels), eps())
+    modes = [m.mode for m in state.mappings]
+    assert modes == ([] if expected is None else [expected])
+
+
+def test_proxy_name_is_configurable_for_cozy_proxy_migration() -> None:
+    labels = {"service.kubernetes.io/service-proxy-name": "cozy-proxy"}
+    assert build(node(), svc(annotations={}, labels=labels), eps()).mappings == ()
+    state = build(node(), svc(annotations={}, labels=labels), eps(), settings=ModelSettings(proxy_name="cozy-proxy"))
+    assert [m.mode for m in state.mappings] == [Mode.PER_PORT]
+
+
+def test_malformed_annotation_is_a_problem_not_a_crash() -> None:
+    state = build(node(), svc(annotations={"networking.cozystack.io/wholeIP": "yes please"}), eps())
+    assert state.mappings == ()
+    assert reasons(state) == ["InvalidAnnotation"]
+
+
+def test_service_without_ip_is_skipped_with_reason() -> None:
+    state = build(node(), svc(ips=()), eps())
+    assert state.mappings == ()
+    assert reasons(state) == ["NoExternalIP"]
+
+
+def test_invalid_ip_in_status_is_reported() -> None:
+    state = build(node(), svc(ips=("not-an-ip", "203.0.113.10")), eps())
+    assert [str(m.external_ip) for m in state.mappings] == ["203.0.113.10"]
+    assert reasons(state) == ["InvalidExternalIP"]
+
+
+def test_dual_stack_maps_each_family_to_its_own_backend() -> None:
+    state = build(
+        node(cidrs=("10.244.1.0/24", "fd00:10:244:1::/64")),
+        svc(ips=("203.0.113.10", "2001:db8:100::10")),
+        eps(),
+        eps(addrs=("fd00:10:244:1::10",), family="IPv6"),
+    )
+    pairs = {(str(m.external_ip), str(m.pod_ip)) for m in state.mappings}
+    assert pairs == {("203.0.113.10", "10.244.1.10"), ("2001:db8:100::10", "fd00:10:244:1::10")}
+
+
+def test_ipv6_only_service() -> None:
+    state = build(
+        node(cidrs=("fd00:10:244:1::/64",)),
+        svc(ips=("2001:db8:100::10",)),
+        eps(addrs=("fd00:10:244:1::10",), family="IPv6"),
+    )
+    assert [(m.external_ip.version, str(m.pod_ip)) for m in state.mappings] == [(6, "fd00:10:244:1::10")]
+
+
+def test_family_without_endpoint_is_reported() -> None:
+    state = build(node(), svc(ips=("203.0.113.10", "2001:db8:100::10")), eps())
+    assert [m.external_ip.version for m in state.mappings] == [4]
+    assert reasons(state) == ["NoReadyEndpoint"]
+
+
+def test_not_ready_endpoints_are_not_backends_and_nil_ready_means_ready() -> None:
+    assert build(node(), svc(), eps(ready=False)).mappings == ()
+    assert len(build(node(), svc(), eps(ready=None)).mappings) == 1
+
+
+def test_endpoint_without_address_is_skipped_with_reason() -> None:
+    slice_ = eps()
+    slice_["endpoints"].append({"addresses": [], "conditions": {"ready": True}})
+    state = build(node(), svc(), slice_)
+    assert len(state.mappings) == 1
+    assert "EndpointWithoutAddress" in reasons(state)
+
+
+def test_several_ready_endpoints_pick_lowest_and_warn() -> None:
+    state = build(node(), svc(), eps(addrs=("10.244.1.30", "10.244.1.9")))
+    assert [str(m.pod_ip) for m in state.mappings] == ["10.244.1.9"]
+    assert reasons(state) == ["SeveralReadyEndpoints"]
+
+
+def test_conflicting_claims_oldest_wins() -> None:
+    old = svc("old", created="2025-01-01T00:00:00Z")
+    new = svc("new", created="2026-01-01T00:00:00Z")
+    state = build(node(), new, old, eps("old"), eps("new", ("10.244.1.11",)))
+    assert [(m.service.name, str(m.pod_ip)) for m in state.mappings] == [("old", "10.244.1.10")]
+    assert [(p.ref.name, p.reason) for p in state.problems] == [("new", "ExternalIPConflict")]
+
+
+def test_same_age_conflict_is_broken_by_namespace_and_name() -> None:
+    a, b = svc("b"), svc("a")
+    state = build(node(), a, b, eps("a"), eps("b", ("10.244.1.11",)))
+    assert [m.service.name for m in state.mappings] == ["a"]
+
+
+def test_two_services_for_one_pod_egress_from_the_oldest() -> None:
+    old = svc("old", ips=("203.0.113.10",), created="2025-01-01T00:00:00Z")
+    new = svc("new", ips=("203.0.113.11",))
+    state = build(node(), new, old, eps("old"), eps("new"))
+    egress = {m.service.name: m.egress for m in state.mappings}
+    assert egress == {"old": True, "new": False}
+
+
+@pytest.mark.parametrize(
+    "ip",
+    ["127.0.0.1", "169.254.1.1", "224.0.0.5", "0.0.0.0", "10.244.1.99", "10.96.0.10", "192.0.2.11", "::1", "fe80::1"],
+)
+def test_guarded_addresses_are_refused(ip: str) -> None:
+    state = build(node(), svc(ips=(ip,)), eps())
+    assert state.mappings == ()
+    assert reasons(state) == ["ExternalIPRefused"]
+
+
+def test_spec_external_ips_only_when_allowed() -> None:
+    service = svc(ips=(), spec={"externalIPs": ["203.0.113.20"]})
+    assert build(node(), service, eps()).mappings == ()
+    state = build(node(), service, eps(), settings=ModelSettings(allow_spec_external_ips=True))
+    assert [str(m.external_ip) for m in state.mappings] == ["203.0.113.20"]
+
+
+def test_cluster_networks_merge_nodes_pods_and_services() -> None:
+    state = build(node(), node("n2", ("10.244.2.0/24",), "192.0.2.12"))
+    nets = {str(n) for n in state.cluster_networks}
+    assert nets == {"10.244.1.0/24", "10.244.2.0/24", "10.96.0.0/12", "192.0.2.11/32", "192.0.2.12/32"}
+
+
+def test_cluster_cidr_override_replaces_node_pod_cidrs() -> None:
+    settings = ModelSettings(cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"),))
+    nets = {str(n) for n in build(node(), settings=settings).cluster_networks}
+    assert "10.244.0.0/16" in nets
+    assert "10.244.1.0/24" not in nets
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        {"kind": "Service"},
+        {"kind": "Service", "metadata": "x", "spec": [], "status": 3},
+        {
+            "kind": "Service",
+            "metadata": {"name": "x", "annotations": {"networking.cozystack.io/wholeIP": "true"}},
+            "status": {"loadBalancer": {"ingress": "nope"}},
+        },
+        {
+            "kind": "EndpointSlice",
+            "metadata": {"labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [None, {"addresses": "10.0.0.1"}],
+        },
+        {
+            "kind": "Node",
+            "spec": {"podCIDRs": ["nope", None]},
+            "status": {"addresses": [{"type": "InternalIP", "address": 7}]},
+        },
+        {
+            "kind": "EndpointSlice",
+            "metadata": {"labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["fd00::1"]}],
+        },
+    ],
+)
+def test_malformed_objects_never_raise_and_do_not_hurt_others(garbage: dict[str, Any]) -> None:
+    state = build(node(), svc(), eps(), garbage)
+    assert [str(m.external_ip) for m in state.mappings] == ["203.0.113.10"]
+
+
+def test_state_does_not_depend_on_object_order() -> None:
+    objs = [
+        node(),
+        svc("a", ips=("203.0.113.1",)),
+        svc("b", ips=("203.0.113.2",)),
+        eps("a"),
+        eps("b", ("10.244.1.11",)),
+    ]
+    assert build(*objs) == build(*reversed(objs))
