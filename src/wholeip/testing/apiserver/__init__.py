@@ -1,0 +1,43 @@
+"""A Kubernetes API server double: enough of the REST protocol for kubectl and informers.
+
+Unmodified ``kubectl`` and ``kubernetes_asyncio`` clients talk to it over plain
+HTTP exactly as to a real cluster: discovery, CRUD with the real ``Status``
+errors, the four PATCH content types, status subresources, list with
+selectors and pagination, and watch with bookmarks and ``410 Gone``.  Tests
+drive it from Python::
+
+    async with ApiServer(bookmark_interval=0.2, history=100) as api:
+        api.write_kubeconfig(tmp_path / "kubeconfig")
+        api.store.create({"apiVersion": "v1", "kind": "Service", ...})
+        api.drop_watches()
+        assert ("list", "", "services") in {(r.verb, r.api_group, r.resource) for r in api.audit}
+
+Modules: :mod:`.registry` (the resource table), :mod:`.store` (objects, revisions,
+history), :mod:`.selectors`, :mod:`.patch`, :mod:`.discovery` (discovery and
+OpenAPI stubs), :mod:`.server` (HTTP, watch streaming, fault knobs, audit).
+"""
+
+from .errors import AlreadyExists, ApiError, BadRequest, Conflict, Gone, Invalid, NotFound
+from .registry import DEFAULT_RESOURCES, Obj, Registry, ResourceType
+from .selectors import Selector
+from .server import ApiServer, AuditRecord
+from .store import Change, Store
+
+__all__ = [
+    "DEFAULT_RESOURCES",
+    "AlreadyExists",
+    "ApiError",
+    "ApiServer",
+    "AuditRecord",
+    "BadRequest",
+    "Change",
+    "Conflict",
+    "Gone",
+    "Invalid",
+    "NotFound",
+    "Obj",
+    "Registry",
+    "ResourceType",
+    "Selector",
+    "Store",
+]
