@@ -43,6 +43,9 @@ class ResourceType:
     field_labels: tuple[str, ...] = ()
     """Field selector paths accepted beyond ``metadata.name``/``metadata.namespace``."""
     defaulter: Defaulter | None = field(default=None, compare=False)
+    status_on_create: bool = False
+    """Whether a create may set ``status`` (Nodes: the kubelet registers with one);
+    the real strategies of the other types with a status subresource reset it."""
 
     @property
     def api_version(self) -> str:
@@ -123,6 +126,7 @@ def _r(
     fields: Iterable[str] = (),
     categories: Iterable[str] = (),
     defaulter: Defaulter | None = None,
+    status_on_create: bool = False,
 ) -> ResourceType:
     return ResourceType(
         group=group,
@@ -136,6 +140,7 @@ def _r(
         field_labels=tuple(fields),
         categories=tuple(categories),
         defaulter=defaulter,
+        status_on_create=status_on_create,
     )
 
 
@@ -160,7 +165,7 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
        fields=["spec.clusterIP", "spec.type"], categories=["all"], defaulter=_default_service),
     _r("", "v1", "endpoints", "Endpoints", namespaced=True, short=["ep"]),
     _r("", "v1", "nodes", "Node", namespaced=False, short=["no"], sub=["status"],
-       fields=["spec.unschedulable"]),
+       fields=["spec.unschedulable"], status_on_create=True),
     _r("", "v1", "pods", "Pod", namespaced=True, short=["po"], sub=["status"],
        categories=["all"], defaulter=_default_pod,
        fields=["spec.nodeName", "spec.restartPolicy", "spec.schedulerName",

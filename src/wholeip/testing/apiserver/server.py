@@ -598,7 +598,7 @@ class ApiServer:
         if not isinstance(body, dict):
             raise BadRequest("the body of the request must be an object")
         _check_kind(body, t.rtype)
-        return _json(self.store.create(body, rtype=t.rtype, namespace=t.namespace), 201)
+        return _json(self.store.create(body, rtype=t.rtype, namespace=t.namespace, reset_status=True), 201)
 
     async def _update(self, request: web.Request, t: _Target) -> web.StreamResponse:
         assert t.name is not None
@@ -636,7 +636,7 @@ class ApiServer:
             if not isinstance(body, dict):
                 raise BadRequest("the body of the request must be an object") from None
             body.setdefault("metadata", {})["name"] = t.name
-            return _json(self.store.create(body, rtype=t.rtype, namespace=t.namespace), 201)
+            return _json(self.store.create(body, rtype=t.rtype, namespace=t.namespace, reset_status=True), 201)
         patched = apply_patch(media, current, body, kind=t.rtype.kind)
         if not isinstance(patched, dict):
             raise BadRequest("the patch did not produce an object")
