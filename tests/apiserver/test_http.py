@@ -35,7 +35,8 @@ async def test_errors_are_status_objects(api: ApiServer) -> None:
         code, created = await call(s, "POST", CM, {"metadata": {"name": "c"}, "data": {"k": "1"}})
         assert code == 201
         assert created["metadata"]["resourceVersion"] == str(api.store.rv)
-        assert created["metadata"]["uid"] and created["metadata"]["creationTimestamp"]
+        assert created["metadata"]["uid"]
+        assert created["metadata"]["creationTimestamp"]
         code, body = await call(s, "POST", CM, {"metadata": {"name": "c"}})
         assert (code, body["reason"]) == (409, "AlreadyExists")
 
@@ -102,7 +103,8 @@ async def test_namespaced_and_cluster_scoped_urls(api: ApiServer) -> None:
         assert {"apps", "discovery.k8s.io", "rbac.authorization.k8s.io", "batch"} <= groups
         code, body = await call(s, "GET", "/api/v1")
         by_name = {r["name"]: r for r in body["resources"]}
-        assert by_name["services"]["namespaced"] and not by_name["nodes"]["namespaced"]
+        assert by_name["services"]["namespaced"]
+        assert not by_name["nodes"]["namespaced"]
         assert "services/status" in by_name
 
 
@@ -146,11 +148,11 @@ async def test_control_endpoint(api: ApiServer) -> None:
         async with s.post("/_double/stop?seconds=0.2") as resp:
             assert resp.status == 200
     # The server goes away and comes back on the same port.
-    deadline = asyncio.get_running_loop().time() + 5
-    while api.running and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
-    while not api.running and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
+    assert api.restarting is not None
+    port = api.port
+    await asyncio.wait_for(api.restarting, 5)
+    assert api.running
+    assert api.port == port
     async with aiohttp.ClientSession(api.url) as s, s.get("/version") as resp:
         assert resp.status == 200
 

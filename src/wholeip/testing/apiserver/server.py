@@ -135,6 +135,8 @@ class ApiServer:
         self.audit: list[AuditRecord] = []
         self._faults = _Faults()
         self._runner: web.AppRunner | None = None
+        self.restarting: asyncio.Task[None] | None = None
+        """The stop-wait-start task started by ``POST /_double/stop`` (tests await it)."""
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -285,20 +287,17 @@ class ApiServer:
             self.compact()
         elif op == "stop":
             # Answer first, then go away for the requested time on a separate task.
-            seconds = float(query.get("seconds", "1"))
-            asyncio.get_running_loop().call_later(0.05, self._restart_later, seconds)
+            self.restarting = asyncio.get_running_loop().create_task(self._bounce(float(query.get("seconds", "1"))))
         else:
             return _error(NotFound(f"no control operation {op!r}"))
         return _json({"ok": True, "resourceVersion": str(self.store.rv)})
 
-    def _restart_later(self, seconds: float) -> None:
-        async def bounce() -> None:
-            await self.stop()
-            await asyncio.sleep(seconds)
-            await self.start()
-
-        task = asyncio.get_running_loop().create_task(bounce())
-        self._bounce = task  # keep a reference so the task is not collected
+    async def _bounce(self, seconds: float) -> None:
+        # Give the control request's response time to leave before cutting connections.
+        await asyncio.sleep(0.05)
+        await self.stop()
+        await asyncio.sleep(seconds)
+        await self.start()
 
     # --- dispatch ---------------------------------------------------------------
 
