@@ -1,0 +1,266 @@
+"""One-line traffic checks over a :class:`~wholeip.testing.topology.Topology`.
+
+Each helper starts the probes of :mod:`wholeip.testing.probe` in the right
+namespaces and returns a frozen result with *both* ends' view, so a test reads::
+
+    r = exchange(topo, client="ext", server="pod_a", addr="203.0.113.10", proto="tcp")
+    assert r.ok and r.server_peer == topo.addr("ext", 4) and r.client_reply_from == "203.0.113.10"
+
+Servers are started first and the client only once the server has printed its
+``ready`` line (read with a deadline, never a sleep). Ports are random so that
+consecutive checks never meet a TIME_WAIT socket or a conntrack entry of an
+earlier check with the same 5-tuple, unless a test asks for that on purpose
+(``port``/``sport``, e.g. to prove that stale conntrack entries are flushed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import selectors
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from wholeip.testing.topology import Role, Topology
+
+Proto = Literal["tcp", "udp"]
+PROBE = "wholeip.testing.probe"
+
+
+class ProbeError(RuntimeError):
+    """A probe did not produce the JSON it promised (crashed, or never got ready)."""
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request/echo between a client and a server."""
+
+    ok: bool
+    """The client got its echo back and the server saw a peer."""
+    server_peer: str | None
+    """The source address the server saw (the real client, or a NAT)."""
+    server_local: str | None
+    """The destination address the packet had when it reached the server."""
+    client_local: str | None
+    """The client's own address for the flow."""
+    client_reply_from: str | None
+    """Where the reply came from (UDP: recvfrom; TCP: the connected peer)."""
+    error: str | None
+    server: dict[str, Any]
+    client: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ping:
+    ok: bool
+    reply_from: str | None
+    output: list[str]
+
+
+@dataclass(frozen=True)
+class Bulk:
+    """A bulk TCP transfer: ``ok`` when the receiver got every byte in time."""
+
+    ok: bool
+    received: int
+    sender: dict[str, Any]
+    receiver: dict[str, Any]
+
+
+def random_port() -> int:
+    return random.randint(20000, 60000)
+
+
+def family_of(addr: str) -> Literal[4, 6]:
+    return 6 if ":" in addr else 4
+
+
+def _probe_argv(topo: Topology, role: Role, *args: str) -> list[str]:
+    return topo.python(role, PROBE, args)
+
+
+def _read_json_line(proc: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
+    """The next JSON line of a probe, or :class:`ProbeError` at the deadline."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProbeError("probe produced no output before its deadline")
+            if sel.select(remaining):
+                line = proc.stdout.readline()
+                if not line:
+                    err = proc.stderr.read() if proc.stderr else ""
+                    raise ProbeError(f"probe exited without output: {err.strip()}")
+                parsed: dict[str, Any] = json.loads(line)
+                return parsed
+
+
+def _parse_last(stdout: str, what: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines:
+        raise ProbeError(f"{what} printed nothing")
+    parsed: dict[str, Any] = json.loads(lines[-1])
+    return parsed
+
+
+def start_server(
+    topo: Topology,
+    role: Role,
+    *,
+    proto: Proto,
+    family: Literal[4, 6],
+    port: int,
+    timeout: float,
+    count: int = 1,
+) -> subprocess.Popen[str]:
+    """Start an echo server and return once it listens."""
+    proc = topo.popen(
+        role,
+        _probe_argv(
+            topo,
+            role,
+            "serve",
+            f"--proto={proto}",
+            f"--family={family}",
+            f"--port={port}",
+            f"--count={count}",
+            f"--timeout={timeout}",
+        ),
+    )
+    ready = _read_json_line(proc, time.monotonic() + 10.0)
+    if ready.get("event") != "ready":
+        proc.kill()
+        raise ProbeError(f"server in {role} not ready: {ready}")
+    return proc
+
+
+def exchange(
+    topo: Topology,
+    *,
+    client: Role,
+    server: Role,
+    addr: str,
+    proto: Proto = "tcp",
+    port: int | None = None,
+    sport: int = 0,
+    timeout: float = 2.0,
+) -> Exchange:
+    """Client in ``client`` sends to ``addr`` (which should lead to ``server``)."""
+    port = port or random_port()
+    family = family_of(addr)
+    srv = start_server(topo, server, proto=proto, family=family, port=port, timeout=timeout + 1.0)
+    cli = topo.exec(
+        client,
+        _probe_argv(
+            topo,
+            client,
+            "client",
+            f"--proto={proto}",
+            f"--addr={addr}",
+            f"--port={port}",
+            f"--sport={sport}",
+            f"--timeout={timeout}",
+        ),
+        timeout=timeout + 10.0,
+    )
+    if cli.returncode != 0:
+        srv.kill()
+        raise ProbeError(f"client in {client} failed: {cli.stderr.strip()}")
+    client_result = _parse_last(cli.stdout, "client")
+    # The server exits after its one peer or at its own deadline.
+    try:
+        srv_out, _ = srv.communicate(timeout=timeout + 5.0)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        srv_out, _ = srv.communicate()
+    server_events = [json.loads(line) for line in srv_out.splitlines() if line.strip()]
+    peers = [e for e in server_events if e.get("event") == "peer"]
+    server_result: dict[str, Any] = peers[0] if peers else (server_events or [{}])[-1]
+    return Exchange(
+        ok=bool(client_result.get("ok")) and bool(peers),
+        server_peer=server_result.get("peer"),
+        server_local=server_result.get("local"),
+        client_local=client_result.get("local"),
+        client_reply_from=client_result.get("reply_from"),
+        error=client_result.get("error"),
+        server=server_result,
+        client=client_result,
+    )
+
+
+def ping(topo: Topology, role: Role, addr: str, *, timeout: float = 1.0) -> Ping:
+    """One ICMP echo from ``role`` to ``addr``."""
+    proc = topo.exec(
+        role,
+        _probe_argv(topo, role, "ping", f"--addr={addr}", f"--timeout={timeout}"),
+        timeout=timeout + 10.0,
+    )
+    result = _parse_last(proc.stdout, "ping")
+    return Ping(ok=bool(result["ok"]), reply_from=result["reply_from"], output=result["output"])
+
+
+def bulk(
+    topo: Topology,
+    *,
+    sender: Role,
+    receiver: Role,
+    initiator: Literal["sender", "receiver"],
+    addr: str,
+    nbytes: int = 2_000_000,
+    port: int | None = None,
+    timeout: float = 10.0,
+) -> Bulk:
+    """Send ``nbytes`` over TCP from ``sender`` to ``receiver``.
+
+    ``initiator`` says who connects: ``addr`` is the address the initiator
+    connects to (the other side listens on the wildcard address).
+    """
+    port = port or random_port()
+    family = family_of(addr)
+    listener, connector = (receiver, sender) if initiator == "sender" else (sender, receiver)
+    listen_role = "--send" if listener == sender else "--recv"
+    connect_role = "--send" if connector == sender else "--recv"
+    lproc = topo.popen(
+        listener,
+        _probe_argv(
+            topo,
+            listener,
+            "bulk",
+            "--listen",
+            f"--family={family}",
+            f"--port={port}",
+            f"{listen_role}={nbytes}",
+            f"--timeout={timeout}",
+        ),
+    )
+    ready = _read_json_line(lproc, time.monotonic() + 10.0)
+    if ready.get("event") != "ready":
+        lproc.kill()
+        raise ProbeError(f"bulk listener in {listener} not ready: {ready}")
+    cproc = topo.exec(
+        connector,
+        _probe_argv(
+            topo,
+            connector,
+            "bulk",
+            f"--connect={addr}",
+            f"--port={port}",
+            f"{connect_role}={nbytes}",
+            f"--timeout={timeout}",
+        ),
+        timeout=timeout + 10.0,
+    )
+    connector_result = _parse_last(cproc.stdout, "bulk connector")
+    try:
+        lout, _ = lproc.communicate(timeout=timeout + 5.0)
+    except subprocess.TimeoutExpired:
+        lproc.kill()
+        lout, _ = lproc.communicate()
+    listener_result = _parse_last(lout, "bulk listener")
+    send_r, recv_r = (listener_result, connector_result) if listener == sender else (connector_result, listener_result)
+    received = int(recv_r.get("bytes", 0))
+    return Bulk(ok=received == nbytes, received=received, sender=send_r, receiver=recv_r)
