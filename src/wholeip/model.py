@@ -167,7 +167,7 @@ class _Service:
     mode: Mode
     allow_icmp: bool
     external_ips: tuple[IPAddress, ...]
-    ports: tuple[PortSpec, ...]
+    ports: tuple[_RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
 
     @property
@@ -201,8 +201,16 @@ def _service_mode(
     return Mode.PER_PORT if labelled else None
 
 
-def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Problem]) -> tuple[PortSpec, ...]:
-    ports: set[PortSpec] = set()
+@dataclass(frozen=True, slots=True)
+class _RawPort:
+    name: str
+    protocol: str
+    port: int
+    target: int | str
+
+
+def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Problem]) -> tuple[_RawPort, ...]:
+    ports: list[_RawPort] = []
     for raw in _list(spec.get("ports")):
         entry = _dict(raw)
         protocol = _str(entry.get("protocol") or "TCP").upper()
@@ -211,12 +219,40 @@ def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Probl
             problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535"))
             continue
         target = entry.get("targetPort", port)
-        if not isinstance(target, int):
-            # A named targetPort resolves through the EndpointSlice's ports; the
-            # translation decision (issue: per-port mode) is taken by the compiler.
+        if not isinstance(target, int | str) or isinstance(target, bool):
             target = port
-        ports.add(PortSpec(protocol.lower(), port, target))
-    return tuple(sorted(ports))
+        ports.append(_RawPort(_str(entry.get("name")), protocol.lower(), port, target))
+    return tuple(ports)
+
+
+def _resolve_ports(
+    svc: _Service, slice_ports: Mapping[tuple[str, str], int], problems: list[Problem]
+) -> tuple[PortSpec, ...]:
+    """The (protocol, port) pairs a per-port Service forwards.
+
+    The pod port comes from the EndpointSlice (its ports carry the Service port's
+    name and the resolved target port, named or numeric), else from a numeric
+    targetPort. The stateless datapath does not translate ports: rewriting the
+    pod's source port on egress would also hit its own outbound flows that use
+    that local port. A port whose target differs is therefore refused.
+    """
+    out: set[PortSpec] = set()
+    for p in svc.ports:
+        target = slice_ports.get((p.name, p.protocol))
+        if target is None:
+            target = p.target if isinstance(p.target, int) else p.port
+        if target != p.port:
+            problems.append(
+                Problem(
+                    svc.ref,
+                    "PortTranslationUnsupported",
+                    f"port {p.protocol.upper()}/{p.port} targets pod port {target}: an external IP forwards ports"
+                    " unchanged, so this port is not forwarded; set targetPort equal to port",
+                )
+            )
+            continue
+        out.add(PortSpec(p.protocol, p.port, target))
+    return tuple(sorted(out))
 
 
 def _parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: list[Problem]) -> _Service | None:
@@ -264,7 +300,7 @@ def _parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: li
         allow_icmp=_is_true(_dict(meta.get("annotations")).get(ALLOW_ICMP_ANNOTATION)),
         external_ips=tuple(ips),
         ports=_service_ports(spec, ref, problems) if mode is Mode.PER_PORT else (),
-        source_ranges=tuple(sorted(ranges, key=lambda n: (n.version, n))),
+        source_ranges=_collapse(ranges),
     )
 
 
@@ -272,9 +308,14 @@ def _parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: li
 
 
 def _ready_endpoints(
-    slices: Iterable[Mapping[str, Any]], problems: list[Problem]
+    slices: Iterable[Mapping[str, Any]],
+    problems: list[Problem],
+    ports: dict[tuple[str, str], dict[tuple[str, str], int]],
 ) -> dict[tuple[str, str], dict[int, dict[IPAddress, str | None]]]:
-    """(namespace, service) -> family -> ready address -> node name."""
+    """(namespace, service) -> family -> ready address -> node name.
+
+    Fills ``ports``: (namespace, service) -> (port name, protocol) -> pod port.
+    """
     out: dict[tuple[str, str], dict[int, dict[IPAddress, str | None]]] = {}
     for eps in slices:
         ref = _ref(eps, "EndpointSlice")
@@ -286,6 +327,12 @@ def _ready_endpoints(
             continue  # FQDN slices carry no pod address
         family = 4 if address_type == "IPv4" else 6
         per_family = out.setdefault((ref.namespace, service), {}).setdefault(family, {})
+        for raw_port in _list(eps.get("ports")):
+            entry = _dict(raw_port)
+            number = entry.get("port")
+            if isinstance(number, int) and not isinstance(number, bool):
+                protocol = _str(entry.get("protocol") or "TCP").lower()
+                ports.setdefault((ref.namespace, service), {})[(_str(entry.get("name")), protocol)] = number
         for raw in _list(eps.get("endpoints")):
             endpoint = _dict(raw)
             conditions = _dict(endpoint.get("conditions"))
@@ -421,7 +468,8 @@ def build_state(
 
     parsed = [s for s in (_parse_service(obj, settings, problems) for obj in services) if s is not None]
     parsed.sort(key=lambda s: s.age_key)
-    endpoints = _ready_endpoints(endpoint_slices, problems)
+    slice_ports: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+    endpoints = _ready_endpoints(endpoint_slices, problems, slice_ports)
 
     mappings: list[Mapping1to1] = []
     claimed: dict[IPAddress, ObjectRef] = {}
@@ -449,6 +497,11 @@ def build_state(
             )
             continue
         by_family = endpoints.get((svc.ref.namespace, svc.ref.name), {})
+        ports = (
+            _resolve_ports(svc, slice_ports.get((svc.ref.namespace, svc.ref.name), {}), problems)
+            if svc.mode is Mode.PER_PORT
+            else ()
+        )
         for ip in svc.external_ips:
             why = refusal(ip, cluster=guard_nets, node_ips=node_ip_set)
             if why is not None:
@@ -507,7 +560,7 @@ def build_state(
                     node_name=ready[pod_ip],
                     mode=svc.mode,
                     allow_icmp=svc.allow_icmp,
-                    ports=svc.ports,
+                    ports=ports,
                     source_ranges=svc.source_ranges,
                     egress=egress,
                 )

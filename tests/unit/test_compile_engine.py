@@ -134,3 +134,63 @@ def test_cleanup_touches_only_our_table() -> None:
     assert not engine.cleanup()
     assert backend.list_table("inet", "wholeip") is None
     assert backend.list_table("ip", "other") is not None
+
+
+def _per_port(i: int, ports: int = 5, *, ranges: tuple[str, ...] = (), icmp: bool = False) -> list[dict[str, object]]:
+    objs = synth.service(i)
+    svc = objs[0]
+    meta = svc["metadata"]
+    meta["annotations"] = {"networking.cozystack.io/allowICMP": "true"} if icmp else {}
+    meta["labels"] = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+    svc["spec"] = {
+        "ports": [{"name": f"p{k}", "port": 1000 + k, "protocol": "UDP" if k % 2 else "TCP"} for k in range(ports)],
+        "loadBalancerSourceRanges": list(ranges),
+    }
+    return objs
+
+
+def test_per_port_services_are_elements_only_at_ten_thousand() -> None:
+    objs: list[dict[str, object]] = [synth.node("n1", 0), synth.node("n2", 1)]
+    for i in range(10_000):
+        objs += _per_port(i, ranges=("198.51.100.0/24",) if i % 3 == 0 else ())
+    state = model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
+    doc = compile.compile_table(state, node_name="n1")
+    assert doc.skeleton == desired(1).skeleton  # the same fixed rules as one whole-IP Service
+    elements = sum(map(len, doc.elements.values()))
+    print(f"\n10,000 per-port Services x 5 ports: {len(doc.skeleton.rules)} rules, {elements} elements")
+    assert len(doc.elements["ports4"]) == 50_000
+    assert len(doc.elements["dispatch4"]) == 10_000
+    assert len(doc.elements["sources4"]) == 3334
+
+
+def test_mode_switch_is_an_element_change() -> None:
+    base: list[dict[str, object]] = [synth.node("n1", 0), synth.node("n2", 1)]
+    whole = base + synth.service(0)
+    per_port = base + _per_port(0, ports=2, icmp=True)
+    a = compile.compile_table(
+        model.build_state_from_objects(whole, node_name="n1", settings=ModelSettings()), node_name="n1"
+    )
+    b = compile.compile_table(
+        model.build_state_from_objects(per_port, node_name="n1", settings=ModelSettings()), node_name="n1"
+    )
+    backend = FakeBackend()
+    engine = Engine(backend=backend)
+    engine.sync(a)
+    plan = engine.sync(b).plan
+    assert not plan.rebuilt
+    assert not plan.chains_rebuilt
+    assert b.elements["dispatch4"] == {("100.64.0.1", "jump per_port4")}
+    assert b.elements["ports4"] == {("100.64.0.1", "tcp", 1000), ("100.64.0.1", "udp", 1001)}
+    assert b.elements["icmp4"] == {"100.64.0.1"}
+    assert b.elements["filtered4"] == {"100.64.0.1"}
+
+
+def test_whole_ip_with_source_ranges_dispatches_to_the_range_check() -> None:
+    objs = [synth.node("n1", 0), *synth.service(0)]
+    objs[1]["spec"]["loadBalancerSourceRanges"] = ["198.51.100.0/25", "198.51.100.128/25", "192.0.2.7/32"]
+    doc = compile.compile_table(
+        model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings()), node_name="n1"
+    )
+    assert doc.elements["dispatch4"] == {("100.64.0.1", "jump whole_ip4")}
+    # Adjacent ranges collapse: the kernel refuses overlapping or duplicate intervals.
+    assert doc.elements["sources4"] == {("100.64.0.1", "198.51.100.0/24"), ("100.64.0.1", "192.0.2.7")}

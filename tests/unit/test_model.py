@@ -281,3 +281,33 @@ def test_state_does_not_depend_on_object_order() -> None:
         eps("b", ("10.244.1.11",)),
     ]
     assert build(*objs) == build(*reversed(objs))
+
+
+def per_port_svc(ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return svc(annotations={}, labels={"service.kubernetes.io/service-proxy-name": "wholeip"}, spec={"ports": ports})
+
+
+def test_per_port_ports_and_refused_translation() -> None:
+    service = per_port_svc(
+        [
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"name": "web", "port": 80, "targetPort": 8080},
+            {"name": "ssh", "port": 22, "targetPort": 22, "protocol": "TCP"},
+            {"name": "bad", "port": 0},
+            {"name": "sctp", "port": 3868, "protocol": "SCTP"},
+        ]
+    )
+    state = build(node(), service, eps())
+    assert [(p.protocol, p.port) for p in state.mappings[0].ports] == [("sctp", 3868), ("tcp", 22), ("udp", 53)]
+    assert sorted(reasons(state)) == ["InvalidPort", "PortTranslationUnsupported"]
+
+
+def test_named_target_port_resolves_through_the_endpoint_slice() -> None:
+    service = per_port_svc(
+        [{"name": "web", "port": 80, "targetPort": "http"}, {"name": "alt", "port": 81, "targetPort": "alt"}]
+    )
+    slice_ = eps()
+    slice_["ports"] = [{"name": "web", "port": 80, "protocol": "TCP"}, {"name": "alt", "port": 8081, "protocol": "TCP"}]
+    state = build(node(), service, slice_)
+    assert [p.port for p in state.mappings[0].ports] == [80]
+    assert reasons(state) == ["PortTranslationUnsupported"]

@@ -99,7 +99,7 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         have = current.elements.get(decl.name, frozenset())
         if elements_equal(decl, want, have):
             continue
-        if decl.interval and decl.data is None:
+        if decl.cover_compared:
             cmds.append({"flush": {"set": {"family": fam, "table": tab, "name": decl.name}}})
             to_delete: frozenset[Elem] = frozenset()
             to_add = want

@@ -49,10 +49,23 @@ class SetDecl:
     data: str | None = None
     flags: tuple[str, ...] = ()
     comment: str = ""
+    timeout: int | None = None
+    """Element timeout in seconds: the packet path fills the set (``update``), so its
+    elements are the kernel's business and are never compared or written by us."""
+    size: int | None = None
 
     @property
     def interval(self) -> bool:
         return "interval" in self.flags
+
+    @property
+    def dynamic(self) -> bool:
+        return self.timeout is not None
+
+    @property
+    def cover_compared(self) -> bool:
+        """A one-field interval set: compared by the addresses it covers."""
+        return self.interval and self.data is None and len(self.type) == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +134,10 @@ def render_set(family: str, table: str, decl: SetDecl) -> JSONObj:
         body["map"] = decl.data
     if decl.flags:
         body["flags"] = list(decl.flags)
+    if decl.timeout is not None:
+        body["timeout"] = decl.timeout
+    if decl.size is not None:
+        body["size"] = decl.size
     if decl.comment:
         body["comment"] = decl.comment
     return {"map" if decl.data is not None else "set": body}
@@ -144,13 +161,17 @@ def render_rule(family: str, table: str, rule: Rule) -> JSONObj:
     }
 
 
+def _render_part(part: str | int, interval: bool) -> Any:
+    if interval and isinstance(part, str) and "/" in part:
+        addr, length = part.split("/")
+        return {"prefix": {"addr": addr, "len": int(length)}}
+    return part
+
+
 def _render_key(key: Key, decl: SetDecl) -> Any:
     if isinstance(key, tuple):
-        return {"concat": list(key)}
-    if decl.interval and isinstance(key, str) and "/" in key:
-        addr, length = key.split("/")
-        return {"prefix": {"addr": addr, "len": int(length)}}
-    return key
+        return {"concat": [_render_part(p, decl.interval) for p in key]}
+    return _render_part(key, decl.interval)
 
 
 def _render_verdict(value: str) -> Any:
@@ -225,7 +246,10 @@ def normalize_key(value: Any, decl: SetDecl) -> Key:
         return tuple(out)
     if isinstance(value, dict) and "prefix" in value:
         p = value["prefix"]
-        return str(ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False))
+        net = ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
+        if len(decl.type) == 1 and not decl.interval and net.prefixlen == net.max_prefixlen:
+            return str(net.network_address)  # a full-length prefix inside a concatenation
+        return str(net)
     if isinstance(value, dict) and "range" in value:
         lo, hi = value["range"]
         return f"{normalize_addr(lo)}-{normalize_addr(hi)}"
@@ -321,15 +345,22 @@ def parse_listing(objects: Sequence[JSONObj], *, family: str, name: str) -> Tabl
             continue
         if kind in ("set", "map"):
             typ = body.get("type")
+            timeout = body.get("timeout")
+            size = body.get("size")
             decl = SetDecl(
                 name=str(body["name"]),
                 type=tuple(typ) if isinstance(typ, list) else (str(typ),),
                 data=str(body["map"]) if kind == "map" else None,
                 flags=_flags(body.get("flags")),
                 comment=str(body.get("comment", "")),
+                timeout=timeout if isinstance(timeout, int) else None,
+                size=size if isinstance(size, int) else None,
             )
             sets.append(decl)
-            elements[decl.name] = frozenset(normalize_elem(e, decl) for e in body.get("elem", []))
+            if decl.dynamic:
+                elements[decl.name] = frozenset()  # the packet path's, not ours
+            else:
+                elements[decl.name] = frozenset(normalize_elem(e, decl) for e in body.get("elem", []))
         elif kind == "chain":
             chains.append(
                 ChainDecl(
@@ -355,7 +386,7 @@ def parse_listing(objects: Sequence[JSONObj], *, family: str, name: str) -> Tabl
 
 def comparable_set(decl: SetDecl) -> SetDecl:
     """A declaration reduced to what the kernel reports back (comments are not listed)."""
-    return SetDecl(decl.name, decl.type, decl.data, tuple(sorted(decl.flags)))
+    return SetDecl(decl.name, decl.type, decl.data, tuple(sorted(decl.flags)), timeout=decl.timeout, size=decl.size)
 
 
 def comparable_chain(decl: ChainDecl) -> ChainDecl:
@@ -365,6 +396,8 @@ def comparable_chain(decl: ChainDecl) -> ChainDecl:
 
 
 def elements_equal(decl: SetDecl, a: frozenset[Elem], b: frozenset[Elem]) -> bool:
-    if decl.interval and decl.data is None:
+    if decl.dynamic:
+        return True
+    if decl.cover_compared:
         return interval_cover(a) == interval_cover(b)
     return a == b
