@@ -15,7 +15,9 @@ Layout (one ``inet`` table, both families; ``4`` and ``6`` name the family):
 Chains, in the order a packet meets them:
 
 * ``raw_prerouting`` (priority raw): north-south packets (one end outside the
-  cluster networks) are marked ``notrack``, so they skip conntrack entirely.
+  cluster networks) are marked ``notrack``, so they skip conntrack entirely:
+  to an external IP, from a local managed pod, and to a local managed pod
+  (ingress another node has already rewritten).
 * ``hairpin_prerouting``/``hairpin_output`` (nat, dstnat): east-west packets to
   an external IP (from a pod, or from a node's own processes) are tracked and
   DNATed to the pod, so conntrack restores the external IP on the replies.
@@ -229,6 +231,16 @@ def skeleton() -> Skeleton:
                 (
                     _match(saddr, f"@egress{v}"),
                     _match(daddr, f"@cluster{v}", op="!="),
+                    {"notrack": None},
+                ),
+            ),
+            # North-south traffic another node already rewrote (it arrived there, row 12)
+            # reaches the pod's node addressed to the pod: keep it out of conntrack too.
+            Rule(
+                "raw_prerouting",
+                (
+                    _match(daddr, f"@egress{v}"),
+                    _match(saddr, f"@cluster{v}", op="!="),
                     {"notrack": None},
                 ),
             ),

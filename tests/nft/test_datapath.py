@@ -1,0 +1,248 @@
+"""The datapath contract, end to end through the product: ``wholeip apply`` programs
+each node of the two-node topology from a cluster file, then real sockets check
+both ends of every row of datapath.md, IPv4 and IPv6.
+
+Each row is its own test so a failure names the row and the family. The
+topology is shared by the module (building it takes about a second); tests
+that re-point things (rows 12, 14) put them back.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wholeip.testing.topology import Topology
+from wholeip.testing.traffic import bulk, exchange, ping
+
+pytestmark = pytest.mark.kernel
+
+EXT_A = {4: "203.0.113.10", 6: "2001:db8:100::10"}
+FAMILIES = (4, 6)
+
+
+def cluster(*, a_pod: str = "pod_a", a_node: str = "n1", extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The topology as Kubernetes objects: two Nodes, whole-IP Service ``a`` on ``a_pod``."""
+    pods = {"pod_a": ("10.244.1.10", "fd00:10:244:1::10"), "pod_b": ("10.244.2.20", "fd00:10:244:2::20")}
+    v4, v6 = pods[a_pod]
+    items: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": f"n{i}"},
+            "spec": {"podCIDRs": [f"10.244.{i}.0/24", f"fd00:10:244:{i}::/64"]},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": f"192.0.2.1{i}"},
+                    {"type": "InternalIP", "address": f"2001:db8:2::1{i}"},
+                ]
+            },
+        }
+        for i in (1, 2)
+    ]
+    items.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "a",
+                "namespace": "default",
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "annotations": {"networking.cozystack.io/wholeIP": "true"},
+            },
+            "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 1}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": EXT_A[4]}, {"ip": EXT_A[6]}]}},
+        }
+    )
+    for family, addr in (("IPv4", v4), ("IPv6", v6)):
+        items.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"a-{family}",
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "a"},
+                },
+                "addressType": family,
+                "endpoints": [{"addresses": [addr], "nodeName": a_node, "conditions": {"ready": True}}],
+            }
+        )
+    items += extra or []
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def apply(topo: Topology, doc: dict[str, Any], tmp: Path) -> None:
+    path = tmp / "cluster.json"
+    path.write_text(json.dumps(doc))
+    for node in ("n1", "n2"):
+        result = topo.exec(
+            node,
+            [
+                sys.executable,
+                "-m",
+                "wholeip",
+                "apply",
+                "-f",
+                str(path),
+                "--node-name",
+                node,
+                "--service-cidr",
+                "10.96.0.0/12,fd00:10:96::/112",
+            ],
+        )
+        assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture(scope="module")
+def programmed(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    apply(topo, cluster(), tmp_path_factory.mktemp("cluster"))
+    yield topo
+
+
+def addr(role: str, family: int) -> str:
+    return Topology.addr(role, family)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_rows_1_to_3_outside_client_reaches_pod_keeps_its_ip(programmed: Topology, family: int, proto: str) -> None:
+    r = exchange(programmed, client="ext", server="pod_a", addr=EXT_A[family], proto=proto)  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.server_peer == addr("ext", family)
+    assert r.server_local == addr("pod_a", family)
+    assert r.client_reply_from == EXT_A[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_4_ping_is_answered_by_the_pod(programmed: Topology, family: int) -> None:
+    r = ping(programmed, "ext", EXT_A[family])
+    assert r.ok, r.output
+    assert r.reply_from == EXT_A[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_row_5_egress_leaves_with_the_external_ip(programmed: Topology, family: int, proto: str) -> None:
+    r = exchange(programmed, client="pod_a", server="ext", addr=addr("ext", family), proto=proto)  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.server_peer == EXT_A[family]
+    assert r.client_local == addr("pod_a", family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_row_6_hairpin_from_a_pod_on_another_node(programmed: Topology, family: int, proto: str) -> None:
+    r = exchange(programmed, client="pod_b", server="pod_a", addr=EXT_A[family], proto=proto)  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.server_peer == addr("pod_b", family)
+    assert r.client_reply_from == EXT_A[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("node", ["n1", "n2"])
+def test_row_7_node_host_to_external_ip(programmed: Topology, family: int, node: str) -> None:
+    r = exchange(programmed, client=node, server="pod_a", addr=EXT_A[family], proto="udp")  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.client_reply_from == EXT_A[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_8_kubelet_probe_to_pod_ip_is_untouched(programmed: Topology, family: int) -> None:
+    r = exchange(programmed, client="n1", server="pod_a", addr=addr("pod_a", family), proto="tcp")
+    assert r.ok, r.error
+    assert r.server_peer not in (EXT_A[4], EXT_A[6])
+    assert r.client_reply_from == addr("pod_a", family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_row_9_other_pod_to_managed_pod_ip(programmed: Topology, family: int, proto: str) -> None:
+    r = exchange(programmed, client="pod_b", server="pod_a", addr=addr("pod_a", family), proto=proto)  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.server_peer == addr("pod_b", family)
+    assert r.client_reply_from == addr("pod_a", family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_row_10_managed_pod_to_other_pod_keeps_pod_ip(programmed: Topology, family: int, proto: str) -> None:
+    r = exchange(programmed, client="pod_a", server="pod_b", addr=addr("pod_b", family), proto=proto)  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.server_peer == addr("pod_a", family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_row_11_managed_pod_to_its_own_external_ip(programmed: Topology, family: int, proto: str) -> None:
+    r = exchange(programmed, client="pod_a", server="pod_a", addr=EXT_A[family], proto=proto)  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.client_reply_from == EXT_A[family]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_row_12_arriving_at_the_other_node(programmed: Topology, family: int, proto: str) -> None:
+    programmed.route_external(EXT_A[family], "n2")
+    try:
+        r = exchange(programmed, client="ext", server="pod_a", addr=EXT_A[family], proto=proto)  # type: ignore[arg-type]
+    finally:
+        programmed.route_external(EXT_A[family], "n1")
+    assert r.ok, r.error
+    assert r.server_peer == addr("ext", family)
+    assert r.client_reply_from == EXT_A[family]
+
+
+def test_row_14_mapping_moves_within_one_apply(programmed: Topology, tmp_path: Path) -> None:
+    """The Service's pod moves to pod B on n2: the external IP follows, pod A loses it."""
+    apply(programmed, cluster(a_pod="pod_b", a_node="n2"), tmp_path)
+    try:
+        for family in FAMILIES:
+            programmed.route_external(EXT_A[family], "n2")
+            moved = exchange(programmed, client="ext", server="pod_b", addr=EXT_A[family], proto="udp")
+            assert moved.ok, moved.error
+            assert moved.server_local == addr("pod_b", family)
+            egress_b = exchange(programmed, client="pod_b", server="ext", addr=addr("ext", family), proto="udp")
+            assert egress_b.server_peer == EXT_A[family]
+            # Pod A no longer owns the IP: its egress leaves with its pod address, which
+            # the outside cannot route back to, so no reply reaches it.
+            egress_a = exchange(
+                programmed, client="pod_a", server="ext", addr=addr("ext", family), proto="udp", timeout=1.0
+            )
+            assert egress_a.server_peer == addr("pod_a", family)
+            assert not egress_a.ok
+    finally:
+        apply(programmed, cluster(), tmp_path)
+        for family in FAMILIES:
+            programmed.route_external(EXT_A[family], "n1")
+    back = exchange(programmed, client="ext", server="pod_a", addr=EXT_A[4], proto="tcp")
+    assert back.ok, back.error
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("arrive_at", ["n1", "n2"])
+def test_north_south_traffic_leaves_no_conntrack_entries(programmed: Topology, family: int, arrive_at: str) -> None:
+    for node in ("n1", "n2"):
+        programmed.exec(node, ["conntrack", "-F"], check=True)
+    programmed.route_external(EXT_A[family], arrive_at)  # type: ignore[arg-type]
+    try:
+        for proto in ("tcp", "udp"):
+            r = exchange(programmed, client="ext", server="pod_a", addr=EXT_A[family], proto=proto)  # type: ignore[arg-type]
+            assert r.ok, r.error
+            e = exchange(programmed, client="pod_a", server="ext", addr=addr("ext", family), proto=proto)  # type: ignore[arg-type]
+            assert e.ok, e.error
+    finally:
+        programmed.route_external(EXT_A[family], "n1")
+    for node in ("n1", "n2"):
+        entries = programmed.exec(node, ["conntrack", "-L", "-f", "ipv6" if family == 6 else "ipv4"])
+        assert addr("ext", family) not in entries.stdout, (node, entries.stdout)
+
+
+def test_bulk_transfer_without_mtu_bottleneck(programmed: Topology) -> None:
+    r = bulk(programmed, sender="pod_a", receiver="ext", initiator="sender", addr=addr("ext", 4))
+    assert r.ok, r.sender
