@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +99,9 @@ def apply(topo: Topology, doc: dict[str, Any], tmp: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def programmed(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+def programmed(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Topology:
     apply(topo, cluster(), tmp_path_factory.mktemp("cluster"))
-    yield topo
+    return topo
 
 
 def addr(role: str, family: int) -> str:
