@@ -1,0 +1,66 @@
+"""Readiness and liveness, as kube-proxy defines them for a dataplane agent.
+
+* **ready**: every informer has listed once *and* the first sync has committed.
+  Before that the node's table may be missing or stale (it is whatever the
+  previous agent left), so the pod must not count as available in a rolling
+  update: ``maxUnavailable`` then waits for this node before moving on.
+* **healthy**: no change has waited longer than ``timeout`` for a commit. "The
+  process is alive" says nothing; a loop stuck behind a wedged kernel call, or
+  failing every sync, is what a restart may fix. An agent that merely has
+  nothing to do (including when the API server is unreachable and no change
+  arrives) stays healthy: restarting it would not help, and the rules in the
+  kernel keep working meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class _Synced(Protocol):
+    resource: str
+
+    @property
+    def synced(self) -> _Flag: ...
+
+
+class _Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class _Loop(Protocol):
+    @property
+    def first_commit(self) -> _Flag: ...
+
+    def pending_age(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    detail: str
+
+
+class Health:
+    """Answers the two probes from the informers' and the reconcile loop's state."""
+
+    def __init__(self, *, informers: Sequence[_Synced], loop: _Loop, timeout: float) -> None:
+        self._informers = informers
+        self._loop = loop
+        self.timeout = timeout
+
+    def ready(self) -> Verdict:
+        waiting = [i.resource for i in self._informers if not i.synced.is_set()]
+        if waiting:
+            return Verdict(False, "informers not synced: " + ", ".join(waiting))
+        if not self._loop.first_commit.is_set():
+            return Verdict(False, "first sync not committed yet")
+        return Verdict(True, "ok")
+
+    def healthy(self) -> Verdict:
+        age = self._loop.pending_age()
+        if age > self.timeout:
+            return Verdict(False, f"a change has waited {age:.1f}s for a commit (limit {self.timeout:g}s)")
+        return Verdict(True, "ok")

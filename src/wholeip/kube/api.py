@@ -1,0 +1,65 @@
+"""Raw API calls: responses read as plain JSON, errors as one small hierarchy.
+
+kubernetes_asyncio's generated methods are used with ``_preload_content=False``:
+they still build the URL, the query string and the authentication headers
+(including in-cluster token refresh), but hand back the bare aiohttp response,
+which we read ourselves. That keeps objects as dicts and puts the status check
+in one place (the generated code only checks it when it deserialises).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+Obj = dict[str, Any]
+"""A Kubernetes object as decoded JSON."""
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server."""
+
+    def __init__(self, status: int, message: str, *, reason: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}" if reason else f"{status}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(ApiError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class Gone(ApiError):
+    """410: the resourceVersion (or ``continue`` token) is older than the server's history."""
+
+
+def error_from_status(status: int, body: Any) -> ApiError:
+    """The error for an HTTP status and a ``Status`` body (or anything else)."""
+    message, reason = "", ""
+    if isinstance(body, dict):
+        message = str(body.get("message", ""))
+        reason = str(body.get("reason", ""))
+    elif body:
+        message = str(body)[:500]
+    cls = {404: NotFound, 410: Gone}.get(status, ApiError)
+    return cls(status, message, reason=reason)
+
+
+async def read_json(response: Any) -> Obj:
+    """Read an aiohttp response (from a ``_preload_content=False`` call) as a JSON object.
+
+    Raises :class:`ApiError` for a non-2xx status; always releases the connection.
+    """
+    async with response:
+        raw = await response.read()
+        status = int(response.status)
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        body = raw.decode(errors="replace")
+    if not 200 <= status <= 299:
+        raise error_from_status(status, body)
+    if not isinstance(body, dict):
+        raise ApiError(status, f"expected a JSON object, got {type(body).__name__}")
+    return body

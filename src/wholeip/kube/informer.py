@@ -1,0 +1,381 @@
+"""A list+watch informer: a local cache of one resource type, kept current by a watch.
+
+Protocol (the one client-go's reflector speaks, reduced to what the agent needs):
+
+1. **List** the collection, page by page, and replace the cache with the result.
+   The list's ``resourceVersion`` is where the watch starts. The very first list
+   asks for ``resourceVersion=0`` ("any version"), which a real API server answers
+   from its watch cache instead of etcd: with one agent per node, a fleet of
+   agents starting at once must not become a thundering herd on etcd. A relist
+   after ``410 Gone`` asks for the latest version instead (``""``), because the
+   cached one is exactly what turned out to be too old.
+2. **Watch** from that version with ``allowWatchBookmarks=true``. Every event
+   updates the cache and its version; ``BOOKMARK`` events move the version
+   without a change, so a reconnect after a quiet period does not start from a
+   version the server has already forgotten.
+3. When the watch ends:
+
+   * normally (the server's ``timeoutSeconds`` ran out): watch again from the
+     version we hold, right away, without a list;
+   * with ``410 Gone`` (an HTTP 410, or an ``ERROR`` event carrying code 410):
+     our version fell out of the server's history, so events were lost; relist;
+   * with any other error (connection refused or reset, a 5xx, an ``ERROR``
+     event): wait a jittered, exponentially growing delay and watch again from
+     the version we hold (no relist: nothing was lost that the server cannot
+     replay);
+   * when nothing at all (not even a bookmark) arrived for ``idle_timeout``:
+     the connection is presumed dead (a half-open TCP connection or a wedged
+     server looks exactly like a quiet cluster otherwise); reconnect like an error.
+
+The cache holds objects as plain dicts, replaced and never mutated once stored,
+so a snapshot is a shallow list copy that stays valid while the informer keeps
+updating (the reconcile loop builds its state from snapshots in a worker thread).
+An optional ``transform`` trims what the agent never reads (``managedFields``,
+Node heartbeats): less memory, and, since a change that the transform removes
+leaves the cached object equal, no wake-up for it either.
+
+``on_change`` is called after every change to the cache; it carries no payload
+on purpose: consumers are level-triggered and read the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from wholeip.kube.api import Gone, Obj, error_from_status, read_json
+
+log = structlog.get_logger(__name__)
+
+ListFunc = Callable[..., Awaitable[Any]]
+"""A generated kubernetes_asyncio list method, e.g. ``CoreV1Api(api).list_node``."""
+
+Transform = Callable[[Obj], Obj]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchOptions:
+    """Timing of one informer. The defaults suit a real API server; tests shrink them."""
+
+    watch_timeout: float = 300.0
+    """The server ends a watch after this, jittered up to twice as long (``timeoutSeconds``),
+    so that a fleet of agents does not reconnect in lockstep."""
+
+    idle_timeout: float = 150.0
+    """A watch on which nothing arrived for this long is reconnected. Must exceed the
+    server's bookmark interval (about a minute on a real server)."""
+
+    connect_timeout: float = 10.0
+    """Seconds to establish a connection."""
+
+    list_timeout: float = 120.0
+    """Seconds one list page may take."""
+
+    backoff_base: float = 0.5
+    """First delay after an error; doubles with each consecutive error."""
+
+    backoff_max: float = 30.0
+    """Longest delay between two attempts."""
+
+    page_size: int = 500
+    """Objects per list page (ignored by a real server for ``resourceVersion=0`` lists)."""
+
+
+class _Expired(Exception):
+    """Our resourceVersion is gone from the server's history: relist."""
+
+
+class _Idle(Exception):
+    """Nothing arrived on the watch for ``idle_timeout``."""
+
+
+def object_key(obj: Obj) -> str:
+    """``namespace/name`` (or ``name`` for cluster-scoped objects), the cache key."""
+    meta = obj.get("metadata") or {}
+    namespace = meta.get("namespace") or ""
+    name = meta.get("name") or ""
+    return f"{namespace}/{name}" if namespace else str(name)
+
+
+def _resource_version(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return ""
+    meta = obj.get("metadata")
+    return str(meta.get("resourceVersion") or "") if isinstance(meta, dict) else ""
+
+
+def _without_rv(obj: Obj) -> Obj:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "resourceVersion" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+
+
+def strip_managed_fields(obj: Obj) -> Obj:
+    """Drop ``metadata.managedFields``: often half of an object's size, never read by the agent."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "managedFields" in meta:
+        obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    return obj
+
+
+class Informer:
+    """List+watch one collection into a local cache (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        resource: str,
+        list_func: ListFunc,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        transform: Transform | None = strip_managed_fields,
+        on_change: Callable[[], None] | None = None,
+        options: WatchOptions | None = None,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.resource = resource
+        """A short name for logs and metrics, e.g. ``services``."""
+        self._list_func = list_func
+        self._selectors: dict[str, str] = {}
+        if label_selector:
+            self._selectors["label_selector"] = label_selector
+        if field_selector:
+            self._selectors["field_selector"] = field_selector
+        self._transform = transform
+        self.on_change = on_change
+        self.options = options or WatchOptions()
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self.cache: dict[str, Obj] = {}
+        """namespace/name -> object. Replaced, never mutated: hold on to objects freely."""
+        self.resource_version = ""
+        """The version the cache is known to be current at (from the list, events, bookmarks)."""
+        self.synced = asyncio.Event()
+        """Set once the first list is in the cache (and stays set)."""
+        self.restarts: collections.Counter[str] = collections.Counter()
+        """Watch restarts by reason: ``closed``, ``idle``, ``error``, ``expired``."""
+        self.lists = 0
+        """How many lists completed (1 + relists)."""
+        self.events = 0
+        """Watch events applied (bookmarks included)."""
+
+    # --------------------------------------------------------------- reading
+
+    def snapshot(self) -> list[Obj]:
+        """The cached objects now (a new list; the objects are shared and must not be mutated)."""
+        return list(self.cache.values())
+
+    # --------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        """List, then watch forever; returns only by cancellation."""
+        failures = 0
+        relist = True
+        first = True
+        while True:
+            reason = ""
+            try:
+                if relist:
+                    await self._list(consistent=not first)
+                    first = False
+                    relist = False
+                    failures = 0
+                delivered = await self._watch()
+                # A server-side timeout ends a healthy watch; reconnect at once. A watch
+                # that ends before delivering anything counts as a failure, so a server
+                # that keeps hanging up immediately is not hammered.
+                reason = "closed"
+                failures = 0 if delivered else failures + 1
+            except _Expired:
+                reason = "expired"
+                relist = True
+                failures += 1
+            except _Idle:
+                reason = "idle"
+                failures += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any error: connection, HTTP status, bad payload
+                reason = "error"
+                failures += 1
+                log.warning(
+                    "watch failed",
+                    resource=self.resource,
+                    error=f"{type(exc).__name__}: {exc}",
+                    failures=failures,
+                )
+            self.restarts[reason] += 1
+            if reason == "expired" and failures == 1:
+                log.info("resource version expired, relisting", resource=self.resource)
+                continue  # the first relist is immediate; repeated ones back off
+            if failures:
+                delay = self.backoff(failures)
+                log.debug("watch backoff", resource=self.resource, reason=reason, delay=round(delay, 3))
+                await self._sleep(delay)
+
+    def backoff(self, failures: int) -> float:
+        """Delay before attempt ``failures + 1``: exponential, capped, with "equal jitter"."""
+        ceiling = min(self.options.backoff_max, self.options.backoff_base * 2.0 ** min(failures - 1, 32))
+        return ceiling / 2 + self._rng.random() * ceiling / 2
+
+    # --------------------------------------------------------------- list
+
+    async def _list(self, *, consistent: bool) -> None:
+        opts = self.options
+        timeout = aiohttp.ClientTimeout(total=opts.list_timeout, sock_connect=opts.connect_timeout)
+        items: dict[str, Obj] = {}
+        token = ""
+        version = ""
+        while True:
+            kwargs: dict[str, Any] = {
+                **self._selectors,
+                "limit": opts.page_size,
+                "_preload_content": False,
+                "_request_timeout": timeout,
+            }
+            if token:
+                kwargs["_continue"] = token
+            elif not consistent:
+                kwargs["resource_version"] = "0"
+            try:
+                page = await read_json(await self._list_func(**kwargs))
+            except Gone as exc:
+                # The continue token outlived the server's history: the whole list must
+                # be redone, at the newest version.
+                raise _Expired from exc
+            meta = page.get("metadata") or {}
+            for raw in page.get("items") or []:
+                if isinstance(raw, dict):
+                    obj = self._prepare(raw)
+                    items[object_key(obj)] = obj
+            if not version:
+                version = str(meta.get("resourceVersion") or "")
+            token = str(meta.get("continue") or "")
+            if not token:
+                break
+        changed = items.keys() != self.cache.keys() or any(
+            _resource_version(obj) != _resource_version(self.cache[key]) for key, obj in items.items()
+        )
+        self.cache = items
+        self.resource_version = version
+        self.lists += 1
+        log.info("listed", resource=self.resource, objects=len(items), resource_version=version)
+        if changed or not self.synced.is_set():
+            self._notify()
+        self.synced.set()
+
+    # --------------------------------------------------------------- watch
+
+    async def _watch(self) -> bool:
+        """One watch connection; True when it delivered at least one event."""
+        opts = self.options
+        server_timeout = int(opts.watch_timeout * (1 + self._rng.random()))
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=opts.connect_timeout,
+            # A read that waits this long means the stream went silent: see _Idle.
+            sock_read=opts.idle_timeout,
+        )
+        response = await self._list_func(
+            **self._selectors,
+            watch=True,
+            resource_version=self.resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=max(1, server_timeout),
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        delivered = False
+        async with response:
+            status = int(response.status)
+            if status != 200:
+                body: Any = await response.read()
+                try:
+                    body = json.loads(body)
+                except ValueError:
+                    body = body.decode(errors="replace")
+                if status == 410:
+                    raise _Expired
+                raise error_from_status(status, body)
+            buf = bytearray()
+            try:
+                async for chunk in response.content.iter_any():
+                    buf += chunk
+                    start = 0
+                    while (end := buf.find(b"\n", start)) >= 0:
+                        line = bytes(buf[start:end])
+                        start = end + 1
+                        if line.strip():
+                            self._handle(json.loads(line))
+                            delivered = True
+                    del buf[:start]
+            except TimeoutError as exc:  # aiohttp's read timeout (sock_read) is a TimeoutError
+                raise _Idle from exc
+            if buf.strip():
+                self._handle(json.loads(bytes(buf)))
+                delivered = True
+        return delivered
+
+    def _handle(self, event: Any) -> None:
+        if not isinstance(event, dict):
+            raise ValueError(f"watch event is not an object: {event!r:.200}")
+        kind = event.get("type")
+        obj = event.get("object")
+        self.events += 1
+        if kind == "ERROR":
+            code = obj.get("code") if isinstance(obj, dict) else None
+            if code == 410:
+                raise _Expired
+            raise error_from_status(int(code) if isinstance(code, int) else 500, obj)
+        if not isinstance(obj, dict):
+            raise ValueError(f"watch event without an object: {event!r:.200}")
+        version = _resource_version(obj)
+        if kind == "BOOKMARK":
+            if version:
+                self.resource_version = version
+            return
+        if kind in ("ADDED", "MODIFIED"):
+            new = self._prepare(obj)
+            key = object_key(new)
+            old = self.cache.get(key)
+            self.cache[key] = new
+            if version:
+                self.resource_version = version
+            # Level-triggered consumers only need a wake-up when something they could
+            # read changed; equality ignores the version, which always changes.
+            if old is None or _without_rv(old) != _without_rv(new):
+                self._notify()
+        elif kind == "DELETED":
+            key = object_key(obj)
+            if version:
+                self.resource_version = version
+            if self.cache.pop(key, None) is not None:
+                self._notify()
+        else:
+            log.warning("unknown watch event type ignored", resource=self.resource, type=kind)
+
+    def _prepare(self, obj: Obj) -> Obj:
+        return self._transform(obj) if self._transform is not None else obj
+
+    def _notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+async def wait_synced(informers: list[Informer], *, within: float | None = None) -> None:
+    """Wait until every informer has listed once (optionally with a deadline)."""
+    waiters = [i.synced.wait() for i in informers]
+    if within is None:
+        await asyncio.gather(*waiters)
+    else:
+        await asyncio.wait_for(asyncio.gather(*waiters), within)

@@ -1,0 +1,54 @@
+"""Logging: structlog, one JSON object a line by default, a console renderer for humans.
+
+Context variables are merged into every line, so binding ``sync_id`` at the
+start of a sync (see :mod:`wholeip.reconcile`) tags every line that sync writes,
+including lines written from the worker thread that runs the commit
+(``asyncio.to_thread`` copies the context).
+
+Libraries that log through the standard library (aiohttp, kubernetes_asyncio)
+are routed through the same renderer, at ``warning`` or above unless the agent
+runs at ``debug``: their info lines are noise next to the agent's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure(*, format: str = "json", level: str = "info") -> None:
+    """Configure structlog and the standard library's logging for the whole process."""
+    numeric = LEVELS.get(level.lower(), logging.INFO)
+    base: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Any
+    if format == "console":
+        tail: list[Any] = []
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        tail = [structlog.processors.dict_tracebacks]
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*base, *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*base, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if numeric <= logging.DEBUG else max(numeric, logging.WARNING))

@@ -1,0 +1,318 @@
+"""The reconcile loop: when to sync (:class:`Reconciler`) and what one sync does (:class:`Syncer`).
+
+Level-triggered. Informers only call :meth:`Reconciler.notify`, which sets a
+one-slot flag: a thousand changes between two syncs cost one sync, and the
+loop never learns *which* object changed. Each sync reads the informers'
+caches as they are now, builds the whole desired table and lets the engine
+commit the difference. A lost, repeated or reordered notification therefore
+cannot leave a wrong table behind; at worst it delays the next sync.
+
+When a sync runs (the same rules as kube-proxy's bounded frequency runner):
+
+* nothing before every informer has synced (the *gate*): a table built from a
+  half-filled cache would delete the mappings of Services not listed yet, and
+  the kernel keeps the previous agent's table meanwhile;
+* then one full sync at once (it compares with the kernel: a restarted agent
+  takes over the table its predecessor left without disturbing traffic);
+* after a change, as soon as the rate limit allows: a token bucket of
+  ``burst`` syncs refilled at one per ``min_interval``, so a short burst of
+  changes is applied at once and a storm costs one sync per ``min_interval``;
+* every ``max_interval`` without a full sync, a full sync even without a
+  change: it lists the kernel and repairs drift (someone else edited our table);
+* after a failure, a retry after a jittered exponential backoff; the retry is
+  a full sync, since the engine's memory of the kernel is void after a failure.
+
+Time comes from injectable ``clock``/``sleep`` functions so that tests drive
+the loop in virtual time, without real sleeps.
+
+Health bookkeeping lives here because only the loop knows whether a change is
+still waiting: :meth:`Reconciler.pending_age` is how long the oldest change not
+yet committed has waited. It starts counting when the gate opens (a slow first
+list is for the readiness probe, not a reason for the liveness probe to kill
+the agent), and a failed sync counts as a waiting change even when a timer
+started it, because the kernel may then differ from the desired table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from wholeip.compile import compile_table, count_mappings
+from wholeip.engine import Engine, SyncResult
+from wholeip.model import ClusterState, build_state
+from wholeip.nft.doc import TableDoc
+from wholeip.settings import ModelSettings
+
+log = structlog.get_logger(__name__)
+
+Work = Callable[[bool], Awaitable[Any]]
+"""One sync: called with ``full``; raising means the sync failed."""
+
+
+class Reconciler:
+    """Decides when to call ``work`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        work: Work,
+        min_interval: float,
+        burst: int,
+        max_interval: float,
+        retry_base: float = 1.0,
+        retry_max: float = 30.0,
+        gate: Callable[[], Awaitable[object]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._work = work
+        self.min_interval = min_interval
+        self.burst = max(1, burst)
+        self.max_interval = max_interval
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self._gate = gate
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        self._wake = asyncio.Event()
+        self._dirty = False
+        self._pending_since: float | None = None
+        self._open = False
+        self.first_commit = asyncio.Event()
+        """Set after the first successful sync (readiness)."""
+        self.syncs = 0
+        """Syncs attempted."""
+        self.failures = 0
+        """Consecutive failed syncs (0 after a success)."""
+        self.last_full: float | None = None
+        """Clock time of the last successful full sync."""
+
+    # --------------------------------------------------------------- inputs
+
+    def notify(self) -> None:
+        """Something changed: sync soon. Cheap, idempotent, safe to call any number of times."""
+        self._dirty = True
+        if self._open and self._pending_since is None:
+            self._pending_since = self._clock()
+        self._wake.set()
+
+    @property
+    def gate_open(self) -> bool:
+        return self._open
+
+    def pending_age(self) -> float:
+        """Seconds the oldest uncommitted change has waited (0 when none is waiting)."""
+        if self._pending_since is None:
+            return 0.0
+        return max(0.0, self._clock() - self._pending_since)
+
+    # --------------------------------------------------------------- loop
+
+    async def run(self) -> None:
+        """Sync forever; returns only by cancellation."""
+        if self._gate is not None:
+            await self._gate()
+        self._open = True
+        now = self._clock()
+        self._pending_since = now  # the first sync is owed from now on
+        tokens = float(self.burst)
+        refilled = now
+        full_due = now  # a full sync right away
+        retry_at: float | None = None
+        while True:
+            now = self._clock()
+            if self.min_interval > 0:
+                tokens = min(float(self.burst), tokens + (now - refilled) / self.min_interval)
+            else:
+                tokens = float(self.burst)
+            refilled = now
+            if retry_at is not None:
+                due = retry_at
+            else:
+                due = full_due
+                if self._dirty:
+                    due = min(due, now if tokens >= 1 else now + (1 - tokens) * self.min_interval)
+            if due > now:
+                # Only an idle loop needs waking by a change; a loop that waits for a
+                # token or a retry already knows there is work and when it may do it.
+                await self._wait(due - now, wakeable=retry_at is None and not self._dirty)
+                continue
+            full = retry_at is not None or now >= full_due
+            tokens = max(0.0, tokens - 1)
+            retry_at = None
+            if await self._run_once(full=full):
+                if full:
+                    full_due = self._clock() + self.max_interval
+            else:
+                delay = self._backoff(self.failures)
+                retry_at = self._clock() + delay
+                log.info("sync will be retried", delay=round(delay, 3), failures=self.failures)
+
+    async def _run_once(self, *, full: bool) -> bool:
+        waiting_since = self._pending_since
+        self._dirty = False
+        self._pending_since = None
+        self._wake.clear()
+        self.syncs += 1
+        started = self._clock()
+        with structlog.contextvars.bound_contextvars(sync_id=uuid.uuid4().hex[:12]):
+            try:
+                await self._work(full)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                # Whatever waited still waits; a failure also means the kernel may not
+                # hold the desired table, which is itself a change waiting to be applied.
+                self._dirty = True
+                candidates = [t for t in (waiting_since, self._pending_since, started) if t is not None]
+                self._pending_since = min(candidates)
+                log.error("sync failed", full=full, failures=self.failures, error=f"{type(exc).__name__}: {exc}")
+                return False
+        self.failures = 0
+        if full:
+            self.last_full = self._clock()
+        self.first_commit.set()
+        return True
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.retry_max, self.retry_base * 2.0 ** min(failures - 1, 32))
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+    async def _wait(self, seconds: float, *, wakeable: bool) -> None:
+        if math.isinf(seconds):
+            seconds = 3600.0
+        if not wakeable:
+            await self._sleep(seconds)
+            return
+        waker = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waker, sleeper):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(waker, sleeper, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- one sync
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The informers' caches at one instant (shared objects: read only)."""
+
+    services: Sequence[dict[str, Any]]
+    endpoint_slices: Sequence[dict[str, Any]]
+    nodes: Sequence[dict[str, Any]]
+
+
+Offload = Callable[..., Awaitable[Any]]
+
+
+class Syncer:
+    """One sync: snapshot -> ClusterState -> TableDoc -> engine, with metrics and logs.
+
+    The model, the compiler and the commit run in a worker thread (``offload``):
+    for a large cluster they take long enough to starve the watches and the
+    probes if run on the event loop. The snapshot itself is taken on the loop,
+    where the caches are consistent.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        snapshot: Callable[[], Snapshot],
+        node_name: str,
+        model: ModelSettings,
+        table: str,
+        metrics: Any = None,
+        on_state: Callable[[ClusterState, Snapshot], None] | None = None,
+        offload: Offload = asyncio.to_thread,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self._snapshot = snapshot
+        self.node_name = node_name
+        self.model = model
+        self.table = table
+        self.metrics = metrics
+        """A :class:`wholeip.metrics.Metrics`, or None."""
+        self.on_state = on_state
+        """Called with every freshly built state (the Event emitter); its errors are logged."""
+        self._offload = offload
+        self._wall_clock = wall_clock
+        self.last_result: SyncResult | None = None
+        self.last_state: ClusterState | None = None
+
+    def _build(self, snap: Snapshot) -> tuple[ClusterState, TableDoc]:
+        state = build_state(
+            services=snap.services,
+            endpoint_slices=snap.endpoint_slices,
+            nodes=snap.nodes,
+            node_name=self.node_name,
+            settings=self.model,
+        )
+        return state, compile_table(state, node_name=self.node_name, table=self.table)
+
+    async def __call__(self, full: bool) -> SyncResult:
+        started = time.perf_counter()
+        try:
+            result = await self._sync(full)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.syncs.labels("error").inc()
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.sync_duration.labels("full" if full else "partial").observe(time.perf_counter() - started)
+        return result
+
+    async def _sync(self, full: bool) -> SyncResult:
+        snap = self._snapshot()
+        state, doc = await self._offload(self._build, snap)
+        self.last_state = state
+        if self.metrics is not None:
+            self.metrics.set_problems(p.reason for p in state.problems)
+        if self.on_state is not None:
+            try:
+                self.on_state(state, snap)
+            except Exception as exc:  # Events are a courtesy; they never cost a sync
+                log.warning("problem reporting failed", error=f"{type(exc).__name__}: {exc}")
+        result: SyncResult = await self._offload(self.engine.sync, doc, full=full)
+        self.last_result = result
+        counts = count_mappings(doc)
+        if self.metrics is not None:
+            self.metrics.syncs.labels("noop" if result.plan.empty else "success").inc()
+            self.metrics.set_mappings(counts)
+            self.metrics.last_success.set(self._wall_clock())
+            if result.drift:
+                self.metrics.drift_repairs.inc()
+        fields = {
+            "full": result.full,
+            "changes": result.plan.summary(),
+            "mappings": sum(counts.values()),
+            "problems": len(state.problems),
+            "observe_ms": round(result.observe_seconds * 1000, 2),
+            "commit_ms": round(result.commit_seconds * 1000, 2),
+        }
+        if result.drift:
+            log.warning("drift repaired: our table was changed outside the agent", **fields)
+        elif not result.plan.empty:
+            log.info("synced", **fields)
+        else:
+            log.debug("synced", **fields)
+        return result

@@ -1,0 +1,402 @@
+"""The reconcile loop's timing, in virtual time: gate, coalescing, burst, resync, retry, health.
+
+The loop takes its clock and its sleep as parameters; :class:`VirtualTime`
+provides both, and a test moves time forward explicitly. No test sleeps for
+real, so the timing assertions are exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import structlog
+
+from wholeip.engine import Engine
+from wholeip.metrics import Metrics
+from wholeip.nft.backend import Rejected
+from wholeip.nft.fake import FakeBackend
+from wholeip.reconcile import Reconciler, Snapshot, Syncer
+from wholeip.settings import WHOLE_IP_ANNOTATION, ModelSettings
+
+
+class VirtualTime:
+    """A clock and a sleep() that only move when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), next(self._seq), future))
+        await future
+
+    @staticmethod
+    async def settle() -> None:
+        """Let every runnable task run until all of them wait on something."""
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking each sleeper at its own deadline, in order."""
+        target = self.now + seconds
+        await self.settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, future = heapq.heappop(self._sleepers)
+            if future.done():  # cancelled (the loop was woken by a change instead)
+                continue
+            self.now = max(self.now, deadline)
+            future.set_result(None)
+            await self.settle()
+        self.now = target
+        await self.settle()
+
+
+class Recorder:
+    """A ``work`` function that records (time, full) and fails on demand."""
+
+    def __init__(self, vt: VirtualTime) -> None:
+        self.vt = vt
+        self.calls: list[tuple[float, bool]] = []
+        self.fail = 0
+        self.sync_ids: list[str] = []
+
+    async def __call__(self, full: bool) -> None:
+        self.calls.append((self.vt.now, full))
+        self.sync_ids.append(structlog.contextvars.get_contextvars().get("sync_id", ""))
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("kernel said no")
+
+    @property
+    def times(self) -> list[float]:
+        return [t for t, _ in self.calls]
+
+
+@pytest.fixture
+def vt() -> VirtualTime:
+    return VirtualTime()
+
+
+@pytest.fixture
+def work(vt: VirtualTime) -> Recorder:
+    return Recorder(vt)
+
+
+def make(
+    vt: VirtualTime,
+    work: Callable[[bool], Any],
+    *,
+    gate: asyncio.Event | None = None,
+    min_interval: float = 1.0,
+    burst: int = 2,
+    max_interval: float = 60.0,
+) -> Reconciler:
+    return Reconciler(
+        work=work,
+        min_interval=min_interval,
+        burst=burst,
+        max_interval=max_interval,
+        retry_base=1.0,
+        retry_max=8.0,
+        gate=gate.wait if gate is not None else None,
+        clock=vt.clock,
+        sleep=vt.sleep,
+        rng=lambda: 1.0,  # jitter at its ceiling: delays are exactly base * 2**n
+    )
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Callable[[Reconciler], None]]:
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(r: Reconciler) -> None:
+        tasks.append(asyncio.create_task(r.run()))
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- gate
+
+
+async def test_nothing_is_written_before_the_informers_synced(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    gate = asyncio.Event()
+    r = make(vt, work, gate=gate)
+    running(r)
+    for _ in range(5):
+        r.notify()
+        await vt.advance(100)
+    assert work.calls == []
+    assert not r.first_commit.is_set()
+    assert r.pending_age() == 0  # a slow first list is the readiness probe's business
+
+    gate.set()
+    await vt.advance(0)
+    assert work.calls == [(500.0, True)]  # one full sync, at once, however many changes came
+    assert r.first_commit.is_set()
+
+
+# --------------------------------------------------------------------------- coalescing and rate
+
+
+async def test_changes_between_two_syncs_coalesce_into_one(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    r = make(vt, work, burst=1, min_interval=1.0, max_interval=1000.0)
+    running(r)
+    await vt.advance(10)  # initial full sync at 0, bucket full again
+    for _ in range(1000):
+        r.notify()
+    await vt.advance(0)
+    assert work.times == [0.0, 10.0]
+    for _ in range(1000):
+        r.notify()  # while the token is being refilled
+    await vt.advance(5)
+    assert work.times == [0.0, 10.0, 11.0]
+
+
+async def test_burst_then_min_interval(vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]) -> None:
+    r = make(vt, work, burst=3, min_interval=2.0, max_interval=1000.0)
+    running(r)
+    await vt.advance(100)  # bucket full (3 tokens)
+    assert work.times == [0.0]
+    times: list[float] = []
+    for _ in range(6):
+        r.notify()
+        await vt.advance(0)
+        # each change arrives right after the previous sync: a storm
+        while len(work.calls) == len(times) + 1:
+            await vt.advance(0.5)
+        times.append(work.times[-1])
+    # three back to back (the burst), then one per min_interval
+    assert times == [100.0, 100.0, 100.0, 102.0, 104.0, 106.0]
+    assert all(not full for _, full in work.calls[1:])
+
+
+async def test_a_change_during_a_sync_is_not_lost(vt: VirtualTime, running: Callable[[Reconciler], None]) -> None:
+    release = asyncio.Event()
+    calls: list[float] = []
+
+    async def slow(full: bool) -> None:
+        calls.append(vt.now)
+        if len(calls) == 2:
+            await release.wait()
+
+    r = make(vt, slow, burst=5, min_interval=0.1)
+    running(r)
+    await vt.advance(1)
+    r.notify()
+    await vt.advance(0)
+    assert calls == [0.0, 1.0]  # second sync in progress
+    r.notify()  # arrives while the sync reads older caches
+    release.set()
+    await vt.advance(0)
+    assert calls == [0.0, 1.0, 1.0]
+
+
+# --------------------------------------------------------------------------- full resync
+
+
+async def test_max_interval_forces_a_full_sync(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    r = make(vt, work, max_interval=10.0)
+    running(r)
+    await vt.advance(5)
+    r.notify()
+    await vt.advance(30)
+    assert work.calls == [(0.0, True), (5.0, False), (10.0, True), (20.0, True), (30.0, True)]
+    assert r.last_full == 30.0
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_failure_retries_with_backoff_and_the_retry_is_full(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    r = make(vt, work, max_interval=1000.0)
+    running(r)
+    await vt.advance(10)
+    work.fail = 5
+    r.notify()
+    await vt.advance(100)
+    # failures at 10, then retries after 1, 2, 4, 8, 8 (capped) seconds; the sixth attempt succeeds
+    assert work.times == [0.0, 10.0, 11.0, 13.0, 17.0, 25.0, 33.0]
+    assert [full for _, full in work.calls] == [True, False, True, True, True, True, True]
+    assert r.failures == 0
+
+
+async def test_changes_during_backoff_wait_for_the_retry(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    r = make(vt, work, max_interval=1000.0)
+    running(r)
+    await vt.advance(10)
+    work.fail = 1
+    r.notify()
+    await vt.advance(0.1)
+    r.notify()
+    r.notify()
+    await vt.advance(5)
+    assert work.times == [0.0, 10.0, 11.0]
+
+
+async def test_each_sync_has_its_own_sync_id(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    r = make(vt, work)
+    running(r)
+    await vt.advance(3)
+    r.notify()
+    await vt.advance(3)
+    assert len(work.sync_ids) == 2
+    assert all(work.sync_ids)
+    assert len(set(work.sync_ids)) == 2
+    assert structlog.contextvars.get_contextvars().get("sync_id") is None  # unbound after the sync
+
+
+# --------------------------------------------------------------------------- health bookkeeping
+
+
+async def test_pending_age_tracks_the_oldest_uncommitted_change(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    r = make(vt, work, burst=1, min_interval=30.0, max_interval=1000.0)
+    running(r)
+    await vt.advance(0)
+    assert r.pending_age() == 0
+    r.notify()  # no token until t=30
+    await vt.advance(20)
+    assert r.pending_age() == 20
+    r.notify()  # a newer change does not reset the age
+    await vt.advance(5)
+    assert r.pending_age() == 25
+    await vt.advance(5)
+    assert work.times == [0.0, 30.0]
+    assert r.pending_age() == 0
+
+
+async def test_a_failing_sync_counts_as_a_waiting_change(
+    vt: VirtualTime, work: Recorder, running: Callable[[Reconciler], None]
+) -> None:
+    r = make(vt, work, max_interval=10.0)
+    running(r)
+    await vt.advance(5)
+    work.fail = 100  # the timer's full sync at 10 fails, and keeps failing
+    await vt.advance(65)
+    assert r.pending_age() == 60  # since the failed attempt at 10: /healthz turns red
+    work.fail = 0
+    await vt.advance(10)
+    assert r.pending_age() == 0
+
+
+# --------------------------------------------------------------------------- with the engine and a fake kernel
+
+
+def _service(name: str, ip: str) -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": f"uid-{name}",
+            "annotations": {WHOLE_IP_ANNOTATION: "true"},
+        },
+        "spec": {"type": "LoadBalancer"},
+        "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
+    }
+
+
+def _slice(name: str, pod: str) -> dict[str, Any]:
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {"name": f"{name}-x", "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [pod], "nodeName": "n1", "conditions": {"ready": True}}],
+    }
+
+
+async def _inline(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+async def test_retry_after_a_kernel_failure_repairs_the_table_with_a_full_sync(
+    vt: VirtualTime, running: Callable[[Reconciler], None]
+) -> None:
+    backend = FakeBackend()
+    engine = Engine(backend=backend, table="wholeip")
+    services = [_service("a", "198.51.100.1")]
+    slices = [_slice("a", "10.244.1.10")]
+    metrics = Metrics()
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(services=list(services), endpoint_slices=list(slices), nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        metrics=metrics,
+        offload=_inline,
+    )
+    r = make(vt, syncer, max_interval=1000.0)
+    running(r)
+    await vt.advance(1)
+
+    def ingress() -> set[tuple[str, str]]:
+        doc = engine.observe()
+        assert doc is not None
+        return set(doc.elements["ingress4"])  # type: ignore[arg-type]
+
+    assert ingress() == {("198.51.100.1", "10.244.1.10")}
+
+    services.append(_service("b", "198.51.100.2"))
+    slices.append(_slice("b", "10.244.1.11"))
+    backend.fail_next = Rejected("injected")
+    transactions = len(backend.transactions)
+    r.notify()
+    await vt.advance(0)
+    assert r.failures == 1
+    assert len(backend.transactions) == transactions  # nothing applied
+    assert engine.last is None  # the engine no longer trusts its memory
+
+    await vt.advance(1)  # the retry (after 1 s) is full and succeeds
+    assert r.failures == 0
+    assert syncer.last_result is not None
+    assert syncer.last_result.full
+    assert ingress() == {("198.51.100.1", "10.244.1.10"), ("198.51.100.2", "10.244.1.11")}
+    assert metrics.syncs.labels("error")._value.get() == 1
+
+    # Drift: someone deletes an element behind our back; the next full resync repairs it.
+    backend.transact(
+        [
+            {
+                "delete": {
+                    "element": {
+                        "family": "inet",
+                        "table": "wholeip",
+                        "name": "ingress4",
+                        "elem": [["198.51.100.1", "10.244.1.10"]],
+                    }
+                }
+            }
+        ]
+    )
+    assert ("198.51.100.1", "10.244.1.10") not in ingress()
+    await vt.advance(1000)
+    assert ("198.51.100.1", "10.244.1.10") in ingress()
+    assert syncer.last_result.drift
+    assert metrics.drift_repairs._value.get() == 1
