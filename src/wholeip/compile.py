@@ -274,13 +274,26 @@ def skeleton() -> Skeleton:
             )
         )
     for v, proto, _ in _FAMILIES:
-        saddr = _payload(proto, "saddr")
+        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
         rules.append(
             Rule(
                 "stateless_postrouting",
                 (
                     _ct_untracked(),
                     {"mangle": {"key": saddr, "value": _map_lookup(saddr, f"egress{v}")}},
+                ),
+            )
+        )
+        # After the rewrite: remember the UDP/SCTP flows a filtered pod opens, so that
+        # their replies pass the port and source-range filters.
+        flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
+        rules.append(
+            Rule(
+                "stateless_postrouting",
+                (
+                    _match(_meta("l4proto"), {"set": ["udp", "sctp"]}),
+                    _match(saddr, f"@filtered{v}"),
+                    {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
                 ),
             )
         )

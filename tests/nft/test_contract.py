@@ -229,3 +229,43 @@ def test_rebuild_replaces_a_foreign_set_and_keeps_other_tables(backend: Backend)
     foreign = backend.list_table("ip", "foreign")
     assert foreign is not None
     assert any(o.get("chain", {}).get("name") == "keep" for o in foreign)
+
+
+def test_verdict_map_elements_need_their_chain(backend: Backend) -> None:
+    _table(backend)
+    backend.transact([{"add": {"map": {**T, "name": "v", "type": "ipv4_addr", "map": "verdict"}}}])
+    jump = {"add": {"element": {**T, "name": "v", "elem": [["192.0.2.1", {"jump": {"target": "c"}}]]}}}
+    with pytest.raises(NotFound):
+        backend.transact([jump])
+    backend.transact([{"add": {"chain": {**T, "name": "c"}}}, jump])
+    assert _elems(backend, "v") == [["192.0.2.1", {"jump": {"target": "c"}}]]
+
+
+def test_per_port_table_round_trips(backend: Backend) -> None:
+    objs = synth.cluster(3)
+    svc = objs[2]
+    svc["metadata"]["annotations"] = {"networking.cozystack.io/allowICMP": "true"}
+    svc["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+    svc["spec"] = {
+        "ports": [{"port": 53, "protocol": "UDP"}],
+        "loadBalancerSourceRanges": ["198.51.100.0/24", "192.0.2.7/32"],
+    }
+    state = model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
+    desired = compile.compile_table(state, node_name="n1")
+    assert desired.elements["dispatch4"]
+    backend.transact(diff(desired, None).commands)
+    listing = backend.list_table("inet", "wholeip")
+    assert listing is not None
+    assert diff(desired, parse_listing(listing, family="inet", name="wholeip")).empty
+
+
+def test_overlap_inside_a_concatenation_exists(backend: Backend) -> None:
+    _table(backend)
+    backend.transact([{"add": {"set": {**T, "name": "c", "type": ["ipv4_addr", "ipv4_addr"], "flags": ["interval"]}}}])
+    net = {"prefix": {"addr": "198.51.100.0", "len": 24}}
+    backend.transact([{"add": {"element": {**T, "name": "c", "elem": [{"concat": ["192.0.2.1", net]}]}}}])
+    with pytest.raises(Exists):
+        backend.transact(
+            [{"add": {"element": {**T, "name": "c", "elem": [{"concat": ["192.0.2.1", "198.51.100.7"]}]}}}]
+        )
+    backend.transact([{"add": {"element": {**T, "name": "c", "elem": [{"concat": ["192.0.2.2", "198.51.100.7"]}]}}}])

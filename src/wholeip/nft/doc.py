@@ -214,12 +214,13 @@ def create_commands(doc: TableDoc, *, with_table: bool = True) -> list[JSONObj]:
     cmds: list[JSONObj] = []
     if with_table:
         cmds.append({"table": {"family": fam, "name": tab}})
+    # Order matters: verdict-map elements jump to chains, rules name sets and chains.
     cmds += [render_set(fam, tab, s) for s in doc.skeleton.sets]
+    cmds += [render_chain(fam, tab, c) for c in doc.skeleton.chains]
     for decl in doc.skeleton.sets:
         body = render_elements(fam, tab, decl, doc.elements.get(decl.name, frozenset()))
         if body is not None:
             cmds.append(body)
-    cmds += [render_chain(fam, tab, c) for c in doc.skeleton.chains]
     cmds += [render_rule(fam, tab, r) for r in doc.skeleton.rules]
     return cmds
 
@@ -386,7 +387,10 @@ def parse_listing(objects: Sequence[JSONObj], *, family: str, name: str) -> Tabl
 
 def comparable_set(decl: SetDecl) -> SetDecl:
     """A declaration reduced to what the kernel reports back (comments are not listed)."""
-    return SetDecl(decl.name, decl.type, decl.data, tuple(sorted(decl.flags)), timeout=decl.timeout, size=decl.size)
+    # "dynamic" is set by the kernel itself once a rule updates the set; nft 1.0.6 neither
+    # takes it in JSON nor prints it there, later versions may print it.
+    flags = tuple(sorted(f for f in decl.flags if f != "dynamic"))
+    return SetDecl(decl.name, decl.type, decl.data, flags, timeout=decl.timeout, size=decl.size)
 
 
 def comparable_chain(decl: ChainDecl) -> ChainDecl:

@@ -184,11 +184,19 @@ class FakeBackend:
             key = _canon_key(key_raw, s.decl)
             if s.is_map:
                 _check_value(data, s.decl["map"])
+                table = self._table(tables, body)
+                for target in _jump_targets(data):
+                    if target not in table.chains:
+                        raise NotFound("No such file or directory", detail=f"chain {target}")
             if key in s.elems:
                 if create or s.elems[key][1] != data:
                     raise Exists("File exists", detail=f"element {key_raw!r} in {body['name']}")
                 continue
-            if _is_interval(s.decl):
+            if _is_interval(s.decl) and isinstance(key, tuple):
+                # The kernel answers EEXIST for an overlap inside a concatenation.
+                if any(_concat_overlap(key, other) for other in s.elems):
+                    raise Exists("File exists", detail=f"element {key_raw!r} overlaps in {body['name']}")
+            elif _is_interval(s.decl):
                 cover = interval_cover(list(s.elems))  # existing runs
                 new = interval_cover([key])
                 if _overlaps(cover, new):
@@ -276,6 +284,13 @@ def _canon_key(raw: Any, decl: JSONObj) -> Any:
         parts = raw.get("concat") if isinstance(raw, dict) else None
         if not isinstance(parts, list) or len(parts) != len(types):
             raise Rejected("Error: datatype mismatch", detail=f"{raw!r} is not a {'.'.join(types)}")
+        if _is_interval(decl):
+            return tuple(
+                str(_parse_net(f"{p['prefix']['addr']}/{p['prefix']['len']}", t))
+                if isinstance(p, dict) and "prefix" in p
+                else _check_value(p, t)
+                for p, t in zip(parts, types, strict=True)
+            )
         return tuple(_check_value(p, t) for p, t in zip(parts, types, strict=True))
     if _is_interval(decl):
         if isinstance(raw, dict) and "prefix" in raw:
@@ -295,6 +310,20 @@ def _parse_net(text: str, typ: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
     if (typ == "ipv4_addr") != (net.version == 4):
         raise Rejected("Could not resolve hostname: Address family for hostname not supported", detail=text)
     return net
+
+
+def _concat_overlap(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        if isinstance(x, str) and isinstance(y, str):
+            try:
+                if ipaddress.ip_network(x, strict=False).overlaps(ipaddress.ip_network(y, strict=False)):
+                    continue
+            except ValueError:
+                pass
+        return False
+    return True
 
 
 def _check_value(value: Any, typ: str) -> Any:
@@ -328,14 +357,14 @@ def _check_value(value: Any, typ: str) -> Any:
 
 
 def _list_key(raw: Any, decl: JSONObj) -> Any:
+    types = _types(decl)
+    if len(types) > 1:
+        return {"concat": list(raw["concat"])}
     if _is_interval(decl):
         net = ipaddress.ip_network(_canon_key(raw, decl))
         if net.prefixlen == net.max_prefixlen:
             return str(net.network_address)
         return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
-    types = _types(decl)
-    if len(types) > 1:
-        return {"concat": list(raw["concat"])}
     if types[0] in ("ipv4_addr", "ipv6_addr"):
         return str(ipaddress.ip_address(raw))
     return raw
