@@ -14,7 +14,17 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "wholeip"
 PURE = ["model.py", "compile.py", "nft/doc.py", "nft/diff.py", "settings.py"]
-FORBIDDEN = {"asyncio", "socket", "subprocess", "os", "threading", "aiohttp", "kubernetes_asyncio", "nftables", "pyroute2"}
+FORBIDDEN = {
+    "asyncio",
+    "socket",
+    "subprocess",
+    "os",
+    "threading",
+    "aiohttp",
+    "kubernetes_asyncio",
+    "nftables",
+    "pyroute2",
+}
 
 
 @pytest.mark.parametrize("module", PURE)
