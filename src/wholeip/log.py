@@ -32,7 +32,7 @@ def configure(*, format: str = "json", level: str = "info") -> None:
     renderer: Any
     if format == "console":
         tail: list[Any] = []
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
         tail = [structlog.processors.dict_tracebacks]
         renderer = structlog.processors.JSONRenderer()
