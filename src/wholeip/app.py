@@ -41,7 +41,7 @@ from wholeip.kube.events import EventRecorder
 from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.resources import build_informers
 from wholeip.metrics import Metrics
-from wholeip.model import ClusterState
+from wholeip.model import ClusterState, Problem
 from wholeip.reconcile import Reconciler, Snapshot, Syncer
 from wholeip.settings import Settings
 from wholeip.web import WebServer
@@ -97,6 +97,7 @@ class Agent:
         self.health: Health | None = None
         self.web: WebServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._problems: set[Problem] = set()
 
     # --------------------------------------------------------------- lifecycle
 
@@ -225,14 +226,20 @@ class Agent:
         await self.syncer(full)
 
     def _on_state(self, state: ClusterState, snap: Snapshot) -> None:
-        for problem in state.problems:
-            log.debug(
-                "problem",
+        # Every node logs what appeared and what went away (only one node writes
+        # the Event), and only the transitions: a persisting problem is not
+        # repeated on every sync.
+        current = set(state.problems)
+        for problem in sorted(current - self._problems, key=lambda p: (p.ref, p.reason, p.message)):
+            (log.warning if problem.warning else log.info)(
+                "problem found",
                 object=str(problem.ref),
                 reason=problem.reason,
                 message=problem.message,
-                warning=problem.warning,
             )
+        for problem in sorted(self._problems - current, key=lambda p: (p.ref, p.reason, p.message)):
+            log.info("problem resolved", object=str(problem.ref), reason=problem.reason)
+        self._problems = current
         if self.events is not None:
             self.events.observe(state, snap.nodes)
 

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -51,6 +51,9 @@ from wholeip.engine import Engine, SyncResult
 from wholeip.model import ClusterState, build_state
 from wholeip.nft.doc import TableDoc
 from wholeip.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from wholeip.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -239,7 +242,7 @@ class Syncer:
         node_name: str,
         model: ModelSettings,
         table: str,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         on_state: Callable[[ClusterState, Snapshot], None] | None = None,
         offload: Offload = asyncio.to_thread,
         wall_clock: Callable[[], float] = time.time,
@@ -250,7 +253,6 @@ class Syncer:
         self.model = model
         self.table = table
         self.metrics = metrics
-        """A :class:`wholeip.metrics.Metrics`, or None."""
         self.on_state = on_state
         """Called with every freshly built state (the Event emitter); its errors are logged."""
         self._offload = offload

@@ -333,3 +333,27 @@ async def test_errors_back_off_exponentially_with_jitter(running: Callable[[Info
         assert ceiling / 2 <= delay <= ceiling
     assert len(set(delays)) > 1  # jittered
     assert not inf.synced.is_set()
+
+
+async def test_an_expired_continue_token_restarts_the_list_from_scratch(
+    running: Callable[[Informer], Informer],
+) -> None:
+    calls: list[dict[str, Any]] = []
+    script = [
+        _Response(200, {"metadata": {"resourceVersion": "10", "continue": "tok"}, "items": [_svc("a", "5")]}),
+        _Response(410, {"kind": "Status", "code": 410, "reason": "Expired", "message": "continue too old"}),
+        _Response(200, {"metadata": {"resourceVersion": "30"}, "items": [_svc("b", "25")]}),
+        _Response(200, events=[]),
+    ]
+
+    async def scripted(**kwargs: Any) -> _Response:
+        calls.append(kwargs)
+        return script.pop(0)
+
+    inf = running(Informer(resource="services", list_func=scripted, options=FAST))
+    await asyncio.wait_for(inf.synced.wait(), 5)
+    assert names(inf) == {"default/b"}  # nothing of the abandoned first page survives
+    assert calls[1]["_continue"] == "tok"
+    assert "_continue" not in calls[2]
+    assert "resource_version" not in calls[2]
+    assert inf.resource_version == "30"

@@ -35,12 +35,15 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from wholeip.kube.api import NotFound, Obj, read_json
 from wholeip.model import ClusterState, ObjectRef, Problem
+
+if TYPE_CHECKING:
+    from wholeip.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -112,7 +115,7 @@ class EventRecorder:
         reemit_interval: float = 1800.0,
         retry_interval: float = 60.0,
         pace: float = 0.02,
-        metrics: Any = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,

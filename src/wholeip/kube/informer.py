@@ -199,6 +199,7 @@ class Informer:
             except _Expired:
                 reason = "expired"
                 relist = True
+                first = False  # the watch cache's version is what turned out too old: ask for the newest
                 failures += 1
             except _Idle:
                 reason = "idle"
