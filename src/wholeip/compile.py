@@ -18,6 +18,9 @@ Chains, in the order a packet meets them:
   cluster networks) are marked ``notrack``, so they skip conntrack entirely:
   to an external IP, from a local managed pod, and to a local managed pod
   (ingress another node has already rewritten).
+* ``icmp_errors`` (filter, dstnat): ICMP errors to an external IP about a
+  packet the pod sent get the pod IP back in their embedded header too, with
+  a checksum-neutral compensation, so path-MTU discovery works (row 13).
 * ``hairpin_prerouting``/``hairpin_output`` (nat, dstnat): east-west packets to
   an external IP (from a pod, or from a node's own processes) are tracked and
   DNATed to the pod, so conntrack restores the external IP on the replies.
@@ -58,7 +61,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wholeip.model import ClusterState, Mode
+from wholeip.model import ClusterState, IPAddress, Mode
 from wholeip.nft.doc import ChainDecl, Elem, JSONObj, Rule, SetDecl, Skeleton, TableDoc
 from wholeip.settings import IPNetwork
 
@@ -121,6 +124,111 @@ def _concat(*items: Any) -> JSONObj:
 
 def _meta(key: str) -> JSONObj:
     return {"meta": {"key": key}}
+
+
+def _raw(base: str, offset: int, length: int) -> JSONObj:
+    return {"payload": {"base": base, "offset": offset, "len": length}}
+
+
+# The ICMP errors of row 13 (path MTU): the embedded header is what the pod sent after
+# our egress rewrite, so its source is the external IP. The pod can only match the
+# error to its socket once that source is the pod IP again. nft raw payload writes
+# never update checksums, hence a compensation (see hack/datapath-lab/FINDINGS.md).
+INNER_SADDR4 = _raw("th", 160, 32)  # ICMP header (8) + IPv4 saddr offset (12), in bits
+INNER_SADDR6 = _raw("th", 128, 128)  # ICMPv6 header (8) + IPv6 saddr offset (8)
+OUTER_DADDR4 = _raw("nh", 128, 32)
+OUTER_DADDR6 = _raw("nh", 192, 128)
+ICMP_FIX = {
+    4: SetDecl(
+        "icmpfix4",
+        ("ipv4_addr", "integer"),
+        data="integer",
+        typeof="ip daddr . @th,160,32 : @th,32,16",
+    ),
+    6: SetDecl("icmpguard6", ("ipv6_addr", "integer"), typeof="ip6 daddr . @th,128,128"),
+}
+
+
+def icmp4_compensation(ext: IPAddress, pod: IPAddress) -> int:
+    """The 16-bit word that, written into a zero word of an ICMPv4 error, keeps its checksum
+    right when the embedded source changes from ``ext`` to ``pod``: the ones'-complement sum
+    of ext's words minus pod's words."""
+    total = 0
+    for word in _words(ext.packed):
+        total = _ones_add(total, word)
+    for word in _words(pod.packed):
+        total = _ones_add(total, ~word & 0xFFFF)
+    return total
+
+
+def _words(packed: bytes) -> list[int]:
+    return [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed), 2)]
+
+
+def _ones_add(a: int, b: int) -> int:
+    total = a + b
+    return (total & 0xFFFF) + (total >> 16)
+
+
+def _icmp_error_rules() -> list[Rule]:
+    daddr4, daddr6 = _payload("ip", "daddr"), _payload("ip6", "daddr")
+    fix_key = _concat(daddr4, INNER_SADDR4)
+    rewrite4 = {"mangle": {"key": daddr4, "value": _map_lookup(daddr4, "ingress4")}}
+    rewrite6 = {"mangle": {"key": daddr6, "value": _map_lookup(daddr6, "ingress6")}}
+    rules = []
+    # frag-needed keeps the next-hop MTU in bytes 6-7: the zero word is at offset 4;
+    # the other errors leave 4-7 zero but octet 5 may carry an RFC 4884 length.
+    for types, zero_word in (
+        (
+            (
+                _match(_payload("icmp", "type"), "destination-unreachable"),
+                _match(_payload("icmp", "code"), "frag-needed"),
+            ),
+            32,
+        ),
+        (
+            (
+                _match(
+                    _payload("icmp", "type"), {"set": ["destination-unreachable", "time-exceeded", "parameter-problem"]}
+                ),
+            ),
+            48,
+        ),
+    ):
+        word = _raw("th", zero_word, 16)
+        rules.append(
+            Rule(
+                "icmp_errors",
+                (
+                    _ct_untracked(),
+                    *types,
+                    _match(fix_key, "@icmpfix4"),
+                    _match(word, 0),
+                    {"mangle": {"key": word, "value": _map_lookup(fix_key, "icmpfix4")}},
+                    rewrite4,
+                    {"mangle": {"key": INNER_SADDR4, "value": OUTER_DADDR4}},
+                ),
+            )
+        )
+    # ICMPv6's checksum covers the pseudo-header, so a typed rewrite of the outer
+    # destination updates it. Rewrite, copy the old address back raw, rewrite again:
+    # the checksum is charged twice, which pays for the raw copy into the inner source.
+    errors6 = ["destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem"]
+    rules.append(
+        Rule(
+            "icmp_errors",
+            (
+                _ct_untracked(),
+                _match(_payload("icmpv6", "type"), {"set": errors6}),
+                _match(_concat(daddr6, INNER_SADDR6), "@icmpguard6"),
+                rewrite6,
+                {"mangle": {"key": OUTER_DADDR6, "value": INNER_SADDR6}},
+                rewrite6,
+                {"mangle": {"key": INNER_SADDR6, "value": OUTER_DADDR6}},
+            ),
+        )
+    )
+    return rules
 
 
 def _filter_rules() -> list[Rule]:
@@ -186,6 +294,7 @@ def skeleton() -> Skeleton:
             SetDecl(f"egress{v}", (addr_type,), data=addr_type),
             SetDecl(f"selfhairpin{v}", (addr_type, addr_type)),
             SetDecl(f"dispatch{v}", (addr_type,), data="verdict"),
+            ICMP_FIX[v],
             SetDecl(f"filtered{v}", (addr_type,)),
             SetDecl(f"ports{v}", (addr_type, "inet_proto", "inet_service")),
             SetDecl(f"icmp{v}", (addr_type,)),
@@ -201,6 +310,7 @@ def skeleton() -> Skeleton:
         ]
     chains = (
         ChainDecl("raw_prerouting", "filter", "prerouting", PRIO_RAW, "accept"),
+        ChainDecl("icmp_errors", "filter", "prerouting", PRIO_DSTNAT, "accept"),
         ChainDecl("filter_prerouting", "filter", "prerouting", PRIO_MANGLE, "accept"),
         ChainDecl("replies4"),
         ChainDecl("replies6"),
@@ -246,6 +356,7 @@ def skeleton() -> Skeleton:
             ),
         ]
     rules += _filter_rules()
+    rules += _icmp_error_rules()
     for chain in ("hairpin_prerouting", "hairpin_output"):
         for v, proto, _ in _FAMILIES:
             daddr = _payload(proto, "daddr")
@@ -315,6 +426,10 @@ def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem
         v = m.external_ip.version
         ext, pod = str(m.external_ip), str(m.pod_ip)
         out[f"ingress{v}"].add((ext, pod))
+        if v == 4:
+            out["icmpfix4"].add(((ext, int(m.external_ip)), icmp4_compensation(m.external_ip, m.pod_ip)))
+        else:
+            out["icmpguard6"].add((ext, int(m.external_ip)))
         if m.egress and m.node_name == node_name:
             out[f"egress{v}"].add((pod, ext))
             out[f"selfhairpin{v}"].add((pod, pod))

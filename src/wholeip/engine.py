@@ -34,6 +34,16 @@ class SyncResult:
     commit_seconds: float
 
 
+def apply_plan(backend: Backend, plan: Plan) -> None:
+    """Send a plan: its transaction, then (only when the table is created) the typeof
+    declarations and the transaction that uses them."""
+    backend.transact(plan.commands)
+    if plan.declarations:
+        backend.declare("; ".join(plan.declarations))
+    if plan.after:
+        backend.transact(plan.after)
+
+
 class Engine:
     """Diff-and-commit for one table, with the memory of the last commit."""
 
@@ -68,7 +78,7 @@ class Engine:
         observed = time.perf_counter()
         plan = diff(desired, current)
         try:
-            self.backend.transact(plan.commands)
+            apply_plan(self.backend, plan)
         except BaseException:
             self.last = None
             raise

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from wholeip import compile, model
+from wholeip.engine import apply_plan
 from wholeip.nft.backend import Backend, Exists, NotFound, Rejected
 from wholeip.nft.diff import diff
 from wholeip.nft.doc import parse_listing
@@ -154,7 +155,7 @@ def test_compiled_table_round_trips(backend: Backend) -> None:
     """What we send, listed back and parsed, compares equal: the next diff is empty."""
     desired = compile.compile_table(_state(50), node_name="n1")
     plan = diff(desired, None)
-    backend.transact(plan.commands)
+    apply_plan(backend, plan)
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     current = parse_listing(listing, family="inet", name="wholeip")
@@ -168,14 +169,14 @@ def test_compiled_table_round_trips(backend: Backend) -> None:
 
 def test_mapping_change_is_a_small_diff_that_applies(backend: Backend) -> None:
     first = compile.compile_table(_state(20), node_name="n1")
-    backend.transact(diff(first, None).commands)
+    apply_plan(backend, diff(first, None))
     second = compile.compile_table(_state(20, pod_offset=1), node_name="n1")
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     plan = diff(second, parse_listing(listing, family="inet", name="wholeip"))
     assert not plan.rebuilt
     assert not plan.chains_rebuilt
-    backend.transact(plan.commands)
+    apply_plan(backend, plan)
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     assert diff(second, parse_listing(listing, family="inet", name="wholeip")).empty
@@ -183,7 +184,7 @@ def test_mapping_change_is_a_small_diff_that_applies(backend: Backend) -> None:
 
 def test_foreign_rule_in_our_chain_is_seen_and_removed(backend: Backend) -> None:
     desired = compile.compile_table(_state(3), node_name="n1")
-    backend.transact(diff(desired, None).commands)
+    apply_plan(backend, diff(desired, None))
     backend.transact(
         [
             {
@@ -202,7 +203,7 @@ def test_foreign_rule_in_our_chain_is_seen_and_removed(backend: Backend) -> None
     assert listing is not None
     plan = diff(desired, parse_listing(listing, family="inet", name="wholeip"))
     assert plan.chains_rebuilt == ("raw_prerouting",)
-    backend.transact(plan.commands)
+    apply_plan(backend, plan)
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     assert diff(desired, parse_listing(listing, family="inet", name="wholeip")).empty
@@ -216,13 +217,13 @@ def test_rebuild_replaces_a_foreign_set_and_keeps_other_tables(backend: Backend)
         ]
     )
     desired = compile.compile_table(_state(3), node_name="n1")
-    backend.transact(diff(desired, None).commands)
+    apply_plan(backend, diff(desired, None))
     backend.transact([{"add": {"set": {"family": "inet", "table": "wholeip", "name": "extra", "type": "ipv4_addr"}}}])
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     plan = diff(desired, parse_listing(listing, family="inet", name="wholeip"))
     assert plan.rebuilt
-    backend.transact(plan.commands)
+    apply_plan(backend, plan)
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     assert diff(desired, parse_listing(listing, family="inet", name="wholeip")).empty
@@ -253,7 +254,7 @@ def test_per_port_table_round_trips(backend: Backend) -> None:
     state = model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
     desired = compile.compile_table(state, node_name="n1")
     assert desired.elements["dispatch4"]
-    backend.transact(diff(desired, None).commands)
+    apply_plan(backend, diff(desired, None))
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     assert diff(desired, parse_listing(listing, family="inet", name="wholeip")).empty

@@ -245,3 +245,19 @@ def test_north_south_traffic_leaves_no_conntrack_entries(programmed: Topology, f
 def test_bulk_transfer_without_mtu_bottleneck(programmed: Topology) -> None:
     r = bulk(programmed, sender="pod_a", receiver="ext", initiator="sender", addr=addr("ext", 4))
     assert r.ok, r.sender
+
+
+@pytest.fixture(scope="module")
+def narrow(make_topo_module: Topology, tmp_path_factory: pytest.TempPathFactory) -> Topology:
+    apply(make_topo_module, cluster(), tmp_path_factory.mktemp("narrow"))
+    return make_topo_module
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("initiator", ["sender", "receiver"], ids=["pod-connects", "outside-connects"])
+def test_row_13_path_mtu_smaller_than_the_pods(narrow: Topology, family: int, initiator: str) -> None:
+    """A 1280-byte hop between the router and the outside: the pod sends 2 MB over TCP."""
+    target = addr("ext", family) if initiator == "sender" else EXT_A[family]
+    r = bulk(narrow, sender="pod_a", receiver="ext", initiator=initiator, addr=target, timeout=20.0)  # type: ignore[arg-type]
+    assert r.ok, (r.received, r.sender, r.receiver)
+    assert r.received == 2_000_000

@@ -18,7 +18,7 @@ import pytest
 from tests.nft.test_datapath import EXT_A, FAMILIES, addr, cluster
 
 from wholeip.testing.topology import Topology
-from wholeip.testing.traffic import exchange, ping
+from wholeip.testing.traffic import bulk, exchange, ping
 
 pytestmark = pytest.mark.kernel
 
@@ -143,3 +143,21 @@ def test_mode_switch_takes_effect_in_one_apply(topo: Topology, tmp_path: Path) -
     )
     configure(topo, tmp_path, per_port=False)
     assert exchange(topo, client="ext", server="pod_a", addr=EXT_A[4], proto="udp", port=OTHER_UDP).ok
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("initiator", ["sender", "receiver"], ids=["pod-connects", "outside-connects"])
+def test_path_mtu_in_per_port_mode(make_topo_module: Topology, tmp_path: Path, family: int, initiator: str) -> None:
+    """A 1280-byte hop behind the node: ICMP errors pass the port filter and reach the pod."""
+    configure(make_topo_module, tmp_path)
+    target = addr("ext", family) if initiator == "sender" else EXT_A[family]
+    r = bulk(
+        make_topo_module,
+        sender="pod_a",
+        receiver="ext",
+        initiator=initiator,
+        addr=target,
+        port=TCP_PORT,
+        timeout=20.0,  # type: ignore[arg-type]
+    )
+    assert r.ok, (r.received, r.sender, r.receiver)

@@ -50,9 +50,11 @@ def test_second_sync_sends_an_empty_transaction() -> None:
     engine = Engine(backend=backend)
     first = engine.sync(desired(100))
     assert first.plan.created
+    # Creation: one JSON transaction, the typeof declarations, one JSON transaction.
+    assert len(backend.transactions) == 2
     second = engine.sync(desired(100), full=True)
     assert second.plan.empty
-    assert len(backend.transactions) == 1
+    assert len(backend.transactions) == 2
 
 
 def test_restarted_engine_commits_only_the_difference() -> None:
@@ -61,9 +63,10 @@ def test_restarted_engine_commits_only_the_difference() -> None:
     restarted = Engine(backend=backend)
     assert restarted.sync(desired(100)).plan.empty  # first sync of a new engine is full
     result = restarted.sync(desired(100, pod_offset=1))
-    # Every pod moves one slot: all 200 ingress values and all 100 local egress values
-    # change; the self-hairpin sets (pod . pod) lose one pod and gain one per family.
-    assert (result.plan.added, result.plan.deleted) == (302, 302)
+    # Every pod moves one slot: all 200 ingress values, all 100 local egress values and
+    # all 100 IPv4 ICMP compensations change; the self-hairpin sets (pod . pod) lose one
+    # pod and gain one per family; the IPv6 ICMP guard (external IP only) stays.
+    assert (result.plan.added, result.plan.deleted) == (402, 402)
     assert not result.plan.rebuilt
 
 

@@ -56,3 +56,8 @@ class Backend(Protocol):
     def transact(self, commands: Sequence[JSONObj]) -> None:
         """Apply libnftables JSON commands as one transaction: all or nothing."""
         ...
+
+    def declare(self, script: str) -> None:
+        """Run nft text commands as one transaction. Used only to declare ``typeof``
+        sets, which nftables 1.0.6 cannot take in JSON."""
+        ...

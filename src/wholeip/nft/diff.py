@@ -27,7 +27,7 @@ from wholeip.nft.doc import (
     TableDoc,
     comparable_chain,
     comparable_set,
-    create_commands,
+    creation_phases,
     elements_equal,
     render_elements,
     render_rule,
@@ -39,6 +39,10 @@ class Plan:
     """One transaction's commands and what they amount to."""
 
     commands: tuple[JSONObj, ...]
+    declarations: tuple[str, ...] = ()
+    """nft text declarations to run after ``commands`` (``typeof`` sets JSON cannot declare)."""
+    after: tuple[JSONObj, ...] = ()
+    """JSON commands that need the declared sets; the last transaction."""
     created: bool = False
     rebuilt: bool = False
     chains_rebuilt: tuple[str, ...] = ()
@@ -47,7 +51,7 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not self.commands
+        return not (self.commands or self.declarations or self.after)
 
     def summary(self) -> str:
         if self.empty:
@@ -64,16 +68,24 @@ def _element_count(cmds: list[JSONObj]) -> int:
     return sum(len(c["element"]["elem"]) for c in cmds if "element" in c)
 
 
-def create(desired: TableDoc) -> Plan:
-    body = create_commands(desired)
-    return Plan(commands=tuple({"add": c} for c in body), created=True, added=_element_count(body))
+def create(desired: TableDoc, *, rebuilt: bool = False) -> Plan:
+    first, declarations, last = creation_phases(desired)
+    cmds: list[JSONObj] = []
+    if rebuilt:
+        cmds.append({"delete": {"table": {"family": desired.family, "name": desired.name}}})
+    cmds += [{"add": c} for c in first]
+    return Plan(
+        commands=tuple(cmds),
+        declarations=tuple(declarations),
+        after=tuple({"add": c} for c in last),
+        created=not rebuilt,
+        rebuilt=rebuilt,
+        added=_element_count(first) + _element_count(last),
+    )
 
 
 def rebuild(desired: TableDoc) -> Plan:
-    body = create_commands(desired)
-    cmds = [{"delete": {"table": {"family": desired.family, "name": desired.name}}}]
-    cmds += [{"add": c} for c in body]
-    return Plan(commands=tuple(cmds), rebuilt=True, added=_element_count(body))
+    return create(desired, rebuilt=True)
 
 
 def skeleton_matches(desired: TableDoc, current: TableDoc) -> bool:

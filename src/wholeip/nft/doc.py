@@ -33,7 +33,7 @@ from typing import Any
 
 JSONObj = dict[str, Any]
 Key = str | int | tuple[str | int, ...]
-Elem = Key | tuple[Key, str]
+Elem = Key | tuple[Key, str | int]
 
 
 class ListingError(ValueError):
@@ -53,6 +53,11 @@ class SetDecl:
     """Element timeout in seconds: the packet path fills the set (``update``), so its
     elements are the kernel's business and are never compared or written by us."""
     size: int | None = None
+    typeof: str | None = None
+    """A ``typeof`` declaration (nft syntax) for keys on raw payload, which the JSON
+    parser of nftables 1.0.6 cannot declare; ``type``/``data`` then hold what the
+    kernel lists back (``integer`` for raw parts). Declared with one nft text
+    command, see :func:`creation_phases`."""
 
     @property
     def interval(self) -> bool:
@@ -162,6 +167,8 @@ def render_rule(family: str, table: str, rule: Rule) -> JSONObj:
 
 
 def _render_part(part: str | int, interval: bool) -> Any:
+    if isinstance(part, int) and part >= 1 << 53:
+        return hex(part)  # JSON numbers stop at 64 bits; nft reads hex strings for wide integers
     if interval and isinstance(part, str) and "/" in part:
         addr, length = part.split("/")
         return {"prefix": {"addr": addr, "len": int(length)}}
@@ -189,7 +196,7 @@ def render_elements(family: str, table: str, decl: SetDecl, elems: Iterable[Elem
             if not isinstance(elem, tuple) or len(elem) != 2:
                 raise ValueError(f"map {decl.name}: element {elem!r} is not a (key, value) pair")
             key, value = elem
-            data = _render_verdict(str(value)) if decl.data == "verdict" else value
+            data = _render_verdict(str(value)) if decl.data == "verdict" else _render_part(value, False)
             out.append([_render_key(key, decl), data])
     if not out:
         return None
@@ -201,28 +208,56 @@ def _sort_key(elem: Elem) -> str:
 
 
 def render_table(doc: TableDoc) -> JSONObj:
-    """The whole table as one libnftables JSON document (the ``wholeip render`` output).
+    """The whole table as a libnftables JSON document (the ``wholeip render`` output).
 
-    Creation commands only: applied to a kernel without the table, it builds it.
+    ``nftables`` holds the creation commands JSON can express; the ``typeof``
+    declarations nft 1.0.6 cannot take in JSON are listed, in nft syntax, under
+    ``declare`` and go between the two groups of commands (``phase`` says which).
     """
-    return {"nftables": [{"add": cmd} for cmd in create_commands(doc)]}
+    first, declarations, last = creation_phases(doc)
+    return {
+        "nftables": [{"add": cmd} for cmd in [*first, *last]],
+        "declare": {"text": declarations, "before_command": len(first)},
+    }
 
 
-def create_commands(doc: TableDoc, *, with_table: bool = True) -> list[JSONObj]:
-    """Command bodies (for ``add``) that create the table's skeleton and elements."""
+def create_commands(doc: TableDoc) -> list[JSONObj]:
+    """Command bodies (for ``add``) that create everything JSON can declare."""
+    return creation_phases(doc)[0]
+
+
+def declare_text(family: str, table: str, decl: SetDecl) -> str:
+    """The nft text command that declares a ``typeof`` set or map."""
+    kind = "map" if decl.data is not None else "set"
+    return f"add {kind} {family} {table} {decl.name} {{ typeof {decl.typeof}; }}"
+
+
+def rule_uses(rule: Rule, names: set[str]) -> bool:
+    text = json.dumps(rule.expr)
+    return any(f'"@{n}"' in text for n in names)
+
+
+def creation_phases(doc: TableDoc) -> tuple[list[JSONObj], list[str], list[JSONObj]]:
+    """How to create the table: JSON command bodies for ``add``, then nft text
+    declarations of the ``typeof`` sets, then JSON bodies that use those sets.
+
+    Order matters inside the first phase too: verdict-map elements jump to
+    chains, rules name sets and chains.
+    """
     fam, tab = doc.family, doc.name
-    cmds: list[JSONObj] = []
-    if with_table:
-        cmds.append({"table": {"family": fam, "name": tab}})
-    # Order matters: verdict-map elements jump to chains, rules name sets and chains.
-    cmds += [render_set(fam, tab, s) for s in doc.skeleton.sets]
-    cmds += [render_chain(fam, tab, c) for c in doc.skeleton.chains]
+    typed = {s.name for s in doc.skeleton.sets if s.typeof}
+    first: list[JSONObj] = [{"table": {"family": fam, "name": tab}}]
+    first += [render_set(fam, tab, s) for s in doc.skeleton.sets if not s.typeof]
+    first += [render_chain(fam, tab, c) for c in doc.skeleton.chains]
+    last: list[JSONObj] = []
     for decl in doc.skeleton.sets:
         body = render_elements(fam, tab, decl, doc.elements.get(decl.name, frozenset()))
         if body is not None:
-            cmds.append(body)
-    cmds += [render_rule(fam, tab, r) for r in doc.skeleton.rules]
-    return cmds
+            (last if decl.typeof else first).append(body)
+    for rule in doc.skeleton.rules:
+        (last if rule_uses(rule, typed) else first).append(render_rule(fam, tab, rule))
+    declarations = [declare_text(fam, tab, s) for s in doc.skeleton.sets if s.typeof]
+    return first, declarations, last
 
 
 # --------------------------------------------------------------------------- normalising
@@ -260,6 +295,8 @@ def normalize_key(value: Any, decl: SetDecl) -> Key:
         raise ListingError(f"bad element {value!r}")
     if isinstance(value, int):
         return value
+    if isinstance(value, str) and decl.type and decl.type[0] == "integer" and value.startswith("0x"):
+        return int(value, 16)
     if isinstance(value, str):
         if decl.type and decl.type[0] in ("ipv4_addr", "ipv6_addr"):
             if decl.interval and "/" not in value and "-" not in value:

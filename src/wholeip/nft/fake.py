@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import itertools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,30 @@ class FakeBackend:
             self._apply(work, cmd)
         self.tables = work
         self.transactions.append(copy.deepcopy(list(commands)))
+
+    def declare(self, script: str) -> None:
+        """The nft text declarations wholeip sends: ``add set|map FAMILY TABLE NAME { typeof ...; }``.
+
+        Anything else is refused; the declared set lists as the kernel lists a
+        ``typeof`` set (``integer`` for raw payload parts).
+        """
+        if self.fail_next is not None:
+            err, self.fail_next = self.fail_next, None
+            raise err
+        work = copy.deepcopy(self.tables)
+        rest = _DECLARE.sub("", script).replace(";", "").strip()
+        if rest:
+            raise Rejected("syntax error", detail=rest)
+        for m in _DECLARE.finditer(script):
+            kind, family, table, name, typeof = m.groups()
+            key, _, data = typeof.partition(" : ")
+            types = [_typeof_type(part) for part in key.split(" . ")]
+            body: JSONObj = {"family": family, "table": table, "name": name}
+            body["type"] = types[0] if len(types) == 1 else types
+            if kind == "map":
+                body["map"] = _typeof_type(data)
+            self._add_set(work, body, is_map=kind == "map")
+        self.tables = work
 
     # ----------------------------------------------------------------- commands
 
@@ -268,6 +293,19 @@ class FakeBackend:
 # --------------------------------------------------------------------------- helpers
 
 
+_DECLARE = re.compile(r"add (set|map) (\w+) (\w+) (\w+) \{ typeof ([^;{}]+); \}")
+
+
+def _typeof_type(expr: str) -> str:
+    expr = expr.strip()
+    if expr.startswith("@"):
+        return "integer"  # raw payload
+    known = {"ip daddr": "ipv4_addr", "ip saddr": "ipv4_addr", "ip6 daddr": "ipv6_addr", "ip6 saddr": "ipv6_addr"}
+    if expr not in known:
+        raise Rejected("unsupported typeof expression", detail=expr)
+    return known[expr]
+
+
 def _is_interval(decl: JSONObj) -> bool:
     flags = decl.get("flags", [])
     return "interval" in (flags if isinstance(flags, list) else [flags])
@@ -349,6 +387,12 @@ def _check_value(value: Any, typ: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 65536:
             return value
         raise Rejected("Could not parse service", detail=repr(value))
+    if typ == "integer":
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and value.startswith("0x"):
+            return int(value, 16)
+        raise Rejected("Could not parse integer", detail=repr(value))
     if typ == "verdict":
         if isinstance(value, dict) and len(value) == 1:
             return repr(sorted(value.items()))

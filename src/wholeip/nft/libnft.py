@@ -86,3 +86,14 @@ class LibnftBackend:
         if rc != 0:
             text = str(err).strip()
             raise classify(text)("nft transaction refused", detail=text)
+
+    def declare(self, script: str) -> None:
+        with self._lock:
+            self._nft.set_json_output(False)
+            try:
+                rc, _out, err = self._nft.cmd(script)
+            finally:
+                self._nft.set_json_output(True)
+        if rc != 0:
+            text = str(err).strip()
+            raise classify(text)("nft declaration refused", detail=text)

@@ -78,3 +78,6 @@ class NetnsBackend:
 
     def transact(self, commands: Sequence[JSONObj]) -> None:
         self._ns.call(self._inner.transact, commands)
+
+    def declare(self, script: str) -> None:
+        self._ns.call(self._inner.declare, script)
