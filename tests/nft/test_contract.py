@@ -270,3 +270,32 @@ def test_overlap_inside_a_concatenation_exists(backend: Backend) -> None:
             [{"add": {"element": {**T, "name": "c", "elem": [{"concat": ["192.0.2.1", "198.51.100.7"]}]}}}]
         )
     backend.transact([{"add": {"element": {**T, "name": "c", "elem": [{"concat": ["192.0.2.2", "198.51.100.7"]}]}}}])
+
+
+def test_typeof_declaration_lists_like_the_kernel(backend: Backend) -> None:
+    _table(backend)
+    backend.declare(
+        "add map inet t fix { typeof ip daddr . @th,160,32 : @th,32,16; }; "
+        "add set inet t guard { typeof ip6 daddr . @th,128,128; }"
+    )
+    backend.transact(
+        [
+            {"add": {"element": {**T, "name": "fix", "elem": [[{"concat": ["192.0.2.1", 3221225985]}, 12301]]}}},
+            {
+                "add": {
+                    "element": {
+                        **T,
+                        "name": "guard",
+                        "elem": [{"concat": ["2001:db8::1", "0x20010db8000000000000000000000001"]}],
+                    }
+                }
+            },
+        ]
+    )
+    listing = backend.list_table("inet", "t")
+    assert listing is not None
+    decls = {o[k]["name"]: (o[k]["type"], o[k].get("map")) for o in listing for k in ("set", "map") if k in o}
+    assert decls == {"fix": (["ipv4_addr", "integer"], "integer"), "guard": (["ipv6_addr", "integer"], None)}
+    assert _elems(backend, "fix") == [[{"concat": ["192.0.2.1", 3221225985]}, 12301]]
+    with pytest.raises(Rejected):
+        backend.declare("add map inet t broken { typeof nonsense; }")
