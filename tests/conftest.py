@@ -21,6 +21,14 @@ def kernel_available() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def kernel_ok() -> None:
+    """Skips the tests that need root, network namespaces and nft where there are none."""
+    why = kernel_available()
+    if why:
+        pytest.skip(why)
+
+
 @pytest.fixture
 def netns() -> Iterator[object]:
     """A fresh, empty network namespace (skips the test where there can be none)."""

@@ -71,11 +71,10 @@ class Problem:
 
 @dataclass(frozen=True, slots=True, order=True)
 class PortSpec:
-    """One (protocol, port) a per-port Service forwards, with the pod port it targets."""
+    """One (protocol, port) a per-port Service forwards; the pod receives it on the same port."""
 
     protocol: str
     port: int
-    target_port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +250,7 @@ def _resolve_ports(
                 )
             )
             continue
-        out.add(PortSpec(p.protocol, p.port, target))
+        out.add(PortSpec(p.protocol, p.port))
     return tuple(sorted(out))
 
 

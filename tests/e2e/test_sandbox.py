@@ -5,7 +5,6 @@ within a deadline, never by sleeping.
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 
@@ -20,9 +19,7 @@ EXT = ("203.0.113.10", "2001:db8:100::10")
 
 
 @pytest.fixture(scope="module")
-def sb() -> Iterator[Sandbox]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
+def sb(kernel_ok: None) -> Iterator[Sandbox]:
     with Sandbox() as sandbox:
         sandbox.wait_ready()
         yield sandbox

@@ -8,29 +8,11 @@ people test on the same machine, and it is torn down even when a test fails.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from wholeip.testing.topology import Topology
-
-
-def _kernel_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    for tool in ("ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"needs the {tool!r} command"
-    return None
-
-
-@pytest.fixture(scope="session")
-def kernel_ok() -> None:
-    reason = _kernel_unavailable()
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from wholeip.testing.sandbox import Sandbox
 from wholeip.testing.topology import Topology
 from wholeip.testing.traffic import bulk, exchange, ping
 
@@ -25,54 +26,21 @@ EXT_A = {4: "203.0.113.10", 6: "2001:db8:100::10"}
 FAMILIES = (4, 6)
 
 
-def cluster(*, a_pod: str = "pod_a", a_node: str = "n1", extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def cluster(*, a_pod: str = "pod_a") -> dict[str, Any]:
     """The topology as Kubernetes objects: two Nodes, whole-IP Service ``a`` on ``a_pod``."""
-    pods = {"pod_a": ("10.244.1.10", "fd00:10:244:1::10"), "pod_b": ("10.244.2.20", "fd00:10:244:2::20")}
-    v4, v6 = pods[a_pod]
-    items: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": f"n{i}"},
-            "spec": {"podCIDRs": [f"10.244.{i}.0/24", f"fd00:10:244:{i}::/64"]},
-            "status": {
-                "addresses": [
-                    {"type": "InternalIP", "address": f"192.0.2.1{i}"},
-                    {"type": "InternalIP", "address": f"2001:db8:2::1{i}"},
-                ]
-            },
-        }
-        for i in (1, 2)
-    ]
-    items.append(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": "a",
-                "namespace": "default",
-                "creationTimestamp": "2026-01-01T00:00:00Z",
-                "annotations": {"networking.cozystack.io/wholeIP": "true"},
-            },
-            "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 1}]},
-            "status": {"loadBalancer": {"ingress": [{"ip": EXT_A[4]}, {"ip": EXT_A[6]}]}},
-        }
-    )
-    for family, addr in (("IPv4", v4), ("IPv6", v6)):
-        items.append(
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": f"a-{family}",
-                    "namespace": "default",
-                    "labels": {"kubernetes.io/service-name": "a"},
-                },
-                "addressType": family,
-                "endpoints": [{"addresses": [addr], "nodeName": a_node, "conditions": {"ready": True}}],
-            }
-        )
-    items += extra or []
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "a",
+            "namespace": "default",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "annotations": {"networking.cozystack.io/wholeIP": "true"},
+        },
+        "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 1}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": EXT_A[4]}, {"ip": EXT_A[6]}]}},
+    }
+    items = [*Sandbox.nodes_manifest(), service, *Sandbox.slices_manifest("a", a_pod)]
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
@@ -199,7 +167,7 @@ def test_row_12_arriving_at_the_other_node(programmed: Topology, family: int, pr
 
 def test_row_14_mapping_moves_within_one_apply(programmed: Topology, tmp_path: Path) -> None:
     """The Service's pod moves to pod B on n2: the external IP follows, pod A loses it."""
-    apply(programmed, cluster(a_pod="pod_b", a_node="n2"), tmp_path)
+    apply(programmed, cluster(a_pod="pod_b"), tmp_path)
     try:
         for family in FAMILIES:
             programmed.route_external(EXT_A[family], "n2")

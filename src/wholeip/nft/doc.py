@@ -221,11 +221,6 @@ def render_table(doc: TableDoc) -> JSONObj:
     }
 
 
-def create_commands(doc: TableDoc) -> list[JSONObj]:
-    """Command bodies (for ``add``) that create everything JSON can declare."""
-    return creation_phases(doc)[0]
-
-
 def declare_text(family: str, table: str, decl: SetDecl) -> str:
     """The nft text command that declares a ``typeof`` set or map."""
     kind = "map" if decl.data is not None else "set"
