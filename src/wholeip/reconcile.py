@@ -49,6 +49,7 @@ import structlog
 from wholeip.compile import compile_table, count_mappings
 from wholeip.engine import Engine, SyncResult
 from wholeip.model import ClusterState, build_state
+from wholeip.nft.diff import Plan
 from wholeip.nft.doc import TableDoc
 from wholeip.settings import ModelSettings
 
@@ -244,6 +245,7 @@ class Syncer:
         table: str,
         metrics: Metrics | None = None,
         on_state: Callable[[ClusterState, Snapshot], None] | None = None,
+        after_commit: Callable[[Plan], None] | None = None,
         offload: Offload = asyncio.to_thread,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -255,6 +257,9 @@ class Syncer:
         self.metrics = metrics
         self.on_state = on_state
         """Called with every freshly built state (the Event emitter); its errors are logged."""
+        self.after_commit = after_commit
+        """Called (in the worker thread) with every committed, non-empty plan (stale conntrack
+        entries); its errors are logged, never fail the sync."""
         self._offload = offload
         self._wall_clock = wall_clock
         self.last_result: SyncResult | None = None
@@ -269,6 +274,15 @@ class Syncer:
             settings=self.model,
         )
         return state, compile_table(state, node_name=self.node_name, table=self.table)
+
+    def _commit(self, doc: TableDoc, full: bool) -> SyncResult:
+        result = self.engine.sync(doc, full=full)
+        if self.after_commit is not None and not result.plan.empty:
+            try:
+                self.after_commit(result.plan)
+            except Exception as exc:  # the table is committed; what follows it is best effort
+                log.warning("after-commit hook failed", error=f"{type(exc).__name__}: {exc}")
+        return result
 
     async def __call__(self, full: bool) -> SyncResult:
         started = time.perf_counter()
@@ -294,7 +308,7 @@ class Syncer:
                 self.on_state(state, snap)
             except Exception as exc:  # Events are a courtesy; they never cost a sync
                 log.warning("problem reporting failed", error=f"{type(exc).__name__}: {exc}")
-        result: SyncResult = await self._offload(self.engine.sync, doc, full=full)
+        result: SyncResult = await self._offload(self._commit, doc, full)
         self.last_result = result
         counts = count_mappings(doc)
         if self.metrics is not None:

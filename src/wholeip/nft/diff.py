@@ -19,7 +19,8 @@ The commands follow libnftables JSON: ``{"add": {...}}``, ``{"delete": ...}``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from wholeip.nft.doc import (
     Elem,
@@ -48,6 +49,10 @@ class Plan:
     chains_rebuilt: tuple[str, ...] = ()
     added: int = 0
     deleted: int = 0
+    removed: Mapping[str, frozenset[Elem]] = field(default_factory=dict)
+    """Per set or map (interval sets excepted): the elements the kernel held before this plan
+    and no longer holds after it, a changed map entry with its old value. What stale state
+    outside the table (conntrack entries) is keyed by."""
 
     @property
     def empty(self) -> bool:
@@ -68,8 +73,15 @@ def _element_count(cmds: list[JSONObj]) -> int:
     return sum(len(c["element"]["elem"]) for c in cmds if "element" in c)
 
 
-def create(desired: TableDoc, *, rebuilt: bool = False) -> Plan:
+def create(desired: TableDoc, *, rebuilt: bool = False, current: TableDoc | None = None) -> Plan:
     first, declarations, last = creation_phases(desired)
+    removed: dict[str, frozenset[Elem]] = {}
+    if current is not None:
+        intervals = {d.name for d in current.skeleton.sets if d.interval}
+        for name, have in current.elements.items():
+            gone = have - desired.elements.get(name, frozenset())
+            if gone and name not in intervals:
+                removed[name] = gone
     cmds: list[JSONObj] = []
     if rebuilt:
         cmds.append({"delete": {"table": {"family": desired.family, "name": desired.name}}})
@@ -81,11 +93,12 @@ def create(desired: TableDoc, *, rebuilt: bool = False) -> Plan:
         created=not rebuilt,
         rebuilt=rebuilt,
         added=_element_count(first) + _element_count(last),
+        removed=removed,
     )
 
 
-def rebuild(desired: TableDoc) -> Plan:
-    return create(desired, rebuilt=True)
+def rebuild(desired: TableDoc, current: TableDoc | None = None) -> Plan:
+    return create(desired, rebuilt=True, current=current)
 
 
 def skeleton_matches(desired: TableDoc, current: TableDoc) -> bool:
@@ -102,10 +115,11 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
     if current is None:
         return create(desired)
     if not skeleton_matches(desired, current):
-        return rebuild(desired)
+        return rebuild(desired, current)
     fam, tab = desired.family, desired.name
     cmds: list[JSONObj] = []
     added = deleted = 0
+    removed: dict[str, frozenset[Elem]] = {}
     for decl in desired.skeleton.sets:
         want = desired.elements.get(decl.name, frozenset())
         have = current.elements.get(decl.name, frozenset())
@@ -127,6 +141,7 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         if body is not None:
             cmds.append({"delete": body})
             deleted += len(to_delete)
+            removed[decl.name] = to_delete
         body = render_elements(fam, tab, decl, to_add)
         if body is not None:
             cmds.append({"add": body})
@@ -140,4 +155,4 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         rebuilt.append(chain.name)
         cmds.append({"flush": {"chain": {"family": fam, "table": tab, "name": chain.name}}})
         cmds += [{"add": render_rule(fam, tab, r)} for r in desired.skeleton.rules if r.chain == chain.name]
-    return Plan(commands=tuple(cmds), chains_rebuilt=tuple(rebuilt), added=added, deleted=deleted)
+    return Plan(commands=tuple(cmds), chains_rebuilt=tuple(rebuilt), added=added, deleted=deleted, removed=removed)
