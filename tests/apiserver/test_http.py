@@ -157,6 +157,24 @@ async def test_control_endpoint(api: ApiServer) -> None:
         assert resp.status == 200
 
 
+async def test_audit_since_and_load_balancers_without_node_ports(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url) as s:
+        async with s.get("/_double/audit") as resp:
+            seen = len(await resp.json())
+        svc = "/api/v1/namespaces/default/services"
+        spec = {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": False, "ports": [{"port": 80}]}
+        code, created = await call(s, "POST", svc, {"metadata": {"name": "lb"}, "spec": spec})
+        assert code == 201
+        assert "nodePort" not in created["spec"]["ports"][0]
+        assert created["spec"]["clusterIP"].startswith("10.96.")
+        code, other = await call(s, "POST", svc, {"metadata": {"name": "lb2"}, "spec": {"ports": [{"port": 80}]}})
+        assert other["spec"]["clusterIP"] != created["spec"]["clusterIP"]
+        async with s.get(f"/_double/audit?since={seen}") as resp:
+            assert [r["name"] for r in await resp.json()] == ["", ""]
+        async with s.get("/_double/audit?since=x") as resp:
+            assert resp.status == 400
+
+
 async def test_cli_prints_url_and_writes_kubeconfig(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kc"
     proc = await asyncio.create_subprocess_exec(

@@ -272,7 +272,13 @@ class ApiServer:
             if request.method == "DELETE":
                 self.clear_audit()
                 return _json({"cleared": True})
-            return _json([_audit_json(r) for r in self.audit])
+            # ``?since=N``: only the records after the first N (a poller's cursor),
+            # so sampling a long run does not resend the whole log each time.
+            try:
+                since = parse_rv(query.get("since"), what="since") or 0
+            except ApiError as exc:
+                return _error(exc)
+            return _json([_audit_json(r) for r in self.audit[since:]])
         if request.method != "POST":
             return _error(MethodNotAllowed(f"use POST for /_double/{op}"))
         if op == "drop-watches":

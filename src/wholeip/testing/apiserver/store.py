@@ -119,6 +119,7 @@ class Store:
         self._objects: dict[str, dict[Key, Obj]] = {t.key: {} for t in self.registry.types}
         self._history: deque[Change] = deque()
         self._changed = asyncio.Event()
+        self._next_cluster_ip = 0
         ns = self.registry.resolve("namespaces")
         for name in namespaces:
             self.create({"metadata": {"name": name}}, rtype=ns)
@@ -457,7 +458,15 @@ class Store:
     # --- server-side defaults that need global knowledge ----------------------
 
     def _allocate_service(self, svc: Obj, old: Obj | None) -> None:
-        """ClusterIP and nodePort allocation, keeping what an update leaves out."""
+        """ClusterIP and nodePort allocation, keeping what an update leaves out.
+
+        What is taken is only looked at when something must be allocated, and
+        the search for a free ClusterIP starts after the last one handed out (as
+        a real allocator's bitmap does not rescan from the start): a write to
+        one of 10,000 Services must not cost a scan of all of them.
+        ``spec.allocateLoadBalancerNodePorts: false`` leaves a LoadBalancer's
+        ports without nodePorts, as on a real server (only 2,768 exist).
+        """
         spec = svc.setdefault("spec", {})
         old_spec = (old or {}).get("spec") or {}
         if spec.get("type") == "ExternalName":
@@ -466,22 +475,23 @@ class Store:
             spec["clusterIP"] = old_spec["clusterIP"]
         if not spec.get("clusterIP"):
             used = {s.get("spec", {}).get("clusterIP") for s in self._objects["services"].values()}
-            for offset in range(10, _SERVICE_CIDR.num_addresses - 1):
+            size = _SERVICE_CIDR.num_addresses - 11
+            for step in range(size):
+                offset = 10 + (self._next_cluster_ip + step) % size
                 candidate = str(_SERVICE_CIDR.network_address + offset)
                 if candidate not in used:
                     spec["clusterIP"] = candidate
+                    self._next_cluster_ip = offset - 9
                     break
         spec.setdefault("clusterIPs", [spec["clusterIP"]])
         if spec["clusterIP"] != "None":
             family = ipaddress.ip_address(spec["clusterIP"]).version
             spec.setdefault("ipFamilies", ["IPv4" if family == 4 else "IPv6"])
             spec.setdefault("ipFamilyPolicy", "SingleStack")
+        if spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is False:
+            return
         if spec.get("type") in ("NodePort", "LoadBalancer"):
-            taken = {
-                p.get("nodePort")
-                for s in self._objects["services"].values()
-                for p in (s.get("spec", {}).get("ports") or [])
-            }
+            taken: set[Any] | None = None
             old_ports = {(p.get("port"), p.get("protocol")): p for p in old_spec.get("ports") or []}
             for port in spec.get("ports") or []:
                 if port.get("nodePort"):
@@ -490,8 +500,20 @@ class Store:
                 if previous.get("nodePort"):
                     port["nodePort"] = previous["nodePort"]
                     continue
-                port["nodePort"] = next(p for p in _NODE_PORTS if p not in taken)
-                taken.add(port["nodePort"])
+                if taken is None:
+                    taken = {
+                        p.get("nodePort")
+                        for s in self._objects["services"].values()
+                        for p in (s.get("spec", {}).get("ports") or [])
+                    }
+                free = next((p for p in _NODE_PORTS if p not in taken), None)
+                if free is None:
+                    raise Invalid(
+                        f'Service "{(svc.get("metadata") or {}).get("name", "")}" is invalid: '
+                        "spec.ports[].nodePort: Internal error: range is full"
+                    )
+                port["nodePort"] = free
+                taken.add(free)
 
 
 def _spec(obj: Obj) -> dict[str, Any]:
