@@ -7,6 +7,8 @@ Usage (one JSON object per line on stdout)::
     ip netns exec NS python -m wholeip.testing.probe ping   --addr 2001:db8:100::10
     ip netns exec NS python -m wholeip.testing.probe bulk   --listen --family 4 --port 9000 --recv 2000000
     ip netns exec NS python -m wholeip.testing.probe bulk   --connect 198.51.100.2 --port 9000 --send 2000000
+    ip netns exec NS python -m wholeip.testing.probe stream-serve --family 4 --port 7000
+    ip netns exec NS python -m wholeip.testing.probe stream --addr 203.0.113.10 --port 7000 --interval 0.01
 
 Why it is built this way:
 
@@ -26,6 +28,13 @@ Why it is built this way:
   peer and the fact that the echo arrived; the server's view is the real check.
 * Only the standard library is imported: the probe starts in tens of
   milliseconds, which keeps a traffic matrix of a hundred exchanges fast.
+* ``stream``/``stream-serve`` are long-lived: one TCP connection and one UDP
+  flow carrying a sequence number every ``--interval``, echoed back, for as
+  long as the caller wants (an agent restart, an API server outage ...). They
+  read commands on stdin, one a line: ``status`` prints the counters so far,
+  ``stop`` (or end of input) ends the stream and prints the report: every
+  sequence number missing on either side, duplicates, and the longest silence
+  between two echoes.
 * Exit status is 0 whenever a JSON result was printed (including failures to
   connect); non-zero only for usage errors or crashes.
 """
@@ -33,9 +42,12 @@ Why it is built this way:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
+import os
 import re
+import selectors
 import socket
 import struct
 import subprocess
@@ -298,6 +310,315 @@ def bulk(args: argparse.Namespace) -> None:
     emit(result)
 
 
+# -- stream --------------------------------------------------------------------
+
+
+class _Commands:
+    """Lines from stdin without blocking: the caller of a long-lived probe talks to it there."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self._buf = b""
+        self.eof = False
+
+    def read(self) -> list[str]:
+        """Call when the fd is readable; returns the complete lines (EOF counts as ``stop``)."""
+        chunk = os.read(self.fd, 4096)
+        if not chunk:
+            self.eof = True
+            return ["stop"]
+        self._buf += chunk
+        *lines, rest = self._buf.split(b"\n")
+        self._buf = rest
+        return [line.decode().strip() for line in lines if line.strip()]
+
+
+def _missing(seen: set[int], upto: int) -> list[int]:
+    """Sequence numbers below ``upto`` not in ``seen``."""
+    return [n for n in range(upto) if n not in seen]
+
+
+def _parse_seqs(buf: bytearray) -> list[int]:
+    """Complete ``N\\n`` lines taken out of ``buf``."""
+    end = buf.rfind(b"\n")
+    if end < 0:
+        return []
+    lines = bytes(buf[:end]).split(b"\n")
+    del buf[: end + 1]
+    return [int(line) for line in lines if line.strip()]
+
+
+def stream_serve(args: argparse.Namespace) -> None:
+    """Echo every TCP line and UDP datagram on ``--port``; at ``stop``, report what arrived.
+
+    TCP lines and UDP datagrams carry a sequence number; the report says, per
+    TCP connection, whether the numbers came in order without a gap and how the
+    connection ended, and for UDP which numbers never arrived (below the highest
+    one seen) and how many arrived twice.
+    """
+    deadline = time.monotonic() + args.timeout
+    listener = _listen_socket(socket.SOCK_STREAM, args.family, args.port, args.bind)
+    listener.listen(4)
+    listener.setblocking(False)
+    udp = _listen_socket(socket.SOCK_DGRAM, args.family, args.port, args.bind)
+    if args.family == 4:
+        udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    else:
+        udp.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    udp.setblocking(False)
+    commands = _Commands()
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ, "accept")
+    sel.register(udp, selectors.EVENT_READ, "udp")
+    sel.register(commands.fd, selectors.EVENT_READ, "stdin")
+    conns: dict[socket.socket, dict[str, Any]] = {}
+    buffers: dict[socket.socket, bytearray] = {}
+    tcp_reports: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    udp_info: dict[str, Any] = {"received": 0, "duplicates": 0, "peers": [], "locals": [], "bad": 0}
+    emit({"event": "ready", "family": args.family, "port": args.port})
+
+    def report_udp() -> dict[str, Any]:
+        top = max(seen) + 1 if seen else 0
+        missing = _missing(seen, top)
+        return {**udp_info, "max_seq": top - 1, "missing_count": len(missing), "missing": missing[:50]}
+
+    def close(conn: socket.socket, end: str) -> None:
+        sel.unregister(conn)
+        conn.close()
+        info = conns.pop(conn)
+        info["end"] = end
+        tcp_reports.append(info)
+
+    reason = "timeout"
+    running = True
+    while running:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        for key, _ in sel.select(min(remaining, 1.0)):
+            what = key.data
+            if what == "stdin":
+                for cmd in commands.read():
+                    if cmd == "stop":
+                        reason, running = "stopped", False
+                    elif cmd == "status":
+                        emit({"event": "status", "udp": report_udp(), "tcp": [*tcp_reports, *conns.values()]})
+                if commands.eof:
+                    sel.unregister(commands.fd)
+            elif what == "accept":
+                conn, peer = listener.accept()
+                conn.settimeout(1.0)
+                conns[conn] = {
+                    "peer": peer[0],
+                    "local": conn.getsockname()[0],
+                    "lines": 0,
+                    "next": 0,
+                    "out_of_order": 0,
+                    "end": "open",
+                }
+                buffers[conn] = bytearray()
+                sel.register(conn, selectors.EVENT_READ, "tcp")
+            elif what == "udp":
+                try:
+                    data, ancdata, _flags, peer = udp.recvmsg(_CHUNK, 256)
+                except BlockingIOError:
+                    continue
+                dst = _pktinfo_dst(args.family, ancdata)
+                try:
+                    seq = int(data)
+                except ValueError:
+                    udp_info["bad"] += 1
+                    continue
+                udp_info["received"] += 1
+                if seq in seen:
+                    udp_info["duplicates"] += 1
+                seen.add(seq)
+                for field, value in (("peers", peer[0]), ("locals", dst)):
+                    if value not in udp_info[field]:
+                        udp_info[field].append(value)
+                with contextlib.suppress(OSError):
+                    udp.sendmsg([data], _pktinfo_src(args.family, dst) if dst else [], 0, peer)
+            else:
+                conn = key.fileobj  # type: ignore[assignment]
+                assert isinstance(conn, socket.socket)
+                info = conns[conn]
+                try:
+                    chunk = conn.recv(_CHUNK)
+                except OSError as exc:
+                    close(conn, f"{type(exc).__name__}: {exc}")
+                    continue
+                if not chunk:
+                    close(conn, "eof")
+                    continue
+                buf = buffers[conn]
+                buf += chunk
+                for seq in _parse_seqs(buf):
+                    info["lines"] += 1
+                    if seq != info["next"]:
+                        info["out_of_order"] += 1
+                    info["next"] = seq + 1
+                try:
+                    conn.sendall(chunk)
+                except OSError as exc:
+                    close(conn, f"{type(exc).__name__}: {exc}")
+    for conn in list(conns):
+        close(conn, "open")
+    emit({"event": "report", "reason": reason, "udp": report_udp(), "tcp": tcp_reports})
+
+
+def stream(args: argparse.Namespace) -> None:
+    """Send a sequence number every ``--interval`` over TCP and UDP until ``stop``; report.
+
+    The report holds, per protocol, how many numbers were sent and echoed back,
+    which were never echoed, where the echoes came from, and the longest
+    silence between two echoes while sending (``max_gap_ms``, the disruption a
+    client would notice). ``tcp.error`` is set when the connection broke.
+    """
+    deadline = time.monotonic() + args.timeout
+    fam = _family(args.addr)
+    result: dict[str, Any] = {"event": "report", "addr": args.addr, "port": args.port}
+    try:
+        tcp = socket.create_connection((args.addr, args.port), timeout=args.connect_timeout)
+    except OSError as exc:
+        result["error"] = f"connect: {type(exc).__name__}: {exc}"
+        emit(result)
+        return
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tcp.setblocking(False)
+    udp = socket.socket(fam, socket.SOCK_DGRAM)
+    udp.bind((_route_source(args.addr, args.port), 0))
+    udp.setblocking(False)
+    commands = _Commands()
+    sel = selectors.DefaultSelector()
+    sel.register(tcp, selectors.EVENT_READ, "tcp")
+    sel.register(udp, selectors.EVENT_READ, "udp")
+    sel.register(commands.fd, selectors.EVENT_READ, "stdin")
+    started = time.monotonic()
+    t: dict[str, Any] = {
+        "local": tcp.getsockname()[0],
+        "peer": tcp.getpeername()[0],
+        "sent": 0,
+        "echoed": 0,
+        "out_of_order": 0,
+        "error": None,
+        "max_gap_ms": 0.0,
+    }
+    u: dict[str, Any] = {
+        "local": udp.getsockname()[0],
+        "sent": 0,
+        "echoed": 0,
+        "duplicates": 0,
+        "reply_from": [],
+        "max_gap_ms": 0.0,
+    }
+    emit({"event": "ready", "tcp_local": t["local"], "udp_local": u["local"]})
+    echoed: set[int] = set()
+    tcp_in = bytearray()
+    tcp_out = bytearray()
+    last_echo = {"tcp": started, "udp": started}
+    next_send = started
+    sending = True
+    drain_until = 0.0
+
+    def status() -> dict[str, Any]:
+        return {"tcp": dict(t), "udp": dict(u)}
+
+    def echo_seen(proto: str, now: float) -> None:
+        if sending:
+            gap = (now - last_echo[proto]) * 1000
+            target = t if proto == "tcp" else u
+            target["max_gap_ms"] = max(target["max_gap_ms"], round(gap, 1))
+        last_echo[proto] = now
+
+    def tcp_failed(exc: BaseException | str) -> None:
+        if t["error"] is None:
+            t["error"] = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(tcp)
+
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            result["timeout"] = True
+            break
+        if sending and now >= next_send:
+            seq = u["sent"]
+            with contextlib.suppress(BlockingIOError):
+                udp.sendto(str(seq).encode(), (args.addr, args.port))
+            u["sent"] += 1
+            if t["error"] is None:
+                tcp_out += f"{seq}\n".encode()
+                t["sent"] += 1
+                try:
+                    del tcp_out[: tcp.send(tcp_out)]
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    tcp_failed(exc)
+            next_send += args.interval
+            if next_send < now - 1.0:  # a long stall of this process: resume, do not burst
+                next_send = now
+        if not sending:
+            done = len(echoed) >= u["sent"] and (t["error"] is not None or t["echoed"] >= t["sent"])
+            if done or now >= drain_until:
+                break
+        wake = next_send if sending else drain_until
+        for key, _ in sel.select(max(0.0, min(wake, deadline) - now)):
+            now = time.monotonic()
+            what = key.data
+            if what == "stdin":
+                for cmd in commands.read():
+                    if cmd == "status":
+                        emit({"event": "status", **status()})
+                    elif cmd == "stop" and sending:
+                        sending = False
+                        drain_until = now + args.drain
+                if commands.eof:
+                    sel.unregister(commands.fd)
+            elif what == "udp":
+                try:
+                    data, peer = udp.recvfrom(_CHUNK)
+                except OSError:
+                    continue
+                try:
+                    seq = int(data)
+                except ValueError:
+                    continue
+                if seq in echoed:
+                    u["duplicates"] += 1
+                echoed.add(seq)
+                u["echoed"] = len(echoed)
+                if peer[0] not in u["reply_from"]:
+                    u["reply_from"].append(peer[0])
+                echo_seen("udp", now)
+            else:
+                try:
+                    chunk = tcp.recv(_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    tcp_failed(exc)
+                    continue
+                if not chunk:
+                    tcp_failed("closed by the peer")
+                    continue
+                tcp_in += chunk
+                for seq in _parse_seqs(tcp_in):
+                    if seq != t["echoed"]:
+                        t["out_of_order"] += 1
+                    t["echoed"] = seq + 1
+                    echo_seen("tcp", now)
+    tcp.close()
+    udp.close()
+    missing = _missing(echoed, u["sent"])
+    u["unechoed_count"] = len(missing)
+    u["unechoed"] = missing[:50]
+    result.update(status())
+    result["seconds"] = round(time.monotonic() - started, 3)
+    emit(result)
+
+
 # -- command line --------------------------------------------------------------
 
 
@@ -341,6 +662,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=20.0)
     p.set_defaults(func=bulk)
+
+    p = sub.add_parser("stream-serve", help="echo numbered TCP lines and UDP datagrams until stop; report gaps")
+    p.add_argument("--family", type=int, choices=(4, 6), required=True)
+    p.add_argument("--port", type=int, required=True, help="the TCP and the UDP port")
+    p.add_argument("--bind", help="address to bind (default: wildcard)")
+    p.add_argument("--timeout", type=float, default=120.0, help="overall deadline, seconds")
+    p.set_defaults(func=stream_serve)
+
+    p = sub.add_parser("stream", help="numbered TCP lines and UDP datagrams every --interval until stop")
+    p.add_argument("--addr", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--interval", type=float, default=0.01, help="seconds between two sequence numbers")
+    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument("--drain", type=float, default=2.0, help="seconds to wait for the last echoes after stop")
+    p.add_argument("--timeout", type=float, default=120.0, help="overall deadline, seconds")
+    p.set_defaults(func=stream)
     return parser
 
 

@@ -264,3 +264,207 @@ def bulk(
     send_r, recv_r = (listener_result, connector_result) if listener == sender else (connector_result, listener_result)
     received = int(recv_r.get("bytes", 0))
     return Bulk(ok=received == nbytes, received=received, sender=send_r, receiver=recv_r)
+
+
+# -- long-lived streams ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What a :class:`Stream` saw, from both ends."""
+
+    seconds: float
+    udp_sent: int
+    udp_lost: int
+    """Sequence numbers the server never received."""
+    udp_unechoed: int
+    """Sequence numbers whose echo never came back to the client (lost either way)."""
+    udp_lost_sample: list[int]
+    """The first of the numbers lost (at most 50 from the server, then any tail)."""
+    udp_duplicates: int
+    udp_max_gap_ms: float
+    """The longest silence between two UDP echoes while sending (the disruption a client notices)."""
+    tcp_sent: int
+    tcp_echoed: int
+    tcp_error: str | None
+    tcp_connections: int
+    """Connections the server saw: 1 when the one connection lasted."""
+    tcp_out_of_order: int
+    tcp_max_gap_ms: float
+    server_peers: list[str]
+    """Source addresses the server saw (UDP and TCP)."""
+    server_locals: list[str]
+    """Destination addresses the server saw (UDP and TCP)."""
+    client_reply_from: list[str]
+    """Where the client's UDP echoes came from."""
+    client: dict[str, Any]
+    server: dict[str, Any]
+
+    @property
+    def tcp_intact(self) -> bool:
+        """The one TCP connection carried every number, in order, and never broke."""
+        return (
+            self.tcp_error is None
+            and self.tcp_connections == 1
+            and self.tcp_out_of_order == 0
+            and self.tcp_sent > 0
+            and self.tcp_echoed == self.tcp_sent
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Nothing lost, nothing duplicated, the TCP connection intact."""
+        return not self.udp_lost and not self.udp_unechoed and not self.udp_duplicates and self.tcp_intact
+
+    def summary(self) -> str:
+        return (
+            f"{self.seconds:.1f}s: UDP {self.udp_sent} sent, {self.udp_lost} lost, "
+            f"{self.udp_unechoed} unechoed, {self.udp_duplicates} duplicates, "
+            f"longest gap {self.udp_max_gap_ms:.0f} ms; TCP {self.tcp_echoed}/{self.tcp_sent} echoed, "
+            f"error {self.tcp_error}, longest gap {self.tcp_max_gap_ms:.0f} ms"
+        )
+
+
+class Stream:
+    """A TCP connection and a UDP flow, a sequence number every ``interval``, until :meth:`stop`.
+
+    ``client`` sends to ``addr`` (which should lead to ``server``); the server
+    echoes. Use as a context manager, or call :meth:`stop` (which also ends
+    both probes). :meth:`status` reads the client's counters while it runs, so
+    a test can wait for "N more echoes" instead of sleeping.
+    """
+
+    def __init__(
+        self,
+        topo: Topology,
+        *,
+        client: Role,
+        server: Role,
+        addr: str,
+        port: int | None = None,
+        interval: float = 0.01,
+        timeout: float = 120.0,
+    ) -> None:
+        self.topo = topo
+        self.port = port or random_port()
+        self.result: StreamResult | None = None
+        self._server = topo.popen(
+            server,
+            _probe_argv(
+                topo,
+                server,
+                "stream-serve",
+                f"--family={family_of(addr)}",
+                f"--port={self.port}",
+                f"--timeout={timeout + 10.0}",
+            ),
+            stdin=subprocess.PIPE,
+        )
+        self._client: subprocess.Popen[str] | None = None
+        try:
+            ready = _read_json_line(self._server, time.monotonic() + 10.0)
+            if ready.get("event") != "ready":
+                raise ProbeError(f"stream server in {server} not ready: {ready}")
+            self._client = topo.popen(
+                client,
+                _probe_argv(
+                    topo,
+                    client,
+                    "stream",
+                    f"--addr={addr}",
+                    f"--port={self.port}",
+                    f"--interval={interval}",
+                    f"--timeout={timeout}",
+                ),
+                stdin=subprocess.PIPE,
+            )
+            ready = _read_json_line(self._client, time.monotonic() + 10.0)
+            if ready.get("event") != "ready":
+                raise ProbeError(f"stream client in {client} did not start: {ready}")
+        except BaseException:
+            self._kill()
+            raise
+
+    def _command(self, proc: subprocess.Popen[str], command: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+
+    def status(self) -> dict[str, Any]:
+        """The client's counters now: ``{"tcp": {"sent", "echoed", "error" ...}, "udp": {...}}``."""
+        assert self._client is not None
+        self._command(self._client, "status")
+        line = _read_json_line(self._client, time.monotonic() + 5.0)
+        if line.get("event") != "status":
+            raise ProbeError(f"stream client answered {line}")
+        return line
+
+    def echoed(self) -> int:
+        """UDP echoes received so far."""
+        return int(self.status()["udp"]["echoed"])
+
+    def stop(self) -> StreamResult:
+        """End the stream (the client first, so the server sees every last number) and report."""
+        if self.result is not None:
+            return self.result
+        assert self._client is not None
+        try:
+            self._command(self._client, "stop")
+            client = self._last_report(self._client, "stream client")
+            self._command(self._server, "stop")
+            server = self._last_report(self._server, "stream server")
+        finally:
+            self._kill()
+        sent = int(client.get("udp", {}).get("sent", 0))
+        udp = server.get("udp", {})
+        top = int(udp.get("max_seq", -1)) + 1
+        tail = list(range(max(top, 0), sent))
+        conns = server.get("tcp", [])
+        tcp = client.get("tcp", {})
+        cu = client.get("udp", {})
+        self.result = StreamResult(
+            seconds=float(client.get("seconds", 0.0)),
+            udp_sent=sent,
+            udp_lost=int(udp.get("missing_count", 0)) + len(tail),
+            udp_unechoed=int(cu.get("unechoed_count", 0)),
+            udp_lost_sample=[*udp.get("missing", []), *tail[:50]],
+            udp_duplicates=int(udp.get("duplicates", 0)) + int(cu.get("duplicates", 0)),
+            udp_max_gap_ms=float(cu.get("max_gap_ms", 0.0)),
+            tcp_sent=int(tcp.get("sent", 0)),
+            tcp_echoed=int(tcp.get("echoed", 0)),
+            tcp_error=client.get("error") or tcp.get("error"),
+            tcp_connections=len(conns),
+            tcp_out_of_order=int(tcp.get("out_of_order", 0)) + sum(int(c.get("out_of_order", 0)) for c in conns),
+            tcp_max_gap_ms=float(tcp.get("max_gap_ms", 0.0)),
+            server_peers=sorted({*udp.get("peers", []), *(c["peer"] for c in conns)}),
+            server_locals=sorted({*(a for a in udp.get("locals", []) if a), *(c["local"] for c in conns)}),
+            client_reply_from=list(cu.get("reply_from", [])),
+            client=client,
+            server=server,
+        )
+        return self.result
+
+    @staticmethod
+    def _last_report(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
+        try:
+            out, err = proc.communicate(timeout=15.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        lines: list[dict[str, Any]] = [json.loads(x) for x in out.splitlines() if x.strip().startswith("{")]
+        reports = [r for r in lines if r.get("event") == "report"]
+        if not reports:
+            raise ProbeError(f"{what} printed no report: {err.strip()}")
+        return reports[-1]
+
+    def _kill(self) -> None:
+        for proc in (self._client, self._server):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._kill()
