@@ -170,7 +170,8 @@ class Sandbox:
 
     # ---------------------------------------------------------------- agents
 
-    def start_agent(self, node: Node) -> AgentProcess:
+    def start_agent(self, node: Node, *, extra_args: Sequence[str] = ()) -> AgentProcess:
+        """Start ``wholeip run`` in the node (its log is appended to the node's log file)."""
         log_path = self.workdir / f"agent-{node}.log"
         argv = self.t.python(
             node,
@@ -194,6 +195,7 @@ class Sandbox:
                 "--log-format",
                 "json",
                 *self.agent_args,
+                *extra_args,
             ],
         )
         with log_path.open("a") as log:
@@ -233,6 +235,37 @@ class Sandbox:
 
     def agent_log(self, node: Node) -> str:
         return (self.workdir / f"agent-{node}.log").read_text(errors="replace")
+
+    def agent_events(self, node: Node, *, current: bool = True) -> list[dict[str, Any]]:
+        """The node's JSON log lines, parsed; ``current``: only those of the running process
+        (after its last ``agent started``; the log file spans restarts)."""
+        events: list[dict[str, Any]] = []
+        for line in self.agent_log(node).splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                if current and event.get("event") == "agent started":
+                    events.clear()
+                events.append(event)
+        return events
+
+    def metrics(self, node: Node) -> dict[str, float]:
+        """The agent's ``/metrics`` as ``{'name{label="v"}': value}`` (empty when it does not answer)."""
+        status, body = self.probe(node, "/metrics")
+        if status != 200:
+            return {}
+        samples: dict[str, float] = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def api_up(self) -> bool:
+        """The API server double answers (from the router's namespace)."""
+        return bool(self.api_call("GET", "/version"))
 
     # ---------------------------------------------------------------- kernel state
 
