@@ -1,0 +1,210 @@
+"""Reliability end to end: what happens to traffic when the agent, the kernel's table
+or the API server misbehaves. Real agents (``wholeip run``) in node namespaces, the
+API server double, and long-lived streams (a TCP connection and a UDP flow, a
+sequence number every 10 ms, echoed) whose every lost number is counted.
+
+* an agent killed with SIGKILL and restarted under a stream: nothing lost, the
+  connection lasts, and the new agent commits nothing;
+* someone else changes our table (flush, delete, elements, a foreign rule): the
+  next resync repairs it, counts it and logs it once, and a foreign table next to
+  ours is never touched;
+* the API server goes away (stopped, watches answering 410, watches stalled):
+  the rules stay, traffic flows, the probes say what docs/operations.md says,
+  and a change made when the server is back is applied.
+
+Every wait is a condition with a deadline. Figures (restart gap, packets sent and
+lost) are printed; run with ``-s`` to see them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from wholeip.testing.sandbox import POD_IP, Sandbox, wait_for
+from wholeip.testing.topology import Node
+from wholeip.testing.traffic import Stream, StreamResult, exchange
+
+pytestmark = pytest.mark.kernel
+
+EXT = ("203.0.113.10", "2001:db8:100::10")  # routed to n1, the node of pod A
+LATE = "203.0.113.20"  # routed to n2, for a Service made after an outage
+RESYNC = 2.0  # --max-sync-interval of these agents
+DRIFT_EVENT = "drift repaired: our table was changed outside the agent"
+FOREIGN = """
+table inet someoneelse {
+    set blocked { type ipv4_addr; elements = { 192.0.2.99 } }
+    chain guard {
+        type filter hook prerouting priority 10; policy accept;
+        ip saddr @blocked drop
+    }
+    chain spare {
+        ip daddr 192.0.2.98 accept
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def sb(kernel_ok: None) -> Iterator[Sandbox]:
+    # A short resync, so that drift is repaired within seconds; debug logs, so that
+    # a sync that changes nothing still says so.
+    with Sandbox(agent_args=["--max-sync-interval", str(RESYNC), "--log-level", "debug"]) as sandbox:
+        for node in ("n1", "n2"):
+            sandbox.t.nft(node, "-f", "-", input=FOREIGN)
+        sandbox.wait_ready()
+        sandbox.apply([sandbox.service_manifest("rel"), *sandbox.slices_manifest("rel", "pod_a")])
+        sandbox.set_load_balancer_ips("rel", EXT)
+        sandbox.kubectl("annotate", "service", "rel", "networking.cozystack.io/wholeIP=true")
+        sandbox.wait_mapping(EXT[0], POD_IP["pod_a"][0])
+        reaches(sandbox, "pod_a", EXT[0])
+        yield sandbox
+
+
+def reaches(sb: Sandbox, pod: str, ext: str, *, within: float = 15) -> None:
+    """Until an outside client reaches ``pod`` through ``ext`` (and sees ``ext`` reply)."""
+
+    def ok() -> bool:
+        r = exchange(sb.t, client="ext", server=pod, addr=ext, proto="udp", timeout=1.0)  # type: ignore[arg-type]
+        return r.ok and r.client_reply_from == ext
+
+    wait_for(ok, within=within, what=f"outside -> {ext} -> {pod}")
+
+
+def more_echoes(*streams: Stream, count: int = 100, within: float = 15) -> None:
+    """Until every stream got ``count`` more UDP echoes (traffic demonstrably flows now)."""
+    marks = [s.echoed() for s in streams]
+    for stream, mark in zip(streams, marks, strict=True):
+
+        def flowed(stream: Stream = stream, mark: int = mark) -> bool:
+            return stream.echoed() >= mark + count
+
+        wait_for(flowed, within=within, what=f"{count} more echoes")
+
+
+def assert_clean(result: StreamResult, *, peer: str, reply_from: str) -> None:
+    """Nothing lost or duplicated, the TCP connection intact, the right addresses on both ends."""
+    assert result.udp_lost == 0, f"UDP lost at the server: {result.udp_lost_sample} ({result.summary()})"
+    assert result.udp_unechoed == 0, result.summary()
+    assert result.udp_duplicates == 0, result.summary()
+    assert result.tcp_intact, result.summary()
+    assert result.server_peers == [peer], result.server_peers
+    assert result.client_reply_from == [reply_from], result.client_reply_from
+
+
+def sample(metrics: dict[str, float], name: str) -> float:
+    return metrics.get(name, 0.0)
+
+
+def _listing(sb: Sandbox, table: str) -> str:
+    return sb.t.nft("n1", "-j", "list", "table", "inet", table)
+
+
+def count_events(sb: Sandbox, node: Node, event: str) -> int:
+    return sum(1 for e in sb.agent_events(node, current=False) if e.get("event") == event)
+
+
+# --------------------------------------------------------------------------- 1. restart
+
+
+def test_sigkill_restart_keeps_streams_and_commits_nothing(sb: Sandbox) -> None:
+    ext_client = sb.t.addr("ext", 4)
+    foreign = _listing(sb, "someoneelse")
+    inbound = Stream(sb.t, client="ext", server="pod_a", addr=EXT[0])
+    with inbound, Stream(sb.t, client="pod_a", server="ext", addr=ext_client) as outbound:
+        more_echoes(inbound, outbound, count=50)
+        killed_at = time.monotonic()
+        assert sb.kill_agent("n1", signal.SIGKILL) == -signal.SIGKILL
+        sb.start_agent("n1")
+        sb.wait_ready(within=30)
+        restart_gap = time.monotonic() - killed_at
+        # Keep streaming a while after the new agent is ready: its first sync is behind us.
+        more_echoes(inbound, outbound, count=100)
+        into, out = inbound.stop(), outbound.stop()
+    print(f"\nrestart gap (SIGKILL -> ready) {restart_gap:.2f}s")
+    print(f"outside -> {EXT[0]} -> pod A: {into.summary()}")
+    print(f"pod A -> outside as {EXT[0]}: {out.summary()}")
+    assert_clean(into, peer=ext_client, reply_from=EXT[0])
+    assert into.server_locals == [POD_IP["pod_a"][0]]
+    assert_clean(out, peer=EXT[0], reply_from=ext_client)
+    assert into.udp_sent > restart_gap / 0.01 * 0.5, "the stream ran through the restart"
+
+    # The restarted agent found the table as it wanted it: one full sync, no changes.
+    metrics = sb.metrics("n1")
+    assert sample(metrics, 'wholeip_syncs_total{result="success"}') == 0, metrics
+    assert sample(metrics, 'wholeip_syncs_total{result="noop"}') >= 1, metrics
+    assert sample(metrics, 'wholeip_syncs_total{result="error"}') == 0, metrics
+    assert sample(metrics, "wholeip_drift_repairs_total") == 0, metrics
+    synced = [e for e in sb.agent_events("n1") if e.get("event") == "synced"]
+    assert synced, "the restarted agent logged no sync"
+    assert synced[0]["full"] is True, synced[0]
+    assert synced[0]["changes"] == "no changes", synced[0]
+    assert all(e["changes"] == "no changes" for e in synced), synced
+    assert _listing(sb, "someoneelse") == foreign
+
+
+# --------------------------------------------------------------------------- 2. drift
+
+
+def _canonical(listing: str) -> list[str]:
+    """Our table's listing without what legitimately changes: handles, dynamic sets' elements."""
+    objects: list[str] = []
+    for obj in json.loads(listing)["nftables"]:
+        for kind, body in obj.items():
+            if not isinstance(body, dict):
+                continue
+            body = {k: v for k, v in body.items() if k != "handle"}
+            if kind in ("set", "map"):
+                if "dynamic" in body.get("flags", []) or "timeout" in body:
+                    body.pop("elem", None)
+                elif "elem" in body:
+                    body["elem"] = sorted(body["elem"], key=json.dumps)
+            objects.append(json.dumps({kind: body}, sort_keys=True))
+    return sorted(objects)
+
+
+DAMAGE = {
+    "flush-table": ["flush", "table", "inet", "wholeip"],
+    "delete-table": ["delete", "table", "inet", "wholeip"],
+    "delete-element": ["delete", "element", "inet", "wholeip", "ingress4", "{", EXT[0], "}"],
+    "add-element": ["add", "element", "inet", "wholeip", "ingress4", "{", "203.0.113.99", ":", "10.244.1.10", "}"],
+    "insert-rule": ["insert", "rule", "inet", "wholeip", "stateless_prerouting", "ip", "daddr", EXT[0], "drop"],
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_drift_is_repaired_counted_and_logged_once(sb: Sandbox, damage: str) -> None:
+    foreign = _listing(sb, "someoneelse")
+    ours = _canonical(_listing(sb, "wholeip"))
+    repairs = sample(sb.metrics("n1"), "wholeip_drift_repairs_total")
+    warnings = count_events(sb, "n1", DRIFT_EVENT)
+
+    damaged_at = time.monotonic()
+    sb.t.nft("n1", *DAMAGE[damage])
+    wait_for(
+        lambda: sample(sb.metrics("n1"), "wholeip_drift_repairs_total") > repairs,
+        within=RESYNC + 5,
+        what=f"{damage} repaired",
+    )
+    took = time.monotonic() - damaged_at
+    print(f"\n{damage}: repaired {took:.2f}s after the damage (resync interval {RESYNC:g}s)")
+    # Within the resync interval (plus what a sync and this poll take).
+    assert took < RESYNC + 1.0
+    assert _canonical(_listing(sb, "wholeip")) == ours
+    reaches(sb, "pod_a", EXT[0], within=3)
+
+    # Once: one count and one warning, and the next full sync finds nothing to repair.
+    full = sample(sb.metrics("n1"), 'wholeip_sync_duration_seconds_count{kind="full"}')
+    wait_for(
+        lambda: sample(sb.metrics("n1"), 'wholeip_sync_duration_seconds_count{kind="full"}') >= full + 1,
+        within=RESYNC + 5,
+        what="the next full sync",
+    )
+    assert sample(sb.metrics("n1"), "wholeip_drift_repairs_total") == repairs + 1
+    assert count_events(sb, "n1", DRIFT_EVENT) == warnings + 1
+    # Someone else's table, next to ours all along, was never touched.
+    assert _listing(sb, "someoneelse") == foreign
