@@ -252,15 +252,19 @@ class Sandbox:
         return events
 
     def metrics(self, node: Node) -> dict[str, float]:
-        """The agent's ``/metrics`` as ``{'name{label="v"}': value}`` (empty when it does not answer)."""
+        """The agent's ``/metrics`` as ``{'name{a="x",b="y"}': value}``, labels sorted by name
+        (empty when it does not answer)."""
         status, body = self.probe(node, "/metrics")
         if status != 200:
             return {}
         samples: dict[str, float] = {}
         for line in body.splitlines():
             if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
+                key, _, value = line.rpartition(" ")
+                name, brace, labels = key.partition("{")
+                if brace:
+                    key = name + "{" + ",".join(sorted(labels.rstrip("}").split(","))) + "}"
+                samples[key] = float(value)
         return samples
 
     def api_up(self) -> bool:
