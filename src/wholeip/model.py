@@ -134,7 +134,8 @@ def _ref(obj: Mapping[str, Any], kind: str) -> ObjectRef:
 
 def parse_ip(value: Any) -> IPAddress | None:
     """An IP address from a string, or None. Zone ids and surrounding spaces are refused."""
-    if not isinstance(value, str):
+    # ipaddress takes "fe80::1%eth0" (zone id) since Python 3.9; nft does not.
+    if not isinstance(value, str) or "%" in value:
         return None
     try:
         return ipaddress.ip_address(value)
@@ -144,7 +145,7 @@ def parse_ip(value: Any) -> IPAddress | None:
 
 def parse_network(value: Any) -> IPNetwork | None:
     """A CIDR (host bits allowed, as Kubernetes allows them in source ranges), or None."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or "%" in value:
         return None
     try:
         return ipaddress.ip_network(value.strip(), strict=False)

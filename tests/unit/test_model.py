@@ -311,3 +311,26 @@ def test_named_target_port_resolves_through_the_endpoint_slice() -> None:
     state = build(node(), service, slice_)
     assert [p.port for p in state.mappings[0].ports] == [80]
     assert reasons(state) == ["PortTranslationUnsupported"]
+
+
+def test_zone_ids_are_refused_everywhere() -> None:
+    """Regression (property tests): Python's ipaddress parses "2001:db8::1%eth0" (IPv6 zone id)
+    and the model took it; nft cannot resolve it, so one such external IP made the kernel refuse
+    the whole table, and a zoned pod IP made every full sync rewrite its elements."""
+    state = build(
+        node(cidrs=("10.244.1.0/24", "fd00:10:244:1::%eth0/64")),
+        svc("ext", ips=("2001:db8:1::1%eth0",)),
+        eps("ext", ("fd00:10:244:1::a",), family="IPv6"),
+        svc("pod", ips=("2001:db8:1::2",), spec={"loadBalancerSourceRanges": ["2001:db8:2::%eth0/48"]}),
+        eps("pod", ("fd00:10:244:1::b%2",), family="IPv6"),
+    )
+    assert state.mappings == ()
+    assert "%" not in " ".join(str(n) for n in state.cluster_networks)
+    assert sorted(reasons(state)) == [
+        "InvalidEndpointAddress",
+        "InvalidExternalIP",
+        "InvalidPodCIDR",
+        "InvalidSourceRange",
+        "NoExternalIP",
+        "NoReadyEndpoint",
+    ]
