@@ -59,9 +59,10 @@ The output is deterministic: the same state gives byte-identical JSON.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from wholeip.model import ClusterState, IPAddress, Mode
+from wholeip.model import ClusterState, IPAddress, Mapping1to1, Mode
 from wholeip.nft.doc import ChainDecl, Elem, JSONObj, Rule, SetDecl, Skeleton, TableDoc
 from wholeip.settings import IPNetwork
 
@@ -417,35 +418,57 @@ _SKELETON = skeleton()
 # --------------------------------------------------------------------------- elements
 
 
+def mapping_elements(m: Mapping1to1, *, node_name: str) -> list[tuple[str, Elem]]:
+    """The (set, element) pairs one mapping contributes on node ``node_name``.
+
+    Every element is keyed by the mapping's external IP, or (egress) by its pod IP with
+    one egress mapping per pod, so two mappings never contribute the same element: a
+    mapping can be added or taken away without looking at the others.
+    """
+    v = m.external_ip.version
+    ext, pod = str(m.external_ip), str(m.pod_ip)
+    out: list[tuple[str, Elem]] = [(f"ingress{v}", (ext, pod))]
+    if v == 4:
+        out.append(("icmpfix4", ((ext, int(m.external_ip)), icmp4_compensation(m.external_ip, m.pod_ip))))
+    else:
+        out.append(("icmpguard6", (ext, int(m.external_ip))))
+    if m.egress and m.node_name == node_name:
+        out.append((f"egress{v}", (pod, ext)))
+        out.append((f"selfhairpin{v}", (pod, pod)))
+    ranges = [r for r in m.source_ranges if r.version == v]
+    if m.mode is Mode.PER_PORT:
+        out.append((f"dispatch{v}", (ext, f"jump per_port{v}")))
+        out += [(f"ports{v}", (ext, p.protocol, p.port)) for p in m.ports]
+        if m.allow_icmp:
+            out.append((f"icmp{v}", ext))
+    elif ranges:
+        out.append((f"dispatch{v}", (ext, f"jump whole_ip{v}")))
+    if m.mode is Mode.PER_PORT or ranges:
+        out.append((f"filtered{v}", ext))
+    if ranges:
+        out.append((f"ranged{v}", ext))
+        out += [(f"sources{v}", (ext, _host_or_net(r))) for r in ranges]
+    return out
+
+
+def network_elements(networks: Iterable[IPNetwork]) -> list[tuple[str, Elem]]:
+    """The cluster networks' (set, element) pairs."""
+    return [(f"cluster{net.version}", str(net)) for net in networks]
+
+
+def empty_elements() -> dict[str, set[Elem]]:
+    """One empty set per declared set and map."""
+    return {decl.name: set() for decl in _SKELETON.sets}
+
+
 def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem]]:
     """Every set's and map's elements for node ``node_name``."""
-    out: dict[str, set[Elem]] = {decl.name: set() for decl in _SKELETON.sets}
-    for net in state.cluster_networks:
-        out[f"cluster{net.version}"].add(str(net))
+    out = empty_elements()
+    for name, elem in network_elements(state.cluster_networks):
+        out[name].add(elem)
     for m in state.mappings:
-        v = m.external_ip.version
-        ext, pod = str(m.external_ip), str(m.pod_ip)
-        out[f"ingress{v}"].add((ext, pod))
-        if v == 4:
-            out["icmpfix4"].add(((ext, int(m.external_ip)), icmp4_compensation(m.external_ip, m.pod_ip)))
-        else:
-            out["icmpguard6"].add((ext, int(m.external_ip)))
-        if m.egress and m.node_name == node_name:
-            out[f"egress{v}"].add((pod, ext))
-            out[f"selfhairpin{v}"].add((pod, pod))
-        ranges = [r for r in m.source_ranges if r.version == v]
-        if m.mode is Mode.PER_PORT:
-            out[f"dispatch{v}"].add((ext, f"jump per_port{v}"))
-            out[f"ports{v}"] |= {(ext, p.protocol, p.port) for p in m.ports}
-            if m.allow_icmp:
-                out[f"icmp{v}"].add(ext)
-        elif ranges:
-            out[f"dispatch{v}"].add((ext, f"jump whole_ip{v}"))
-        if m.mode is Mode.PER_PORT or ranges:
-            out[f"filtered{v}"].add(ext)
-        if ranges:
-            out[f"ranged{v}"].add(ext)
-            out[f"sources{v}"] |= {(ext, _host_or_net(r)) for r in ranges}
+        for name, elem in mapping_elements(m, node_name=node_name):
+            out[name].add(elem)
     return {name: frozenset(elems) for name, elems in out.items()}
 
 

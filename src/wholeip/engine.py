@@ -16,11 +16,13 @@ worker thread, the CLI calls it directly.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from wholeip.nft.backend import Backend, NotFound
-from wholeip.nft.diff import Plan, diff
-from wholeip.nft.doc import TableDoc, parse_listing
+from wholeip.nft.diff import Plan, diff, diff_touched
+from wholeip.nft.doc import Elem, TableDoc, parse_listing
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class Engine:
         self.table = table
         self.last: TableDoc | None = None
         """The table as last committed; None until the first commit or after a failure."""
+        self._memory: dict[str, set[Elem]] = {}
 
     def observe(self) -> TableDoc | None:
         """The table as the kernel holds it now (None when it does not exist)."""
@@ -61,28 +64,45 @@ class Engine:
             return None
         return parse_listing(listing, family=self.family, name=self.table)
 
-    def sync(self, desired: TableDoc, *, full: bool = False) -> SyncResult:
+    def sync(
+        self, desired: TableDoc, *, full: bool = False, touched: Mapping[str, AbstractSet[Elem]] | None = None
+    ) -> SyncResult:
         """Make the kernel hold ``desired``, in one transaction.
 
+        ``touched`` (optional) names every element that may differ from the last
+        commit; the diff then costs the size of the change instead of the table's.
         Raises the backend's errors; after an error the next sync is full.
         """
         full = full or self.last is None
         started = time.perf_counter()
         drift = False
+        plan: Plan | None = None
         if full:
             current = self.observe()
             if self.last is not None:
                 drift = current is None or not diff(self.last, current).empty
         else:
             current = self.last
+            if touched is not None and current is not None:
+                plan = diff_touched(desired, current, touched)
+        partial = plan is not None
         observed = time.perf_counter()
-        plan = diff(desired, current)
+        if plan is None:
+            plan = diff(desired, current)
         try:
             apply_plan(self.backend, plan)
         except BaseException:
             self.last = None
             raise
-        self.last = desired
+        if partial and self.last is not None:
+            for name, gone in plan.removed.items():
+                self._memory[name] -= gone
+            for name, came in plan.inserted.items():
+                self._memory[name] |= came
+        else:
+            # Our own copy: the caller may keep changing its sets (the agent's index does).
+            self._memory = {name: set(elems) for name, elems in desired.elements.items()}
+            self.last = TableDoc(desired.family, desired.name, desired.skeleton, self._memory)
         return SyncResult(
             plan=plan,
             full=full,

@@ -161,13 +161,13 @@ def _is_true(value: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Service:
+class ServiceInfo:
     ref: ObjectRef
     created: str
     mode: Mode
     allow_icmp: bool
     external_ips: tuple[IPAddress, ...]
-    ports: tuple[_RawPort, ...]
+    ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
 
     @property
@@ -202,15 +202,15 @@ def _service_mode(
 
 
 @dataclass(frozen=True, slots=True)
-class _RawPort:
+class RawPort:
     name: str
     protocol: str
     port: int
     target: int | str
 
 
-def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Problem]) -> tuple[_RawPort, ...]:
-    ports: list[_RawPort] = []
+def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Problem]) -> tuple[RawPort, ...]:
+    ports: list[RawPort] = []
     for raw in _list(spec.get("ports")):
         entry = _dict(raw)
         protocol = _str(entry.get("protocol") or "TCP").upper()
@@ -221,12 +221,12 @@ def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Probl
         target = entry.get("targetPort", port)
         if not isinstance(target, int | str) or isinstance(target, bool):
             target = port
-        ports.append(_RawPort(_str(entry.get("name")), protocol.lower(), port, target))
+        ports.append(RawPort(_str(entry.get("name")), protocol.lower(), port, target))
     return tuple(ports)
 
 
-def _resolve_ports(
-    svc: _Service, slice_ports: Mapping[tuple[str, str], int], problems: list[Problem]
+def resolve_ports(
+    svc: ServiceInfo, slice_ports: Mapping[tuple[str, str], int], problems: list[Problem]
 ) -> tuple[PortSpec, ...]:
     """The (protocol, port) pairs a per-port Service forwards.
 
@@ -255,7 +255,7 @@ def _resolve_ports(
     return tuple(sorted(out))
 
 
-def _parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: list[Problem]) -> _Service | None:
+def parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: list[Problem]) -> ServiceInfo | None:
     ref = _ref(obj, "Service")
     if not ref.name:
         problems.append(Problem(ref, "InvalidObject", "Service without metadata.name ignored"))
@@ -293,76 +293,84 @@ def _parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: li
             )
         elif net not in ranges:
             ranges.append(net)
-    return _Service(
+    return ServiceInfo(
         ref=ref,
         created=_str(meta.get("creationTimestamp")),
         mode=mode,
         allow_icmp=_is_true(_dict(meta.get("annotations")).get(ALLOW_ICMP_ANNOTATION)),
         external_ips=tuple(ips),
         ports=_service_ports(spec, ref, problems) if mode is Mode.PER_PORT else (),
-        source_ranges=_collapse(ranges),
+        source_ranges=collapse(ranges),
     )
 
 
 # --------------------------------------------------------------------------- endpoints
 
 
-def _ready_endpoints(
-    slices: Iterable[Mapping[str, Any]],
-    problems: list[Problem],
-    ports: dict[tuple[str, str], dict[tuple[str, str], int]],
-) -> dict[tuple[str, str], dict[int, dict[IPAddress, str | None]]]:
-    """(namespace, service) -> family -> ready address -> node name.
+@dataclass(frozen=True, slots=True)
+class SliceInfo:
+    """What one EndpointSlice says about its Service: the ready addresses and the ports."""
 
-    Fills ``ports``: (namespace, service) -> (port name, protocol) -> pod port.
-    """
-    out: dict[tuple[str, str], dict[int, dict[IPAddress, str | None]]] = {}
-    for eps in slices:
-        ref = _ref(eps, "EndpointSlice")
-        service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
-        if not service:
+    ref: ObjectRef
+    service: tuple[str, str]
+    """(namespace, Service name), from the ``kubernetes.io/service-name`` label."""
+    family: int
+    ready: Mapping[IPAddress, str | None]
+    """Ready address -> node name."""
+    ports: Mapping[tuple[str, str], int]
+    """(port name, protocol) -> pod port."""
+    problems: tuple[Problem, ...]
+
+
+def parse_slice(eps: Mapping[str, Any]) -> SliceInfo | None:
+    """One EndpointSlice, or None when it names no Service or carries no pod addresses."""
+    ref = _ref(eps, "EndpointSlice")
+    service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
+    if not service:
+        return None
+    address_type = eps.get("addressType")
+    if address_type not in ("IPv4", "IPv6"):
+        return None  # FQDN slices carry no pod address
+    family = 4 if address_type == "IPv4" else 6
+    ports: dict[tuple[str, str], int] = {}
+    for raw_port in _list(eps.get("ports")):
+        entry = _dict(raw_port)
+        number = entry.get("port")
+        if isinstance(number, int) and not isinstance(number, bool):
+            protocol = _str(entry.get("protocol") or "TCP").lower()
+            ports[(_str(entry.get("name")), protocol)] = number
+    ready: dict[IPAddress, str | None] = {}
+    problems: list[Problem] = []
+    for raw in _list(eps.get("endpoints")):
+        endpoint = _dict(raw)
+        conditions = _dict(endpoint.get("conditions"))
+        # The API says a nil "ready" means ready; "serving and not terminating"
+        # would admit terminating pods, which a 1:1 NAT must not pick.
+        if conditions.get("ready") is False:
             continue
-        address_type = eps.get("addressType")
-        if address_type not in ("IPv4", "IPv6"):
-            continue  # FQDN slices carry no pod address
-        family = 4 if address_type == "IPv4" else 6
-        per_family = out.setdefault((ref.namespace, service), {}).setdefault(family, {})
-        for raw_port in _list(eps.get("ports")):
-            entry = _dict(raw_port)
-            number = entry.get("port")
-            if isinstance(number, int) and not isinstance(number, bool):
-                protocol = _str(entry.get("protocol") or "TCP").lower()
-                ports.setdefault((ref.namespace, service), {})[(_str(entry.get("name")), protocol)] = number
-        for raw in _list(eps.get("endpoints")):
-            endpoint = _dict(raw)
-            conditions = _dict(endpoint.get("conditions"))
-            # The API says a nil "ready" means ready; "serving and not terminating"
-            # would admit terminating pods, which a 1:1 NAT must not pick.
-            if conditions.get("ready") is False:
-                continue
-            addresses = _list(endpoint.get("addresses"))
-            if not addresses:
-                problems.append(Problem(ref, "EndpointWithoutAddress", "endpoint without addresses ignored"))
-                continue
-            ip = parse_ip(addresses[0])
-            if ip is None or ip.version != family:
-                problems.append(
-                    Problem(
-                        ref,
-                        "InvalidEndpointAddress",
-                        f"endpoint address {addresses[0]!r} is not an {address_type} address",
-                    )
+        addresses = _list(endpoint.get("addresses"))
+        if not addresses:
+            problems.append(Problem(ref, "EndpointWithoutAddress", "endpoint without addresses ignored"))
+            continue
+        ip = parse_ip(addresses[0])
+        if ip is None or ip.version != family:
+            problems.append(
+                Problem(
+                    ref,
+                    "InvalidEndpointAddress",
+                    f"endpoint address {addresses[0]!r} is not an {address_type} address",
                 )
-                continue
-            node = endpoint.get("nodeName")
-            per_family[ip] = node if isinstance(node, str) and node else None
-    return out
+            )
+            continue
+        node = endpoint.get("nodeName")
+        ready[ip] = node if isinstance(node, str) and node else None
+    return SliceInfo(ref, (ref.namespace, service), family, ready, ports, tuple(problems))
 
 
 # --------------------------------------------------------------------------- nodes
 
 
-def _node_networks(
+def node_networks(
     nodes: Iterable[Mapping[str, Any]], problems: list[Problem]
 ) -> tuple[list[IPNetwork], list[IPAddress]]:
     pod_cidrs: list[IPNetwork] = []
@@ -386,7 +394,7 @@ def _node_networks(
     return pod_cidrs, node_ips
 
 
-def _collapse(networks: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+def collapse(networks: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
     v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
     v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
     return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
@@ -451,123 +459,12 @@ def build_state(
 ) -> ClusterState:
     """The ClusterState for the given raw objects, seen from node ``node_name``.
 
-    Deterministic: the same objects in any order give an equal state.
+    Deterministic: the same objects in any order give an equal state. The work is done
+    by :class:`wholeip.index.ClusterIndex` (the agent keeps one current, object by
+    object); this is the same index filled at once.
     """
-    del node_name  # the state is the same on every node; the compiler picks the node's part
-    problems: list[Problem] = []
-    pod_cidrs, node_ips = _node_networks(nodes, problems)
-    cluster = _collapse(
-        [
-            *(settings.cluster_cidrs or pod_cidrs),
-            *settings.service_cidrs,
-            *(ipaddress.ip_network(ip) for ip in node_ips),
-        ]
-    )
-    guard_nets = _collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs])
-    node_ip_set = frozenset(node_ips)
+    from wholeip.index import load  # the index builds on this module's parsers
 
-    parsed = [s for s in (_parse_service(obj, settings, problems) for obj in services) if s is not None]
-    parsed.sort(key=lambda s: s.age_key)
-    slice_ports: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
-    endpoints = _ready_endpoints(endpoint_slices, problems, slice_ports)
-
-    mappings: list[Mapping1to1] = []
-    claimed: dict[IPAddress, ObjectRef] = {}
-    egress_owner: dict[IPAddress, ObjectRef] = {}
-    seen_refs: set[tuple[str, str]] = set()
-    for svc in parsed:
-        if (svc.ref.namespace, svc.ref.name) in seen_refs:
-            problems.append(
-                Problem(
-                    svc.ref,
-                    "DuplicateObject",
-                    "the same Service appears twice; the first one is used",
-                )
-            )
-            continue
-        seen_refs.add((svc.ref.namespace, svc.ref.name))
-        if not svc.external_ips:
-            problems.append(
-                Problem(
-                    svc.ref,
-                    "NoExternalIP",
-                    "managed Service has no status.loadBalancer.ingress IP yet",
-                    warning=False,
-                )
-            )
-            continue
-        by_family = endpoints.get((svc.ref.namespace, svc.ref.name), {})
-        ports = (
-            _resolve_ports(svc, slice_ports.get((svc.ref.namespace, svc.ref.name), {}), problems)
-            if svc.mode is Mode.PER_PORT
-            else ()
-        )
-        for ip in svc.external_ips:
-            why = refusal(ip, cluster=guard_nets, node_ips=node_ip_set)
-            if why is not None:
-                problems.append(Problem(svc.ref, "ExternalIPRefused", f"external IP refused: {why}"))
-                continue
-            owner = claimed.get(ip)
-            if owner is not None:
-                problems.append(
-                    Problem(
-                        svc.ref,
-                        "ExternalIPConflict",
-                        f"external IP {ip} is already claimed by the older Service {owner.namespace}/{owner.name}",
-                    )
-                )
-                continue
-            ready = by_family.get(ip.version, {})
-            if not ready:
-                problems.append(
-                    Problem(
-                        svc.ref,
-                        "NoReadyEndpoint",
-                        f"no ready IPv{ip.version} endpoint for external IP {ip}",
-                    )
-                )
-                continue
-            pod_ip = min(ready, key=int)
-            if len(ready) > 1:
-                problems.append(
-                    Problem(
-                        svc.ref,
-                        "SeveralReadyEndpoints",
-                        f"{len(ready)} ready IPv{ip.version} endpoints; a whole IP maps to one pod,"
-                        f" using {pod_ip} (the lowest address)",
-                    )
-                )
-            claimed[ip] = svc.ref
-            prev = egress_owner.get(pod_ip)
-            egress = prev is None
-            if prev is None:
-                egress_owner[pod_ip] = svc.ref
-            elif prev != svc.ref:
-                problems.append(
-                    Problem(
-                        svc.ref,
-                        "EgressClaimedByOlderService",
-                        f"pod {pod_ip} already leaves with the external IP of the older Service"
-                        f" {prev.namespace}/{prev.name}",
-                        warning=False,
-                    )
-                )
-            mappings.append(
-                Mapping1to1(
-                    service=svc.ref,
-                    external_ip=ip,
-                    pod_ip=pod_ip,
-                    node_name=ready[pod_ip],
-                    mode=svc.mode,
-                    allow_icmp=svc.allow_icmp,
-                    ports=ports,
-                    source_ranges=svc.source_ranges,
-                    egress=egress,
-                )
-            )
-    return ClusterState(
-        mappings=tuple(sorted(mappings, key=lambda m: (m.external_ip.version, int(m.external_ip)))),
-        cluster_networks=cluster,
-        problems=tuple(problems),
-        managed_services=tuple(sorted(svc.ref for svc in parsed)),
-    )
+    return load(
+        services=services, endpoint_slices=endpoint_slices, nodes=nodes, node_name=node_name, settings=settings
+    ).state()

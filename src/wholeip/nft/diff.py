@@ -20,11 +20,13 @@ The commands follow libnftables JSON: ``{"add": {...}}``, ``{"delete": ...}``,
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from wholeip.nft.doc import (
     Elem,
     JSONObj,
+    SetDecl,
     TableDoc,
     comparable_chain,
     comparable_set,
@@ -49,10 +51,13 @@ class Plan:
     chains_rebuilt: tuple[str, ...] = ()
     added: int = 0
     deleted: int = 0
-    removed: Mapping[str, frozenset[Elem]] = field(default_factory=dict)
+    removed: Mapping[str, AbstractSet[Elem]] = field(default_factory=dict)
     """Per set or map (interval sets excepted): the elements the kernel held before this plan
     and no longer holds after it, a changed map entry with its old value. What stale state
     outside the table (conntrack entries) is keyed by."""
+    inserted: Mapping[str, AbstractSet[Elem]] = field(default_factory=dict)
+    """Per set or map, the elements this plan adds one by one (not filled for a created or
+    rebuilt table, nor for a flushed and refilled interval set)."""
 
     @property
     def empty(self) -> bool:
@@ -75,7 +80,7 @@ def _element_count(cmds: list[JSONObj]) -> int:
 
 def create(desired: TableDoc, *, rebuilt: bool = False, current: TableDoc | None = None) -> Plan:
     first, declarations, last = creation_phases(desired)
-    removed: dict[str, frozenset[Elem]] = {}
+    removed: dict[str, AbstractSet[Elem]] = {}
     if current is not None:
         intervals = {d.name for d in current.skeleton.sets if d.interval}
         for name, have in current.elements.items():
@@ -116,36 +121,25 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         return create(desired)
     if not skeleton_matches(desired, current):
         return rebuild(desired, current)
-    fam, tab = desired.family, desired.name
-    cmds: list[JSONObj] = []
-    added = deleted = 0
-    removed: dict[str, frozenset[Elem]] = {}
+    changes = _Changes(desired.family, desired.name)
     for decl in desired.skeleton.sets:
         want = desired.elements.get(decl.name, frozenset())
         have = current.elements.get(decl.name, frozenset())
         if elements_equal(decl, want, have):
             continue
         if decl.cover_compared:
-            cmds.append({"flush": {"set": {"family": fam, "table": tab, "name": decl.name}}})
-            to_delete: frozenset[Elem] = frozenset()
-            to_add = want
-            deleted += len(have)
+            changes.flush(decl, have)
+            changes.elements(decl, frozenset(), want, listed=False)
         elif decl.data is None:
-            to_delete, to_add = have - want, want - have
+            changes.elements(decl, have - want, want - have)
         else:
             want_map = dict(want)  # type: ignore[arg-type]
             have_map = dict(have)  # type: ignore[arg-type]
             to_delete = frozenset((k, v) for k, v in have_map.items() if want_map.get(k) != v)
             to_add = frozenset((k, v) for k, v in want_map.items() if have_map.get(k) != v)
-        body = render_elements(fam, tab, decl, to_delete)
-        if body is not None:
-            cmds.append({"delete": body})
-            deleted += len(to_delete)
-            removed[decl.name] = to_delete
-        body = render_elements(fam, tab, decl, to_add)
-        if body is not None:
-            cmds.append({"add": body})
-            added += len(to_add)
+            changes.elements(decl, to_delete, to_add)
+    fam, tab = desired.family, desired.name
+    cmds = changes.cmds
     want_tags = desired.skeleton.rule_tags()
     have_tags = current.skeleton.rule_tags()
     rebuilt: list[str] = []
@@ -155,4 +149,72 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         rebuilt.append(chain.name)
         cmds.append({"flush": {"chain": {"family": fam, "table": tab, "name": chain.name}}})
         cmds += [{"add": render_rule(fam, tab, r)} for r in desired.skeleton.rules if r.chain == chain.name]
-    return Plan(commands=tuple(cmds), chains_rebuilt=tuple(rebuilt), added=added, deleted=deleted, removed=removed)
+    return changes.plan(chains_rebuilt=tuple(rebuilt))
+
+
+def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, AbstractSet[Elem]]) -> Plan | None:
+    """Like :func:`diff`, looking only at the ``touched`` elements of each set.
+
+    For a caller that knows which elements can have changed since ``current`` (the
+    agent's index reports them): the cost is the size of the change, not of the table.
+    None when the skeletons differ or a touched set must be compared as a whole
+    (one-field interval sets, dynamic sets): use :func:`diff`.
+    """
+    if desired.skeleton is not current.skeleton and desired.skeleton != current.skeleton:
+        return None
+    changes = _Changes(desired.family, desired.name)
+    for decl in desired.skeleton.sets:
+        elems = touched.get(decl.name)
+        if not elems:
+            continue
+        if decl.cover_compared or decl.dynamic:
+            return None
+        want = desired.elements.get(decl.name, frozenset())
+        have = current.elements.get(decl.name, frozenset())
+        changes.elements(
+            decl,
+            frozenset(e for e in elems if e in have and e not in want),
+            frozenset(e for e in elems if e in want and e not in have),
+        )
+    return changes.plan()
+
+
+class _Changes:
+    """Element commands of one transaction, and their bookkeeping."""
+
+    def __init__(self, family: str, table: str) -> None:
+        self.family = family
+        self.table = table
+        self.cmds: list[JSONObj] = []
+        self.added = self.deleted = 0
+        self.removed: dict[str, AbstractSet[Elem]] = {}
+        self.inserted: dict[str, AbstractSet[Elem]] = {}
+
+    def flush(self, decl: SetDecl, have: AbstractSet[Elem]) -> None:
+        self.cmds.append({"flush": {"set": {"family": self.family, "table": self.table, "name": decl.name}}})
+        self.deleted += len(have)
+
+    def elements(
+        self, decl: SetDecl, to_delete: AbstractSet[Elem], to_add: AbstractSet[Elem], *, listed: bool = True
+    ) -> None:
+        body = render_elements(self.family, self.table, decl, to_delete)
+        if body is not None:
+            self.cmds.append({"delete": body})
+            self.deleted += len(to_delete)
+            self.removed[decl.name] = to_delete
+        body = render_elements(self.family, self.table, decl, to_add)
+        if body is not None:
+            self.cmds.append({"add": body})
+            self.added += len(to_add)
+            if listed:
+                self.inserted[decl.name] = to_add
+
+    def plan(self, *, chains_rebuilt: tuple[str, ...] = ()) -> Plan:
+        return Plan(
+            commands=tuple(self.cmds),
+            chains_rebuilt=chains_rebuilt,
+            added=self.added,
+            deleted=self.deleted,
+            removed=self.removed,
+            inserted=self.inserted,
+        )

@@ -28,6 +28,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,7 +122,7 @@ class TableDoc:
     family: str
     name: str
     skeleton: Skeleton
-    elements: Mapping[str, frozenset[Elem]]
+    elements: Mapping[str, AbstractSet[Elem]]
 
 
 # --------------------------------------------------------------------------- rendering
@@ -431,7 +432,7 @@ def comparable_chain(decl: ChainDecl) -> ChainDecl:
     return ChainDecl(decl.name, decl.type, decl.hook, decl.prio, decl.policy or "accept")
 
 
-def elements_equal(decl: SetDecl, a: frozenset[Elem], b: frozenset[Elem]) -> bool:
+def elements_equal(decl: SetDecl, a: AbstractSet[Elem], b: AbstractSet[Elem]) -> bool:
     if decl.dynamic:
         return True
     if decl.cover_compared:

@@ -1,0 +1,417 @@
+"""The cluster index (pure): the model, kept current one object at a time.
+
+:func:`wholeip.model.build_state` answers "what does this cluster map to" from
+scratch; at 100,000 Services that costs seconds. The agent cannot pay that for
+every changed pod, so it keeps a :class:`ClusterIndex`: every Service and
+EndpointSlice parsed once, the resolved mapping of every external IP, and the
+elements of every set. A change re-parses only the objects that changed and
+re-resolves only what they can affect:
+
+* a Service or its slices change -> that Service's external IPs, old and new;
+* an external IP's winner changes -> the pods it pointed at, old and new (who
+  leaves with which external IP depends on every mapping of the pod);
+* a mapping changes -> its own elements (every element belongs to exactly one
+  mapping, see :func:`wholeip.compile.mapping_elements`).
+
+Nodes and settings decide the cluster networks and the guards for every
+external IP at once; a change to them builds a new index.
+
+The decisions themselves are the model's (one implementation):
+:func:`build_state` *is* an index filled with every object, so the
+incremental path and the full path cannot disagree on a rule; a property test
+drives both with random changes and compares them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from wholeip.compile import FAMILY, empty_elements, mapping_elements, network_elements, skeleton
+from wholeip.model import (
+    ClusterState,
+    IPAddress,
+    Mapping1to1,
+    Mode,
+    ObjectRef,
+    PortSpec,
+    Problem,
+    ServiceInfo,
+    SliceInfo,
+    collapse,
+    node_networks,
+    parse_service,
+    parse_slice,
+    refusal,
+    resolve_ports,
+)
+from wholeip.nft.doc import Elem, TableDoc
+from wholeip.settings import ModelSettings
+
+ServiceKey = tuple[str, str]
+"""(namespace, name)."""
+
+Touched = dict[str, set[Elem]]
+"""Per set: the elements an update added or removed (a changed map entry: both pairs)."""
+
+_SKELETON = skeleton()
+
+
+def service_key(obj: Mapping[str, Any]) -> ServiceKey:
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    ns, name = meta.get("namespace"), meta.get("name")
+    return (ns if isinstance(ns, str) else "", name if isinstance(name, str) else "")
+
+
+@dataclasses.dataclass(slots=True)
+class _View:
+    """A managed Service with its endpoints."""
+
+    info: ServiceInfo
+    ready: dict[int, dict[IPAddress, str | None]]
+    ports: tuple[PortSpec, ...]
+    problems: tuple[Problem, ...]
+
+
+class ClusterIndex:
+    """The model and the elements of one node's table, updated object by object."""
+
+    def __init__(
+        self,
+        *,
+        settings: ModelSettings,
+        node_name: str,
+        nodes: Iterable[Mapping[str, Any]],
+        table: str = "wholeip",
+    ) -> None:
+        self.settings = settings
+        self.node_name = node_name
+        self.table = table
+        node_problems: list[Problem] = []
+        pod_cidrs, node_ips = node_networks(nodes, node_problems)
+        self.cluster_networks = collapse(
+            [
+                *(settings.cluster_cidrs or pod_cidrs),
+                *settings.service_cidrs,
+                *(ipaddress.ip_network(ip) for ip in node_ips),
+            ]
+        )
+        self._guard_nets = collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs])
+        self._node_ips = frozenset(node_ips)
+        self._node_problems = tuple(node_problems)
+        # Services: parse results (managed or not) and their problems.
+        self._parsed: dict[ServiceKey, ServiceInfo | None] = {}
+        self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
+        # EndpointSlices.
+        self._slices: dict[str, SliceInfo] = {}
+        self._slices_of: dict[ServiceKey, set[str]] = {}
+        self._slice_problems: dict[str, tuple[Problem, ...]] = {}
+        # Managed Services with endpoints, and who claims which external IP.
+        self._views: dict[ServiceKey, _View] = {}
+        self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
+        self._claims: dict[IPAddress, set[ServiceKey]] = {}
+        self._ip_problems: dict[IPAddress, tuple[Problem, ...]] = {}
+        self._winners: dict[IPAddress, Mapping1to1] = {}
+        """External IP -> its mapping, egress not decided yet (always False here)."""
+        self._pod_exts: dict[IPAddress, set[IPAddress]] = {}
+        self._pod_egress: dict[IPAddress, IPAddress] = {}
+        """Pod IP -> the external IP it leaves with."""
+        self._pod_problems: dict[IPAddress, tuple[Problem, ...]] = {}
+        self._final: dict[IPAddress, Mapping1to1] = {}
+        self._contrib: dict[IPAddress, list[tuple[str, Elem]]] = {}
+        self.elements: dict[str, set[Elem]] = empty_elements()
+        """Live sets: the table's elements as of the last update (read only outside)."""
+        for name, elem in network_elements(self.cluster_networks):
+            self.elements[name].add(elem)
+
+    # ------------------------------------------------------------------ input
+
+    def update(
+        self,
+        *,
+        services: Mapping[ServiceKey, Sequence[Mapping[str, Any]]] = {},
+        slices: Mapping[str, Mapping[str, Any] | None] = {},
+    ) -> Touched:
+        """Apply changed objects; return the elements that changed.
+
+        ``services``: key -> the Service objects now under that key (none: deleted;
+        more than one only in a flat list with duplicates). ``slices``: any unique
+        slice key -> the slice now (None: deleted).
+        """
+        dirty: set[ServiceKey] = set(services)
+        for skey, obj in slices.items():
+            old = self._slices.pop(skey, None)
+            self._slice_problems.pop(skey, None)
+            if old is not None:
+                self._slices_of[old.service].discard(skey)
+                if not self._slices_of[old.service]:
+                    del self._slices_of[old.service]
+                dirty.add(old.service)
+            new = parse_slice(obj) if obj is not None else None
+            if new is not None:
+                self._slices[skey] = new
+                if new.problems:
+                    self._slice_problems[skey] = new.problems
+                self._slices_of.setdefault(new.service, set()).add(skey)
+                dirty.add(new.service)
+        for key, objs in services.items():
+            self._put_service(key, objs)
+        touched: Touched = {}
+        affected: set[IPAddress] = set()
+        for key in dirty:
+            old_view = self._views.pop(key, None)
+            self._view_problems.pop(key, None)
+            new_view = self._make_view(key)
+            if old_view is not None:
+                for ip in old_view.info.external_ips:
+                    claimants = self._claims[ip]
+                    claimants.discard(key)
+                    if not claimants:
+                        del self._claims[ip]
+                affected.update(old_view.info.external_ips)
+            if new_view is not None:
+                self._views[key] = new_view
+                if new_view.problems:
+                    self._view_problems[key] = new_view.problems
+                for ip in new_view.info.external_ips:
+                    self._claims.setdefault(ip, set()).add(key)
+                affected.update(new_view.info.external_ips)
+        pods: set[IPAddress] = set()
+        for ip in affected:
+            was = self._winners.pop(ip, None)
+            now = self._resolve_ip(ip)
+            if was is not None:
+                self._pod_exts[was.pod_ip].discard(ip)
+                pods.add(was.pod_ip)
+            if now is not None:
+                self._winners[ip] = now
+                self._pod_exts.setdefault(now.pod_ip, set()).add(ip)
+                pods.add(now.pod_ip)
+        refresh = set(affected)
+        for pod in pods:
+            refresh |= self._resolve_egress(pod)
+        for ip in refresh:
+            self._refresh(ip, touched)
+        return touched
+
+    def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> None:
+        problems: list[Problem] = []
+        parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
+        parsed.sort(key=lambda s: s.age_key)
+        for dup in parsed[1:]:
+            problems.append(
+                Problem(dup.ref, "DuplicateObject", "the same Service appears twice; the first one is used")
+            )
+        if parsed:
+            self._parsed[key] = parsed[0]
+        else:
+            self._parsed.pop(key, None)
+        if problems:
+            self._parse_problems[key] = tuple(problems)
+        else:
+            self._parse_problems.pop(key, None)
+
+    def _make_view(self, key: ServiceKey) -> _View | None:
+        info = self._parsed.get(key)
+        if info is None:
+            return None
+        ready: dict[int, dict[IPAddress, str | None]] = {}
+        slice_ports: dict[tuple[str, str], int] = {}
+        for skey in sorted(self._slices_of.get(key, ())):
+            sl = self._slices[skey]
+            ready.setdefault(sl.family, {}).update(sl.ready)
+            slice_ports.update(sl.ports)
+        problems: list[Problem] = []
+        if not info.external_ips:
+            problems.append(
+                Problem(info.ref, "NoExternalIP", "managed Service has no status.loadBalancer.ingress IP yet", False)
+            )
+            ports: tuple[PortSpec, ...] = ()
+        else:
+            ports = resolve_ports(info, slice_ports, problems) if info.mode is Mode.PER_PORT else ()
+        return _View(info, ready, ports, tuple(problems))
+
+    # ------------------------------------------------------------------ resolution
+
+    def _resolve_ip(self, ip: IPAddress) -> Mapping1to1 | None:
+        """The oldest claimant with a ready endpoint wins; everybody else learns why not."""
+        claimants = sorted((self._views[k] for k in self._claims.get(ip, ())), key=lambda v: v.info.age_key)
+        problems: list[Problem] = []
+        winner: Mapping1to1 | None = None
+        why = refusal(ip, cluster=self._guard_nets, node_ips=self._node_ips) if claimants else None
+        for view in claimants:
+            svc = view.info
+            if why is not None:
+                problems.append(Problem(svc.ref, "ExternalIPRefused", f"external IP refused: {why}"))
+                continue
+            if winner is not None:
+                owner = winner.service
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "ExternalIPConflict",
+                        f"external IP {ip} is already claimed by the older Service {owner.namespace}/{owner.name}",
+                    )
+                )
+                continue
+            ready = view.ready.get(ip.version, {})
+            if not ready:
+                problems.append(
+                    Problem(svc.ref, "NoReadyEndpoint", f"no ready IPv{ip.version} endpoint for external IP {ip}")
+                )
+                continue
+            pod_ip = min(ready, key=int)
+            if len(ready) > 1:
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "SeveralReadyEndpoints",
+                        f"{len(ready)} ready IPv{ip.version} endpoints; a whole IP maps to one pod,"
+                        f" using {pod_ip} (the lowest address)",
+                    )
+                )
+            winner = Mapping1to1(
+                service=svc.ref,
+                external_ip=ip,
+                pod_ip=pod_ip,
+                node_name=ready[pod_ip],
+                mode=svc.mode,
+                allow_icmp=svc.allow_icmp,
+                ports=view.ports,
+                source_ranges=svc.source_ranges,
+                egress=False,
+            )
+        if problems:
+            self._ip_problems[ip] = tuple(problems)
+        else:
+            self._ip_problems.pop(ip, None)
+        return winner
+
+    def _egress_order(self, ext: IPAddress) -> tuple[tuple[str, str, str], int]:
+        info = self._views[_key(self._winners[ext].service)].info
+        return info.age_key, info.external_ips.index(ext)
+
+    def _resolve_egress(self, pod: IPAddress) -> set[IPAddress]:
+        """Which external IP the pod leaves with: its oldest Service's first. Returns the pod's IPs."""
+        exts = self._pod_exts.get(pod)
+        if not exts:
+            self._pod_exts.pop(pod, None)
+            self._pod_egress.pop(pod, None)
+            self._pod_problems.pop(pod, None)
+            return set()
+        ordered = sorted(exts, key=self._egress_order)
+        first = self._winners[ordered[0]].service
+        self._pod_egress[pod] = ordered[0]
+        problems = [
+            Problem(
+                m.service,
+                "EgressClaimedByOlderService",
+                f"pod {pod} already leaves with the external IP of the older Service {first.namespace}/{first.name}",
+                warning=False,
+            )
+            for m in (self._winners[e] for e in ordered[1:])
+            if m.service != first
+        ]
+        if problems:
+            self._pod_problems[pod] = tuple(problems)
+        else:
+            self._pod_problems.pop(pod, None)
+        return exts
+
+    def _refresh(self, ip: IPAddress, touched: Touched) -> None:
+        winner = self._winners.get(ip)
+        final = None
+        if winner is not None:
+            final = dataclasses.replace(winner, egress=self._pod_egress.get(winner.pod_ip) == ip)
+        if final == self._final.get(ip):
+            return
+        old = self._contrib.pop(ip, [])
+        new = mapping_elements(final, node_name=self.node_name) if final is not None else []
+        if final is None:
+            self._final.pop(ip, None)
+        else:
+            self._final[ip] = final
+            self._contrib[ip] = new
+        gone, came = set(old) - set(new), set(new) - set(old)
+        for name, elem in gone:
+            self.elements[name].discard(elem)
+            touched.setdefault(name, set()).add(elem)
+        for name, elem in came:
+            self.elements[name].add(elem)
+            touched.setdefault(name, set()).add(elem)
+
+    # ------------------------------------------------------------------ output
+
+    def doc(self) -> TableDoc:
+        """The table, over the live sets (valid until the next update)."""
+        return TableDoc(family=FAMILY, name=self.table, skeleton=_SKELETON, elements=self.elements)
+
+    def problems(self) -> list[Problem]:
+        out: list[Problem] = [*self._node_problems]
+        groups: tuple[Mapping[Any, tuple[Problem, ...]], ...] = (
+            self._parse_problems,
+            self._slice_problems,
+            self._view_problems,
+            self._ip_problems,
+            self._pod_problems,
+        )
+        for group in groups:
+            for problems in group.values():
+                out += problems
+        return out
+
+    def mapping_count(self) -> int:
+        return len(self._final)
+
+    def backend_nodes(self, namespace: str, name: str) -> list[str | None]:
+        """The nodes of the pods a Service's mappings point at."""
+        view = self._views.get((namespace, name))
+        if view is None:
+            return []
+        return [m.node_name for m in (self._final.get(ip) for ip in view.info.external_ips) if m is not None]
+
+    def state(self) -> ClusterState:
+        """The whole model as one immutable ClusterState (costs O(Services))."""
+        return ClusterState(
+            mappings=tuple(sorted(self._final.values(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
+            cluster_networks=self.cluster_networks,
+            problems=tuple(sorted(self.problems(), key=_problem_order)),
+            managed_services=tuple(sorted(p.ref for p in self._parsed.values() if p is not None)),
+        )
+
+
+def _key(ref: ObjectRef) -> ServiceKey:
+    return (ref.namespace, ref.name)
+
+
+def _problem_order(p: Problem) -> tuple[ObjectRef, str, str]:
+    return (p.ref, p.reason, p.message)
+
+
+def load(
+    *,
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str,
+    settings: ModelSettings,
+    table: str = "wholeip",
+) -> ClusterIndex:
+    """An index holding every given object (duplicates allowed, as in a flat list)."""
+    index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
+    grouped: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+    for obj in services:
+        grouped.setdefault(service_key(obj), []).append(obj)
+    slices: dict[str, Mapping[str, Any]] = {}
+    for obj in endpoint_slices:
+        ns, name = service_key(obj)
+        key = f"{ns}/{name}"
+        n = 0
+        while f"{key}#{n}" in slices:  # duplicates in a flat list: keep them all
+            n += 1
+        slices[f"{key}#{n}"] = obj
+    index.update(services=grouped, slices=slices)
+    return index
