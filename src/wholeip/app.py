@@ -126,6 +126,9 @@ class Agent:
             retry_interval=self._event_retry_interval,
             metrics=self.metrics,
         )
+        from wholeip.conntrack import ConntrackCleaner
+        from wholeip.nft.libnft import LibnftBackend
+
         self.syncer = Syncer(
             engine=self.engine,
             snapshot=self._snapshot,
@@ -134,6 +137,13 @@ class Agent:
             table=s.table,
             metrics=self.metrics,
             on_state=self._on_state,
+            # Stale conntrack entries live next to the table: only when the table is this
+            # process's own network namespace's (not with a fake or another namespace's backend).
+            after_commit=(
+                ConntrackCleaner(on_deleted=self.metrics.conntrack_deleted.inc)
+                if isinstance(self.backend, LibnftBackend)
+                else None
+            ),
         )
         self.metrics.track_informers(informers)
         self.health = Health(informers=informers, loop=reconciler, timeout=s.health_timeout)

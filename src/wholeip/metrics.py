@@ -15,6 +15,7 @@ Names (all prefixed ``wholeip_``):
 * ``mappings{direction="ingress|egress",ip_family="ipv4|ipv6"}``  gauge, map elements on this node
 * ``last_successful_sync_timestamp_seconds``          gauge, Unix time
 * ``drift_repairs_total``                             counter, full syncs that found our table changed behind our back
+* ``conntrack_deleted_total``                         counter, conntrack entries of old mappings deleted
 * ``problems{reason}``                                gauge, problems of the last model build
 * ``events_total{result="created|updated|error"}``    counter, Kubernetes Events written
 * ``watch_restarts_total{resource,reason}``           counter, from the informers
@@ -94,6 +95,11 @@ class Metrics:
         self.drift_repairs = Counter(
             "wholeip_drift_repairs",
             "Full syncs that found the kernel's table different from what was committed, and repaired it.",
+            registry=r,
+        )
+        self.conntrack_deleted = Counter(
+            "wholeip_conntrack_deleted",
+            "Conntrack entries of mappings that changed or went away, deleted after a commit.",
             registry=r,
         )
         self.problems = Gauge(
