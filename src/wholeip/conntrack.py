@@ -6,13 +6,19 @@ traffic is different: the NAT hooks see only a connection's first packet, and
 conntrack replays their decision for every later one, for as long as packets
 keep coming. The tracked entries our own rules make (see :mod:`wholeip.compile`):
 
-* **hairpin**: an east-west packet to an external IP E (from a pod, or from a
-  node's own process) is DNATed to E's pod P: orig ``C -> E``, reply ``P -> C``.
-  When E moves to another pod or goes away, a UDP client that keeps its source
-  port and keeps sending (a DNS forwarder, WireGuard, syslog, a game client)
-  keeps reaching P forever, and a TCP connection keeps talking to P;
-* **self-hairpin**: a pod P calling an external IP mapped to itself is also
-  SNATed to its egress IP E: orig ``P -> E'``, reply ``P -> E``;
+* **hairpin**: an east-west packet to an external IP E (from a pod that has no
+  external IP of its own, or from a node's own process) is DNATed to E's pod P:
+  orig ``C -> E``, reply ``P -> C``. When E moves to another pod or goes away, a
+  UDP client that keeps its source port and keeps sending (a DNS forwarder,
+  WireGuard, syslog, a game client) keeps reaching P forever, and a TCP
+  connection keeps talking to P;
+* **self-hairpin**: ``hairpin_postrouting`` SNATs a tracked packet from P that
+  was DNATed back to P to P's egress IP E: orig ``P -> E'``, reply ``P -> E``.
+  Today's ruleset should never track one (``raw_prerouting`` first notracks
+  every packet from a local managed pod to a non-cluster address, and a pod
+  with an external IP has its egress on its node, so its hairpin is
+  stateless); the rule for them below is a safety net, one filtered IPv4 dump
+  per removed egress element;
 * **untranslated**: a flow to E that began while E was mapped to nothing (the
   pod not ready yet, or between an old pod leaving and a new one becoming
   ready) has no DNAT at all, orig ``C -> E``, reply ``E -> C``; once E is
