@@ -38,7 +38,7 @@ Nothing else is touched: a direct pod-to-pod flow ``C -> P`` never involves E,
 a flow to another external IP has another destination, a flow already DNATed
 to E's current pod is right. The per-port ``flows4/6`` memory is a set in our
 table, not conntrack. For a created or rebuilt table only removed elements
-count: its add commands hold every element, not just the new ones.
+count (``Plan.inserted`` is empty then: every element is written anew).
 
 How: the :class:`ConntrackCleaner` is the Syncer's ``after_commit`` hook. It
 turns the plan into a :class:`Stale` (pure, cheap) and hands it to a thread of
@@ -138,18 +138,9 @@ def stale_pairs(removed: Mapping[str, AbstractSet[Elem]]) -> frozenset[Pair]:
     return frozenset(out)
 
 
-def _inserted(plan: Plan, names: tuple[str, ...]) -> dict[IPAddress, IPAddress]:
-    """The map elements a plan's ``add element`` commands write (libnftables JSON)."""
-    out: dict[IPAddress, IPAddress] = {}
-    for cmd in plan.commands:
-        body = cmd.get("add", {}).get("element") if isinstance(cmd.get("add"), dict) else None
-        if not isinstance(body, dict) or body.get("name") not in names:
-            continue
-        for elem in body.get("elem", ()):
-            if isinstance(elem, list | tuple) and len(elem) == 2:
-                for key, value in _pairs([(elem[0], elem[1])]):
-                    out[key] = value
-    return out
+def _now(inserted: Mapping[str, AbstractSet[Elem]], names: tuple[str, ...]) -> dict[IPAddress, IPAddress]:
+    """Key -> value of the map elements a plan added one by one (``Plan.inserted``)."""
+    return {key: value for name in names for key, value in _pairs(inserted.get(name, ()))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,15 +161,10 @@ class Stale:
     def of(cls, plan: Plan) -> Stale:
         """What ``plan`` makes stale."""
         pairs = stale_pairs(plan.removed)
-        ingress_now = _inserted(plan, INGRESS_MAPS)
-        egress_now = _inserted(plan, EGRESS_MAPS)
-        if plan.created or plan.rebuilt:
-            # Every element is in the add commands: only those the plan also removed
-            # (that is, changed) are known to be new.
-            touched = {p.external for p in pairs if not p.egress}
-            ingress_now = {e: p for e, p in ingress_now.items() if e in touched}
-            touched = {p.pod for p in pairs if p.egress}
-            egress_now = {p: e for p, e in egress_now.items() if p in touched}
+        # Plan.inserted is empty for a created or rebuilt table (every element is written
+        # anew): then only what the plan removed counts.
+        ingress_now = _now(plan.inserted, INGRESS_MAPS)
+        egress_now = _now(plan.inserted, EGRESS_MAPS)
         return cls(pairs, ingress_now, egress_now).settled()
 
     def settled(self) -> Stale:
