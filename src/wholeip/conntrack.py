@@ -57,13 +57,14 @@ cannot be used: ``ctnetlink_filter_match_tuple`` compares IPv6 addresses with
 returns every entry except E's; seen on 6.18, the code has been so since 5.8).
 So IPv6 is dumped whole, once per cleanup run, and filtered here.
 
-Cost, measured on the test VM (Linux 6.18) with 250,000 IPv4 entries: a filtered
-dump walks the whole table in the kernel but sends only matches, 30-40 ms; a pod
-move (two external IPs, two egress pairs) costs about 150 ms of the cleaner's
-thread, not of the sync. An unfiltered dump costs pyroute2 about 60 microseconds
-per entry (15 s for 250,000): that is the price of each run that touches IPv6,
-per IPv6 entry on the node, and of IPv4 too on a kernel before 5.8 (the cleaner
-notices an unfiltered answer and then dumps that family once per run).
+Cost, measured on the test VM (Linux 6.18, CPU shared) with 250,000 entries: a
+filtered dump walks the whole table in the kernel but sends only matches,
+30-45 ms; a pod move (two external IPs, two egress pairs) costs about 180 ms of
+the cleaner's thread, not of the sync. An unfiltered dump costs pyroute2 about
+0.1 ms per entry it sends (60-220 microseconds measured): that is the price of
+each run that touches IPv6, per IPv6 entry on the node (20,000: 2.4 s), and of
+IPv4 too on a kernel before 5.8 (the cleaner notices an unfiltered answer and
+then dumps that family once per run).
 
 Errors (no conntrack in the kernel, netlink refused) are logged once, then at
 debug level until a cleanup works again; they never reach the sync.
