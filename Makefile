@@ -38,5 +38,10 @@ e2e: bootstrap
 bench: bootstrap
 	$(PY) -m wholeip.bench --out bench-results/bench.json
 
+## Churn and load soak: 10,000 Services through the API double against one agent (minutes).
+.PHONY: soak
+soak: bootstrap
+	$(PY) -m wholeip.soak --services 10000 --minutes 5 --out bench-results/soak.json
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist src/*.egg-info
