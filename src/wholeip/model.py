@@ -215,7 +215,8 @@ def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Probl
         entry = _dict(raw)
         protocol = _str(entry.get("protocol") or "TCP").upper()
         port = entry.get("port")
-        if protocol not in ("TCP", "UDP", "SCTP") or not isinstance(port, int) or not 0 < port < 65536:
+        # bool is an int to Python: without the check, "port: true" became port True (1), which nft refuses.
+        if protocol not in ("TCP", "UDP", "SCTP") or type(port) is not int or not 0 < port < 65536:
             problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535"))
             continue
         target = entry.get("targetPort", port)

@@ -334,3 +334,12 @@ def test_zone_ids_are_refused_everywhere() -> None:
         "NoExternalIP",
         "NoReadyEndpoint",
     ]
+
+
+@pytest.mark.parametrize("port", [True, False, 80.0, "80"])
+def test_a_port_that_is_not_an_integer_is_refused(port: Any) -> None:
+    """Regression (property tests): ``port: true`` passed the isinstance(port, int) check as
+    port 1; the fake backend then refused the whole table (the kernel took it as port 1)."""
+    state = build(node(), per_port_svc([{"port": port, "targetPort": port}, {"port": 53, "protocol": "UDP"}]), eps())
+    assert [(p.protocol, p.port) for p in state.mappings[0].ports] == [("udp", 53)]
+    assert reasons(state) == ["InvalidPort"]
