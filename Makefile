@@ -37,6 +37,12 @@ e2e: bootstrap
 ## Benchmarks live outside the suite: they print a table and write JSON.
 bench: bootstrap
 	$(PY) -m wholeip.bench --out bench-results/bench.json
+	$(PY) -m wholeip.benchpath --out bench-results/datapath.json
+
+## Packet path and conntrack pressure through a node, in network namespaces (minutes).
+.PHONY: bench-datapath
+bench-datapath: bootstrap
+	$(PY) -m wholeip.benchpath --out bench-results/datapath.json
 
 ## Churn and load soak: 10,000 Services through the API double against one agent (minutes).
 .PHONY: soak
