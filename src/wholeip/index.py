@@ -193,8 +193,24 @@ class ClusterIndex:
         refresh = set(affected)
         for pod in pods:
             refresh |= self._resolve_egress(pod)
-        for ip in refresh:
-            self._refresh(ip, touched)
+        # Every removal before any addition: while a pod's egress moves from one mapping
+        # to another, both contribute the same self-hairpin element.
+        changed = [
+            (ip, final) for ip, final in ((ip, self._final_of(ip)) for ip in refresh) if final != self._final.get(ip)
+        ]
+        for ip, _ in changed:
+            for name, elem in self._contrib.pop(ip, []):
+                self.elements[name].discard(elem)
+                touched.setdefault(name, set()).add(elem)
+        for ip, final in changed:
+            if final is None:
+                self._final.pop(ip, None)
+                continue
+            self._final[ip] = final
+            new = self._contrib[ip] = mapping_elements(final, node_name=self.node_name)
+            for name, elem in new:
+                self.elements[name].add(elem)
+                touched.setdefault(name, set()).add(elem)
         return touched
 
     def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> None:
@@ -321,27 +337,11 @@ class ClusterIndex:
             self._pod_problems.pop(pod, None)
         return exts
 
-    def _refresh(self, ip: IPAddress, touched: Touched) -> None:
+    def _final_of(self, ip: IPAddress) -> Mapping1to1 | None:
         winner = self._winners.get(ip)
-        final = None
-        if winner is not None:
-            final = dataclasses.replace(winner, egress=self._pod_egress.get(winner.pod_ip) == ip)
-        if final == self._final.get(ip):
-            return
-        old = self._contrib.pop(ip, [])
-        new = mapping_elements(final, node_name=self.node_name) if final is not None else []
-        if final is None:
-            self._final.pop(ip, None)
-        else:
-            self._final[ip] = final
-            self._contrib[ip] = new
-        gone, came = set(old) - set(new), set(new) - set(old)
-        for name, elem in gone:
-            self.elements[name].discard(elem)
-            touched.setdefault(name, set()).add(elem)
-        for name, elem in came:
-            self.elements[name].add(elem)
-            touched.setdefault(name, set()).add(elem)
+        if winner is None:
+            return None
+        return dataclasses.replace(winner, egress=self._pod_egress.get(winner.pod_ip) == ip)
 
     # ------------------------------------------------------------------ output
 
@@ -349,7 +349,9 @@ class ClusterIndex:
         """The table, over the live sets (valid until the next update)."""
         return TableDoc(family=FAMILY, name=self.table, skeleton=_SKELETON, elements=self.elements)
 
+    @property
     def problems(self) -> list[Problem]:
+        """Every problem, in no particular order (a :class:`~wholeip.model.ProblemSource`)."""
         out: list[Problem] = [*self._node_problems]
         groups: tuple[Mapping[Any, tuple[Problem, ...]], ...] = (
             self._parse_problems,
@@ -378,7 +380,7 @@ class ClusterIndex:
         return ClusterState(
             mappings=tuple(sorted(self._final.values(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
             cluster_networks=self.cluster_networks,
-            problems=tuple(sorted(self.problems(), key=_problem_order)),
+            problems=tuple(sorted(self.problems, key=_problem_order)),
             managed_services=tuple(sorted(p.ref for p in self._parsed.values() if p is not None)),
         )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wholeip import compile, model
@@ -105,8 +105,34 @@ change = st.one_of(
 )
 
 
+def _svc(name: str, created: str, ips: list[str]) -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "creationTimestamp": created,
+            "annotations": {"networking.cozystack.io/wholeIP": "true"},
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}},
+    }
+
+
+# Found by this test: a pod's egress moves from its older Service (whose endpoint went
+# unready) to the newer one; both contribute the self-hairpin element (pod . pod), so
+# the removal of the old mapping's elements must come before the new one's additions.
+EGRESS_MOVES = [
+    ("slice", slice_obj("s1", 6, [("fd00::10", True, "n1")], 3)),
+    ("slice", slice_obj("s2", 6, [("fd00::10", True, "n1")], 2)),
+    ("svc", _svc("s1", "2026-01-02T00:00:00Z", ["2001:db8::2"])),
+    ("svc", _svc("s2", "2026-01-01T00:00:00Z", ["2001:db8::1"])),
+    ("slice", slice_obj("s2", 6, [("fd00::10", False, "n2")], 2)),
+]
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(change, min_size=10, max_size=40))
+@example(EGRESS_MOVES)
 def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
     services: dict[str, dict[str, Any]] = {}
     slices: dict[str, dict[str, Any]] = {}
