@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from wholeip.settings import (
     ALLOW_ICMP_ANNOTATION,
@@ -102,6 +102,17 @@ class Mapping1to1:
     per pod and family: the oldest Service's first address)."""
 
 
+class ProblemSource(Protocol):
+    """What reports problems: a ClusterState, or the agent's live index."""
+
+    @property
+    def problems(self) -> Sequence[Problem]: ...
+
+    def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
+        """The nodes of the pods a Service's mappings point at."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterState:
     """Everything the compiler needs, and nothing it would have to re-derive."""
@@ -110,6 +121,13 @@ class ClusterState:
     cluster_networks: tuple[IPNetwork, ...]
     problems: tuple[Problem, ...]
     managed_services: tuple[ObjectRef, ...]
+    _nodes: dict[tuple[str, str], list[str | None]] = field(default_factory=dict, compare=False, repr=False)
+
+    def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
+        if not self._nodes and self.mappings:
+            for m in self.mappings:
+                self._nodes.setdefault((m.service.namespace, m.service.name), []).append(m.node_name)
+        return self._nodes.get((namespace, name), [])
 
 
 # --------------------------------------------------------------------------- raw helpers

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from wholeip.kube.api import NotFound, Obj, read_json
-from wholeip.model import ClusterState, ObjectRef, Problem
+from wholeip.model import ObjectRef, Problem, ProblemSource
 
 if TYPE_CHECKING:
     from wholeip.metrics import Metrics
@@ -68,25 +68,19 @@ def _is_ready(node: Obj) -> bool:
 class Ownership:
     """Which node reports which Service's problems (see the module docstring)."""
 
-    def __init__(self, state: ClusterState, nodes: Iterable[Obj]) -> None:
+    def __init__(self, state: ProblemSource, nodes: Iterable[Obj]) -> None:
         node_list = list(nodes)
-        names = {_node_name(n) for n in node_list} - {""}
-        ready = sorted(_node_name(n) for n in node_list if _node_name(n) in names and _is_ready(n))
-        self.fallback: str | None = ready[0] if ready else min(names, default=None)
-        self._backends: dict[tuple[str, str], str] = {}
-        for m in state.mappings:
-            if m.node_name is None or m.node_name not in names:
-                continue
-            key = (m.service.namespace, m.service.name)
-            current = self._backends.get(key)
-            if current is None or m.node_name < current:
-                self._backends[key] = m.node_name
+        self._state = state
+        self._names = {_node_name(n) for n in node_list} - {""}
+        ready = sorted(_node_name(n) for n in node_list if _node_name(n) in self._names and _is_ready(n))
+        self.fallback: str | None = ready[0] if ready else min(self._names, default=None)
 
     def node_for(self, service: ObjectRef) -> str | None:
-        return self._backends.get((service.namespace, service.name), self.fallback)
+        backends = [n for n in self._state.backend_nodes(service.namespace, service.name) if n in self._names]
+        return min(backends) if backends else self.fallback  # type: ignore[type-var]
 
 
-def reporting_node(service: ObjectRef, *, state: ClusterState, nodes: Iterable[Obj]) -> str | None:
+def reporting_node(service: ObjectRef, *, state: ProblemSource, nodes: Iterable[Obj]) -> str | None:
     """The one node that reports ``service``'s problems as Events (None when no Node is known)."""
     return Ownership(state, nodes).node_for(service)
 
@@ -140,7 +134,7 @@ class EventRecorder:
     def backlog(self) -> int:
         return len(self._queue)
 
-    def observe(self, state: ClusterState, nodes: Sequence[Obj]) -> None:
+    def observe(self, state: ProblemSource, nodes: Sequence[Obj]) -> None:
         """Record what this node owes for the given state. Synchronous and cheap."""
         ownership = Ownership(state, nodes)
         owned: dict[Key, Problem] = {}

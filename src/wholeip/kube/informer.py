@@ -35,7 +35,9 @@ Node heartbeats): less memory, and, since a change that the transform removes
 leaves the cached object equal, no wake-up for it either.
 
 ``on_change`` is called after every change to the cache; it carries no payload
-on purpose: consumers are level-triggered and read the cache.
+on purpose: consumers are level-triggered and read the cache. ``on_key`` says
+which key changed (None: a list replaced everything), so that a consumer
+keeping an index of the cache re-reads only those keys, still from the cache.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class Informer:
         field_selector: str | None = None,
         transform: Transform | None = strip_managed_fields,
         on_change: Callable[[], None] | None = None,
+        on_key: Callable[[str | None], None] | None = None,
         options: WatchOptions | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -153,6 +156,10 @@ class Informer:
             self._selectors["field_selector"] = field_selector
         self._transform = transform
         self.on_change = on_change
+        self.on_key = on_key
+        """Called before ``on_change`` with the key of the object that changed, or None
+        when a list replaced the cache (anything may have changed): for consumers that
+        keep their own index of the cache and update only what changed."""
         self.options = options or WatchOptions()
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -272,7 +279,7 @@ class Informer:
         self.lists += 1
         log.info("listed", resource=self.resource, objects=len(items), resource_version=version)
         if changed or not self.synced.is_set():
-            self._notify()
+            self._notify(None)
         self.synced.set()
 
     # --------------------------------------------------------------- watch
@@ -355,20 +362,22 @@ class Informer:
             # Level-triggered consumers only need a wake-up when something they could
             # read changed; equality ignores the version, which always changes.
             if old is None or _without_rv(old) != _without_rv(new):
-                self._notify()
+                self._notify(key)
         elif kind == "DELETED":
             key = object_key(obj)
             if version:
                 self.resource_version = version
             if self.cache.pop(key, None) is not None:
-                self._notify()
+                self._notify(key)
         else:
             log.warning("unknown watch event type ignored", resource=self.resource, type=kind)
 
     def _prepare(self, obj: Obj) -> Obj:
         return self._transform(obj) if self._transform is not None else obj
 
-    def _notify(self) -> None:
+    def _notify(self, key: str | None) -> None:
+        if self.on_key is not None:
+            self.on_key(key)
         if self.on_change is not None:
             self.on_change()
 

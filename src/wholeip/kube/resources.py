@@ -5,6 +5,9 @@
   server can filter on labels but never on annotations, and a selector on the
   label alone would miss annotated Services. So every Service is watched and
   the model decides. (Services are few and small next to EndpointSlices.)
+* Services and slices are trimmed to what the model reads (:func:`trim_service`,
+  :func:`trim_slice`): managedFields, kubectl's last-applied annotation, endpoint
+  hints and target references never reach the cache.
 * **EndpointSlices** (``discovery.k8s.io/v1``), all namespaces, label selector
   ``kubernetes.io/service-name`` (exists): the model finds a Service's slices by
   that label, so a slice without it can never matter; mirrored or hand-made
@@ -26,7 +29,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from wholeip.kube.api import Obj
-from wholeip.kube.informer import Informer, WatchOptions, strip_managed_fields
+from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.settings import SERVICE_NAME_LABEL
 
 
@@ -57,28 +60,94 @@ def trim_node(obj: Obj) -> Obj:
     }
 
 
+_META = ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _meta(meta: Any, *, labels: tuple[str, ...] | None = None, annotations: bool = False) -> dict[str, Any]:
+    meta = meta if isinstance(meta, dict) else {}
+    out = {k: meta[k] for k in _META if k in meta}
+    raw_labels = meta.get("labels")
+    if isinstance(raw_labels, dict):
+        out["labels"] = raw_labels if labels is None else {k: raw_labels[k] for k in labels if k in raw_labels}
+    raw_annotations = meta.get("annotations")
+    if annotations and isinstance(raw_annotations, dict):
+        out["annotations"] = {k: v for k, v in raw_annotations.items() if k != _LAST_APPLIED}
+    return out
+
+
+def trim_service(obj: Obj) -> Obj:
+    """Keep only what the model reads of a Service: at 100,000 Services the cache is most
+    of the agent's memory, and a change to anything else wakes nothing."""
+    spec: dict[str, Any] = obj["spec"] if isinstance(obj.get("spec"), dict) else {}
+    status: dict[str, Any] = obj["status"] if isinstance(obj.get("status"), dict) else {}
+    out: dict[str, Any] = {
+        "kind": obj.get("kind", "Service"),
+        "metadata": _meta(obj.get("metadata"), annotations=True),
+        "spec": {k: spec[k] for k in ("ports", "externalIPs", "loadBalancerSourceRanges") if k in spec},
+    }
+    if "loadBalancer" in status:
+        out["status"] = {"loadBalancer": status["loadBalancer"]}
+    return out
+
+
+def trim_slice(obj: Obj) -> Obj:
+    """Keep only what the model reads of an EndpointSlice: addresses, readiness, node, ports."""
+    endpoints = []
+    for raw in obj.get("endpoints") or []:
+        if not isinstance(raw, dict):
+            endpoints.append(raw)  # the model reports what it cannot read
+            continue
+        ep: dict[str, Any] = {k: raw[k] for k in ("addresses", "nodeName") if k in raw}
+        conditions = raw.get("conditions")
+        if isinstance(conditions, dict) and "ready" in conditions:
+            ep["conditions"] = {"ready": conditions["ready"]}
+        endpoints.append(ep)
+    out: dict[str, Any] = {
+        "kind": obj.get("kind", "EndpointSlice"),
+        "metadata": _meta(obj.get("metadata"), labels=(SERVICE_NAME_LABEL,)),
+        "addressType": obj.get("addressType"),
+        "endpoints": endpoints,
+    }
+    if "ports" in obj:
+        out["ports"] = obj["ports"]
+    return out
+
+
 def build_informers(
     api: client.ApiClient,
     *,
     on_change: Callable[[], None],
+    on_key: Callable[[str, str | None], None] | None = None,
     options: WatchOptions | None = None,
 ) -> tuple[Informer, Informer, Informer]:
-    """The Services, EndpointSlices and Nodes informers, in that order."""
+    """The Services, EndpointSlices and Nodes informers, in that order.
+
+    ``on_key(resource, key)`` hears which object changed (see :class:`Informer`).
+    """
+
+    def keyed(resource: str) -> Callable[[str | None], None] | None:
+        if on_key is None:
+            return None
+        return lambda key: on_key(resource, key)
+
     core = client.CoreV1Api(api)
     discovery = client.DiscoveryV1Api(api)
     services = Informer(
         resource="services",
         list_func=core.list_service_for_all_namespaces,
-        transform=strip_managed_fields,
+        transform=trim_service,
         on_change=on_change,
+        on_key=keyed("services"),
         options=options,
     )
     slices = Informer(
         resource="endpointslices",
         list_func=discovery.list_endpoint_slice_for_all_namespaces,
         label_selector=SERVICE_NAME_LABEL,
-        transform=strip_managed_fields,
+        transform=trim_slice,
         on_change=on_change,
+        on_key=keyed("endpointslices"),
         options=options,
     )
     nodes = Informer(
@@ -86,6 +155,7 @@ def build_informers(
         list_func=core.list_node,
         transform=trim_node,
         on_change=on_change,
+        on_key=keyed("nodes"),
         options=options,
     )
     return services, slices, nodes
