@@ -207,8 +207,8 @@ class ClusterIndex:
                 self._final.pop(ip, None)
                 continue
             self._final[ip] = final
-            new = self._contrib[ip] = mapping_elements(final, node_name=self.node_name)
-            for name, elem in new:
+            contrib = self._contrib[ip] = mapping_elements(final, node_name=self.node_name)
+            for name, elem in contrib:
                 self.elements[name].add(elem)
                 touched.setdefault(name, set()).add(elem)
         return touched

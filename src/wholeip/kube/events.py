@@ -77,7 +77,7 @@ class Ownership:
 
     def node_for(self, service: ObjectRef) -> str | None:
         backends = [n for n in self._state.backend_nodes(service.namespace, service.name) if n in self._names]
-        return min(backends) if backends else self.fallback  # type: ignore[type-var]
+        return min(backends) if backends else self.fallback
 
 
 def reporting_node(service: ObjectRef, *, state: ProblemSource, nodes: Iterable[Obj]) -> str | None:
