@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -37,12 +38,13 @@ from wholeip import __version__
 from wholeip import log as logsetup
 from wholeip.engine import Engine
 from wholeip.health import Health
+from wholeip.kube.api import Obj
 from wholeip.kube.events import EventRecorder
 from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.resources import build_informers
 from wholeip.metrics import Metrics
-from wholeip.model import ClusterState, Problem
-from wholeip.reconcile import Reconciler, Snapshot, Syncer
+from wholeip.model import Problem, ProblemSource
+from wholeip.reconcile import Changes, Reconciler, Snapshot, Syncer
 from wholeip.settings import Settings
 from wholeip.web import WebServer
 
@@ -118,7 +120,10 @@ class Agent:
             max_interval=s.max_sync_interval,
             gate=self._wait_synced,
         )
-        informers = self.informers = build_informers(api, on_change=reconciler.notify, options=self._watch_options)
+        changes = Changes()
+        informers = self.informers = build_informers(
+            api, on_change=reconciler.notify, on_key=changes.record, options=self._watch_options
+        )
         self.events = EventRecorder(
             core=client.CoreV1Api(api),
             node_name=s.node_name,
@@ -137,6 +142,9 @@ class Agent:
             table=s.table,
             metrics=self.metrics,
             on_state=self._on_state,
+            changes=changes,
+            lookup=self._lookup,
+            nodes=lambda: informers[2].snapshot(),
             # Stale conntrack entries live next to the table: only when the table is this
             # process's own network namespace's (not with a fake or another namespace's backend).
             after_commit=(
@@ -231,11 +239,16 @@ class Agent:
         services, slices, nodes = self.informers
         return Snapshot(services=services.snapshot(), endpoint_slices=slices.snapshot(), nodes=nodes.snapshot())
 
+    def _lookup(self, resource: str, key: str) -> Obj | None:
+        assert self.informers is not None
+        services, slices, _ = self.informers
+        return (services if resource == "services" else slices).cache.get(key)
+
     async def _sync(self, full: bool) -> None:
         assert self.syncer is not None
         await self.syncer(full)
 
-    def _on_state(self, state: ClusterState, snap: Snapshot) -> None:
+    def _on_state(self, state: ProblemSource, nodes: Sequence[Obj]) -> None:
         # Every node logs what appeared and what went away (only one node writes
         # the Event), and only the transitions: a persisting problem is not
         # repeated on every sync.
@@ -251,7 +264,7 @@ class Agent:
             log.info("problem resolved", object=str(problem.ref), reason=problem.reason)
         self._problems = current
         if self.events is not None:
-            self.events.observe(state, snap.nodes)
+            self.events.observe(state, nodes)
 
 
 # --------------------------------------------------------------------------- process entry

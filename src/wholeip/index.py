@@ -410,10 +410,11 @@ def load(
     slices: dict[str, Mapping[str, Any]] = {}
     for obj in endpoint_slices:
         ns, name = service_key(obj)
-        key = f"{ns}/{name}"
+        key = base = f"{ns}/{name}" if ns else name  # the informers' cache key
         n = 0
-        while f"{key}#{n}" in slices:  # duplicates in a flat list: keep them all
+        while key in slices:  # duplicates in a flat list: keep them all
             n += 1
-        slices[f"{key}#{n}"] = obj
+            key = f"{base}#{n}"
+        slices[key] = obj
     index.update(services=grouped, slices=slices)
     return index

@@ -46,9 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from wholeip.compile import compile_table, count_mappings
+from wholeip.compile import count_mappings
 from wholeip.engine import Engine, SyncResult
-from wholeip.model import ClusterState, build_state
+from wholeip.index import ClusterIndex, ServiceKey, Touched, load
+from wholeip.model import ProblemSource
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import TableDoc
 from wholeip.settings import ModelSettings
@@ -224,15 +225,61 @@ class Snapshot:
 
 
 Offload = Callable[..., Awaitable[Any]]
+Lookup = Callable[[str, str], "dict[str, Any] | None"]
+"""(resource, key) -> the cached object now, or None when it is gone."""
+
+
+class Changes:
+    """Which objects changed since the last sync, as the informers report them.
+
+    Only keys: the objects are read from the caches when the sync runs, so this
+    stays level-triggered (a key reported ten times is read once, as it is then).
+    A list (after 410 or at start-up) or any Node change marks *everything*: the
+    next sync rebuilds the index from a snapshot.
+    """
+
+    def __init__(self) -> None:
+        self.services: set[str] = set()
+        self.slices: set[str] = set()
+        self.everything = True
+
+    def record(self, resource: str, key: str | None) -> None:
+        if key is None or resource not in ("services", "endpointslices"):
+            self.everything = True
+        elif resource == "services":
+            self.services.add(key)
+        else:
+            self.slices.add(key)
+
+    def take(self) -> tuple[bool, set[str], set[str]]:
+        out = (self.everything, self.services, self.slices)
+        self.everything, self.services, self.slices = False, set(), set()
+        return out
+
+
+def _split_key(key: str) -> ServiceKey:
+    namespace, _, name = key.rpartition("/")
+    return (namespace, name)
 
 
 class Syncer:
-    """One sync: snapshot -> ClusterState -> TableDoc -> engine, with metrics and logs.
+    """One sync: the cluster index -> TableDoc -> engine, with metrics and logs.
 
-    The model, the compiler and the commit run in a worker thread (``offload``):
-    for a large cluster they take long enough to starve the watches and the
-    probes if run on the event loop. The snapshot itself is taken on the loop,
-    where the caches are consistent.
+    Two ways to a desired table:
+
+    * **rebuild** (start-up, every full sync, after a list or a Node change, after
+      a failure): a new :class:`~wholeip.index.ClusterIndex` from a snapshot of
+      every cache, O(cluster);
+    * **update** (every other change): the index re-reads only the keys the
+      informers reported and tells the engine which elements it touched, so the
+      model, the diff and the transaction all cost the size of the change.
+
+    The full sync on the resync timer rebuilds from scratch *and* compares with
+    the kernel, so any error of the incremental path lives one resync at most.
+    Model, compiler and commit run in a worker thread (``offload``): for a large
+    cluster a rebuild takes long enough to starve the watches and the probes if
+    run on the event loop. Snapshots and cache reads happen on the loop, where
+    the caches are consistent.
     """
 
     def __init__(
@@ -244,8 +291,11 @@ class Syncer:
         model: ModelSettings,
         table: str,
         metrics: Metrics | None = None,
-        on_state: Callable[[ClusterState, Snapshot], None] | None = None,
+        on_state: Callable[[ProblemSource, Sequence[dict[str, Any]]], None] | None = None,
         after_commit: Callable[[Plan], None] | None = None,
+        changes: Changes | None = None,
+        lookup: Lookup | None = None,
+        nodes: Callable[[], Sequence[dict[str, Any]]] | None = None,
         offload: Offload = asyncio.to_thread,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -256,27 +306,34 @@ class Syncer:
         self.table = table
         self.metrics = metrics
         self.on_state = on_state
-        """Called with every freshly built state (the Event emitter); its errors are logged."""
+        """Called with the index after every sync (the Event emitter) and the Nodes; its
+        errors are logged."""
         self.after_commit = after_commit
         """Called (in the worker thread) with every committed, non-empty plan (stale conntrack
         entries); its errors are logged, never fail the sync."""
+        self.changes = changes
+        """Fed by the informers; without it (or ``lookup``) every sync is a rebuild."""
+        self._lookup = lookup
+        self._nodes = nodes
         self._offload = offload
         self._wall_clock = wall_clock
+        self.index: ClusterIndex | None = None
         self.last_result: SyncResult | None = None
-        self.last_state: ClusterState | None = None
+        self.rebuilds = 0
+        """Syncs that built the index from a snapshot."""
 
-    def _build(self, snap: Snapshot) -> tuple[ClusterState, TableDoc]:
-        state = build_state(
+    def _rebuild(self, snap: Snapshot) -> ClusterIndex:
+        return load(
             services=snap.services,
             endpoint_slices=snap.endpoint_slices,
             nodes=snap.nodes,
             node_name=self.node_name,
             settings=self.model,
+            table=self.table,
         )
-        return state, compile_table(state, node_name=self.node_name, table=self.table)
 
-    def _commit(self, doc: TableDoc, full: bool) -> SyncResult:
-        result = self.engine.sync(doc, full=full)
+    def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
+        result = self.engine.sync(doc, full=full, touched=touched)
         if self.after_commit is not None and not result.plan.empty:
             try:
                 self.after_commit(result.plan)
@@ -298,17 +355,36 @@ class Syncer:
         return result
 
     async def _sync(self, full: bool) -> SyncResult:
-        snap = self._snapshot()
-        state, doc = await self._offload(self._build, snap)
-        self.last_state = state
+        everything, service_keys, slice_keys = self.changes.take() if self.changes is not None else (True, set(), set())
+        index = self.index
+        touched: Touched | None = None
+        if full or everything or index is None or self._lookup is None:
+            self.index = None
+            snap = self._snapshot()
+            index = await self._offload(self._rebuild, snap)
+            nodes: Sequence[dict[str, Any]] = snap.nodes
+            self.rebuilds += 1
+        else:
+            lookup = self._lookup
+            services: dict[ServiceKey, list[dict[str, Any]]] = {}
+            for key in service_keys:
+                obj = lookup("services", key)
+                services[_split_key(key)] = [obj] if obj is not None else []
+            slices = {key: lookup("endpointslices", key) for key in slice_keys}
+            nodes = self._nodes() if self._nodes is not None else []
+            self.index = None  # until the update is known to have completed
+            touched = await self._offload(lambda: index.update(services=services, slices=slices))
+        self.index = index
+        doc = index.doc()
+        problems = index.problems
         if self.metrics is not None:
-            self.metrics.set_problems(p.reason for p in state.problems)
+            self.metrics.set_problems(p.reason for p in problems)
         if self.on_state is not None:
             try:
-                self.on_state(state, snap)
+                self.on_state(index, nodes)
             except Exception as exc:  # Events are a courtesy; they never cost a sync
                 log.warning("problem reporting failed", error=f"{type(exc).__name__}: {exc}")
-        result: SyncResult = await self._offload(self._commit, doc, full)
+        result: SyncResult = await self._offload(self._commit, doc, full, touched)
         self.last_result = result
         counts = count_mappings(doc)
         if self.metrics is not None:
@@ -319,9 +395,10 @@ class Syncer:
                 self.metrics.drift_repairs.inc()
         fields = {
             "full": result.full,
+            "incremental": touched is not None,
             "changes": result.plan.summary(),
             "mappings": sum(counts.values()),
-            "problems": len(state.problems),
+            "problems": len(problems),
             "observe_ms": round(result.observe_seconds * 1000, 2),
             "commit_ms": round(result.commit_seconds * 1000, 2),
         }

@@ -114,11 +114,17 @@ async def test_pod_change_swaps_the_element(api: ApiServer, start_agent: AgentFa
     agent = await start_agent("n1")
     await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.1.10")})
 
+    assert agent.syncer is not None
+    rebuilds = agent.syncer.rebuilds
     eps = api.store.get("endpointslices", "web-a", "default")
     eps["endpoints"] = [{"addresses": ["10.244.2.20"], "nodeName": "n2", "conditions": {"ready": True}}]
     api.store.update(eps)
     await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.2.20")})
     assert table(agent, "egress4") == set()  # the pod moved to n2
+    # A watched change updates the index in place: no snapshot of the whole cluster.
+    assert agent.syncer.rebuilds == rebuilds
+    assert agent.syncer.last_result is not None
+    assert (agent.syncer.last_result.plan.added, agent.syncer.last_result.plan.deleted) == (2, 4)
 
 
 async def test_de_annotated_service_loses_its_mapping(api: ApiServer, start_agent: AgentFactory) -> None:

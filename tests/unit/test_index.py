@@ -190,7 +190,7 @@ def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
     eps["addresses"] = ["10.244.250.250" if ":" not in old_ip else "fd00:10:244:fa::fa"]
     moved["endpoints"] = [eps]
     meta = moved["metadata"]
-    touched = index.update(slices={f"{meta['namespace']}/{meta['name']}#0": moved})
+    touched = index.update(slices={f"{meta['namespace']}/{meta['name']}": moved})
     result = engine.sync(index.doc(), touched=touched)
     # One mapping moved: ingress value and its ICMP data change, egress (if local) too.
     assert 1 <= result.plan.deleted <= 4
