@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -97,6 +98,10 @@ class Config:
     """Watch history of the double (a real API server keeps minutes of it)."""
     seed: int = 1
     agent_args: tuple[str, ...] = ()
+    agent_env: tuple[str, ...] = ()
+    """``KEY=VALUE`` for the agent's environment (``MALLOC_ARENA_MAX=2`` ...)."""
+    agent_memstats: bool = False
+    """Run the agent under :func:`as_agent`: its heap figures every sample interval."""
 
     @staticmethod
     def quick() -> Config:
@@ -397,6 +402,7 @@ class Soak:
         self.agent_lists = 0
         self.phase = "start"
         self.t0 = time.monotonic()
+        self.wall0 = time.time()
         self.marks: dict[str, float] = {}
 
     # ------------------------------------------------------------ processes
@@ -415,12 +421,20 @@ class Soak:
     def start_agent(self) -> None:
         port = free_port()
         self.metrics_url = f"http://127.0.0.1:{port}"
-        argv = [sys.executable, "-m", "wholeip", "run", "--node-name", NODE]
+        argv = [sys.executable, "-m", "wholeip"]
+        if self.cfg.agent_memstats:
+            argv = [sys.executable, "-m", "wholeip.soak", "--as-agent", str(self.workdir / "memstats.jsonl")]
+            argv += [str(self.cfg.sample_interval), "--"]
+        argv += ["run", "--node-name", NODE]
         argv += ["--kubeconfig", str(self.workdir / "kubeconfig"), "--service-cidr", SERVICE_CIDRS]
         argv += ["--bind-address", "127.0.0.1", "--port", str(port), "--log-format", "json"]
         argv += list(self.cfg.agent_args)
+        env = dict(os.environ)
+        for item in self.cfg.agent_env:
+            key, _, value = item.partition("=")
+            env[key] = value
         with (self.workdir / "agent.log").open("wb") as log:
-            self.agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def stop(self) -> int | None:
         code = None
@@ -925,8 +939,33 @@ class Soak:
                 "log": self.log_summary(),
             },
             "final": final,
+            "agent_memstats": self.memstats(steady_from, churn_end),
+            "code": code_version(),
             "samples": [{k: v for k, v in asdict(s).items() if k != "buckets"} for s in self.samples],
         }
+
+    def memstats(self, start: float, end: float) -> dict[str, Any] | None:
+        """First and last heap figures of the steady churn (from :func:`as_agent`), and their slopes."""
+        path = self.workdir / "memstats.jsonl"
+        if not path.exists():
+            return None
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        # The agent's clock started a little after ours; its rows carry wall time.
+        steady = [r for r in rows if start <= r["wall"] - self.wall0 <= end]
+        if len(steady) < 2:
+            return {"rows": len(rows)}
+        out: dict[str, Any] = {"rows": len(rows)}
+        for key in steady[0]:
+            if key in ("wall", "t"):
+                continue
+            points = [(r["wall"] - self.wall0, float(r[key])) for r in steady if r.get(key) is not None]
+            out[key] = {
+                "first": steady[0][key],
+                "last": steady[-1][key],
+                "max": max(p[1] for p in points) if points else None,
+                "slope_per_min": slope_per_minute(points),
+            }
+        return out
 
     def samples_ops_at(self, t: float) -> int:
         best = self.samples[0].ops if self.samples else 0
@@ -935,6 +974,81 @@ class Soak:
                 break
             best = s.ops
         return best
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def heap_figures() -> dict[str, Any]:
+    """This process's heap: Python's live blocks and objects, glibc's arenas (MiB)."""
+    import gc
+    import threading
+
+    row: dict[str, Any] = {
+        "wall": time.time(),
+        "rss_mib": proc_rss_mib(os.getpid()),
+        "py_blocks": sys.getallocatedblocks(),
+        "gc_objects": len(gc.get_objects()),
+        "threads": threading.active_count(),
+    }
+    with contextlib.suppress(AttributeError, OSError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _Mallinfo2
+        info = libc.mallinfo2()
+        mib = 1024 * 1024
+        row["malloc_in_use_mib"] = round(info.uordblks / mib, 2)
+        row["malloc_free_held_mib"] = round(info.fordblks / mib, 2)
+        row["malloc_arena_mib"] = round(info.arena / mib, 2)
+        row["malloc_mmap_mib"] = round(info.hblkhd / mib, 2)
+    return row
+
+
+def as_agent(stats_path: str, interval: float, argv: list[str]) -> int:
+    """``wholeip`` with ``argv``, plus a thread that appends :func:`heap_figures` to ``stats_path``.
+
+    Diagnostics only (``--agent-memstats``): it tells a leak (live Python
+    blocks grow) from allocator retention (RSS grows, live blocks do not).
+    """
+    import threading
+
+    from wholeip import cli
+
+    def write() -> None:
+        with open(stats_path, "a") as out:
+            while True:
+                out.write(json.dumps(heap_figures()) + "\n")
+                out.flush()
+                time.sleep(interval)
+
+    threading.Thread(target=write, name="memstats", daemon=True).start()
+    return cli.main(argv)
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the run used, and the files under src/ that differed from it."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+        return out.stdout
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "dirty": dirty}
 
 
 def ingress_of(ip: str) -> str | None:
@@ -1043,6 +1157,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--quick", action="store_true", help="a small smoke run (200 Services, ~30 s)")
     parser.add_argument("--agent-arg", action="append", default=[], help="extra flag for wholeip run (repeatable)")
+    parser.add_argument("--agent-env", action="append", default=[], help="KEY=VALUE for the agent (repeatable)")
+    parser.add_argument(
+        "--agent-memstats", action="store_true", help="sample the agent's Python heap and malloc arenas (diagnostics)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run")
     parser.add_argument("--out", default="bench-results/soak.json", help="where the JSON report goes")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -1052,7 +1170,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _config(args: argparse.Namespace) -> Config:
     if args.quick:
         base = Config.quick()
-        return Config(**{**asdict(base), "seed": args.seed, "agent_args": tuple(args.agent_arg)})
+        return Config(
+            **{
+                **asdict(base),
+                "seed": args.seed,
+                "agent_args": tuple(args.agent_arg),
+                "agent_env": tuple(args.agent_env),
+                "agent_memstats": args.agent_memstats,
+            }
+        )
     return Config(
         services=args.services,
         minutes=args.minutes,
@@ -1063,10 +1189,15 @@ def _config(args: argparse.Namespace) -> Config:
         bad=args.bad,
         seed=args.seed,
         agent_args=tuple(args.agent_arg),
+        agent_env=tuple(args.agent_env),
+        agent_memstats=args.agent_memstats,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["--as-agent"]:  # python -m wholeip.soak --as-agent STATS INTERVAL -- run ...
+        return as_agent(raw[1], float(raw[2]), raw[4:])
     args = _parse(argv)
     if not args.inside:
         if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nft") is None:
