@@ -11,6 +11,7 @@ Prometheus and its counters are the single source of truth.
 Names (all prefixed ``wholeip_``):
 
 * ``sync_duration_seconds{kind="full|partial"}``      histogram, build + compile + commit
+* ``change_to_commit_seconds``                        histogram, watch event -> committed transaction
 * ``syncs_total{result="success|noop|error"}``        counter
 * ``mappings{direction="ingress|egress",ip_family="ipv4|ipv6"}``  gauge, map elements on this node
 * ``last_successful_sync_timestamp_seconds``          gauge, Unix time
@@ -72,6 +73,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.change_to_commit = Histogram(
+            "wholeip_change_to_commit_seconds",
+            "From the watch event of a change (the first one a sync takes) to its committed transaction.",
+            buckets=_SYNC_BUCKETS,
+            registry=r,
+        )
         self.sync_duration = Histogram(
             "wholeip_sync_duration_seconds",
             "Duration of one sync: model, compile, and the kernel transaction.",

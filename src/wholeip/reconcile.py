@@ -238,12 +238,17 @@ class Changes:
     next sync rebuilds the index from a snapshot.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.services: set[str] = set()
         self.slices: set[str] = set()
         self.everything = True
+        self.since: float | None = None
+        """When the oldest change not taken yet arrived."""
+        self.clock = clock
 
     def record(self, resource: str, key: str | None) -> None:
+        if self.since is None:
+            self.since = self.clock()
         if key is None or resource not in ("services", "endpointslices"):
             self.everything = True
         elif resource == "services":
@@ -251,9 +256,9 @@ class Changes:
         else:
             self.slices.add(key)
 
-    def take(self) -> tuple[bool, set[str], set[str]]:
-        out = (self.everything, self.services, self.slices)
-        self.everything, self.services, self.slices = False, set(), set()
+    def take(self) -> tuple[bool, set[str], set[str], float | None]:
+        out = (self.everything, self.services, self.slices, self.since)
+        self.everything, self.services, self.slices, self.since = False, set(), set(), None
         return out
 
 
@@ -355,7 +360,8 @@ class Syncer:
         return result
 
     async def _sync(self, full: bool) -> SyncResult:
-        everything, service_keys, slice_keys = self.changes.take() if self.changes is not None else (True, set(), set())
+        taken = self.changes.take() if self.changes is not None else (True, set(), set(), None)
+        everything, service_keys, slice_keys, since = taken
         index = self.index
         touched: Touched | None = None
         if full or everything or index is None or self._lookup is None:
@@ -386,6 +392,12 @@ class Syncer:
                 log.warning("problem reporting failed", error=f"{type(exc).__name__}: {exc}")
         result: SyncResult = await self._offload(self._commit, doc, full, touched)
         self.last_result = result
+        change_ms = None
+        if since is not None and self.changes is not None:
+            waited = self.changes.clock() - since
+            change_ms = round(waited * 1000, 2)
+            if self.metrics is not None and not result.plan.empty:
+                self.metrics.change_to_commit.observe(waited)
         counts = count_mappings(doc)
         if self.metrics is not None:
             self.metrics.syncs.labels("noop" if result.plan.empty else "success").inc()
@@ -401,6 +413,7 @@ class Syncer:
             "problems": len(problems),
             "observe_ms": round(result.observe_seconds * 1000, 2),
             "commit_ms": round(result.commit_seconds * 1000, 2),
+            "change_ms": change_ms,
         }
         if result.drift:
             log.warning("drift repaired: our table was changed outside the agent", **fields)
