@@ -272,15 +272,17 @@ class Syncer:
 
     Two ways to a desired table:
 
-    * **rebuild** (start-up, every full sync, after a list or a Node change, after
-      a failure): a new :class:`~wholeip.index.ClusterIndex` from a snapshot of
+    * **rebuild** (start-up, after a list or a Node change, after an update of the
+      index failed): a new :class:`~wholeip.index.ClusterIndex` from a snapshot of
       every cache, O(cluster);
     * **update** (every other change): the index re-reads only the keys the
       informers reported and tells the engine which elements it touched, so the
       model, the diff and the transaction all cost the size of the change.
 
-    The full sync on the resync timer rebuilds from scratch *and* compares with
-    the kernel, so any error of the incremental path lives one resync at most.
+    A full sync (start-up, resync timer, retry after a failed commit) compares the
+    index's table with the kernel instead of the engine's memory; it does not
+    rebuild the index, which a failed commit leaves intact. That the index equals
+    a fresh build after any sequence of changes is a property test's job.
     Model, compiler and commit run in a worker thread (``offload``): for a large
     cluster a rebuild takes long enough to starve the watches and the probes if
     run on the event loop. Snapshots and cache reads happen on the loop, where
@@ -364,7 +366,7 @@ class Syncer:
         everything, service_keys, slice_keys, since = taken
         index = self.index
         touched: Touched | None = None
-        if full or everything or index is None or self._lookup is None:
+        if everything or index is None or self._lookup is None:
             self.index = None
             snap = self._snapshot()
             index = await self._offload(self._rebuild, snap)
@@ -380,6 +382,8 @@ class Syncer:
             nodes = self._nodes() if self._nodes is not None else []
             self.index = None  # until the update is known to have completed
             touched = await self._offload(lambda: index.update(services=services, slices=slices))
+            if full:
+                touched = None  # compare the whole table with the kernel
         self.index = index
         doc = index.doc()
         problems = index.problems
