@@ -20,7 +20,8 @@ keeps every element):
 
 * ``inet wholeip``: N synthetic mappings (default 100,000) installed by
   ``wholeip apply`` in the node's namespace: synth, model, compile, engine and
-  libnftables, what the product runs;
+  libnftables, what the product runs; and ``inet wholeip_<M>``, the same with
+  the smallest M below;
 * ``ip perservice_<M>`` for each M: the per-Service-rule design, M rules
   ``ip daddr <external> dnat to <pod>`` in one nat prerouting chain (``nft -f``).
 
@@ -28,10 +29,14 @@ Packet-path variants (benchmark 4):
 
 * **a**      no rules: to the pod's twin address through ``n2``, which has no
   table at all (and so no conntrack). The baseline of every ratio.
+* **a_n1**   control, measured before n1 has any table: the same through
+  ``n1`` (the two paths are built alike; this shows they measure alike).
 * **a_ct**   control: to the pod IP through ``n1`` with every table dormant
   (no rules, but conntrack is registered in the namespace, as on any node).
 * **b**      our stateless path: ``wholeip`` awake, the outside client, random
   external IPs among the N (notrack, map rewrite both ways).
+* **b<M>**   the same stateless path with a table of M mappings (the smallest
+  M below): the rules' own cost, apart from the cost of big maps.
 * **c**      our stateful/hairpin path: the same table and targets from the
   client's cluster address, so every packet is tracked and DNATed through the
   ``ingress4`` map.
@@ -46,10 +51,9 @@ Measurements (the traffic always goes to mappings whose pod is on ``n1``):
   pair repeats: every request is a new flow for conntrack, like a DNS query or
   a connection's SYN, which is where per-Service rules are walked (the later
   packets of a flow use its conntrack entry). Requests of a variant and of
-  **a** alternate one by one in the same client (variants that share n1's
-  state, b and c, run together), so both see the same machine. Conntrack is
-  flushed before each run. Reported: p50, p99, and the request/response rate
-  (1/mean).
+  **a** take turns every 25 requests in the same client (variants that share
+  n1's state, b and c, run together), so both see the same machine. Conntrack
+  is flushed before each run. Reported: p50 and p99.
 * **throughput**: ``iperf3`` (C: the generator does not limit what it
   measures as Python would), 64-byte UDP at full speed (delivered packets/s:
   the per-packet cost) and one TCP stream (Gbit/s; the topology turns checksum
@@ -60,8 +64,9 @@ Measurements (the traffic always goes to mappings whose pod is on ``n1``):
 
 Benchmark 5 (conntrack pressure): a one-way flood of new flows (a raw socket
 writes UDP packets from a new source port each, to random mappings: no 5-tuple
-repeats) through **a**, **b**, and the conntrack DNAT path (the path of **c**)
-with ``nf_conntrack_max`` lowered; a sink in the pod counts what arrives.
+repeats) through **a**, **a_n1**, **b**, **b<M>** and the conntrack DNAT path
+(the path of **c**) with ``nf_conntrack_max`` lowered; a sink in the pod
+counts what arrives.
 Reported: offered and delivered flows/s, loss, ``nf_conntrack_count`` on n1
 after the flood, and the deltas of ``conntrack -S`` (drop, early_drop,
 insert_failed) on n1 and of the pod's UDP receive errors. Each flood is paired
@@ -343,6 +348,11 @@ class Config:
     seed: int
     quick: bool
 
+    @property
+    def small(self) -> int:
+        """The size of the small wholeip table (b at a few mappings)."""
+        return min(self.rule_sizes)
+
 
 @dataclass
 class Setup:
@@ -416,19 +426,21 @@ def build(cfg: Config, workdir: Path) -> Setup:
 
 
 def install(setup: Setup, cfg: Config) -> dict[str, float]:
-    """n1's tables: wholeip's N mappings through the product, then the per-Service rules.
-    Returns the seconds each took."""
+    """n1's tables: wholeip's N mappings through the product (and the same table with the
+    smallest rule count's mappings, to tell the cost of the rules from the cost of big maps),
+    then the per-Service rules. Returns the seconds each took."""
     from wholeip.testing import synth
 
     took = {}
-    cluster = setup.workdir / "cluster.json"
-    cluster.write_text(json.dumps(synth.as_list(synth.cluster(cfg.mappings))))
-    started = time.perf_counter()
-    apply = [sys.executable, "-m", "wholeip", "apply", "-f", str(cluster), "--node-name", "n1"]
-    _run(setup.topo, "n1", [*apply, "--cluster-cidr", CLUSTER_CIDRS], timeout=900)
-    setup.tables.append("inet wholeip")
-    took["inet wholeip"] = time.perf_counter() - started
-    print(f"installed inet wholeip: {cfg.mappings} mappings in {took['inet wholeip']:.1f}s", flush=True)
+    for table, n in (("wholeip", cfg.mappings), (f"wholeip_{cfg.small}", cfg.small)):
+        cluster = setup.workdir / f"cluster-{n}.json"
+        cluster.write_text(json.dumps(synth.as_list(synth.cluster(n))))
+        started = time.perf_counter()
+        apply = [sys.executable, "-m", "wholeip", "apply", "-f", str(cluster), "--node-name", "n1", "--table", table]
+        _run(setup.topo, "n1", [*apply, "--cluster-cidr", CLUSTER_CIDRS], timeout=900)
+        setup.tables.append(f"inet {table}")
+        took[f"inet {table}"] = time.perf_counter() - started
+        print(f"installed inet {table}: {n} mappings in {took[f'inet {table}']:.1f}s", flush=True)
     for size in cfg.rule_sizes:
         started = time.perf_counter()
         text = setup.workdir / f"perservice-{size}.nft"
@@ -471,6 +483,14 @@ def variants(cfg: Config) -> list[Variant]:
         Variant("a_ct", "no rules, conntrack on (n1, tables dormant)", None, CLIENT_OUT, "pod", n),
         Variant("b", f"wholeip stateless, {n} mappings", "inet wholeip", CLIENT_OUT, "ext", n),
         Variant("c", f"wholeip stateful/hairpin, {n} mappings", "inet wholeip", CLIENT_IN, "ext", n),
+        Variant(
+            f"b{cfg.small}",
+            f"wholeip stateless, {cfg.small} mappings",
+            f"inet wholeip_{cfg.small}",
+            CLIENT_OUT,
+            "ext",
+            cfg.small,
+        ),
     ]
     for size in cfg.rule_sizes:
         table = f"ip perservice_{size}"
@@ -830,6 +850,7 @@ def floods(cfg: Config, vs: Sequence[Variant]) -> list[Flood]:
     return [
         Flood("a_n1", by_name["a_n1"], 0, by_name["a_n1"].label),
         Flood("b", by_name["b"], 0, by_name["b"].label),
+        Flood(f"b{cfg.small}", by_name[f"b{cfg.small}"], 0, by_name[f"b{cfg.small}"].label),
         Flood("ct_dnat", by_name["c"], cfg.ct_max, f"conntrack DNAT (the path of c), nf_conntrack_max={limit}"),
     ]
 
