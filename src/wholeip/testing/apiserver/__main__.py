@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+from pathlib import Path
 
 from .server import ApiServer
 
@@ -24,6 +26,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="default", help="the kubeconfig's namespace")
     parser.add_argument("--bookmark-interval", type=float, default=60.0)
     parser.add_argument("--history", type=int, default=1000, help="retained watch events")
+    parser.add_argument(
+        "--preload",
+        help="a JSON file {\"items\": [...]} of objects to hold from the start (status kept, namespaces created)",
+    )
     return parser.parse_args(argv)
 
 
@@ -39,10 +45,26 @@ async def _run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with api:
+        if args.preload:
+            preload(api, args.preload)
         if args.kubeconfig:
             api.write_kubeconfig(args.kubeconfig, namespace=args.namespace)
         print(api.url, flush=True)
         await stop.wait()
+
+
+def preload(api: ApiServer, path: str) -> int:
+    """Store every object of the file directly (benchmarks: 100,000 Services in seconds)."""
+    items = json.loads(Path(path).read_text())["items"]
+    namespaces = {("", "default")}
+    for obj in items:
+        ns = (obj.get("metadata") or {}).get("namespace")
+        if ns and ("", ns) not in namespaces:
+            namespaces.add(("", ns))
+            if ns != "default":
+                api.store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        api.store.create(obj)
+    return len(items)
 
 
 def main(argv: list[str] | None = None) -> int:
