@@ -36,6 +36,7 @@ started it, because the kernel may then differ from the desired table.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import random
 import time
@@ -330,7 +331,7 @@ class Syncer:
         """Syncs that built the index from a snapshot."""
 
     def _rebuild(self, snap: Snapshot) -> ClusterIndex:
-        return load(
+        index = load(
             services=snap.services,
             endpoint_slices=snap.endpoint_slices,
             nodes=snap.nodes,
@@ -338,6 +339,10 @@ class Syncer:
             settings=self.model,
             table=self.table,
         )
+        # What exists now (caches, index) lives long: keep it out of every future
+        # collection, so that a sync's garbage costs a sync's size to collect.
+        gc.freeze()
+        return index
 
     def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
         result = self.engine.sync(doc, full=full, touched=touched)
