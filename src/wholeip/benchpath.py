@@ -940,9 +940,13 @@ def print_tables(result: dict[str, Any]) -> None:
         m = row["median"]
         print(
             f"{name:>8}  {m['offered_flows_per_s']:>10.0f}  {m['delivered_flows_per_s']:>11.0f}"
-            f" {row['delivered_over_a']:>5.2f}  {m['loss_percent']:>6.1f}  {m['n1_conntrack_count']!s:>7}"
+            f" {row['delivered_over_a']:>5.2f}  {m['loss_percent']:>6.1f}  {_count(m['n1_conntrack_count']):>7}"
             f"  {row['conntrack_drops']} (early_drop {row['conntrack_early_drops']})  {row['label']}"
         )
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _versions() -> dict[str, Any]:
