@@ -217,7 +217,8 @@ class ClusterIndex:
     def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> None:
         problems: list[Problem] = []
         parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
-        parsed.sort(key=lambda s: s.age_key)
+        # Same-age duplicates (a flat list holding one Service twice): content decides, not input order.
+        parsed.sort(key=lambda s: (s.age_key, s.ref.uid, repr(s)))
         for dup in parsed[1:]:
             problems.append(
                 Problem(dup.ref, "DuplicateObject", "the same Service appears twice; the first one is used")
@@ -430,14 +431,19 @@ def _load(
     grouped: dict[ServiceKey, list[Mapping[str, Any]]] = {}
     for obj in services:
         grouped.setdefault(service_key(obj), []).append(obj)
-    slices: dict[str, Mapping[str, Any]] = {}
+    by_base: dict[str, list[Mapping[str, Any]]] = {}
     for obj in endpoint_slices:
         ns, name = service_key(obj)
-        key = base = f"{ns}/{name}" if ns else name  # the informers' cache key
-        n = 0
-        while key in slices:  # duplicates in a flat list: keep them all
-            n += 1
-            key = f"{base}#{n}"
-        slices[key] = obj
+        by_base.setdefault(f"{ns}/{name}" if ns else name, []).append(obj)  # the informers' cache key
+    slices: dict[str, Mapping[str, Any]] = {}
+    for base, objs in by_base.items():
+        # Duplicates in a flat list: keep them all, numbered by content (a later slice's
+        # endpoints win), so that input order never decides.
+        for obj in sorted(objs, key=repr) if len(objs) > 1 else objs:
+            key, n = base, 0
+            while key in slices:
+                n += 1
+                key = f"{base}#{n}"
+            slices[key] = obj
     index.update(services=grouped, slices=slices)
     return index

@@ -343,3 +343,15 @@ def test_a_port_that_is_not_an_integer_is_refused(port: Any) -> None:
     state = build(node(), per_port_svc([{"port": port, "targetPort": port}, {"port": 53, "protocol": "UDP"}]), eps())
     assert [(p.protocol, p.port) for p in state.mappings[0].ports] == [("udp", 53)]
     assert reasons(state) == ["InvalidPort"]
+
+
+def test_same_age_duplicates_in_a_flat_list_do_not_depend_on_input_order() -> None:
+    """Regression (property tests): a flat list holding one Service twice with equal creation
+    times used the first in input order; one EndpointSlice twice, the last. build_state
+    promises an equal state for any order."""
+    first, second = svc(ips=("203.0.113.1",)), svc(ips=("203.0.113.2",))
+    on_n1, on_n2 = eps(node_name="n1"), eps(node_name="n2")
+    assert build(node(), first, second, on_n1, on_n2) == build(node(), on_n2, on_n1, second, first)
+    state = build(node(), first, second, on_n1, on_n2)
+    assert [str(m.external_ip) for m in state.mappings] == ["203.0.113.1"]
+    assert "DuplicateObject" in reasons(state)
