@@ -35,8 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from wholeip import model
@@ -668,26 +667,9 @@ def test_model_and_compiler_never_raise_and_keep_their_invariants(c: Cluster) ->
     check_doc(state, doc, c.node_name)
 
 
-def _same_key_tie(c: Cluster) -> bool:
-    """The order dependence of test_duplicate_*_order_decides below (a known bug): two
-    different Services under one namespace/name and creation time, or two different
-    EndpointSlices under one namespace/name."""
-    services: dict[Any, list[Any]] = {}
-    for o in c.services:
-        info = model.parse_service(o, c.settings, [])
-        if info is not None:
-            services.setdefault((service_key(o), info.age_key), []).append(info)
-    slices: dict[Any, list[Any]] = {}
-    for o in c.slices:
-        if model.parse_slice(o) is not None:
-            slices.setdefault(service_key(o), []).append(o)
-    return any(len(v) > 1 and any(x != v[0] for x in v) for v in (*services.values(), *slices.values()))
-
-
 @props(60)
 @given(clusters(), st.data())
 def test_state_and_table_ignore_input_order(c: Cluster, data: st.DataObject) -> None:
-    assume(not _same_key_tie(c))
     shuffled = Cluster(
         services=data.draw(st.permutations(c.services)),
         slices=data.draw(st.permutations(c.slices)),
@@ -702,44 +684,6 @@ def test_state_and_table_ignore_input_order(c: Cluster, data: st.DataObject) -> 
     assert a.problems == b.problems
     assert a == b
     assert json.dumps(render_table(c.doc())) == json.dumps(render_table(shuffled.doc()))
-
-
-def _svc(ip: str) -> dict[str, Any]:
-    return {
-        "kind": "Service",
-        "metadata": {"namespace": "default", "name": "a", "annotations": {WHOLE_IP_ANNOTATION: "true"}},
-        "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
-    }
-
-
-def _slice(node: str) -> dict[str, Any]:
-    return {
-        "kind": "EndpointSlice",
-        "metadata": {"namespace": "default", "name": "a-1", "labels": {SERVICE_NAME_LABEL: "a"}},
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": ["10.244.1.10"], "nodeName": node}],
-    }
-
-
-def _both_orders(services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> list[ClusterState]:
-    return [
-        build_state(services=sv, endpoint_slices=sl, nodes=[], node_name="n1", settings=ModelSettings())
-        for sv, sl in ((services, slices), (services[::-1], slices[::-1]))
-    ]
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: the first of two same-age duplicates in input order wins")
-def test_duplicate_services_of_the_same_age_order_decides() -> None:
-    # A flat list (a cluster file) may hold one Service twice; with equal creation times the
-    # one used depends on the input order, against build_state's "any order, equal state".
-    a, b = _both_orders([_svc("203.0.113.1"), _svc("203.0.113.2")], [_slice("n1")])
-    assert a == b
-
-
-@pytest.mark.xfail(strict=True, reason="known bug: the last of two same-named EndpointSlices in input order wins")
-def test_duplicate_endpoint_slices_order_decides() -> None:
-    a, b = _both_orders([_svc("203.0.113.1")], [_slice("n1"), _slice("n2")])
-    assert a == b
 
 
 @props(60)
