@@ -237,7 +237,7 @@ class Agent:
     def _snapshot(self) -> Snapshot:
         assert self.informers is not None
         services, slices, nodes = self.informers
-        return Snapshot(services=services.snapshot(), endpoint_slices=slices.snapshot(), nodes=nodes.snapshot())
+        return Snapshot(services=services.iterate(), endpoint_slices=slices.iterate(), nodes=nodes.snapshot())
 
     def _lookup(self, resource: str, key: str) -> Obj | None:
         assert self.informers is not None

@@ -41,7 +41,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -220,8 +220,8 @@ class Reconciler:
 class Snapshot:
     """The informers' caches at one instant (shared objects: read only)."""
 
-    services: Sequence[dict[str, Any]]
-    endpoint_slices: Sequence[dict[str, Any]]
+    services: Iterable[dict[str, Any]]
+    endpoint_slices: Iterable[dict[str, Any]]
     nodes: Sequence[dict[str, Any]]
 
 

@@ -357,3 +357,22 @@ async def test_an_expired_continue_token_restarts_the_list_from_scratch(
     assert "_continue" not in calls[2]
     assert "resource_version" not in calls[2]
     assert inf.resource_version == "30"
+
+
+def test_packed_cache_holds_bytes_and_reads_copies() -> None:
+    from wholeip.kube.informer import PackedCache
+
+    cache = PackedCache()
+    obj = {"metadata": {"name": "a", "namespace": "default"}, "spec": {"ports": [{"port": 80}]}}
+    cache["default/a"] = obj
+    assert isinstance(cache.raw["default/a"], bytes)
+    assert len(cache.raw["default/a"]) < 80
+    first = cache["default/a"]
+    assert first == obj
+    first["spec"]["ports"].append({"port": 443})  # a reader's copy cannot change the cache
+    assert cache["default/a"] == obj
+    assert cache.get("default/b") is None
+    assert "default/a" in cache
+    assert len(cache) == 1
+    assert cache.pop("default/a") == obj
+    assert not cache

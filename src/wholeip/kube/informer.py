@@ -46,7 +46,7 @@ import asyncio
 import collections
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,43 @@ def strip_managed_fields(obj: Obj) -> Obj:
     return obj
 
 
+class PackedCache(MutableMapping[str, Obj]):
+    """A cache that holds each object as compact JSON bytes and decodes it on access.
+
+    A parsed Kubernetes object costs Python several times its JSON size (a dict
+    per level, a str per key and value); 100,000 Services with their slices are
+    hundreds of MiB as dicts and a fraction of that as bytes. The agent reads
+    the whole cache only when it rebuilds its index, one object at a time, and
+    otherwise a few objects per change. Every read returns a fresh copy.
+    """
+
+    def __init__(self) -> None:
+        self.raw: dict[str, bytes] = {}
+
+    @staticmethod
+    def pack(obj: Obj) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def __getitem__(self, key: str) -> Obj:
+        value: Obj = json.loads(self.raw[key])
+        return value
+
+    def __setitem__(self, key: str, obj: Obj) -> None:
+        self.raw[key] = self.pack(obj)
+
+    def __delitem__(self, key: str) -> None:
+        del self.raw[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.raw
+
+
 class Informer:
     """List+watch one collection into a local cache (see the module docstring)."""
 
@@ -143,6 +180,7 @@ class Informer:
         on_change: Callable[[], None] | None = None,
         on_key: Callable[[str | None], None] | None = None,
         options: WatchOptions | None = None,
+        packed: bool = False,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -163,8 +201,10 @@ class Informer:
         self.options = options or WatchOptions()
         self._rng = rng or random.Random()
         self._sleep = sleep
-        self.cache: dict[str, Obj] = {}
-        """namespace/name -> object. Replaced, never mutated: hold on to objects freely."""
+        self._packed = packed
+        self.cache: MutableMapping[str, Obj] = PackedCache() if packed else {}
+        """namespace/name -> object. Replaced, never mutated: hold on to objects freely.
+        With ``packed``, objects are stored as JSON bytes and every read decodes a copy."""
         self.resource_version = ""
         """The version the cache is known to be current at (from the list, events, bookmarks)."""
         self.synced = asyncio.Event()
@@ -181,6 +221,14 @@ class Informer:
     def snapshot(self) -> list[Obj]:
         """The cached objects now (a new list; the objects are shared and must not be mutated)."""
         return list(self.cache.values())
+
+    def iterate(self) -> Iterator[Obj]:
+        """The cached objects now, one at a time (a packed cache decodes each as it is reached,
+        so a consumer that does not keep them never holds them all)."""
+        if isinstance(self.cache, PackedCache):
+            raw = list(self.cache.raw.values())  # the bytes as they are now; cheap and consistent
+            return (json.loads(b) for b in raw)
+        return iter(list(self.cache.values()))
 
     # --------------------------------------------------------------- running
 
@@ -241,7 +289,7 @@ class Informer:
     async def _list(self, *, consistent: bool) -> None:
         opts = self.options
         timeout = aiohttp.ClientTimeout(total=opts.list_timeout, sock_connect=opts.connect_timeout)
-        items: dict[str, Obj] = {}
+        items: MutableMapping[str, Obj] = PackedCache() if self._packed else {}
         token = ""
         version = ""
         while True:
@@ -271,9 +319,12 @@ class Informer:
             token = str(meta.get("continue") or "")
             if not token:
                 break
-        changed = items.keys() != self.cache.keys() or any(
-            _resource_version(obj) != _resource_version(self.cache[key]) for key, obj in items.items()
-        )
+        if isinstance(items, PackedCache) and isinstance(self.cache, PackedCache):
+            changed = items.raw != self.cache.raw
+        else:
+            changed = items.keys() != self.cache.keys() or any(
+                _resource_version(obj) != _resource_version(self.cache[key]) for key, obj in items.items()
+            )
         self.cache = items
         self.resource_version = version
         self.lists += 1

@@ -139,6 +139,7 @@ def build_informers(
         transform=trim_service,
         on_change=on_change,
         on_key=keyed("services"),
+        packed=True,
         options=options,
     )
     slices = Informer(
@@ -148,6 +149,7 @@ def build_informers(
         transform=trim_slice,
         on_change=on_change,
         on_key=keyed("endpointslices"),
+        packed=True,
         options=options,
     )
     nodes = Informer(
