@@ -419,6 +419,47 @@ def load(
             gc.enable()
 
 
+def load_unique(
+    *,
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str,
+    settings: ModelSettings,
+    table: str = "wholeip",
+    batch: int = 2000,
+) -> ClusterIndex:
+    """An index of objects with unique keys (an informer's cache), read as a stream.
+
+    Nothing is kept of an object but what the index makes of it, so a cache that
+    decodes objects on the way (:class:`~wholeip.kube.informer.PackedCache`) is never
+    held decoded as a whole. Slices go first, so each Service is resolved once.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
+        pending: dict[str, Mapping[str, Any] | None] = {}
+        for obj in endpoint_slices:
+            ns, name = service_key(obj)
+            pending[f"{ns}/{name}" if ns else name] = obj
+            if len(pending) >= batch:
+                index.update(slices=pending)
+                pending = {}
+        index.update(slices=pending)
+        grouped: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+        for obj in services:
+            grouped[service_key(obj)] = [obj]
+            if len(grouped) >= batch:
+                index.update(services=grouped)
+                grouped = {}
+        index.update(services=grouped)
+        return index
+    finally:
+        if paused:
+            gc.enable()
+
+
 def _load(
     services: Iterable[Mapping[str, Any]],
     endpoint_slices: Iterable[Mapping[str, Any]],

@@ -49,7 +49,7 @@ import structlog
 
 from wholeip.compile import count_mappings
 from wholeip.engine import Engine, SyncResult
-from wholeip.index import ClusterIndex, ServiceKey, Touched, load
+from wholeip.index import ClusterIndex, ServiceKey, Touched, load_unique
 from wholeip.model import ProblemSource
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import TableDoc
@@ -331,7 +331,7 @@ class Syncer:
         """Syncs that built the index from a snapshot."""
 
     def _rebuild(self, snap: Snapshot) -> ClusterIndex:
-        index = load(
+        index = load_unique(
             services=snap.services,
             endpoint_slices=snap.endpoint_slices,
             nodes=snap.nodes,

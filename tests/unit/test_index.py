@@ -208,3 +208,25 @@ def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
     observed = engine.observe()
     assert observed is not None
     assert diff(fresh, observed).empty
+
+
+def test_streamed_load_of_unique_keys_equals_a_flat_build() -> None:
+    from wholeip.index import load_unique
+    from wholeip.testing import synth
+
+    objs = synth.cluster(500, dual_stack=True)
+    services = [o for o in objs if o["kind"] == "Service"]
+    slices = [o for o in objs if o["kind"] == "EndpointSlice"]
+    nodes = [o for o in objs if o["kind"] == "Node"]
+    streamed = load_unique(
+        services=iter(services),
+        endpoint_slices=iter(slices),
+        nodes=nodes,
+        node_name="n1",
+        settings=SETTINGS,
+        batch=37,
+    )
+    flat = load(services=services, endpoint_slices=slices, nodes=nodes, node_name="n1", settings=SETTINGS)
+    assert streamed.state() == flat.state()
+    assert streamed.elements == flat.elements
+    assert len(streamed.elements["ingress4"]) == 500
