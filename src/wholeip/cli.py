@@ -76,6 +76,10 @@ def _cidrs(text: str) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def _add_model_flags(p: _EnvDefaults) -> None:
     p.env_option(
         "--proxy-name",
@@ -97,6 +101,22 @@ def _add_model_flags(p: _EnvDefaults) -> None:
         type=_cidrs,
         metavar="CIDR[,CIDR]",
         help="pod networks; replaces the Nodes' spec.podCIDRs when given",
+    )
+    p.env_option(
+        "--allowed-external-cidrs",
+        default=(),
+        convert=_cidrs,
+        type=_cidrs,
+        metavar="CIDR[,CIDR]",
+        help="refuse external IPs outside these networks (default: no such limit)",
+    )
+    p.env_option(
+        "--allowed-namespaces",
+        default=(),
+        convert=_names,
+        type=_names,
+        metavar="NS[,NS]",
+        help="manage Services of these namespaces only (default: all)",
     )
     p.env_option(
         "--allow-spec-external-ips",
@@ -172,6 +192,8 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         proxy_name=args.proxy_name,
         service_cidrs=tuple(args.service_cidr),
         cluster_cidrs=tuple(args.cluster_cidr),
+        allowed_external_cidrs=tuple(args.allowed_external_cidrs),
+        allowed_namespaces=frozenset(args.allowed_namespaces),
         allow_spec_external_ips=bool(args.allow_spec_external_ips),
     )
 

@@ -259,7 +259,16 @@ class ClusterIndex:
         claimants = sorted((self._views[k] for k in self._claims.get(ip, ())), key=lambda v: v.info.age_key)
         problems: list[Problem] = []
         winner: Mapping1to1 | None = None
-        why = refusal(ip, cluster=self._guard_nets, node_ips=self._node_ips) if claimants else None
+        why = (
+            refusal(
+                ip,
+                cluster=self._guard_nets,
+                node_ips=self._node_ips,
+                allowed=self.settings.allowed_external_cidrs,
+            )
+            if claimants
+            else None
+        )
         for view in claimants:
             svc = view.info
             if why is not None:

@@ -283,6 +283,15 @@ def parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: lis
     mode = _service_mode(meta, settings, ref, problems)
     if mode is None:
         return None
+    if settings.allowed_namespaces and ref.namespace not in settings.allowed_namespaces:
+        problems.append(
+            Problem(
+                ref,
+                "NamespaceNotAllowed",
+                f"namespace {ref.namespace!r} is not among the agent's allowed namespaces; Service not managed",
+            )
+        )
+        return None
     spec = _dict(obj.get("spec"))
     status = _dict(obj.get("status"))
     ips: list[IPAddress] = []
@@ -422,7 +431,13 @@ def collapse(networks: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
 # --------------------------------------------------------------------------- guards
 
 
-def refusal(ip: IPAddress, *, cluster: tuple[IPNetwork, ...], node_ips: frozenset[IPAddress]) -> str | None:
+def refusal(
+    ip: IPAddress,
+    *,
+    cluster: tuple[IPNetwork, ...],
+    node_ips: frozenset[IPAddress],
+    allowed: tuple[IPNetwork, ...] = (),
+) -> str | None:
     """Why an address may not be an external IP, or None when it may."""
     if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
         return f"{ip} is a loopback, link-local, multicast or unspecified address"
@@ -433,6 +448,8 @@ def refusal(ip: IPAddress, *, cluster: tuple[IPNetwork, ...], node_ips: frozense
     for net in cluster:
         if ip in net:
             return f"{ip} lies inside the cluster network {net}"
+    if allowed and not any(ip in net for net in allowed):
+        return f"{ip} is outside the allowed external CIDRs ({', '.join(map(str, allowed))})"
     return None
 
 

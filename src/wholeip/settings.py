@@ -33,6 +33,15 @@ class ModelSettings:
     """Pod networks (``--cluster-cidr``). When set, they replace the Nodes' ``spec.podCIDRs``
     as the pod part of the cluster networks; when empty, the Nodes' podCIDRs are used."""
 
+    allowed_external_cidrs: tuple[IPNetwork, ...] = ()
+    """When set, an external IP must lie inside one of these networks (``--allowed-external-cidrs``,
+    the pools the LoadBalancer controller hands out); any other is refused with an Event.
+    Empty: every address that passes the other guards."""
+
+    allowed_namespaces: frozenset[str] = frozenset()
+    """When set, only Services in these namespaces are managed (``--allowed-namespaces``); a
+    Service elsewhere that asks for a whole IP is refused with an Event. Empty: every namespace."""
+
     allow_spec_external_ips: bool = False
     """Also take ``spec.externalIPs`` as external IPs. Off by default: anyone who can edit a
     Service could claim any address (CVE-2020-8554)."""
