@@ -464,11 +464,10 @@ class ApiServer:
         else:
             parse_rv(q.get("resourceVersion"))  # validated; any later state is acceptable
         list_rv = rv if rv is not None else self.store.rv
-        items = self.store.list(t.rtype, selector, namespace=t.namespace, rv=rv, after=after)
+        items = self.store.list(t.rtype, selector, namespace=t.namespace, rv=rv, after=after, limit=limit)
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
-        if limit and len(items) > limit:
-            remaining = len(items) - limit
-            items = items[:limit]
+        remaining = self.store.last_remaining
+        if limit and remaining:
             last = items[-1]["metadata"]
             meta["continue"] = _encode_continue(list_rv, (last.get("namespace", ""), last["name"]))
             meta["remainingItemCount"] = remaining

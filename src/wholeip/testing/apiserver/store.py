@@ -28,6 +28,7 @@ watch streams observe the change like any API write.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import contextlib
 import copy
@@ -114,6 +115,8 @@ class Store:
         """Seconds a deleted non-empty namespace stays Terminating before it is emptied."""
         self.rv = 0
         """The newest committed revision."""
+        self.last_remaining = 0
+        """Matches a limited :meth:`list` left out."""
         self.compacted_rv = 0
         """Changes at or below this revision are gone; watching from below it is a 410."""
         self._objects: dict[str, dict[Key, Obj]] = {t.key: {} for t in self.registry.types}
@@ -221,19 +224,28 @@ class Store:
         namespace: str | None = None,
         rv: int | None = None,
         after: Key | None = None,
+        limit: int = 0,
     ) -> list[Obj]:
-        """Matching objects ordered by (namespace, name), as etcd keys sort."""
+        """Matching objects ordered by (namespace, name), as etcd keys sort.
+
+        With ``limit``, only the first ``limit`` are copied; the others are counted in
+        :attr:`last_remaining` (a page of a 100,000-object list must not copy them all).
+        """
         t = self._rtype(rtype)
         objects = self.snapshot(t, rv)
         sel = selector or Selector()
-        out = []
-        for key in sorted(objects):
-            if after is not None and key <= after:
-                continue
+        out: builtins.list[Obj] = []
+        self.last_remaining = 0
+        keys = sorted(objects)
+        start = bisect.bisect_right(keys, after) if after is not None else 0
+        for key in keys[start:]:
             if namespace is not None and key[0] != namespace:
                 continue
             if sel.matches(objects[key]):
-                out.append(copy.deepcopy(objects[key]))
+                if limit and len(out) >= limit:
+                    self.last_remaining += 1
+                else:
+                    out.append(copy.deepcopy(objects[key]))
         return out
 
     # --- writes --------------------------------------------------------------
