@@ -16,13 +16,14 @@ worker thread, the CLI calls it directly.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
-from wholeip.nft.backend import Backend, NotFound
+from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailable
 from wholeip.nft.diff import Plan, diff, diff_touched
-from wholeip.nft.doc import Elem, TableDoc, parse_listing
+from wholeip.nft.doc import Elem, JSONObj, TableDoc, parse_listing
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,69 @@ class SyncResult:
     drift: bool
     observe_seconds: float
     commit_seconds: float
+    rejected: tuple[Rejection, ...] = ()
+    """Element changes the kernel refused even alone (the rest of the plan is committed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One element change the kernel refused on its own."""
+
+    op: str
+    """``add`` or ``delete``."""
+    set_name: str
+    element: JSONObj | Any
+    """The element as sent (libnftables JSON)."""
+    error: str
+
+
+def _element_only(commands: Sequence[JSONObj]) -> bool:
+    return all(len(cmd) == 1 and next(iter(cmd.values())).keys() == {"element"} for cmd in commands)
+
+
+def isolate(backend: Backend, commands: Sequence[JSONObj]) -> list[Rejection]:
+    """Find the element changes of ``commands`` the kernel refuses even alone; commit the rest.
+
+    For a transaction of element changes only that the kernel refused as a whole:
+    split it into single-element commands (deletions keep their place before
+    additions) and bisect with dry runs (``nft --check``), so k bad elements among
+    n cost O(k log n) checks; then every good change is committed in **one**
+    transaction, so traffic sees them land at once. Returns the refused changes
+    (none: the refusal did not reproduce, nothing was committed).
+    """
+    units: list[JSONObj] = []
+    for cmd in commands:
+        ((op, body),) = cmd.items()
+        element = body["element"]
+        units += [{op: {"element": {**element, "elem": [e]}}} for e in element["elem"]]
+    bad: list[int] = []
+    errors: dict[int, str] = {}
+
+    def search(lo: int, hi: int) -> None:
+        try:
+            backend.check(units[lo:hi])
+        except Unavailable:
+            raise
+        except NftError as exc:
+            if hi - lo == 1:
+                bad.append(lo)
+                errors[lo] = str(exc)
+                return
+            mid = (lo + hi) // 2
+            search(lo, mid)
+            search(mid, hi)
+
+    search(0, len(units))
+    if not bad:
+        return []
+    skip = set(bad)
+    backend.transact([u for k, u in enumerate(units) if k not in skip])
+    out = []
+    for k in bad:
+        ((op, body),) = units[k].items()
+        element = body["element"]
+        out.append(Rejection(op, element["name"], element["elem"][0], errors[k]))
+    return out
 
 
 def apply_plan(backend: Backend, plan: Plan) -> None:
@@ -89,11 +153,33 @@ class Engine:
         observed = time.perf_counter()
         if plan is None:
             plan = diff(desired, current)
+        rejected: list[Rejection] = []
+        isolated = False
         try:
             apply_plan(self.backend, plan)
+        except Rejected:
+            self.last = None
+            if not _element_only(plan.commands) or plan.declarations or plan.after:
+                raise
+            # Validate-and-isolate: one bad element must not hold every other change back.
+            rejected = isolate(self.backend, plan.commands)
+            if not rejected:
+                raise  # refused together, accepted piece by piece: a failure all the same
+            isolated = True
         except BaseException:
             self.last = None
             raise
+        if isolated:
+            # The kernel holds the plan minus ``rejected``; the memory is void, the next
+            # sync is full (and tries the rejected changes again, alone).
+            return SyncResult(
+                plan=plan,
+                full=full,
+                drift=drift,
+                observe_seconds=observed - started,
+                commit_seconds=time.perf_counter() - observed,
+                rejected=tuple(rejected),
+            )
         if partial and self.last is not None:
             for name, gone in plan.removed.items():
                 self._memory[name] -= gone

@@ -376,6 +376,18 @@ class ClusterIndex:
                 out += problems
         return out
 
+    def owner(self, address: str) -> ObjectRef | None:
+        """The Service whose mapping an element keyed by ``address`` belongs to (external IP,
+        or the pod IP of an egress element), if any."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        final = self._final.get(ip)
+        if final is None and ip in self._pod_egress:
+            final = self._final.get(self._pod_egress[ip])
+        return final.service if final is not None else None
+
     def mapping_count(self) -> int:
         return len(self._final)
 

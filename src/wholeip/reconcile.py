@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from wholeip.compile import count_mappings
-from wholeip.engine import Engine, SyncResult
+from wholeip.engine import Engine, Rejection, SyncResult
 from wholeip.index import ClusterIndex, ServiceKey, Touched, load_unique
-from wholeip.model import ProblemSource
+from wholeip.model import ObjectRef, Problem, ProblemSource
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import TableDoc
 from wholeip.settings import ModelSettings
@@ -268,6 +268,48 @@ def _split_key(key: str) -> ServiceKey:
     return (namespace, name)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reported:
+    """The index's problems plus this sync's own (rejected element changes)."""
+
+    base: ProblemSource
+    extra: list[Problem]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [*self.base.problems, *self.extra]
+
+    def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
+        return self.base.backend_nodes(namespace, name)
+
+
+def _first_address(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for v in value.values():
+            found = _first_address(v)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for v in value:
+            found = _first_address(v)
+            if found is not None:
+                return found
+    return None
+
+
+def _rejection_problem(r: Rejection, index: ClusterIndex, node_name: str) -> Problem:
+    address = _first_address(r.element)
+    owner = index.owner(address) if address is not None else None
+    return Problem(
+        owner or ObjectRef("Node", "", node_name),
+        "RuleRejected",
+        f"node {node_name}: the kernel refused to {r.op} {r.set_name} element {address}: {r.error};"
+        " every other change is committed, this one is retried at the next full sync",
+    )
+
+
 class Syncer:
     """One sync: the cluster index -> TableDoc -> engine, with metrics and logs.
 
@@ -391,16 +433,24 @@ class Syncer:
                 touched = None  # compare the whole table with the kernel
         self.index = index
         doc = index.doc()
-        problems = index.problems
+        result: SyncResult = await self._offload(self._commit, doc, full, touched)
+        self.last_result = result
+        reported = _Reported(index, [_rejection_problem(r, index, self.node_name) for r in result.rejected])
+        problems = reported.problems
+        if result.rejected:
+            log.error(
+                "the kernel refused some element changes; every other change is committed",
+                rejected=len(result.rejected),
+                first=f"{result.rejected[0].op} {result.rejected[0].set_name} {result.rejected[0].element}",
+                error=result.rejected[0].error,
+            )
         if self.metrics is not None:
             self.metrics.set_problems(p.reason for p in problems)
         if self.on_state is not None:
             try:
-                self.on_state(index, nodes)
+                self.on_state(reported, nodes)
             except Exception as exc:  # Events are a courtesy; they never cost a sync
                 log.warning("problem reporting failed", error=f"{type(exc).__name__}: {exc}")
-        result: SyncResult = await self._offload(self._commit, doc, full, touched)
-        self.last_result = result
         change_ms = None
         if since is not None and self.changes is not None:
             waited = self.changes.clock() - since

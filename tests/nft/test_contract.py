@@ -299,3 +299,16 @@ def test_typeof_declaration_lists_like_the_kernel(backend: Backend) -> None:
     assert _elems(backend, "fix") == [[{"concat": ["192.0.2.1", 3221225985]}, 12301]]
     with pytest.raises(Rejected):
         backend.declare("add map inet t broken { typeof nonsense; }")
+
+
+def test_check_changes_nothing_and_refuses_what_transact_would(backend: Backend) -> None:
+    _map(backend)
+    add = {"add": {"element": {**T, "name": "m", "elem": [["192.0.2.1", "10.0.0.1"]]}}}
+    backend.check([add])
+    assert _elems(backend, "m") == []
+    backend.transact([add])
+    with pytest.raises(Exists):
+        backend.check([{"add": {"element": {**T, "name": "m", "elem": [["192.0.2.1", "10.0.0.2"]]}}}])
+    with pytest.raises(NotFound):
+        backend.check([{"delete": {"element": {**T, "name": "m", "elem": ["192.0.2.9"]}}}])
+    assert _elems(backend, "m") == [["192.0.2.1", "10.0.0.1"]]

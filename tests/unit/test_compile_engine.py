@@ -213,3 +213,60 @@ def test_whole_ip_with_source_ranges_dispatches_to_the_range_check() -> None:
     assert doc.elements["dispatch4"] == {("100.64.0.1", "jump whole_ip4")}
     # Adjacent ranges collapse: the kernel refuses overlapping or duplicate intervals.
     assert doc.elements["sources4"] == {("100.64.0.1", "198.51.100.0/24"), ("100.64.0.1", "192.0.2.7")}
+
+
+class _Poisoned(FakeBackend):
+    """A kernel that refuses any transaction adding one particular element."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def _refuse(self, commands: object) -> None:
+        if any(self.poison in json.dumps(c) for c in commands if "add" in c):  # type: ignore[attr-defined]
+            raise Rejected("Error: Could not process rule: Invalid argument", detail=self.poison)
+
+    def transact(self, commands: list[dict[str, object]]) -> None:  # type: ignore[override]
+        self._refuse(commands)
+        super().transact(commands)
+
+    def check(self, commands: list[dict[str, object]]) -> None:  # type: ignore[override]
+        self._refuse(commands)
+        super().check(commands)
+
+
+def test_a_rejected_element_is_isolated_and_every_other_change_lands() -> None:
+    backend = _Poisoned("100.64.0.7")  # synth's 8th external IP
+    engine = Engine(backend=backend)
+    before = desired(5)
+    engine.sync(before)  # 100.64.0.7 is not there yet: the table is created
+    after = desired(20)
+    transactions = len(backend.transactions)
+    result = engine.sync(after)
+    # Every element change about 100.64.0.7 is refused; the rest lands in ONE transaction.
+    assert {r.set_name for r in result.rejected} >= {"ingress4", "icmpfix4"}
+    assert all(r.op == "add" for r in result.rejected)
+    assert len(backend.transactions) == transactions + 1
+    assert "100.64.0.7" in json.dumps(result.rejected[0].element)
+    assert engine.last is None  # the next sync compares with the kernel
+    observed = engine.observe()
+    assert observed is not None
+    # Every other Service's mapping is in the kernel, the poisoned one is not.
+    want = {e for e in after.elements["ingress4"] if e[0] != "100.64.0.7"}  # type: ignore[index]
+    assert set(observed.elements["ingress4"]) == want
+    again = engine.sync(after)
+    assert [r.element for r in again.rejected] == [r.element for r in result.rejected]
+    assert again.plan.added == len(result.rejected)  # only the rejected changes are tried again
+
+
+def test_a_refusal_that_does_not_reproduce_leaves_the_old_table_and_fails() -> None:
+    backend = FakeBackend()
+    engine = Engine(backend=backend)
+    engine.sync(desired(3))
+    backend.fail_next = Rejected("transient")
+    with pytest.raises(Rejected):
+        engine.sync(desired(6))
+    observed = engine.observe()
+    assert observed is not None
+    assert len(observed.elements["ingress4"]) == 3  # nothing of the refused plan landed
+    assert engine.sync(desired(6)).plan.added > 0  # the retry (full) applies it

@@ -57,6 +57,10 @@ class Backend(Protocol):
         """Apply libnftables JSON commands as one transaction: all or nothing."""
         ...
 
+    def check(self, commands: Sequence[JSONObj]) -> None:
+        """Like :meth:`transact`, changing nothing (``nft --check``): raises what it would raise."""
+        ...
+
     def declare(self, script: str) -> None:
         """Run nft text commands as one transaction. Used only to declare ``typeof``
         sets, which nftables 1.0.6 cannot take in JSON."""

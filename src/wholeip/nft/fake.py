@@ -105,6 +105,12 @@ class FakeBackend:
         self.tables = work
         self.transactions.append(copy.deepcopy(list(commands)))
 
+    def check(self, commands: Sequence[JSONObj]) -> None:
+        """Apply to a copy and throw it away (``fail_next`` is for transactions only)."""
+        work = copy.deepcopy(self.tables)
+        for cmd in commands:
+            self._apply(work, cmd)
+
     def declare(self, script: str) -> None:
         """The nft text declarations wholeip sends: ``add set|map FAMILY TABLE NAME { typeof ...; }``.
 

@@ -14,6 +14,8 @@ than misread later.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import threading
 from collections.abc import Sequence
@@ -87,6 +89,19 @@ class LibnftBackend:
             text = str(err).strip()
             raise classify(text)("nft transaction refused", detail=text)
 
+    def check(self, commands: Sequence[JSONObj]) -> None:
+        if not commands:
+            return
+        with self._lock:
+            _set_dry_run(self._nft, True)
+            try:
+                rc, _out, err = self._nft.json_cmd({"nftables": list(commands)})
+            finally:
+                _set_dry_run(self._nft, False)
+        if rc != 0:
+            text = str(err).strip()
+            raise classify(text)("nft check refused", detail=text)
+
     def declare(self, script: str) -> None:
         with self._lock:
             self._nft.set_json_output(False)
@@ -97,3 +112,22 @@ class LibnftBackend:
         if rc != 0:
             text = str(err).strip()
             raise classify(text)("nft declaration refused", detail=text)
+
+
+_dry_run_fn: Any = None
+
+
+def _set_dry_run(nft: Any, on: bool) -> None:
+    """``nft --check`` for the context: the batch goes to the kernel, which validates it
+    and aborts instead of committing. The Python binding of nftables 1.0.6 has no
+    setter, the C library does (``nft_ctx_set_dry_run``)."""
+    global _dry_run_fn
+    if hasattr(nft, "set_dry_run"):
+        nft.set_dry_run(on)
+        return
+    if _dry_run_fn is None:
+        lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
+        _dry_run_fn = lib.nft_ctx_set_dry_run
+        _dry_run_fn.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+        _dry_run_fn.restype = None
+    _dry_run_fn(nft._Nftables__ctx, on)

@@ -79,5 +79,8 @@ class NetnsBackend:
     def transact(self, commands: Sequence[JSONObj]) -> None:
         self._ns.call(self._inner.transact, commands)
 
+    def check(self, commands: Sequence[JSONObj]) -> None:
+        self._ns.call(self._inner.check, commands)
+
     def declare(self, script: str) -> None:
         self._ns.call(self._inner.declare, script)
