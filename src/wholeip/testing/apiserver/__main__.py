@@ -28,7 +28,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history", type=int, default=1000, help="retained watch events")
     parser.add_argument(
         "--preload",
-        help="a JSON file {\"items\": [...]} of objects to hold from the start (status kept, namespaces created)",
+        help='a JSON file {"items": [...]} of objects to hold from the start (status kept, namespaces created)',
     )
     return parser.parse_args(argv)
 
