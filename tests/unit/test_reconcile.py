@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Callable
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -400,3 +401,43 @@ async def test_retry_after_a_kernel_failure_repairs_the_table_with_a_full_sync(
     assert ("198.51.100.1", "10.244.1.10") in ingress()
     assert syncer.last_result.drift
     assert metrics.drift_repairs._value.get() == 1
+
+
+async def test_a_rejected_element_becomes_a_problem_of_its_service_and_others_land() -> None:
+    class Poisoned(FakeBackend):
+        def _refuse(self, commands: Sequence[dict[str, Any]]) -> None:
+            if any("198.51.100.2" in json.dumps(c) for c in commands if "add" in c):
+                raise Rejected("Error: Could not process rule: Invalid argument")
+
+        def transact(self, commands: Sequence[dict[str, Any]]) -> None:
+            self._refuse(commands)
+            super().transact(commands)
+
+        def check(self, commands: Sequence[dict[str, Any]]) -> None:
+            self._refuse(commands)
+            super().check(commands)
+
+    backend = Poisoned()
+    engine = Engine(backend=backend, table="wholeip")
+    services = [_service("a", "198.51.100.1")]
+    slices = [_slice("a", "10.244.1.10")]
+    seen: list[list[str]] = []
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(services=list(services), endpoint_slices=list(slices), nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        metrics=Metrics(),
+        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
+        offload=_inline,
+    )
+    await syncer(True)
+    services += [_service("b", "198.51.100.2"), _service("c", "198.51.100.3")]
+    slices += [_slice("b", "10.244.1.11"), _slice("c", "10.244.1.12")]
+    result = await syncer(False)
+    assert result.rejected
+    assert seen[-1].count("b:RuleRejected") == len(result.rejected)
+    doc = engine.observe()
+    assert doc is not None
+    assert {str(e[0]) for e in doc.elements["ingress4"] if isinstance(e, tuple)} == {"198.51.100.1", "198.51.100.3"}
