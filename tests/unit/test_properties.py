@@ -8,7 +8,8 @@ booleans, zone ids, unicode, missing fields. Properties:
 * ``build_state`` and ``compile_table`` never raise;
 * the state and the table do not depend on the order of the input objects;
 * the model's invariants (unique external IPs, one egress per pod, families
-  match, no external IP inside the cluster networks, oldest claim wins ...);
+  match, no external IP inside the cluster networks, the oldest claimant with
+  a ready endpoint wins ...);
 * the compiler's invariants (which sets hold which mappings' elements);
 * the fake backend accepts every compiled table, a second full sync is empty,
   and going from any table A to any table B converges on B;
@@ -420,6 +421,8 @@ model_settings = st.sampled_from(
     (
         ModelSettings(),
         ModelSettings(),
+        ModelSettings(),
+        ModelSettings(),
         ModelSettings(allow_spec_external_ips=True),
         ModelSettings(cluster_cidrs=(ipaddress.ip_network("10.244.0.0/16"), ipaddress.ip_network("fd00:10:244::/56"))),
         ModelSettings(
@@ -427,6 +430,10 @@ model_settings = st.sampled_from(
             proxy_name="cozy-proxy",
         ),
         ModelSettings(proxy_name=""),
+        ModelSettings(
+            allowed_external_cidrs=(ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8:1::/64")),
+            allowed_namespaces=frozenset({"prod", ""}),
+        ),
     )
 )
 
@@ -434,7 +441,7 @@ model_settings = st.sampled_from(
 @st.composite
 def clusters(draw: st.DrawFn, *, max_services: int = 6) -> Cluster:
     nodes = [draw(node_obj(i)) for i in sorted(draw(st.sets(st.integers(0, len(NODES) - 1), max_size=3)))]
-    services = draw(st.lists(service(), min_size=2, max_size=max_services))
+    services = draw(st.lists(service(), min_size=3, max_size=max_services))
     slices: list[dict[str, Any]] = []
     for svc in services:
         # Most Services get a slice per family of their external IPs, some a second one.
@@ -484,7 +491,8 @@ class Expected:
 def expected(c: Cluster) -> Expected:
     parsed = [s for s in (model.parse_service(o, c.settings, []) for o in c.services) if s is not None]
     first: dict[tuple[str, str], Any] = {}
-    for s in sorted(parsed, key=lambda s: s.age_key):
+    # Duplicates: the oldest is used; same-age ones are told apart by content (uid, then all of it).
+    for s in sorted(parsed, key=lambda s: (s.age_key, s.ref.uid, repr(s))):
         first.setdefault((s.ref.namespace, s.ref.name), s)
     ready: dict[tuple[tuple[str, str], int], set[Any]] = {}
     for raw in c.slices:
@@ -499,7 +507,8 @@ def expected(c: Cluster) -> Expected:
             claimants.setdefault(ip, []).append(s)
     winners = {}
     for ip, svcs in claimants.items():
-        if model.refusal(ip, cluster=guard, node_ips=frozenset(node_ips)) is not None:
+        allowed = c.settings.allowed_external_cidrs
+        if model.refusal(ip, cluster=guard, node_ips=frozenset(node_ips), allowed=allowed) is not None:
             continue
         # The oldest claimant that has a ready endpoint of the family wins.
         for s in sorted(svcs, key=lambda s: s.age_key):
@@ -541,6 +550,10 @@ def check_state(c: Cluster, state: ClusterState) -> None:
             f"{ext} may not be an external IP"
         )
         assert (m.mode, m.allow_icmp, m.source_ranges) == (svc.mode, svc.allow_icmp, svc.source_ranges)
+        if c.settings.allowed_external_cidrs:
+            assert any(ext in net for net in c.settings.allowed_external_cidrs)
+        if c.settings.allowed_namespaces:
+            assert m.service.namespace in c.settings.allowed_namespaces
         egress.setdefault(pod, []).append(m)
         if m.mode is Mode.WHOLE_IP:
             assert m.ports == ()
