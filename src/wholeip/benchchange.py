@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from wholeip.testing.netns import Netns
+from wholeip.testing.sandbox import wait_for
 
 PROBE_PORT = 9765
 
@@ -52,17 +53,6 @@ def _http(method: str, url: str, body: Any = None, ctype: str = "application/jso
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"null")
-
-
-def _wait(check: Any, within: float, what: str) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {within:.0f}s waiting for {what}")
-        time.sleep(0.005)
 
 
 def _rss_mib(pid: int) -> tuple[float, float]:
@@ -166,7 +156,7 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             except OSError:
                 return False
 
-        _wait(ready, 600, "the agent to be ready")
+        wait_for(ready, within=600, what="the agent to be ready", interval=0.005)
         ready_s = time.perf_counter() - started
         log.lines()
         time.sleep(1.0)  # let the allocator settle before reading RSS (no condition to wait on)
@@ -193,7 +183,7 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
                         return line
                 return None
 
-            line = _wait(committed, 60, f"change {k} committed")
+            line = wait_for(committed, within=60, what=f"change {k} committed", interval=0.002)
             latencies.append(float(line["change_ms"]))
             commits.append(float(line["commit_ms"]))
             elements.append(int(str(line["changes"]).split(" elements added")[0].split()[-1]))

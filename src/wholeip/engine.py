@@ -170,17 +170,10 @@ class Engine:
             self.last = None
             raise
         if isolated:
-            # The kernel holds the plan minus ``rejected``; the memory is void, the next
-            # sync is full (and tries the rejected changes again, alone).
-            return SyncResult(
-                plan=plan,
-                full=full,
-                drift=drift,
-                observe_seconds=observed - started,
-                commit_seconds=time.perf_counter() - observed,
-                rejected=tuple(rejected),
-            )
-        if partial and self.last is not None:
+            # The kernel holds the plan minus ``rejected``; the memory stays void, the
+            # next sync is full (and tries the rejected changes again, alone).
+            pass
+        elif partial and self.last is not None:
             for name, gone in plan.removed.items():
                 self._memory[name] -= gone
             for name, came in plan.inserted.items():
@@ -195,6 +188,7 @@ class Engine:
             drift=drift,
             observe_seconds=observed - started,
             commit_seconds=time.perf_counter() - observed,
+            rejected=tuple(rejected),
         )
 
     def cleanup(self) -> bool:

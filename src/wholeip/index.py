@@ -24,10 +24,11 @@ drives both with random changes and compares them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from wholeip.compile import FAMILY, empty_elements, mapping_elements, network_elements, skeleton
@@ -72,7 +73,7 @@ class _View:
     """A managed Service with its endpoints."""
 
     info: ServiceInfo
-    ready: dict[int, dict[IPAddress, str | None]]
+    ready: dict[int, Mapping[IPAddress, str | None]]
     ports: tuple[PortSpec, ...]
     problems: tuple[Problem, ...]
 
@@ -108,16 +109,16 @@ class ClusterIndex:
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         # EndpointSlices.
         self._slices: dict[str, SliceInfo] = {}
-        self._slices_of: dict[ServiceKey, set[str]] = {}
+        self._slices_of: dict[ServiceKey, tuple[str, ...]] = {}
         self._slice_problems: dict[str, tuple[Problem, ...]] = {}
         # Managed Services with endpoints, and who claims which external IP.
         self._views: dict[ServiceKey, _View] = {}
         self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
-        self._claims: dict[IPAddress, set[ServiceKey]] = {}
+        self._claims: dict[IPAddress, tuple[ServiceKey, ...]] = {}
         self._ip_problems: dict[IPAddress, tuple[Problem, ...]] = {}
         self._winners: dict[IPAddress, Mapping1to1] = {}
         """External IP -> its mapping, egress not decided yet (always False here)."""
-        self._pod_exts: dict[IPAddress, set[IPAddress]] = {}
+        self._pod_exts: dict[IPAddress, tuple[IPAddress, ...]] = {}
         self._pod_egress: dict[IPAddress, IPAddress] = {}
         """Pod IP -> the external IP it leaves with."""
         self._pod_problems: dict[IPAddress, tuple[Problem, ...]] = {}
@@ -147,16 +148,14 @@ class ClusterIndex:
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
             if old is not None:
-                self._slices_of[old.service].discard(skey)
-                if not self._slices_of[old.service]:
-                    del self._slices_of[old.service]
+                _discard(self._slices_of, old.service, skey)
                 dirty.add(old.service)
             new = parse_slice(obj) if obj is not None else None
             if new is not None:
                 self._slices[skey] = new
                 if new.problems:
                     self._slice_problems[skey] = new.problems
-                self._slices_of.setdefault(new.service, set()).add(skey)
+                _add(self._slices_of, new.service, skey)
                 dirty.add(new.service)
         for key, objs in services.items():
             self._put_service(key, objs)
@@ -168,32 +167,29 @@ class ClusterIndex:
             new_view = self._make_view(key)
             if old_view is not None:
                 for ip in old_view.info.external_ips:
-                    claimants = self._claims[ip]
-                    claimants.discard(key)
-                    if not claimants:
-                        del self._claims[ip]
+                    _discard(self._claims, ip, key)
                 affected.update(old_view.info.external_ips)
             if new_view is not None:
                 self._views[key] = new_view
                 if new_view.problems:
                     self._view_problems[key] = new_view.problems
                 for ip in new_view.info.external_ips:
-                    self._claims.setdefault(ip, set()).add(key)
+                    _add(self._claims, ip, key)
                 affected.update(new_view.info.external_ips)
         pods: set[IPAddress] = set()
         for ip in affected:
             was = self._winners.pop(ip, None)
             now = self._resolve_ip(ip)
             if was is not None:
-                self._pod_exts[was.pod_ip].discard(ip)
+                _discard(self._pod_exts, was.pod_ip, ip)
                 pods.add(was.pod_ip)
             if now is not None:
                 self._winners[ip] = now
-                self._pod_exts.setdefault(now.pod_ip, set()).add(ip)
+                _add(self._pod_exts, now.pod_ip, ip)
                 pods.add(now.pod_ip)
         refresh = set(affected)
         for pod in pods:
-            refresh |= self._resolve_egress(pod)
+            refresh.update(self._resolve_egress(pod))
         # Every removal before any addition: while a pod's egress moves from one mapping
         # to another, both contribute the same self-hairpin element.
         changed = [
@@ -236,11 +232,13 @@ class ClusterIndex:
         info = self._parsed.get(key)
         if info is None:
             return None
-        ready: dict[int, dict[IPAddress, str | None]] = {}
+        ready: dict[int, Mapping[IPAddress, str | None]] = {}
         slice_ports: dict[tuple[str, str], int] = {}
         for skey in sorted(self._slices_of.get(key, ())):
             sl = self._slices[skey]
-            ready.setdefault(sl.family, {}).update(sl.ready)
+            have = ready.get(sl.family)
+            # One slice per family (the usual case): share its mapping, copy nothing.
+            ready[sl.family] = sl.ready if have is None else {**have, **sl.ready}
             slice_ports.update(sl.ports)
         problems: list[Problem] = []
         if not info.external_ips:
@@ -321,14 +319,14 @@ class ClusterIndex:
         info = self._views[_key(self._winners[ext].service)].info
         return info.age_key, info.external_ips.index(ext)
 
-    def _resolve_egress(self, pod: IPAddress) -> set[IPAddress]:
+    def _resolve_egress(self, pod: IPAddress) -> tuple[IPAddress, ...]:
         """Which external IP the pod leaves with: its oldest Service's first. Returns the pod's IPs."""
         exts = self._pod_exts.get(pod)
         if not exts:
             self._pod_exts.pop(pod, None)
             self._pod_egress.pop(pod, None)
             self._pod_problems.pop(pod, None)
-            return set()
+            return ()
         ordered = sorted(exts, key=self._egress_order)
         first = self._winners[ordered[0]].service
         self._pod_egress[pod] = ordered[0]
@@ -408,6 +406,22 @@ class ClusterIndex:
         )
 
 
+def _add(index: dict[Any, tuple[Any, ...]], key: Any, value: Any) -> None:
+    # Small tuples, not sets: nearly every entry holds one value, and an empty set
+    # costs 216 bytes where a one-tuple costs 48 (tens of MiB at 100,000 Services).
+    have = index.get(key, ())
+    if value not in have:
+        index[key] = (*have, value)
+
+
+def _discard(index: dict[Any, tuple[Any, ...]], key: Any, value: Any) -> None:
+    rest = tuple(v for v in index.get(key, ()) if v != value)
+    if rest:
+        index[key] = rest
+    else:
+        index.pop(key, None)
+
+
 def _key(ref: ObjectRef) -> ServiceKey:
     return (ref.namespace, ref.name)
 
@@ -431,12 +445,19 @@ def load(
     of new, long-lived, acyclic objects, and every collection on the way would scan all
     of them again (a third of the time at 100,000 Services).
     """
-    paused = gc.isenabled()
+    with gc_paused():
+        return _load(services, endpoint_slices, nodes, node_name, settings, table)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (restored as it was on the way out)."""
+    enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(services, endpoint_slices, nodes, node_name, settings, table)
+        yield
     finally:
-        if paused:
+        if enabled:
             gc.enable()
 
 
@@ -456,9 +477,7 @@ def load_unique(
     decodes objects on the way (:class:`~wholeip.kube.informer.PackedCache`) is never
     held decoded as a whole. Slices go first, so each Service is resolved once.
     """
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
         pending: dict[str, Mapping[str, Any] | None] = {}
         for obj in endpoint_slices:
@@ -476,9 +495,6 @@ def load_unique(
                 grouped = {}
         index.update(services=grouped)
         return index
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _load(
