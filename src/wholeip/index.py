@@ -394,7 +394,12 @@ class ClusterIndex:
         view = self._views.get((namespace, name))
         if view is None:
             return []
-        return [m.node_name for m in (self._final.get(ip) for ip in view.info.external_ips) if m is not None]
+        ref = view.info.ref
+        return [
+            m.node_name
+            for m in (self._final.get(ip) for ip in view.info.external_ips)
+            if m is not None and m.service == ref  # a lost claim is the winner's mapping
+        ]
 
     def state(self) -> ClusterState:
         """The whole model as one immutable ClusterState (costs O(Services))."""

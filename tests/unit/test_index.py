@@ -230,3 +230,23 @@ def test_streamed_load_of_unique_keys_equals_a_flat_build() -> None:
     assert streamed.state() == flat.state()
     assert streamed.elements == flat.elements
     assert len(streamed.elements["ingress4"]) == 500
+
+
+def test_backend_nodes_are_the_services_own_not_the_winner_of_its_lost_claim() -> None:
+    older = {**_svc("old", "2026-01-01T00:00:00Z", ["203.0.113.1"])}
+    newer = {**_svc("new", "2026-01-02T00:00:00Z", ["203.0.113.1"])}
+    index = load(
+        services=[older, newer],
+        endpoint_slices=[
+            slice_obj("old", 4, [("10.244.2.20", True, "n2")], 0),
+            slice_obj("new", 4, [("10.244.1.10", True, "n1")], 0),
+        ],
+        nodes=NODES,
+        node_name="n1",
+        settings=SETTINGS,
+    )
+    assert index.backend_nodes("ns", "old") == ["n2"]
+    assert index.backend_nodes("ns", "new") == []  # lost its only claim: no backend of its own
+    state = index.state()
+    assert state.backend_nodes("ns", "new") == []
+    assert [p.reason for p in state.problems if p.ref.name == "new"] == ["ExternalIPConflict"]
