@@ -79,7 +79,7 @@ def _element_count(cmds: list[JSONObj]) -> int:
 
 
 def create(desired: TableDoc, *, rebuilt: bool = False, current: TableDoc | None = None) -> Plan:
-    first, declarations, last = creation_phases(desired)
+    first, declarations, last = creation_phases(desired, ordered=False)
     removed: dict[str, AbstractSet[Elem]] = {}
     if current is not None:
         intervals = {d.name for d in current.skeleton.sets if d.interval}
