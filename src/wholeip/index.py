@@ -123,7 +123,6 @@ class ClusterIndex:
         """Pod IP -> the external IP it leaves with."""
         self._pod_problems: dict[IPAddress, tuple[Problem, ...]] = {}
         self._final: dict[IPAddress, Mapping1to1] = {}
-        self._contrib: dict[IPAddress, list[tuple[str, Elem]]] = {}
         self.elements: dict[str, set[Elem]] = empty_elements()
         """Live sets: the table's elements as of the last update (read only outside)."""
         for name, elem in network_elements(self.cluster_networks):
@@ -196,7 +195,9 @@ class ClusterIndex:
             (ip, final) for ip, final in ((ip, self._final_of(ip)) for ip in refresh) if final != self._final.get(ip)
         ]
         for ip, _ in changed:
-            for name, elem in self._contrib.pop(ip, []):
+            previous = self._final.get(ip)
+            # A mapping's elements are a pure function of it: recomputed, not stored.
+            for name, elem in mapping_elements(previous, node_name=self.node_name) if previous is not None else ():
                 self.elements[name].discard(elem)
                 touched.setdefault(name, set()).add(elem)
         for ip, final in changed:
@@ -204,8 +205,7 @@ class ClusterIndex:
                 self._final.pop(ip, None)
                 continue
             self._final[ip] = final
-            contrib = self._contrib[ip] = mapping_elements(final, node_name=self.node_name)
-            for name, elem in contrib:
+            for name, elem in mapping_elements(final, node_name=self.node_name):
                 self.elements[name].add(elem)
                 touched.setdefault(name, set()).add(elem)
         return touched
