@@ -435,19 +435,21 @@ def mapping_elements(m: Mapping1to1, *, node_name: str) -> list[tuple[str, Elem]
     if m.egress and m.node_name == node_name:
         out.append((f"egress{v}", (pod, ext)))
         out.append((f"selfhairpin{v}", (pod, pod)))
-    ranges = [r for r in m.source_ranges if r.version == v]
+    # Source ranges of the other family only still restrict this address: to nobody
+    # outside the cluster (as Kubernetes does), never to everybody.
+    ranged = bool(m.source_ranges)
     if m.mode is Mode.PER_PORT:
         out.append((f"dispatch{v}", (ext, f"jump per_port{v}")))
         out += [(f"ports{v}", (ext, p.protocol, p.port)) for p in m.ports]
         if m.allow_icmp:
             out.append((f"icmp{v}", ext))
-    elif ranges:
+    elif ranged:
         out.append((f"dispatch{v}", (ext, f"jump whole_ip{v}")))
-    if m.mode is Mode.PER_PORT or ranges:
+    if m.mode is Mode.PER_PORT or ranged:
         out.append((f"filtered{v}", ext))
-    if ranges:
+    if ranged:
         out.append((f"ranged{v}", ext))
-        out += [(f"sources{v}", (ext, _host_or_net(r))) for r in ranges]
+        out += [(f"sources{v}", (ext, _host_or_net(r))) for r in m.source_ranges if r.version == v]
     return out
 
 

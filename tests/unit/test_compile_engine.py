@@ -270,3 +270,31 @@ def test_a_refusal_that_does_not_reproduce_leaves_the_old_table_and_fails() -> N
     assert observed is not None
     assert len(observed.elements["ingress4"]) == 3  # nothing of the refused plan landed
     assert engine.sync(desired(6)).plan.added > 0  # the retry (full) applies it
+
+
+def test_source_ranges_of_one_family_deny_the_other_family_instead_of_opening_it() -> None:
+    svc = {
+        "kind": "Service",
+        "metadata": {
+            "namespace": "default",
+            "name": "ds",
+            "annotations": {"networking.cozystack.io/wholeIP": "true"},
+        },
+        "spec": {"loadBalancerSourceRanges": ["2001:db8:f::/48"]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}, {"ip": "2001:db8:1::9"}]}},
+    }
+    slices = [
+        {
+            "kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": f"ds-{f}", "labels": {"kubernetes.io/service-name": "ds"}},
+            "addressType": f"IPv{f}",
+            "endpoints": [{"addresses": [a], "nodeName": "n1"}],
+        }
+        for f, a in ((4, "10.244.1.9"), (6, "fd00::9"))
+    ]
+    state = model.build_state_from_objects([svc, *slices], node_name="n1", settings=ModelSettings())
+    doc = compile.compile_table(state, node_name="n1")
+    assert ("203.0.113.9", "jump whole_ip4") in doc.elements["dispatch4"]
+    assert "203.0.113.9" in doc.elements["ranged4"]
+    assert not doc.elements["sources4"]  # nobody outside may reach the IPv4 address
+    assert doc.elements["sources6"] == {("2001:db8:1::9", "2001:db8:f::/48")}

@@ -627,7 +627,10 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
             n = int(ipaddress.ip_address(ext))
             assert not any(lo <= n <= hi for ver, lo, hi in cover if ver == v), f"{ext} inside the cluster networks"
         per_port = {str(m.external_ip): m for m in ms if m.mode is Mode.PER_PORT}
-        ranged = {str(m.external_ip): m for m in ms if any(r.version == v for r in m.source_ranges)}
+        # Ranges of either family restrict an address; ranges of the other family only
+        # leave it with no allowed source (denied from outside), never open.
+        ranged = {str(m.external_ip): m for m in ms if m.source_ranges}
+        sourced = {e for e, m in ranged.items() if any(r.version == v for r in m.source_ranges)}
         dispatch = dict(el[f"dispatch{v}"])
         assert set(dispatch) == set(per_port) | set(ranged)
         for ext, verdict in dispatch.items():
@@ -639,7 +642,7 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
             assert {(p, n) for e, p, n in ports if e == ext} == {(p.protocol, p.port) for p in m.ports}
         assert el[f"icmp{v}"] == {e for e, m in per_port.items() if m.allow_icmp}
         assert el[f"ranged{v}"] == set(ranged)
-        assert {e for e, _ in el[f"sources{v}"]} == set(ranged)
+        assert {e for e, _ in el[f"sources{v}"]} == sourced
         for _, src in el[f"sources{v}"]:
             assert ipaddress.ip_network(src).version == v
         assert el[f"flows{v}"] == frozenset()
