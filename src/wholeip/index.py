@@ -102,6 +102,9 @@ class ClusterIndex:
             ]
         )
         self._guard_nets = collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs])
+        pod_nets = collapse(settings.cluster_cidrs or pod_cidrs)
+        self._pod_nets = {v: tuple(n for n in pod_nets if n.version == v) for v in (4, 6)}
+        """Where a backend may live, per family (empty: that family's pod networks are unknown)."""
         self._node_ips = frozenset(node_ips)
         self._node_problems = tuple(node_problems)
         # Services: parse results (managed or not) and their problems.
@@ -241,6 +244,21 @@ class ClusterIndex:
             ready[sl.family] = sl.ready if have is None else {**have, **sl.ready}
             slice_ports.update(sl.ports)
         problems: list[Problem] = []
+        for family, addrs in list(ready.items()):
+            nets = self._pod_nets[family]
+            outside = [a for a in addrs if nets and not any(a in n for n in nets)]
+            if outside:
+                # A hand-written EndpointSlice must not point a whole IP at another
+                # tenant's address or a node (the CVE-2021-25740 pattern).
+                ready[family] = {a: n for a, n in addrs.items() if a not in outside}
+                problems += [
+                    Problem(
+                        info.ref,
+                        "EndpointOutsidePodNetwork",
+                        f"endpoint {a} lies outside the pod networks ({', '.join(map(str, nets))}); ignored",
+                    )
+                    for a in sorted(outside, key=int)
+                ]
         if not info.external_ips:
             problems.append(
                 Problem(info.ref, "NoExternalIP", "managed Service has no status.loadBalancer.ingress IP yet", False)

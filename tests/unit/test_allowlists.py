@@ -64,3 +64,24 @@ def test_cli_flags_and_env_twins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WHOLEIP_ALLOWED_NAMESPACES", "x")
     s = model_settings(build_parser().parse_args(["render", "--node-name", "n1", "-f", "-"]))
     assert s.allowed_namespaces == frozenset({"x"})
+
+
+def test_endpoint_outside_the_pod_networks_is_ignored_with_a_problem() -> None:
+    # A hand-written EndpointSlice pointing at a Node (or another network): CVE-2021-25740.
+    state = build(
+        node(),  # pod network 10.244.1.0/24
+        svc("web", ips=("203.0.113.10",)),
+        eps("web", ("192.0.2.11", "10.244.1.10")),
+        svc("rogue", ips=("203.0.113.11",)),
+        eps("rogue", ("192.0.2.11",)),
+    )
+    assert [(m.service.name, str(m.pod_ip)) for m in state.mappings] == [("web", "10.244.1.10")]
+    outside = [(p.ref.name, p.reason) for p in state.problems if p.reason == "EndpointOutsidePodNetwork"]
+    assert outside == [("rogue", "EndpointOutsidePodNetwork"), ("web", "EndpointOutsidePodNetwork")]
+    assert "NoReadyEndpoint" in reasons(state)  # rogue has nothing left
+
+
+def test_unknown_pod_networks_do_not_filter_endpoints() -> None:
+    bare = {"kind": "Node", "metadata": {"name": "n1"}, "spec": {}, "status": {}}
+    state = build(bare, svc("web", ips=("203.0.113.10",)), eps("web", ("192.0.2.50",)))
+    assert [str(m.pod_ip) for m in state.mappings] == ["192.0.2.50"]

@@ -187,7 +187,7 @@ def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
     moved = dict(slices[0])
     eps = dict(moved["endpoints"][0])
     old_ip = eps["addresses"][0]
-    eps["addresses"] = ["10.244.250.250" if ":" not in old_ip else "fd00:10:244:fa::fa"]
+    eps["addresses"] = ["10.128.250.250" if ":" not in old_ip else "fd00:10:244::fa:fa"]
     moved["endpoints"] = [eps]
     meta = moved["metadata"]
     touched = index.update(slices={f"{meta['namespace']}/{meta['name']}": moved})

@@ -501,6 +501,12 @@ def expected(c: Cluster) -> Expected:
             ready.setdefault((sl.service, sl.family), set()).update(sl.ready)
     pod_cidrs, node_ips = model.node_networks(c.nodes, [])
     guard = model.collapse([*c.settings.cluster_cidrs, *pod_cidrs, *c.settings.service_cidrs])
+    # Backends must lie in the pod networks of their family, when that family's are known.
+    pod_nets = model.collapse(c.settings.cluster_cidrs or pod_cidrs)
+    for (_, family), addrs in ready.items():
+        nets = [n for n in pod_nets if n.version == family]
+        if nets:
+            addrs -= {a for a in addrs if not any(a in n for n in nets)}
     claimants: dict[Any, list[Any]] = {}
     for s in first.values():
         for ip in s.external_ips:
