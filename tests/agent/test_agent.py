@@ -370,3 +370,32 @@ async def test_an_unreachable_configuration_fails_start_with_exit_code_1(tmp_pat
     missing = tmp_path / "no-such-kubeconfig"
     agent = Agent(settings("n1", kubeconfig=str(missing)), backend=FakeBackend())
     assert await app._main(agent.settings, agent=agent) == 1
+
+
+async def test_a_flapping_endpoint_costs_bounded_syncs_and_ends_in_its_last_state(
+    api: ApiServer, start_agent: AgentFactory
+) -> None:
+    managed_web(api)
+    agent = await start_agent("n1", settings={"min_sync_interval": 0.25, "sync_burst": 2})
+    await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.1.10")})
+    assert agent.reconciler is not None
+    before = agent.reconciler.syncs
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    flaps = 40
+    for i in range(flaps):
+        eps = api.store.get("endpointslices", "web-a", "default")
+        eps["endpoints"][0]["conditions"] = {"ready": i % 2 == 1}  # ends ready
+        api.store.update(eps)
+        await asyncio.sleep(0.01)  # pacing of the writer, not a wait for the agent
+    elapsed = loop.time() - started
+    await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.1.10")})
+    await eventually(lambda: agent.reconciler is not None and agent.reconciler.pending_age() == 0)
+    # The token bucket: the burst, then one sync per min_sync_interval, plus the last one.
+    bound = 2 + elapsed / 0.25 + 2
+    assert agent.reconciler.syncs - before <= bound, (agent.reconciler.syncs - before, bound)
+    # And it settles in the last state, also when that state is "not ready".
+    eps = api.store.get("endpointslices", "web-a", "default")
+    eps["endpoints"][0]["conditions"] = {"ready": False}
+    api.store.update(eps)
+    await eventually(lambda: table(agent) == set())
