@@ -312,3 +312,10 @@ def test_check_changes_nothing_and_refuses_what_transact_would(backend: Backend)
     with pytest.raises(NotFound):
         backend.check([{"delete": {"element": {**T, "name": "m", "elem": ["192.0.2.9"]}}}])
     assert _elems(backend, "m") == [["192.0.2.1", "10.0.0.1"]]
+
+
+def test_zone_ids_are_refused(backend: Backend) -> None:
+    _table(backend)
+    backend.transact([{"add": {"map": {**T, "name": "m6", "type": "ipv6_addr", "map": "ipv6_addr"}}}])
+    with pytest.raises(Rejected):
+        backend.transact([{"add": {"element": {**T, "name": "m6", "elem": [["fe80::1%eth0", "fd00::1"]]}}}])

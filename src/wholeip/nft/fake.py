@@ -347,6 +347,8 @@ def _canon_key(raw: Any, decl: JSONObj) -> Any:
 
 
 def _parse_net(text: str, typ: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if "%" in text:  # Python takes zone ids, nft does not
+        raise Rejected("Could not resolve hostname", detail=text)
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as exc:
@@ -373,6 +375,8 @@ def _concat_overlap(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 def _check_value(value: Any, typ: str) -> Any:
     """The canonical form of one value of an nft type, or Rejected."""
     if typ in ("ipv4_addr", "ipv6_addr"):
+        if isinstance(value, str) and "%" in value:  # Python takes zone ids, nft does not
+            raise Rejected("Could not resolve hostname", detail=repr(value))
         try:
             addr = ipaddress.ip_address(value)
         except ValueError as exc:
