@@ -77,6 +77,7 @@ class Agent:
         watch_options: WatchOptions | None = None,
         event_reemit_interval: float = 1800.0,
         event_retry_interval: float = 60.0,
+        event_settle: float = 2.0,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
@@ -91,6 +92,7 @@ class Agent:
         self._watch_options = watch_options
         self._event_reemit_interval = event_reemit_interval
         self._event_retry_interval = event_retry_interval
+        self._event_settle = event_settle
         self.api: client.ApiClient | None = None
         self.informers: tuple[Informer, Informer, Informer] | None = None
         self.reconciler: Reconciler | None = None
@@ -129,6 +131,7 @@ class Agent:
             node_name=s.node_name,
             reemit_interval=self._event_reemit_interval,
             retry_interval=self._event_retry_interval,
+            settle=self._event_settle,
             metrics=self.metrics,
         )
         from wholeip.conntrack import ConntrackCleaner

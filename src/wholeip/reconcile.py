@@ -400,6 +400,8 @@ class Syncer:
 
     def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
         result = self.engine.sync(doc, full=full, touched=touched)
+        if full:
+            _trim_heap()  # a full sync parsed the kernel's listing of the whole table
         if self.after_commit is not None and not result.plan.empty:
             try:
                 self.after_commit(result.plan)

@@ -227,3 +227,33 @@ def test_api_error_carries_the_status() -> None:
     err = ApiError(500, "boom", reason="InternalError")
     assert err.status == 500
     assert "InternalError" in str(err)
+
+
+async def test_a_problem_gone_before_it_settles_is_never_written() -> None:
+    core, clock = FakeCore(), Clock()
+    slept: list[float] = []
+    gate = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await gate.wait()  # the test decides when the settle time is over
+        gate.clear()
+
+    rec = EventRecorder(core=core, node_name="n2", pace=0, settle=2.0, clock=clock, sleep=sleep)
+    task = asyncio.create_task(rec.run())
+    try:
+        rec.observe(state(NO_ENDPOINT), NODES)  # seen by one sync...
+        await eventually(lambda: slept == [2.0])
+        rec.observe(state(), NODES)  # ...and gone at the next one (watches out of step)
+        clock.now = 2.0
+        gate.set()
+        await eventually(lambda: rec.backlog == 0)
+        assert core.created == []
+        rec.observe(state(NO_ENDPOINT), NODES)  # a lasting problem is written after settling
+        await eventually(lambda: len(slept) == 2)
+        clock.now = 4.0
+        gate.set()
+        await eventually(lambda: len(core.created) == 1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

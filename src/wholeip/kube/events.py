@@ -88,6 +88,7 @@ def reporting_node(service: ObjectRef, *, state: ProblemSource, nodes: Iterable[
 @dataclass(slots=True)
 class _Record:
     problem: Problem
+    first_seen: float = 0.0
     event_name: str | None = None
     count: int = 0
     emitted_at: float | None = None
@@ -109,6 +110,7 @@ class EventRecorder:
         reemit_interval: float = 1800.0,
         retry_interval: float = 60.0,
         pace: float = 0.02,
+        settle: float = 0.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -120,6 +122,8 @@ class EventRecorder:
         self.reemit_interval = reemit_interval
         self.retry_interval = retry_interval
         self.pace = pace
+        self.settle = settle
+        """Seconds a problem must last before its first Event (transients are not reported)."""
         self.metrics = metrics
         self._clock = clock
         self._wall_clock = wall_clock
@@ -150,7 +154,7 @@ class EventRecorder:
         for key, problem in owned.items():
             record = self._records.get(key)
             if record is None:
-                record = self._records[key] = _Record(problem)
+                record = self._records[key] = _Record(problem, first_seen=now)
             if key in self._queue or now < record.next_try:
                 continue
             if record.emitted_at is None or now - record.emitted_at >= self.reemit_interval:
@@ -169,6 +173,13 @@ class EventRecorder:
                 record = self._records.get(key)
                 if record is None:
                     continue
+                wait = record.first_seen + self.settle - self._clock()
+                if wait > 0:
+                    # A problem seen by one sync only is often the two watches being out of
+                    # step (a Service seen before its slice): write what is still there.
+                    await self._sleep(wait)
+                    if self._records.get(key) is not record:
+                        continue
                 try:
                     await self._write(record)
                 except asyncio.CancelledError:
