@@ -235,6 +235,8 @@ async def test_a_problem_gone_before_it_settles_is_never_written() -> None:
     gate = asyncio.Event()
 
     async def sleep(seconds: float) -> None:
+        if seconds <= 0:  # the pace between writes
+            return
         slept.append(seconds)
         await gate.wait()  # the test decides when the settle time is over
         gate.clear()
@@ -251,9 +253,13 @@ async def test_a_problem_gone_before_it_settles_is_never_written() -> None:
         assert core.created == []
         rec.observe(state(NO_ENDPOINT), NODES)  # a lasting problem is written after settling
         await eventually(lambda: len(slept) == 2)
+        rec.observe(state(NO_ENDPOINT), NODES)  # more syncs while it settles...
+        rec.observe(state(NO_ENDPOINT), NODES)
         clock.now = 4.0
         gate.set()
         await eventually(lambda: len(core.created) == 1)
+        await eventually(lambda: rec.backlog == 0)
+        assert core.patched == []  # ...still one write
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

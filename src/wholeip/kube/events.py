@@ -173,6 +173,8 @@ class EventRecorder:
                 record = self._records.get(key)
                 if record is None:
                     continue
+                if record.emitted_at is not None and self._clock() - record.emitted_at < self.reemit_interval:
+                    continue  # queued again by a sync while this one was settling: already written
                 wait = record.first_seen + self.settle - self._clock()
                 if wait > 0:
                     # A problem seen by one sync only is often the two watches being out of
