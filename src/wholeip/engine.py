@@ -164,7 +164,7 @@ class Engine:
             # Validate-and-isolate: one bad element must not hold every other change back.
             rejected = isolate(self.backend, plan.commands)
             if not rejected:
-                raise  # refused together, accepted piece by piece: a failure all the same
+                raise  # the refusal did not reproduce in dry runs: nothing committed, retry as usual
             isolated = True
         except BaseException:
             self.last = None
