@@ -169,16 +169,14 @@ class Engine:
         except BaseException:
             self.last = None
             raise
-        if isolated:
-            # The kernel holds the plan minus ``rejected``; the memory stays void, the
-            # next sync is full (and tries the rejected changes again, alone).
-            pass
-        elif partial and self.last is not None:
+        # Isolated: the kernel holds the plan minus ``rejected``; the memory stays void and
+        # the next sync is full (it tries the rejected changes again, alone).
+        if partial and not isolated:
             for name, gone in plan.removed.items():
                 self._memory[name] -= gone
             for name, came in plan.inserted.items():
                 self._memory[name] |= came
-        else:
+        elif not isolated:
             # Our own copy: the caller may keep changing its sets (the agent's index does).
             self._memory = {name: set(elems) for name, elems in desired.elements.items()}
             self.last = TableDoc(desired.family, desired.name, desired.skeleton, self._memory)

@@ -121,13 +121,10 @@ class ClusterState:
     cluster_networks: tuple[IPNetwork, ...]
     problems: tuple[Problem, ...]
     managed_services: tuple[ObjectRef, ...]
-    _nodes: dict[tuple[str, str], list[str | None]] = field(default_factory=dict, compare=False, repr=False)
 
     def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
-        if not self._nodes and self.mappings:
-            for m in self.mappings:
-                self._nodes.setdefault((m.service.namespace, m.service.name), []).append(m.node_name)
-        return self._nodes.get((namespace, name), [])
+        """A scan of every mapping: for tools and tests. The agent asks its index."""
+        return [m.node_name for m in self.mappings if (m.service.namespace, m.service.name) == (namespace, name)]
 
 
 # --------------------------------------------------------------------------- raw helpers
