@@ -59,10 +59,11 @@ The output is deterministic: the same state gives byte-identical JSON.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-from wholeip.model import ClusterState, IPAddress, Mapping1to1, Mode
+from wholeip.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
 from wholeip.nft.doc import ChainDecl, Elem, JSONObj, Rule, SetDecl, Skeleton, TableDoc
 from wholeip.settings import IPNetwork
 
@@ -425,31 +426,57 @@ def mapping_elements(m: Mapping1to1, *, node_name: str) -> list[tuple[str, Elem]
     one egress mapping per pod, so two mappings never contribute the same element: a
     mapping can be added or taken away without looking at the others.
     """
-    v = m.external_ip.version
-    ext, pod = str(m.external_ip), str(m.pod_ip)
+    return entry_elements(
+        str(m.external_ip),
+        str(m.pod_ip),
+        egress_here=m.egress and m.node_name == node_name,
+        mode=m.mode,
+        allow_icmp=m.allow_icmp,
+        ports=m.ports,
+        source_ranges=m.source_ranges,
+    )
+
+
+def entry_elements(
+    ext: str,
+    pod: str,
+    *,
+    egress_here: bool,
+    mode: Mode,
+    allow_icmp: bool,
+    ports: tuple[PortSpec, ...],
+    source_ranges: tuple[IPNetwork, ...],
+) -> list[tuple[str, Elem]]:
+    """:func:`mapping_elements` for addresses given as canonical text (``str(ip)``).
+
+    The elements hold the very strings passed in, so a caller that keeps its addresses
+    as text (the agent's index) shares them instead of holding a copy per element.
+    """
+    ext_ip, pod_ip = ipaddress.ip_address(ext), ipaddress.ip_address(pod)
+    v = ext_ip.version
     out: list[tuple[str, Elem]] = [(f"ingress{v}", (ext, pod))]
     if v == 4:
-        out.append(("icmpfix4", ((ext, int(m.external_ip)), icmp4_compensation(m.external_ip, m.pod_ip))))
+        out.append(("icmpfix4", ((ext, int(ext_ip)), icmp4_compensation(ext_ip, pod_ip))))
     else:
-        out.append(("icmpguard6", (ext, int(m.external_ip))))
-    if m.egress and m.node_name == node_name:
+        out.append(("icmpguard6", (ext, int(ext_ip))))
+    if egress_here:
         out.append((f"egress{v}", (pod, ext)))
         out.append((f"selfhairpin{v}", (pod, pod)))
     # Source ranges of the other family only still restrict this address: to nobody
     # outside the cluster (as Kubernetes does), never to everybody.
-    ranged = bool(m.source_ranges)
-    if m.mode is Mode.PER_PORT:
+    ranged = bool(source_ranges)
+    if mode is Mode.PER_PORT:
         out.append((f"dispatch{v}", (ext, f"jump per_port{v}")))
-        out += [(f"ports{v}", (ext, p.protocol, p.port)) for p in m.ports]
-        if m.allow_icmp:
+        out += [(f"ports{v}", (ext, p.protocol, p.port)) for p in ports]
+        if allow_icmp:
             out.append((f"icmp{v}", ext))
     elif ranged:
         out.append((f"dispatch{v}", (ext, f"jump whole_ip{v}")))
-    if m.mode is Mode.PER_PORT or ranged:
+    if mode is Mode.PER_PORT or ranged:
         out.append((f"filtered{v}", ext))
     if ranged:
         out.append((f"ranged{v}", ext))
-        out += [(f"sources{v}", (ext, _host_or_net(r))) for r in m.source_ranges if r.version == v]
+        out += [(f"sources{v}", (ext, _host_or_net(r))) for r in source_ranges if r.version == v]
     return out
 
 

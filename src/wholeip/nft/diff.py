@@ -19,6 +19,7 @@ The commands follow libnftables JSON: ``{"add": {...}}``, ``{"delete": ...}``,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -58,10 +59,21 @@ class Plan:
     inserted: Mapping[str, AbstractSet[Elem]] = field(default_factory=dict)
     """Per set or map, the elements this plan adds one by one (not filled for a created or
     rebuilt table, nor for a flushed and refilled interval set)."""
+    was_empty: bool | None = None
+    """Set by :meth:`light` (its commands are gone)."""
 
     @property
     def empty(self) -> bool:
+        if self.was_empty is not None:
+            return self.was_empty
         return not (self.commands or self.declarations or self.after)
+
+    def light(self) -> Plan:
+        """The plan without its commands and element sets: what is worth keeping once it is
+        committed (the first plan at 100,000 Services renders to tens of MiB of JSON)."""
+        return dataclasses.replace(
+            self, commands=(), declarations=(), after=(), removed={}, inserted={}, was_empty=self.empty
+        )
 
     def summary(self) -> str:
         if self.empty:
