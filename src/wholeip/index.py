@@ -86,12 +86,8 @@ class _Svc(NamedTuple):
     mode: Mode
     allow_icmp: bool
     exts: tuple[str, ...]
-    ports: tuple[RawPort, ...]
+    raw_ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
-
-    @property
-    def age_key(self) -> tuple[str, str, str]:
-        return (self.created or "~", self.ref.namespace, self.ref.name)
 
 
 class _Slice(NamedTuple):
@@ -108,27 +104,42 @@ class _Slice(NamedTuple):
 
 
 class _View(NamedTuple):
-    """A managed Service with its endpoints."""
+    """A managed Service with its endpoints: the fields of its :class:`_Svc` (one record,
+    not two), then what its slices add. It is also what an external IP's mapping is kept
+    as: the pod is the view's ready endpoint of the IP's family (see :func:`_backend`)."""
 
-    svc: _Svc
+    ref: ObjectRef
+    created: str
+    mode: Mode
+    allow_icmp: bool
+    exts: tuple[str, ...]
+    raw_ports: tuple[RawPort, ...]
+    source_ranges: tuple[IPNetwork, ...]
     ready4: Ready
     ready6: Ready
     ports: tuple[PortSpec, ...]
+    """What a per-port Service forwards (resolved against its slices)."""
     problems: tuple[Problem, ...]
 
+    @property
+    def svc(self) -> _Svc:
+        return _Svc(self.ref, self.created, self.mode, self.allow_icmp, self.exts, self.raw_ports, self.source_ranges)
 
-class _Win(NamedTuple):
-    """The mapping an external IP resolved to (whether it also carries the pod's egress is
-    decided per pod, see ``ClusterIndex._pods``)."""
+    @property
+    def age_key(self) -> tuple[str, str, str]:
+        return (self.created or "~", self.ref.namespace, self.ref.name)
 
-    view: _View
-    pod: str
-    node: str | None
 
-    def shape(self, egress: bool) -> tuple[Any, ...]:
-        """Everything the mapping's elements depend on."""
-        svc = self.view.svc
-        return (self.pod, self.node, egress, svc.mode, svc.allow_icmp, self.view.ports, svc.source_ranges)
+def _backend(view: _View, ip: str) -> tuple[str, str | None]:
+    """The (pod IP, node) external IP ``ip`` maps to when ``view`` won it: its only ready
+    endpoint of the family, or the lowest address of several."""
+    ready = view.ready4 if _version(ip) == 4 else view.ready6
+    return ready[0] if len(ready) == 1 else min(ready, key=lambda r: _numeric(r[0]))
+
+
+def _shape(view: _View, ip: str, egress: bool) -> tuple[Any, ...]:
+    """Everything the elements of ``ip``'s mapping depend on."""
+    return (*_backend(view, ip), egress, view.mode, view.allow_icmp, view.ports, view.source_ranges)
 
 
 def _version(address: str) -> int:
@@ -179,8 +190,8 @@ class ClusterIndex:
         self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         self._claims: dict[str, ServiceKey | list[ServiceKey]] = {}
         self._ip_problems: dict[str, tuple[Problem, ...]] = {}
-        self._winners: dict[str, _Win] = {}
-        """External IP -> its mapping."""
+        self._winners: dict[str, _View] = {}
+        """External IP -> the Service that won it (the mapping, see :func:`_backend`)."""
         self._pods: dict[str, str | list[str]] = {}
         """Pod IP -> the external IPs mapped to it, the one it leaves with first."""
         self._pod_problems: dict[str, tuple[Problem, ...]] = {}
@@ -222,9 +233,9 @@ class ClusterIndex:
             self._view_problems.pop(key, None)
             svc = parsed.get(key, old_view.svc if old_view is not None else None)
             if old_view is not None:
-                for ip in old_view.svc.exts:
+                for ip in old_view.exts:
                     _discard(self._claims, ip, key)
-                affected.update(old_view.svc.exts)
+                affected.update(old_view.exts)
             if svc is not None:
                 view = self._make_view(svc, key)
                 self._views[key] = view
@@ -234,29 +245,30 @@ class ClusterIndex:
                     _add(self._claims, ip, key)
                 affected.update(svc.exts)
         # Resolve the external IPs, remembering how each one's mapping looked before.
-        before: dict[str, _Win | None] = {}
+        before: dict[str, _View | None] = {}
         pods: set[str] = set()
         gained: dict[str, set[str]] = {}
         for ip in affected:
             was = before[ip] = self._winners.pop(ip, None)
             now = self._resolve_ip(ip)
             if was is not None:
-                pods.add(was.pod)
+                pods.add(_backend(was, ip)[0])
             if now is not None:
                 self._winners[ip] = now
-                gained.setdefault(now.pod, set()).add(ip)
-                pods.add(now.pod)
+                pod = _backend(now, ip)[0]
+                gained.setdefault(pod, set()).add(ip)
+                pods.add(pod)
         egress_before = {pod: _first(self._pods.get(pod)) for pod in pods}
         refresh = set(affected)
         for pod in pods:
             refresh.update(self._resolve_egress(pod, gained.get(pod, set())))
-        changed: list[tuple[str, _Win | None, bool, _Win | None, bool]] = []
+        changed: list[tuple[str, _View | None, bool, _View | None, bool]] = []
         for ip in refresh:
             was = before[ip] if ip in before else self._winners.get(ip)
-            was_egress = was is not None and egress_before.get(was.pod) == ip
+            was_egress = was is not None and egress_before.get(_backend(was, ip)[0]) == ip
             now = self._winners.get(ip)
-            now_egress = now is not None and _first(self._pods.get(now.pod)) == ip
-            if (was and was.shape(was_egress)) != (now and now.shape(now_egress)):
+            now_egress = now is not None and _first(self._pods.get(_backend(now, ip)[0])) == ip
+            if (was and _shape(was, ip, was_egress)) != (now and _shape(now, ip, now_egress)):
                 changed.append((ip, was, was_egress, now, now_egress))
         # Every removal before any addition: while a pod's egress moves from one mapping
         # to another, both contribute the same self-hairpin element.
@@ -272,16 +284,16 @@ class ClusterIndex:
                 touched.setdefault(name, set()).add(elem)
         return touched
 
-    def _elements_of(self, ip: str, win: _Win, egress: bool) -> list[tuple[str, Elem]]:
-        svc = win.view.svc
+    def _elements_of(self, ip: str, win: _View, egress: bool) -> list[tuple[str, Elem]]:
+        pod, node = _backend(win, ip)
         return entry_elements(
             ip,
-            win.pod,
-            egress_here=egress and win.node == self.node_name,
-            mode=svc.mode,
-            allow_icmp=svc.allow_icmp,
-            ports=win.view.ports,
-            source_ranges=svc.source_ranges,
+            pod,
+            egress_here=egress and node == self.node_name,
+            mode=win.mode,
+            allow_icmp=win.allow_icmp,
+            ports=win.ports,
+            source_ranges=win.source_ranges,
         )
 
     def _ingest_slice(self, skey: str, obj: Mapping[str, Any]) -> _Slice | None:
@@ -342,7 +354,7 @@ class ClusterIndex:
             mode=info.mode,
             allow_icmp=info.allow_icmp,
             exts=tuple(str(ip) for ip in info.external_ips),
-            ports=info.ports,
+            raw_ports=info.ports,
             source_ranges=info.source_ranges,
         )
 
@@ -381,16 +393,16 @@ class ClusterIndex:
             )
             ports: tuple[PortSpec, ...] = ()
         else:
-            ports = resolve_ports(svc.ref, svc.ports, slice_ports, problems) if svc.mode is Mode.PER_PORT else ()
-        return _View(svc, ready[4], ready[6], ports, tuple(problems))
+            ports = resolve_ports(svc.ref, svc.raw_ports, slice_ports, problems) if svc.mode is Mode.PER_PORT else ()
+        return _View(*svc, ready[4], ready[6], ports, tuple(problems))
 
     # ------------------------------------------------------------------ resolution
 
-    def _resolve_ip(self, ip: str) -> _Win | None:
+    def _resolve_ip(self, ip: str) -> _View | None:
         """The oldest claimant with a ready endpoint wins; everybody else learns why not."""
-        claimants = sorted((self._views[k] for k in _values(self._claims.get(ip))), key=lambda v: v.svc.age_key)
+        claimants = sorted((self._views[k] for k in _values(self._claims.get(ip))), key=lambda v: v.age_key)
         problems: list[Problem] = []
-        winner: _Win | None = None
+        winner: _View | None = None
         why = (
             refusal(
                 ipaddress.ip_address(ip),
@@ -403,12 +415,12 @@ class ClusterIndex:
         )
         version = _version(ip)
         for view in claimants:
-            svc = view.svc
+            svc = view
             if why is not None:
                 problems.append(Problem(svc.ref, "ExternalIPRefused", f"external IP refused: {why}"))
                 continue
             if winner is not None:
-                owner = winner.view.svc.ref
+                owner = winner.ref
                 problems.append(
                     Problem(
                         svc.ref,
@@ -423,7 +435,7 @@ class ClusterIndex:
                     Problem(svc.ref, "NoReadyEndpoint", f"no ready IPv{version} endpoint for external IP {ip}")
                 )
                 continue
-            pod, node = ready[0] if len(ready) == 1 else min(ready, key=lambda r: _numeric(r[0]))
+            pod, _ = _backend(view, ip)
             if len(ready) > 1:
                 problems.append(
                     Problem(
@@ -433,7 +445,7 @@ class ClusterIndex:
                         f" using {pod} (the lowest address)",
                     )
                 )
-            winner = _Win(view, pod, node)
+            winner = view
         if problems:
             self._ip_problems[ip] = tuple(problems)
         else:
@@ -441,8 +453,8 @@ class ClusterIndex:
         return winner
 
     def _egress_order(self, ext: str) -> tuple[tuple[str, str, str], int]:
-        svc = self._winners[ext].view.svc
-        return svc.age_key, svc.exts.index(ext)
+        view = self._winners[ext]
+        return view.age_key, view.exts.index(ext)
 
     def _resolve_egress(self, pod: str, gained: set[str]) -> tuple[str, ...]:
         """Which external IP the pod leaves with: its oldest Service's first. ``gained``: the
@@ -450,7 +462,7 @@ class ClusterIndex:
         external IPs, before and after."""
         before = _values(self._pods.get(pod))
         exts = sorted(
-            {*(e for e in before if (w := self._winners.get(e)) is not None and w.pod == pod), *gained},
+            {*(e for e in before if (w := self._winners.get(e)) is not None and _backend(w, e)[0] == pod), *gained},
             key=self._egress_order,
         )
         if not exts:
@@ -458,7 +470,7 @@ class ClusterIndex:
             self._pod_problems.pop(pod, None)
             return tuple(before)
         self._pods[pod] = exts[0] if len(exts) == 1 else exts
-        first = self._winners[exts[0]].view.svc.ref
+        first = self._winners[exts[0]].ref
         problems = [
             Problem(
                 ref,
@@ -466,7 +478,7 @@ class ClusterIndex:
                 f"pod {pod} already leaves with the external IP of the older Service {first.namespace}/{first.name}",
                 warning=False,
             )
-            for ref in (self._winners[e].view.svc.ref for e in exts[1:])
+            for ref in (self._winners[e].ref for e in exts[1:])
             if ref != first
         ]
         if problems:
@@ -508,7 +520,7 @@ class ClusterIndex:
         if win is None:
             egress = _first(self._pods.get(text))
             win = self._winners.get(egress) if egress is not None else None
-        return win.view.svc.ref if win is not None else None
+        return win.ref if win is not None else None
 
     def mapping_count(self) -> int:
         return len(self._winners)
@@ -519,27 +531,27 @@ class ClusterIndex:
         if view is None:
             return []
         return [
-            w.node
-            for w in (self._winners.get(ip) for ip in view.svc.exts)
-            if w is not None and w.view.svc.ref == view.svc.ref  # a lost claim is the winner's mapping
+            _backend(w, ip)[1]
+            for ip, w in ((ip, self._winners.get(ip)) for ip in view.exts)
+            if w is not None and w.ref == view.ref  # a lost claim is the winner's mapping
         ]
 
     def mappings(self) -> list[Mapping1to1]:
         """Every mapping, as the model's type (built on demand: the index keeps text)."""
         out = []
         for ext, win in self._winners.items():
-            svc = win.view.svc
+            pod, node = _backend(win, ext)
             out.append(
                 Mapping1to1(
-                    service=svc.ref,
+                    service=win.ref,
                     external_ip=ipaddress.ip_address(ext),
-                    pod_ip=ipaddress.ip_address(win.pod),
-                    node_name=win.node,
-                    mode=svc.mode,
-                    allow_icmp=svc.allow_icmp,
-                    ports=win.view.ports,
-                    source_ranges=svc.source_ranges,
-                    egress=_first(self._pods.get(win.pod)) == ext,
+                    pod_ip=ipaddress.ip_address(pod),
+                    node_name=node,
+                    mode=win.mode,
+                    allow_icmp=win.allow_icmp,
+                    ports=win.ports,
+                    source_ranges=win.source_ranges,
+                    egress=_first(self._pods.get(pod)) == ext,
                 )
             )
         return out

@@ -50,11 +50,35 @@ def test_second_sync_sends_an_empty_transaction() -> None:
     engine = Engine(backend=backend)
     first = engine.sync(desired(100))
     assert first.plan.created
-    # Creation: one JSON transaction, the typeof declarations, one JSON transaction.
-    assert len(backend.transactions) == 2
+    # Creation: the skeleton, the typeof declarations, the elements (one transaction
+    # below CREATE_CHUNK), the rules.
+    assert len(backend.transactions) == 3
+    assert not any("rule" in cmd["add"] for cmd in backend.transactions[1])
+    assert all("rule" in cmd["add"] for cmd in backend.transactions[2])
     second = engine.sync(desired(100), full=True)
     assert second.plan.empty
-    assert len(backend.transactions) == 2
+    assert len(backend.transactions) == 3
+
+
+def test_creation_fills_in_chunks_before_any_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new table's elements go in transactions of at most CREATE_CHUNK elements, all of
+    them before the one transaction that adds every rule."""
+    from wholeip.nft import diff as diffmod
+
+    monkeypatch.setattr(diffmod, "CREATE_CHUNK", 7)
+    backend = FakeBackend()
+    doc = desired(10)
+    plan = Engine(backend=backend).sync(doc).plan
+    total = sum(len(e) for e in doc.elements.values())
+    assert plan.added == total
+    fills = backend.transactions[1:-1]
+    assert len(fills) == -(-total // 7)
+    sizes = [sum(len(cmd["add"]["element"]["elem"]) for cmd in tx) for tx in fills]
+    assert max(sizes) == 7
+    assert sum(sizes) == total
+    assert not any("rule" in cmd["add"] for tx in backend.transactions[:-1] for cmd in tx)
+    assert all("rule" in cmd["add"] for cmd in backend.transactions[-1])
+    assert Engine(backend=backend).sync(doc, full=True).plan.empty  # the kernel holds exactly doc
 
 
 def test_restarted_engine_commits_only_the_difference() -> None:

@@ -2,7 +2,8 @@
 
 What is compared, and what each difference costs:
 
-* no table: create everything;
+* no table: create everything, filling the sets in transactions of at most
+  ``CREATE_CHUNK`` elements before any rule exists (see :func:`create`);
 * a set, map or chain declaration differs, or something unknown lives in our
   table: delete the table and create it again, in the same transaction (the
   kernel switches generations atomically, so no packet sees an empty table);
@@ -32,10 +33,39 @@ from wholeip.nft.doc import (
     comparable_chain,
     comparable_set,
     creation_phases,
+    declare_text,
     elements_equal,
+    render_chain,
     render_elements,
     render_rule,
+    render_set,
 )
+
+CREATE_CHUNK = 20_000
+"""Most elements per transaction while a new table is filled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One transaction of a new table's elements, rendered only when it is sent: rendering
+    the 300,000 elements of 100,000 Services at once costs hundreds of MiB, in Python and
+    again inside libnftables."""
+
+    family: str
+    table: str
+    parts: tuple[tuple[SetDecl, tuple[Elem, ...]], ...]
+
+    def commands(self) -> list[JSONObj]:
+        out: list[JSONObj] = []
+        for decl, elems in self.parts:
+            body = render_elements(self.family, self.table, decl, elems, ordered=False)
+            if body is not None:
+                out.append({"add": body})
+        return out
+
+    @property
+    def size(self) -> int:
+        return sum(len(elems) for _, elems in self.parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +89,8 @@ class Plan:
     inserted: Mapping[str, AbstractSet[Elem]] = field(default_factory=dict)
     """Per set or map, the elements this plan adds one by one (not filled for a created or
     rebuilt table, nor for a flushed and refilled interval set)."""
+    fill: tuple[Fill, ...] = ()
+    """Transactions between ``declarations`` and ``after``: a new table's elements."""
     was_empty: bool | None = None
     """Set by :meth:`light` (its commands are gone)."""
 
@@ -66,13 +98,13 @@ class Plan:
     def empty(self) -> bool:
         if self.was_empty is not None:
             return self.was_empty
-        return not (self.commands or self.declarations or self.after)
+        return not (self.commands or self.declarations or self.after or self.fill)
 
     def light(self) -> Plan:
         """The plan without its commands and element sets: what is worth keeping once it is
         committed (the first plan at 100,000 Services renders to tens of MiB of JSON)."""
         return dataclasses.replace(
-            self, commands=(), declarations=(), after=(), removed={}, inserted={}, was_empty=self.empty
+            self, commands=(), declarations=(), after=(), fill=(), removed={}, inserted={}, was_empty=self.empty
         )
 
     def summary(self) -> str:
@@ -90,7 +122,52 @@ def _element_count(cmds: list[JSONObj]) -> int:
     return sum(len(c["element"]["elem"]) for c in cmds if "element" in c)
 
 
-def create(desired: TableDoc, *, rebuilt: bool = False, current: TableDoc | None = None) -> Plan:
+def create(desired: TableDoc) -> Plan:
+    """A new table, so that traffic sees it whole or not at all.
+
+    1. the table, its sets and its chains, without a rule (an empty base chain
+       lets every packet through unchanged);
+    2. the ``typeof`` declarations (nft text);
+    3. the elements, in transactions of at most :data:`CREATE_CHUNK` elements:
+       nothing uses them yet;
+    4. every rule, in one transaction: the datapath switches on at once.
+
+    Small transactions keep libnftables' memory (it parses a whole transaction
+    before sending it) and the kernel's per-transaction work bounded. If a step
+    fails, the half-built table has no rules and so no effect; the next sync
+    finds the skeleton in place and adds what is missing.
+    """
+    fam, tab = desired.family, desired.name
+    commands: list[JSONObj] = [{"add": {"table": {"family": fam, "name": tab}}}]
+    commands += [{"add": render_set(fam, tab, s)} for s in desired.skeleton.sets if not s.typeof]
+    commands += [{"add": render_chain(fam, tab, c)} for c in desired.skeleton.chains]
+    fills: list[Fill] = []
+    parts: list[tuple[SetDecl, tuple[Elem, ...]]] = []
+    room = CREATE_CHUNK
+    for decl in desired.skeleton.sets:
+        elems = list(desired.elements.get(decl.name, ()))
+        while elems:
+            piece, elems = elems[:room], elems[room:]
+            parts.append((decl, tuple(piece)))
+            room -= len(piece)
+            if not room:
+                fills.append(Fill(fam, tab, tuple(parts)))
+                parts, room = [], CREATE_CHUNK
+    if parts:
+        fills.append(Fill(fam, tab, tuple(parts)))
+    return Plan(
+        commands=tuple(commands),
+        declarations=tuple(declare_text(fam, tab, s) for s in desired.skeleton.sets if s.typeof),
+        fill=tuple(fills),
+        after=tuple({"add": render_rule(fam, tab, r)} for r in desired.skeleton.rules),
+        created=True,
+        added=sum(f.size for f in fills),
+    )
+
+
+def rebuild(desired: TableDoc, current: TableDoc | None = None) -> Plan:
+    """Delete the table and create it again, in one transaction (the typeof sets and what
+    uses them in a second): traffic keeps the old table until the new one is whole."""
     first, declarations, last = creation_phases(desired, ordered=False)
     removed: dict[str, AbstractSet[Elem]] = {}
     if current is not None:
@@ -99,23 +176,16 @@ def create(desired: TableDoc, *, rebuilt: bool = False, current: TableDoc | None
             gone = have - desired.elements.get(name, frozenset())
             if gone and name not in intervals:
                 removed[name] = gone
-    cmds: list[JSONObj] = []
-    if rebuilt:
-        cmds.append({"delete": {"table": {"family": desired.family, "name": desired.name}}})
+    cmds: list[JSONObj] = [{"delete": {"table": {"family": desired.family, "name": desired.name}}}]
     cmds += [{"add": c} for c in first]
     return Plan(
         commands=tuple(cmds),
         declarations=tuple(declarations),
         after=tuple({"add": c} for c in last),
-        created=not rebuilt,
-        rebuilt=rebuilt,
+        rebuilt=True,
         added=_element_count(first) + _element_count(last),
         removed=removed,
     )
-
-
-def rebuild(desired: TableDoc, current: TableDoc | None = None) -> Plan:
-    return create(desired, rebuilt=True, current=current)
 
 
 def skeleton_matches(desired: TableDoc, current: TableDoc) -> bool:
