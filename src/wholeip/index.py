@@ -28,6 +28,7 @@ import contextlib
 import gc
 import ipaddress
 import sys
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -57,8 +58,18 @@ ServiceKey = tuple[str, str]
 Touched = dict[str, set[Elem]]
 """Per set: the elements an update added or removed (a changed map entry: both pairs)."""
 
-Ready = tuple[tuple[str, str | None], ...]
-"""Ready endpoints: (pod IP as text, node name), one pair per address."""
+Ready = tuple[str | None, ...]
+"""Ready endpoints, flat: pod IP as text, its node name, the next pod IP, its node...
+(one endpoint, the usual case, is one 2-tuple rather than a tuple holding a pair)."""
+
+
+def _pairs(ready: Ready) -> list[tuple[str, str | None]]:
+    return [(ready[i], ready[i + 1]) for i in range(0, len(ready), 2)]  # type: ignore[misc]
+
+
+def _flat(pairs: Iterable[tuple[str, str | None]]) -> Ready:
+    return tuple(x for pair in pairs for x in pair)
+
 
 _SKELETON = skeleton()
 _NO_PORTS: tuple[tuple[tuple[str, str], int], ...] = ()
@@ -79,15 +90,36 @@ def service_key(obj: Mapping[str, Any]) -> ServiceKey:
 
 
 class _Svc(NamedTuple):
-    """What the index keeps of a managed Service (:class:`ServiceInfo`, addresses as text)."""
+    """What the index keeps of a managed Service (:class:`ServiceInfo`, addresses as text,
+    its reference as the key it is filed under and its uid)."""
 
-    ref: ObjectRef
+    key: ServiceKey
+    uid: str | bytes
     created: str
     mode: Mode
     allow_icmp: bool
     exts: tuple[str, ...]
     raw_ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
+
+    @property
+    def ref(self) -> ObjectRef:
+        return _service_ref(self.key, self.uid)
+
+
+def _service_ref(key: ServiceKey, uid: str | bytes) -> ObjectRef:
+    # Made when asked (problems, mappings): one ObjectRef per Service would cost 7 MiB at 100,000.
+    return ObjectRef("Service", key[0], key[1], str(uuid.UUID(bytes=uid)) if isinstance(uid, bytes) else uid)
+
+
+def _pack_uid(uid: str) -> str | bytes:
+    """A UUID in its canonical text (what the API server hands out) as its 16 bytes: 49
+    bytes of Python instead of 85; anything else as it is."""
+    try:
+        packed = uuid.UUID(uid)
+    except ValueError:
+        return uid
+    return packed.bytes if str(packed) == uid else uid
 
 
 class _Slice(NamedTuple):
@@ -108,7 +140,8 @@ class _View(NamedTuple):
     not two), then what its slices add. It is also what an external IP's mapping is kept
     as: the pod is the view's ready endpoint of the IP's family (see :func:`_backend`)."""
 
-    ref: ObjectRef
+    key: ServiceKey
+    uid: str | bytes
     created: str
     mode: Mode
     allow_icmp: bool
@@ -123,18 +156,26 @@ class _View(NamedTuple):
 
     @property
     def svc(self) -> _Svc:
-        return _Svc(self.ref, self.created, self.mode, self.allow_icmp, self.exts, self.raw_ports, self.source_ranges)
+        return _Svc(
+            self.key, self.uid, self.created, self.mode, self.allow_icmp, self.exts, self.raw_ports, self.source_ranges
+        )
+
+    @property
+    def ref(self) -> ObjectRef:
+        return _service_ref(self.key, self.uid)
 
     @property
     def age_key(self) -> tuple[str, str, str]:
-        return (self.created or "~", self.ref.namespace, self.ref.name)
+        return (self.created or "~", *self.key)
 
 
 def _backend(view: _View, ip: str) -> tuple[str, str | None]:
     """The (pod IP, node) external IP ``ip`` maps to when ``view`` won it: its only ready
     endpoint of the family, or the lowest address of several."""
     ready = view.ready4 if _version(ip) == 4 else view.ready6
-    return ready[0] if len(ready) == 1 else min(ready, key=lambda r: _numeric(r[0]))
+    if len(ready) == 2:
+        return ready[0], ready[1]  # type: ignore[return-value]
+    return min(_pairs(ready), key=lambda r: _numeric(r[0]))
 
 
 def _shape(view: _View, ip: str, egress: bool) -> tuple[Any, ...]:
@@ -223,6 +264,9 @@ class ClusterIndex:
                 dirty.add(old.service)
             new = self._ingest_slice(skey, obj) if obj is not None else None
             if new is not None:
+                view = self._views.get(new.service)
+                if view is not None:
+                    new = new._replace(service=view.key)  # one key object per Service
                 self._slices[skey] = new
                 _add(self._slices_of, new.service, skey)
                 dirty.add(new.service)
@@ -238,11 +282,12 @@ class ClusterIndex:
                 affected.update(old_view.exts)
             if svc is not None:
                 view = self._make_view(svc, key)
-                self._views[key] = view
+                self._views[view.key] = view
                 if view.problems:
                     self._view_problems[key] = view.problems
                 for ip in svc.exts:
-                    _add(self._claims, ip, key)
+                    _add(self._claims, ip, view.key)
+                self._share_key(view.key)
                 affected.update(svc.exts)
         # Resolve the external IPs, remembering how each one's mapping looked before.
         before: dict[str, _View | None] = {}
@@ -284,6 +329,20 @@ class ClusterIndex:
                 touched.setdefault(name, set()).add(elem)
         return touched
 
+    def _share_key(self, key: ServiceKey) -> None:
+        """File the Service's slices under the very key object its view holds (slices
+        arrive first at start-up, each with a key tuple and name string of its own)."""
+        skeys = _values(self._slices_of.get(key))
+        if all(self._slices[skey].service is key for skey in skeys):
+            return
+        self._slices_of[key] = self._slices_of.pop(key)
+        for skey in skeys:
+            self._slices[skey] = self._slices[skey]._replace(service=key)
+
+    def compact(self) -> None:
+        """Drop the dicts' deleted slots after a bulk load (re-filed keys leave them)."""
+        self._slices_of = dict(self._slices_of)
+
     def _elements_of(self, ip: str, win: _View, egress: bool) -> list[tuple[str, Elem]]:
         pod, node = _backend(win, ip)
         return entry_elements(
@@ -315,7 +374,7 @@ class ClusterIndex:
         return _Slice(
             service=(sys.intern(info.service[0]), info.service[1]),
             family=info.family,
-            ready=tuple(ready),
+            ready=_flat(ready),
             outside=tuple(outside),
             ports=self._shared_ports(tuple(info.ports.items())),
         )
@@ -347,9 +406,9 @@ class ClusterIndex:
         if not parsed:
             return None
         info = parsed[0]
-        ref = ObjectRef(info.ref.kind, sys.intern(info.ref.namespace), info.ref.name, info.ref.uid)
         return _Svc(
-            ref=ref,
+            key=(sys.intern(info.ref.namespace), info.ref.name),
+            uid=_pack_uid(info.ref.uid),
             created=info.created,
             mode=info.mode,
             allow_icmp=info.allow_icmp,
@@ -373,9 +432,9 @@ class ClusterIndex:
                 ready[sl.family] = sl.ready
             elif sl.ready:
                 # Several: a later slice's entry for the same address wins.
-                into = merged.setdefault(sl.family, dict(ready[sl.family]))
-                into.update(sl.ready)
-                ready[sl.family] = tuple(into.items())
+                into = merged.setdefault(sl.family, dict(_pairs(ready[sl.family])))
+                into.update(_pairs(sl.ready))
+                ready[sl.family] = _flat(into.items())
         problems: list[Problem] = []
         for family in (4, 6):
             nets = self._pod_nets[family]
@@ -385,7 +444,7 @@ class ClusterIndex:
                     "EndpointOutsidePodNetwork",
                     f"endpoint {a} lies outside the pod networks ({', '.join(map(str, nets))}); ignored",
                 )
-                for a in sorted(outside[family] - {a for a, _ in ready[family]}, key=_numeric)
+                for a in sorted(outside[family] - set(ready[family][0::2]), key=_numeric)
             ]
         if not svc.exts:
             problems.append(
@@ -436,12 +495,12 @@ class ClusterIndex:
                 )
                 continue
             pod, _ = _backend(view, ip)
-            if len(ready) > 1:
+            if len(ready) > 2:
                 problems.append(
                     Problem(
                         svc.ref,
                         "SeveralReadyEndpoints",
-                        f"{len(ready)} ready IPv{version} endpoints; a whole IP maps to one pod,"
+                        f"{len(ready) // 2} ready IPv{version} endpoints; a whole IP maps to one pod,"
                         f" using {pod} (the lowest address)",
                     )
                 )
@@ -533,7 +592,7 @@ class ClusterIndex:
         return [
             _backend(w, ip)[1]
             for ip, w in ((ip, self._winners.get(ip)) for ip in view.exts)
-            if w is not None and w.ref == view.ref  # a lost claim is the winner's mapping
+            if w is not None and w.key == view.key  # a lost claim is the winner's mapping
         ]
 
     def mappings(self) -> list[Mapping1to1]:
@@ -562,7 +621,7 @@ class ClusterIndex:
             mappings=tuple(sorted(self.mappings(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
             cluster_networks=self.cluster_networks,
             problems=tuple(sorted(self.problems, key=_problem_order)),
-            managed_services=tuple(sorted(v.svc.ref for v in self._views.values())),
+            managed_services=tuple(sorted(v.ref for v in self._views.values())),
         )
 
 
@@ -671,6 +730,7 @@ def load_unique(
                 index.update(services=grouped)
                 grouped = {}
         index.update(services=grouped)
+        index.compact()
         return index
 
 
@@ -701,4 +761,5 @@ def _load(
                 key = f"{base}#{n}"
             slices[key] = obj
     index.update(services=grouped, slices=slices)
+    index.compact()
     return index

@@ -250,3 +250,27 @@ def test_backend_nodes_are_the_services_own_not_the_winner_of_its_lost_claim() -
     state = index.state()
     assert state.backend_nodes("ns", "new") == []
     assert [p.reason for p in state.problems if p.ref.name == "new"] == ["ExternalIPConflict"]
+
+
+def test_service_uids_survive_the_compact_index() -> None:
+    """The index keeps a canonical UUID as 16 bytes; problems and mappings still carry the
+    uid exactly as the API server wrote it (any other spelling is kept as it is)."""
+    uids = ["0e8a1f5c-27b4-4a57-9a43-2f0d8e1c9b70", "0E8A1F5C-27B4-4A57-9A43-2F0D8E1C9B71", "uid-plain"]
+    services = [
+        {
+            "kind": "Service",
+            "metadata": {
+                "namespace": "ns",
+                "name": f"s{k}",
+                "uid": uid,
+                "annotations": {"networking.cozystack.io/wholeIP": "true"},
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": f"203.0.113.{k + 1}"}]}},
+        }
+        for k, uid in enumerate(uids)
+    ]
+    slices = [slice_obj("s0", 4, [("10.244.1.10", True, "n1")], 0)]
+    state = load(services=services, endpoint_slices=slices, nodes=NODES, node_name="n1", settings=SETTINGS).state()
+    assert [m.service.uid for m in state.mappings] == [uids[0]]
+    waiting = {p.ref.name: p.ref.uid for p in state.problems if p.reason == "NoReadyEndpoint"}
+    assert waiting == {"s1": uids[1], "s2": uids[2]}

@@ -9,6 +9,7 @@ stack), pods in a /16 (and /64) per node.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from typing import Any
 
 from wholeip.settings import WHOLE_IP_ANNOTATION
@@ -64,7 +65,7 @@ def service(
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "uid": f"uid-{i}",
+                "uid": str(uuid.UUID(int=i + 1)),  # the API server's form (a UUID)
                 "creationTimestamp": "2026-01-01T00:00:00Z",
                 "annotations": {WHOLE_IP_ANNOTATION: "true"},
             },
