@@ -42,6 +42,7 @@ from wholeip.model import (
     Problem,
     RawPort,
     collapse,
+    created_seconds,
     node_networks,
     parse_ip,
     parse_service,
@@ -95,7 +96,8 @@ class _Svc(NamedTuple):
 
     key: ServiceKey
     uid: str | bytes
-    created: str
+    created: int
+    """creationTimestamp in seconds (see :func:`~wholeip.model.created_seconds`)."""
     mode: Mode
     allow_icmp: bool
     exts: tuple[str, ...]
@@ -142,7 +144,8 @@ class _View(NamedTuple):
 
     key: ServiceKey
     uid: str | bytes
-    created: str
+    created: int
+    """creationTimestamp in seconds (see :func:`~wholeip.model.created_seconds`)."""
     mode: Mode
     allow_icmp: bool
     exts: tuple[str, ...]
@@ -165,8 +168,8 @@ class _View(NamedTuple):
         return _service_ref(self.key, self.uid)
 
     @property
-    def age_key(self) -> tuple[str, str, str]:
-        return (self.created or "~", *self.key)
+    def age_key(self) -> tuple[int, str, str]:
+        return (self.created, *self.key)
 
 
 def _backend(view: _View, ip: str) -> tuple[str, str | None]:
@@ -409,7 +412,7 @@ class ClusterIndex:
         return _Svc(
             key=(sys.intern(info.ref.namespace), info.ref.name),
             uid=_pack_uid(info.ref.uid),
-            created=info.created,
+            created=created_seconds(info.created),
             mode=info.mode,
             allow_icmp=info.allow_icmp,
             exts=tuple(str(ip) for ip in info.external_ips),
@@ -511,7 +514,7 @@ class ClusterIndex:
             self._ip_problems.pop(ip, None)
         return winner
 
-    def _egress_order(self, ext: str) -> tuple[tuple[str, str, str], int]:
+    def _egress_order(self, ext: str) -> tuple[tuple[int, str, str], int]:
         view = self._winners[ext]
         return view.age_key, view.exts.index(ext)
 

@@ -17,6 +17,7 @@ Decisions the model takes, in one place so the compiler stays mechanical:
 
 from __future__ import annotations
 
+import datetime
 import enum
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
@@ -186,9 +187,23 @@ class ServiceInfo:
     source_ranges: tuple[IPNetwork, ...]
 
     @property
-    def age_key(self) -> tuple[str, str, str]:
-        # RFC 3339 timestamps in UTC sort lexically; a missing one sorts last (newest).
-        return (self.created or "~", self.ref.namespace, self.ref.name)
+    def age_key(self) -> tuple[int, str, str]:
+        return (created_seconds(self.created), self.ref.namespace, self.ref.name)
+
+
+_NEWEST = 1 << 62
+
+
+def created_seconds(stamp: str) -> int:
+    """A creationTimestamp as seconds since the epoch, for "oldest first" decisions. The
+    API server writes RFC 3339 in UTC to the second; a missing or malformed timestamp
+    counts as the newest. (The agent's index keeps this int, half the memory of the text.)"""
+    if len(stamp) == 20 and stamp[10] == "T" and stamp[19] == "Z":
+        try:
+            return int(datetime.datetime.fromisoformat(stamp[:19] + "+00:00").timestamp())
+        except ValueError:
+            pass
+    return _NEWEST
 
 
 def _service_mode(
