@@ -100,13 +100,22 @@ class _Svc(NamedTuple):
     """creationTimestamp in seconds (see :func:`~wholeip.model.created_seconds`)."""
     mode: Mode
     allow_icmp: bool
-    exts: tuple[str, ...]
+    ext_or_exts: str | tuple[str, ...]
+    """The external IPs: one as itself (nearly every Service), several as a tuple."""
     raw_ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
 
     @property
     def ref(self) -> ObjectRef:
         return _service_ref(self.key, self.uid)
+
+    @property
+    def exts(self) -> tuple[str, ...]:
+        return _as_tuple(self.ext_or_exts)
+
+
+def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else value
 
 
 def _service_ref(key: ServiceKey, uid: str | bytes) -> ObjectRef:
@@ -148,7 +157,8 @@ class _View(NamedTuple):
     """creationTimestamp in seconds (see :func:`~wholeip.model.created_seconds`)."""
     mode: Mode
     allow_icmp: bool
-    exts: tuple[str, ...]
+    ext_or_exts: str | tuple[str, ...]
+    """The external IPs: one as itself (nearly every Service), several as a tuple."""
     raw_ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
     ready4: Ready
@@ -160,12 +170,23 @@ class _View(NamedTuple):
     @property
     def svc(self) -> _Svc:
         return _Svc(
-            self.key, self.uid, self.created, self.mode, self.allow_icmp, self.exts, self.raw_ports, self.source_ranges
+            self.key,
+            self.uid,
+            self.created,
+            self.mode,
+            self.allow_icmp,
+            self.ext_or_exts,
+            self.raw_ports,
+            self.source_ranges,
         )
 
     @property
     def ref(self) -> ObjectRef:
         return _service_ref(self.key, self.uid)
+
+    @property
+    def exts(self) -> tuple[str, ...]:
+        return _as_tuple(self.ext_or_exts)
 
     @property
     def age_key(self) -> tuple[int, str, str]:
@@ -409,13 +430,14 @@ class ClusterIndex:
         if not parsed:
             return None
         info = parsed[0]
+        exts = tuple(map(str, info.external_ips))
         return _Svc(
             key=(sys.intern(info.ref.namespace), info.ref.name),
             uid=_pack_uid(info.ref.uid),
             created=created_seconds(info.created),
             mode=info.mode,
             allow_icmp=info.allow_icmp,
-            exts=tuple(str(ip) for ip in info.external_ips),
+            ext_or_exts=exts[0] if len(exts) == 1 else exts,
             raw_ports=info.ports,
             source_ranges=info.source_ranges,
         )
