@@ -18,7 +18,7 @@ import ctypes
 import ctypes.util
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from wholeip.nft.backend import Exists, JSONObj, NftError, NotFound, Rejected, Unavailable
@@ -40,6 +40,8 @@ class LibnftBackend:
     """:class:`~wholeip.nft.backend.Backend` over libnftables."""
 
     def __init__(self, *, nft: Any = None) -> None:
+        self._fresh: Callable[[], Any] | None = None
+        """Makes a throwaway context for listings (None: list with ``nft``, as given)."""
         if nft is None:
             try:
                 import nftables
@@ -52,6 +54,7 @@ class LibnftBackend:
                 nft = nftables.Nftables()
             except OSError as exc:  # pragma: no cover - depends on the machine
                 raise Unavailable("libnftables.so.1 could not be loaded", detail=str(exc)) from exc
+            self._fresh = nftables.Nftables
         self._nft = nft
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
@@ -70,8 +73,17 @@ class LibnftBackend:
         return 0
 
     def list_table(self, family: str, name: str) -> list[JSONObj] | None:
+        # A context keeps what it listed in its cache until it is freed: 210 MiB of C
+        # memory after listing 300,000 elements, held between two full syncs. So a
+        # listing gets a context of its own, freed with it.
+        nft = self._nft
+        if self._fresh is not None:
+            nft = self._fresh()
+            nft.set_json_output(True)
+            nft.set_handle_output(True)
         with self._lock:
-            rc, out, err = self._nft.json_cmd({"nftables": [{"list": {"table": {"family": family, "name": name}}}]})
+            rc, out, err = nft.json_cmd({"nftables": [{"list": {"table": {"family": family, "name": name}}}]})
+        del nft
         if rc != 0:
             kind = classify(str(err))
             if kind is NotFound:
