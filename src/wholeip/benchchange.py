@@ -168,7 +168,10 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
         elements: list[int] = []
         for k in range(changes):
             i = (k * 7919) % n
-            pod = f"10.{200 + (k % 50)}.{(k >> 8) & 255}.{k & 255}"
+            # A free address in n1's pod CIDR (10.128.0.0/16; synth's pods end below
+            # 10.128.196.0): a pod outside the pod networks would be refused, and the
+            # change would only delete the mapping.
+            pod = f"10.128.{200 + ((k >> 8) % 56)}.{k & 255}"
             name = f"svc-{i}-ipv4"
             _http(
                 "PATCH",
@@ -187,6 +190,8 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             latencies.append(float(line["change_ms"]))
             commits.append(float(line["commit_ms"]))
             elements.append(int(str(line["changes"]).split(" elements added")[0].split()[-1]))
+            if not elements[-1]:
+                raise RuntimeError(f"change {k} added no element (was the pod refused?): {line}")
         rss_after, hwm_after = _rss_mib(agent.pid)
 
         # Floors: one element, by nft (a process) and by libnftables (warm, in-process).
