@@ -73,17 +73,23 @@ class LibnftBackend:
         return 0
 
     def list_table(self, family: str, name: str) -> list[JSONObj] | None:
-        # A context keeps what it listed in its cache until it is freed: 210 MiB of C
-        # memory after listing 300,000 elements, held between two full syncs. So a
-        # listing gets a context of its own, freed with it.
-        nft = self._nft
-        if self._fresh is not None:
+        request = {"nftables": [{"list": {"table": {"family": family, "name": name}}}]}
+        if self._fresh is None:
+            with self._lock:
+                rc, out, err = self._nft.json_cmd(request)
+        else:
+            # A context keeps what it listed in its cache until it is freed: 210 MiB of C
+            # memory after listing 300,000 elements, held between two full syncs. So a
+            # listing gets a context of its own, freed before its text is decoded (the
+            # cache and the decoded objects never coexist).
             nft = self._fresh()
             nft.set_json_output(True)
             nft.set_handle_output(True)
-        with self._lock:
-            rc, out, err = nft.json_cmd({"nftables": [{"list": {"table": {"family": family, "name": name}}}]})
-        del nft
+            with self._lock:
+                rc, text, err = nft.cmd(json.dumps(request))
+            del nft
+            out = json.loads(text) if rc == 0 and text else None
+            del text
         if rc != 0:
             kind = classify(str(err))
             if kind is NotFound:
