@@ -90,34 +90,6 @@ def service_key(obj: Mapping[str, Any]) -> ServiceKey:
 # table's elements hold), and no dict where a tuple does.
 
 
-class _Svc(NamedTuple):
-    """What the index keeps of a managed Service (:class:`ServiceInfo`, addresses as text,
-    its reference as the key it is filed under and its uid)."""
-
-    key: ServiceKey
-    uid: str | bytes
-    created: int
-    """creationTimestamp in seconds (see :func:`~wholeip.model.created_seconds`)."""
-    mode: Mode
-    allow_icmp: bool
-    ext_or_exts: str | tuple[str, ...]
-    """The external IPs: one as itself (nearly every Service), several as a tuple."""
-    raw_ports: tuple[RawPort, ...]
-    source_ranges: tuple[IPNetwork, ...]
-
-    @property
-    def ref(self) -> ObjectRef:
-        return _service_ref(self.key, self.uid)
-
-    @property
-    def exts(self) -> tuple[str, ...]:
-        return _as_tuple(self.ext_or_exts)
-
-
-def _as_tuple(value: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else value
-
-
 def _service_ref(key: ServiceKey, uid: str | bytes) -> ObjectRef:
     # Made when asked (problems, mappings): one ObjectRef per Service would cost 7 MiB at 100,000.
     return ObjectRef("Service", key[0], key[1], str(uuid.UUID(bytes=uid)) if isinstance(uid, bytes) else uid)
@@ -147,8 +119,10 @@ class _Slice(NamedTuple):
 
 
 class _View(NamedTuple):
-    """A managed Service with its endpoints: the fields of its :class:`_Svc` (one record,
-    not two), then what its slices add. It is also what an external IP's mapping is kept
+    """A managed Service with its endpoints (one record per Service): what the index keeps
+    of the parsed Service (:class:`ServiceInfo`, addresses as text, its reference as the
+    key it is filed under and its uid), then what its slices add (empty until
+    :meth:`ClusterIndex._make_view`). It is also what an external IP's mapping is kept
     as: the pod is the view's ready endpoint of the IP's family (see :func:`_backend`)."""
 
     key: ServiceKey
@@ -161,24 +135,11 @@ class _View(NamedTuple):
     """The external IPs: one as itself (nearly every Service), several as a tuple."""
     raw_ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
-    ready4: Ready
-    ready6: Ready
-    ports: tuple[PortSpec, ...]
+    ready4: Ready = ()
+    ready6: Ready = ()
+    ports: tuple[PortSpec, ...] = ()
     """What a per-port Service forwards (resolved against its slices)."""
-    problems: tuple[Problem, ...]
-
-    @property
-    def svc(self) -> _Svc:
-        return _Svc(
-            self.key,
-            self.uid,
-            self.created,
-            self.mode,
-            self.allow_icmp,
-            self.ext_or_exts,
-            self.raw_ports,
-            self.source_ranges,
-        )
+    problems: tuple[Problem, ...] = ()
 
     @property
     def ref(self) -> ObjectRef:
@@ -186,7 +147,7 @@ class _View(NamedTuple):
 
     @property
     def exts(self) -> tuple[str, ...]:
-        return _as_tuple(self.ext_or_exts)
+        return (self.ext_or_exts,) if isinstance(self.ext_or_exts, str) else self.ext_or_exts
 
     @property
     def age_key(self) -> tuple[int, str, str]:
@@ -294,12 +255,12 @@ class ClusterIndex:
                 self._slices[skey] = new
                 _add(self._slices_of, new.service, skey)
                 dirty.add(new.service)
-        parsed: dict[ServiceKey, _Svc | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
+        parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
         affected: set[str] = set()
         for key in dirty:
             old_view = self._views.pop(key, None)
             self._view_problems.pop(key, None)
-            svc = parsed.get(key, old_view.svc if old_view is not None else None)
+            svc = parsed.get(key, old_view)
             if old_view is not None:
                 for ip in old_view.exts:
                     _discard(self._claims, ip, key)
@@ -414,7 +375,7 @@ class ClusterIndex:
             shared = self._port_shapes[ports] = ports
         return shared
 
-    def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> _Svc | None:
+    def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> _View | None:
         problems: list[Problem] = []
         parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
         # Same-age duplicates (a flat list holding one Service twice): content decides, not input order.
@@ -431,7 +392,7 @@ class ClusterIndex:
             return None
         info = parsed[0]
         exts = tuple(map(str, info.external_ips))
-        return _Svc(
+        return _View(
             key=(sys.intern(info.ref.namespace), info.ref.name),
             uid=_pack_uid(info.ref.uid),
             created=created_seconds(info.created),
@@ -442,7 +403,7 @@ class ClusterIndex:
             source_ranges=info.source_ranges,
         )
 
-    def _make_view(self, svc: _Svc, key: ServiceKey) -> _View:
+    def _make_view(self, svc: _View, key: ServiceKey) -> _View:
         ready: dict[int, Ready] = {4: (), 6: ()}
         outside: dict[int, set[str]] = {4: set(), 6: set()}
         slice_ports: dict[tuple[str, str], int] = {}
@@ -478,7 +439,7 @@ class ClusterIndex:
             ports: tuple[PortSpec, ...] = ()
         else:
             ports = resolve_ports(svc.ref, svc.raw_ports, slice_ports, problems) if svc.mode is Mode.PER_PORT else ()
-        return _View(*svc, ready[4], ready[6], ports, tuple(problems))
+        return svc._replace(ready4=ready[4], ready6=ready[6], ports=ports, problems=tuple(problems))
 
     # ------------------------------------------------------------------ resolution
 
