@@ -16,12 +16,14 @@ Chains, in the order a packet meets them. A north-south packet (one end
 outside the cluster networks) passes two base chains, ``raw_prerouting`` and
 ``stateless_postrouting``; it skips conntrack and the NAT hooks (they never run
 for an untracked packet). Inbound it costs three lookups before routing
-(``dispatch4``, ``cluster4``, ``ingress4``) and one to three after it
-(``egress4``; for UDP/SCTP the protocol set and ``filtered4``); a managed pod's
-packet to the outside costs five (``dispatch4``, ``cluster4``, ``egress4``,
-``cluster4``, ``ingress4``) and the same one to three. The order of the rules
-and of the tests in them is the cheapest found that decides every packet as
-the earlier layout of five base chains did.
+(``dispatch4``, ``cluster4``, ``ingress4``) and two after it (``egress4``, the
+protocol set; ``filtered4`` too for UDP/SCTP); a managed pod's packet to the
+outside costs five (``dispatch4``, ``cluster4``, ``egress4``, ``cluster4``,
+``ingress4``) and the same after routing. ``ingress4`` and ``egress4`` are the
+big maps (every mapping of the cluster, every managed pod of the node);
+``dispatch4`` and ``filtered4`` hold the filtered external IPs only,
+``cluster4`` a few networks. Every packet is decided as in the earlier layout
+of five base chains (``hack/skeleton-equivalence`` checks that).
 
 * ``raw_prerouting`` (filter, priority raw, after defragmentation): all of the
   prerouting work, in this order:
@@ -347,7 +349,8 @@ def _prerouting_rules() -> list[Rule]:
                 (_match(_meta("l4proto"), icmp), outside, {"jump": {"target": "icmp_errors"}}),
             ),
             # The common case first and in one rule: from the outside to an external IP.
-            # The map lookup fails for any other destination, which ends the rule.
+            # The source test has to come first (nothing after the rewrite could undo
+            # it); the map lookup then fails for any other destination, ending the rule.
             Rule("raw_prerouting", (outside, rewrite, {"notrack": None}, {"accept": None})),
             Rule(
                 "raw_prerouting",
@@ -453,12 +456,15 @@ def skeleton() -> Skeleton:
             )
         )
         # After the rewrite: remember the UDP/SCTP flows a filtered pod opens, so that
-        # their replies pass the port and source-range filters.
+        # their replies pass the port and source-range filters. Every packet from a filtered
+        # external IP, also one another node rewrote (see the module docstring). The family
+        # first: a packet of the other one then costs a compare, not the protocol set.
         flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
         rules.append(
             Rule(
                 "stateless_postrouting",
                 (
+                    _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
                     _match(_meta("l4proto"), {"set": ["udp", "sctp"]}),
                     _match(saddr, f"@filtered{v}"),
                     {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
