@@ -53,7 +53,9 @@ Measurements (the traffic always goes to mappings whose pod is on ``n1``):
   packets of a flow use its conntrack entry). Requests of a variant and of
   **a** take turns every 25 requests in the same client (variants that share
   n1's state, b and c, run together), so both see the same machine. Conntrack
-  is flushed before each run. Reported: p50 and p99.
+  is flushed before each run. The client and both echo servers run on one CPU,
+  so a round trip is the CPU work of its packets and two wake-ups, not the
+  wake-up of an idle vCPU. Reported: p50 and p99.
 * **throughput**: ``iperf3`` (C: the generator does not limit what it
   measures as Python would), 64-byte UDP at full speed (delivered packets/s:
   the per-packet cost) and one TCP stream (Gbit/s; the topology turns checksum
@@ -153,9 +155,19 @@ def _timeval(seconds: float) -> bytes:
     return struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
 
 
+def _pin_latency_cpu() -> None:
+    """Run on the lowest CPU this process may use. The latency client and both echo
+    servers pin themselves there, so the softirq work of every hop and both wake-ups of a
+    round trip happen on one CPU. Unpinned, on an otherwise idle VM, a wake-up that lands on
+    the other, idle vCPU cost about 70 us, several times the round trip: which echo server
+    the scheduler happened to put there decided the p50 (bimodal, ratios of 0.15 or 7)."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
 def agent_echo(port: int) -> None:
     """UDP echo on every address of the namespace; the echo leaves from the address the
     request was sent to (``IP_PKTINFO``), like a well-behaved UDP service."""
+    _pin_latency_cpu()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
@@ -205,6 +217,7 @@ def agent_rr(spec: dict[str, Any]) -> None:
     """The latency client. ``spec["streams"]``: one ``{"source", "targets"}`` per variant,
     taking turns every ``spec["block"]`` requests; a stream's n-th request goes to its n-th
     target from its socket n % 128. One request in flight."""
+    _pin_latency_cpu()
     port, timeout, block = int(spec["port"]), float(spec["timeout"]), int(spec["block"])
     streams = spec["streams"]
     k = len(streams)

@@ -12,32 +12,72 @@ Layout (one ``inet`` table, both families; ``4`` and ``6`` name the family):
   node may receive a packet for any external IP).
 * ``egress4/6``    map pod IP -> external IP, pods on this node only.
 
-Chains, in the order a packet meets them:
+Chains, in the order a packet meets them. A north-south packet (one end
+outside the cluster networks) passes two base chains, ``raw_prerouting`` and
+``stateless_postrouting``; it skips conntrack and the NAT hooks (they never run
+for an untracked packet). Inbound it costs three lookups before routing
+(``dispatch4``, ``cluster4``, ``ingress4``) and two after it (``egress4``, the
+protocol set; ``filtered4`` too for UDP/SCTP); a managed pod's packet to the
+outside costs five (``dispatch4``, ``cluster4``, ``egress4``, ``cluster4``,
+``ingress4``) and the same after routing. ``ingress4`` and ``egress4`` are the
+big maps (every mapping of the cluster, every managed pod of the node);
+``dispatch4`` and ``filtered4`` hold the filtered external IPs only,
+``cluster4`` a few networks. Every packet is decided as in the earlier layout
+of five base chains (``hack/skeleton-equivalence`` checks that).
 
-* ``raw_prerouting`` (priority raw): north-south packets (one end outside the
-  cluster networks) are marked ``notrack``, so they skip conntrack entirely:
-  to an external IP, from a local managed pod, and to a local managed pod
-  (ingress another node has already rewritten).
-* ``icmp_errors`` (filter, dstnat): ICMP errors to an external IP about a
-  packet the pod sent get the pod IP back in their embedded header too, with
-  a checksum-neutral compensation, so path-MTU discovery works (row 13).
+* ``raw_prerouting`` (filter, priority raw, after defragmentation): all of the
+  prerouting work, in this order:
+
+  1. the filter (below): ``ip daddr vmap @dispatch4`` (and ``6``);
+  2. a packet that already carries its conntrack state (looped back from
+     this node's output, or notracked by someone else's rule before ours)
+     goes to ``ct_decided``; for every other packet conntrack's state reads
+     "invalid" this early, and the rest of the chain decides. Then per family:
+  3. an ICMP packet from outside the cluster networks jumps to ``icmp_errors``;
+  4. from outside the cluster networks to an external IP: the destination
+     becomes the pod IP, ``notrack``, ``accept``, in one rule; the ``ingress4``
+     lookup fails for every other destination, which ends the rule;
+  5. from a local managed pod to outside the cluster networks: ``notrack``,
+     ``goto untracked4``;
+  6. from outside to a local managed pod (ingress another node has already
+     rewritten, row 12): ``notrack``, ``accept``.
+
+  ``accept`` ends this chain only; later hooks still see the packet. The
+  source is not rewritten here: before routing, strict rp_filter on the
+  pod's interface would see the external IP. Everything else (east-west
+  traffic, also to an external IP) stays tracked and untouched.
+* ``untracked4/6`` (regular, entered by ``goto``): an untracked packet's
+  destination: ICMP errors go to ``icmp_errors``; a packet to an external IP
+  (from a local managed pod: any Service's, its own: row 11) gets the pod IP,
+  statelessly. The chain's end is ``raw_prerouting``'s end.
+* ``ct_decided`` (regular): an untracked packet goes on to ``untracked4/6``,
+  a tracked one is left alone (a ``notrack`` could not change it any more).
+* ``icmp_errors`` (regular): ICMP errors to an external IP about a packet the
+  pod sent get the pod IP back in their embedded header too, with a
+  checksum-neutral compensation, so path-MTU discovery works (row 13); such a
+  rule rewrites the outer destination too, then ``notrack``, ``accept``.
 * ``hairpin_prerouting``/``hairpin_output`` (nat, dstnat): east-west packets to
   an external IP (from a pod, or from a node's own processes) are tracked and
   DNATed to the pod, so conntrack restores the external IP on the replies.
-* ``stateless_prerouting`` (filter, dstnat+1): untracked packets to an external
-  IP get the pod IP as destination.
-* ``stateless_postrouting`` (filter, srcnat+1): untracked packets from a local
-  managed pod get its external IP as source. Rewriting after routing keeps
-  strict rp_filter on the pod's interface happy.
 * ``hairpin_postrouting`` (nat, srcnat-1): a managed pod talking to its own
   external IP (the DNAT sends the packet back to where it came from) is
   SNATed to its external IP, so it sees a peer it can answer.
+* ``stateless_postrouting`` (filter, srcnat+1): untracked packets from a local
+  managed pod get its external IP as source. Rewriting after routing keeps
+  strict rp_filter on the pod's interface happy. Then UDP/SCTP packets from a
+  filtered external IP are remembered in ``flows4/6`` (below). That rule looks
+  at every packet, not only at the ones just rewritten: a pod on another node
+  sending to an external IP arrives here already from its own external IP, and
+  its replies must pass this node's filter.
 
 Filtering (per-port mode and ``loadBalancerSourceRanges``) happens before any
-address is rewritten, in ``filter_prerouting`` (priority mangle, -150): one
+address is rewritten, as the first rule of ``raw_prerouting``: one
 verdict-map lookup on the destination (``dispatch4/6``) jumps to a fixed chain
-per mode; external IPs that need no filter are not in the map, so whole-IP
-traffic pays one failed lookup. The data lives in sets:
+per mode, which ends in ``drop`` or ``return`` (``accept`` there would end
+``raw_prerouting`` before the rewrite); external IPs that need no filter are
+not in the map, so whole-IP traffic pays one failed lookup. The filter uses
+only headers and sets, never conntrack state (it runs before conntrack).
+The data lives in sets:
 
 * ``ports4/6``     ``external IP . protocol . port`` a per-port Service forwards;
 * ``icmp4/6``      external IPs whose Service allows ICMP echo;
@@ -70,7 +110,6 @@ from wholeip.settings import IPNetwork
 FAMILY = "inet"
 
 PRIO_RAW = -300
-PRIO_MANGLE = -150
 PRIO_DSTNAT = -100
 PRIO_SRCNAT = 100
 
@@ -112,8 +151,12 @@ def _map_lookup(key: Any, name: str) -> JSONObj:
     return {"map": {"key": key, "data": "@" + name}}
 
 
+def _ct_state() -> JSONObj:
+    return {"ct": {"key": "state"}}
+
+
 def _ct_untracked() -> JSONObj:
-    return _match({"ct": {"key": "state"}}, "untracked", op="in")
+    return _match(_ct_state(), "untracked", op="in")
 
 
 def _ct_dnat() -> JSONObj:
@@ -173,10 +216,14 @@ def _ones_add(a: int, b: int) -> int:
 
 
 def _icmp_error_rules() -> list[Rule]:
+    """The ``icmp_errors`` chain: every rule that matches also ends the packet's prerouting
+    work (its destination is rewritten like any north-south packet's), so it ends with
+    ``notrack accept``."""
     daddr4, daddr6 = _payload("ip", "daddr"), _payload("ip6", "daddr")
     fix_key = _concat(daddr4, INNER_SADDR4)
     rewrite4 = {"mangle": {"key": daddr4, "value": _map_lookup(daddr4, "ingress4")}}
     rewrite6 = {"mangle": {"key": daddr6, "value": _map_lookup(daddr6, "ingress6")}}
+    done = ({"notrack": None}, {"accept": None})
     rules = []
     # frag-needed keeps the next-hop MTU in bytes 6-7: the zero word is at offset 4;
     # the other errors leave 4-7 zero but octet 5 may carry an RFC 4884 length.
@@ -202,13 +249,13 @@ def _icmp_error_rules() -> list[Rule]:
             Rule(
                 "icmp_errors",
                 (
-                    _ct_untracked(),
                     *types,
                     _match(fix_key, "@icmpfix4"),
                     _match(word, 0),
                     {"mangle": {"key": word, "value": _map_lookup(fix_key, "icmpfix4")}},
                     rewrite4,
                     {"mangle": {"key": INNER_SADDR4, "value": OUTER_DADDR4}},
+                    *done,
                 ),
             )
         )
@@ -220,13 +267,13 @@ def _icmp_error_rules() -> list[Rule]:
         Rule(
             "icmp_errors",
             (
-                _ct_untracked(),
                 _match(_payload("icmpv6", "type"), {"set": errors6}),
                 _match(_concat(daddr6, INNER_SADDR6), "@icmpguard6"),
                 rewrite6,
                 {"mangle": {"key": OUTER_DADDR6, "value": INNER_SADDR6}},
                 rewrite6,
                 {"mangle": {"key": INNER_SADDR6, "value": OUTER_DADDR6}},
+                *done,
             ),
         )
     )
@@ -234,51 +281,105 @@ def _icmp_error_rules() -> list[Rule]:
 
 
 def _filter_rules() -> list[Rule]:
-    """filter_prerouting and the per-mode chains it jumps to (see the module docstring)."""
+    """The per-mode chains ``raw_prerouting`` dispatches to (see the module docstring).
+
+    They are entered with ``jump`` from a base chain whose later rules still have work to
+    do, so a packet that passes ``return``s; ``accept`` would end ``raw_prerouting`` and
+    skip the rewrite. For the same reason the reply checks are repeated in both chains
+    instead of being a chain of their own: a ``return`` from there would land in the
+    per-mode chain, not past it."""
     rules: list[Rule] = []
-    for v, proto, _ in _FAMILIES:
-        rules.append(Rule("filter_prerouting", ({"vmap": {"key": _payload(proto, "daddr"), "data": f"@dispatch{v}"}},)))
     for v, proto, _ in _FAMILIES:
         saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
         icmp, always = ("icmp", ICMP_ALWAYS) if v == 4 else ("icmpv6", ICMPV6_ALWAYS)
         reply = _concat(daddr, _meta("l4proto"), _payload("th", "dport"), saddr, _payload("th", "sport"))
-        rules += [
+        replies = (
             # Not a bare SYN: cannot open a TCP connection, and is how replies to the pod's own
             # connections look.
-            Rule(
-                f"replies{v}",
-                (
-                    _match({"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "syn", op="!="),
-                    {"accept": None},
-                ),
-            ),
-            Rule(f"replies{v}", (_match(reply, f"@flows{v}"), {"accept": None})),
-            Rule(f"replies{v}", (_match(_payload(icmp, "type"), {"set": list(always)}), {"accept": None})),
-        ]
+            (_match({"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "syn", op="!="), {"return": None}),
+            (_match(reply, f"@flows{v}"), {"return": None}),
+            (_match(_payload(icmp, "type"), {"set": list(always)}), {"return": None}),
+        )
         out_of_range = (
             _match(saddr, f"@cluster{v}", op="!="),
             _match(daddr, f"@ranged{v}"),
             _match(_concat(daddr, saddr), f"@sources{v}", op="!="),
             {"drop": None},
         )
+        rules += [Rule(f"per_port{v}", expr) for expr in replies]
         rules += [
-            Rule(f"per_port{v}", ({"jump": {"target": f"replies{v}"}},)),
             Rule(f"per_port{v}", out_of_range),
             Rule(
                 f"per_port{v}",
                 (
                     _match(_payload(icmp, "type"), "echo-request"),
                     _match(daddr, f"@icmp{v}"),
-                    {"accept": None},
+                    {"return": None},
                 ),
             ),
             Rule(
                 f"per_port{v}",
-                (_match(_concat(daddr, _meta("l4proto"), _payload("th", "dport")), f"@ports{v}"), {"accept": None}),
+                (_match(_concat(daddr, _meta("l4proto"), _payload("th", "dport")), f"@ports{v}"), {"return": None}),
             ),
             Rule(f"per_port{v}", ({"drop": None},)),
-            Rule(f"whole_ip{v}", ({"jump": {"target": f"replies{v}"}},)),
-            Rule(f"whole_ip{v}", out_of_range),
+        ]
+        rules += [Rule(f"whole_ip{v}", expr) for expr in replies]
+        rules.append(Rule(f"whole_ip{v}", out_of_range))
+    return rules
+
+
+def _prerouting_rules() -> list[Rule]:
+    """``raw_prerouting``, ``ct_decided`` and ``untracked4/6`` (see the module docstring)."""
+    rules = [
+        Rule("raw_prerouting", ({"vmap": {"key": _payload(p, "daddr"), "data": f"@dispatch{v}"}},))
+        for v, p, _ in _FAMILIES
+    ]
+    # Conntrack has not seen a packet this early, so its state reads "invalid" here, unless
+    # the packet carries its conntrack already: looped back from this node's own output, or
+    # notracked (or given a conntrack template) by someone else's rule before ours. A
+    # notrack would change nothing for such a packet, so it is left as conntrack decided.
+    rules.append(Rule("raw_prerouting", (_match(_ct_state(), "invalid", op="!="), {"goto": {"target": "ct_decided"}})))
+    for v, proto, _ in _FAMILIES:
+        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+        icmp = "icmp" if v == 4 else "ipv6-icmp"
+        outside = _match(saddr, f"@cluster{v}", op="!=")
+        rewrite = {"mangle": {"key": daddr, "value": _map_lookup(daddr, f"ingress{v}")}}
+        rules += [
+            Rule(
+                "raw_prerouting",
+                (_match(_meta("l4proto"), icmp), outside, {"jump": {"target": "icmp_errors"}}),
+            ),
+            # The common case first and in one rule: from the outside to an external IP.
+            # The source test has to come first (nothing after the rewrite could undo
+            # it); the map lookup then fails for any other destination, ending the rule.
+            Rule("raw_prerouting", (outside, rewrite, {"notrack": None}, {"accept": None})),
+            Rule(
+                "raw_prerouting",
+                (
+                    _match(saddr, f"@egress{v}"),
+                    _match(daddr, f"@cluster{v}", op="!="),
+                    {"notrack": None},
+                    {"goto": {"target": f"untracked{v}"}},
+                ),
+            ),
+            # North-south traffic another node already rewrote (it arrived there, row 12)
+            # reaches the pod's node addressed to the pod: keep it out of conntrack too.
+            Rule(
+                "raw_prerouting",
+                (_match(daddr, f"@egress{v}"), outside, {"notrack": None}, {"accept": None}),
+            ),
+            # An untracked packet to an external IP (from a local managed pod: any Service's,
+            # its own: row 11) is rewritten here too, statelessly: the NAT hooks never see it.
+            Rule(f"untracked{v}", (_match(_meta("l4proto"), icmp), {"jump": {"target": "icmp_errors"}})),
+            Rule(f"untracked{v}", (rewrite,)),
+            Rule(
+                "ct_decided",
+                (
+                    _match(_ct_state(), "untracked"),
+                    _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
+                    {"goto": {"target": f"untracked{v}"}},
+                ),
+            ),
         ]
     return rules
 
@@ -312,10 +413,10 @@ def skeleton() -> Skeleton:
         ]
     chains = (
         ChainDecl("raw_prerouting", "filter", "prerouting", PRIO_RAW, "accept"),
-        ChainDecl("icmp_errors", "filter", "prerouting", PRIO_DSTNAT, "accept"),
-        ChainDecl("filter_prerouting", "filter", "prerouting", PRIO_MANGLE, "accept"),
-        ChainDecl("replies4"),
-        ChainDecl("replies6"),
+        ChainDecl("icmp_errors"),
+        ChainDecl("ct_decided"),
+        ChainDecl("untracked4"),
+        ChainDecl("untracked6"),
         ChainDecl("per_port4"),
         ChainDecl("per_port6"),
         ChainDecl("whole_ip4"),
@@ -323,40 +424,9 @@ def skeleton() -> Skeleton:
         ChainDecl("hairpin_prerouting", "nat", "prerouting", PRIO_DSTNAT, "accept"),
         ChainDecl("hairpin_output", "nat", "output", PRIO_DSTNAT, "accept"),
         ChainDecl("hairpin_postrouting", "nat", "postrouting", PRIO_SRCNAT - 1, "accept"),
-        ChainDecl("stateless_prerouting", "filter", "prerouting", PRIO_DSTNAT + 1, "accept"),
         ChainDecl("stateless_postrouting", "filter", "postrouting", PRIO_SRCNAT + 1, "accept"),
     )
-    rules: list[Rule] = []
-    for v, proto, _ in _FAMILIES:
-        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
-        rules += [
-            Rule(
-                "raw_prerouting",
-                (
-                    _match(daddr, f"@ingress{v}"),
-                    _match(saddr, f"@cluster{v}", op="!="),
-                    {"notrack": None},
-                ),
-            ),
-            Rule(
-                "raw_prerouting",
-                (
-                    _match(saddr, f"@egress{v}"),
-                    _match(daddr, f"@cluster{v}", op="!="),
-                    {"notrack": None},
-                ),
-            ),
-            # North-south traffic another node already rewrote (it arrived there, row 12)
-            # reaches the pod's node addressed to the pod: keep it out of conntrack too.
-            Rule(
-                "raw_prerouting",
-                (
-                    _match(daddr, f"@egress{v}"),
-                    _match(saddr, f"@cluster{v}", op="!="),
-                    {"notrack": None},
-                ),
-            ),
-        ]
+    rules = _prerouting_rules()
     rules += _filter_rules()
     rules += _icmp_error_rules()
     for chain in ("hairpin_prerouting", "hairpin_output"):
@@ -376,17 +446,6 @@ def skeleton() -> Skeleton:
             )
         )
     for v, proto, _ in _FAMILIES:
-        daddr = _payload(proto, "daddr")
-        rules.append(
-            Rule(
-                "stateless_prerouting",
-                (
-                    _ct_untracked(),
-                    {"mangle": {"key": daddr, "value": _map_lookup(daddr, f"ingress{v}")}},
-                ),
-            )
-        )
-    for v, proto, _ in _FAMILIES:
         saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
         rules.append(
             Rule(
@@ -398,12 +457,15 @@ def skeleton() -> Skeleton:
             )
         )
         # After the rewrite: remember the UDP/SCTP flows a filtered pod opens, so that
-        # their replies pass the port and source-range filters.
+        # their replies pass the port and source-range filters. Every packet from a filtered
+        # external IP, also one another node rewrote (see the module docstring). The family
+        # first: a packet of the other one then costs a compare, not the protocol set.
         flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
         rules.append(
             Rule(
                 "stateless_postrouting",
                 (
+                    _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
                     _match(_meta("l4proto"), {"set": ["udp", "sctp"]}),
                     _match(saddr, f"@filtered{v}"),
                     {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},

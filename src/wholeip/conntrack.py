@@ -1,10 +1,11 @@
 """Stale conntrack entries: what a commit leaves behind in conntrack, and deleting it.
 
-North-south traffic never enters conntrack (``notrack`` in ``raw_prerouting``),
-so a re-pointed map element takes effect for it with the next packet. Tracked
-traffic is different: the NAT hooks see only a connection's first packet, and
-conntrack replays their decision for every later one, for as long as packets
-keep coming. The tracked entries our own rules make (see :mod:`wholeip.compile`):
+North-south traffic never enters conntrack (``raw_prerouting`` notracks it, in
+the rule that rewrites its destination), so a re-pointed map element takes
+effect for it with the next packet. Tracked traffic is different: the NAT
+hooks see only a connection's first packet, and conntrack replays their
+decision for every later one, for as long as packets keep coming. The tracked
+entries our own rules make (see :mod:`wholeip.compile`):
 
 * **hairpin**: an east-west packet to an external IP E (from a pod that has no
   external IP of its own, or from a node's own process) is DNATed to E's pod P:
@@ -14,8 +15,8 @@ keep coming. The tracked entries our own rules make (see :mod:`wholeip.compile`)
   connection keeps talking to P;
 * **self-hairpin**: ``hairpin_postrouting`` SNATs a tracked packet from P that
   was DNATed back to P to P's egress IP E: orig ``P -> E'``, reply ``P -> E``.
-  Today's ruleset should never track one (``raw_prerouting`` first notracks
-  every packet from a local managed pod to a non-cluster address, and a pod
+  Today's ruleset should never track one (``raw_prerouting`` notracks every
+  packet from a local managed pod to a non-cluster address, and a pod
   with an external IP has its egress on its node, so its hairpin is
   stateless); the rule for them below is a safety net, one filtered IPv4 dump
   per removed egress element;

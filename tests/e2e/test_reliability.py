@@ -172,7 +172,7 @@ DAMAGE = {
     "delete-table": ["delete", "table", "inet", "wholeip"],
     "delete-element": ["delete", "element", "inet", "wholeip", "ingress4", "{", EXT[0], "}"],
     "add-element": ["add", "element", "inet", "wholeip", "ingress4", "{", "203.0.113.99", ":", "10.244.1.10", "}"],
-    "insert-rule": ["insert", "rule", "inet", "wholeip", "stateless_prerouting", "ip", "daddr", EXT[0], "drop"],
+    "insert-rule": ["insert", "rule", "inet", "wholeip", "raw_prerouting", "ip", "daddr", EXT[0], "drop"],
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from tests.nft.test_datapath import EXT_A, FAMILIES, addr, cluster
 
+from wholeip.testing.sandbox import Sandbox
 from wholeip.testing.topology import Topology
 from wholeip.testing.traffic import bulk, exchange, ping
 
@@ -26,6 +27,9 @@ TCP_PORT, UDP_PORT = 8080, 5353
 OTHER_TCP, OTHER_UDP = 8081, 5354
 
 
+EXT_B = {4: "203.0.113.20", 6: "2001:db8:100::20"}
+
+
 def configure(
     topo: Topology,
     tmp: Path,
@@ -33,8 +37,17 @@ def configure(
     per_port: bool = True,
     icmp: bool = False,
     ranges: tuple[str, ...] = (),
+    b_per_port: bool = False,
 ) -> None:
+    """Service ``a`` on pod A as asked; with ``b_per_port`` also a per-port Service ``b``
+    on pod B (n2), listing one TCP port only."""
     doc = cluster()
+    if b_per_port:
+        b = Sandbox.service_manifest("b", ports=(TCP_PORT,))
+        b["metadata"] |= {"creationTimestamp": "2026-01-01T00:00:00Z"}
+        b["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+        b["status"] = {"loadBalancer": {"ingress": [{"ip": EXT_B[4]}, {"ip": EXT_B[6]}]}}
+        doc["items"] += [b, *Sandbox.slices_manifest("b", "pod_b")]
     svc: dict[str, Any] = next(i for i in doc["items"] if i["kind"] == "Service")
     annotations = {"networking.cozystack.io/allowICMP": "true"} if icmp else {}
     if not per_port:
@@ -103,6 +116,22 @@ def test_hairpin_is_filtered_by_port_too(per_port: Topology, family: int) -> Non
         per_port, client="pod_b", server="pod_a", addr=EXT_A[family], proto="tcp", port=OTHER_TCP, timeout=1.0
     )
     assert blocked.server_peer is None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_udp_reply_to_a_filtered_pod_on_another_node(topo: Topology, tmp_path: Path, family: int) -> None:
+    """Pod B (n2) has a per-port Service of its own and sends UDP to A's external IP. Its
+    packet reaches n1 already from B's external IP; A's reply goes to that address, so it
+    meets B's port filter on n1, which only lets it through because n1 remembered the flow
+    on its way in (n2 remembered it on its way out, n1 never rewrote it)."""
+    configure(topo, tmp_path, b_per_port=True)
+    try:
+        r = exchange(topo, client="pod_b", server="pod_a", addr=EXT_A[family], proto="udp", port=UDP_PORT)
+    finally:
+        configure(topo, tmp_path)
+    assert r.ok, r.error
+    assert r.server_peer == EXT_B[family]
+    assert r.client_reply_from == EXT_A[family]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

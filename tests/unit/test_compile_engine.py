@@ -143,7 +143,7 @@ def test_failed_commit_keeps_old_state_and_forces_full_sync() -> None:
                 }
             }
         ],
-        [{"flush": {"chain": {"family": "inet", "table": "wholeip", "name": "stateless_prerouting"}}}],
+        [{"flush": {"chain": {"family": "inet", "table": "wholeip", "name": "stateless_postrouting"}}}],
         [
             {
                 "add": {
