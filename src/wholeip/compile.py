@@ -61,7 +61,9 @@ of five base chains (``hack/skeleton-equivalence`` checks that).
   DNATed to the pod, so conntrack restores the external IP on the replies.
 * ``hairpin_postrouting`` (nat, srcnat-1): a managed pod talking to its own
   external IP (the DNAT sends the packet back to where it came from) is
-  SNATed to its external IP, so it sees a peer it can answer.
+  SNATed to its external IP, so it sees a peer it can answer. Only a packet
+  first addressed to an external IP: kube-proxy's own hairpin (a pod sent back
+  to itself through a ClusterIP) is kube-proxy's to masquerade.
 * ``stateless_postrouting`` (filter, srcnat+1): untracked packets from a local
   managed pod get its external IP as source. Rewriting after routing keeps
   strict rp_filter on the pod's interface happy. Then UDP/SCTP packets from a
@@ -441,6 +443,11 @@ def skeleton() -> Skeleton:
                 (
                     _ct_dnat(),
                     _match(_concat(saddr, daddr), f"@selfhairpin{v}"),
+                    # Only what was addressed to an external IP (row 11): a pod that kube-proxy
+                    # sends back to itself through a ClusterIP is kube-proxy's to masquerade;
+                    # SNATed to the external IP, its reply would be handled statelessly and
+                    # never turned back into the ClusterIP.
+                    _match({"ct": {"key": f"{proto} daddr", "dir": "original"}}, f"@ingress{v}"),
                     {"snat": {"family": proto, "addr": _map_lookup(saddr, f"egress{v}")}},
                 ),
             )

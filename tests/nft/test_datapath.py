@@ -229,3 +229,38 @@ def test_row_13_path_mtu_smaller_than_the_pods(narrow: Topology, family: int, in
     r = bulk(narrow, sender="pod_a", receiver="ext", initiator=initiator, addr=target, timeout=20.0)  # type: ignore[arg-type]
     assert r.ok, (r.received, r.sender, r.receiver)
     assert r.received == 2_000_000
+
+
+CLUSTER_IP = {4: "10.96.0.10", 6: "fd00:10:96::10"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_managed_pod_to_a_cluster_ip_that_leads_back_to_itself(programmed: Topology, family: int, proto: str) -> None:
+    """kube-proxy's hairpin: a pod calls its own Service's ClusterIP, kube-proxy DNATs the
+    packet back to the pod and masquerades it. Our self-hairpin SNAT must stay out of it:
+    it is for a pod calling its own *external* IP (row 11), and a reply to an external IP
+    is handled statelessly, so conntrack would never turn it back into the ClusterIP."""
+    proto_ip = "ip" if family == 4 else "ip6"
+    pod, node = addr("pod_a", family), addr("n1", family)
+    table = f"kubeproxy{family}"
+    dnat = f"{proto_ip} daddr {CLUSTER_IP[family]} dnat {proto_ip} to {pod}"
+    masquerade = f"{proto_ip} saddr {pod} {proto_ip} daddr {pod} snat {proto_ip} to {node}"
+    programmed.nft(
+        "n1",
+        "-f",
+        "-",
+        input=f"""
+table inet {table} {{
+  chain pre {{ type nat hook prerouting priority dstnat; {dnat}; }}
+  chain post {{ type nat hook postrouting priority srcnat; {masquerade}; }}
+}}
+""",
+    )
+    try:
+        r = exchange(programmed, client="pod_a", server="pod_a", addr=CLUSTER_IP[family], proto=proto)  # type: ignore[arg-type]
+        assert r.ok, r.error
+        assert r.client_reply_from == CLUSTER_IP[family]
+        assert r.server_peer == node  # kube-proxy's masquerade, not our external IP
+    finally:
+        programmed.nft("n1", "delete", "table", "inet", table)
