@@ -205,6 +205,8 @@ def test_drift_is_repaired_counted_and_logged_once(sb: Sandbox, damage: str) -> 
         what="the next full sync",
     )
     assert sample(sb.metrics("n1"), "wholeip_drift_repairs_total") == repairs + 1
+    # The log line is read from the agent's log file, which can trail the metric.
+    wait_for(lambda: count_events(sb, "n1", DRIFT_EVENT) >= warnings + 1, within=5, what="the drift warning in the log")
     assert count_events(sb, "n1", DRIFT_EVENT) == warnings + 1
     # Someone else's table, next to ours all along, was never touched.
     assert _listing(sb, "someoneelse") == foreign
