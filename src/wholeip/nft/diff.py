@@ -33,12 +33,11 @@ from wholeip.nft.doc import (
     comparable_chain,
     comparable_set,
     creation_phases,
-    declare_text,
     elements_equal,
-    render_chain,
     render_elements,
     render_rule,
-    render_set,
+    skeleton_bodies,
+    typeof_declarations,
 )
 
 CREATE_CHUNK = 20_000
@@ -138,17 +137,16 @@ def create(desired: TableDoc) -> Plan:
     finds the skeleton in place and adds what is missing.
     """
     fam, tab = desired.family, desired.name
-    commands: list[JSONObj] = [{"add": {"table": {"family": fam, "name": tab}}}]
-    commands += [{"add": render_set(fam, tab, s)} for s in desired.skeleton.sets if not s.typeof]
-    commands += [{"add": render_chain(fam, tab, c)} for c in desired.skeleton.chains]
     fills: list[Fill] = []
     parts: list[tuple[SetDecl, tuple[Elem, ...]]] = []
     room = CREATE_CHUNK
     for decl in desired.skeleton.sets:
-        elems = list(desired.elements.get(decl.name, ()))
-        while elems:
-            piece, elems = elems[:room], elems[room:]
-            parts.append((decl, tuple(piece)))
+        elems = tuple(desired.elements.get(decl.name, ()))
+        start = 0
+        while start < len(elems):
+            piece = elems[start : start + room]
+            parts.append((decl, piece))
+            start += len(piece)
             room -= len(piece)
             if not room:
                 fills.append(Fill(fam, tab, tuple(parts)))
@@ -156,8 +154,8 @@ def create(desired: TableDoc) -> Plan:
     if parts:
         fills.append(Fill(fam, tab, tuple(parts)))
     return Plan(
-        commands=tuple(commands),
-        declarations=tuple(declare_text(fam, tab, s) for s in desired.skeleton.sets if s.typeof),
+        commands=tuple({"add": body} for body in skeleton_bodies(desired)),
+        declarations=tuple(typeof_declarations(desired)),
         fill=tuple(fills),
         after=tuple({"add": render_rule(fam, tab, r)} for r in desired.skeleton.rules),
         created=True,

@@ -257,9 +257,7 @@ def creation_phases(doc: TableDoc, *, ordered: bool = True) -> tuple[list[JSONOb
     """
     fam, tab = doc.family, doc.name
     typed = {s.name for s in doc.skeleton.sets if s.typeof}
-    first: list[JSONObj] = [{"table": {"family": fam, "name": tab}}]
-    first += [render_set(fam, tab, s) for s in doc.skeleton.sets if not s.typeof]
-    first += [render_chain(fam, tab, c) for c in doc.skeleton.chains]
+    first = skeleton_bodies(doc)
     last: list[JSONObj] = []
     for decl in doc.skeleton.sets:
         body = render_elements(fam, tab, decl, doc.elements.get(decl.name, frozenset()), ordered=ordered)
@@ -267,8 +265,22 @@ def creation_phases(doc: TableDoc, *, ordered: bool = True) -> tuple[list[JSONOb
             (last if decl.typeof else first).append(body)
     for rule in doc.skeleton.rules:
         (last if rule_uses(rule, typed) else first).append(render_rule(fam, tab, rule))
-    declarations = [declare_text(fam, tab, s) for s in doc.skeleton.sets if s.typeof]
-    return first, declarations, last
+    return first, typeof_declarations(doc), last
+
+
+def skeleton_bodies(doc: TableDoc) -> list[JSONObj]:
+    """``add`` command bodies for the table, its sets JSON can declare, and its chains
+    (no element, no rule)."""
+    fam, tab = doc.family, doc.name
+    out: list[JSONObj] = [{"table": {"family": fam, "name": tab}}]
+    out += [render_set(fam, tab, s) for s in doc.skeleton.sets if not s.typeof]
+    out += [render_chain(fam, tab, c) for c in doc.skeleton.chains]
+    return out
+
+
+def typeof_declarations(doc: TableDoc) -> list[str]:
+    """The nft text declarations of the ``typeof`` sets (JSON cannot declare them)."""
+    return [declare_text(doc.family, doc.name, s) for s in doc.skeleton.sets if s.typeof]
 
 
 # --------------------------------------------------------------------------- normalising
