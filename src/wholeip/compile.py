@@ -503,6 +503,7 @@ def mapping_elements(m: Mapping1to1, *, node_name: str) -> list[tuple[str, Elem]
         allow_icmp=m.allow_icmp,
         ports=m.ports,
         source_ranges=m.source_ranges,
+        addresses=(m.external_ip, m.pod_ip),
     )
 
 
@@ -515,13 +516,15 @@ def entry_elements(
     allow_icmp: bool,
     ports: tuple[PortSpec, ...],
     source_ranges: tuple[IPNetwork, ...],
+    addresses: tuple[IPAddress, IPAddress] | None = None,
 ) -> list[tuple[str, Elem]]:
     """:func:`mapping_elements` for addresses given as canonical text (``str(ip)``).
 
     The elements hold the very strings passed in, so a caller that keeps its addresses
     as text (the agent's index) shares them instead of holding a copy per element.
+    ``addresses``: the same two as objects, when the caller has them (not parsed again).
     """
-    ext_ip, pod_ip = ipaddress.ip_address(ext), ipaddress.ip_address(pod)
+    ext_ip, pod_ip = addresses or (ipaddress.ip_address(ext), ipaddress.ip_address(pod))
     v = ext_ip.version
     out: list[tuple[str, Elem]] = [(f"ingress{v}", (ext, pod))]
     if v == 4:
