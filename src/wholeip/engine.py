@@ -24,7 +24,7 @@ from typing import Any
 from wholeip.index import gc_paused
 from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailable
 from wholeip.nft.diff import Plan, diff, diff_touched
-from wholeip.nft.doc import Elem, JSONObj, TableDoc, parse_listing
+from wholeip.nft.doc import Elem, JSONObj, TableDoc
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +127,7 @@ class Engine:
 
     def observe(self) -> TableDoc | None:
         """The table as the kernel holds it now (None when it does not exist)."""
-        listing = self.backend.list_table(self.family, self.table)
-        if listing is None:
-            return None
-        return parse_listing(listing, family=self.family, name=self.table)
+        return self.backend.read_table(self.family, self.table)
 
     def sync(
         self, desired: TableDoc, *, full: bool = False, touched: Mapping[str, AbstractSet[Elem]] | None = None

@@ -167,6 +167,20 @@ def test_compiled_table_round_trips(backend: Backend) -> None:
     assert tags == [r.tag for c in desired.skeleton.chains for r in desired.skeleton.rules if r.chain == c.name]
 
 
+def test_read_table_is_the_parsed_listing(backend: Backend) -> None:
+    """What a full sync reads (the kernel's backend reads elements over netlink) is what
+    the listing shows; tests/nft/test_netlink.py checks every kind of set."""
+    assert backend.read_table("inet", "wholeip") is None
+    desired = compile.compile_table(_state(30), node_name="n1")
+    apply_plan(backend, diff(desired, None))
+    listing = backend.list_table("inet", "wholeip")
+    assert listing is not None
+    read = backend.read_table("inet", "wholeip")
+    assert read == parse_listing(listing, family="inet", name="wholeip")
+    assert read is not None
+    assert diff(desired, read).empty
+
+
 def test_mapping_change_is_a_small_diff_that_applies(backend: Backend) -> None:
     first = compile.compile_table(_state(20), node_name="n1")
     apply_plan(backend, diff(first, None))

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from wholeip.nft.doc import TableDoc
+
 JSONObj = dict[str, Any]
 
 
@@ -51,6 +53,12 @@ class Backend(Protocol):
     def list_table(self, family: str, name: str) -> list[JSONObj] | None:
         """The objects of one table (table, sets and maps with their elements, chains,
         rules), in libnftables JSON form; ``None`` when the table does not exist."""
+        ...
+
+    def read_table(self, family: str, name: str) -> TableDoc | None:
+        """The table as a full sync compares it: :func:`~wholeip.nft.doc.parse_listing` of
+        :meth:`list_table`, however the backend gets there (the kernel's may read elements
+        without libnftables, see :mod:`wholeip.nft.netlink`); ``None`` when it does not exist."""
         ...
 
     def transact(self, commands: Sequence[JSONObj]) -> None:

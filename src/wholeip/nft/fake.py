@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wholeip.nft.backend import Exists, JSONObj, NftError, NotFound, Rejected
-from wholeip.nft.doc import interval_cover
+from wholeip.nft.doc import TableDoc, interval_cover, parse_listing
 
 _INET_PROTOS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58}
 
@@ -92,6 +92,10 @@ class FakeBackend:
         for c in table.chains.values():
             out += [{"rule": {**r, "family": family, "table": name}} for r in c.rules]
         return copy.deepcopy(out)
+
+    def read_table(self, family: str, name: str) -> TableDoc | None:
+        listing = self.list_table(family, name)
+        return None if listing is None else parse_listing(listing, family=family, name=name)
 
     def transact(self, commands: Sequence[JSONObj]) -> None:
         if not commands:

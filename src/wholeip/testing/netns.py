@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from wholeip.nft.backend import JSONObj
+from wholeip.nft.doc import TableDoc
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -75,6 +76,9 @@ class NetnsBackend:
 
     def list_table(self, family: str, name: str) -> list[JSONObj] | None:
         return self._ns.call(self._inner.list_table, family, name)
+
+    def read_table(self, family: str, name: str) -> TableDoc | None:
+        return self._ns.call(self._inner.read_table, family, name)
 
     def transact(self, commands: Sequence[JSONObj]) -> None:
         self._ns.call(self._inner.transact, commands)
