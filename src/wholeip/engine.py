@@ -125,9 +125,10 @@ class Engine:
         """The table as last committed; None until the first commit or after a failure."""
         self._memory: dict[str, set[Elem]] = {}
 
-    def observe(self) -> TableDoc | None:
-        """The table as the kernel holds it now (None when it does not exist)."""
-        return self.backend.read_table(self.family, self.table)
+    def observe(self, known: Mapping[str, AbstractSet[Elem]] | None = None) -> TableDoc | None:
+        """The table as the kernel holds it now (None when it does not exist). ``known``:
+        sets it probably holds, see :meth:`Backend.read_table`."""
+        return self.backend.read_table(self.family, self.table, known=known)
 
     def sync(
         self, desired: TableDoc, *, full: bool = False, touched: Mapping[str, AbstractSet[Elem]] | None = None
@@ -143,7 +144,8 @@ class Engine:
         drift = False
         plan: Plan | None = None
         if full:
-            current = self.observe()
+            # Sets the kernel holds unchanged come back as these objects: no second copy.
+            current = self.observe(self._memory if self.last is not None else desired.elements)
             if self.last is not None:
                 drift = current is None or not diff(self.last, current).empty
         else:

@@ -71,6 +71,12 @@ def kernel(kernel_ok: None) -> Iterator[tuple[Netns, NetnsBackend]]:
         yield ns, NetnsBackend(ns)
 
 
+def _mapping(doc: TableDoc, k: int) -> tuple[str, str]:
+    """The ``k``-th (external IP, pod IP) of ``ingress4``, in sorted order."""
+    ext, pod = sorted(doc.elements["ingress4"], key=str)[k]  # type: ignore[misc,str-unpack]
+    return str(ext), str(pod)
+
+
 def _listed(backend: Backend) -> TableDoc:
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
@@ -107,7 +113,7 @@ def test_reading_sees_what_someone_else_changed(kernel: tuple[Netns, NetnsBacken
     engine = Engine(backend=backend)
     engine.sync(desired)
     T = {"family": "inet", "table": "wholeip"}
-    ext, _pod = next(iter(sorted(desired.elements["ingress4"])))
+    ext, _pod = _mapping(desired, 0)
     backend.transact(
         [
             {"delete": {"element": {**T, "name": "ingress4", "elem": [ext]}}},
@@ -131,6 +137,67 @@ def test_reading_sees_what_someone_else_changed(kernel: tuple[Netns, NetnsBacken
     assert (result.plan.added, result.plan.deleted) == (1, 3)
     assert engine.sync(desired, full=True).plan.empty
     assert backend.read_table("inet", "wholeip") == _listed(backend)
+
+
+def test_sets_held_exactly_come_back_as_the_known_objects(kernel: tuple[Netns, NetnsBackend]) -> None:
+    """A full sync passes its memory: a set the kernel holds exactly is that very object
+    (no second copy of 100,000 elements); a set that differs is read as it is."""
+    _ns, backend = kernel
+    desired = compile.compile_table(_varied_state(), node_name="n1")
+    apply_plan(backend, diff(desired, None))
+    known = {name: set(elems) for name, elems in desired.elements.items()}
+    read = backend.read_table("inet", "wholeip", known=known)
+    assert read is not None
+    assert {name for name, elems in read.elements.items() if elems is known.get(name)} == NETLINK_SETS
+    assert read == _listed(backend)
+
+    ext, pod = _mapping(desired, 0)
+    known["ingress4"] = (known["ingress4"] - {(ext, pod)}) | {(ext, "10.128.99.99")}
+    known["egress4"] = set(list(known["egress4"])[1:])  # one fewer than the kernel holds
+    read = backend.read_table("inet", "wholeip", known=known)
+    assert read is not None
+    assert read.elements["ingress4"] is not known["ingress4"]
+    assert read.elements["egress4"] is not known["egress4"]
+    assert read.elements["ports4"] is known["ports4"]
+    assert read == _listed(backend)
+
+
+def test_an_element_that_does_not_decode_falls_back_for_its_set_only(
+    kernel: tuple[Netns, NetnsBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dump where one element fails is read to its end (a socket runs one dump at a time), the set
+    is listed through libnftables, and the sets after it still come over netlink."""
+    _ns, backend = kernel
+    desired = compile.compile_table(_varied_state(), node_name="n1")
+    apply_plan(backend, diff(desired, None))
+    real = netlink.decoder
+    bad = ipaddress.ip_address(_mapping(desired, 7)[0]).packed
+    listed_sets: list[str] = []
+    real_list_set = LibnftBackend._list_set
+
+    def picky(decl: SetDecl, layout: netlink.Layout) -> Any:
+        decode = real(decl, layout)
+        if decode is None or decl.name != "ingress4":
+            return decode
+
+        def fails_on_one(raw: netlink.RawElem) -> Any:
+            if raw[0] == bad:
+                raise netlink.Undecodable(0, "test")
+            return decode(raw)
+
+        return fails_on_one
+
+    def list_set(self: LibnftBackend, family: str, table: str, decl: SetDecl) -> Any:
+        listed_sets.append(decl.name)
+        return real_list_set(self, family, table, decl)
+
+    monkeypatch.setattr(netlink, "decoder", picky)
+    monkeypatch.setattr(LibnftBackend, "_list_set", list_set)
+    for known in (None, desired.elements):
+        listed_sets.clear()
+        assert backend.read_table("inet", "wholeip", known=known) == _listed(backend)
+        assert "ingress4" in listed_sets
+        assert not NETLINK_SETS - {"ingress4"} & set(listed_sets)
 
 
 def test_missing_table_reads_as_none(kernel: tuple[Netns, NetnsBackend]) -> None:

@@ -13,10 +13,11 @@ Errors are one hierarchy so callers never parse error strings themselves.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
-from wholeip.nft.doc import TableDoc
+from wholeip.nft.doc import Elem, TableDoc
 
 JSONObj = dict[str, Any]
 
@@ -55,10 +56,14 @@ class Backend(Protocol):
         rules), in libnftables JSON form; ``None`` when the table does not exist."""
         ...
 
-    def read_table(self, family: str, name: str) -> TableDoc | None:
+    def read_table(
+        self, family: str, name: str, *, known: Mapping[str, AbstractSet[Elem]] | None = None
+    ) -> TableDoc | None:
         """The table as a full sync compares it: :func:`~wholeip.nft.doc.parse_listing` of
-        :meth:`list_table`, however the backend gets there (the kernel's may read elements
-        without libnftables, see :mod:`wholeip.nft.netlink`); ``None`` when it does not exist."""
+        :meth:`list_table`, however the backend gets there (the kernel's reads elements
+        without libnftables, see :mod:`wholeip.nft.netlink`); ``None`` when it does not exist.
+        ``known``: sets the table probably holds; a backend may return such a set itself
+        where the table holds exactly that (it saves a copy, the result is equal)."""
         ...
 
     def transact(self, commands: Sequence[JSONObj]) -> None:

@@ -28,12 +28,13 @@ import copy
 import ipaddress
 import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from wholeip.nft.backend import Exists, JSONObj, NftError, NotFound, Rejected
-from wholeip.nft.doc import TableDoc, interval_cover, parse_listing
+from wholeip.nft.doc import Elem, TableDoc, interval_cover, parse_listing
 
 _INET_PROTOS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58}
 
@@ -93,7 +94,9 @@ class FakeBackend:
             out += [{"rule": {**r, "family": family, "table": name}} for r in c.rules]
         return copy.deepcopy(out)
 
-    def read_table(self, family: str, name: str) -> TableDoc | None:
+    def read_table(
+        self, family: str, name: str, *, known: Mapping[str, AbstractSet[Elem]] | None = None
+    ) -> TableDoc | None:
         listing = self.list_table(family, name)
         return None if listing is None else parse_listing(listing, family=family, name=name)
 

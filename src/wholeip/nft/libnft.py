@@ -19,7 +19,8 @@ import ctypes.util
 import errno
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from wholeip.nft import netlink
@@ -105,7 +106,9 @@ class LibnftBackend:
         objects: list[JSONObj] = out.get("nftables", []) if isinstance(out, dict) else []
         return objects
 
-    def read_table(self, family: str, name: str) -> TableDoc | None:
+    def read_table(
+        self, family: str, name: str, *, known: Mapping[str, AbstractSet[Elem]] | None = None
+    ) -> TableDoc | None:
         """The table, normalised, the way a full sync needs it and without what makes
         ``list table`` dear (see :mod:`wholeip.nft.netlink`): the declarations, chains
         and rules from libnftables' terse listing of the family's ruleset (it fetches no
@@ -113,13 +116,17 @@ class LibnftBackend:
         libnftables one at a time. Parts are read one after the other; when the ruleset's
         generation moved meanwhile, all of it is read again (up to ``_READ_ATTEMPTS``
         times, then the last reading stands: it can only be off by what someone else
-        changed in our table, which the next full sync sees)."""
+        changed in our table, which the next full sync sees).
+
+        ``known``: sets the table probably holds (the last commit). A set the kernel holds
+        exactly is compared while it is read and returned as that very object, so reading
+        an unchanged table never holds a second copy of its elements."""
         doc: TableDoc | None = None
         for _attempt in range(_READ_ATTEMPTS):
             try:
                 with netlink.Socket() as sock:
                     generation = sock.generation()
-                    doc = self._read(sock, family, name)
+                    doc = self._read(sock, family, name, known or {})
                     if sock.generation() == generation:
                         return doc
             except netlink.NetlinkError as exc:
@@ -128,7 +135,9 @@ class LibnftBackend:
                 doc = None  # the table or a set went away meanwhile, or the dump was interrupted
         return doc
 
-    def _read(self, sock: netlink.Socket, family: str, name: str) -> TableDoc | None:
+    def _read(
+        self, sock: netlink.Socket, family: str, name: str, known: Mapping[str, AbstractSet[Elem]]
+    ) -> TableDoc | None:
         with self._lock:
             self._nft.set_terse_output(True)
             try:
@@ -142,21 +151,21 @@ class LibnftBackend:
             return None
         skeleton = parse_listing(objects, family=family, name=name).skeleton
         layouts = sock.layouts(family, name)
-        elements: dict[str, frozenset[Elem]] = {}
+        elements: dict[str, AbstractSet[Elem]] = {}
         for decl in skeleton.sets:
             if decl.dynamic:
                 elements[decl.name] = frozenset()  # the packet path's, never compared
                 continue
             layout = layouts.get(decl.name)
             decode = netlink.decoder(decl, layout) if layout is not None else None
+            read: AbstractSet[Elem] | None = None
             if decode is not None:
-                try:
-                    batches = sock.elements(family, name, decl.name)
-                    elements[decl.name] = frozenset(decode(raw) for batch in batches for raw in batch)
-                    continue
-                except (netlink.Undecodable, ValueError, IndexError):
-                    pass
-            elements[decl.name] = self._list_set(family, name, decl)
+                expected = known.get(decl.name)
+                if expected is not None and _holds_exactly(sock.elements(family, name, decl.name), decode, expected):
+                    read = expected
+                else:
+                    read = _decoded(sock.elements(family, name, decl.name), decode)
+            elements[decl.name] = read if read is not None else self._list_set(family, name, decl)
         return TableDoc(family, name, skeleton, elements)
 
     def _list_set(self, family: str, table: str, decl: SetDecl) -> frozenset[Elem]:
@@ -208,6 +217,42 @@ class LibnftBackend:
         if rc != 0:
             text = str(err).strip()
             raise classify(text)("nft declaration refused", detail=text)
+
+
+_Batches = Iterator[list[netlink.RawElem]]
+_Decode = Callable[[netlink.RawElem], Elem]
+
+
+def _holds_exactly(batches: _Batches, decode: _Decode, expected: AbstractSet[Elem]) -> bool:
+    """Whether a set dump holds exactly ``expected`` (a set holds each element once: every
+    element expected and as many as expected). The dump is read to its end either way:
+    a netlink socket runs one dump at a time."""
+    count, same = 0, True
+    for batch in batches:
+        if not same:
+            continue
+        try:
+            for raw in batch:
+                if decode(raw) not in expected:
+                    same = False
+                    break
+        except (netlink.Undecodable, ValueError, IndexError):
+            same = False
+        count += len(batch)
+    return same and count == len(expected)
+
+
+def _decoded(batches: _Batches, decode: _Decode) -> frozenset[Elem] | None:
+    """A set dump's elements; None when one of them does not decode (read to the end anyway)."""
+    out: set[Elem] | None = set()
+    for batch in batches:
+        if out is None:
+            continue
+        try:
+            out.update(decode(raw) for raw in batch)
+        except (netlink.Undecodable, ValueError, IndexError):
+            out = None
+    return None if out is None else frozenset(out)
 
 
 _dry_run_fn: Any = None

@@ -13,12 +13,13 @@ import ctypes
 import os
 import subprocess
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from wholeip.nft.backend import JSONObj
-from wholeip.nft.doc import TableDoc
+from wholeip.nft.doc import Elem, TableDoc
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -77,8 +78,10 @@ class NetnsBackend:
     def list_table(self, family: str, name: str) -> list[JSONObj] | None:
         return self._ns.call(self._inner.list_table, family, name)
 
-    def read_table(self, family: str, name: str) -> TableDoc | None:
-        return self._ns.call(self._inner.read_table, family, name)
+    def read_table(
+        self, family: str, name: str, *, known: Mapping[str, AbstractSet[Elem]] | None = None
+    ) -> TableDoc | None:
+        return self._ns.call(self._inner.read_table, family, name, known=known)
 
     def transact(self, commands: Sequence[JSONObj]) -> None:
         self._ns.call(self._inner.transact, commands)
