@@ -40,7 +40,7 @@ from wholeip.nft.doc import (
     typeof_declarations,
 )
 
-CREATE_CHUNK = 20_000
+CREATE_CHUNK = 5_000
 """Most elements per transaction while a new table is filled."""
 
 
