@@ -31,7 +31,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import structlog
-from kubernetes_asyncio import client, config
 from prometheus_client import CollectorRegistry
 
 from wholeip import __version__
@@ -41,6 +40,7 @@ from wholeip.health import Health
 from wholeip.kube.api import Obj
 from wholeip.kube.events import EventRecorder
 from wholeip.kube.informer import Informer, WatchOptions
+from wholeip.kube.k8s import client, config
 from wholeip.kube.resources import build_informers
 from wholeip.metrics import Metrics
 from wholeip.model import Problem, ProblemSource

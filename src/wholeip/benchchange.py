@@ -13,10 +13,13 @@ For each N, in a fresh network namespace of its own:
    ``nft add element`` of one map element into the same table (``nft`` is a
    process: its start-up is part of the floor), and, closer to what the agent
    does, the same element in one libnftables transaction from a warm process;
-3. **observe** (benchmark 3): reading our table back from the kernel
-   (``nft -j list``), parsing it and comparing it with the desired table, as
-   every full sync does (start-up and resync timer only; a normal sync trusts
-   its memory of the last commit).
+3. **observe** (benchmark 3): reading our table back from the kernel and
+   comparing it with the desired table, as every full sync does (start-up and
+   resync timer only; a normal sync trusts its memory of the last commit):
+   ``Backend.read_table`` (libnftables for the skeleton, netlink for the
+   elements) cold, then as the agent calls it (``known=`` its memory, so sets
+   held exactly are compared while read), against the libnftables listing
+   (``nft -j list table`` in JSON, parsed), measured in the same run.
 
 The agent runs with ``--min-sync-interval 0`` so that the rate limiter, which
 exists to bound a storm, does not add its wait to a lone change.
@@ -87,6 +90,7 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
     from wholeip import compile, model
     from wholeip.engine import Engine
     from wholeip.nft.diff import diff
+    from wholeip.nft.doc import parse_listing
     from wholeip.nft.libnft import LibnftBackend
     from wholeip.settings import ModelSettings
     from wholeip.testing import synth
@@ -227,6 +231,8 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
         engine = Engine(backend=backend)
         observe: list[float] = []
         compare: list[float] = []
+        as_agent: list[float] = []
+        listing: list[float] = []
         for _ in range(3):
             t0 = time.perf_counter()
             current = engine.observe()
@@ -235,6 +241,15 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             t2 = time.perf_counter()
             observe.append(t1 - t0)
             compare.append(t2 - t1)
+            del current
+            t0 = time.perf_counter()
+            diff(desired, engine.observe(desired.elements))
+            as_agent.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            listed = backend.list_table("inet", "wholeip")
+            diff(desired, parse_listing(listed or [], family="inet", name="wholeip"))
+            listing.append(time.perf_counter() - t0)
+            del listed
         return {
             "services": n,
             "agent_ready_s": ready_s,
@@ -254,6 +269,9 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             "observe_list_parse_s": min(observe),
             "observe_compare_s": min(compare),
             "observe_over_change_p50": (min(observe) + min(compare)) * 1000 / _pct(latencies, 0.5),
+            "observe_as_agent_s": min(as_agent),
+            "observe_libnftables_listing_s": min(listing),
+            "observe_as_agent_over_listing": min(as_agent) / min(listing),
         }
     finally:
         for proc in (agent, api):
@@ -296,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  floor: nft add element p50={r['floor_nft_add_element_p50_ms']:.1f}ms"
             f" libnft 1 elem p50={r['floor_libnft_one_element_p50_ms']:.2f}ms"
             f"  observe={r['observe_list_parse_s']:.2f}s + compare {r['observe_compare_s']:.2f}s"
+            f" (as the agent {r['observe_as_agent_s']:.2f}s; nft -j list + parse + compare"
+            f" {r['observe_libnftables_listing_s']:.2f}s)"
             f"  agent rss={r['agent_rss_mib']:.0f} MiB (peak {r['agent_peak_rss_mib']:.0f})"
             f"  ready in {r['agent_ready_s']:.1f}s",
             flush=True,

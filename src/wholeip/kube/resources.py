@@ -26,10 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes_asyncio import client
-
 from wholeip.kube.api import Obj
 from wholeip.kube.informer import Informer, WatchOptions
+from wholeip.kube.k8s import client
 from wholeip.settings import SERVICE_NAME_LABEL
 
 
