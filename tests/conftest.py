@@ -12,6 +12,27 @@ from wholeip.nft.backend import Backend
 from wholeip.nft.fake import FakeBackend
 
 
+def _pin_hypothesis_constants() -> None:
+    """Hypothesis (6.13x on) also draws constants it finds in the source of every local
+    module loaded so far. Which modules that is depends on what pytest collected, so
+    the same derandomized property generated other examples in a full run than alone
+    (test_examples_reach_the_compiler_with_real_mappings saw no ExternalIPConflict in
+    200 examples once wholeip.testing.apiserver was imported). Our strategies carry
+    their own pools of odd values; the mined constants are switched off so that a
+    property's examples depend on its code only. (A private hook: if a Hypothesis
+    version lacks it, nothing is changed.)"""
+    try:
+        from hypothesis.internal.conjecture import providers
+    except ImportError:  # pragma: no cover - depends on the Hypothesis version
+        return
+    if hasattr(providers, "_get_local_constants") and hasattr(providers, "Constants"):
+        empty = providers.Constants()
+        providers._get_local_constants = lambda: empty
+
+
+_pin_hypothesis_constants()
+
+
 def kernel_available() -> str | None:
     """Why real-kernel tests cannot run here, or None when they can."""
     if os.geteuid() != 0:
