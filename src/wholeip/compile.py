@@ -52,10 +52,13 @@ of five base chains (``hack/skeleton-equivalence`` checks that).
   statelessly. The chain's end is ``raw_prerouting``'s end.
 * ``ct_decided`` (regular): an untracked packet goes on to ``untracked4/6``,
   a tracked one is left alone (a ``notrack`` could not change it any more).
-* ``icmp_errors`` (regular): ICMP errors to an external IP about a packet the
-  pod sent get the pod IP back in their embedded header too, with a
-  checksum-neutral compensation, so path-MTU discovery works (row 13); such a
-  rule rewrites the outer destination too, then ``notrack``, ``accept``.
+* ``icmp_errors`` (regular): neighbour discovery addressed to an external IP
+  (a router's unicast NUD probe) is accepted as it is, so the node that
+  answers for the address on its link (an L2 speaker, proxy NDP) gets it.
+  ICMP errors to an external IP about a packet the pod sent get the pod IP
+  back in their embedded header too, with a checksum-neutral compensation, so
+  path-MTU discovery works (row 13); such a rule rewrites the outer
+  destination too, then ``notrack``, ``accept``.
 * ``hairpin_prerouting``/``hairpin_output`` (nat, dstnat): east-west packets to
   an external IP (from a pod, or from a node's own processes) are tracked and
   DNATed to the pod, so conntrack restores the external IP on the replies.
@@ -121,6 +124,9 @@ FLOW_TIMEOUT = 180
 FLOW_CAPACITY = 131072
 """Most concurrent UDP/SCTP flows remembered per family and node."""
 
+ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect")
+"""ICMPv6 neighbour discovery (RFC 4861): link-local protocol, never NATed."""
+
 ICMP_ALWAYS = ("echo-reply", "destination-unreachable", "time-exceeded", "parameter-problem")
 ICMPV6_ALWAYS = (
     "echo-reply",
@@ -128,11 +134,7 @@ ICMPV6_ALWAYS = (
     "packet-too-big",
     "time-exceeded",
     "parameter-problem",
-    "nd-router-solicit",
-    "nd-router-advert",
-    "nd-neighbor-solicit",
-    "nd-neighbor-advert",
-    "nd-redirect",
+    *ND_TYPES,
 )
 
 _FAMILIES: tuple[tuple[int, str, str], ...] = ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr"))
@@ -226,7 +228,11 @@ def _icmp_error_rules() -> list[Rule]:
     rewrite4 = {"mangle": {"key": daddr4, "value": _map_lookup(daddr4, "ingress4")}}
     rewrite6 = {"mangle": {"key": daddr6, "value": _map_lookup(daddr6, "ingress6")}}
     done = ({"notrack": None}, {"accept": None})
-    rules = []
+    # Neighbour discovery is never rewritten: a router's unicast NUD probe to an external
+    # IP (announced on the node's link by a MetalLB-style L2 speaker or proxy NDP) must
+    # reach the node that answers for the address, not the pod, or the router's entry
+    # fails every reachable time. Conntrack does not track ND, so a plain accept.
+    rules = [Rule("icmp_errors", (_match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}), {"accept": None}))]
     # frag-needed keeps the next-hop MTU in bytes 6-7: the zero word is at offset 4;
     # the other errors leave 4-7 zero but octet 5 may carry an RFC 4884 length.
     for types, zero_word in (

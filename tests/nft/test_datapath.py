@@ -264,3 +264,48 @@ table inet {table} {{
         assert r.server_peer == node  # kube-proxy's masquerade, not our external IP
     finally:
         programmed.nft("n1", "delete", "table", "inet", table)
+
+
+# A router's unicast neighbour solicitation (an NUD probe) for an address, answered with
+# the advertisement that matches it: run in the router's namespace, prints JSON.
+NUD_PROBE = """
+import json, socket, struct, sys, time
+target = sys.argv[1]
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.settimeout(0.2)
+packed = socket.inet_pton(socket.AF_INET6, target)
+deadline, sent, answered = time.monotonic() + 3.0, 0, False
+while time.monotonic() < deadline and not answered:
+    s.sendto(struct.pack("!BBHI", 135, 0, 0, 0) + packed, (target, 0))  # the kernel sums it
+    sent += 1
+    until = time.monotonic() + 0.5
+    while time.monotonic() < until and not answered:
+        try:
+            data = s.recv(1500)
+        except TimeoutError:
+            continue
+        answered = len(data) >= 24 and data[0] == 136 and data[8:24] == packed
+print(json.dumps({"sent": sent, "answered": answered}))
+"""
+
+
+def test_neighbour_discovery_to_an_external_ip_is_not_rewritten(programmed: Topology) -> None:
+    """MetalLB in L2 mode (and proxy NDP) answers neighbour solicitations for an external
+    IPv6 on the node's link; the upstream router re-checks the entry with *unicast*
+    solicitations addressed to the external IP itself. Those must reach the node that
+    answers, not be rewritten to the pod (which would let the router's entry fail every
+    reachable time). Proxy NDP on n1 stands in for the speaker."""
+    ext = EXT_A[6]
+    programmed.exec("n1", ["sysctl", "-qw", "net.ipv6.conf.all.proxy_ndp=1"], check=True)
+    programmed.exec("n1", ["ip", "-6", "neigh", "add", "proxy", ext, "dev", "eth0"], check=True)
+    try:
+        out = programmed.exec("rtr", [sys.executable, "-c", NUD_PROBE, ext], check=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["answered"], result
+        # And the ordinary traffic to the same address still reaches the pod.
+        r = exchange(programmed, client="ext", server="pod_a", addr=ext, proto="udp")
+        assert r.ok, r.error
+    finally:
+        programmed.exec("n1", ["ip", "-6", "neigh", "del", "proxy", ext, "dev", "eth0"])
+        programmed.exec("n1", ["sysctl", "-qw", "net.ipv6.conf.all.proxy_ndp=0"])
