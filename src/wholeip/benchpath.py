@@ -41,6 +41,11 @@ Packet-path variants (benchmark 4):
   client's cluster address, so every packet is tracked and DNATed through the
   ``ingress4`` map.
 * **d<M>**   one ``perservice_<M>`` table awake, random targets among its M.
+* **l**, **l<M>**  the lookup floor (``ip floor_<N>``): to the pod IP through
+  ``n1`` with a table that only looks the destination up in one N-entry set
+  and, for the reply, the source in another, then ``notrack``, ``accept``. What
+  any design that keeps a per-mapping entry in the kernel pays per round trip
+  at least; l against l<M> is the cost of the set's size alone.
 
 Measurements (the traffic always goes to mappings whose pod is on ``n1``):
 
@@ -454,6 +459,13 @@ def install(setup: Setup, cfg: Config) -> dict[str, float]:
         setup.tables.append(f"inet {table}")
         took[f"inet {table}"] = time.perf_counter() - started
         print(f"installed inet {table}: {n} mappings in {took[f'inet {table}']:.1f}s", flush=True)
+    for size in sorted({cfg.mappings, cfg.small}, reverse=True):
+        started = time.perf_counter()
+        text = setup.workdir / f"floor-{size}.nft"
+        text.write_text(floor_text(size, [pod for _, pod in setup.mappings[:size]]))
+        _run(setup.topo, "n1", ["nft", "-f", str(text)], timeout=900)
+        setup.tables.append(f"ip floor_{size}")
+        took[f"ip floor_{size}"] = time.perf_counter() - started
     for size in cfg.rule_sizes:
         started = time.perf_counter()
         text = setup.workdir / f"perservice-{size}.nft"
@@ -475,6 +487,28 @@ def perservice_text(size: int, mappings: Sequence[tuple[str, str]]) -> str:
     lines += [f"    ip daddr {ext} dnat to {pod}" for ext, pod in mappings]
     lines += ["  }", "}", ""]
     return "\n".join(lines)
+
+
+def floor_text(size: int, pods: Sequence[str]) -> str:
+    """``nft -f`` text of the lookup floor: what any per-mapping map design pays at least,
+    one lookup at a random key of a ``size``-entry set per direction (two sets, so the
+    reply's lookup is as cold as b's ``egress4`` one), and nothing else: ``notrack``
+    (as b) and ``accept``, no rewrite."""
+    elements = ", ".join(pods)
+    return "\n".join(
+        [
+            f"table ip floor_{size} {{",
+            f"  set inbound {{ type ipv4_addr; elements = {{ {elements} }}; }}",
+            f"  set outbound {{ type ipv4_addr; elements = {{ {elements} }}; }}",
+            "  chain raw {",
+            "    type filter hook prerouting priority raw; policy accept;",
+            "    ip daddr @inbound notrack accept",
+            "    ip saddr @outbound notrack accept",
+            "  }",
+            "}",
+            "",
+        ]
+    )
 
 
 def _routes(topo: Topology) -> None:
@@ -505,6 +539,10 @@ def variants(cfg: Config) -> list[Variant]:
             cfg.small,
         ),
     ]
+    for size in sorted({n, cfg.small}, reverse=True):
+        name = "l" if size == n else f"l{size}"
+        label = f"lookup floor: one set lookup per direction, {size} entries"
+        out.append(Variant(name, label, f"ip floor_{size}", CLIENT_OUT, "pod", size))
     for size in cfg.rule_sizes:
         table = f"ip perservice_{size}"
         out.append(Variant(f"d{size}", f"{size} DNAT rules (per Service)", table, CLIENT_OUT, "ext", size, size))

@@ -36,7 +36,7 @@ def test_quick_run_reports_every_variant(kernel_ok: None, tmp_path: Path) -> Non
     result = json.loads(out.read_text())
 
     path = result["packet_path"]["variants"]
-    assert set(path) == {"a", "a_n1", "a_ct", "b", "c", "b100", "d100", "d1000"}
+    assert set(path) == {"a", "a_n1", "a_ct", "b", "c", "b100", "l", "l100", "d100", "d1000"}
     for name, v in path.items():
         m = v["median"]
         assert v["requests"] >= 100, name  # --quick: 150 per variant, less a partial block
