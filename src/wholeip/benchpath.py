@@ -71,7 +71,7 @@ Measurements (the traffic always goes to mappings whose pod is on ``n1``):
 
 Benchmark 5 (conntrack pressure): a one-way flood of new flows (a raw socket
 writes UDP packets from a new source port each, to random mappings: no 5-tuple
-repeats) through **a**, **a_n1**, **b**, **b<M>** and the conntrack DNAT path
+repeats) through **a**, **a_n1**, **b**, **b<M>**, **l**, **l<M>** and the conntrack DNAT path
 (the path of **c**) with ``nf_conntrack_max`` lowered; a sink in the pod
 counts what arrives.
 Reported: offered and delivered flows/s, loss, ``nf_conntrack_count`` on n1
@@ -902,6 +902,8 @@ def floods(cfg: Config, vs: Sequence[Variant]) -> list[Flood]:
         Flood("a_n1", by_name["a_n1"], 0, by_name["a_n1"].label),
         Flood("b", by_name["b"], 0, by_name["b"].label),
         Flood(f"b{cfg.small}", by_name[f"b{cfg.small}"], 0, by_name[f"b{cfg.small}"].label),
+        Flood("l", by_name["l"], 0, by_name["l"].label),
+        Flood(f"l{cfg.small}", by_name[f"l{cfg.small}"], 0, by_name[f"l{cfg.small}"].label),
         Flood("ct_dnat", by_name["c"], cfg.ct_max, f"conntrack DNAT (the path of c), nf_conntrack_max={limit}"),
     ]
 

@@ -52,7 +52,7 @@ def test_quick_run_reports_every_variant(kernel_ok: None, tmp_path: Path) -> Non
     assert set(result["packet_path"]["targets"]) == {"b_within_5pct_of_a", "d_linear"}
 
     flood = result["conntrack_pressure"]["variants"]
-    assert set(flood) == {"a", "a_n1", "b", "b100", "ct_dnat"}
+    assert set(flood) == {"a", "a_n1", "b", "b100", "l", "l100", "ct_dnat"}
     for name, v in flood.items():
         assert v["median"]["offered_flows_per_s"] > 1000, (name, v)
         assert v["median"]["delivered_flows_per_s"] > 0, (name, v)
