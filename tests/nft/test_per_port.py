@@ -135,6 +135,38 @@ def test_udp_reply_to_a_filtered_pod_on_another_node(topo: Topology, tmp_path: P
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "proto",
+    [
+        "tcp",
+        pytest.param(
+            "udp",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known limitation (README): the flow memory lives on the pod's node, the "
+                "filter runs where the external IP arrives",
+            ),
+        ),
+    ],
+)
+def test_reply_to_a_filtered_pods_own_flow_arriving_at_another_node(
+    topo: Topology, tmp_path: Path, family: int, proto: str
+) -> None:
+    """Pod B (n2, per-port Service) opens a flow to the outside; the router sends B's
+    external IP to n1 (row 12: an L2 speaker on another node). The reply meets B's filter
+    on n1. TCP passes (not a bare SYN); a UDP reply would need the flow n2 remembered."""
+    configure(topo, tmp_path, b_per_port=True)
+    topo.route_external(EXT_B[family], "n1")
+    try:
+        r = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto=proto, port=OTHER_UDP)  # type: ignore[arg-type]
+    finally:
+        topo.route_external(EXT_B[family], "n2")
+        configure(topo, tmp_path)
+    assert r.server_peer == EXT_B[family]
+    assert r.ok, r.error
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_icmp_echo_needs_the_annotation(topo: Topology, tmp_path: Path, family: int) -> None:
     configure(topo, tmp_path, icmp=False)
     assert not ping(topo, "ext", EXT_A[family]).ok
