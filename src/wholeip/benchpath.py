@@ -773,6 +773,17 @@ def packet_path(vs: Sequence[Variant], cfg: Config, m: Measured) -> dict[str, An
         },
         "d_linear": result["linear"].get("linear"),
     }
+    # A ratio is only as good as its a: when the a requests paired with b ran much slower
+    # than a did elsewhere in the same run (seen: 16 us against 12 in two of three rounds),
+    # b/a says nothing about b. Then, or with fewer than 5 rounds, the latency verdict is
+    # left open (None) instead of a lucky True.
+    a_p50 = result["variants"]["a"]["median"]["p50_us"]
+    b_runs = result["variants"]["b"]["latency_runs"]
+    paired = _median([row["p50_us"] - row["minus_a_p50_us"] for row in b_runs if "minus_a_p50_us" in row])
+    result["b_paired_a_p50_us"] = paired
+    trusted = cfg.rounds >= 5 and bool(a_p50) and paired is not None and abs(paired / a_p50 - 1) <= 0.10
+    if not trusted:
+        result["targets"]["b_within_5pct_of_a"]["p50_us"] = None
     return result
 
 
