@@ -35,6 +35,10 @@ NETLINK_SETS = {
 """The sets a full sync reads over netlink (the others are interval or dynamic sets)."""
 
 
+def _state_of(n: int) -> model.ClusterState:
+    return model.build_state_from_objects(synth.cluster(n), node_name="n1", settings=ModelSettings())
+
+
 def _varied_state() -> model.ClusterState:
     """Dual-stack Services in every mode: whole IP, per port (TCP, UDP, SCTP; some with
     ICMP echo), with source ranges (networks and single hosts, both families)."""
@@ -205,28 +209,67 @@ def test_missing_table_reads_as_none(kernel: tuple[Netns, NetnsBackend]) -> None
     assert backend.read_table("inet", "wholeip") is None
 
 
-def test_a_moving_generation_reads_again(kernel: tuple[Netns, NetnsBackend], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parts are read one after the other; when the ruleset's generation moved meanwhile
-    (a commit in between), the table is read again, at most three times."""
+def test_a_commit_during_a_dump_interrupts_it_and_the_socket_stays_usable(
+    kernel: tuple[Netns, NetnsBackend],
+) -> None:
+    """The kernel flags a dump that a commit (to any table) overlapped; the reader drains
+    it, says so, and the same socket serves the next dump."""
+    ns, backend = kernel
+    apply_plan(backend, diff(compile.compile_table(_state_of(40_000), node_name="n1"), None))
+
+    def overlapped() -> tuple[bool, int]:
+        with netlink.Socket() as sock:
+            batches = sock.elements("inet", "wholeip", "ingress4")
+            first = next(batches)
+            assert 0 < len(first) < 40_000  # a dump of many messages, most not sent yet
+            backend_in_ns = LibnftBackend()
+            backend_in_ns.transact([{"add": {"table": {"family": "ip", "name": "someone_else"}}}])
+            try:
+                for _batch in batches:
+                    pass
+                interrupted = False
+            except netlink.Interrupted:
+                interrupted = True
+            again = sum(len(b) for b in sock.elements("inet", "wholeip", "ingress4"))
+            return interrupted, again
+
+    interrupted, again = ns.call(overlapped)
+    assert interrupted
+    assert again == 40_000
+
+
+def test_an_interrupted_set_is_read_again_alone(
+    kernel: tuple[Netns, NetnsBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
     _ns, backend = kernel
-    apply_plan(backend, diff(compile.compile_table(_varied_state(), node_name="n1"), None))
-    real_gen, real_read = netlink.Socket.generation, LibnftBackend._read
-    reads = []
-    offsets: Iterator[int] = iter(())
+    desired = compile.compile_table(_varied_state(), node_name="n1")
+    apply_plan(backend, diff(desired, None))
+    real_elements, real_list_set = netlink.Socket.elements, LibnftBackend._list_set
+    dumps: list[str] = []
+    listed: list[str] = []
+    interruptions = {"n": 0}
 
-    def gen(self: netlink.Socket) -> int:
-        return real_gen(self) + next(offsets)
+    def elements(self: netlink.Socket, family: str, table: str, name: str) -> Any:
+        dumps.append(name)
+        if name == "ingress4" and interruptions["n"] > 0:
+            interruptions["n"] -= 1
+            raise netlink.Interrupted()
+        return real_elements(self, family, table, name)
 
-    def read(self: LibnftBackend, *args: Any) -> Any:
-        reads.append(1)
-        return real_read(self, *args)
+    def list_set(self: LibnftBackend, family: str, table: str, decl: SetDecl) -> Any:
+        listed.append(decl.name)
+        return real_list_set(self, family, table, decl)
 
-    monkeypatch.setattr(netlink.Socket, "generation", gen)
-    monkeypatch.setattr(LibnftBackend, "_read", read)
-    for moves, readings in (([0, 0], 1), ([0, 1, 1, 1], 2), ([0, 1, 2, 3, 4, 5], 3)):
-        offsets, reads[:] = iter(moves), []
-        assert backend.read_table("inet", "wholeip") == _listed(backend)
-        assert len(reads) == readings, moves
+    monkeypatch.setattr(netlink.Socket, "elements", elements)
+    monkeypatch.setattr(LibnftBackend, "_list_set", list_set)
+    for times, ingress_dumps, ingress_listed in ((1, 2, False), (5, 3, True)):
+        dumps.clear()
+        listed.clear()
+        interruptions["n"] = times
+        assert backend.read_table("inet", "wholeip", known=desired.elements) == _listed(backend)
+        assert dumps.count("ingress4") == ingress_dumps
+        assert ("ingress4" in listed) is ingress_listed
+        assert all(dumps.count(name) == 1 for name in NETLINK_SETS - {"ingress4"})
 
 
 # --------------------------------------------------------------------------- decoding (pure)

@@ -113,27 +113,30 @@ class LibnftBackend:
         ``list table`` dear (see :mod:`wholeip.nft.netlink`): the declarations, chains
         and rules from libnftables' terse listing of the family's ruleset (it fetches no
         element), the elements over netlink, the sets netlink cannot decode through
-        libnftables one at a time. Parts are read one after the other; when the ruleset's
-        generation moved meanwhile, all of it is read again (up to ``_READ_ATTEMPTS``
-        times, then the last reading stands: it can only be off by what someone else
-        changed in our table, which the next full sync sees).
+        libnftables one at a time.
 
         ``known``: sets the table probably holds (the last commit). A set the kernel holds
         exactly is compared while it is read and returned as that very object, so reading
-        an unchanged table never holds a second copy of its elements."""
-        doc: TableDoc | None = None
-        for _attempt in range(_READ_ATTEMPTS):
+        an unchanged table never holds a second copy of its elements.
+
+        Each part is a consistent snapshot: a set's dump that a commit interrupted is
+        dumped again (up to ``_READ_ATTEMPTS`` times, then that set is listed through
+        libnftables, which retries on its own). The parts are not one snapshot together:
+        only someone else changing our table between two of them (the agent's own commits
+        never overlap a read) could show a mix, which the next full sync sees. Commits to
+        other tables, every second on a node whose kube-proxy is busy, cost a re-read of
+        the one set they interrupted, not of the table. A table or set that disappears
+        meanwhile makes the whole reading start over, once."""
+        for attempt in range(2):
             try:
                 with netlink.Socket() as sock:
-                    generation = sock.generation()
-                    doc = self._read(sock, family, name, known or {})
-                    if sock.generation() == generation:
-                        return doc
+                    return self._read(sock, family, name, known or {})
             except netlink.NetlinkError as exc:
-                if exc.errno not in (errno.ENOENT, errno.EINTR):
+                if exc.errno != errno.ENOENT:
                     raise Unavailable("reading the table over netlink failed", detail=str(exc)) from exc
-                doc = None  # the table or a set went away meanwhile, or the dump was interrupted
-        return doc
+                if attempt:
+                    raise Unavailable("our table changed under the reading twice", detail=str(exc)) from exc
+        return None  # pragma: no cover - the loop returns or raises
 
     def _read(
         self, sock: netlink.Socket, family: str, name: str, known: Mapping[str, AbstractSet[Elem]]
@@ -160,11 +163,7 @@ class LibnftBackend:
             decode = netlink.decoder(decl, layout) if layout is not None else None
             read: AbstractSet[Elem] | None = None
             if decode is not None:
-                expected = known.get(decl.name)
-                if expected is not None and _holds_exactly(sock.elements(family, name, decl.name), decode, expected):
-                    read = expected
-                else:
-                    read = _decoded(sock.elements(family, name, decl.name), decode)
+                read = _read_set(sock, family, name, decl.name, decode, known.get(decl.name))
             elements[decl.name] = read if read is not None else self._list_set(family, name, decl)
         return TableDoc(family, name, skeleton, elements)
 
@@ -221,6 +220,22 @@ class LibnftBackend:
 
 _Batches = Iterator[list[netlink.RawElem]]
 _Decode = Callable[[netlink.RawElem], Elem]
+
+
+def _read_set(
+    sock: netlink.Socket, family: str, table: str, name: str, decode: _Decode, expected: AbstractSet[Elem] | None
+) -> AbstractSet[Elem] | None:
+    """One set over netlink: ``expected`` itself when the kernel holds exactly that, else
+    the decoded elements; None when an element does not decode or every dump was
+    interrupted (the caller lists the set through libnftables)."""
+    for _attempt in range(_READ_ATTEMPTS):
+        try:
+            if expected is not None and _holds_exactly(sock.elements(family, table, name), decode, expected):
+                return expected
+            return _decoded(sock.elements(family, table, name), decode)
+        except netlink.Interrupted:
+            continue
+    return None
 
 
 def _holds_exactly(batches: _Batches, decode: _Decode, expected: AbstractSet[Elem]) -> bool:

@@ -38,7 +38,6 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETSET = 10
 NFT_MSG_GETSETELEM = 13
-NFT_MSG_GETGEN = 16
 
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
@@ -69,7 +68,6 @@ NFTA_DATA_VALUE = 1
 NFTA_DATA_VERDICT = 2
 NFTA_VERDICT_CODE = 1
 NFTA_VERDICT_CHAIN = 2
-NFTA_GEN_ID = 1
 
 NFT_SET_INTERVAL = 0x4
 NFT_SET_MAP = 0x8
@@ -88,6 +86,7 @@ PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
 _FIELD_WIDTH = {"ipv4_addr": 4, "ipv6_addr": 16, "inet_proto": 1, "inet_service": 2}
 _HDR = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
+_BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 _BE32S = struct.Struct(">i")
 _RECV_SIZE = 1 << 20
@@ -171,8 +170,16 @@ class Socket:
         return self._seq
 
     def _replies(self, seq: int) -> Iterator[tuple[memoryview, int, int]]:
-        """Each reply message of request ``seq``: (buffer, attributes start, end), until done."""
+        """Each reply message of request ``seq``: (buffer, attributes start, end), until done.
+
+        A dump that a commit (to any table) overlapped is read to its end, then
+        :class:`Interrupted` is raised: a socket runs one dump at a time, so one left
+        half-read would refuse the next request. Overlapped: the kernel flags the message
+        (``NLM_F_DUMP_INTR``), or the ruleset generation nf_tables puts in every message's
+        ``res_id`` (its low 16 bits) differs from the first message's."""
         view = memoryview(self._buf)
+        interrupted = False
+        generation: int | None = None
         while True:
             got = self._sock.recv_into(self._buf)
             offset = 0
@@ -182,8 +189,14 @@ class Socket:
                     raise NetlinkError(errno_mod.EPROTO, "short netlink message")
                 end = offset + length
                 if msg_seq == seq:
+                    interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
+                    if kind not in (NLMSG_DONE, NLMSG_ERROR) and length >= _HDR.size + 4:
+                        (res_id,) = _BE16.unpack_from(view, offset + _HDR.size + 2)
+                        if generation is None:
+                            generation = res_id
+                        interrupted = interrupted or res_id != generation
                     if kind == NLMSG_DONE:
-                        if flags & NLM_F_DUMP_INTR:
+                        if interrupted:
                             raise Interrupted()
                         return
                     if kind == NLMSG_ERROR:
@@ -191,24 +204,13 @@ class Socket:
                         if code:
                             raise NetlinkError(-code, os.strerror(-code))
                         return  # an acknowledgement
-                    if flags & NLM_F_DUMP_INTR:
-                        raise Interrupted()
-                    yield view, offset + _HDR.size + 4, end
+                    if not interrupted:
+                        yield view, offset + _HDR.size + 4, end
                     if not flags & NLM_F_MULTI:
+                        if interrupted:
+                            raise Interrupted()
                         return
                 offset += (length + 3) & ~3
-
-    def generation(self) -> int:
-        """The ruleset's generation id: it changes with every committed transaction."""
-        seq = self._send(NFT_MSG_GETGEN, NLM_F_REQUEST, "unspec", b"")
-        gen = -1
-        for buf, start, end in self._replies(seq):
-            for kind, a, _b in _attrs(buf, start, end):
-                if kind == NFTA_GEN_ID:
-                    (gen,) = _BE32.unpack_from(buf, a)
-        if gen < 0:
-            raise NetlinkError(errno_mod.EPROTO, "no generation id in the reply")
-        return gen
 
     def layouts(self, family: str, table: str) -> dict[str, Layout]:
         """Every set of ``table``: its :class:`Layout`, by name."""
