@@ -290,22 +290,28 @@ print(json.dumps({"sent": sent, "answered": answered}))
 """
 
 
-def test_neighbour_discovery_to_an_external_ip_is_not_rewritten(programmed: Topology) -> None:
+@pytest.mark.parametrize("prober", ["rtr", "n2"])
+def test_neighbour_discovery_to_an_external_ip_is_not_rewritten(programmed: Topology, prober: str) -> None:
     """MetalLB in L2 mode (and proxy NDP) answers neighbour solicitations for an external
     IPv6 on the node's link; the upstream router re-checks the entry with *unicast*
     solicitations addressed to the external IP itself. Those must reach the node that
     answers, not be rewritten to the pod (which would let the router's entry fail every
-    reachable time). Proxy NDP on n1 stands in for the speaker."""
+    reachable time). Proxy NDP on n1 stands in for the speaker. ``n2``: another node on
+    the same link, for which the address is on-link too (east-west: tracked, no NAT)."""
     ext = EXT_A[6]
     programmed.exec("n1", ["sysctl", "-qw", "net.ipv6.conf.all.proxy_ndp=1"], check=True)
     programmed.exec("n1", ["ip", "-6", "neigh", "add", "proxy", ext, "dev", "eth0"], check=True)
+    if prober == "n2":
+        programmed.exec("n2", ["ip", "-6", "route", "add", f"{ext}/128", "dev", "eth0"], check=True)
     try:
-        out = programmed.exec("rtr", [sys.executable, "-c", NUD_PROBE, ext], check=True).stdout
+        out = programmed.exec(prober, [sys.executable, "-c", NUD_PROBE, ext], check=True).stdout  # type: ignore[arg-type]
         result = json.loads(out.strip().splitlines()[-1])
         assert result["answered"], result
         # And the ordinary traffic to the same address still reaches the pod.
         r = exchange(programmed, client="ext", server="pod_a", addr=ext, proto="udp")
         assert r.ok, r.error
     finally:
+        if prober == "n2":
+            programmed.exec("n2", ["ip", "-6", "route", "del", f"{ext}/128", "dev", "eth0"])
         programmed.exec("n1", ["ip", "-6", "neigh", "del", "proxy", ext, "dev", "eth0"])
         programmed.exec("n1", ["sysctl", "-qw", "net.ipv6.conf.all.proxy_ndp=0"])
