@@ -119,9 +119,9 @@ class LibnftBackend:
         exactly is compared while it is read and returned as that very object, so reading
         an unchanged table never holds a second copy of its elements.
 
-        Each part is a consistent snapshot: a set's dump that a commit interrupted is
-        dumped again (up to ``_READ_ATTEMPTS`` times, then that set is listed through
-        libnftables, which retries on its own). The parts are not one snapshot together:
+        Each part is read as a snapshot: a set's dump that a commit overlapped is dumped
+        again (up to ``_READ_ATTEMPTS`` times, the last one taken as it is). The parts
+        are not one snapshot together:
         only someone else changing our table between two of them (the agent's own commits
         never overlap a read) could show a mix, which the next full sync sees. Commits to
         other tables, every second on a node whose kube-proxy is busy, cost a re-read of
@@ -226,16 +226,21 @@ def _read_set(
     sock: netlink.Socket, family: str, table: str, name: str, decode: _Decode, expected: AbstractSet[Elem] | None
 ) -> AbstractSet[Elem] | None:
     """One set over netlink: ``expected`` itself when the kernel holds exactly that, else
-    the decoded elements; None when an element does not decode or every dump was
-    interrupted (the caller lists the set through libnftables)."""
-    for _attempt in range(_READ_ATTEMPTS):
+    the decoded elements; None when an element does not decode (the caller lists the set
+    through libnftables). A dump a commit overlapped is taken again; the last attempt is
+    taken as it is (commits to other tables cannot change our set; only someone else
+    changing it meanwhile could make it off, as between two sets, see read_table)."""
+    for attempt in range(_READ_ATTEMPTS):
+        strict = attempt < _READ_ATTEMPTS - 1
         try:
-            if expected is not None and _holds_exactly(sock.elements(family, table, name), decode, expected):
+            if expected is not None and _holds_exactly(
+                sock.elements(family, table, name, strict=strict), decode, expected
+            ):
                 return expected
-            return _decoded(sock.elements(family, table, name), decode)
+            return _decoded(sock.elements(family, table, name, strict=strict), decode)
         except netlink.Interrupted:
             continue
-    return None
+    return None  # pragma: no cover - the last attempt is not strict
 
 
 def _holds_exactly(batches: _Batches, decode: _Decode, expected: AbstractSet[Elem]) -> bool:
