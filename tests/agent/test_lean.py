@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 
-from wholeip.kube.lean import exports
+import pytest
+
+from wholeip.kube.lean import Unexpected, exports
 
 
 def _run(code: str) -> dict[str, object]:
@@ -138,21 +140,42 @@ def test_an_earlier_plain_import_is_left_alone() -> None:
     assert result == {"installed": False, "same": True, "lean": False}
 
 
-def test_exports_reads_both_import_forms() -> None:
+def test_exports_reads_imports_and_literal_dunders() -> None:
     source = textwrap.dedent(
         """
+        \"\"\"Docstring.\"\"\"
         from __future__ import absolute_import
         __version__ = "1.2.3"
         # a comment
         from pkg.client.api.core_v1_api import CoreV1Api
         from pkg.client.exceptions import ApiException  # noqa: E501
+        from pkg.client.rest import RESTClientObject as Rest
         import pkg.client as client
-        def f():
-            from pkg.inner import hidden
+        __all__ = ["CoreV1Api", "client"]
         """
     )
-    assert exports(source) == {
+    names, constants = exports(source)
+    assert names == {
         "CoreV1Api": ("pkg.client.api.core_v1_api", "CoreV1Api"),
         "ApiException": ("pkg.client.exceptions", "ApiException"),
+        "Rest": ("pkg.client.rest", "RESTClientObject"),
         "client": ("pkg.client", None),
     }
+    assert constants == {"__version__": "1.2.3", "__all__": ["CoreV1Api", "client"]}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "from pkg.models import *",
+        "import pkg.plain",
+        "def helper():\n    pass",
+        "if True:\n    from pkg.x import Y",
+        "__version__ = compute()",
+        "registry = {}",
+        "from .relative import Thing",
+    ],
+)
+def test_exports_refuses_an_init_it_could_not_reproduce(extra: str) -> None:
+    with pytest.raises(Unexpected):
+        exports(f"from pkg.a import A\n{extra}\n")

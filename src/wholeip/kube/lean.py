@@ -11,19 +11,21 @@ object (responses are read raw, ``_preload_content=False``).
 :func:`install` registers the package and its three big sub-packages as
 modules whose ``__init__`` has not run, each with a module ``__getattr__``
 that imports a name's defining module on first use. What a name resolves to
-comes from the package's own ``__init__`` (its ``from X import Y`` and
-``import X as Y`` lines), so the shim does not need to know the library's
-contents. Nothing else changes: the library's modules are the library's, any
-name it exports is still there. When the package is already imported, or its
-``__init__`` files do not look as expected, :func:`install` does nothing and
-the library imports as usual. ``tests/agent/test_lean.py`` checks both.
+comes from the package's own ``__init__``, parsed and not run: its ``from X
+import Y`` and ``import X as Y`` statements, and its literal dunders
+(``__version__``, ``__all__``). So the shim does not need to know the
+library's contents, and nothing else changes: the library's modules are the
+library's, any name it exports is still there. When the package is already
+imported, or an ``__init__`` holds anything else at its top level (a star
+import, code, a computed value), :func:`install` does nothing and the library
+imports as usual. ``tests/agent/test_lean.py`` checks both.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
-import re
 import sys
 from types import ModuleType
 from typing import Any
@@ -31,21 +33,48 @@ from typing import Any
 PACKAGE = "kubernetes_asyncio"
 LAZY = (PACKAGE, f"{PACKAGE}.client", f"{PACKAGE}.client.api", f"{PACKAGE}.client.models")
 
-_FROM_IMPORT = re.compile(r"^from ([\w.]+) import (\w+)\s*(?:#.*)?$", re.MULTILINE)
-_IMPORT_AS = re.compile(r"^import ([\w.]+) as (\w+)\s*(?:#.*)?$", re.MULTILINE)
-_VERSION = re.compile(r"^__version__ = [\"']([^\"']+)[\"']", re.MULTILINE)
+
+class Unexpected(ValueError):
+    """A package ``__init__`` does more than import names: the shim does not apply."""
 
 
-def exports(source: str) -> dict[str, tuple[str, str | None]]:
-    """Name -> (module, attribute) for every top-level import of a package ``__init__``
-    (attribute None: the name is the module itself)."""
-    out: dict[str, tuple[str, str | None]] = {}
-    for module, name in _FROM_IMPORT.findall(source):
-        if module != "__future__":
-            out[name] = (module, name)
-    for module, name in _IMPORT_AS.findall(source):
-        out[name] = (module, None)
-    return out
+def exports(source: str) -> tuple[dict[str, tuple[str, str | None]], dict[str, Any]]:
+    """What a package ``__init__`` defines: name -> (module, attribute) for each of its
+    imports (attribute None: the name is the module itself), and its literal dunder
+    assignments (``__version__``, ``__all__``). Anything else at its top level (a star import, code,
+    a computed value) raises :class:`Unexpected`: the shim could not reproduce it."""
+    names: dict[str, tuple[str, str | None]] = {}
+    constants: dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "__future__":
+                continue
+            for alias in node.names:
+                if alias.name == "*":
+                    raise Unexpected(f"from {node.module} import *")
+                names[alias.asname or alias.name] = (node.module, alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname is None:
+                    raise Unexpected(f"import {alias.name} (without as)")
+                names[alias.asname] = (alias.name, None)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the docstring
+        elif (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.startswith("__")
+        ):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError as exc:
+                raise Unexpected(f"line {node.lineno}: {node.targets[0].id} is computed") from exc
+        else:
+            raise Unexpected(f"line {node.lineno}: {type(node).__name__}")
+    if not names:
+        raise Unexpected("no imports")
+    return names, constants
 
 
 def _shell(name: str) -> ModuleType | None:
@@ -55,14 +84,9 @@ def _shell(name: str) -> ModuleType | None:
     if spec is None or spec.origin is None or spec.submodule_search_locations is None:
         return None
     with open(spec.origin, encoding="utf-8") as f:
-        source = f.read()
-    names = exports(source)
-    if not names:
-        return None
+        names, constants = exports(f.read())
     module = importlib.util.module_from_spec(spec)
-    version = _VERSION.search(source)
-    if version:
-        module.__version__ = version.group(1)  # type: ignore[attr-defined]
+    module.__dict__.update(constants)
 
     def __getattr__(attr: str) -> Any:
         target = names.get(attr)
@@ -96,7 +120,7 @@ def install() -> bool:
             parent, _, child = name.rpartition(".")
             if parent:
                 setattr(sys.modules[parent], child, module)
-    except (ImportError, OSError, ValueError):
+    except (ImportError, OSError, SyntaxError, ValueError):
         for name in added:  # leave the normal import path exactly as it was
             del sys.modules[name]
         return False
