@@ -18,6 +18,7 @@ lost) are printed; run with ``-s`` to see them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -112,26 +113,34 @@ def count_events(sb: Sandbox, node: Node, event: str) -> int:
 
 
 def test_sigkill_restart_keeps_streams_and_commits_nothing(sb: Sandbox) -> None:
-    ext_client = sb.t.addr("ext", 4)
+    """Both families at once: into the pod and out of it, through one SIGKILL restart."""
     foreign = _listing(sb, "someoneelse")
-    inbound = Stream(sb.t, client="ext", server="pod_a", addr=EXT[0])
-    with inbound, Stream(sb.t, client="pod_a", server="ext", addr=ext_client) as outbound:
-        more_echoes(inbound, outbound, count=50)
+    clients = {f: sb.t.addr("ext", f) for f in (4, 6)}
+    with contextlib.ExitStack() as stack:
+        inbound = {
+            f: stack.enter_context(Stream(sb.t, client="ext", server="pod_a", addr=EXT[k]))
+            for k, f in enumerate((4, 6))
+        }
+        outbound = {f: stack.enter_context(Stream(sb.t, client="pod_a", server="ext", addr=clients[f])) for f in (4, 6)}
+        streams = (*inbound.values(), *outbound.values())
+        more_echoes(*streams, count=50)
         killed_at = time.monotonic()
         assert sb.kill_agent("n1", signal.SIGKILL) == -signal.SIGKILL
         sb.start_agent("n1")
         sb.wait_ready(within=30)
         restart_gap = time.monotonic() - killed_at
         # Keep streaming a while after the new agent is ready: its first sync is behind us.
-        more_echoes(inbound, outbound, count=100)
-        into, out = inbound.stop(), outbound.stop()
+        more_echoes(*streams, count=100)
+        into = {f: s.stop() for f, s in inbound.items()}
+        out = {f: s.stop() for f, s in outbound.items()}
     print(f"\nrestart gap (SIGKILL -> ready) {restart_gap:.2f}s")
-    print(f"outside -> {EXT[0]} -> pod A: {into.summary()}")
-    print(f"pod A -> outside as {EXT[0]}: {out.summary()}")
-    assert_clean(into, peer=ext_client, reply_from=EXT[0])
-    assert into.server_locals == [POD_IP["pod_a"][0]]
-    assert_clean(out, peer=EXT[0], reply_from=ext_client)
-    assert into.udp_sent > restart_gap / 0.01 * 0.5, "the stream ran through the restart"
+    for k, f in enumerate((4, 6)):
+        print(f"outside -> {EXT[k]} -> pod A: {into[f].summary()}")
+        print(f"pod A -> outside as {EXT[k]}: {out[f].summary()}")
+        assert_clean(into[f], peer=clients[f], reply_from=EXT[k])
+        assert into[f].server_locals == [POD_IP["pod_a"][k]]
+        assert_clean(out[f], peer=EXT[k], reply_from=clients[f])
+        assert into[f].udp_sent > restart_gap / 0.01 * 0.5, "the stream ran through the restart"
 
     # The restarted agent found the table as it wanted it: one full sync, no changes.
     metrics = sb.metrics("n1")
@@ -233,8 +242,11 @@ def expired_restarts(sb: Sandbox) -> float:
 def test_api_server_outage_keeps_rules_and_catches_up(sb: Sandbox) -> None:
     assert sb.api_up()
     before = sb.metrics("n2")
-    with Stream(sb.t, client="ext", server="pod_a", addr=EXT[0]) as stream:
-        more_echoes(stream, count=50)
+    with (
+        Stream(sb.t, client="ext", server="pod_a", addr=EXT[0]) as stream,
+        Stream(sb.t, client="ext", server="pod_a", addr=EXT[1]) as stream6,
+    ):
+        more_echoes(stream, stream6, count=50)
         gone_at = time.monotonic()
         assert sb.api_call("POST", f"/_double/stop?seconds={OUTAGE:g}") is not None
         wait_for(lambda: not sb.api_up(), within=5, what="the API server to go away")
@@ -257,7 +269,7 @@ def test_api_server_outage_keeps_rules_and_catches_up(sb: Sandbox) -> None:
         status, body = sb.probe("n1", "/readyz")
         assert status == 503, (status, body)
         assert "informers not synced" in body
-        more_echoes(stream, count=100)
+        more_echoes(stream, stream6, count=100)
         assert probes(sb, "n1") == (200, 503)
         assert probes(sb, "n2") == (200, 200)
         # The resync against the kernel goes on without the API server.
@@ -275,11 +287,13 @@ def test_api_server_outage_keeps_rules_and_catches_up(sb: Sandbox) -> None:
         sb.wait_mapping(LATE, POD_IP["pod_b"][0], within=40)
         caught_up = time.monotonic() - back_at
         sb.wait_ready(within=30)
-        more_echoes(stream, count=50)
-        result = stream.stop()
+        more_echoes(stream, stream6, count=50)
+        result, result6 = stream.stop(), stream6.stop()
     print(f"\nAPI server away {back_at - gone_at:.1f}s; change applied {caught_up:.1f}s after it was back")
     print(f"outside -> {EXT[0]} -> pod A through the outage: {result.summary()}")
+    print(f"outside -> {EXT[1]} -> pod A through the outage: {result6.summary()}")
     assert_clean(result, peer=sb.t.addr("ext", 4), reply_from=EXT[0])
+    assert_clean(result6, peer=sb.t.addr("ext", 6), reply_from=EXT[1])
     reaches(sb, "pod_b", LATE, within=5)
     sb.kubectl("delete", "service", "late")
     sb.wait_mapping(LATE, None, within=15)
