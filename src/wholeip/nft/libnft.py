@@ -81,23 +81,7 @@ class LibnftBackend:
         return 0
 
     def list_table(self, family: str, name: str) -> list[JSONObj] | None:
-        request = {"nftables": [{"list": {"table": {"family": family, "name": name}}}]}
-        if self._fresh is None:
-            with self._lock:
-                rc, out, err = self._nft.json_cmd(request)
-        else:
-            # A context keeps what it listed in its cache until it is freed: 210 MiB of C
-            # memory after listing 300,000 elements, held between two full syncs. So a
-            # listing gets a context of its own, freed before its text is decoded (the
-            # cache and the decoded objects never coexist).
-            nft = self._fresh()
-            nft.set_json_output(True)
-            nft.set_handle_output(True)
-            with self._lock:
-                rc, text, err = nft.cmd(json.dumps(request))
-            del nft
-            out = json.loads(text) if rc == 0 and text else None
-            del text
+        rc, out, err = self._list({"list": {"table": {"family": family, "name": name}}})
         if rc != 0:
             kind = classify(str(err))
             if kind is NotFound:
@@ -105,6 +89,26 @@ class LibnftBackend:
             raise kind(f"listing table {family} {name} failed", detail=str(err).strip())
         objects: list[JSONObj] = out.get("nftables", []) if isinstance(out, dict) else []
         return objects
+
+    def _list(self, command: JSONObj) -> tuple[int, Any, str]:
+        """One listing command: (rc, the decoded JSON output or None, error text).
+
+        A context keeps what it listed in its cache until it is freed: 210 MiB of C
+        memory after listing 300,000 elements, held between two full syncs. So a listing
+        gets a context of its own, freed before its text is decoded (the cache and the
+        decoded objects never coexist)."""
+        request = {"nftables": [command]}
+        if self._fresh is None:
+            with self._lock:
+                rc, out, err = self._nft.json_cmd(request)
+            return rc, out, err
+        nft = self._fresh()
+        nft.set_json_output(True)
+        nft.set_handle_output(True)
+        with self._lock:
+            rc, text, err = nft.cmd(json.dumps(request))
+        del nft
+        return rc, (json.loads(text) if rc == 0 and text else None), err
 
     def read_table(
         self, family: str, name: str, *, known: Mapping[str, AbstractSet[Elem]] | None = None
@@ -167,22 +171,15 @@ class LibnftBackend:
             elements[decl.name] = read if read is not None else self._list_set(family, name, decl)
         return TableDoc(family, name, skeleton, elements)
 
-    def _list_set(self, family: str, table: str, decl: SetDecl) -> frozenset[Elem]:
-        """One set's elements through libnftables (in a throwaway context: see list_table)."""
+    def _list_set(self, family: str, table: str, decl: SetDecl) -> AbstractSet[Elem]:
+        """One set's elements through libnftables (see :meth:`_list`)."""
         kind = "set" if decl.data is None else "map"
-        request = {"nftables": [{"list": {kind: {"family": family, "table": table, "name": decl.name}}}]}
-        nft = self._fresh() if self._fresh is not None else self._nft
-        if nft is not self._nft:
-            nft.set_json_output(True)
-        with self._lock:
-            rc, text, err = nft.json_cmd(request)
-        del nft
+        rc, out, err = self._list({"list": {kind: {"family": family, "table": table, "name": decl.name}}})
         if rc != 0:
             code = errno.ENOENT if classify(str(err)) is NotFound else errno.EPROTO
             raise netlink.NetlinkError(code, str(err).strip())
-        return frozenset(
-            parse_listing(text.get("nftables", []), family=family, name=table).elements.get(decl.name, frozenset())
-        )
+        objects = out.get("nftables", []) if isinstance(out, dict) else []
+        return parse_listing(objects, family=family, name=table).elements.get(decl.name, frozenset())
 
     def transact(self, commands: Sequence[JSONObj]) -> None:
         if not commands:
@@ -262,7 +259,7 @@ def _holds_exactly(batches: _Batches, decode: _Decode, expected: AbstractSet[Ele
     return same and count == len(expected)
 
 
-def _decoded(batches: _Batches, decode: _Decode) -> frozenset[Elem] | None:
+def _decoded(batches: _Batches, decode: _Decode) -> set[Elem] | None:
     """A set dump's elements; None when one of them does not decode (read to the end anyway)."""
     out: set[Elem] | None = set()
     for batch in batches:
@@ -272,7 +269,7 @@ def _decoded(batches: _Batches, decode: _Decode) -> frozenset[Elem] | None:
             out.update(decode(raw) for raw in batch)
         except (netlink.Undecodable, ValueError, IndexError):
             out = None
-    return None if out is None else frozenset(out)
+    return out
 
 
 _dry_run_fn: Any = None
