@@ -371,6 +371,11 @@ class Config:
         """The size of the small wholeip table (b at a few mappings)."""
         return min(self.rule_sizes)
 
+    @property
+    def floor_sizes(self) -> list[int]:
+        """The lookup floor's set sizes: N and the small table's."""
+        return sorted({self.mappings, self.small}, reverse=True)
+
 
 @dataclass
 class Setup:
@@ -459,22 +464,22 @@ def install(setup: Setup, cfg: Config) -> dict[str, float]:
         setup.tables.append(f"inet {table}")
         took[f"inet {table}"] = time.perf_counter() - started
         print(f"installed inet {table}: {n} mappings in {took[f'inet {table}']:.1f}s", flush=True)
-    for size in sorted({cfg.mappings, cfg.small}, reverse=True):
-        started = time.perf_counter()
-        text = setup.workdir / f"floor-{size}.nft"
-        text.write_text(floor_text(size, [pod for _, pod in setup.mappings[:size]]))
-        _run(setup.topo, "n1", ["nft", "-f", str(text)], timeout=900)
-        setup.tables.append(f"ip floor_{size}")
-        took[f"ip floor_{size}"] = time.perf_counter() - started
+    for size in cfg.floor_sizes:
+        took |= _install_text(setup, f"floor_{size}", floor_text(size, [pod for _, pod in setup.mappings[:size]]))
     for size in cfg.rule_sizes:
-        started = time.perf_counter()
-        text = setup.workdir / f"perservice-{size}.nft"
-        text.write_text(perservice_text(size, setup.mappings[:size]))
-        _run(setup.topo, "n1", ["nft", "-f", str(text)], timeout=900)
-        setup.tables.append(f"ip perservice_{size}")
-        took[f"ip perservice_{size}"] = time.perf_counter() - started
+        took |= _install_text(setup, f"perservice_{size}", perservice_text(size, setup.mappings[:size]))
         print(f"installed ip perservice_{size}: {size} rules in {took[f'ip perservice_{size}']:.1f}s", flush=True)
     return took
+
+
+def _install_text(setup: Setup, table: str, text: str) -> dict[str, float]:
+    """``nft -f`` of ``text`` (which declares ``ip <table>``) on n1: {"ip <table>": seconds}."""
+    started = time.perf_counter()
+    path = setup.workdir / f"{table}.nft"
+    path.write_text(text)
+    _run(setup.topo, "n1", ["nft", "-f", str(path)], timeout=900)
+    setup.tables.append(f"ip {table}")
+    return {f"ip {table}": time.perf_counter() - started}
 
 
 def perservice_text(size: int, mappings: Sequence[tuple[str, str]]) -> str:
@@ -539,7 +544,7 @@ def variants(cfg: Config) -> list[Variant]:
             cfg.small,
         ),
     ]
-    for size in sorted({n, cfg.small}, reverse=True):
+    for size in cfg.floor_sizes:
         name = "l" if size == n else f"l{size}"
         label = f"lookup floor: one set lookup per direction, {size} entries"
         out.append(Variant(name, label, f"ip floor_{size}", CLIENT_OUT, "pod", size))
@@ -909,12 +914,9 @@ class Flood:
 def floods(cfg: Config, vs: Sequence[Variant]) -> list[Flood]:
     by_name = {v.name: v for v in vs}
     limit = cfg.ct_max or "the host's"
+    host_limit = ("a_n1", "b", f"b{cfg.small}", "l", f"l{cfg.small}")  # conntrack_max left as it is
     return [
-        Flood("a_n1", by_name["a_n1"], 0, by_name["a_n1"].label),
-        Flood("b", by_name["b"], 0, by_name["b"].label),
-        Flood(f"b{cfg.small}", by_name[f"b{cfg.small}"], 0, by_name[f"b{cfg.small}"].label),
-        Flood("l", by_name["l"], 0, by_name["l"].label),
-        Flood(f"l{cfg.small}", by_name[f"l{cfg.small}"], 0, by_name[f"l{cfg.small}"].label),
+        *(Flood(name, by_name[name], 0, by_name[name].label) for name in host_limit),
         Flood("ct_dnat", by_name["c"], cfg.ct_max, f"conntrack DNAT (the path of c), nf_conntrack_max={limit}"),
     ]
 
