@@ -221,8 +221,8 @@ def _ones_add(a: int, b: int) -> int:
 
 def _icmp_error_rules() -> list[Rule]:
     """The ``icmp_errors`` chain: every rule that matches also ends the packet's prerouting
-    work (its destination is rewritten like any north-south packet's), so it ends with
-    ``notrack accept``."""
+    work. Neighbour discovery is accepted as it is; an ICMP error has its destination
+    rewritten like any north-south packet's, so its rule ends with ``notrack accept``."""
     daddr4, daddr6 = _payload("ip", "daddr"), _payload("ip6", "daddr")
     fix_key = _concat(daddr4, INNER_SADDR4)
     rewrite4 = {"mangle": {"key": daddr4, "value": _map_lookup(daddr4, "ingress4")}}
