@@ -266,7 +266,7 @@ class ClusterIndex:
                     _discard(self._claims, ip, key)
                 affected.update(old_view.exts)
             if svc is not None:
-                view = self._make_view(svc, key)
+                view = self._make_view(svc)
                 self._views[view.key] = view
                 if view.problems:
                     self._view_problems[key] = view.problems
@@ -403,12 +403,12 @@ class ClusterIndex:
             source_ranges=info.source_ranges,
         )
 
-    def _make_view(self, svc: _View, key: ServiceKey) -> _View:
+    def _make_view(self, svc: _View) -> _View:
         ready: dict[int, Ready] = {4: (), 6: ()}
         outside: dict[int, set[str]] = {4: set(), 6: set()}
         slice_ports: dict[tuple[str, str], int] = {}
         merged: dict[int, dict[str, str | None]] = {}
-        for skey in sorted(_values(self._slices_of.get(key))):
+        for skey in sorted(_values(self._slices_of.get(svc.key))):
             sl = self._slices[skey]
             outside[sl.family].update(sl.outside)
             if svc.mode is Mode.PER_PORT:
