@@ -50,3 +50,37 @@ def test_console_format_is_for_humans() -> None:
     assert "synced" in lines[0]
     assert "sync_id=abc123" in lines[0]
     assert not lines[0].startswith("{")
+
+
+THREADED = """
+import logging, threading, structlog
+from wholeip import log
+log.configure(format="json", level="debug")
+ours = structlog.get_logger("t")
+library = logging.getLogger("asyncio")
+start = threading.Barrier(4)
+
+def write(n):
+    start.wait()
+    for i in range(2000):
+        if n % 2:
+            ours.info("agent line", n=n, i=i)
+        else:
+            library.debug("library line %d %d", n, i)
+
+threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_lines_from_threads_never_share_a_line() -> None:
+    # The agent's own lines and a library's, written from several threads at once
+    # (the sync's worker thread and the conntrack cleaner do): every line is one record.
+    out = subprocess.run([sys.executable, "-c", THREADED], capture_output=True, text=True, check=True, timeout=120)
+    lines = out.stderr.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 8000
+    assert sum(1 for r in records if r["event"] == "agent line") == 4000

@@ -51,10 +51,13 @@ table inet someoneelse {
 
 
 @pytest.fixture(scope="module")
-def sb(kernel_ok: None) -> Iterator[Sandbox]:
+def sb(kernel_ok: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     # A short resync, so that drift is repaired within seconds; debug logs, so that
     # a sync that changes nothing still says so.
-    with Sandbox(agent_args=["--max-sync-interval", str(RESYNC), "--log-level", "debug"]) as sandbox:
+    with Sandbox(
+        workdir=tmp_path_factory.mktemp("sandbox"),
+        agent_args=["--max-sync-interval", str(RESYNC), "--log-level", "debug"],
+    ) as sandbox:
         for node in ("n1", "n2"):
             sandbox.t.nft(node, "-f", "-", input=FOREIGN)
         sandbox.wait_ready()

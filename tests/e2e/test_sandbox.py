@@ -19,8 +19,8 @@ EXT = ("203.0.113.10", "2001:db8:100::10")
 
 
 @pytest.fixture(scope="module")
-def sb(kernel_ok: None) -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
+def sb(kernel_ok: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(workdir=tmp_path_factory.mktemp("sandbox")) as sandbox:
         sandbox.wait_ready()
         yield sandbox
 

@@ -279,8 +279,8 @@ def test_untranslated_flow_from_the_gap_is_deleted_when_the_ip_is_mapped(kube: C
 
 
 @pytest.fixture(scope="module")
-def sb(kernel_ok: None) -> Iterator[Sandbox]:
-    with Sandbox() as sandbox:
+def sb(kernel_ok: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    with Sandbox(workdir=tmp_path_factory.mktemp("sandbox")) as sandbox:
         sandbox.wait_ready()
         yield sandbox
 

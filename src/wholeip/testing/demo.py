@@ -87,6 +87,9 @@ def run() -> int:
         for ext in EXT:
             report.check(f"every node forgot {ext}", _mapped(sb, ext, None))
         report.check(f"outside -> {EXT[0]} no longer reaches the pod", _dark(sb))
+        if report.failed:
+            sb.keep_workdir = True
+            print(f"\nthe agents' logs are kept in {sb.workdir}")
 
     total = time.monotonic() - report.started
     print(f"\n{report.passed} passed, {report.failed} failed in {total:.1f}s; everything torn down.")

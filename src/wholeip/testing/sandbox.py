@@ -18,6 +18,7 @@ namespace, also after a failure or Ctrl-C.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,9 @@ class Sandbox:
     """Topology + API server double + one agent per node."""
 
     def __init__(self, *, workdir: Path | None = None, agent_args: Sequence[str] = ()) -> None:
+        # A workdir the sandbox made itself is removed on close unless ``keep_workdir``
+        # (set it to keep the agents' logs of a failed run); one it was given is left alone.
+        self.keep_workdir = workdir is not None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="wholeip-sandbox-"))
         self.kubeconfig = self.workdir / "kubeconfig"
         self.agent_args = list(agent_args)
@@ -101,6 +105,8 @@ class Sandbox:
         if self.topo is not None:
             self.topo.close()
             self.topo = None
+        if not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
         return self.start()
