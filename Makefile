@@ -37,6 +37,7 @@ e2e: bootstrap
 ## Benchmarks live outside the suite: they print a table and write JSON.
 bench: bootstrap
 	$(PY) -m wholeip.bench --out bench-results/bench.json
+	$(PY) -m wholeip.benchchange --out bench-results/change.json
 	$(PY) -m wholeip.benchpath --out bench-results/datapath.json
 
 ## Packet path and conntrack pressure through a node, in network namespaces (minutes).

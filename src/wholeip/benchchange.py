@@ -42,13 +42,9 @@ from typing import Any
 
 from wholeip.testing.netns import Netns
 from wholeip.testing.sandbox import wait_for
+from wholeip.testing.stats import percentile
 
 PROBE_PORT = 9765
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _http(method: str, url: str, body: Any = None, ctype: str = "application/json") -> Any:
@@ -261,18 +257,18 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             "agent_peak_rss_mib": max(hwm, hwm_after),
             "agent_rss_after_changes_mib": rss_after,
             "changes": changes,
-            "change_to_commit_p50_ms": _pct(latencies, 0.5),
-            "change_to_commit_p99_ms": _pct(latencies, 0.99),
-            "commit_p50_ms": _pct(commits, 0.5),
+            "change_to_commit_p50_ms": percentile(latencies, 0.5),
+            "change_to_commit_p99_ms": percentile(latencies, 0.99),
+            "commit_p50_ms": percentile(commits, 0.5),
             "elements_added_per_change": statistics.median(elements),
-            "floor_nft_add_element_p50_ms": _pct(nft_ms, 0.5),
-            "floor_nft_add_element_p99_ms": _pct(nft_ms, 0.99),
-            "floor_libnft_one_element_p50_ms": _pct(lib_ms, 0.5),
-            "p50_over_nft_floor": _pct(latencies, 0.5) / _pct(nft_ms, 0.5),
-            "p50_over_libnft_floor": _pct(latencies, 0.5) / _pct(lib_ms, 0.5),
+            "floor_nft_add_element_p50_ms": percentile(nft_ms, 0.5),
+            "floor_nft_add_element_p99_ms": percentile(nft_ms, 0.99),
+            "floor_libnft_one_element_p50_ms": percentile(lib_ms, 0.5),
+            "p50_over_nft_floor": percentile(latencies, 0.5) / percentile(nft_ms, 0.5),
+            "p50_over_libnft_floor": percentile(latencies, 0.5) / percentile(lib_ms, 0.5),
             "observe_list_parse_s": min(observe),
             "observe_compare_s": min(compare),
-            "observe_over_change_p50": (min(observe) + min(compare)) * 1000 / _pct(latencies, 0.5),
+            "observe_over_change_p50": (min(observe) + min(compare)) * 1000 / percentile(latencies, 0.5),
             "observe_as_agent_s": min(as_agent),
             "observe_libnftables_listing_s": min(listing),
             "observe_as_agent_over_listing": min(as_agent) / min(listing),

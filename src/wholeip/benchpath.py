@@ -116,6 +116,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wholeip.testing.stats import percentile
+
 if TYPE_CHECKING:
     from wholeip.testing.topology import Role, Topology
 
@@ -270,16 +272,12 @@ def agent_rr(spec: dict[str, Any]) -> None:
         row: dict[str, Any] = {"requests": count, "answered": len(ordered)}
         row |= {"lost": lost[stream_no], "wrong_source": wrong[stream_no]}
         if ordered:
-            row["p50_us"] = _quantile(ordered, 0.50) / 1000
-            row["p90_us"] = _quantile(ordered, 0.90) / 1000
-            row["p99_us"] = _quantile(ordered, 0.99) / 1000
+            row["p50_us"] = percentile(ordered, 0.50) / 1000
+            row["p90_us"] = percentile(ordered, 0.90) / 1000
+            row["p99_us"] = percentile(ordered, 0.99) / 1000
             row["mean_us"] = sum(ordered) / len(ordered) / 1000
         out.append(row)
     _emit({"streams": out})
-
-
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
 def agent_flood(spec: dict[str, Any]) -> None:

@@ -62,6 +62,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wholeip.testing.stats import percentile
+
 NODE = "n1"
 NODES = ("n1", "n2")
 SERVICE_CIDRS = "10.96.0.0/12,fd00:10:96::/112"
@@ -339,10 +341,7 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float | None:
 
 
 def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return percentile(values, q) if values else None
 
 
 # --------------------------------------------------------------------------- the run
