@@ -105,7 +105,7 @@ The output is deterministic: the same state gives byte-identical JSON.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from wholeip.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
@@ -123,6 +123,10 @@ FLOW_TIMEOUT = 180
 (the kernel's own UDP conntrack timeout for streams is 120 s)."""
 FLOW_CAPACITY = 131072
 """Most concurrent UDP/SCTP flows remembered per family and node."""
+
+AT_POD_PROTOCOLS = ("udp", "sctp")
+"""What a filtered pod's node filters when it arrived at another node (replies to the
+flows the pod opened are known on its node only); and what ``flows4/6`` remember."""
 
 ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect")
 """ICMPv6 neighbour discovery (RFC 4861): link-local protocol, never NATed."""
@@ -314,7 +318,15 @@ def _filter_rules() -> list[Rule]:
             _match(_concat(daddr, saddr), f"@sources{v}", op="!="),
             {"drop": None},
         )
-        rules += [Rule(f"per_port{v}", expr) for expr in replies]
+        # UDP/SCTP from outside to an external IP whose pod's node filters it (``away``): a
+        # reply to a flow the pod opened is known there only, so the packet goes on to it.
+        at_the_pod = (
+            _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
+            _match(daddr, f"@away{v}"),
+            _match(saddr, f"@cluster{v}", op="!="),
+            {"return": None},
+        )
+        rules += [Rule(f"per_port{v}", expr) for expr in (*replies, at_the_pod)]
         rules += [
             Rule(f"per_port{v}", out_of_range),
             Rule(
@@ -331,7 +343,7 @@ def _filter_rules() -> list[Rule]:
             ),
             Rule(f"per_port{v}", ({"drop": None},)),
         ]
-        rules += [Rule(f"whole_ip{v}", expr) for expr in replies]
+        rules += [Rule(f"whole_ip{v}", expr) for expr in (*replies, at_the_pod)]
         rules.append(Rule(f"whole_ip{v}", out_of_range))
     return rules
 
@@ -371,7 +383,17 @@ def _prerouting_rules() -> list[Rule]:
                 ),
             ),
             # North-south traffic another node already rewrote (it arrived there, row 12)
-            # reaches the pod's node addressed to the pod: keep it out of conntrack too.
+            # reaches the pod's node addressed to the pod. UDP/SCTP to a filtered pod was
+            # let through there (``away``) and meets the pod's filter here, keyed by the
+            # pod IP, where the flows the pod opened are known. Then out of conntrack too.
+            Rule(
+                "raw_prerouting",
+                (
+                    _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
+                    outside,
+                    {"vmap": {"key": daddr, "data": f"@arrive{v}"}},
+                ),
+            ),
             Rule(
                 "raw_prerouting",
                 (_match(daddr, f"@egress{v}"), outside, {"notrack": None}, {"accept": None}),
@@ -405,6 +427,8 @@ def skeleton() -> Skeleton:
             SetDecl(f"egress{v}", (addr_type,), data=addr_type),
             SetDecl(f"selfhairpin{v}", (addr_type, addr_type)),
             SetDecl(f"dispatch{v}", (addr_type,), data="verdict"),
+            SetDecl(f"away{v}", (addr_type,)),
+            SetDecl(f"arrive{v}", (addr_type,), data="verdict"),
             ICMP_FIX[v],
             SetDecl(f"filtered{v}", (addr_type,)),
             SetDecl(f"ports{v}", (addr_type, "inet_proto", "inet_service")),
@@ -460,6 +484,20 @@ def skeleton() -> Skeleton:
         )
     for v, proto, _ in _FAMILIES:
         saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+        # Remember the UDP/SCTP flows a filtered pod opens, so that their replies pass the
+        # port and source-range filters. The family first: a packet of the other one then
+        # costs a compare, not the protocol set.
+        flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
+        remember = (
+            _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
+            _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
+            _match(saddr, f"@filtered{v}"),
+            {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
+        )
+        # Before the rewrite, keyed by the pod IP (``filtered`` holds it on the pod's node
+        # when the pod's node filters for it): for replies that arrive at another node and
+        # come here rewritten. Only the pod's own north-south packets (untracked).
+        rules.append(Rule("stateless_postrouting", (_ct_untracked(), *remember)))
         rules.append(
             Rule(
                 "stateless_postrouting",
@@ -469,22 +507,9 @@ def skeleton() -> Skeleton:
                 ),
             )
         )
-        # After the rewrite: remember the UDP/SCTP flows a filtered pod opens, so that
-        # their replies pass the port and source-range filters. Every packet from a filtered
-        # external IP, also one another node rewrote (see the module docstring). The family
-        # first: a packet of the other one then costs a compare, not the protocol set.
-        flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
-        rules.append(
-            Rule(
-                "stateless_postrouting",
-                (
-                    _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
-                    _match(_meta("l4proto"), {"set": ["udp", "sctp"]}),
-                    _match(saddr, f"@filtered{v}"),
-                    {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
-                ),
-            )
-        )
+        # After the rewrite, keyed by the external IP: every packet from a filtered external
+        # IP, also one another node rewrote (see the module docstring).
+        rules.append(Rule("stateless_postrouting", remember))
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
 
 
@@ -494,12 +519,39 @@ _SKELETON = skeleton()
 # --------------------------------------------------------------------------- elements
 
 
-def mapping_elements(m: Mapping1to1, *, node_name: str) -> list[tuple[str, Elem]]:
-    """The (set, element) pairs one mapping contributes on node ``node_name``.
+def filter_key(mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork]) -> Hashable:
+    """What a mapping's filter of traffic from outside depends on; None: it has none."""
+    ranges = frozenset(source_ranges)
+    if mode is Mode.WHOLE_IP and not ranges:
+        return None
+    return (mode, frozenset(ports) if mode is Mode.PER_PORT else frozenset(), ranges)
 
-    Every element is keyed by the mapping's external IP, or (egress) by its pod IP with
-    one egress mapping per pod, so two mappings never contribute the same element: a
-    mapping can be added or taken away without looking at the others.
+
+def filtered_at_pod(keys: Iterable[Hashable]) -> bool:
+    """Whether the node of a pod whose mappings have these :func:`filter_key` values filters
+    UDP/SCTP from outside for all of them, keyed by the pod IP. Only when they are one and
+    the same filter: the pod's node no longer sees which external IP a packet was sent to."""
+    distinct = set(keys)
+    return len(distinct) == 1 and None not in distinct
+
+
+def pods_filtered_at_pod(mappings: Iterable[Mapping1to1]) -> frozenset[IPAddress]:
+    """The pods (per family: a pod IP is of one) whose node filters for them, see
+    :func:`filtered_at_pod`."""
+    keys: dict[IPAddress, set[Hashable]] = {}
+    for m in mappings:
+        keys.setdefault(m.pod_ip, set()).add(filter_key(m.mode, m.ports, m.source_ranges))
+    return frozenset(pod for pod, ks in keys.items() if filtered_at_pod(ks))
+
+
+def mapping_elements(m: Mapping1to1, *, node_name: str, at_pod: bool = False) -> list[tuple[str, Elem]]:
+    """The (set, element) pairs one mapping contributes on node ``node_name``; ``at_pod``:
+    the pod's node filters for it (:func:`pods_filtered_at_pod`).
+
+    Every element is keyed by the mapping's external IP, or by its pod IP (egress, and
+    the filter at the pod's node) from the pod's one egress mapping, so two mappings
+    never contribute the same element: a mapping can be added or taken away without
+    looking at the others, as long as the pod's egress and ``at_pod`` stay as they were.
     """
     return entry_elements(
         str(m.external_ip),
@@ -509,6 +561,8 @@ def mapping_elements(m: Mapping1to1, *, node_name: str) -> list[tuple[str, Elem]
         allow_icmp=m.allow_icmp,
         ports=m.ports,
         source_ranges=m.source_ranges,
+        at_pod=at_pod,
+        pod_elsewhere=m.node_name is not None and m.node_name != node_name,
         addresses=(m.external_ip, m.pod_ip),
     )
 
@@ -522,9 +576,16 @@ def entry_elements(
     allow_icmp: bool,
     ports: tuple[PortSpec, ...],
     source_ranges: tuple[IPNetwork, ...],
+    at_pod: bool = False,
+    pod_elsewhere: bool = False,
     addresses: tuple[IPAddress, IPAddress] | None = None,
 ) -> list[tuple[str, Elem]]:
     """:func:`mapping_elements` for addresses given as canonical text (``str(ip)``).
+
+    ``egress_here``: the mapping is its pod's egress and the pod is on this node.
+    ``at_pod``: the pod's node filters UDP/SCTP from outside for the mapping, keyed by the
+    pod IP; the egress mapping brings those elements on that node, and on every node the
+    pod is known to be elsewhere (``pod_elsewhere``) the external IP goes to ``away``.
 
     The elements hold the very strings passed in, so a caller that keeps its addresses
     as text (the agent's index) shares them instead of holding a copy per element.
@@ -540,21 +601,44 @@ def entry_elements(
     if egress_here:
         out.append((f"egress{v}", (pod, ext)))
         out.append((f"selfhairpin{v}", (pod, pod)))
+    out += _filter_elements(ext, v, "dispatch", mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges)
+    if at_pod and egress_here:
+        # Only UDP/SCTP takes this way: TCP and ICMP were filtered where they arrived.
+        at_pod_ports = tuple(p for p in ports if p.protocol in AT_POD_PROTOCOLS)
+        out += _filter_elements(pod, v, "arrive", mode=mode, allow_icmp=False, ports=at_pod_ports, ranges=source_ranges)
+    if at_pod and pod_elsewhere:
+        out.append((f"away{v}", ext))
+    return out
+
+
+def _filter_elements(
+    key: str,
+    v: int,
+    dispatch: str,
+    *,
+    mode: Mode,
+    allow_icmp: bool,
+    ports: tuple[PortSpec, ...],
+    ranges: tuple[IPNetwork, ...],
+) -> list[tuple[str, Elem]]:
+    """The filter's elements keyed by ``key``: an external IP (``dispatch``), or the pod IP
+    at the pod's node (``arrive``)."""
+    out: list[tuple[str, Elem]] = []
     # Source ranges of the other family only still restrict this address: to nobody
     # outside the cluster (as Kubernetes does), never to everybody.
-    ranged = bool(source_ranges)
+    ranged = bool(ranges)
     if mode is Mode.PER_PORT:
-        out.append((f"dispatch{v}", (ext, f"jump per_port{v}")))
-        out += [(f"ports{v}", (ext, p.protocol, p.port)) for p in ports]
+        out.append((f"{dispatch}{v}", (key, f"jump per_port{v}")))
+        out += [(f"ports{v}", (key, p.protocol, p.port)) for p in ports]
         if allow_icmp:
-            out.append((f"icmp{v}", ext))
+            out.append((f"icmp{v}", key))
     elif ranged:
-        out.append((f"dispatch{v}", (ext, f"jump whole_ip{v}")))
+        out.append((f"{dispatch}{v}", (key, f"jump whole_ip{v}")))
     if mode is Mode.PER_PORT or ranged:
-        out.append((f"filtered{v}", ext))
+        out.append((f"filtered{v}", key))
     if ranged:
-        out.append((f"ranged{v}", ext))
-        out += [(f"sources{v}", (ext, _host_or_net(r))) for r in source_ranges if r.version == v]
+        out.append((f"ranged{v}", key))
+        out += [(f"sources{v}", (key, _host_or_net(r))) for r in ranges if r.version == v]
     return out
 
 
@@ -573,8 +657,9 @@ def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem
     out = empty_elements()
     for name, elem in network_elements(state.cluster_networks):
         out[name].add(elem)
+    at_pod = pods_filtered_at_pod(state.mappings)
     for m in state.mappings:
-        for name, elem in mapping_elements(m, node_name=node_name):
+        for name, elem in mapping_elements(m, node_name=node_name, at_pod=m.pod_ip in at_pod):
             out[name].add(elem)
     return {name: frozenset(elems) for name, elems in out.items()}
 

@@ -9,7 +9,8 @@ re-resolves only what they can affect:
 
 * a Service or its slices change -> that Service's external IPs, old and new;
 * an external IP's winner changes -> the pods it pointed at, old and new (who
-  leaves with which external IP depends on every mapping of the pod);
+  leaves with which external IP, and whether the pod's node filters for it,
+  depends on every mapping of the pod);
 * a mapping changes -> its own elements (every element belongs to exactly one
   mapping, see :func:`wholeip.compile.mapping_elements`).
 
@@ -29,10 +30,18 @@ import gc
 import ipaddress
 import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from wholeip.compile import FAMILY, empty_elements, entry_elements, network_elements, skeleton
+from wholeip.compile import (
+    FAMILY,
+    empty_elements,
+    entry_elements,
+    filter_key,
+    filtered_at_pod,
+    network_elements,
+    skeleton,
+)
 from wholeip.model import (
     ClusterState,
     Mapping1to1,
@@ -163,9 +172,20 @@ def _backend(view: _View, ip: str) -> tuple[str, str | None]:
     return min(_pairs(ready), key=lambda r: _numeric(r[0]))
 
 
-def _shape(view: _View, ip: str, egress: bool) -> tuple[Any, ...]:
+class _Side(NamedTuple):
+    """An external IP's mapping, before or after an update, as its elements see it."""
+
+    view: _View
+    egress: bool
+    """The mapping is its pod's egress."""
+    at_pod: bool
+    """The pod's node filters for every mapping of the pod."""
+
+
+def _shape(ip: str, side: _Side) -> tuple[Any, ...]:
     """Everything the elements of ``ip``'s mapping depend on."""
-    return (*_backend(view, ip), egress, view.mode, view.allow_icmp, view.ports, view.source_ranges)
+    view = side.view
+    return (*_backend(view, ip), side.egress, side.at_pod, view.mode, view.allow_icmp, view.ports, view.source_ranges)
 
 
 def _version(address: str) -> int:
@@ -288,31 +308,54 @@ class ClusterIndex:
                 pod = _backend(now, ip)[0]
                 gained.setdefault(pod, set()).add(ip)
                 pods.add(pod)
+
+        def old_winner(ext: str) -> _View | None:
+            return before[ext] if ext in before else self._winners.get(ext)
+
         egress_before = {pod: _first(self._pods.get(pod)) for pod in pods}
+        at_pod_before = {pod: self._at_pod(pod, old_winner) for pod in pods}
         refresh = set(affected)
         for pod in pods:
             refresh.update(self._resolve_egress(pod, gained.get(pod, set())))
-        changed: list[tuple[str, _View | None, bool, _View | None, bool]] = []
+        at_pod_now = {pod: self._at_pod(pod, self._winners.get) for pod in pods}
+        # (mapping, is the pod's egress, its pod's node filters for it): every pod here is in
+        # ``pods`` (an external IP in ``refresh`` was affected, or is one of those pods').
+        changed: list[tuple[str, _Side | None, _Side | None]] = []
         for ip in refresh:
-            was = before[ip] if ip in before else self._winners.get(ip)
-            was_egress = was is not None and egress_before.get(_backend(was, ip)[0]) == ip
-            now = self._winners.get(ip)
-            now_egress = now is not None and _first(self._pods.get(_backend(now, ip)[0])) == ip
-            if (was and _shape(was, ip, was_egress)) != (now and _shape(now, ip, now_egress)):
-                changed.append((ip, was, was_egress, now, now_egress))
+            was_side = now_side = None
+            if (was := old_winner(ip)) is not None:
+                pod = _backend(was, ip)[0]
+                was_side = _Side(was, egress_before[pod] == ip, at_pod_before[pod])
+            if (now := self._winners.get(ip)) is not None:
+                pod = _backend(now, ip)[0]
+                now_side = _Side(now, _first(self._pods.get(pod)) == ip, at_pod_now[pod])
+            if (was_side and _shape(ip, was_side)) != (now_side and _shape(ip, now_side)):
+                changed.append((ip, was_side, now_side))
         # Every removal before any addition: while a pod's egress moves from one mapping
         # to another, both contribute the same self-hairpin element.
         touched: Touched = {}
-        for ip, was, was_egress, _, _ in changed:
+        for ip, was_side, _ in changed:
             # A mapping's elements are a pure function of it: recomputed, not stored.
-            for name, elem in self._elements_of(ip, was, was_egress) if was is not None else ():
+            for name, elem in self._elements_of(ip, was_side) if was_side is not None else ():
                 self.elements[name].discard(elem)
                 touched.setdefault(name, set()).add(elem)
-        for ip, _, _, now, now_egress in changed:
-            for name, elem in self._elements_of(ip, now, now_egress) if now is not None else ():
+        for ip, _, now_side in changed:
+            for name, elem in self._elements_of(ip, now_side) if now_side is not None else ():
                 self.elements[name].add(elem)
                 touched.setdefault(name, set()).add(elem)
         return touched
+
+    def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> bool:
+        """Whether the pod's node filters for every mapping of the pod (see
+        :func:`wholeip.compile.filtered_at_pod`); ``winner``: the mapping of an external IP
+        (now, or as it was before an update)."""
+        keys = []
+        for ext in _values(self._pods.get(pod)):
+            w = winner(ext)
+            if w is None:
+                continue
+            keys.append(filter_key(w.mode, w.ports, w.source_ranges))
+        return filtered_at_pod(keys)
 
     def _share_key(self, key: ServiceKey) -> None:
         """File the Service's slices under the very key object its view holds (slices
@@ -328,16 +371,19 @@ class ClusterIndex:
         """Drop the dicts' deleted slots after a bulk load (re-filed keys leave them)."""
         self._slices_of = dict(self._slices_of)
 
-    def _elements_of(self, ip: str, win: _View, egress: bool) -> list[tuple[str, Elem]]:
+    def _elements_of(self, ip: str, side: _Side) -> list[tuple[str, Elem]]:
+        win = side.view
         pod, node = _backend(win, ip)
         return entry_elements(
             ip,
             pod,
-            egress_here=egress and node == self.node_name,
+            egress_here=side.egress and node == self.node_name,
             mode=win.mode,
             allow_icmp=win.allow_icmp,
             ports=win.ports,
             source_ranges=win.source_ranges,
+            at_pod=side.at_pod,
+            pod_elsewhere=node is not None and node != self.node_name,
         )
 
     def _ingest_slice(self, skey: str, obj: Mapping[str, Any]) -> _Slice | None:

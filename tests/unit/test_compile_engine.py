@@ -201,9 +201,15 @@ def test_per_port_services_are_elements_only_at_ten_thousand() -> None:
     assert doc.skeleton == desired(1).skeleton  # the same fixed rules as one whole-IP Service
     elements = sum(map(len, doc.elements.values()))
     print(f"\n10,000 per-port Services x 5 ports: {len(doc.skeleton.rules)} rules, {elements} elements")
-    assert len(doc.elements["ports4"]) == 50_000
+    # Keyed by external IP: 5 ports each. The pods on n1 (each behind one filter) are also
+    # filtered on n1 for UDP arriving at another node, keyed by pod IP: their 2 UDP ports.
+    local = [m for m in state.mappings if m.node_name == "n1"]
+    assert 0 < len(local) < 10_000
+    assert len(doc.elements["ports4"]) == 50_000 + 2 * len(local)
     assert len(doc.elements["dispatch4"]) == 10_000
-    assert len(doc.elements["sources4"]) == 3334
+    assert doc.elements["arrive4"] == {(str(m.pod_ip), "jump per_port4") for m in local}
+    assert doc.elements["away4"] == {str(m.external_ip) for m in state.mappings if m.node_name == "n2"}
+    assert len(doc.elements["sources4"]) == 3334 + sum(1 for m in local if m.source_ranges)
 
 
 def test_mode_switch_is_an_element_change() -> None:
@@ -223,9 +229,17 @@ def test_mode_switch_is_an_element_change() -> None:
     assert not plan.rebuilt
     assert not plan.chains_rebuilt
     assert b.elements["dispatch4"] == {("100.64.0.1", "jump per_port4")}
-    assert b.elements["ports4"] == {("100.64.0.1", "tcp", 1000), ("100.64.0.1", "udp", 1001)}
+    # The pod (10.128.0.10) is on n1: its UDP port is also kept under its own IP, for
+    # UDP that arrives at another node; TCP and ICMP are filtered where they arrive.
+    assert b.elements["arrive4"] == {("10.128.0.10", "jump per_port4")}
+    assert b.elements["ports4"] == {
+        ("100.64.0.1", "tcp", 1000),
+        ("100.64.0.1", "udp", 1001),
+        ("10.128.0.10", "udp", 1001),
+    }
     assert b.elements["icmp4"] == {"100.64.0.1"}
-    assert b.elements["filtered4"] == {"100.64.0.1"}
+    assert b.elements["filtered4"] == {"100.64.0.1", "10.128.0.10"}
+    assert b.elements["away4"] == set()
 
 
 def test_whole_ip_with_source_ranges_dispatches_to_the_range_check() -> None:
@@ -235,8 +249,12 @@ def test_whole_ip_with_source_ranges_dispatches_to_the_range_check() -> None:
         model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings()), node_name="n1"
     )
     assert doc.elements["dispatch4"] == {("100.64.0.1", "jump whole_ip4")}
+    # The pod is on n1, which also checks the ranges under the pod IP (UDP/SCTP arriving elsewhere).
+    assert doc.elements["arrive4"] == {("10.128.0.10", "jump whole_ip4")}
     # Adjacent ranges collapse: the kernel refuses overlapping or duplicate intervals.
-    assert doc.elements["sources4"] == {("100.64.0.1", "198.51.100.0/24"), ("100.64.0.1", "192.0.2.7")}
+    assert doc.elements["sources4"] == {
+        (key, net) for key in ("100.64.0.1", "10.128.0.10") for net in ("198.51.100.0/24", "192.0.2.7")
+    }
 
 
 class _Poisoned(FakeBackend):
@@ -321,4 +339,6 @@ def test_source_ranges_of_one_family_deny_the_other_family_instead_of_opening_it
     assert ("203.0.113.9", "jump whole_ip4") in doc.elements["dispatch4"]
     assert "203.0.113.9" in doc.elements["ranged4"]
     assert not doc.elements["sources4"]  # nobody outside may reach the IPv4 address
-    assert doc.elements["sources6"] == {("2001:db8:1::9", "2001:db8:f::/48")}
+    assert "10.244.1.9" in doc.elements["ranged4"]  # nor the pod, filtered at its node
+    # (The pod's own IP keys the same check at its node, n1.)
+    assert doc.elements["sources6"] == {("2001:db8:1::9", "2001:db8:f::/48"), ("fd00::9", "2001:db8:f::/48")}

@@ -604,6 +604,22 @@ def _keys(elems: frozenset[Any]) -> list[Any]:
     return [e[0] for e in elems]
 
 
+FILTER_SETS = ("filtered", "ports", "icmp", "ranged", "sources")
+
+
+def _key(elem: Any) -> Any:
+    return elem[0] if isinstance(elem, tuple) else elem
+
+
+def _one_filter(group: list[Mapping1to1]) -> bool:
+    """All of a pod's mappings filter traffic from outside, all in the same way."""
+    filters = {
+        (m.mode, frozenset(m.ports) if m.mode is Mode.PER_PORT else frozenset(), frozenset(m.source_ranges))
+        for m in group
+    }
+    return len(filters) == 1 and all(m.mode is Mode.PER_PORT or m.source_ranges for m in group)
+
+
 def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
     assert doc.skeleton == skeleton()
     el: dict[str, Any] = dict(doc.elements)  # elements as Any: the checks below know each set's shape
@@ -632,6 +648,10 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
         for ext, _ in ingress:
             n = int(ipaddress.ip_address(ext))
             assert not any(lo <= n <= hi for ver, lo, hi in cover if ver == v), f"{ext} inside the cluster networks"
+        # The filter's sets hold elements keyed by external IP, and (at the pod's node) by pod IP.
+        exts = {str(m.external_ip) for m in ms}
+        by_ext = {name: {e for e in el[f"{name}{v}"] if _key(e) in exts} for name in FILTER_SETS}
+        by_pod = {name: el[f"{name}{v}"] - by_ext[name] for name in FILTER_SETS}
         per_port = {str(m.external_ip): m for m in ms if m.mode is Mode.PER_PORT}
         # Ranges of either family restrict an address; ranges of the other family only
         # leave it with no allowed source (denied from outside), never open.
@@ -641,16 +661,45 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
         assert set(dispatch) == set(per_port) | set(ranged)
         for ext, verdict in dispatch.items():
             assert verdict == (f"jump per_port{v}" if ext in per_port else f"jump whole_ip{v}")
-        assert el[f"filtered{v}"] == set(dispatch)
-        ports = el[f"ports{v}"]
+        assert by_ext["filtered"] == set(dispatch)
+        ports = by_ext["ports"]
         assert {e[0] for e in ports} <= set(per_port), "ports elements only for per-port external IPs"
         for ext, m in per_port.items():
             assert {(p, n) for e, p, n in ports if e == ext} == {(p.protocol, p.port) for p in m.ports}
         assert el[f"icmp{v}"] == {e for e, m in per_port.items() if m.allow_icmp}
-        assert el[f"ranged{v}"] == set(ranged)
-        assert {e for e, _ in el[f"sources{v}"]} == sourced
+        assert by_ext["ranged"] == set(ranged)
+        assert {e for e, _ in by_ext["sources"]} == sourced
         for _, src in el[f"sources{v}"]:
             assert ipaddress.ip_network(src).version == v
+        # A pod whose mappings all carry one and the same filter is filtered at its node for
+        # UDP/SCTP that arrived at another one: there keyed by the pod IP (from its egress
+        # mapping), everywhere else its external IPs are "away".
+        groups: dict[str, list[Mapping1to1]] = {}
+        for m in ms:
+            groups.setdefault(str(m.pod_ip), []).append(m)
+        at_pod = {pod for pod, g in groups.items() if _one_filter(g)}
+        here = {str(m.pod_ip): m for m in ms if m.egress and m.node_name == node_name and str(m.pod_ip) in at_pod}
+        assert el[f"away{v}"] == {
+            str(m.external_ip)
+            for m in ms
+            if str(m.pod_ip) in at_pod and m.node_name is not None and m.node_name != node_name
+        }
+        assert dict(el[f"arrive{v}"]) == {
+            pod: f"jump per_port{v}" if m.mode is Mode.PER_PORT else f"jump whole_ip{v}" for pod, m in here.items()
+        }
+        assert by_pod["filtered"] == set(here)
+        assert by_pod["ports"] == {
+            (pod, p.protocol, p.port)
+            for pod, m in here.items()
+            if m.mode is Mode.PER_PORT
+            for p in m.ports
+            if p.protocol in ("udp", "sctp")
+        }
+        assert by_pod["ranged"] == {pod for pod, m in here.items() if m.source_ranges}
+        assert {e for e, _ in by_pod["sources"]} == {
+            pod for pod, m in here.items() if any(r.version == v for r in m.source_ranges)
+        }
+        assert by_pod["icmp"] == set()
         assert el[f"flows{v}"] == frozenset()
     fix4 = dict(el["icmpfix4"])
     assert set(fix4) == {(ext, int(ipaddress.ip_address(ext))) for ext, _ in el["ingress4"]}
