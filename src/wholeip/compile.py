@@ -320,10 +320,14 @@ def _filter_rules() -> list[Rule]:
         )
         # UDP/SCTP from outside to an external IP whose pod's node filters it (``away``): a
         # reply to a flow the pod opened is known there only, so the packet goes on to it.
+        # Not from another external IP: such a packet comes from a managed pod through its
+        # node, which remembered the flow on the way (see ``stateless_postrouting``), and it
+        # is filtered here as before.
         at_the_pod = (
             _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
             _match(daddr, f"@away{v}"),
             _match(saddr, f"@cluster{v}", op="!="),
+            _match(saddr, f"@ingress{v}", op="!="),
             {"return": None},
         )
         rules += [Rule(f"per_port{v}", expr) for expr in (*replies, at_the_pod)]
@@ -391,6 +395,7 @@ def _prerouting_rules() -> list[Rule]:
                 (
                     _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
                     outside,
+                    _match(saddr, f"@ingress{v}", op="!="),
                     {"vmap": {"key": daddr, "data": f"@arrive{v}"}},
                 ),
             ),

@@ -135,26 +135,13 @@ def test_udp_reply_to_a_filtered_pod_on_another_node(topo: Topology, tmp_path: P
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize(
-    "proto",
-    [
-        "tcp",
-        pytest.param(
-            "udp",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known limitation (README): the flow memory lives on the pod's node, the "
-                "filter runs where the external IP arrives",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_reply_to_a_filtered_pods_own_flow_arriving_at_another_node(
     topo: Topology, tmp_path: Path, family: int, proto: str
 ) -> None:
     """Pod B (n2, per-port Service) opens a flow to the outside; the router sends B's
-    external IP to n1 (row 12: an L2 speaker on another node). The reply meets B's filter
-    on n1. TCP passes (not a bare SYN); a UDP reply would need the flow n2 remembered."""
+    external IP to n1 (row 12: an L2 speaker on another node). TCP passes n1's filter (not
+    a bare SYN); UDP is let through to n2, which remembered the flow and filters it there."""
     configure(topo, tmp_path, b_per_port=True)
     topo.route_external(EXT_B[family], "n1")
     try:
@@ -164,6 +151,59 @@ def test_reply_to_a_filtered_pods_own_flow_arriving_at_another_node(
         configure(topo, tmp_path)
     assert r.server_peer == EXT_B[family]
     assert r.ok, r.error
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_udp_arriving_at_another_node_meets_the_filter_at_the_pods_node(
+    topo: Topology, tmp_path: Path, family: int
+) -> None:
+    """The other side of the test above: n1 lets UDP for B's external IP through, so n2 must
+    drop what B's Service does not forward (it lists one TCP port). TCP is still filtered
+    on n1, and a listed port still passes."""
+    configure(topo, tmp_path, b_per_port=True)
+    topo.route_external(EXT_B[family], "n1")
+    try:
+        udp = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=OTHER_UDP, timeout=1.0)
+        tcp = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=OTHER_TCP, timeout=1.0)
+        listed = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=TCP_PORT)
+        # East-west to the pod IP itself is not filtered (row 9): only traffic from outside is.
+        direct = exchange(topo, client="pod_a", server="pod_b", addr=addr("pod_b", family), proto="udp", port=OTHER_UDP)
+    finally:
+        topo.route_external(EXT_B[family], "n2")
+        configure(topo, tmp_path)
+    assert udp.server_peer is None, "the pod must not see UDP to a port its Service does not list"
+    assert tcp.server_peer is None
+    assert listed.ok, listed.error
+    assert listed.client_reply_from == EXT_B[family]
+    assert direct.ok, direct.error
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_source_ranges_hold_for_udp_arriving_at_another_node(topo: Topology, tmp_path: Path, family: int) -> None:
+    """Pod A (n1) behind source ranges, its external IP sent to n2: n2 lets UDP through to n1,
+    which checks the ranges under the pod IP. A reply to the pod's own flow passes anyway."""
+    elsewhere = ("192.0.2.128/25", "2001:db8:ffff::/48")
+    topo.route_external(EXT_A[family], "n2")
+    try:
+        configure(topo, tmp_path, ranges=elsewhere)
+        refused = exchange(
+            topo, client="ext", server="pod_a", addr=EXT_A[family], proto="udp", port=UDP_PORT, timeout=1.0
+        )
+        own = exchange(topo, client="pod_a", server="ext", addr=addr("ext", family), proto="udp", port=OTHER_UDP)
+        configure(topo, tmp_path, ranges=(*elsewhere, "198.51.100.0/24", "2001:db8:1::/64"))
+        allowed = exchange(topo, client="ext", server="pod_a", addr=EXT_A[family], proto="udp", port=UDP_PORT)
+        unlisted = exchange(
+            topo, client="ext", server="pod_a", addr=EXT_A[family], proto="udp", port=OTHER_UDP, timeout=1.0
+        )
+    finally:
+        topo.route_external(EXT_A[family], "n1")
+        configure(topo, tmp_path)
+    assert refused.server_peer is None, "a source outside the ranges must not reach the pod"
+    assert own.ok, own.error
+    assert own.server_peer == EXT_A[family]
+    assert allowed.ok, allowed.error
+    assert allowed.client_reply_from == EXT_A[family]
+    assert unlisted.server_peer is None
 
 
 @pytest.mark.parametrize("family", FAMILIES)
