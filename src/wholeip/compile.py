@@ -19,11 +19,13 @@ for an untracked packet). Inbound it costs three lookups before routing
 (``dispatch4``, ``cluster4``, ``ingress4``) and two after it (``egress4``, the
 protocol set; ``filtered4`` too for UDP/SCTP); a managed pod's packet to the
 outside costs five (``dispatch4``, ``cluster4``, ``egress4``, ``cluster4``,
-``ingress4``) and the same after routing. ``ingress4`` and ``egress4`` are the
-big maps (every mapping of the cluster, every managed pod of the node);
-``dispatch4`` and ``filtered4`` hold the filtered external IPs only,
-``cluster4`` a few networks. Every packet is decided as in the earlier layout
-of five base chains (``hack/skeleton-equivalence`` checks that).
+``ingress4``; for UDP/SCTP the protocol set and ``filtered4`` too) and the same
+after routing. ``ingress4`` and ``egress4`` are the big maps (every mapping of
+the cluster, every managed pod of the node); ``dispatch4`` and ``filtered4``
+hold the filtered external IPs (and filtered pods of the node) only,
+``cluster4`` a few networks. Every packet of the whole-IP path is decided as in
+the earlier layout of five base chains (``hack/skeleton-equivalence`` checked
+that when the layout changed; the filter at the pod's node came later).
 
 * ``raw_prerouting`` (filter, priority raw, after defragmentation): all of the
   prerouting work, in this order:
@@ -39,7 +41,9 @@ of five base chains (``hack/skeleton-equivalence`` checks that).
      lookup fails for every other destination, which ends the rule;
   5. from a local managed pod to outside the cluster networks: ``notrack``,
      ``goto untracked4``;
-  6. from outside to a local managed pod (ingress another node has already
+  6. UDP/SCTP from outside (not from an external IP) to a local filtered pod:
+     the filter again, keyed by the pod IP (``arrive4``, see below);
+  7. from outside to a local managed pod (ingress another node has already
      rewritten, row 12): ``notrack``, ``accept``.
 
   ``accept`` ends this chain only; later hooks still see the packet. The
@@ -47,7 +51,8 @@ of five base chains (``hack/skeleton-equivalence`` checks that).
   pod's interface would see the external IP. Everything else (east-west
   traffic, also to an external IP) stays tracked and untouched.
 * ``untracked4/6`` (regular, entered by ``goto``): an untracked packet's
-  destination: ICMP errors go to ``icmp_errors``; a packet to an external IP
+  destination: ICMP errors go to ``icmp_errors``; a local filtered pod's
+  UDP/SCTP flow is remembered under its pod IP (below); a packet to an external IP
   (from a local managed pod: any Service's, its own: row 11) gets the pod IP,
   statelessly. The chain's end is ``raw_prerouting``'s end.
 * ``ct_decided`` (regular): an untracked packet goes on to ``untracked4/6``,
@@ -92,6 +97,15 @@ The data lives in sets:
   UDP/SCTP flows a filtered pod opened itself, so their replies are not taken
   for new inbound traffic. TCP needs no memory: a packet that is not a bare
   SYN cannot open a connection.
+
+The flow memory is per node, so UDP/SCTP from outside that arrives at a node
+without the pod is filtered at the pod's node: there the sets above also hold
+the pod's filter keyed by its pod IP (UDP/SCTP ports only), with ``arrive4/6``
+(pod IP -> the same per-mode chains) as its dispatch map; on the other nodes
+the external IP is in ``away4/6`` and the filter chains let such packets on.
+Only for a pod whose mappings all carry one and the same filter (see
+:func:`filtered_at_pod`); packets from another external IP are filtered where
+they arrive, as before (their node remembered the flow on the way out).
 
 ICMP errors (unreachable, fragmentation needed / packet too big, time
 exceeded, parameter problem) and IPv6 neighbour discovery always pass, so path
@@ -352,6 +366,17 @@ def _filter_rules() -> list[Rule]:
     return rules
 
 
+def _remember_flow(v: int, proto: str) -> tuple[JSONObj, ...]:
+    """A UDP/SCTP packet from a filtered address: its flow into ``flows``, source first."""
+    saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+    flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
+    return (
+        _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
+        _match(saddr, f"@filtered{v}"),
+        {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
+    )
+
+
 def _prerouting_rules() -> list[Rule]:
     """``raw_prerouting``, ``ct_decided`` and ``untracked4/6`` (see the module docstring)."""
     rules = [
@@ -406,6 +431,10 @@ def _prerouting_rules() -> list[Rule]:
             # An untracked packet to an external IP (from a local managed pod: any Service's,
             # its own: row 11) is rewritten here too, statelessly: the NAT hooks never see it.
             Rule(f"untracked{v}", (_match(_meta("l4proto"), icmp), {"jump": {"target": "icmp_errors"}})),
+            # A filtered pod's flow, under its pod IP (``filtered`` holds it on the pod's node
+            # when that node filters for the pod): for replies that arrive at another node and
+            # come here rewritten. Inbound packets never pass this chain.
+            Rule(f"untracked{v}", _remember_flow(v, proto)),
             Rule(f"untracked{v}", (rewrite,)),
             Rule(
                 "ct_decided",
@@ -492,17 +521,7 @@ def skeleton() -> Skeleton:
         # Remember the UDP/SCTP flows a filtered pod opens, so that their replies pass the
         # port and source-range filters. The family first: a packet of the other one then
         # costs a compare, not the protocol set.
-        flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
-        remember = (
-            _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
-            _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
-            _match(saddr, f"@filtered{v}"),
-            {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
-        )
-        # Before the rewrite, keyed by the pod IP (``filtered`` holds it on the pod's node
-        # when the pod's node filters for it): for replies that arrive at another node and
-        # come here rewritten. Only the pod's own north-south packets (untracked).
-        rules.append(Rule("stateless_postrouting", (_ct_untracked(), *remember)))
+        remember = (_match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"), *_remember_flow(v, proto))
         rules.append(
             Rule(
                 "stateless_postrouting",

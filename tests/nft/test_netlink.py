@@ -30,7 +30,18 @@ from wholeip.testing.netns import Netns, NetnsBackend
 NETLINK_SETS = {
     f"{kind}{v}"
     for v in (4, 6)
-    for kind in ("ingress", "egress", "selfhairpin", "dispatch", "filtered", "ports", "icmp", "ranged")
+    for kind in (
+        "ingress",
+        "egress",
+        "selfhairpin",
+        "dispatch",
+        "away",
+        "arrive",
+        "filtered",
+        "ports",
+        "icmp",
+        "ranged",
+    )
 } | {"icmpfix4", "icmpguard6"}
 """The sets a full sync reads over netlink (the others are interval or dynamic sets)."""
 
