@@ -103,7 +103,7 @@ without the pod is filtered at the pod's node: there the sets above also hold
 the pod's filter keyed by its pod IP (UDP/SCTP ports only), with ``arrive4/6``
 (pod IP -> the same per-mode chains) as its dispatch map; on the other nodes
 the external IP is in ``away4/6`` and the filter chains let such packets on.
-Only for a pod whose mappings all carry one and the same filter (see
+Only for a pod whose mappings all filter UDP/SCTP alike (see
 :func:`filtered_at_pod`); packets from another external IP are filtered where
 they arrive, as before (their node remembered the flow on the way out).
 
@@ -544,17 +544,19 @@ _SKELETON = skeleton()
 
 
 def filter_key(mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork]) -> Hashable:
-    """What a mapping's filter of traffic from outside depends on; None: it has none."""
+    """What a mapping's filter of UDP/SCTP from outside depends on; None: it has none."""
     ranges = frozenset(source_ranges)
     if mode is Mode.WHOLE_IP and not ranges:
         return None
-    return (mode, frozenset(ports) if mode is Mode.PER_PORT else frozenset(), ranges)
+    listed = frozenset(p for p in ports if p.protocol in AT_POD_PROTOCOLS) if mode is Mode.PER_PORT else frozenset()
+    return (mode, listed, ranges)
 
 
 def filtered_at_pod(keys: Iterable[Hashable]) -> bool:
     """Whether the node of a pod whose mappings have these :func:`filter_key` values filters
-    UDP/SCTP from outside for all of them, keyed by the pod IP. Only when they are one and
-    the same filter: the pod's node no longer sees which external IP a packet was sent to."""
+    UDP/SCTP from outside for all of them, keyed by the pod IP. Only when they filter it in
+    one and the same way: the pod's node no longer sees which external IP a packet was sent
+    to. (TCP ports and the ICMP policy may differ: those are filtered where they arrive.)"""
     distinct = set(keys)
     return len(distinct) == 1 and None not in distinct
 

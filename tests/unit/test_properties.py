@@ -612,9 +612,14 @@ def _key(elem: Any) -> Any:
 
 
 def _one_filter(group: list[Mapping1to1]) -> bool:
-    """All of a pod's mappings filter traffic from outside, all in the same way."""
+    """All of a pod's mappings filter UDP/SCTP from outside, all in the same way (their TCP
+    ports and ICMP policy may differ)."""
     filters = {
-        (m.mode, frozenset(m.ports) if m.mode is Mode.PER_PORT else frozenset(), frozenset(m.source_ranges))
+        (
+            m.mode,
+            frozenset(p for p in m.ports if p.protocol != "tcp") if m.mode is Mode.PER_PORT else frozenset(),
+            frozenset(m.source_ranges),
+        )
         for m in group
     }
     return len(filters) == 1 and all(m.mode is Mode.PER_PORT or m.source_ranges for m in group)
