@@ -62,6 +62,16 @@ async def test_list_with_selectors_and_pagination(api: ApiServer, k8s: client.Ap
     rest = await v1.list_namespaced_service("default", limit=10, _continue=page.metadata._continue)
     assert [s.metadata.name for s in rest.items] == ["s2", "s3", "s4"]
     assert rest.metadata.resource_version == page.metadata.resource_version
+    # Across namespaces, unfiltered (the informers' list): the same, counted without a scan.
+    page = await v1.list_service_for_all_namespaces(limit=2)
+    assert [s.metadata.name for s in page.items] == ["s0", "s1"]
+    assert page.metadata.remaining_item_count == 3  # s3, s4, x (s2 is gone)
+    api.store.create(svc("s9"))
+    rest = await v1.list_service_for_all_namespaces(limit=2, _continue=page.metadata._continue)
+    assert [s.metadata.name for s in rest.items] == ["s3", "s4"]
+    assert rest.metadata.remaining_item_count == 1
+    now = await v1.list_service_for_all_namespaces(limit=10)
+    assert [s.metadata.name for s in now.items] == ["s0", "s1", "s3", "s4", "s9", "x"]
     api.compact()
     with pytest.raises(ApiException) as gone:
         await v1.list_namespaced_service("default", limit=10, _continue=page.metadata._continue)

@@ -120,6 +120,9 @@ class Store:
         self.compacted_rv = 0
         """Changes at or below this revision are gone; watching from below it is a 410."""
         self._objects: dict[str, dict[Key, Obj]] = {t.key: {} for t in self.registry.types}
+        self._sorted_keys: dict[str, builtins.list[Key]] = {}
+        """Per type, its current keys in list order; dropped when a key comes or goes (a
+        paginated list of 100,000 objects would otherwise sort them for every page)."""
         self._history: deque[Change] = deque()
         self._changed = asyncio.Event()
         self._next_cluster_ip = 0
@@ -148,6 +151,8 @@ class Store:
             bucket.pop(_key(obj), None)
         else:
             bucket[_key(obj)] = obj
+        if type_ != "MODIFIED":
+            self._sorted_keys.pop(rtype.key, None)
         self._history.append(Change(self.rv, type_, rtype, obj, old))
         while len(self._history) > self.history_size:
             self.compacted_rv = self._history.popleft().rv
@@ -232,17 +237,28 @@ class Store:
         :attr:`last_remaining` (a page of a 100,000-object list must not copy them all).
         """
         t = self._rtype(rtype)
-        objects = self.snapshot(t, rv)
         sel = selector or Selector()
         out: builtins.list[Obj] = []
         self.last_remaining = 0
-        keys = sorted(objects)
+        if rv is None or rv >= self.rv:
+            objects = self._objects[t.key]  # read only: what is handed out is copied
+            keys = self._sorted_keys.get(t.key)
+            if keys is None:
+                keys = self._sorted_keys[t.key] = sorted(objects)
+        else:
+            objects = self.snapshot(t, rv)
+            keys = sorted(objects)
         start = bisect.bisect_right(keys, after) if after is not None else 0
-        for key in keys[start:]:
+        everything = namespace is None and sel == Selector()
+        for i in range(start, len(keys)):
+            key = keys[i]
             if namespace is not None and key[0] != namespace:
                 continue
             if sel.matches(objects[key]):
                 if limit and len(out) >= limit:
+                    if everything:  # every key matches: the rest is a count
+                        self.last_remaining = len(keys) - i
+                        break
                     self.last_remaining += 1
                 else:
                     out.append(copy.deepcopy(objects[key]))
