@@ -28,6 +28,7 @@ OTHER_TCP, OTHER_UDP = 8081, 5354
 
 
 EXT_B = {4: "203.0.113.20", 6: "2001:db8:100::20"}
+EXT_B2 = {4: "203.0.113.21", 6: "2001:db8:100::21"}
 
 
 def configure(
@@ -38,16 +39,19 @@ def configure(
     icmp: bool = False,
     ranges: tuple[str, ...] = (),
     b_per_port: bool = False,
+    b2: bool = False,
 ) -> None:
     """Service ``a`` on pod A as asked; with ``b_per_port`` also a per-port Service ``b``
-    on pod B (n2), listing one TCP port only."""
+    on pod B (n2), listing one TCP port only; with ``b2`` a younger per-port Service ``b2``
+    on pod B too, listing that TCP port and a UDP port (so pod B's Services filter UDP
+    differently)."""
     doc = cluster()
     if b_per_port:
-        b = Sandbox.service_manifest("b", ports=(TCP_PORT,))
-        b["metadata"] |= {"creationTimestamp": "2026-01-01T00:00:00Z"}
-        b["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "wholeip"}
-        b["status"] = {"loadBalancer": {"ingress": [{"ip": EXT_B[4]}, {"ip": EXT_B[6]}]}}
-        doc["items"] += [b, *Sandbox.slices_manifest("b", "pod_b")]
+        doc["items"] += _per_port_service("b", "pod_b", EXT_B, "2026-01-01T00:00:00Z")
+    if b2:
+        b2_objs = _per_port_service("b2", "pod_b", EXT_B2, "2026-01-02T00:00:00Z")
+        b2_objs[0]["spec"]["ports"].append({"name": "dns", "port": UDP_PORT, "protocol": "UDP"})
+        doc["items"] += b2_objs
     svc: dict[str, Any] = next(i for i in doc["items"] if i["kind"] == "Service")
     annotations = {"networking.cozystack.io/allowICMP": "true"} if icmp else {}
     if not per_port:
@@ -65,6 +69,14 @@ def configure(
         argv = [sys.executable, "-m", "wholeip", "apply", "-f", str(path), "--node-name", node]
         result = topo.exec(node, [*argv, "--service-cidr", "10.96.0.0/12,fd00:10:96::/112"])
         assert result.returncode == 0, result.stderr
+
+
+def _per_port_service(name: str, pod: str, ext: dict[int, str], created: str) -> list[dict[str, Any]]:
+    svc = Sandbox.service_manifest(name, ports=(TCP_PORT,))
+    svc["metadata"] |= {"creationTimestamp": created}
+    svc["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": ext[4]}, {"ip": ext[6]}]}}
+    return [svc, *Sandbox.slices_manifest(name, pod)]
 
 
 @pytest.fixture
@@ -176,6 +188,55 @@ def test_udp_arriving_at_another_node_meets_the_filter_at_the_pods_node(
     assert listed.ok, listed.error
     assert listed.client_reply_from == EXT_B[family]
     assert direct.ok, direct.error
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pod_behind_two_udp_filters_is_filtered_where_udp_arrives(
+    topo: Topology, tmp_path: Path, family: int
+) -> None:
+    """Pod B behind ``b`` (no UDP) and ``b2`` (one UDP port): n2 cannot tell which external
+    IP a packet was sent to, so n1 filters UDP for ``b``'s address itself, by ``b``'s rules:
+    a port only ``b2`` lists does not pass through ``b``'s address."""
+    configure(topo, tmp_path, b_per_port=True, b2=True)
+    topo.route_external(EXT_B[family], "n1")
+    try:
+        away = topo.nft("n1", "list", "set", "inet", "wholeip", f"away{family}")
+        arrive = topo.nft("n2", "list", "map", "inet", "wholeip", f"arrive{family}")
+        b2_port = exchange(
+            topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=UDP_PORT, timeout=1.0
+        )
+        other = exchange(
+            topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=OTHER_UDP, timeout=1.0
+        )
+        listed = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=TCP_PORT)
+    finally:
+        topo.route_external(EXT_B[family], "n2")
+        configure(topo, tmp_path)
+    assert EXT_B[family] not in away
+    assert addr("pod_b", family) not in arrive
+    assert b2_port.server_peer is None
+    assert other.server_peer is None
+    assert listed.ok, listed.error
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limitation (README): a pod behind Services that filter UDP differently is "
+    "filtered where the traffic arrives, without the flows its node remembers",
+)
+def test_reply_to_own_flow_of_a_pod_behind_two_udp_filters_arriving_at_another_node(
+    topo: Topology, tmp_path: Path, family: int
+) -> None:
+    configure(topo, tmp_path, b_per_port=True, b2=True)
+    topo.route_external(EXT_B[family], "n1")
+    try:
+        r = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto="udp", port=OTHER_UDP)
+    finally:
+        topo.route_external(EXT_B[family], "n2")
+        configure(topo, tmp_path)
+    assert r.server_peer == EXT_B[family]
+    assert r.ok, r.error
 
 
 @pytest.mark.parametrize("family", FAMILIES)
