@@ -25,6 +25,7 @@ The attribute numbers are the kernel's UAPI (``linux/netfilter/nf_tables.h``,
 from __future__ import annotations
 
 import errno as errno_mod
+import functools
 import ipaddress
 import os
 import socket
@@ -270,31 +271,64 @@ def _concat_fields(buf: memoryview, start: int, end: int) -> list[int]:
 
 
 def _element(buf: memoryview, start: int, end: int) -> RawElem:
+    """One element's key and data. Called for every element of a full sync (300,000 at
+    100,000 Services), so the attributes are walked inline, not through :func:`_attrs`."""
+    unpack = _NLA.unpack_from
     key = b""
     data: bytes | tuple[int, str] | None = None
     flags = 0
-    for kind, a, b in _attrs(buf, start, end):
-        if kind == NFTA_SET_ELEM_KEY:
-            for vkind, va, vb in _attrs(buf, a, b):
-                if vkind == NFTA_DATA_VALUE:
-                    key = bytes(buf[va:vb])
-        elif kind == NFTA_SET_ELEM_DATA:
-            for vkind, va, vb in _attrs(buf, a, b):
-                if vkind == NFTA_DATA_VALUE:
-                    data = bytes(buf[va:vb])
-                elif vkind == NFTA_DATA_VERDICT:
-                    code, chain = 0, ""
-                    for ckind, ca, cb in _attrs(buf, va, vb):
-                        if ckind == NFTA_VERDICT_CODE:
-                            (code,) = _BE32S.unpack_from(buf, ca)
-                        elif ckind == NFTA_VERDICT_CHAIN:
-                            chain = bytes(buf[ca : cb - 1]).decode()
-                    data = (code, chain)
+    pos = start
+    while pos + 4 <= end:
+        length, kind = unpack(buf, pos)
+        if length < 4:
+            break
+        kind &= NLA_TYPE_MASK
+        if kind in (NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA):
+            # A nest that starts with its NFTA_DATA_VALUE (every one the kernel writes),
+            # read in place; anything else the long way.
+            vlen, vkind = unpack(buf, pos + 4)
+            if vkind & NLA_TYPE_MASK == NFTA_DATA_VALUE and 4 <= vlen <= length - 4:
+                value: bytes | None = bytes(buf[pos + 8 : pos + 4 + vlen])
+            else:
+                value = _value(buf, pos + 4, pos + length)
+            if kind == NFTA_SET_ELEM_KEY:
+                key = value if value is not None else key
+            else:
+                data = value if value is not None else _verdict(buf, pos + 4, pos + length)
         elif kind == NFTA_SET_ELEM_FLAGS:
-            (flags,) = _BE32.unpack_from(buf, a)
+            (flags,) = _BE32.unpack_from(buf, pos + 4)
+        pos += (length + 3) & ~3
     if flags & (NFT_SET_ELEM_INTERVAL_END | NFT_SET_ELEM_CATCHALL):
         raise Undecodable(errno_mod.EPROTO, f"element flags {flags:#x} need libnftables")
     return key, data
+
+
+def _value(buf: memoryview, start: int, end: int) -> bytes | None:
+    """The ``NFTA_DATA_VALUE`` payload of a data nest, or None when it holds none."""
+    unpack = _NLA.unpack_from
+    pos = start
+    while pos + 4 <= end:
+        length, kind = unpack(buf, pos)
+        if length < 4:
+            break
+        if kind & NLA_TYPE_MASK == NFTA_DATA_VALUE:
+            return bytes(buf[pos + 4 : pos + length])
+        pos += (length + 3) & ~3
+    return None
+
+
+def _verdict(buf: memoryview, start: int, end: int) -> tuple[int, str] | None:
+    """The (code, chain) of a data nest's ``NFTA_DATA_VERDICT``, or None."""
+    for vkind, va, vb in _attrs(buf, start, end):
+        if vkind == NFTA_DATA_VERDICT:
+            code, chain = 0, ""
+            for ckind, ca, cb in _attrs(buf, va, vb):
+                if ckind == NFTA_VERDICT_CODE:
+                    (code,) = _BE32S.unpack_from(buf, ca)
+                elif ckind == NFTA_VERDICT_CHAIN:
+                    chain = bytes(buf[ca : cb - 1]).decode()
+            return code, chain
+    return None
 
 
 # --------------------------------------------------------------------------- decoding (pure)
@@ -304,7 +338,7 @@ FieldDecoder = Callable[[bytes], str | int]
 
 def _field_decoder(typ: str) -> FieldDecoder | None:
     if typ == "ipv4_addr":
-        return lambda b: socket.inet_ntop(socket.AF_INET, b)
+        return functools.partial(socket.inet_ntop, socket.AF_INET)
     if typ == "ipv6_addr":
         return lambda b: str(ipaddress.IPv6Address(b))
     if typ == "inet_proto":
