@@ -103,8 +103,8 @@ without the pod is filtered at the pod's node: there the sets above also hold
 the pod's filter keyed by its pod IP (UDP/SCTP ports only), with ``arrive4/6``
 (pod IP -> the same per-mode chains) as its dispatch map; on the other nodes
 the external IP is in ``away4/6`` and the filter chains let such packets on.
-Only for a pod whose mappings all filter UDP/SCTP alike (see
-:func:`filtered_at_pod`); packets from another external IP are filtered where
+Not for a pod whose mappings filter UDP/SCTP with differing source ranges (see
+:func:`pod_filter`); packets from another external IP are filtered where
 they arrive, as before (their node remembered the flow on the way out).
 
 ICMP errors (unreachable, fragmentation needed / packet too big, time
@@ -119,8 +119,8 @@ The output is deterministic: the same state gives byte-identical JSON.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Hashable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from wholeip.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
 from wholeip.nft.doc import ChainDecl, Elem, JSONObj, Rule, SetDecl, Skeleton, TableDoc
@@ -543,36 +543,67 @@ _SKELETON = skeleton()
 # --------------------------------------------------------------------------- elements
 
 
-def filter_key(mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork]) -> Hashable:
-    """What a mapping's filter of UDP/SCTP from outside depends on; None: it has none."""
+class PodFilter(NamedTuple):
+    """How UDP/SCTP from outside to a pod is filtered, for one mapping or, at the pod's
+    node, for all of them (:func:`pod_filter`). Whole-IP mode without ranges lets all in."""
+
+    mode: Mode
+    ports: frozenset[PortSpec]
+    """The UDP/SCTP ports a per-port filter forwards."""
+    ranges: frozenset[IPNetwork]
+
+
+def udp_filter(mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork]) -> PodFilter | None:
+    """A mapping's filter of UDP/SCTP from outside; None: it has none."""
     ranges = frozenset(source_ranges)
     if mode is Mode.WHOLE_IP and not ranges:
         return None
     listed = frozenset(p for p in ports if p.protocol in AT_POD_PROTOCOLS) if mode is Mode.PER_PORT else frozenset()
-    return (mode, listed, ranges)
+    return PodFilter(mode, listed, ranges)
 
 
-def filtered_at_pod(keys: Iterable[Hashable]) -> bool:
-    """Whether the node of a pod whose mappings have these :func:`filter_key` values filters
-    UDP/SCTP from outside for all of them, keyed by the pod IP. Only when they filter it in
-    one and the same way: the pod's node no longer sees which external IP a packet was sent
-    to. (TCP ports and the ICMP policy may differ: those are filtered where they arrive.)"""
-    distinct = set(keys)
-    return len(distinct) == 1 and None not in distinct
+OPEN = PodFilter(Mode.WHOLE_IP, frozenset(), frozenset())
+"""The pod's node lets every UDP/SCTP packet to the pod in."""
 
 
-def pods_filtered_at_pod(mappings: Iterable[Mapping1to1]) -> frozenset[IPAddress]:
-    """The pods (per family: a pod IP is of one) whose node filters for them, see
-    :func:`filtered_at_pod`."""
-    keys: dict[IPAddress, set[Hashable]] = {}
+def pod_filter(filters: Iterable[PodFilter | None]) -> PodFilter | None:
+    """The one filter the node of a pod whose mappings have these :func:`udp_filter`
+    values applies, under the pod IP, to UDP/SCTP that arrived for any of them at another
+    node; None: the pod's node does not, every node filters such packets by the external
+    IP they were sent to. The pod's node no longer sees which external IP that was, so the
+    filter must let in what any of them lets in and nothing more:
+
+    * all filter alike: that filter;
+    * one of them filters nothing: nothing (the pod takes all UDP through that one);
+    * all are per-port without source ranges: the union of their ports;
+    * else (ranges that differ): None. A union of (source range x port) boxes is not
+      one concatenated set without overlapping elements; such a pod keeps the gap.
+    (TCP ports and the ICMP policy may differ: those are filtered where they arrive.)"""
+    distinct = set(filters)
+    if not distinct or distinct == {None}:
+        return None  # nothing to filter
+    if len(distinct) == 1:
+        return next(iter(distinct))
+    if None in distinct:
+        return OPEN
+    if all(f is not None and f.mode is Mode.PER_PORT and not f.ranges for f in distinct):
+        return PodFilter(Mode.PER_PORT, frozenset().union(*(f.ports for f in distinct if f is not None)), frozenset())
+    return None
+
+
+def pod_filters(mappings: Iterable[Mapping1to1]) -> dict[IPAddress, PodFilter]:
+    """The filter each pod's node applies for it (see :func:`pod_filter`), for the pods
+    that have one (per family: a pod IP is of one)."""
+    filters: dict[IPAddress, set[PodFilter | None]] = {}
     for m in mappings:
-        keys.setdefault(m.pod_ip, set()).add(filter_key(m.mode, m.ports, m.source_ranges))
-    return frozenset(pod for pod, ks in keys.items() if filtered_at_pod(ks))
+        filters.setdefault(m.pod_ip, set()).add(udp_filter(m.mode, m.ports, m.source_ranges))
+    out = {pod: pod_filter(fs) for pod, fs in filters.items()}
+    return {pod: f for pod, f in out.items() if f is not None}
 
 
-def mapping_elements(m: Mapping1to1, *, node_name: str, at_pod: bool = False) -> list[tuple[str, Elem]]:
+def mapping_elements(m: Mapping1to1, *, node_name: str, at_pod: PodFilter | None = None) -> list[tuple[str, Elem]]:
     """The (set, element) pairs one mapping contributes on node ``node_name``; ``at_pod``:
-    the pod's node filters for it (:func:`pods_filtered_at_pod`).
+    the filter the pod's node applies for the pod (:func:`pod_filters`), if any.
 
     Every element is keyed by the mapping's external IP, or by its pod IP (egress, and
     the filter at the pod's node) from the pod's one egress mapping, so two mappings
@@ -602,16 +633,17 @@ def entry_elements(
     allow_icmp: bool,
     ports: tuple[PortSpec, ...],
     source_ranges: tuple[IPNetwork, ...],
-    at_pod: bool = False,
+    at_pod: PodFilter | None = None,
     pod_elsewhere: bool = False,
     addresses: tuple[IPAddress, IPAddress] | None = None,
 ) -> list[tuple[str, Elem]]:
     """:func:`mapping_elements` for addresses given as canonical text (``str(ip)``).
 
     ``egress_here``: the mapping is its pod's egress and the pod is on this node.
-    ``at_pod``: the pod's node filters UDP/SCTP from outside for the mapping, keyed by the
-    pod IP; the egress mapping brings those elements on that node, and on every node the
-    pod is known to be elsewhere (``pod_elsewhere``) the external IP goes to ``away``.
+    ``at_pod``: the filter the pod's node applies to UDP/SCTP from outside for all of the
+    pod's mappings, keyed by the pod IP (:func:`pod_filter`); the egress mapping brings
+    those elements on that node, and on every node the pod is known to be elsewhere
+    (``pod_elsewhere``) the external IP, when it has a filter, goes to ``away``.
 
     The elements hold the very strings passed in, so a caller that keeps its addresses
     as text (the agent's index) shares them instead of holding a copy per element.
@@ -628,11 +660,18 @@ def entry_elements(
         out.append((f"egress{v}", (pod, ext)))
         out.append((f"selfhairpin{v}", (pod, pod)))
     out += _filter_elements(ext, v, "dispatch", mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges)
-    if at_pod and egress_here:
+    if at_pod is not None and egress_here:
         # Only UDP/SCTP takes this way: TCP and ICMP were filtered where they arrived.
-        at_pod_ports = tuple(p for p in ports if p.protocol in AT_POD_PROTOCOLS)
-        out += _filter_elements(pod, v, "arrive", mode=mode, allow_icmp=False, ports=at_pod_ports, ranges=source_ranges)
-    if at_pod and pod_elsewhere:
+        out += _filter_elements(
+            pod,
+            v,
+            "arrive",
+            mode=at_pod.mode,
+            allow_icmp=False,
+            ports=tuple(at_pod.ports),
+            ranges=tuple(at_pod.ranges),
+        )
+    if at_pod is not None and pod_elsewhere and (mode is Mode.PER_PORT or source_ranges):
         out.append((f"away{v}", ext))
     return out
 
@@ -683,9 +722,9 @@ def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem
     out = empty_elements()
     for name, elem in network_elements(state.cluster_networks):
         out[name].add(elem)
-    at_pod = pods_filtered_at_pod(state.mappings)
+    at_pod = pod_filters(state.mappings)
     for m in state.mappings:
-        for name, elem in mapping_elements(m, node_name=node_name, at_pod=m.pod_ip in at_pod):
+        for name, elem in mapping_elements(m, node_name=node_name, at_pod=at_pod.get(m.pod_ip)):
             out[name].add(elem)
     return {name: frozenset(elems) for name, elems in out.items()}
 

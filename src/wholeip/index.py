@@ -35,12 +35,13 @@ from typing import Any, NamedTuple
 
 from wholeip.compile import (
     FAMILY,
+    PodFilter,
     empty_elements,
     entry_elements,
-    filter_key,
-    filtered_at_pod,
     network_elements,
+    pod_filter,
     skeleton,
+    udp_filter,
 )
 from wholeip.model import (
     ClusterState,
@@ -178,8 +179,8 @@ class _Side(NamedTuple):
     view: _View
     egress: bool
     """The mapping is its pod's egress."""
-    at_pod: bool
-    """The pod's node filters for every mapping of the pod."""
+    at_pod: PodFilter | None
+    """The filter the pod's node applies for every mapping of the pod, if any."""
 
 
 def _shape(ip: str, side: _Side) -> tuple[Any, ...]:
@@ -345,17 +346,16 @@ class ClusterIndex:
                 touched.setdefault(name, set()).add(elem)
         return touched
 
-    def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> bool:
-        """Whether the pod's node filters for every mapping of the pod (see
-        :func:`wholeip.compile.filtered_at_pod`); ``winner``: the mapping of an external IP
+    def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:
+        """The filter the pod's node applies for every mapping of the pod (see
+        :func:`wholeip.compile.pod_filter`); ``winner``: the mapping of an external IP
         (now, or as it was before an update)."""
-        keys = []
+        filters = []
         for ext in _values(self._pods.get(pod)):
             w = winner(ext)
-            if w is None:
-                continue
-            keys.append(filter_key(w.mode, w.ports, w.source_ranges))
-        return filtered_at_pod(keys)
+            if w is not None:
+                filters.append(udp_filter(w.mode, w.ports, w.source_ranges))
+        return pod_filter(filters)
 
     def _share_key(self, key: ServiceKey) -> None:
         """File the Service's slices under the very key object its view holds (slices

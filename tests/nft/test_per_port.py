@@ -40,17 +40,19 @@ def configure(
     ranges: tuple[str, ...] = (),
     b_per_port: bool = False,
     b2: bool = False,
+    b2_ranges: tuple[str, ...] = (),
 ) -> None:
     """Service ``a`` on pod A as asked; with ``b_per_port`` also a per-port Service ``b``
     on pod B (n2), listing one TCP port only; with ``b2`` a younger per-port Service ``b2``
-    on pod B too, listing that TCP port and a UDP port (so pod B's Services filter UDP
-    differently)."""
+    on pod B too, listing that TCP port and a UDP port, with ``b2_ranges`` as its source
+    ranges (so pod B's Services filter UDP differently)."""
     doc = cluster()
     if b_per_port:
         doc["items"] += _per_port_service("b", "pod_b", EXT_B, "2026-01-01T00:00:00Z")
     if b2:
         b2_objs = _per_port_service("b2", "pod_b", EXT_B2, "2026-01-02T00:00:00Z")
         b2_objs[0]["spec"]["ports"].append({"name": "dns", "port": UDP_PORT, "protocol": "UDP"})
+        b2_objs[0]["spec"]["loadBalancerSourceRanges"] = list(b2_ranges)
         doc["items"] += b2_objs
     svc: dict[str, Any] = next(i for i in doc["items"] if i["kind"] == "Service")
     annotations = {"networking.cozystack.io/allowICMP": "true"} if icmp else {}
@@ -191,13 +193,43 @@ def test_udp_arriving_at_another_node_meets_the_filter_at_the_pods_node(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_pod_behind_two_udp_filters_is_filtered_where_udp_arrives(
+def test_a_pod_behind_two_udp_filters_is_filtered_by_their_union_at_its_node(
     topo: Topology, tmp_path: Path, family: int
 ) -> None:
-    """Pod B behind ``b`` (no UDP) and ``b2`` (one UDP port): n2 cannot tell which external
-    IP a packet was sent to, so n1 filters UDP for ``b``'s address itself, by ``b``'s rules:
-    a port only ``b2`` lists does not pass through ``b``'s address."""
+    """Pod B behind ``b`` (no UDP) and ``b2`` (one UDP port), no source ranges: n2 cannot
+    tell which external IP a packet was sent to, and lets in what either lets in (the pod
+    takes that port through ``b2`` anyway), nothing else; its own flows' replies pass."""
     configure(topo, tmp_path, b_per_port=True, b2=True)
+    topo.route_external(EXT_B[family], "n1")
+    try:
+        away = topo.nft("n1", "list", "set", "inet", "wholeip", f"away{family}")
+        b2_port = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=UDP_PORT)
+        other = exchange(
+            topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=OTHER_UDP, timeout=1.0
+        )
+        own = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto="udp", port=OTHER_UDP)
+    finally:
+        topo.route_external(EXT_B[family], "n2")
+        configure(topo, tmp_path)
+    assert EXT_B[family] in away
+    assert b2_port.ok, b2_port.error
+    assert other.server_peer is None
+    assert own.ok, own.error
+    assert own.server_peer == EXT_B[family]
+
+
+# Source ranges the outside client (198.51.100.2, 2001:db8:1::2) is in, for b2.
+CLIENT_RANGES = ("198.51.100.0/24", "2001:db8:1::/64")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_pod_behind_two_udp_filters_with_other_ranges_is_filtered_where_udp_arrives(
+    topo: Topology, tmp_path: Path, family: int
+) -> None:
+    """``b2`` with source ranges, ``b`` without: their union is not one set, so n1 filters
+    UDP for ``b``'s address itself, by ``b``'s rules: a port only ``b2`` lists does not
+    pass through ``b``'s address."""
+    configure(topo, tmp_path, b_per_port=True, b2=True, b2_ranges=CLIENT_RANGES)
     topo.route_external(EXT_B[family], "n1")
     try:
         away = topo.nft("n1", "list", "set", "inet", "wholeip", f"away{family}")
@@ -222,13 +254,13 @@ def test_a_pod_behind_two_udp_filters_is_filtered_where_udp_arrives(
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.xfail(
     strict=True,
-    reason="known limitation (README): a pod behind Services that filter UDP differently is "
-    "filtered where the traffic arrives, without the flows its node remembers",
+    reason="known limitation (README): a pod behind Services that filter UDP with differing "
+    "source ranges is filtered where the traffic arrives, without the flows its node remembers",
 )
 def test_reply_to_own_flow_of_a_pod_behind_two_udp_filters_arriving_at_another_node(
     topo: Topology, tmp_path: Path, family: int
 ) -> None:
-    configure(topo, tmp_path, b_per_port=True, b2=True)
+    configure(topo, tmp_path, b_per_port=True, b2=True, b2_ranges=CLIENT_RANGES)
     topo.route_external(EXT_B[family], "n1")
     try:
         r = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto="udp", port=OTHER_UDP)

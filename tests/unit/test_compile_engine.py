@@ -244,32 +244,46 @@ def test_mode_switch_is_an_element_change() -> None:
     assert b.elements["away4"] == set()
 
 
-@pytest.mark.parametrize("same_udp", [True, False], ids=["same-udp-ports", "other-udp-ports"])
-def test_a_pod_behind_two_filters_is_filtered_at_its_node_only_when_they_agree_on_udp(same_udp: bool) -> None:
-    """Services 0 and 2 share pod 10.128.0.10 on n1; their TCP ports differ (filtered where
-    TCP arrives anyway). With the same UDP ports n1 filters UDP for the pod under its pod
-    IP and n2 sends it on; with other UDP ports neither does (n2 filters where it arrives)."""
+@pytest.mark.parametrize("case", ["same-udp-ports", "other-udp-ports", "other-ranges", "one-unfiltered"])
+def test_a_pod_behind_two_filters(case: str) -> None:
+    """Services 0 and 2 share pod 10.128.0.10 on n1 (their TCP ports differ: filtered where
+    TCP arrives anyway). n1 filters UDP that arrived at n2 under the pod IP by what either
+    Service lets in (n2 sends it on), unless that is not one set: different source ranges."""
     svc0 = _per_port(0, ports=2)  # tcp 1000, udp 1001
     svc2 = _per_port(2, ports=4, pod_offset=-1)  # tcp 1000, udp 1001, tcp 1002, udp 1003
-    if same_udp:
-        svc2[0]["spec"]["ports"] = [p for p in svc2[0]["spec"]["ports"] if p["port"] != 1003]  # type: ignore[index]
+    spec0, spec2 = svc0[0]["spec"], svc2[0]["spec"]
+    if case != "other-udp-ports":
+        spec2["ports"] = [p for p in spec2["ports"] if p["port"] != 1003]  # type: ignore[index]
+    if case == "other-ranges":
+        spec0["loadBalancerSourceRanges"] = ["198.51.100.0/24"]  # type: ignore[index]
+    if case == "one-unfiltered":
+        svc2[0]["metadata"]["annotations"] = {"networking.cozystack.io/wholeIP": "true"}  # type: ignore[index]
     objs: list[dict[str, object]] = [synth.node("n1", 0), synth.node("n2", 1), *svc0, *svc2]
     states = {
         node: model.build_state_from_objects(objs, node_name=node, settings=ModelSettings()) for node in ("n1", "n2")
     }
     assert {str(m.pod_ip) for m in states["n1"].mappings} == {"10.128.0.10"}
     n1, n2 = (compile.compile_table(states[node], node_name=node).elements for node in ("n1", "n2"))
-    exts = {"100.64.0.1", "100.64.0.3"}
+    pod = "10.128.0.10"
+    at_pod = {e for e in n1["ports4"] if e[0] == pod}
+    filtered = {"100.64.0.1"} if case == "one-unfiltered" else {"100.64.0.1", "100.64.0.3"}
     for doc in (n1, n2):  # keyed by external IP: each Service's own filter, on every node
-        assert {e for e, _ in doc["dispatch4"]} == exts
-        assert (("100.64.0.3", "udp", 1003) in doc["ports4"]) is not same_udp
-    if same_udp:
-        assert n1["arrive4"] == {("10.128.0.10", "jump per_port4")}
-        assert {e for e in n1["ports4"] if e[0] == "10.128.0.10"} == {("10.128.0.10", "udp", 1001)}
-        assert n2["away4"] == exts
+        assert {e for e, _ in doc["dispatch4"]} == filtered
+    if case == "same-udp-ports":
+        assert n1["arrive4"] == {(pod, "jump per_port4")}
+        assert at_pod == {(pod, "udp", 1001)}
+        assert n2["away4"] == filtered
+    elif case == "other-udp-ports":  # the union: what the pod takes through either address
+        assert n1["arrive4"] == {(pod, "jump per_port4")}
+        assert at_pod == {(pod, "udp", 1001), (pod, "udp", 1003)}
+        assert n2["away4"] == filtered
+    elif case == "one-unfiltered":  # the pod takes all UDP through 100.64.0.3: no filter at n1
+        assert not n1["arrive4"]
+        assert not at_pod
+        assert n2["away4"] == filtered
     else:
         assert not n1["arrive4"]
-        assert not {e for e in n1["ports4"] if e[0] == "10.128.0.10"}
+        assert not at_pod
         assert not n2["away4"]
     assert not n1["away4"]
     assert not n2["arrive4"]

@@ -611,18 +611,29 @@ def _key(elem: Any) -> Any:
     return elem[0] if isinstance(elem, tuple) else elem
 
 
-def _one_filter(group: list[Mapping1to1]) -> bool:
-    """All of a pod's mappings filter UDP/SCTP from outside, all in the same way (their TCP
-    ports and ICMP policy may differ)."""
-    filters = {
-        (
-            m.mode,
-            frozenset(p for p in m.ports if p.protocol != "tcp") if m.mode is Mode.PER_PORT else frozenset(),
-            frozenset(m.source_ranges),
-        )
-        for m in group
-    }
-    return len(filters) == 1 and all(m.mode is Mode.PER_PORT or m.source_ranges for m in group)
+def _udp_rule(m: Mapping1to1) -> tuple[Any, ...] | None:
+    """What one mapping lets in of UDP/SCTP from outside: None for everything, else
+    (listed ports or None for any port, allowed ranges or None for any source)."""
+    if m.mode is Mode.WHOLE_IP and not m.source_ranges:
+        return None
+    ports = frozenset((p.protocol, p.port) for p in m.ports if p.protocol != "tcp") if m.mode is Mode.PER_PORT else None
+    return (ports, frozenset(m.source_ranges) if m.source_ranges else None)
+
+
+def _at_pod(group: list[Mapping1to1]) -> tuple[str, Any] | None:
+    """Independently of the compiler: what the pod's node filters for a pod with these
+    mappings. ("open", None): nothing; ("same", m): m's filter; ("union", ports): those
+    UDP/SCTP ports from anywhere; None: the pod's node does not filter."""
+    rules = {_udp_rule(m) for m in group}
+    if rules == {None}:
+        return None
+    if len(rules) == 1:
+        return ("same", group[0])
+    if None in rules:
+        return ("open", None)
+    if all(r is not None and r[0] is not None and r[1] is None for r in rules):
+        return ("union", frozenset().union(*(r[0] for r in rules if r is not None)))
+    return None
 
 
 def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
@@ -682,28 +693,41 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
         groups: dict[str, list[Mapping1to1]] = {}
         for m in ms:
             groups.setdefault(str(m.pod_ip), []).append(m)
-        at_pod = {pod for pod, g in groups.items() if _one_filter(g)}
-        here = {str(m.pod_ip): m for m in ms if m.egress and m.node_name == node_name and str(m.pod_ip) in at_pod}
+        at_pod = {pod: f for pod, g in groups.items() if (f := _at_pod(g)) is not None}
+        here = {
+            str(m.pod_ip): at_pod[str(m.pod_ip)]
+            for m in ms
+            if m.egress and m.node_name == node_name and str(m.pod_ip) in at_pod
+        }
         assert el[f"away{v}"] == {
             str(m.external_ip)
             for m in ms
-            if str(m.pod_ip) in at_pod and m.node_name is not None and m.node_name != node_name
+            if str(m.pod_ip) in at_pod
+            and m.node_name is not None
+            and m.node_name != node_name
+            and _udp_rule(m) is not None
         }
-        assert dict(el[f"arrive{v}"]) == {
-            pod: f"jump per_port{v}" if m.mode is Mode.PER_PORT else f"jump whole_ip{v}" for pod, m in here.items()
-        }
-        assert by_pod["filtered"] == set(here)
-        assert by_pod["ports"] == {
-            (pod, p.protocol, p.port)
-            for pod, m in here.items()
-            if m.mode is Mode.PER_PORT
-            for p in m.ports
-            if p.protocol in ("udp", "sctp")
-        }
-        assert by_pod["ranged"] == {pod for pod, m in here.items() if m.source_ranges}
-        assert {e for e, _ in by_pod["sources"]} == {
-            pod for pod, m in here.items() if any(r.version == v for r in m.source_ranges)
-        }
+        want_arrive, want_ports, want_ranged, want_sourced = {}, set(), set(), set()
+        for pod, (how, what) in here.items():
+            if how == "union":
+                want_arrive[pod] = f"jump per_port{v}"
+                want_ports |= {(pod, proto, port) for proto, port in what}
+            elif how == "same":
+                m = what
+                if m.mode is Mode.PER_PORT:
+                    want_arrive[pod] = f"jump per_port{v}"
+                    want_ports |= {(pod, p.protocol, p.port) for p in m.ports if p.protocol in ("udp", "sctp")}
+                else:
+                    want_arrive[pod] = f"jump whole_ip{v}"
+                if m.source_ranges:
+                    want_ranged.add(pod)
+                    if any(r.version == v for r in m.source_ranges):
+                        want_sourced.add(pod)
+        assert dict(el[f"arrive{v}"]) == want_arrive
+        assert by_pod["filtered"] == set(want_arrive)
+        assert by_pod["ports"] == want_ports
+        assert by_pod["ranged"] == want_ranged
+        assert {e for e, _ in by_pod["sources"]} == want_sourced
         assert by_pod["icmp"] == set()
         assert el[f"flows{v}"] == frozenset()
     fix4 = dict(el["icmpfix4"])
