@@ -573,22 +573,24 @@ def pod_filter(filters: Iterable[PodFilter | None]) -> PodFilter | None:
     IP they were sent to. The pod's node no longer sees which external IP that was, so the
     filter must let in what any of them lets in and nothing more:
 
-    * all filter alike: that filter;
     * one of them filters nothing: nothing (the pod takes all UDP through that one);
-    * all are per-port without source ranges: the union of their ports;
+    * all have the same source ranges (or none): those ranges, and any port if one of
+      them is whole-IP, else the union of their ports (all filter alike: that filter);
     * else (ranges that differ): None. A union of (source range x port) boxes is not
       one concatenated set without overlapping elements; such a pod keeps the gap.
     (TCP ports and the ICMP policy may differ: those are filtered where they arrive.)"""
     distinct = set(filters)
     if not distinct or distinct == {None}:
         return None  # nothing to filter
-    if len(distinct) == 1:
-        return next(iter(distinct))
     if None in distinct:
         return OPEN
-    if all(f is not None and f.mode is Mode.PER_PORT and not f.ranges for f in distinct):
-        return PodFilter(Mode.PER_PORT, frozenset().union(*(f.ports for f in distinct if f is not None)), frozenset())
-    return None
+    some = [f for f in distinct if f is not None]
+    if len({f.ranges for f in some}) != 1:
+        return None
+    ranges = some[0].ranges
+    if any(f.mode is Mode.WHOLE_IP for f in some):
+        return PodFilter(Mode.WHOLE_IP, frozenset(), ranges)
+    return PodFilter(Mode.PER_PORT, frozenset().union(*(f.ports for f in some)), ranges)
 
 
 def pod_filters(mappings: Iterable[Mapping1to1]) -> dict[IPAddress, PodFilter]:

@@ -244,7 +244,9 @@ def test_mode_switch_is_an_element_change() -> None:
     assert b.elements["away4"] == set()
 
 
-@pytest.mark.parametrize("case", ["same-udp-ports", "other-udp-ports", "other-ranges", "one-unfiltered"])
+@pytest.mark.parametrize(
+    "case", ["same-udp-ports", "other-udp-ports", "same-ranges-other-ports", "other-ranges", "one-unfiltered"]
+)
 def test_a_pod_behind_two_filters(case: str) -> None:
     """Services 0 and 2 share pod 10.128.0.10 on n1 (their TCP ports differ: filtered where
     TCP arrives anyway). n1 filters UDP that arrived at n2 under the pod IP by what either
@@ -252,10 +254,12 @@ def test_a_pod_behind_two_filters(case: str) -> None:
     svc0 = _per_port(0, ports=2)  # tcp 1000, udp 1001
     svc2 = _per_port(2, ports=4, pod_offset=-1)  # tcp 1000, udp 1001, tcp 1002, udp 1003
     spec0, spec2 = svc0[0]["spec"], svc2[0]["spec"]
-    if case != "other-udp-ports":
+    if case not in ("other-udp-ports", "same-ranges-other-ports"):
         spec2["ports"] = [p for p in spec2["ports"] if p["port"] != 1003]  # type: ignore[index]
-    if case == "other-ranges":
+    if case in ("other-ranges", "same-ranges-other-ports"):
         spec0["loadBalancerSourceRanges"] = ["198.51.100.0/24"]  # type: ignore[index]
+    if case == "same-ranges-other-ports":
+        spec2["loadBalancerSourceRanges"] = ["198.51.100.0/24"]  # type: ignore[index]
     if case == "one-unfiltered":
         svc2[0]["metadata"]["annotations"] = {"networking.cozystack.io/wholeIP": "true"}  # type: ignore[index]
     objs: list[dict[str, object]] = [synth.node("n1", 0), synth.node("n2", 1), *svc0, *svc2]
@@ -273,10 +277,13 @@ def test_a_pod_behind_two_filters(case: str) -> None:
         assert n1["arrive4"] == {(pod, "jump per_port4")}
         assert at_pod == {(pod, "udp", 1001)}
         assert n2["away4"] == filtered
-    elif case == "other-udp-ports":  # the union: what the pod takes through either address
+    elif case in ("other-udp-ports", "same-ranges-other-ports"):  # the union: what either lets in
         assert n1["arrive4"] == {(pod, "jump per_port4")}
         assert at_pod == {(pod, "udp", 1001), (pod, "udp", 1003)}
         assert n2["away4"] == filtered
+        ranged = case == "same-ranges-other-ports"
+        assert (pod in n1["ranged4"]) is ranged
+        assert ((pod, "198.51.100.0/24") in n1["sources4"]) is ranged
     elif case == "one-unfiltered":  # the pod takes all UDP through 100.64.0.3: no filter at n1
         assert not n1["arrive4"]
         assert not at_pod

@@ -620,20 +620,20 @@ def _udp_rule(m: Mapping1to1) -> tuple[Any, ...] | None:
     return (ports, frozenset(m.source_ranges) if m.source_ranges else None)
 
 
-def _at_pod(group: list[Mapping1to1]) -> tuple[str, Any] | None:
-    """Independently of the compiler: what the pod's node filters for a pod with these
-    mappings. ("open", None): nothing; ("same", m): m's filter; ("union", ports): those
-    UDP/SCTP ports from anywhere; None: the pod's node does not filter."""
+def _at_pod(group: list[Mapping1to1]) -> tuple[Any, Any] | None:
+    """Independently of the compiler: what the pod's node lets in for a pod with these
+    mappings, as a rule (ports or None for any, ranges or None for any source); None:
+    the pod's node does not filter for it."""
     rules = {_udp_rule(m) for m in group}
     if rules == {None}:
         return None
-    if len(rules) == 1:
-        return ("same", group[0])
     if None in rules:
-        return ("open", None)
-    if all(r is not None and r[0] is not None and r[1] is None for r in rules):
-        return ("union", frozenset().union(*(r[0] for r in rules if r is not None)))
-    return None
+        return (None, None)  # one of them lets everything in
+    if len({r[1] for r in rules if r is not None}) != 1:
+        return None  # ranges differ
+    any_port = any(r is not None and r[0] is None for r in rules)
+    ports = None if any_port else frozenset().union(*(r[0] for r in rules if r is not None and r[0] is not None))
+    return (ports, next(r[1] for r in rules if r is not None))
 
 
 def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
@@ -708,21 +708,15 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
             and _udp_rule(m) is not None
         }
         want_arrive, want_ports, want_ranged, want_sourced = {}, set(), set(), set()
-        for pod, (how, what) in here.items():
-            if how == "union":
-                want_arrive[pod] = f"jump per_port{v}"
-                want_ports |= {(pod, proto, port) for proto, port in what}
-            elif how == "same":
-                m = what
-                if m.mode is Mode.PER_PORT:
-                    want_arrive[pod] = f"jump per_port{v}"
-                    want_ports |= {(pod, p.protocol, p.port) for p in m.ports if p.protocol in ("udp", "sctp")}
-                else:
-                    want_arrive[pod] = f"jump whole_ip{v}"
-                if m.source_ranges:
-                    want_ranged.add(pod)
-                    if any(r.version == v for r in m.source_ranges):
-                        want_sourced.add(pod)
+        for pod, (ports, ranges) in here.items():
+            if ports is None and ranges is None:
+                continue  # lets everything in: no filter at the pod's node
+            want_arrive[pod] = f"jump per_port{v}" if ports is not None else f"jump whole_ip{v}"
+            want_ports |= {(pod, proto, port) for proto, port in ports or ()}
+            if ranges:
+                want_ranged.add(pod)
+                if any(r.version == v for r in ranges):
+                    want_sourced.add(pod)
         assert dict(el[f"arrive{v}"]) == want_arrive
         assert by_pod["filtered"] == set(want_arrive)
         assert by_pod["ports"] == want_ports
