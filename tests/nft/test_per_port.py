@@ -9,8 +9,10 @@ range check, a UDP reply without the flow memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 from tests.nft.test_datapath import EXT_A, FAMILIES, addr, cluster
 
 from wholeip.testing.sandbox import Sandbox
-from wholeip.testing.topology import Topology
+from wholeip.testing.topology import Node, Topology
 from wholeip.testing.traffic import bulk, exchange, ping
 
 pytestmark = pytest.mark.kernel
@@ -79,6 +81,20 @@ def _per_port_service(name: str, pod: str, ext: dict[int, str], created: str) ->
     svc["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "wholeip"}
     svc["status"] = {"loadBalancer": {"ingress": [{"ip": ext[4]}, {"ip": ext[6]}]}}
     return [svc, *Sandbox.slices_manifest(name, pod)]
+
+
+@contextlib.contextmanager
+def arriving_at(topo: Topology, tmp_path: Path, ext: str, node: Node, **config: Any) -> Iterator[None]:
+    """Configured as asked, with the router sending ``ext`` to ``node`` (row 12: an L2
+    speaker on another node); on the way out the default configuration and route again."""
+    home: Node = "n2" if ext in EXT_B.values() else "n1"
+    topo.route_external(ext, node)
+    try:
+        configure(topo, tmp_path, **config)
+        yield
+    finally:
+        topo.route_external(ext, home)
+        configure(topo, tmp_path)
 
 
 @pytest.fixture
@@ -156,13 +172,8 @@ def test_reply_to_a_filtered_pods_own_flow_arriving_at_another_node(
     """Pod B (n2, per-port Service) opens a flow to the outside; the router sends B's
     external IP to n1 (row 12: an L2 speaker on another node). TCP passes n1's filter (not
     a bare SYN); UDP is let through to n2, which remembered the flow and filters it there."""
-    configure(topo, tmp_path, b_per_port=True)
-    topo.route_external(EXT_B[family], "n1")
-    try:
+    with arriving_at(topo, tmp_path, EXT_B[family], "n1", b_per_port=True):
         r = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto=proto, port=OTHER_UDP)  # type: ignore[arg-type]
-    finally:
-        topo.route_external(EXT_B[family], "n2")
-        configure(topo, tmp_path)
     assert r.server_peer == EXT_B[family]
     assert r.ok, r.error
 
@@ -174,17 +185,12 @@ def test_udp_arriving_at_another_node_meets_the_filter_at_the_pods_node(
     """The other side of the test above: n1 lets UDP for B's external IP through, so n2 must
     drop what B's Service does not forward (it lists one TCP port). TCP is still filtered
     on n1, and a listed port still passes."""
-    configure(topo, tmp_path, b_per_port=True)
-    topo.route_external(EXT_B[family], "n1")
-    try:
+    with arriving_at(topo, tmp_path, EXT_B[family], "n1", b_per_port=True):
         udp = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=OTHER_UDP, timeout=1.0)
         tcp = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=OTHER_TCP, timeout=1.0)
         listed = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=TCP_PORT)
         # East-west to the pod IP itself is not filtered (row 9): only traffic from outside is.
         direct = exchange(topo, client="pod_a", server="pod_b", addr=addr("pod_b", family), proto="udp", port=OTHER_UDP)
-    finally:
-        topo.route_external(EXT_B[family], "n2")
-        configure(topo, tmp_path)
     assert udp.server_peer is None, "the pod must not see UDP to a port its Service does not list"
     assert tcp.server_peer is None
     assert listed.ok, listed.error
@@ -199,18 +205,13 @@ def test_a_pod_behind_two_udp_filters_is_filtered_by_their_union_at_its_node(
     """Pod B behind ``b`` (no UDP) and ``b2`` (one UDP port), no source ranges: n2 cannot
     tell which external IP a packet was sent to, and lets in what either lets in (the pod
     takes that port through ``b2`` anyway), nothing else; its own flows' replies pass."""
-    configure(topo, tmp_path, b_per_port=True, b2=True)
-    topo.route_external(EXT_B[family], "n1")
-    try:
+    with arriving_at(topo, tmp_path, EXT_B[family], "n1", b_per_port=True, b2=True):
         away = topo.nft("n1", "list", "set", "inet", "wholeip", f"away{family}")
         b2_port = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=UDP_PORT)
         other = exchange(
             topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=OTHER_UDP, timeout=1.0
         )
         own = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto="udp", port=OTHER_UDP)
-    finally:
-        topo.route_external(EXT_B[family], "n2")
-        configure(topo, tmp_path)
     assert EXT_B[family] in away
     assert b2_port.ok, b2_port.error
     assert other.server_peer is None
@@ -229,9 +230,7 @@ def test_a_pod_behind_two_udp_filters_with_other_ranges_is_filtered_where_udp_ar
     """``b2`` with source ranges, ``b`` without: their union is not one set, so n1 filters
     UDP for ``b``'s address itself, by ``b``'s rules: a port only ``b2`` lists does not
     pass through ``b``'s address."""
-    configure(topo, tmp_path, b_per_port=True, b2=True, b2_ranges=CLIENT_RANGES)
-    topo.route_external(EXT_B[family], "n1")
-    try:
+    with arriving_at(topo, tmp_path, EXT_B[family], "n1", b_per_port=True, b2=True, b2_ranges=CLIENT_RANGES):
         away = topo.nft("n1", "list", "set", "inet", "wholeip", f"away{family}")
         arrive = topo.nft("n2", "list", "map", "inet", "wholeip", f"arrive{family}")
         b2_port = exchange(
@@ -241,9 +240,6 @@ def test_a_pod_behind_two_udp_filters_with_other_ranges_is_filtered_where_udp_ar
             topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=OTHER_UDP, timeout=1.0
         )
         listed = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=TCP_PORT)
-    finally:
-        topo.route_external(EXT_B[family], "n2")
-        configure(topo, tmp_path)
     assert EXT_B[family] not in away
     assert addr("pod_b", family) not in arrive
     assert b2_port.server_peer is None
@@ -260,13 +256,8 @@ def test_a_pod_behind_two_udp_filters_with_other_ranges_is_filtered_where_udp_ar
 def test_reply_to_own_flow_of_a_pod_behind_two_udp_filters_arriving_at_another_node(
     topo: Topology, tmp_path: Path, family: int
 ) -> None:
-    configure(topo, tmp_path, b_per_port=True, b2=True, b2_ranges=CLIENT_RANGES)
-    topo.route_external(EXT_B[family], "n1")
-    try:
+    with arriving_at(topo, tmp_path, EXT_B[family], "n1", b_per_port=True, b2=True, b2_ranges=CLIENT_RANGES):
         r = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto="udp", port=OTHER_UDP)
-    finally:
-        topo.route_external(EXT_B[family], "n2")
-        configure(topo, tmp_path)
     assert r.server_peer == EXT_B[family]
     assert r.ok, r.error
 
@@ -276,9 +267,7 @@ def test_source_ranges_hold_for_udp_arriving_at_another_node(topo: Topology, tmp
     """Pod A (n1) behind source ranges, its external IP sent to n2: n2 lets UDP through to n1,
     which checks the ranges under the pod IP. A reply to the pod's own flow passes anyway."""
     elsewhere = ("192.0.2.128/25", "2001:db8:ffff::/48")
-    topo.route_external(EXT_A[family], "n2")
-    try:
-        configure(topo, tmp_path, ranges=elsewhere)
+    with arriving_at(topo, tmp_path, EXT_A[family], "n2", ranges=elsewhere):
         refused = exchange(
             topo, client="ext", server="pod_a", addr=EXT_A[family], proto="udp", port=UDP_PORT, timeout=1.0
         )
@@ -288,9 +277,6 @@ def test_source_ranges_hold_for_udp_arriving_at_another_node(topo: Topology, tmp
         unlisted = exchange(
             topo, client="ext", server="pod_a", addr=EXT_A[family], proto="udp", port=OTHER_UDP, timeout=1.0
         )
-    finally:
-        topo.route_external(EXT_A[family], "n1")
-        configure(topo, tmp_path)
     assert refused.server_peer is None, "a source outside the ranges must not reach the pod"
     assert own.ok, own.error
     assert own.server_peer == EXT_A[family]
