@@ -36,6 +36,7 @@ e2e: bootstrap
 
 ## Benchmarks live outside the suite: they print a table and write JSON.
 bench: bootstrap
+	@hack/bootstrap.sh bench
 	$(PY) -m wholeip.bench --out bench-results/bench.json
 	$(PY) -m wholeip.benchchange --out bench-results/change.json
 	$(PY) -m wholeip.benchpath --out bench-results/datapath.json
@@ -43,6 +44,7 @@ bench: bootstrap
 ## Packet path and conntrack pressure through a node, in network namespaces (minutes).
 .PHONY: bench-datapath
 bench-datapath: bootstrap
+	@hack/bootstrap.sh bench
 	$(PY) -m wholeip.benchpath --out bench-results/datapath.json
 
 ## Churn and load soak: 10,000 Services through the API double against one agent (minutes).

@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(nftables libnftables1 iproute2 conntrack iputils-ping procps kmod ethtool)
+# `hack/bootstrap.sh bench`: also what the benchmarks need and the tests do not
+# (iperf3 for the packet path's throughput runs).
+if [ "${1:-}" = bench ]; then
+  APT_PACKAGES+=(iperf3)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1083,6 +1083,8 @@ def main(argv: list[str] | None = None) -> int:
         print("the benchmark needs root (network namespaces)", file=sys.stderr)
         return 2
     use_iperf = not args.no_iperf and shutil.which("iperf3") is not None
+    if not args.no_iperf and not use_iperf:
+        print("iperf3 not found: no throughput runs (make bench installs it)", file=sys.stderr, flush=True)
     if args.quick:
         cfg = Config(
             mappings=200,
