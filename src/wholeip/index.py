@@ -167,7 +167,11 @@ class _View(NamedTuple):
 def _backend(view: _View, ip: str) -> tuple[str, str | None]:
     """The (pod IP, node) external IP ``ip`` maps to when ``view`` won it: its only ready
     endpoint of the family, or the lowest address of several."""
-    ready = view.ready4 if _version(ip) == 4 else view.ready6
+    return _chosen(view.ready4 if _version(ip) == 4 else view.ready6)
+
+
+def _chosen(ready: Ready) -> tuple[str, str | None]:
+    """The one ready endpoint (address, node) of a family, or the lowest address of several."""
     if len(ready) == 2:
         return ready[0], ready[1]  # type: ignore[return-value]
     return min(_pairs(ready), key=lambda r: _numeric(r[0]))
@@ -181,6 +185,21 @@ class _Side(NamedTuple):
     """The mapping is its pod's egress."""
     at_pod: PodFilter | None
     """The filter the pod's node applies for every mapping of the pod, if any."""
+
+
+def _backend_ports(slices: Sequence[_Slice], ready: Mapping[int, Ready]) -> dict[tuple[str, str], int]:
+    """The pod ports of the slice that lists the backend a per-port Service forwards to (the
+    IPv4 one, else the IPv6 one; the last such slice, as for its endpoint): during a
+    rolling update a named ``targetPort`` can resolve to other numbers in another slice's
+    pods, and only the chosen pod's own numbers say what reaches it. Empty: no ready
+    endpoint, the caller merges every slice's ports."""
+    for family in (4, 6):
+        if ready[family]:
+            chosen = _chosen(ready[family])[0]
+            for sl in reversed(slices):
+                if sl.family == family and chosen in sl.ready[0::2]:
+                    return dict(sl.ports)
+    return {}
 
 
 def _shape(ip: str, side: _Side) -> tuple[Any, ...]:
@@ -454,8 +473,8 @@ class ClusterIndex:
         outside: dict[int, set[str]] = {4: set(), 6: set()}
         slice_ports: dict[tuple[str, str], int] = {}
         merged: dict[int, dict[str, str | None]] = {}
-        for skey in sorted(_values(self._slices_of.get(svc.key))):
-            sl = self._slices[skey]
+        slices = [self._slices[skey] for skey in sorted(_values(self._slices_of.get(svc.key)))]
+        for sl in slices:
             outside[sl.family].update(sl.outside)
             if svc.mode is Mode.PER_PORT:
                 slice_ports.update(sl.ports)
@@ -483,8 +502,10 @@ class ClusterIndex:
                 Problem(svc.ref, "NoExternalIP", "managed Service has no status.loadBalancer.ingress IP yet", False)
             )
             ports: tuple[PortSpec, ...] = ()
+        elif svc.mode is Mode.PER_PORT:
+            ports = resolve_ports(svc.ref, svc.raw_ports, _backend_ports(slices, ready) or slice_ports, problems)
         else:
-            ports = resolve_ports(svc.ref, svc.raw_ports, slice_ports, problems) if svc.mode is Mode.PER_PORT else ()
+            ports = ()
         return svc._replace(ready4=ready[4], ready6=ready[6], ports=ports, problems=tuple(problems))
 
     # ------------------------------------------------------------------ resolution

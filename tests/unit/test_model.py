@@ -313,6 +313,28 @@ def test_named_target_port_resolves_through_the_endpoint_slice() -> None:
     assert reasons(state) == ["PortTranslationUnsupported"]
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_named_target_port_comes_from_the_chosen_pods_slice(order: int) -> None:
+    """A rolling update where the named port moved: the old pods' slice says http -> 8080,
+    the new pods' says http -> 80. The pod forwarded to (the lowest address, here a new
+    one) decides, whatever the slices' names, not the last slice read."""
+    service = per_port_svc([{"name": "web", "port": 80, "targetPort": "http"}])
+    new_pods, old_pods = eps(addrs=("10.244.1.10",)), eps(addrs=("10.244.1.20",))
+    new_pods["ports"] = [{"name": "web", "port": 80, "protocol": "TCP"}]
+    old_pods["ports"] = [{"name": "web", "port": 8080, "protocol": "TCP"}]
+    new_pods["metadata"]["name"], old_pods["metadata"]["name"] = ("web-a", "web-b")[::order]
+    state = build(node(), service, new_pods, old_pods)
+    (mapping,) = state.mappings
+    assert str(mapping.pod_ip) == "10.244.1.10"
+    assert [(p.protocol, p.port) for p in mapping.ports] == [("tcp", 80)]
+    assert "PortTranslationUnsupported" not in reasons(state)
+
+    # Once the new pod is gone, the old one is chosen and its port is refused, as before.
+    state = build(node(), service, old_pods)
+    assert state.mappings[0].ports == ()
+    assert "PortTranslationUnsupported" in reasons(state)
+
+
 def test_zone_ids_are_refused_everywhere() -> None:
     """Regression (property tests): Python's ipaddress parses "2001:db8::1%eth0" (IPv6 zone id)
     and the model took it; nft cannot resolve it, so one such external IP made the kernel refuse
