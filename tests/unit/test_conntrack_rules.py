@@ -313,6 +313,23 @@ def test_cleaner_falls_back_to_whole_dumps_when_the_kernel_does_not_filter() -> 
     assert sum("ignores conntrack dump filters" in e["event"] for e in logs) == 1
 
 
+def test_cleaner_dumps_a_family_whole_once_when_a_run_has_many_queries() -> None:
+    """A mass removal: more filtered IPv4 dumps than ``whole_after`` become one whole dump,
+    for that run only; the same entries go."""
+    many = [A(f"203.0.113.{i}") for i in range(100, 106)]
+    stale = Stale(frozenset(Pair(e, P1) for e in many) | {Pair(E, P1)}, {E: P2})
+    entries = [ct((str(C), str(e)), (str(P1), str(C))) for e in many]
+    kernel = FakeKernel([*EVERYTHING, *entries])
+    cleaner = ConntrackCleaner(background=False, netlink=kernel, whole_after=5)
+    assert cleaner.clean(stale) == 1 + len(many)  # HAIRPIN_OLD and the six
+    assert kernel.left() == [HAIRPIN_NEW, DIRECT_OLD, OTHER_IP, HAIRPIN_V6, UNRELATED_V6]
+    assert kernel.dumps == [(4, None)]
+
+    kernel.dumps.clear()
+    assert cleaner.clean(Stale(frozenset({Pair(E, P1)}), {E: P2})) == 0
+    assert kernel.dumps == [(4, Query(orig_dst=E))]  # a small run is filtered again
+
+
 def test_cleaner_never_raises_and_logs_a_failure_once() -> None:
     kernel = FakeKernel(EVERYTHING)
     kernel.fail = OSError(93, "Protocol not supported")
