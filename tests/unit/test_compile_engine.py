@@ -9,7 +9,7 @@ import pytest
 from wholeip import compile, model
 from wholeip.engine import Engine
 from wholeip.nft.backend import Rejected
-from wholeip.nft.doc import render_table
+from wholeip.nft.doc import JSONObj, render_table
 from wholeip.nft.fake import FakeBackend
 from wholeip.settings import ModelSettings
 from wholeip.testing import synth
@@ -396,3 +396,30 @@ def test_source_ranges_of_one_family_deny_the_other_family_instead_of_opening_it
     assert "10.244.1.9" in doc.elements["ranged4"]  # nor the pod, filtered at its node
     # (The pod's own IP keys the same check at its node, n1.)
     assert doc.elements["sources6"] == {("2001:db8:1::9", "2001:db8:f::/48"), ("fd00::9", "2001:db8:f::/48")}
+
+
+class CountingBackend(FakeBackend):
+    """Counts every read of the kernel's table (listing or ``read_table``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def list_table(self, family: str, name: str) -> list[JSONObj] | None:
+        self.reads += 1
+        return super().list_table(family, name)
+
+
+def test_a_normal_sync_never_reads_the_kernel() -> None:
+    """Issue 6's observe cost: only a full sync (start-up, the resync timer, after a failure)
+    reads the table back; a sync of changes trusts the engine's memory of its last commit."""
+    backend = CountingBackend()
+    engine = Engine(backend=backend)
+    engine.sync(desired(20))  # the first sync is full: it reads once
+    first = backend.reads
+    assert first >= 1
+    for offset in range(1, 6):
+        assert engine.sync(desired(20, pod_offset=offset)).plan.added > 0
+    assert backend.reads == first
+    engine.sync(desired(20, pod_offset=5), full=True)
+    assert backend.reads > first
