@@ -68,8 +68,8 @@ IPv4 too on a kernel before 5.8 (the cleaner notices an unfiltered answer and
 then dumps that family once per run).
 
 A run with many IPv4 queries (a mass deletion: 10,000 Services removed at
-once would cost 10,000 filtered dumps, 5 to 7 minutes of the thread at 250,000
-entries) dumps the family whole instead, once, as soon as it has more than
+once would cost 10,000 filtered dumps, minutes of the thread with a big
+table) dumps the family whole instead, once, as soon as it has more than
 ``WHOLE_DUMP_AFTER`` = 1,000 queries of it. Measured in a namespace with
 20,000 and 100,000 entries (2026-12-06): a filtered dump 4.8 and 8.2 ms (a
 fixed ~4 ms plus the kernel's walk), a whole one 3.7 and 17.8 s (pyroute2
@@ -103,9 +103,9 @@ from wholeip.nft.doc import Elem
 log = structlog.get_logger(__name__)
 
 INGRESS_MAPS = ("ingress4", "ingress6")
+EGRESS_MAPS = ("egress4", "egress6")
 WHOLE_DUMP_AFTER = 1000
 """More kernel-filtered dumps of one family than this in a run: dump it whole once instead."""
-EGRESS_MAPS = ("egress4", "egress6")
 
 
 # --------------------------------------------------------------------------- what is stale (pure)
