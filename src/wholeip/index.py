@@ -187,19 +187,25 @@ class _Side(NamedTuple):
     """The filter the pod's node applies for every mapping of the pod, if any."""
 
 
-def _backend_ports(slices: Sequence[_Slice], ready: Mapping[int, Ready]) -> dict[tuple[str, str], int]:
-    """The pod ports of the slice that lists the backend a per-port Service forwards to (the
-    IPv4 one, else the IPv6 one; the last such slice, as for its endpoint): during a
-    rolling update a named ``targetPort`` can resolve to other numbers in another slice's
-    pods, and only the chosen pod's own numbers say what reaches it. Empty: no ready
-    endpoint, the caller merges every slice's ports."""
+def _slice_ports(slices: Sequence[_Slice], ready: Mapping[int, Ready]) -> dict[tuple[str, str], int]:
+    """The pod ports a per-port Service's ports resolve with: those of the slice that lists
+    the backend it forwards to (the IPv4 one, else the IPv6 one; the last such slice, as for
+    its endpoint). During a rolling update a named ``targetPort`` can resolve to other
+    numbers in another slice's pods, and only the chosen pod's own numbers say what reaches
+    it. Without a ready endpoint, or when that slice lists no ports: every slice's ports,
+    a later slice's winning."""
     for family in (4, 6):
         if ready[family]:
             chosen = _chosen(ready[family])[0]
-            for sl in reversed(slices):
-                if sl.family == family and chosen in sl.ready[0::2]:
-                    return dict(sl.ports)
-    return {}
+            mine = (sl.ports for sl in reversed(slices) if sl.family == family and chosen in sl.ready[0::2])
+            own = next(mine, ())
+            if own:
+                return dict(own)
+            break
+    merged: dict[tuple[str, str], int] = {}
+    for sl in slices:
+        merged.update(sl.ports)
+    return merged
 
 
 def _shape(ip: str, side: _Side) -> tuple[Any, ...]:
@@ -471,13 +477,10 @@ class ClusterIndex:
     def _make_view(self, svc: _View) -> _View:
         ready: dict[int, Ready] = {4: (), 6: ()}
         outside: dict[int, set[str]] = {4: set(), 6: set()}
-        slice_ports: dict[tuple[str, str], int] = {}
         merged: dict[int, dict[str, str | None]] = {}
         slices = [self._slices[skey] for skey in sorted(_values(self._slices_of.get(svc.key)))]
         for sl in slices:
             outside[sl.family].update(sl.outside)
-            if svc.mode is Mode.PER_PORT:
-                slice_ports.update(sl.ports)
             if not ready[sl.family]:
                 # One slice per family (the usual case): share its endpoints, copy nothing.
                 ready[sl.family] = sl.ready
@@ -503,7 +506,7 @@ class ClusterIndex:
             )
             ports: tuple[PortSpec, ...] = ()
         elif svc.mode is Mode.PER_PORT:
-            ports = resolve_ports(svc.ref, svc.raw_ports, _backend_ports(slices, ready) or slice_ports, problems)
+            ports = resolve_ports(svc.ref, svc.raw_ports, _slice_ports(slices, ready), problems)
         else:
             ports = ()
         return svc._replace(ready4=ready[4], ready6=ready[6], ports=ports, problems=tuple(problems))
