@@ -89,6 +89,7 @@ import ipaddress
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -504,8 +505,7 @@ class ConntrackCleaner:
             whole: set[int] = set()  # families dumped whole, filtered here
             dumps = 0
             queries = stale.queries()
-            per_family = {v: sum(q.version == v for q in queries) for v in (4, 6)}
-            whole.update(v for v, n in per_family.items() if n > self._whole_after)
+            whole.update(v for v, n in Counter(q.version for q in queries).items() if n > self._whole_after)
             for query in queries:
                 if query.version not in self._filtered or query.version in whole:
                     whole.add(query.version)
