@@ -11,15 +11,15 @@ bootstrap:
 
 ## The demo sandbox: API server double, two netns nodes, agents, real traffic.
 demo: bootstrap
-	$(PY) -m wholeip.testing.demo
+	$(PY) -m wholeip_testkit.demo
 
 ## The whole test suite (lint, types, layers, unit, real-kernel, end to end).
 test: bootstrap lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: bootstrap
-	$(VENV)/bin/ruff check src tests hack
-	$(VENV)/bin/ruff format --check src tests hack
+	$(VENV)/bin/ruff check src testkit bench tests hack
+	$(VENV)/bin/ruff format --check src testkit bench tests hack
 	$(VENV)/bin/lint-imports
 
 typecheck: bootstrap
@@ -37,20 +37,20 @@ e2e: bootstrap
 ## Benchmarks live outside the suite: they print a table and write JSON.
 bench: bootstrap
 	@hack/bootstrap.sh bench
-	$(PY) -m wholeip.bench --out bench-results/bench.json
-	$(PY) -m wholeip.benchchange --out bench-results/change.json
-	$(PY) -m wholeip.benchpath --out bench-results/datapath.json
+	$(PY) -m wholeip_bench.commit --out bench-results/bench.json
+	$(PY) -m wholeip_bench.change --out bench-results/change.json
+	$(PY) -m wholeip_bench.datapath --out bench-results/datapath.json
 
 ## Packet path and conntrack pressure through a node, in network namespaces (minutes).
 .PHONY: bench-datapath
 bench-datapath: bootstrap
 	@hack/bootstrap.sh bench
-	$(PY) -m wholeip.benchpath --out bench-results/datapath.json
+	$(PY) -m wholeip_bench.datapath --out bench-results/datapath.json
 
 ## Churn and load soak: 10,000 Services through the API double against one agent (minutes).
 .PHONY: soak
 soak: bootstrap
-	$(PY) -m wholeip.soak --services 10000 --minutes 5 --out bench-results/soak.json
+	$(PY) -m wholeip_bench.soak --services 10000 --minutes 5 --out bench-results/soak.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist src/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist src/*.egg-info testkit/*.egg-info bench/*.egg-info

@@ -27,13 +27,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-stamp=.venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.stamp-$(cat pyproject.toml testkit/pyproject.toml bench/pyproject.toml | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "bootstrap: virtualenv .venv"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c 'import nftables, wholeip' 
+  # The product with its dev tools, and beside it the test kit and the benchmarks
+  # (packages of their own, never in the product's wheel or the image).
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]' -e ./testkit -e ./bench 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c 'import nftables, wholeip, wholeip_testkit, wholeip_bench'
   rm -f .venv/.stamp-*
   touch "$stamp"
 fi

@@ -5,7 +5,7 @@ Floods of new flows (benchmark 5's sender and sink) through hand-built variants 
 the inbound path at n1, each an ``inet`` table of its own installed with ``nft -f``
 next to the benchmark's own tables, with 1,000 mappings so the size of the maps
 plays no part. Each flood is paired with one through a (the bare node), like
-``wholeip.benchpath``. Only the inbound direction is rewritten, so these variants
+``wholeip_bench.datapath``. Only the inbound direction is rewritten, so these variants
 are measured with floods (one way), never with request/response.
 
     .venv/bin/python hack/fixed-cost.py [--rounds 5]
@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from wholeip import benchpath as bp
+from wholeip_bench import datapath as bp
 
 N = 1000
 NETWORKS = [*bp.CLUSTER_CIDRS.split(","), "192.0.2.0/24"]  # pod networks, the client's, the nodes'

@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("src", "testkit")]
 
-from wholeip.testing.topology import (
+from wholeip_testkit.topology import (  # noqa: E402 (after the path set-up)
     ADDRESSES,
     EXTERNAL_IPS,
     ROLES,

@@ -17,7 +17,7 @@ def _pin_hypothesis_constants() -> None:
     module loaded so far. Which modules that is depends on what pytest collected, so
     the same derandomized property generated other examples in a full run than alone
     (test_examples_reach_the_compiler_with_real_mappings saw no ExternalIPConflict in
-    200 examples once wholeip.testing.apiserver was imported). Our strategies carry
+    200 examples once wholeip_testkit.apiserver was imported). Our strategies carry
     their own pools of odd values; the mined constants are switched off so that a
     property's examples depend on its code only. (A private hook: if a Hypothesis
     version lacks it, nothing is changed.)"""
@@ -56,7 +56,7 @@ def netns() -> Iterator[object]:
     why = kernel_available()
     if why:
         pytest.skip(why)
-    from wholeip.testing.netns import Netns
+    from wholeip_testkit.netns import Netns
 
     with Netns() as ns:
         yield ns
@@ -71,7 +71,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     why = kernel_available()
     if why:
         pytest.skip(why)
-    from wholeip.testing.netns import Netns, NetnsBackend
+    from wholeip_testkit.netns import Netns, NetnsBackend
 
     with Netns() as ns:
         yield NetnsBackend(ns)

@@ -13,7 +13,7 @@ from the reference layout of datapath.md by exactly the lines under test; the
 files in ``rulesets/`` are the generated text, checked in for reading and for
 ``nft -f`` by hand (``hack/topology.py exec n1 -- nft -f ...``).
 
-Every row asserts both ends (see :mod:`wholeip.testing.traffic`). A fresh
+Every row asserts both ends (see :mod:`wholeip_testkit.traffic`). A fresh
 topology per variant matters for row 13: a pod's kernel caches a learned path
 MTU for ten minutes, which would let a later variant pass on an earlier one's
 ICMP.
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from wholeip.testing import traffic
-from wholeip.testing.topology import ADDRESSES, NODES, Family, Node, Role, Topology
+from wholeip_testkit import traffic
+from wholeip_testkit.topology import ADDRESSES, NODES, Family, Node, Role, Topology
 
 HERE: Final = Path(__file__).resolve().parent
 RULESETS: Final = HERE / "rulesets"

@@ -37,7 +37,7 @@ from typing import Any
 
 DUMP = """
 import json
-from wholeip import compile
+from wholeip.core import compile
 sk = compile.skeleton()
 print(json.dumps({"chains": [[c.name, c.type, c.hook, c.prio] for c in sk.chains],
                   "rules": [[r.chain, list(r.expr)] for r in sk.rules]}))

@@ -1,5 +1,5 @@
 """``python -m wholeip`` is the ``wholeip`` command."""
 
-from wholeip.cli import main
+from wholeip.cli.main import main
 
 raise SystemExit(main())

@@ -21,7 +21,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from wholeip.index import gc_paused
+from wholeip.core.gcpause import gc_paused
 from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailable
 from wholeip.nft.diff import Plan, diff, diff_touched
 from wholeip.nft.doc import Elem, JSONObj, TableDoc

@@ -12,11 +12,6 @@ from dataclasses import dataclass, field
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-WHOLE_IP_ANNOTATION = "networking.cozystack.io/wholeIP"
-ALLOW_ICMP_ANNOTATION = "networking.cozystack.io/allowICMP"
-PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:

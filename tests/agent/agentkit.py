@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from wholeip.kube.informer import WatchOptions
-from wholeip.settings import WHOLE_IP_ANNOTATION
-from wholeip.testing.apiserver import ApiServer
+from wholeip.names import WHOLE_IP_ANNOTATION
+from wholeip_testkit.apiserver import ApiServer
 
 FAST = WatchOptions(
     watch_timeout=30.0,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client, config
 
-from wholeip.testing.apiserver import ApiServer
+from wholeip_testkit.apiserver import ApiServer
 
 
 @pytest.fixture

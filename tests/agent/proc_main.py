@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agentkit import cluster, endpoint_slice, service, set_lb_ip
 
-from wholeip.testing.apiserver import ApiServer
+from wholeip_testkit.apiserver import ApiServer
 
 PORT = 19765
 

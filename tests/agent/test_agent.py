@@ -16,10 +16,11 @@ import pytest
 from agentkit import FAST, cluster, endpoint_slice, eventually, service, set_lb_ip
 from kubernetes_asyncio import client
 
-from wholeip.app import Agent
+from wholeip.agent.app import Agent
+from wholeip.names import WHOLE_IP_ANNOTATION
 from wholeip.nft.fake import FakeBackend
-from wholeip.settings import WHOLE_IP_ANNOTATION, Settings
-from wholeip.testing.apiserver import ApiServer
+from wholeip.settings import Settings
+from wholeip_testkit.apiserver import ApiServer
 
 AgentFactory = Callable[..., Any]
 
@@ -351,7 +352,7 @@ async def test_sigterm_stops_cleanly_with_exit_code_0_and_keeps_the_rules(
     import os
     import signal
 
-    from wholeip import app
+    from wholeip.agent import app
 
     managed_web(api)
     backend = FakeBackend()
@@ -366,7 +367,7 @@ async def test_sigterm_stops_cleanly_with_exit_code_0_and_keeps_the_rules(
 
 
 async def test_an_unreachable_configuration_fails_start_with_exit_code_1(tmp_path: Any) -> None:
-    from wholeip import app
+    from wholeip.agent import app
 
     missing = tmp_path / "no-such-kubeconfig"
     agent = Agent(settings("n1", kubeconfig=str(missing)), backend=FakeBackend())

@@ -37,12 +37,12 @@ import pytest
 from agentkit import FAST
 from kubernetes_asyncio import client
 
-from wholeip.app import Agent
+from wholeip.agent.app import Agent
 from wholeip.nft.fake import FakeBackend
 from wholeip.settings import Settings
 
 if TYPE_CHECKING:
-    from wholeip.testing.netns import Netns
+    from wholeip_testkit.netns import Netns
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from agentkit import eventually, node
 
+from wholeip.core.model import ClusterState, Mapping1to1, Mode, ObjectRef, Problem
 from wholeip.kube.api import ApiError
 from wholeip.kube.events import EventRecorder, reporting_node
-from wholeip.model import ClusterState, Mapping1to1, Mode, ObjectRef, Problem
 
 WEB = ObjectRef("Service", "default", "web", "uid-web")
 

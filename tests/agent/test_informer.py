@@ -14,7 +14,7 @@ from kubernetes_asyncio import client
 
 from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.resources import build_informers, trim_node
-from wholeip.testing.apiserver import ApiServer
+from wholeip_testkit.apiserver import ApiServer
 
 
 class Counter:

@@ -37,7 +37,7 @@ def test_the_agent_imports_a_few_modules_of_the_library_and_every_name_still_res
     result = _run(
         PROBE
         + """
-    import wholeip.app  # the agent, as `wholeip run` imports it
+    import wholeip.agent.app  # the agent, as `wholeip run` imports it
     from wholeip.kube.k8s import client, config
     after_import = loaded()
     import asyncio

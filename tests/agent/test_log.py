@@ -12,7 +12,7 @@ import sys
 
 SCRIPT = """
 import asyncio, logging, structlog
-from wholeip import log
+from wholeip.agent import log
 log.configure(format={fmt!r}, level="info")
 logger = structlog.get_logger("t")
 with structlog.contextvars.bound_contextvars(sync_id="abc123"):
@@ -54,7 +54,7 @@ def test_console_format_is_for_humans() -> None:
 
 THREADED = """
 import logging, threading, structlog
-from wholeip import log
+from wholeip.agent import log
 log.configure(format="json", level="debug")
 ours = structlog.get_logger("t")
 library = logging.getLogger("asyncio")

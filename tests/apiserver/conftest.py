@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kubernetes_asyncio import client
 
-from wholeip.testing.apiserver import ApiServer
+from wholeip_testkit.apiserver import ApiServer
 
 KUBECTL = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "kubectl"
 

@@ -10,7 +10,7 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from wholeip.testing.apiserver import ApiServer
+from wholeip_testkit.apiserver import ApiServer
 
 
 def svc(name: str, namespace: str = "default", **labels: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from wholeip.testing.apiserver import ApiServer, AuditRecord
+from wholeip_testkit.apiserver import ApiServer, AuditRecord
 
 
 async def call(
@@ -178,7 +178,7 @@ async def test_audit_since_and_load_balancers_without_node_ports(api: ApiServer)
 async def test_cli_prints_url_and_writes_kubeconfig(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kc"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "wholeip.testing.apiserver", "--port", "0", "--kubeconfig", str(kubeconfig),
+        sys.executable, "-m", "wholeip_testkit.apiserver", "--port", "0", "--kubeconfig", str(kubeconfig),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from wholeip.testing.apiserver import ApiServer
+from wholeip_testkit.apiserver import ApiServer
 
 Kubectl = Callable[..., Awaitable[Any]]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from wholeip.testing.apiserver.errors import Invalid
-from wholeip.testing.apiserver.patch import json_merge_patch, json_patch, strategic_merge_patch
+from wholeip_testkit.apiserver.errors import Invalid
+from wholeip_testkit.apiserver.patch import json_merge_patch, json_patch, strategic_merge_patch
 
 POD: dict[str, Any] = {
     "metadata": {"name": "p", "labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from wholeip.testing.sandbox import POD_IP, Sandbox, wait_for
-from wholeip.testing.topology import Node
-from wholeip.testing.traffic import Stream, StreamResult, exchange
+from wholeip_testkit.sandbox import POD_IP, Sandbox, wait_for
+from wholeip_testkit.topology import Node
+from wholeip_testkit.traffic import Stream, StreamResult, exchange
 
 pytestmark = pytest.mark.kernel
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from wholeip.testing.sandbox import POD_IP, Sandbox, wait_for
-from wholeip.testing.traffic import exchange
+from wholeip_testkit.sandbox import POD_IP, Sandbox, wait_for
+from wholeip_testkit.traffic import exchange
 
 pytestmark = pytest.mark.kernel
 

@@ -1,4 +1,4 @@
-"""The churn soak in small (``python -m wholeip.soak --quick``): 200 Services created,
+"""The churn soak in small (``python -m wholeip_bench.soak --quick``): 200 Services created,
 annotated, re-pointed, de-annotated, deleted and recreated at a steady rate through the
 API server double, against one real agent in a private network namespace.
 
@@ -25,7 +25,7 @@ def test_quick_soak_converges_without_an_event_storm(kernel_ok: None, tmp_path: 
         pytest.skip("needs unshare")
     out = tmp_path / "soak.json"
     run = subprocess.run(
-        [sys.executable, "-m", "wholeip.soak", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "wholeip_bench.soak", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=240,

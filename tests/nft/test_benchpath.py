@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from wholeip.benchpath import CT_MAX
+from wholeip_bench.datapath import CT_MAX
 
 pytestmark = pytest.mark.kernel
 
@@ -25,7 +25,7 @@ def test_quick_run_reports_every_variant(kernel_ok: None, tmp_path: Path) -> Non
     out = tmp_path / "datapath.json"
     ct_max_before = Path(CT_MAX).read_text()
     proc = subprocess.run(
-        [sys.executable, "-m", "wholeip.benchpath", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "wholeip_bench.datapath", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -68,7 +68,7 @@ def test_quick_run_reports_every_variant(kernel_ok: None, tmp_path: Path) -> Non
 def test_quick_skewed_run_measures_the_stateless_variants(kernel_ok: None, tmp_path: Path) -> None:
     out = tmp_path / "datapath.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "wholeip.benchpath", "--quick", "--zipf", "1.0", "--out", str(out)],
+        [sys.executable, "-m", "wholeip_bench.datapath", "--quick", "--zipf", "1.0", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from wholeip.testing import synth
-from wholeip.testing.netns import Netns
+from wholeip_testkit import synth
+from wholeip_testkit.netns import Netns
 
 WHOLEIP = [sys.executable, "-m", "wholeip"]
 

@@ -24,16 +24,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-from wholeip.compile import compile_table
-from wholeip.conntrack import ConntrackCleaner
+from wholeip.agent.conntrack import ConntrackCleaner
+from wholeip.core.compile import compile_table
+from wholeip.core.index import build_state_from_objects
 from wholeip.engine import Engine
-from wholeip.model import build_state_from_objects
 from wholeip.nft.diff import Plan
 from wholeip.settings import ModelSettings
-from wholeip.testing.netns import NetnsBackend, _setns
-from wholeip.testing.sandbox import POD_IP, Sandbox, wait_for
-from wholeip.testing.topology import Topology
-from wholeip.testing.traffic import exchange
+from wholeip_testkit.netns import NetnsBackend, _setns
+from wholeip_testkit.sandbox import POD_IP, Sandbox, wait_for
+from wholeip_testkit.topology import Topology
+from wholeip_testkit.traffic import exchange
 
 pytestmark = pytest.mark.kernel
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from wholeip import compile, model
+from wholeip.core import compile, index, model
 from wholeip.engine import apply_plan
 from wholeip.nft.backend import Backend, Exists, NotFound, Rejected
 from wholeip.nft.diff import diff
 from wholeip.nft.doc import parse_listing
 from wholeip.settings import ModelSettings
-from wholeip.testing import synth
+from wholeip_testkit import synth
 
 T = {"family": "inet", "table": "t"}
 
@@ -148,7 +148,7 @@ def test_references_are_checked(backend: Backend) -> None:
 
 def _state(n: int, *, dual_stack: bool = True, pod_offset: int = 0) -> model.ClusterState:
     objs = synth.cluster(n, dual_stack=dual_stack, pod_offset=pod_offset)
-    return model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
+    return index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
 
 
 def test_compiled_table_round_trips(backend: Backend) -> None:
@@ -265,7 +265,7 @@ def test_per_port_table_round_trips(backend: Backend) -> None:
         "ports": [{"port": 53, "protocol": "UDP"}],
         "loadBalancerSourceRanges": ["198.51.100.0/24", "192.0.2.7/32"],
     }
-    state = model.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
+    state = index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
     desired = compile.compile_table(state, node_name="n1")
     assert desired.elements["dispatch4"]
     apply_plan(backend, diff(desired, None))

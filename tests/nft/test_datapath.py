@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from wholeip.testing.sandbox import Sandbox
-from wholeip.testing.topology import Topology
-from wholeip.testing.traffic import bulk, exchange, ping
+from wholeip_testkit.sandbox import Sandbox
+from wholeip_testkit.topology import Topology
+from wholeip_testkit.traffic import bulk, exchange, ping
 
 pytestmark = pytest.mark.kernel
 

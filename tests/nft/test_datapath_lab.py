@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from wholeip.testing.topology import Topology
+from wholeip_testkit.topology import Topology
 
 pytestmark = pytest.mark.kernel
 

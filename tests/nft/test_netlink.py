@@ -16,16 +16,17 @@ from typing import Any
 
 import pytest
 
-from wholeip import compile, model
+from wholeip.core import compile, index, model
 from wholeip.engine import Engine, apply_plan
+from wholeip.names import ALLOW_ICMP_ANNOTATION, WHOLE_IP_ANNOTATION
 from wholeip.nft import netlink
 from wholeip.nft.backend import Backend
 from wholeip.nft.diff import diff
 from wholeip.nft.doc import SetDecl, TableDoc, parse_listing
 from wholeip.nft.libnft import LibnftBackend
-from wholeip.settings import ALLOW_ICMP_ANNOTATION, WHOLE_IP_ANNOTATION, ModelSettings
-from wholeip.testing import synth
-from wholeip.testing.netns import Netns, NetnsBackend
+from wholeip.settings import ModelSettings
+from wholeip_testkit import synth
+from wholeip_testkit.netns import Netns, NetnsBackend
 
 NETLINK_SETS = {
     f"{kind}{v}"
@@ -47,7 +48,7 @@ NETLINK_SETS = {
 
 
 def _state_of(n: int) -> model.ClusterState:
-    return model.build_state_from_objects(synth.cluster(n), node_name="n1", settings=ModelSettings())
+    return index.build_state_from_objects(synth.cluster(n), node_name="n1", settings=ModelSettings())
 
 
 def _varied_state() -> model.ClusterState:
@@ -77,7 +78,7 @@ def _varied_state() -> model.ClusterState:
     settings = ModelSettings(
         service_cidrs=(ipaddress.ip_network("10.96.0.0/12"), ipaddress.ip_network("fd00:10:96::/112")),
     )
-    return model.build_state_from_objects(objects, node_name="n1", settings=settings)
+    return index.build_state_from_objects(objects, node_name="n1", settings=settings)
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from tests.nft.test_datapath import EXT_A, FAMILIES, addr, cluster
 
-from wholeip.testing.sandbox import Sandbox
-from wholeip.testing.topology import Node, Topology
-from wholeip.testing.traffic import bulk, exchange, ping
+from wholeip_testkit.sandbox import Sandbox
+from wholeip_testkit.topology import Node, Topology
+from wholeip_testkit.traffic import bulk, exchange, ping
 
 pytestmark = pytest.mark.kernel
 

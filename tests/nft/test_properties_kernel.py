@@ -27,7 +27,7 @@ pytestmark = pytest.mark.kernel
 
 @pytest.fixture(scope="module")
 def kernel(kernel_ok: None) -> Iterator[Backend]:
-    from wholeip.testing.netns import Netns, NetnsBackend
+    from wholeip_testkit.netns import Netns, NetnsBackend
 
     with Netns() as ns:
         yield NetnsBackend(ns)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from wholeip.testing.topology import ADDRESSES, Family, Topology, list_namespaces
-from wholeip.testing.traffic import exchange, ping
+from wholeip_testkit.topology import ADDRESSES, Family, Topology, list_namespaces
+from wholeip_testkit.traffic import exchange, ping
 
 pytestmark = pytest.mark.kernel
 

@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 from tests.unit.test_model import build, eps, node, reasons, svc
 
-from wholeip.cli import build_parser, model_settings
+from wholeip.cli.flags import model_settings
+from wholeip.cli.main import build_parser
 from wholeip.settings import ModelSettings
 
 POOL = ModelSettings(allowed_external_cidrs=(ipaddress.ip_network("203.0.113.0/24"),))

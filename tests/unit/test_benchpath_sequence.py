@@ -1,4 +1,4 @@
-"""The packet-path benchmark's target sequences (``wholeip.benchpath.sequence``), without a
+"""The packet-path benchmark's target sequences (``wholeip_bench.datapath.sequence``), without a
 kernel: the benchmark itself runs in ``tests/nft/test_benchpath.py``."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from wholeip.benchpath import CLIENT_SOCKETS, sequence
+from wholeip_bench.datapath import CLIENT_SOCKETS, sequence
 
 
 def test_skewed_targets_follow_a_zipf_law() -> None:

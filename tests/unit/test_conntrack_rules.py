@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 import pytest
 from structlog.testing import capture_logs
 
-from wholeip import compile
-from wholeip.conntrack import ConntrackCleaner, Entry, Pair, Query, Stale, Tuples, stale_pairs
+from wholeip.agent.conntrack import ConntrackCleaner, Entry, Pair, Query, Stale, Tuples, stale_pairs
+from wholeip.core import compile
 from wholeip.nft.diff import Plan, diff, rebuild
 from wholeip.nft.doc import Elem, TableDoc
 

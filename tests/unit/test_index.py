@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from wholeip import compile, model
+from wholeip.core import compile
+from wholeip.core.index import ClusterIndex, load
 from wholeip.engine import Engine
-from wholeip.index import ClusterIndex, load
 from wholeip.nft.diff import diff
 from wholeip.nft.fake import FakeBackend
 from wholeip.settings import ModelSettings
@@ -155,7 +155,7 @@ def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
         else:
             slices.pop(arg, None)
             touched = index.update(slices={f"ns/{arg}": None})
-        fresh_state = model.build_state(
+        fresh_state = index.build_state(
             services=services.values(),
             endpoint_slices=slices.values(),
             nodes=NODES,
@@ -174,7 +174,7 @@ def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
 
 
 def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
-    from wholeip.testing import synth
+    from wholeip_testkit import synth
 
     objs = synth.cluster(10_000, dual_stack=True)
     services = [o for o in objs if o["kind"] == "Service"]
@@ -196,7 +196,7 @@ def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
     assert 1 <= result.plan.deleted <= 4
     assert 1 <= result.plan.added <= 4
     fresh = compile.compile_table(
-        model.build_state(
+        index.build_state(
             services=services,
             endpoint_slices=[moved, *slices[1:]],
             nodes=nodes,
@@ -211,8 +211,8 @@ def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
 
 
 def test_streamed_load_of_unique_keys_equals_a_flat_build() -> None:
-    from wholeip.index import load_unique
-    from wholeip.testing import synth
+    from wholeip.core.index import load_unique
+    from wholeip_testkit import synth
 
     objs = synth.cluster(500, dual_stack=True)
     services = [o for o in objs if o["kind"] == "Service"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from wholeip.model import ClusterState, Mode, build_state_from_objects
+from wholeip.core.index import build_state_from_objects
+from wholeip.core.model import ClusterState, Mode
 from wholeip.settings import ModelSettings
 
 

@@ -39,21 +39,16 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from wholeip import model
-from wholeip.compile import compile_table, icmp4_compensation, skeleton
+from wholeip.core import model
+from wholeip.core.compile import compile_table, icmp4_compensation, skeleton
+from wholeip.core.index import ClusterIndex, build_state, load, service_key
+from wholeip.core.model import ClusterState, Mapping1to1, Mode
 from wholeip.engine import Engine
-from wholeip.index import ClusterIndex, load, service_key
-from wholeip.model import ClusterState, Mapping1to1, Mode, build_state
+from wholeip.names import ALLOW_ICMP_ANNOTATION, PROXY_NAME_LABEL, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
 from wholeip.nft.diff import diff
 from wholeip.nft.doc import TableDoc, interval_cover, parse_listing, render_table
 from wholeip.nft.fake import FakeBackend
-from wholeip.settings import (
-    ALLOW_ICMP_ANNOTATION,
-    PROXY_NAME_LABEL,
-    SERVICE_NAME_LABEL,
-    WHOLE_IP_ANNOTATION,
-    ModelSettings,
-)
+from wholeip.settings import ModelSettings
 
 # --------------------------------------------------------------------------- profiles
 

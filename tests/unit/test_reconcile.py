@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 import structlog
 
+from wholeip.agent.metrics import Metrics
+from wholeip.agent.reconcile import Reconciler, Snapshot, Syncer
 from wholeip.engine import Engine
-from wholeip.metrics import Metrics
+from wholeip.names import WHOLE_IP_ANNOTATION
 from wholeip.nft.backend import Rejected
 from wholeip.nft.fake import FakeBackend
-from wholeip.reconcile import Reconciler, Snapshot, Syncer
-from wholeip.settings import WHOLE_IP_ANNOTATION, ModelSettings
+from wholeip.settings import ModelSettings
 
 
 class VirtualTime:

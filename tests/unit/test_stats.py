@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wholeip.testing.stats import percentile
+from wholeip_testkit.stats import percentile
 
 
 def test_nearest_rank() -> None:

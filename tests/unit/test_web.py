@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from wholeip.health import Health
-from wholeip.metrics import Metrics
-from wholeip.web import WebServer
+from wholeip.agent.health import Health
+from wholeip.agent.metrics import Metrics
+from wholeip.agent.web import WebServer
 
 
 @dataclass

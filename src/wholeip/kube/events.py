@@ -35,15 +35,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
+from wholeip.core.model import ObjectRef, Problem, ProblemSource
 from wholeip.kube.api import NotFound, Obj, read_json
-from wholeip.model import ObjectRef, Problem, ProblemSource
-
-if TYPE_CHECKING:
-    from wholeip.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -111,7 +108,7 @@ class EventRecorder:
         retry_interval: float = 60.0,
         pace: float = 0.02,
         settle: float = 0.0,
-        metrics: Metrics | None = None,
+        on_result: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -124,7 +121,8 @@ class EventRecorder:
         self.pace = pace
         self.settle = settle
         """Seconds a problem must last before its first Event (transients are not reported)."""
-        self.metrics = metrics
+        self.on_result = on_result
+        """Told the result of every write (``created``, ``updated``, ``error``...): the agent counts them."""
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
@@ -256,5 +254,5 @@ class EventRecorder:
     def _count(self, result: str) -> None:
         if result != "error":
             self.written += 1
-        if self.metrics is not None:
-            self.metrics.events.labels(result).inc()
+        if self.on_result is not None:
+            self.on_result(result)

@@ -54,6 +54,8 @@ from typing import Any
 import aiohttp
 import structlog
 
+from wholeip.backoff import backoff_delay
+from wholeip.core.objects import namespaced_name
 from wholeip.kube.api import Gone, Obj, error_from_status, read_json
 
 log = structlog.get_logger(__name__)
@@ -102,10 +104,8 @@ class _Idle(Exception):
 
 def object_key(obj: Obj) -> str:
     """``namespace/name`` (or ``name`` for cluster-scoped objects), the cache key."""
-    meta = obj.get("metadata") or {}
-    namespace = meta.get("namespace") or ""
-    name = meta.get("name") or ""
-    return f"{namespace}/{name}" if namespace else str(name)
+    namespace, name = namespaced_name(obj)
+    return f"{namespace}/{name}" if namespace else name
 
 
 def _resource_version(obj: Any) -> str:
@@ -308,8 +308,9 @@ class Informer:
 
     def backoff(self, failures: int) -> float:
         """Delay before attempt ``failures + 1``: exponential, capped, with "equal jitter"."""
-        ceiling = min(self.options.backoff_max, self.options.backoff_base * 2.0 ** min(failures - 1, 32))
-        return ceiling / 2 + self._rng.random() * ceiling / 2
+        return backoff_delay(
+            failures, base=self.options.backoff_base, cap=self.options.backoff_max, random=self._rng.random()
+        )
 
     # --------------------------------------------------------------- list
 

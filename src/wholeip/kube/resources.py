@@ -29,7 +29,7 @@ from typing import Any
 from wholeip.kube.api import Obj
 from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.k8s import client
-from wholeip.settings import SERVICE_NAME_LABEL
+from wholeip.names import SERVICE_NAME_LABEL
 
 
 def trim_node(obj: Obj) -> Obj:

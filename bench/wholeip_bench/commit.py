@@ -1,0 +1,136 @@
+"""``make bench``: cold commit of N whole-IP Services against the ``nft -f`` floor.
+
+For each N, in fresh network namespaces on this machine, side by side:
+
+* **ours**: a child process loads the cluster (JSON), builds the model,
+  compiles and commits with the engine (libnftables JSON), and reports the
+  time of each stage and its peak RSS;
+* **floor**: ``nft -f`` of the very same table (our table listed back in nft
+  syntax, so the same sets, chains, rules and elements; only the three
+  constant ICMP-error rules are left out, nft cannot parse its own listing of
+  them), timed in another fresh namespace.
+
+It prints a table and writes it as JSON. Ratios are what to read: these
+machines are noisy, absolute times are context. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from wholeip_testkit.netns import Netns
+
+
+def child(path: str) -> None:
+    """Inside the namespace: load, model, compile, commit; print timings as JSON."""
+    from wholeip.core import compile, index
+    from wholeip.engine import Engine
+    from wholeip.nft.libnft import LibnftBackend
+    from wholeip.settings import ModelSettings
+
+    t0 = time.perf_counter()
+    objects = json.loads(Path(path).read_text())["items"]
+    t1 = time.perf_counter()
+    state = index.build_state_from_objects(objects, node_name="n1", settings=ModelSettings())
+    t2 = time.perf_counter()
+    doc = compile.compile_table(state, node_name="n1")
+    t3 = time.perf_counter()
+    result = Engine(backend=LibnftBackend()).sync(doc)
+    t4 = time.perf_counter()
+    print(
+        json.dumps(
+            {
+                "load_s": t1 - t0,
+                "model_s": t2 - t1,
+                "compile_s": t3 - t2,
+                "commit_s": t4 - t3,
+                "elements": result.plan.added,
+                "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+def _icmp_fix_rule(line: str) -> bool:
+    """A rule of the ICMP-error fix (raw payload writes, see compile.py)."""
+    text = line.strip()
+    return text.startswith(("icmp type", "icmpv6 type")) and "@th," in text and " set " in text
+
+
+def measure(n: int, workdir: Path) -> dict[str, Any]:
+    from wholeip_testkit import synth
+
+    cluster = workdir / f"cluster-{n}.json"
+    cluster.write_text(json.dumps(synth.as_list(synth.cluster(n))))
+    with Netns() as ours:
+        started = time.perf_counter()
+        out = ours.run([sys.executable, "-m", "wholeip_bench.commit", "--child", str(cluster)])
+        wall = time.perf_counter() - started
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        stats: dict[str, Any] = json.loads(out.stdout)
+        listing = ours.run(["nft", "list", "table", "inet", "wholeip"]).stdout
+    # nft prints the raw-payload writes of the three ICMP-fix rules in a typed form it
+    # cannot parse back; they are constant and cost nothing next to N elements, so the
+    # floor's file leaves them out (it is still the same sets, maps and elements).
+    text = workdir / f"table-{n}.nft"
+    rules = [line for line in listing.splitlines() if not _icmp_fix_rule(line)]
+    text.write_text("\n".join(rules) + "\n")
+    with Netns() as floor_ns:
+        started = time.perf_counter()
+        result = floor_ns.run(["nft", "-f", str(text)])
+        floor = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr)
+    return {
+        "services": n,
+        **stats,
+        "ours_process_s": wall,
+        "floor_nft_f_s": floor,
+        "commit_over_floor": stats["commit_s"] / floor,
+        "process_over_floor": wall / floor,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wholeip_bench.commit", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated N")
+    parser.add_argument("--out", default="bench-results/bench.json", help="where the JSON table goes")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child)
+        return 0
+    if os.geteuid() != 0:
+        print("the benchmark needs root (network namespaces)", file=sys.stderr)
+        return 2
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(x) for x in args.sizes.split(",")):
+            rows.append(measure(n, Path(tmp)))
+            r = rows[-1]
+            print(
+                f"N={n:>7}  elements={r['elements']:>7}  commit={r['commit_s']:.3f}s"
+                f"  floor(nft -f)={r['floor_nft_f_s']:.3f}s"
+                f"  commit/floor={r['commit_over_floor']:.2f}  process={r['ours_process_s']:.2f}s"
+                f"  (load {r['load_s']:.2f} model {r['model_s']:.2f} compile {r['compile_s']:.2f})"
+                f"  rss={r['rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

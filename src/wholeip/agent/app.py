@@ -1,0 +1,316 @@
+"""The agent: informers, the reconcile loop, Events and the probe server, wired together.
+
+:class:`Agent` owns one API client, three informers (Services, EndpointSlices,
+Nodes), one :class:`~wholeip.engine.Engine` and the web server. Its long-lived
+tasks run in one :class:`asyncio.TaskGroup`: if any of them dies of a bug, the
+group cancels the others and the failure surfaces from :meth:`Agent.wait`, so
+the process exits non-zero and the kubelet restarts it, instead of limping on
+with a dead watch.
+
+Shutdown leaves the table in the kernel exactly as last committed. During a
+rolling update the old pod stops before the new one starts; deleting the table
+on the way out would drop every external IP's traffic for that gap. The next
+agent's first (full) sync compares with the kernel and changes only what
+changed meanwhile. ``wholeip cleanup`` removes the table on purpose.
+
+Tests build an Agent with a :class:`~wholeip.nft.fake.FakeBackend` and the API
+server double's configuration::
+
+    async with Agent(settings, backend=FakeBackend(), kube_config=cfg) as agent:
+        await agent.wait_ready()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from wholeip import __version__
+from wholeip.agent import log as logsetup
+from wholeip.agent.health import Health
+from wholeip.agent.metrics import Metrics
+from wholeip.agent.reconcile import Changes, Reconciler, Snapshot, Syncer
+from wholeip.agent.web import WebServer
+from wholeip.core.model import Problem, ProblemSource
+from wholeip.engine import Engine
+from wholeip.kube.api import Obj
+from wholeip.kube.events import EventRecorder
+from wholeip.kube.informer import Informer, WatchOptions
+from wholeip.kube.k8s import client, config
+from wholeip.kube.resources import build_informers
+from wholeip.settings import Settings
+
+if TYPE_CHECKING:
+    from wholeip.nft.backend import Backend
+
+log = structlog.get_logger(__name__)
+
+
+async def load_kube_config(path: str | None = None) -> client.Configuration:
+    """Client configuration from ``path``, else ``$KUBECONFIG``, else the in-cluster service account."""
+    cfg = client.Configuration()
+    path = path or os.environ.get("KUBECONFIG") or None
+    if path:
+        await config.load_kube_config(config_file=path, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return cfg
+
+
+class Agent:
+    """One node agent. ``start()``/``stop()``, or ``async with``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Backend | None = None,
+        kube_config: client.Configuration | None = None,
+        watch_options: WatchOptions | None = None,
+        event_reemit_interval: float = 1800.0,
+        event_retry_interval: float = 60.0,
+        event_settle: float = 2.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        if backend is None:
+            from wholeip.nft.libnft import LibnftBackend
+
+            backend = LibnftBackend()
+        self.backend = backend
+        self.engine = Engine(backend=backend, table=settings.table)
+        self.metrics = Metrics(registry)
+        self._kube_config = kube_config
+        self._watch_options = watch_options
+        self._event_reemit_interval = event_reemit_interval
+        self._event_retry_interval = event_retry_interval
+        self._event_settle = event_settle
+        self.api: client.ApiClient | None = None
+        self.informers: tuple[Informer, Informer, Informer] | None = None
+        self.reconciler: Reconciler | None = None
+        self.syncer: Syncer | None = None
+        self.events: EventRecorder | None = None
+        self.health: Health | None = None
+        self.web: WebServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._problems: set[Problem] = set()
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Connect, bind the probe server, and start every task; returns at once."""
+        if self._task is not None:
+            raise RuntimeError("agent already started")
+        s = self.settings
+        cfg = self._kube_config or await load_kube_config(s.kubeconfig)
+        # Three long-lived watches, list pages and Event writes share the pool.
+        cfg.connection_pool_maxsize = max(int(cfg.connection_pool_maxsize or 0), 16)
+        api = self.api = client.ApiClient(cfg)
+        api.user_agent = f"wholeip/{__version__}"
+        reconciler = self.reconciler = Reconciler(
+            work=self._sync,
+            min_interval=s.min_sync_interval,
+            burst=s.sync_burst,
+            max_interval=s.max_sync_interval,
+            gate=self._wait_synced,
+        )
+        changes = Changes()
+        informers = self.informers = build_informers(
+            api, on_change=reconciler.notify, on_key=changes.record, options=self._watch_options
+        )
+        self.events = EventRecorder(
+            core=client.CoreV1Api(api),
+            node_name=s.node_name,
+            reemit_interval=self._event_reemit_interval,
+            retry_interval=self._event_retry_interval,
+            settle=self._event_settle,
+            on_result=self.metrics.count_event,
+        )
+        from wholeip.agent.conntrack import ConntrackCleaner
+        from wholeip.nft.libnft import LibnftBackend
+
+        self.syncer = Syncer(
+            engine=self.engine,
+            snapshot=self._snapshot,
+            node_name=s.node_name,
+            model=s.model,
+            table=s.table,
+            metrics=self.metrics,
+            on_state=self._on_state,
+            changes=changes,
+            lookup=self._lookup,
+            nodes=lambda: informers[2].snapshot(),
+            # Stale conntrack entries live next to the table: only when the table is this
+            # process's own network namespace's (not with a fake or another namespace's backend).
+            after_commit=(
+                ConntrackCleaner(on_deleted=self.metrics.conntrack_deleted.inc)
+                if isinstance(self.backend, LibnftBackend)
+                else None
+            ),
+        )
+        self.metrics.track_informers(informers)
+        self.health = Health(informers=informers, loop=reconciler, timeout=s.health_timeout)
+        self.web = WebServer(
+            host=s.bind_address,
+            port=s.port,
+            ready=self.health.ready,
+            healthy=self.health.healthy,
+            registry=self.metrics.registry,
+        )
+        try:
+            await self.web.start()
+        except BaseException:
+            await api.close()
+            raise
+        self._task = asyncio.create_task(self._run(), name="wholeip-agent")
+        log.info(
+            "agent started",
+            node=s.node_name,
+            table=s.table,
+            probes=self.web.url,
+            version=__version__,
+        )
+
+    async def _run(self) -> None:
+        assert self.informers is not None
+        assert self.reconciler is not None
+        assert self.events is not None
+        async with asyncio.TaskGroup() as group:
+            for informer in self.informers:
+                group.create_task(informer.run(), name=f"informer-{informer.resource}")
+            group.create_task(self.reconciler.run(), name="reconcile")
+            group.create_task(self.events.run(), name="events")
+
+    async def stop(self) -> None:
+        """Stop every task and close connections. The kernel's table is left as it is."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.web is not None:
+            await self.web.stop()
+        if self.api is not None:
+            await self.api.close()
+            self.api = None
+        log.info("agent stopped; table left in place", table=self.settings.table)
+
+    async def wait(self) -> None:
+        """Until the agent's tasks end: only by :meth:`stop`, or by raising the error that killed them."""
+        if self._task is None:
+            raise RuntimeError("agent not started")
+        await asyncio.shield(self._task)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def wait_ready(self, *, within: float = 30.0) -> None:
+        """Until the readiness probe would pass (tests)."""
+        assert self.reconciler is not None
+        await asyncio.wait_for(self.reconciler.first_commit.wait(), within)
+
+    async def __aenter__(self) -> Agent:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --------------------------------------------------------------- glue
+
+    async def _wait_synced(self) -> None:
+        assert self.informers is not None
+        await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        log.info("informers synced", objects={i.resource: len(i.cache) for i in self.informers})
+
+    def _snapshot(self) -> Snapshot:
+        assert self.informers is not None
+        services, slices, nodes = self.informers
+        return Snapshot(services=services.iterate(), endpoint_slices=slices.iterate(), nodes=nodes.snapshot())
+
+    def _lookup(self, resource: str, key: str) -> Obj | None:
+        assert self.informers is not None
+        services, slices, _ = self.informers
+        return (services if resource == "services" else slices).cache.get(key)
+
+    async def _sync(self, full: bool) -> None:
+        assert self.syncer is not None
+        await self.syncer(full)
+
+    def _on_state(self, state: ProblemSource, nodes: Sequence[Obj]) -> None:
+        # Every node logs what appeared and what went away (only one node writes
+        # the Event), and only the transitions: a persisting problem is not
+        # repeated on every sync.
+        current = set(state.problems)
+        for problem in sorted(current - self._problems, key=lambda p: (p.ref, p.reason, p.message)):
+            (log.warning if problem.warning else log.info)(
+                "problem found",
+                object=str(problem.ref),
+                reason=problem.reason,
+                message=problem.message,
+            )
+        for problem in sorted(self._problems - current, key=lambda p: (p.ref, p.reason, p.message)):
+            log.info("problem resolved", object=str(problem.ref), reason=problem.reason)
+        self._problems = current
+        if self.events is not None:
+            self.events.observe(state, nodes)
+
+
+# --------------------------------------------------------------------------- process entry
+
+
+def run(settings: Settings) -> int:
+    """``wholeip run``: the agent until SIGTERM/SIGINT. 0 after a clean stop, 1 when it failed."""
+    logsetup.configure(format=settings.log_format, level=settings.log_level)
+    try:
+        return asyncio.run(_main(settings))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return 0
+
+
+async def _main(settings: Settings, *, agent: Agent | None = None) -> int:
+    """The process's life: start, wait for a signal (or a fatal error), stop. ``agent`` is a test seam."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        return await _serve(agent or Agent(settings), stopping)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(agent: Agent, stopping: asyncio.Event) -> int:
+    try:
+        await agent.start()
+    except Exception as exc:
+        log.error("agent failed to start", error=f"{type(exc).__name__}: {exc}")
+        await agent.stop()
+        return 1
+    assert agent.task is not None
+    stop_waiter = asyncio.ensure_future(stopping.wait())
+    done, _ = await asyncio.wait({agent.task, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+    error = agent.task.exception() if agent.task in done and not agent.task.cancelled() else None
+    if error is not None:
+        log.error("agent failed", error=f"{type(error).__name__}: {error}", exc_info=error)
+    else:
+        log.info("signal received, stopping")
+    stop_waiter.cancel()
+    await agent.stop()
+    return 1 if error is not None else 0

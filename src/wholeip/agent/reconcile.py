@@ -1,0 +1,500 @@
+"""The reconcile loop: when to sync (:class:`Reconciler`) and what one sync does (:class:`Syncer`).
+
+Level-triggered. Informers only call :meth:`Reconciler.notify`, which sets a
+one-slot flag: a thousand changes between two syncs cost one sync, and the
+loop never learns *which* object changed. Each sync reads the informers'
+caches as they are now, builds the whole desired table and lets the engine
+commit the difference. A lost, repeated or reordered notification therefore
+cannot leave a wrong table behind; at worst it delays the next sync.
+
+When a sync runs (the same rules as kube-proxy's bounded frequency runner):
+
+* nothing before every informer has synced (the *gate*): a table built from a
+  half-filled cache would delete the mappings of Services not listed yet, and
+  the kernel keeps the previous agent's table meanwhile;
+* then one full sync at once (it compares with the kernel: a restarted agent
+  takes over the table its predecessor left without disturbing traffic);
+* after a change, as soon as the rate limit allows: a token bucket of
+  ``burst`` syncs refilled at one per ``min_interval``, so a short burst of
+  changes is applied at once and a storm costs one sync per ``min_interval``;
+* every ``max_interval`` without a full sync, a full sync even without a
+  change: it lists the kernel and repairs drift (someone else edited our table);
+* after a failure, a retry after a jittered exponential backoff; the retry is
+  a full sync, since the engine's memory of the kernel is void after a failure.
+
+Time comes from injectable ``clock``/``sleep`` functions so that tests drive
+the loop in virtual time, without real sleeps.
+
+Health bookkeeping lives here because only the loop knows whether a change is
+still waiting: :meth:`Reconciler.pending_age` is how long the oldest change not
+yet committed has waited. It starts counting when the gate opens (a slow first
+list is for the readiness probe, not a reason for the liveness probe to kill
+the agent), and a failed sync counts as a waiting change even when a timer
+started it, because the kernel may then differ from the desired table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import gc
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from wholeip.backoff import backoff_delay
+from wholeip.core.compile import count_mappings
+from wholeip.core.index import ClusterIndex, ServiceKey, Touched, load_unique
+from wholeip.core.model import ObjectRef, Problem, ProblemSource
+from wholeip.engine import Engine, Rejection, SyncResult
+from wholeip.nft.diff import Plan
+from wholeip.nft.doc import TableDoc
+from wholeip.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from wholeip.agent.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+Work = Callable[[bool], Awaitable[Any]]
+"""One sync: called with ``full``; raising means the sync failed."""
+
+
+class Reconciler:
+    """Decides when to call ``work`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        work: Work,
+        min_interval: float,
+        burst: int,
+        max_interval: float,
+        retry_base: float = 1.0,
+        retry_max: float = 30.0,
+        gate: Callable[[], Awaitable[object]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._work = work
+        self.min_interval = min_interval
+        self.burst = max(1, burst)
+        self.max_interval = max_interval
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self._gate = gate
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        self._wake = asyncio.Event()
+        self._dirty = False
+        self._pending_since: float | None = None
+        self._open = False
+        self.first_commit = asyncio.Event()
+        """Set after the first successful sync (readiness)."""
+        self.syncs = 0
+        """Syncs attempted."""
+        self.failures = 0
+        """Consecutive failed syncs (0 after a success)."""
+        self.last_full: float | None = None
+        """Clock time of the last successful full sync."""
+
+    # --------------------------------------------------------------- inputs
+
+    def notify(self) -> None:
+        """Something changed: sync soon. Cheap, idempotent, safe to call any number of times."""
+        self._dirty = True
+        if self._open and self._pending_since is None:
+            self._pending_since = self._clock()
+        self._wake.set()
+
+    @property
+    def gate_open(self) -> bool:
+        return self._open
+
+    def pending_age(self) -> float:
+        """Seconds the oldest uncommitted change has waited (0 when none is waiting)."""
+        if self._pending_since is None:
+            return 0.0
+        return max(0.0, self._clock() - self._pending_since)
+
+    # --------------------------------------------------------------- loop
+
+    async def run(self) -> None:
+        """Sync forever; returns only by cancellation."""
+        if self._gate is not None:
+            await self._gate()
+        self._open = True
+        now = self._clock()
+        self._pending_since = now  # the first sync is owed from now on
+        tokens = float(self.burst)
+        refilled = now
+        full_due = now  # a full sync right away
+        retry_at: float | None = None
+        while True:
+            now = self._clock()
+            if self.min_interval > 0:
+                tokens = min(float(self.burst), tokens + (now - refilled) / self.min_interval)
+            else:
+                tokens = float(self.burst)
+            refilled = now
+            if retry_at is not None:
+                due = retry_at
+            else:
+                due = full_due
+                if self._dirty:
+                    due = min(due, now if tokens >= 1 else now + (1 - tokens) * self.min_interval)
+            if due > now:
+                # Only an idle loop needs waking by a change; a loop that waits for a
+                # token or a retry already knows there is work and when it may do it.
+                await self._wait(due - now, wakeable=retry_at is None and not self._dirty)
+                continue
+            full = retry_at is not None or now >= full_due
+            tokens = max(0.0, tokens - 1)
+            retry_at = None
+            if await self._run_once(full=full):
+                if full:
+                    full_due = self._clock() + self.max_interval
+            else:
+                delay = self._backoff(self.failures)
+                retry_at = self._clock() + delay
+                log.info("sync will be retried", delay=round(delay, 3), failures=self.failures)
+
+    async def _run_once(self, *, full: bool) -> bool:
+        waiting_since = self._pending_since
+        self._dirty = False
+        self._pending_since = None
+        self._wake.clear()
+        self.syncs += 1
+        started = self._clock()
+        with structlog.contextvars.bound_contextvars(sync_id=uuid.uuid4().hex[:12]):
+            try:
+                await self._work(full)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                # Whatever waited still waits; a failure also means the kernel may not
+                # hold the desired table, which is itself a change waiting to be applied.
+                self._dirty = True
+                candidates = [t for t in (waiting_since, self._pending_since, started) if t is not None]
+                self._pending_since = min(candidates)
+                log.error("sync failed", full=full, failures=self.failures, error=f"{type(exc).__name__}: {exc}")
+                return False
+        self.failures = 0
+        if full:
+            self.last_full = self._clock()
+        self.first_commit.set()
+        return True
+
+    def _backoff(self, failures: int) -> float:
+        return backoff_delay(failures, base=self.retry_base, cap=self.retry_max, random=self._rng())
+
+    async def _wait(self, seconds: float, *, wakeable: bool) -> None:
+        if math.isinf(seconds):
+            seconds = 3600.0
+        if not wakeable:
+            await self._sleep(seconds)
+            return
+        waker = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waker, sleeper):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(waker, sleeper, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- one sync
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The informers' caches at one instant (shared objects: read only)."""
+
+    services: Iterable[dict[str, Any]]
+    endpoint_slices: Iterable[dict[str, Any]]
+    nodes: Sequence[dict[str, Any]]
+
+
+Offload = Callable[..., Awaitable[Any]]
+Lookup = Callable[[str, str], "dict[str, Any] | None"]
+"""(resource, key) -> the cached object now, or None when it is gone."""
+
+
+def _trim_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``): a
+    rebuild decodes every cached object once, and without this the process keeps
+    that high-water mark as RSS for good."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+class Changes:
+    """Which objects changed since the last sync, as the informers report them.
+
+    Only keys: the objects are read from the caches when the sync runs, so this
+    stays level-triggered (a key reported ten times is read once, as it is then).
+    A list (after 410 or at start-up) or any Node change marks *everything*: the
+    next sync rebuilds the index from a snapshot.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.services: set[str] = set()
+        self.slices: set[str] = set()
+        self.everything = True
+        self.since: float | None = None
+        """When the oldest change not taken yet arrived."""
+        self.clock = clock
+
+    def record(self, resource: str, key: str | None) -> None:
+        if self.since is None:
+            self.since = self.clock()
+        if key is None or resource not in ("services", "endpointslices"):
+            self.everything = True
+        elif resource == "services":
+            self.services.add(key)
+        else:
+            self.slices.add(key)
+
+    def take(self) -> tuple[bool, set[str], set[str], float | None]:
+        out = (self.everything, self.services, self.slices, self.since)
+        self.everything, self.services, self.slices, self.since = False, set(), set(), None
+        return out
+
+
+def _split_key(key: str) -> ServiceKey:
+    namespace, _, name = key.rpartition("/")
+    return (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reported:
+    """The index's problems plus this sync's own (rejected element changes)."""
+
+    base: ProblemSource
+    extra: list[Problem]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [*self.base.problems, *self.extra]
+
+    def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
+        return self.base.backend_nodes(namespace, name)
+
+
+def _first_address(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for v in value.values():
+            found = _first_address(v)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for v in value:
+            found = _first_address(v)
+            if found is not None:
+                return found
+    return None
+
+
+def _rejection_problem(r: Rejection, index: ClusterIndex, node_name: str) -> Problem:
+    address = _first_address(r.element)
+    owner = index.owner(address) if address is not None else None
+    return Problem(
+        owner or ObjectRef("Node", "", node_name),
+        "RuleRejected",
+        f"node {node_name}: the kernel refused to {r.op} {r.set_name} element {address}: {r.error};"
+        " every other change is committed, this one is retried at the next full sync",
+    )
+
+
+class Syncer:
+    """One sync: the cluster index -> TableDoc -> engine, with metrics and logs.
+
+    Two ways to a desired table:
+
+    * **rebuild** (start-up, after a list or a Node change, after an update of the
+      index failed): a new :class:`~wholeip.core.index.ClusterIndex` from a snapshot of
+      every cache, O(cluster);
+    * **update** (every other change): the index re-reads only the keys the
+      informers reported and tells the engine which elements it touched, so the
+      model, the diff and the transaction all cost the size of the change.
+
+    A full sync (start-up, resync timer, retry after a failed commit) compares the
+    index's table with the kernel instead of the engine's memory; it does not
+    rebuild the index, which a failed commit leaves intact. That the index equals
+    a fresh build after any sequence of changes is a property test's job.
+    Model, compiler and commit run in a worker thread (``offload``): for a large
+    cluster a rebuild takes long enough to starve the watches and the probes if
+    run on the event loop. Snapshots and cache reads happen on the loop, where
+    the caches are consistent.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        snapshot: Callable[[], Snapshot],
+        node_name: str,
+        model: ModelSettings,
+        table: str,
+        metrics: Metrics | None = None,
+        on_state: Callable[[ProblemSource, Sequence[dict[str, Any]]], None] | None = None,
+        after_commit: Callable[[Plan], None] | None = None,
+        changes: Changes | None = None,
+        lookup: Lookup | None = None,
+        nodes: Callable[[], Sequence[dict[str, Any]]] | None = None,
+        offload: Offload = asyncio.to_thread,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self._snapshot = snapshot
+        self.node_name = node_name
+        self.model = model
+        self.table = table
+        self.metrics = metrics
+        self.on_state = on_state
+        """Called with the index after every sync (the Event emitter) and the Nodes; its
+        errors are logged."""
+        self.after_commit = after_commit
+        """Called (in the worker thread) with every committed, non-empty plan (stale conntrack
+        entries); its errors are logged, never fail the sync."""
+        self.changes = changes
+        """Fed by the informers; without it (or ``lookup``) every sync is a rebuild."""
+        self._lookup = lookup
+        self._nodes = nodes
+        self._offload = offload
+        self._wall_clock = wall_clock
+        self.index: ClusterIndex | None = None
+        self.last_result: SyncResult | None = None
+        self.rebuilds = 0
+        """Syncs that built the index from a snapshot."""
+
+    def _rebuild(self, snap: Snapshot) -> ClusterIndex:
+        index = load_unique(
+            services=snap.services,
+            endpoint_slices=snap.endpoint_slices,
+            nodes=snap.nodes,
+            node_name=self.node_name,
+            settings=self.model,
+            table=self.table,
+        )
+        # What exists now (caches, index) lives long: keep it out of every future
+        # collection, so that a sync's garbage costs a sync's size to collect.
+        gc.freeze()
+        _trim_heap()
+        return index
+
+    def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
+        result = self.engine.sync(doc, full=full, touched=touched)
+        if full:
+            _trim_heap()  # a full sync parsed the kernel's listing of the whole table
+        if self.after_commit is not None and not result.plan.empty:
+            try:
+                self.after_commit(result.plan)
+            except Exception as exc:  # the table is committed; what follows it is best effort
+                log.warning("after-commit hook failed", error=f"{type(exc).__name__}: {exc}")
+        return result
+
+    async def __call__(self, full: bool) -> SyncResult:
+        started = time.perf_counter()
+        try:
+            result = await self._sync(full)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.syncs.labels("error").inc()
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.sync_duration.labels("full" if full else "partial").observe(time.perf_counter() - started)
+        return result
+
+    async def _sync(self, full: bool) -> SyncResult:
+        taken = self.changes.take() if self.changes is not None else (True, set(), set(), None)
+        everything, service_keys, slice_keys, since = taken
+        index = self.index
+        touched: Touched | None = None
+        if everything or index is None or self._lookup is None:
+            self.index = None
+            snap = self._snapshot()
+            index = await self._offload(self._rebuild, snap)
+            nodes: Sequence[dict[str, Any]] = snap.nodes
+            self.rebuilds += 1
+        else:
+            lookup = self._lookup
+            services: dict[ServiceKey, list[dict[str, Any]]] = {}
+            for key in service_keys:
+                obj = lookup("services", key)
+                services[_split_key(key)] = [obj] if obj is not None else []
+            slices = {key: lookup("endpointslices", key) for key in slice_keys}
+            nodes = self._nodes() if self._nodes is not None else []
+            self.index = None  # until the update is known to have completed
+            touched = await self._offload(lambda: index.update(services=services, slices=slices))
+            if full:
+                touched = None  # compare the whole table with the kernel
+        self.index = index
+        doc = index.doc()
+        result: SyncResult = await self._offload(self._commit, doc, full, touched)
+        # Kept for tests and tools: without the rendered commands, which would otherwise
+        # live until the next sync.
+        self.last_result = dataclasses.replace(result, plan=result.plan.light())
+        reported = _Reported(index, [_rejection_problem(r, index, self.node_name) for r in result.rejected])
+        problems = reported.problems
+        if result.rejected:
+            log.error(
+                "the kernel refused some element changes; every other change is committed",
+                rejected=len(result.rejected),
+                first=f"{result.rejected[0].op} {result.rejected[0].set_name} {result.rejected[0].element}",
+                error=result.rejected[0].error,
+            )
+        if self.metrics is not None:
+            self.metrics.set_problems(p.reason for p in problems)
+        if self.on_state is not None:
+            try:
+                self.on_state(reported, nodes)
+            except Exception as exc:  # Events are a courtesy; they never cost a sync
+                log.warning("problem reporting failed", error=f"{type(exc).__name__}: {exc}")
+        change_ms = None
+        if since is not None and self.changes is not None:
+            waited = self.changes.clock() - since
+            change_ms = round(waited * 1000, 2)
+            if self.metrics is not None and not result.plan.empty:
+                self.metrics.change_to_commit.observe(waited)
+        counts = count_mappings(doc)
+        if self.metrics is not None:
+            self.metrics.syncs.labels("noop" if result.plan.empty else "success").inc()
+            self.metrics.set_mappings(counts)
+            self.metrics.last_success.set(self._wall_clock())
+            if result.drift:
+                self.metrics.drift_repairs.inc()
+        fields = {
+            "full": result.full,
+            "incremental": touched is not None,
+            "changes": result.plan.summary(),
+            "mappings": sum(counts.values()),
+            "problems": len(problems),
+            "observe_ms": round(result.observe_seconds * 1000, 2),
+            "commit_ms": round(result.commit_seconds * 1000, 2),
+            "change_ms": change_ms,
+        }
+        if result.drift:
+            log.warning("drift repaired: our table was changed outside the agent", **fields)
+        elif not result.plan.empty:
+            log.info("synced", **fields)
+        else:
+            log.debug("synced", **fields)
+        return result

@@ -1,0 +1,145 @@
+"""The flags shared by the subcommands, each with its ``WHOLEIP_*`` environment twin.
+
+Every flag has an environment twin named ``WHOLEIP_<FLAG>`` (``--node-name`` is
+``WHOLEIP_NODE_NAME``, and ``NODE_NAME`` as set by the downward API also
+works). A flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from wholeip.settings import IPNetwork, ModelSettings
+
+
+class EnvDefaults(argparse.ArgumentParser):
+    """An ArgumentParser whose options take their defaults from ``WHOLEIP_*`` variables."""
+
+    def env_option(
+        self,
+        *flags: str,
+        env: Sequence[str] = (),
+        default: Any = None,
+        convert: Callable[[str], Any] = str,
+        help: str,
+        **kwargs: Any,
+    ) -> None:
+        dest = flags[0].lstrip("-").replace("-", "_")
+        names = ["WHOLEIP_" + dest.upper(), *env]
+        value = default
+        for name in names:
+            if os.environ.get(name):
+                value = convert(os.environ[name])
+                break
+        self.add_argument(*flags, dest=dest, default=value, help=f"{help} [env {' or '.join(names)}]", **kwargs)
+
+
+def parse_bool(text: str) -> bool:
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def parse_cidrs(text: str) -> tuple[IPNetwork, ...]:
+    out: list[IPNetwork] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not a CIDR: {part!r}") from exc
+    return tuple(out)
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def add_model_flags(p: EnvDefaults) -> None:
+    p.env_option(
+        "--proxy-name",
+        default="wholeip",
+        help="value of the service-proxy-name label that selects a Service",
+    )
+    p.env_option(
+        "--service-cidr",
+        default=parse_cidrs("10.96.0.0/12"),
+        convert=parse_cidrs,
+        type=parse_cidrs,
+        metavar="CIDR[,CIDR]",
+        help="the cluster's Service networks (comma separated, one per family)",
+    )
+    p.env_option(
+        "--cluster-cidr",
+        default=(),
+        convert=parse_cidrs,
+        type=parse_cidrs,
+        metavar="CIDR[,CIDR]",
+        help="pod networks; replaces the Nodes' spec.podCIDRs when given",
+    )
+    p.env_option(
+        "--allowed-external-cidrs",
+        default=(),
+        convert=parse_cidrs,
+        type=parse_cidrs,
+        metavar="CIDR[,CIDR]",
+        help="refuse external IPs outside these networks (default: no such limit)",
+    )
+    p.env_option(
+        "--allowed-namespaces",
+        default=(),
+        convert=parse_names,
+        type=parse_names,
+        metavar="NS[,NS]",
+        help="manage Services of these namespaces only (default: all)",
+    )
+    p.env_option(
+        "--allow-spec-external-ips",
+        default=False,
+        convert=parse_bool,
+        type=parse_bool,
+        metavar="BOOL",
+        help="also use spec.externalIPs (off: CVE-2020-8554)",
+    )
+    p.env_option("--table", default="wholeip", help="name of our own inet table")
+
+
+def add_node_flag(p: EnvDefaults, *, required: bool) -> None:
+    p.env_option(
+        "--node-name",
+        env=("NODE_NAME",),
+        help="this node's name" + (" (required)" if required else ""),
+    )
+
+
+def add_file_flag(p: EnvDefaults) -> None:
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help=(
+            "cluster file: Services, EndpointSlices and Nodes as 'kubectl get -o yaml' prints them"
+            " ('-' for stdin); repeatable"
+        ),
+    )
+
+
+def model_settings(args: argparse.Namespace) -> ModelSettings:
+    return ModelSettings(
+        proxy_name=args.proxy_name,
+        service_cidrs=tuple(args.service_cidr),
+        cluster_cidrs=tuple(args.cluster_cidr),
+        allowed_external_cidrs=tuple(args.allowed_external_cidrs),
+        allowed_namespaces=frozenset(args.allowed_namespaces),
+        allow_spec_external_ips=bool(args.allow_spec_external_ips),
+    )

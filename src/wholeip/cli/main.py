@@ -1,0 +1,85 @@
+"""The ``wholeip`` command: flags and their environment twins -> Settings -> a subcommand.
+
+Subcommands: ``render``, ``diff``, ``apply`` and ``cleanup`` work on a cluster
+file without an API server (:mod:`wholeip.cli.offline`); ``run`` is the agent
+(:mod:`wholeip.cli.run`: informers, reconcile loop, probes). The flags and their
+``WHOLEIP_*`` environment twins are in :mod:`wholeip.cli.flags`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+from wholeip import __version__
+from wholeip.cli import flags, offline
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wholeip",
+        description=(
+            "Give a Kubernetes Service's external IP to one pod: every port in, the pod's egress out,"
+            " with nftables maps."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"wholeip {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=flags.EnvDefaults)
+
+    def add(name: str, help: str) -> flags.EnvDefaults:
+        p: flags.EnvDefaults = sub.add_parser(name, help=help, description=help)
+        return p
+
+    for name, help_text in (
+        ("render", "print the JSON document of the table a node must hold"),
+        (
+            "diff",
+            "print what apply would change in this network namespace (exit 1 when something would)",
+        ),
+        ("apply", "make this network namespace's table match the cluster file, in one transaction"),
+    ):
+        p = add(name, help_text)
+        flags.add_file_flag(p)
+        flags.add_node_flag(p, required=True)
+        flags.add_model_flags(p)
+    p = add("cleanup", "delete wholeip's table from this network namespace (nothing else is touched)")
+    p.env_option("--table", default="wholeip", help="name of our own inet table")
+
+    from wholeip.cli import run as runner
+
+    runner.add_run_parser(add("run", "run the agent: watch the cluster and keep this node's table right"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from wholeip.cli.clusterfile import InputError
+    from wholeip.nft.backend import NftError
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "node_name", "") is None and args.command in (
+        "render",
+        "diff",
+        "apply",
+        "run",
+    ):
+        offline.say("error: --node-name (or NODE_NAME) is required")
+        return offline.EXIT_ERROR
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "render": offline.cmd_render,
+        "diff": offline.cmd_diff,
+        "apply": offline.cmd_apply,
+        "cleanup": offline.cmd_cleanup,
+    }
+    try:
+        if args.command == "run":
+            from wholeip.cli import run as runner
+
+            return runner.cmd_run(args)
+        return commands[args.command](args)
+    except InputError as exc:
+        offline.say(f"error: {exc}")
+    except NftError as exc:
+        offline.say(f"error: {exc}")
+    except BrokenPipeError:
+        return offline.EXIT_OK
+    return offline.EXIT_ERROR

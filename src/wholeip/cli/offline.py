@@ -1,0 +1,81 @@
+"""The offline subcommands: a cluster file in, our table out (no API server).
+
+* ``render``  cluster file -> the JSON document of our table (no kernel needed);
+* ``diff``    what ``apply`` would change in this network namespace (exit 1 when
+  something would change, 0 when nothing, 2 on errors, like diff(1));
+* ``apply``   make the kernel match the cluster file, in one transaction;
+* ``cleanup`` delete our table, and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from wholeip.cli import flags
+
+EXIT_OK = 0
+EXIT_CHANGES = 1
+EXIT_ERROR = 2
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def desired_table(args: argparse.Namespace) -> Any:
+    from wholeip.cli import clusterfile
+    from wholeip.core import compile, index
+
+    objects, notes = clusterfile.load(args.filename)
+    for note in notes:
+        say(f"note: {note}")
+    state = index.build_state_from_objects(objects, node_name=args.node_name, settings=flags.model_settings(args))
+    for problem in state.problems:
+        level = "warning" if problem.warning else "note"
+        say(f"{level}: {problem.ref}: {problem.reason}: {problem.message}")
+    return compile.compile_table(state, node_name=args.node_name, table=args.table)
+
+
+def engine(args: argparse.Namespace) -> Any:
+    from wholeip.engine import Engine
+    from wholeip.nft.libnft import LibnftBackend
+
+    return Engine(backend=LibnftBackend(), table=args.table)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from wholeip.nft.doc import render_table
+
+    print(json.dumps(render_table(desired_table(args)), indent=2))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from wholeip.nft.diff import diff
+
+    desired = desired_table(args)
+    plan = diff(desired, engine(args).observe())
+    if plan.empty:
+        say("no changes")
+        return EXIT_OK
+    print(json.dumps({"nftables": list(plan.commands)}, indent=2))
+    say(plan.summary())
+    return EXIT_CHANGES
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    desired = desired_table(args)
+    started = time.perf_counter()
+    result = engine(args).sync(desired, full=True)
+    print(f"applied: {result.plan.summary()} in {time.perf_counter() - started:.3f}s")
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    removed = engine(args).cleanup()
+    print(f"removed table inet {args.table}" if removed else f"no table inet {args.table}: nothing to do")
+    return EXIT_OK

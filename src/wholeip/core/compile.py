@@ -1,0 +1,746 @@
+"""The compiler (pure): ClusterState + this node's name -> the whole table we want.
+
+The table's skeleton is fixed: the same sets, chains and rules on every node
+and for any number of Services. Everything the cluster says lands in set and
+map elements, so a Service costs a few elements and never a rule; a packet
+costs the same with one Service or a hundred thousand.
+
+Layout (one ``inet`` table, both families; ``4`` and ``6`` name the family):
+
+* ``cluster4/6``   interval sets: pod CIDRs, service CIDRs, node addresses.
+* ``ingress4/6``   map external IP -> pod IP, every mapping of the cluster (any
+  node may receive a packet for any external IP).
+* ``egress4/6``    map pod IP -> external IP, pods on this node only.
+
+Chains, in the order a packet meets them. A north-south packet (one end
+outside the cluster networks) passes two base chains, ``raw_prerouting`` and
+``stateless_postrouting``; it skips conntrack and the NAT hooks (they never run
+for an untracked packet). Inbound it costs three lookups before routing
+(``dispatch4``, ``cluster4``, ``ingress4``) and two after it (``egress4``, the
+protocol set; ``filtered4`` too for UDP/SCTP); a managed pod's packet to the
+outside costs five (``dispatch4``, ``cluster4``, ``egress4``, ``cluster4``,
+``ingress4``; for UDP/SCTP the protocol set and ``filtered4`` too) and the same
+after routing. ``ingress4`` and ``egress4`` are the big maps (every mapping of
+the cluster, every managed pod of the node); ``dispatch4`` and ``filtered4``
+hold the filtered external IPs (and filtered pods of the node) only,
+``cluster4`` a few networks. Every packet of the whole-IP path is decided as in
+the earlier layout of five base chains (``hack/skeleton-equivalence`` checked
+that when the layout changed; the filter at the pod's node came later).
+
+* ``raw_prerouting`` (filter, priority raw, after defragmentation): all of the
+  prerouting work, in this order:
+
+  1. the filter (below): ``ip daddr vmap @dispatch4`` (and ``6``);
+  2. a packet that already carries its conntrack state (looped back from
+     this node's output, or notracked by someone else's rule before ours)
+     goes to ``ct_decided``; for every other packet conntrack's state reads
+     "invalid" this early, and the rest of the chain decides. Then per family:
+  3. an ICMP packet from outside the cluster networks jumps to ``icmp_errors``;
+  4. from outside the cluster networks to an external IP: the destination
+     becomes the pod IP, ``notrack``, ``accept``, in one rule; the ``ingress4``
+     lookup fails for every other destination, which ends the rule;
+  5. from a local managed pod to outside the cluster networks: ``notrack``,
+     ``goto untracked4``;
+  6. UDP/SCTP from outside (not from an external IP) to a local filtered pod:
+     the filter again, keyed by the pod IP (``arrive4``, see below);
+  7. from outside to a local managed pod (ingress another node has already
+     rewritten, row 12): ``notrack``, ``accept``.
+
+  ``accept`` ends this chain only; later hooks still see the packet. The
+  source is not rewritten here: before routing, strict rp_filter on the
+  pod's interface would see the external IP. Everything else (east-west
+  traffic, also to an external IP) stays tracked and untouched.
+* ``untracked4/6`` (regular, entered by ``goto``): an untracked packet's
+  destination: ICMP errors go to ``icmp_errors``; a local filtered pod's
+  UDP/SCTP flow is remembered under its pod IP (below); a packet to an external IP
+  (from a local managed pod: any Service's, its own: row 11) gets the pod IP,
+  statelessly. The chain's end is ``raw_prerouting``'s end.
+* ``ct_decided`` (regular): an untracked packet goes on to ``untracked4/6``,
+  a tracked one is left alone (a ``notrack`` could not change it any more).
+* ``icmp_errors`` (regular): neighbour discovery addressed to an external IP
+  (a router's unicast NUD probe) is accepted as it is, so the node that
+  answers for the address on its link (an L2 speaker, proxy NDP) gets it.
+  ICMP errors to an external IP about a packet the pod sent get the pod IP
+  back in their embedded header too, with a checksum-neutral compensation, so
+  path-MTU discovery works (row 13); such a rule rewrites the outer
+  destination too, then ``notrack``, ``accept``.
+* ``hairpin_prerouting``/``hairpin_output`` (nat, dstnat): east-west packets to
+  an external IP (from a pod, or from a node's own processes) are tracked and
+  DNATed to the pod, so conntrack restores the external IP on the replies.
+* ``hairpin_postrouting`` (nat, srcnat-1): a managed pod talking to its own
+  external IP (the DNAT sends the packet back to where it came from) is
+  SNATed to its external IP, so it sees a peer it can answer. Only a packet
+  first addressed to an external IP: kube-proxy's own hairpin (a pod sent back
+  to itself through a ClusterIP) is kube-proxy's to masquerade.
+* ``stateless_postrouting`` (filter, srcnat+1): untracked packets from a local
+  managed pod get its external IP as source. Rewriting after routing keeps
+  strict rp_filter on the pod's interface happy. Then UDP/SCTP packets from a
+  filtered external IP are remembered in ``flows4/6`` (below). That rule looks
+  at every packet, not only at the ones just rewritten: a pod on another node
+  sending to an external IP arrives here already from its own external IP, and
+  its replies must pass this node's filter.
+
+Filtering (per-port mode and ``loadBalancerSourceRanges``) happens before any
+address is rewritten, as the first rule of ``raw_prerouting``: one
+verdict-map lookup on the destination (``dispatch4/6``) jumps to a fixed chain
+per mode, which ends in ``drop`` or ``return`` (``accept`` there would end
+``raw_prerouting`` before the rewrite); external IPs that need no filter are
+not in the map, so whole-IP traffic pays one failed lookup. The filter uses
+only headers and sets, never conntrack state (it runs before conntrack).
+The data lives in sets:
+
+* ``ports4/6``     ``external IP . protocol . port`` a per-port Service forwards;
+* ``icmp4/6``      external IPs whose Service allows ICMP echo;
+* ``ranged4/6`` and ``sources4/6``  external IPs with source ranges, and
+  ``external IP . allowed source`` (concatenation with intervals);
+* ``flows4/6``     a dynamic set the packet path fills (timeout 180 s) with the
+  UDP/SCTP flows a filtered pod opened itself, so their replies are not taken
+  for new inbound traffic. TCP needs no memory: a packet that is not a bare
+  SYN cannot open a connection.
+
+The flow memory is per node, so UDP/SCTP from outside that arrives at a node
+without the pod is filtered at the pod's node: there the sets above also hold
+the pod's filter keyed by its pod IP (UDP/SCTP ports only), with ``arrive4/6``
+(pod IP -> the same per-mode chains) as its dispatch map; on the other nodes
+the external IP is in ``away4/6`` and the filter chains let such packets on.
+Not for a pod whose mappings filter UDP/SCTP with differing source ranges (see
+:func:`pod_filter`); packets from another external IP are filtered where
+they arrive, as before (their node remembered the flow on the way out).
+
+ICMP errors (unreachable, fragmentation needed / packet too big, time
+exceeded, parameter problem) and IPv6 neighbour discovery always pass, so path
+MTU discovery never breaks. Traffic from the cluster networks (east-west) is
+exempt from source ranges: pods reach the pod IP directly anyway, NetworkPolicy
+is the tool for that.
+
+The output is deterministic: the same state gives byte-identical JSON.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from wholeip.core.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
+from wholeip.nft.doc import ChainDecl, Elem, JSONObj, Rule, SetDecl, Skeleton, TableDoc
+from wholeip.settings import IPNetwork
+
+FAMILY = "inet"
+
+PRIO_RAW = -300
+PRIO_DSTNAT = -100
+PRIO_SRCNAT = 100
+
+FLOW_TIMEOUT = 180
+"""Seconds a UDP/SCTP flow opened by a filtered pod stays known without packets
+(the kernel's own UDP conntrack timeout for streams is 120 s)."""
+FLOW_CAPACITY = 131072
+"""Most concurrent UDP/SCTP flows remembered per family and node."""
+
+AT_POD_PROTOCOLS = ("udp", "sctp")
+"""What a filtered pod's node filters when it arrived at another node (replies to the
+flows the pod opened are known on its node only); and what ``flows4/6`` remember."""
+
+ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert", "nd-redirect")
+"""ICMPv6 neighbour discovery (RFC 4861): link-local protocol, never NATed."""
+
+ICMP_ALWAYS = ("echo-reply", "destination-unreachable", "time-exceeded", "parameter-problem")
+ICMPV6_ALWAYS = (
+    "echo-reply",
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+    *ND_TYPES,
+)
+
+_FAMILIES: tuple[tuple[int, str, str], ...] = ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr"))
+
+
+# --------------------------------------------------------------------------- expression builders
+
+
+def _payload(proto: str, field: str) -> JSONObj:
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> JSONObj:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _map_lookup(key: Any, name: str) -> JSONObj:
+    return {"map": {"key": key, "data": "@" + name}}
+
+
+def _ct_state() -> JSONObj:
+    return {"ct": {"key": "state"}}
+
+
+def _ct_untracked() -> JSONObj:
+    return _match(_ct_state(), "untracked", op="in")
+
+
+def _ct_dnat() -> JSONObj:
+    return _match({"ct": {"key": "status"}}, "dnat", op="in")
+
+
+def _concat(*items: Any) -> JSONObj:
+    return {"concat": list(items)}
+
+
+def _meta(key: str) -> JSONObj:
+    return {"meta": {"key": key}}
+
+
+def _raw(base: str, offset: int, length: int) -> JSONObj:
+    return {"payload": {"base": base, "offset": offset, "len": length}}
+
+
+# The ICMP errors of row 13 (path MTU): the embedded header is what the pod sent after
+# our egress rewrite, so its source is the external IP. The pod can only match the
+# error to its socket once that source is the pod IP again. nft raw payload writes
+# never update checksums, hence a compensation (see hack/datapath-lab/FINDINGS.md).
+INNER_SADDR4 = _raw("th", 160, 32)  # ICMP header (8) + IPv4 saddr offset (12), in bits
+INNER_SADDR6 = _raw("th", 128, 128)  # ICMPv6 header (8) + IPv6 saddr offset (8)
+OUTER_DADDR4 = _raw("nh", 128, 32)
+OUTER_DADDR6 = _raw("nh", 192, 128)
+ICMP_FIX = {
+    4: SetDecl(
+        "icmpfix4",
+        ("ipv4_addr", "integer"),
+        data="integer",
+        typeof="ip daddr . @th,160,32 : @th,32,16",
+    ),
+    6: SetDecl("icmpguard6", ("ipv6_addr", "integer"), typeof="ip6 daddr . @th,128,128"),
+}
+
+
+def icmp4_compensation(ext: IPAddress, pod: IPAddress) -> int:
+    """The 16-bit word that, written into a zero word of an ICMPv4 error, keeps its checksum
+    right when the embedded source changes from ``ext`` to ``pod``: the ones'-complement sum
+    of ext's words minus pod's words."""
+    total = 0
+    for word in _words(ext.packed):
+        total = _ones_add(total, word)
+    for word in _words(pod.packed):
+        total = _ones_add(total, ~word & 0xFFFF)
+    return total
+
+
+def _words(packed: bytes) -> list[int]:
+    return [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed), 2)]
+
+
+def _ones_add(a: int, b: int) -> int:
+    total = a + b
+    return (total & 0xFFFF) + (total >> 16)
+
+
+def _icmp_error_rules() -> list[Rule]:
+    """The ``icmp_errors`` chain: every rule that matches also ends the packet's prerouting
+    work. Neighbour discovery is accepted as it is; an ICMP error has its destination
+    rewritten like any north-south packet's, so its rule ends with ``notrack accept``."""
+    daddr4, daddr6 = _payload("ip", "daddr"), _payload("ip6", "daddr")
+    fix_key = _concat(daddr4, INNER_SADDR4)
+    rewrite4 = {"mangle": {"key": daddr4, "value": _map_lookup(daddr4, "ingress4")}}
+    rewrite6 = {"mangle": {"key": daddr6, "value": _map_lookup(daddr6, "ingress6")}}
+    done = ({"notrack": None}, {"accept": None})
+    # Neighbour discovery is never rewritten: a router's unicast NUD probe to an external
+    # IP (announced on the node's link by a MetalLB-style L2 speaker or proxy NDP) must
+    # reach the node that answers for the address, not the pod, or the router's entry
+    # fails every reachable time. Conntrack does not track ND, so a plain accept.
+    rules = [Rule("icmp_errors", (_match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}), {"accept": None}))]
+    # frag-needed keeps the next-hop MTU in bytes 6-7: the zero word is at offset 4;
+    # the other errors leave 4-7 zero but octet 5 may carry an RFC 4884 length.
+    for types, zero_word in (
+        (
+            (
+                _match(_payload("icmp", "type"), "destination-unreachable"),
+                _match(_payload("icmp", "code"), "frag-needed"),
+            ),
+            32,
+        ),
+        (
+            (
+                _match(
+                    _payload("icmp", "type"), {"set": ["destination-unreachable", "time-exceeded", "parameter-problem"]}
+                ),
+            ),
+            48,
+        ),
+    ):
+        word = _raw("th", zero_word, 16)
+        rules.append(
+            Rule(
+                "icmp_errors",
+                (
+                    *types,
+                    _match(fix_key, "@icmpfix4"),
+                    _match(word, 0),
+                    {"mangle": {"key": word, "value": _map_lookup(fix_key, "icmpfix4")}},
+                    rewrite4,
+                    {"mangle": {"key": INNER_SADDR4, "value": OUTER_DADDR4}},
+                    *done,
+                ),
+            )
+        )
+    # ICMPv6's checksum covers the pseudo-header, so a typed rewrite of the outer
+    # destination updates it. Rewrite, copy the old address back raw, rewrite again:
+    # the checksum is charged twice, which pays for the raw copy into the inner source.
+    errors6 = ["destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem"]
+    rules.append(
+        Rule(
+            "icmp_errors",
+            (
+                _match(_payload("icmpv6", "type"), {"set": errors6}),
+                _match(_concat(daddr6, INNER_SADDR6), "@icmpguard6"),
+                rewrite6,
+                {"mangle": {"key": OUTER_DADDR6, "value": INNER_SADDR6}},
+                rewrite6,
+                {"mangle": {"key": INNER_SADDR6, "value": OUTER_DADDR6}},
+                *done,
+            ),
+        )
+    )
+    return rules
+
+
+def _filter_rules() -> list[Rule]:
+    """The per-mode chains ``raw_prerouting`` dispatches to (see the module docstring).
+
+    They are entered with ``jump`` from a base chain whose later rules still have work to
+    do, so a packet that passes ``return``s; ``accept`` would end ``raw_prerouting`` and
+    skip the rewrite. For the same reason the reply checks are repeated in both chains
+    instead of being a chain of their own: a ``return`` from there would land in the
+    per-mode chain, not past it."""
+    rules: list[Rule] = []
+    for v, proto, _ in _FAMILIES:
+        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+        icmp, always = ("icmp", ICMP_ALWAYS) if v == 4 else ("icmpv6", ICMPV6_ALWAYS)
+        reply = _concat(daddr, _meta("l4proto"), _payload("th", "dport"), saddr, _payload("th", "sport"))
+        replies = (
+            # Not a bare SYN: cannot open a TCP connection, and is how replies to the pod's own
+            # connections look.
+            (_match({"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "syn", op="!="), {"return": None}),
+            (_match(reply, f"@flows{v}"), {"return": None}),
+            (_match(_payload(icmp, "type"), {"set": list(always)}), {"return": None}),
+        )
+        out_of_range = (
+            _match(saddr, f"@cluster{v}", op="!="),
+            _match(daddr, f"@ranged{v}"),
+            _match(_concat(daddr, saddr), f"@sources{v}", op="!="),
+            {"drop": None},
+        )
+        # UDP/SCTP from outside to an external IP whose pod's node filters it (``away``): a
+        # reply to a flow the pod opened is known there only, so the packet goes on to it.
+        # Not from another external IP: such a packet comes from a managed pod through its
+        # node, which remembered the flow on the way (see ``stateless_postrouting``), and it
+        # is filtered here as before.
+        at_the_pod = (
+            _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
+            _match(daddr, f"@away{v}"),
+            _match(saddr, f"@cluster{v}", op="!="),
+            _match(saddr, f"@ingress{v}", op="!="),
+            {"return": None},
+        )
+        rules += [Rule(f"per_port{v}", expr) for expr in (*replies, at_the_pod)]
+        rules += [
+            Rule(f"per_port{v}", out_of_range),
+            Rule(
+                f"per_port{v}",
+                (
+                    _match(_payload(icmp, "type"), "echo-request"),
+                    _match(daddr, f"@icmp{v}"),
+                    {"return": None},
+                ),
+            ),
+            Rule(
+                f"per_port{v}",
+                (_match(_concat(daddr, _meta("l4proto"), _payload("th", "dport")), f"@ports{v}"), {"return": None}),
+            ),
+            Rule(f"per_port{v}", ({"drop": None},)),
+        ]
+        rules += [Rule(f"whole_ip{v}", expr) for expr in (*replies, at_the_pod)]
+        rules.append(Rule(f"whole_ip{v}", out_of_range))
+    return rules
+
+
+def _remember_flow(v: int, proto: str) -> tuple[JSONObj, ...]:
+    """A UDP/SCTP packet from a filtered address: its flow into ``flows``, source first."""
+    saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+    flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
+    return (
+        _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
+        _match(saddr, f"@filtered{v}"),
+        {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
+    )
+
+
+def _prerouting_rules() -> list[Rule]:
+    """``raw_prerouting``, ``ct_decided`` and ``untracked4/6`` (see the module docstring)."""
+    rules = [
+        Rule("raw_prerouting", ({"vmap": {"key": _payload(p, "daddr"), "data": f"@dispatch{v}"}},))
+        for v, p, _ in _FAMILIES
+    ]
+    # Conntrack has not seen a packet this early, so its state reads "invalid" here, unless
+    # the packet carries its conntrack already: looped back from this node's own output, or
+    # notracked (or given a conntrack template) by someone else's rule before ours. A
+    # notrack would change nothing for such a packet, so it is left as conntrack decided.
+    rules.append(Rule("raw_prerouting", (_match(_ct_state(), "invalid", op="!="), {"goto": {"target": "ct_decided"}})))
+    for v, proto, _ in _FAMILIES:
+        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+        icmp = "icmp" if v == 4 else "ipv6-icmp"
+        outside = _match(saddr, f"@cluster{v}", op="!=")
+        rewrite = {"mangle": {"key": daddr, "value": _map_lookup(daddr, f"ingress{v}")}}
+        rules += [
+            Rule(
+                "raw_prerouting",
+                (_match(_meta("l4proto"), icmp), outside, {"jump": {"target": "icmp_errors"}}),
+            ),
+            # The common case first and in one rule: from the outside to an external IP.
+            # The source test has to come first (nothing after the rewrite could undo
+            # it); the map lookup then fails for any other destination, ending the rule.
+            Rule("raw_prerouting", (outside, rewrite, {"notrack": None}, {"accept": None})),
+            Rule(
+                "raw_prerouting",
+                (
+                    _match(saddr, f"@egress{v}"),
+                    _match(daddr, f"@cluster{v}", op="!="),
+                    {"notrack": None},
+                    {"goto": {"target": f"untracked{v}"}},
+                ),
+            ),
+            # North-south traffic another node already rewrote (it arrived there, row 12)
+            # reaches the pod's node addressed to the pod. UDP/SCTP to a filtered pod was
+            # let through there (``away``) and meets the pod's filter here, keyed by the
+            # pod IP, where the flows the pod opened are known. Then out of conntrack too.
+            Rule(
+                "raw_prerouting",
+                (
+                    _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
+                    outside,
+                    _match(saddr, f"@ingress{v}", op="!="),
+                    {"vmap": {"key": daddr, "data": f"@arrive{v}"}},
+                ),
+            ),
+            Rule(
+                "raw_prerouting",
+                (_match(daddr, f"@egress{v}"), outside, {"notrack": None}, {"accept": None}),
+            ),
+            # An untracked packet to an external IP (from a local managed pod: any Service's,
+            # its own: row 11) is rewritten here too, statelessly: the NAT hooks never see it.
+            Rule(f"untracked{v}", (_match(_meta("l4proto"), icmp), {"jump": {"target": "icmp_errors"}})),
+            # A filtered pod's flow, under its pod IP (``filtered`` holds it on the pod's node
+            # when that node filters for the pod): for replies that arrive at another node and
+            # come here rewritten. Inbound packets never pass this chain.
+            Rule(f"untracked{v}", _remember_flow(v, proto)),
+            Rule(f"untracked{v}", (rewrite,)),
+            Rule(
+                "ct_decided",
+                (
+                    _match(_ct_state(), "untracked"),
+                    _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
+                    {"goto": {"target": f"untracked{v}"}},
+                ),
+            ),
+        ]
+    return rules
+
+
+# --------------------------------------------------------------------------- skeleton
+
+
+def skeleton() -> Skeleton:
+    """The fixed part of the table (independent of the cluster)."""
+    sets: list[SetDecl] = []
+    for v, _, addr_type in _FAMILIES:
+        sets += [
+            SetDecl(f"cluster{v}", (addr_type,), flags=("interval",)),
+            SetDecl(f"ingress{v}", (addr_type,), data=addr_type),
+            SetDecl(f"egress{v}", (addr_type,), data=addr_type),
+            SetDecl(f"selfhairpin{v}", (addr_type, addr_type)),
+            SetDecl(f"dispatch{v}", (addr_type,), data="verdict"),
+            SetDecl(f"away{v}", (addr_type,)),
+            SetDecl(f"arrive{v}", (addr_type,), data="verdict"),
+            ICMP_FIX[v],
+            SetDecl(f"filtered{v}", (addr_type,)),
+            SetDecl(f"ports{v}", (addr_type, "inet_proto", "inet_service")),
+            SetDecl(f"icmp{v}", (addr_type,)),
+            SetDecl(f"ranged{v}", (addr_type,)),
+            SetDecl(f"sources{v}", (addr_type, addr_type), flags=("interval",)),
+            SetDecl(
+                f"flows{v}",
+                (addr_type, "inet_proto", "inet_service", addr_type, "inet_service"),
+                flags=("timeout",),
+                timeout=FLOW_TIMEOUT,
+                size=FLOW_CAPACITY,
+            ),
+        ]
+    chains = (
+        ChainDecl("raw_prerouting", "filter", "prerouting", PRIO_RAW, "accept"),
+        ChainDecl("icmp_errors"),
+        ChainDecl("ct_decided"),
+        ChainDecl("untracked4"),
+        ChainDecl("untracked6"),
+        ChainDecl("per_port4"),
+        ChainDecl("per_port6"),
+        ChainDecl("whole_ip4"),
+        ChainDecl("whole_ip6"),
+        ChainDecl("hairpin_prerouting", "nat", "prerouting", PRIO_DSTNAT, "accept"),
+        ChainDecl("hairpin_output", "nat", "output", PRIO_DSTNAT, "accept"),
+        ChainDecl("hairpin_postrouting", "nat", "postrouting", PRIO_SRCNAT - 1, "accept"),
+        ChainDecl("stateless_postrouting", "filter", "postrouting", PRIO_SRCNAT + 1, "accept"),
+    )
+    rules = _prerouting_rules()
+    rules += _filter_rules()
+    rules += _icmp_error_rules()
+    for chain in ("hairpin_prerouting", "hairpin_output"):
+        for v, proto, _ in _FAMILIES:
+            daddr = _payload(proto, "daddr")
+            rules.append(Rule(chain, ({"dnat": {"family": proto, "addr": _map_lookup(daddr, f"ingress{v}")}},)))
+    for v, proto, _ in _FAMILIES:
+        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+        rules.append(
+            Rule(
+                "hairpin_postrouting",
+                (
+                    _ct_dnat(),
+                    _match(_concat(saddr, daddr), f"@selfhairpin{v}"),
+                    # Only what was addressed to an external IP (row 11): a pod that kube-proxy
+                    # sends back to itself through a ClusterIP is kube-proxy's to masquerade;
+                    # SNATed to the external IP, its reply would be handled statelessly and
+                    # never turned back into the ClusterIP.
+                    _match({"ct": {"key": f"{proto} daddr", "dir": "original"}}, f"@ingress{v}"),
+                    {"snat": {"family": proto, "addr": _map_lookup(saddr, f"egress{v}")}},
+                ),
+            )
+        )
+    for v, proto, _ in _FAMILIES:
+        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+        # Remember the UDP/SCTP flows a filtered pod opens, so that their replies pass the
+        # port and source-range filters. The family first: a packet of the other one then
+        # costs a compare, not the protocol set.
+        remember = (_match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"), *_remember_flow(v, proto))
+        rules.append(
+            Rule(
+                "stateless_postrouting",
+                (
+                    _ct_untracked(),
+                    {"mangle": {"key": saddr, "value": _map_lookup(saddr, f"egress{v}")}},
+                ),
+            )
+        )
+        # After the rewrite, keyed by the external IP: every packet from a filtered external
+        # IP, also one another node rewrote (see the module docstring).
+        rules.append(Rule("stateless_postrouting", remember))
+    return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
+
+
+_SKELETON = skeleton()
+
+
+# --------------------------------------------------------------------------- elements
+
+
+class PodFilter(NamedTuple):
+    """How UDP/SCTP from outside to a pod is filtered, for one mapping or, at the pod's
+    node, for all of them (:func:`pod_filter`). Whole-IP mode without ranges lets all in."""
+
+    mode: Mode
+    ports: frozenset[PortSpec]
+    """The UDP/SCTP ports a per-port filter forwards."""
+    ranges: frozenset[IPNetwork]
+
+
+def udp_filter(mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork]) -> PodFilter | None:
+    """A mapping's filter of UDP/SCTP from outside; None: it has none."""
+    ranges = frozenset(source_ranges)
+    if mode is Mode.WHOLE_IP and not ranges:
+        return None
+    listed = frozenset(p for p in ports if p.protocol in AT_POD_PROTOCOLS) if mode is Mode.PER_PORT else frozenset()
+    return PodFilter(mode, listed, ranges)
+
+
+OPEN = PodFilter(Mode.WHOLE_IP, frozenset(), frozenset())
+"""The pod's node lets every UDP/SCTP packet to the pod in."""
+
+
+def pod_filter(filters: Iterable[PodFilter | None]) -> PodFilter | None:
+    """The one filter the node of a pod whose mappings have these :func:`udp_filter`
+    values applies, under the pod IP, to UDP/SCTP that arrived for any of them at another
+    node; None: the pod's node does not, every node filters such packets by the external
+    IP they were sent to. The pod's node no longer sees which external IP that was, so the
+    filter must let in what any of them lets in and nothing more:
+
+    * one of them filters nothing: nothing (the pod takes all UDP through that one);
+    * all have the same source ranges (or none): those ranges, and any port if one of
+      them is whole-IP, else the union of their ports (all filter alike: that filter);
+    * else (ranges that differ): None. A union of (source range x port) boxes is not
+      one concatenated set without overlapping elements; such a pod keeps the gap.
+    (TCP ports and the ICMP policy may differ: those are filtered where they arrive.)"""
+    distinct = set(filters)
+    if not distinct or distinct == {None}:
+        return None  # nothing to filter
+    if None in distinct:
+        return OPEN
+    some = [f for f in distinct if f is not None]
+    if len({f.ranges for f in some}) != 1:
+        return None
+    ranges = some[0].ranges
+    if any(f.mode is Mode.WHOLE_IP for f in some):
+        return PodFilter(Mode.WHOLE_IP, frozenset(), ranges)
+    return PodFilter(Mode.PER_PORT, frozenset().union(*(f.ports for f in some)), ranges)
+
+
+def pod_filters(mappings: Iterable[Mapping1to1]) -> dict[IPAddress, PodFilter]:
+    """The filter each pod's node applies for it (see :func:`pod_filter`), for the pods
+    that have one (per family: a pod IP is of one)."""
+    filters: dict[IPAddress, set[PodFilter | None]] = {}
+    for m in mappings:
+        filters.setdefault(m.pod_ip, set()).add(udp_filter(m.mode, m.ports, m.source_ranges))
+    out = {pod: pod_filter(fs) for pod, fs in filters.items()}
+    return {pod: f for pod, f in out.items() if f is not None}
+
+
+def mapping_elements(m: Mapping1to1, *, node_name: str, at_pod: PodFilter | None = None) -> list[tuple[str, Elem]]:
+    """The (set, element) pairs one mapping contributes on node ``node_name``; ``at_pod``:
+    the filter the pod's node applies for the pod (:func:`pod_filters`), if any.
+
+    Every element is keyed by the mapping's external IP, or by its pod IP (egress, and
+    the filter at the pod's node) from the pod's one egress mapping, so two mappings
+    never contribute the same element: a mapping can be added or taken away without
+    looking at the others, as long as the pod's egress and ``at_pod`` stay as they were.
+    """
+    return entry_elements(
+        str(m.external_ip),
+        str(m.pod_ip),
+        egress_here=m.egress and m.node_name == node_name,
+        mode=m.mode,
+        allow_icmp=m.allow_icmp,
+        ports=m.ports,
+        source_ranges=m.source_ranges,
+        at_pod=at_pod,
+        pod_elsewhere=m.node_name is not None and m.node_name != node_name,
+        addresses=(m.external_ip, m.pod_ip),
+    )
+
+
+def entry_elements(
+    ext: str,
+    pod: str,
+    *,
+    egress_here: bool,
+    mode: Mode,
+    allow_icmp: bool,
+    ports: tuple[PortSpec, ...],
+    source_ranges: tuple[IPNetwork, ...],
+    at_pod: PodFilter | None = None,
+    pod_elsewhere: bool = False,
+    addresses: tuple[IPAddress, IPAddress] | None = None,
+) -> list[tuple[str, Elem]]:
+    """:func:`mapping_elements` for addresses given as canonical text (``str(ip)``).
+
+    ``egress_here``: the mapping is its pod's egress and the pod is on this node.
+    ``at_pod``: the filter the pod's node applies to UDP/SCTP from outside for all of the
+    pod's mappings, keyed by the pod IP (:func:`pod_filter`); the egress mapping brings
+    those elements on that node, and on every node the pod is known to be elsewhere
+    (``pod_elsewhere``) the external IP, when it has a filter, goes to ``away``.
+
+    The elements hold the very strings passed in, so a caller that keeps its addresses
+    as text (the agent's index) shares them instead of holding a copy per element.
+    ``addresses``: the same two as objects, when the caller has them (not parsed again).
+    """
+    ext_ip, pod_ip = addresses or (ipaddress.ip_address(ext), ipaddress.ip_address(pod))
+    v = ext_ip.version
+    out: list[tuple[str, Elem]] = [(f"ingress{v}", (ext, pod))]
+    if v == 4:
+        out.append(("icmpfix4", ((ext, int(ext_ip)), icmp4_compensation(ext_ip, pod_ip))))
+    else:
+        out.append(("icmpguard6", (ext, int(ext_ip))))
+    if egress_here:
+        out.append((f"egress{v}", (pod, ext)))
+        out.append((f"selfhairpin{v}", (pod, pod)))
+    out += _filter_elements(ext, v, "dispatch", mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges)
+    if at_pod is not None and egress_here:
+        # Only UDP/SCTP takes this way: TCP and ICMP were filtered where they arrived.
+        out += _filter_elements(
+            pod,
+            v,
+            "arrive",
+            mode=at_pod.mode,
+            allow_icmp=False,
+            ports=tuple(at_pod.ports),
+            ranges=tuple(at_pod.ranges),
+        )
+    if at_pod is not None and pod_elsewhere and (mode is Mode.PER_PORT or source_ranges):
+        out.append((f"away{v}", ext))
+    return out
+
+
+def _filter_elements(
+    key: str,
+    v: int,
+    dispatch: str,
+    *,
+    mode: Mode,
+    allow_icmp: bool,
+    ports: tuple[PortSpec, ...],
+    ranges: tuple[IPNetwork, ...],
+) -> list[tuple[str, Elem]]:
+    """The filter's elements keyed by ``key``: an external IP (``dispatch``), or the pod IP
+    at the pod's node (``arrive``)."""
+    out: list[tuple[str, Elem]] = []
+    # Source ranges of the other family only still restrict this address: to nobody
+    # outside the cluster (as Kubernetes does), never to everybody.
+    ranged = bool(ranges)
+    if mode is Mode.PER_PORT:
+        out.append((f"{dispatch}{v}", (key, f"jump per_port{v}")))
+        out += [(f"ports{v}", (key, p.protocol, p.port)) for p in ports]
+        if allow_icmp:
+            out.append((f"icmp{v}", key))
+    elif ranged:
+        out.append((f"{dispatch}{v}", (key, f"jump whole_ip{v}")))
+    if mode is Mode.PER_PORT or ranged:
+        out.append((f"filtered{v}", key))
+    if ranged:
+        out.append((f"ranged{v}", key))
+        out += [(f"sources{v}", (key, _host_or_net(r))) for r in ranges if r.version == v]
+    return out
+
+
+def network_elements(networks: Iterable[IPNetwork]) -> list[tuple[str, Elem]]:
+    """The cluster networks' (set, element) pairs."""
+    return [(f"cluster{net.version}", str(net)) for net in networks]
+
+
+def empty_elements() -> dict[str, set[Elem]]:
+    """One empty set per declared set and map."""
+    return {decl.name: set() for decl in _SKELETON.sets}
+
+
+def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem]]:
+    """Every set's and map's elements for node ``node_name``."""
+    out = empty_elements()
+    for name, elem in network_elements(state.cluster_networks):
+        out[name].add(elem)
+    at_pod = pod_filters(state.mappings)
+    for m in state.mappings:
+        for name, elem in mapping_elements(m, node_name=node_name, at_pod=at_pod.get(m.pod_ip)):
+            out[name].add(elem)
+    return {name: frozenset(elems) for name, elems in out.items()}
+
+
+def _host_or_net(net: IPNetwork) -> str:
+    # The kernel lists a full-length prefix inside a concatenation as a bare address.
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def compile_table(state: ClusterState, *, node_name: str, table: str = "wholeip") -> TableDoc:
+    """The complete table node ``node_name`` must hold."""
+    return TableDoc(family=FAMILY, name=table, skeleton=_SKELETON, elements=elements(state, node_name=node_name))
+
+
+def count_mappings(doc: TableDoc) -> dict[str, int]:
+    """Mappings per map, for metrics and summaries."""
+    return {name: len(doc.elements.get(name, ())) for name in ("ingress4", "ingress6", "egress4", "egress6")}

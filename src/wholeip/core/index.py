@@ -1,0 +1,857 @@
+"""The cluster index (pure): the model, kept current one object at a time.
+
+:func:`build_state` answers "what does this cluster map to" from
+scratch; at 100,000 Services that costs seconds. The agent cannot pay that for
+every changed pod, so it keeps a :class:`ClusterIndex`: every Service and
+EndpointSlice parsed once, the resolved mapping of every external IP, and the
+elements of every set. A change re-parses only the objects that changed and
+re-resolves only what they can affect:
+
+* a Service or its slices change -> that Service's external IPs, old and new;
+* an external IP's winner changes -> the pods it pointed at, old and new (who
+  leaves with which external IP, and whether the pod's node filters for it,
+  depends on every mapping of the pod);
+* a mapping changes -> its own elements (every element belongs to exactly one
+  mapping, see :func:`wholeip.core.compile.mapping_elements`).
+
+Nodes and settings decide the cluster networks and the guards for every
+external IP at once; a change to them builds a new index.
+
+The decisions themselves are the model's (one implementation):
+:func:`build_state` *is* an index filled with every object, so the
+incremental path and the full path cannot disagree on a rule; a property test
+drives both with random changes and compares them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from wholeip.core.compile import (
+    FAMILY,
+    PodFilter,
+    empty_elements,
+    entry_elements,
+    network_elements,
+    pod_filter,
+    skeleton,
+    udp_filter,
+)
+from wholeip.core.gcpause import gc_paused
+from wholeip.core.model import (
+    ClusterState,
+    Mapping1to1,
+    Mode,
+    ObjectRef,
+    PortSpec,
+    Problem,
+    RawPort,
+    collapse,
+    created_seconds,
+    node_networks,
+    parse_ip,
+    parse_service,
+    parse_slice,
+    refusal,
+    resolve_ports,
+)
+from wholeip.core.objects import namespaced_name
+from wholeip.nft.doc import Elem, TableDoc
+from wholeip.settings import IPNetwork, ModelSettings
+
+ServiceKey = tuple[str, str]
+"""(namespace, name)."""
+
+Touched = dict[str, set[Elem]]
+"""Per set: the elements an update added or removed (a changed map entry: both pairs)."""
+
+Ready = tuple[str | None, ...]
+"""Ready endpoints, flat: pod IP as text, its node name, the next pod IP, its node...
+(one endpoint, the usual case, is one 2-tuple rather than a tuple holding a pair)."""
+
+
+def _pairs(ready: Ready) -> list[tuple[str, str | None]]:
+    return [(ready[i], ready[i + 1]) for i in range(0, len(ready), 2)]  # type: ignore[misc]
+
+
+def _flat(pairs: Iterable[tuple[str, str | None]]) -> Ready:
+    return tuple(x for pair in pairs for x in pair)
+
+
+_SKELETON = skeleton()
+_NO_PORTS: tuple[tuple[tuple[str, str], int], ...] = ()
+_SHAPES_MAX = 4096
+"""Most distinct slice port lists kept shared (see ``ClusterIndex._shared_ports``)."""
+
+
+service_key = namespaced_name
+"""The key of a Service or EndpointSlice in the index."""
+
+
+# The index holds one record per object, at 100,000 Services: plain tuples (a NamedTuple
+# costs what a tuple costs), addresses as their canonical text (the very strings the
+# table's elements hold), and no dict where a tuple does.
+
+
+def _service_ref(key: ServiceKey, uid: str | bytes) -> ObjectRef:
+    # Made when asked (problems, mappings): one ObjectRef per Service would cost 7 MiB at 100,000.
+    return ObjectRef("Service", key[0], key[1], str(uuid.UUID(bytes=uid)) if isinstance(uid, bytes) else uid)
+
+
+def _pack_uid(uid: str) -> str | bytes:
+    """A UUID in its canonical text (what the API server hands out) as its 16 bytes: 49
+    bytes of Python instead of 85; anything else as it is."""
+    try:
+        packed = uuid.UUID(uid)
+    except ValueError:
+        return uid
+    return packed.bytes if str(packed) == uid else uid
+
+
+class _Slice(NamedTuple):
+    """What the index keeps of an EndpointSlice."""
+
+    service: ServiceKey
+    family: int
+    ready: Ready
+    """Ready endpoints inside the family's pod networks."""
+    outside: tuple[str, ...]
+    """Ready endpoints outside them (ignored, reported on the Service)."""
+    ports: tuple[tuple[tuple[str, str], int], ...]
+    """((port name, protocol), pod port) pairs."""
+
+
+class _View(NamedTuple):
+    """A managed Service with its endpoints (one record per Service): what the index keeps
+    of the parsed Service (:class:`ServiceInfo`, addresses as text, its reference as the
+    key it is filed under and its uid), then what its slices add (empty until
+    :meth:`ClusterIndex._make_view`). It is also what an external IP's mapping is kept
+    as: the pod is the view's ready endpoint of the IP's family (see :func:`_backend`)."""
+
+    key: ServiceKey
+    uid: str | bytes
+    created: int
+    """creationTimestamp in seconds (see :func:`~wholeip.core.model.created_seconds`)."""
+    mode: Mode
+    allow_icmp: bool
+    ext_or_exts: str | tuple[str, ...]
+    """The external IPs: one as itself (nearly every Service), several as a tuple."""
+    raw_ports: tuple[RawPort, ...]
+    source_ranges: tuple[IPNetwork, ...]
+    ready4: Ready = ()
+    ready6: Ready = ()
+    ports: tuple[PortSpec, ...] = ()
+    """What a per-port Service forwards (resolved against its slices)."""
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return _service_ref(self.key, self.uid)
+
+    @property
+    def exts(self) -> tuple[str, ...]:
+        return (self.ext_or_exts,) if isinstance(self.ext_or_exts, str) else self.ext_or_exts
+
+    @property
+    def age_key(self) -> tuple[int, str, str]:
+        return (self.created, *self.key)
+
+
+def _backend(view: _View, ip: str) -> tuple[str, str | None]:
+    """The (pod IP, node) external IP ``ip`` maps to when ``view`` won it: its only ready
+    endpoint of the family, or the lowest address of several."""
+    return _chosen(view.ready4 if _version(ip) == 4 else view.ready6)
+
+
+def _chosen(ready: Ready) -> tuple[str, str | None]:
+    """The one ready endpoint (address, node) of a family, or the lowest address of several."""
+    if len(ready) == 2:
+        return ready[0], ready[1]  # type: ignore[return-value]
+    return min(_pairs(ready), key=lambda r: _numeric(r[0]))
+
+
+class _Side(NamedTuple):
+    """An external IP's mapping, before or after an update, as its elements see it."""
+
+    view: _View
+    egress: bool
+    """The mapping is its pod's egress."""
+    at_pod: PodFilter | None
+    """The filter the pod's node applies for every mapping of the pod, if any."""
+
+
+def _slice_ports(slices: Sequence[_Slice], ready: Mapping[int, Ready]) -> dict[tuple[str, str], int]:
+    """The pod ports a per-port Service's ports resolve with: those of the slice that lists
+    the backend it forwards to (the IPv4 one, else the IPv6 one; the last such slice, as for
+    its endpoint). During a rolling update a named ``targetPort`` can resolve to other
+    numbers in another slice's pods, and only the chosen pod's own numbers say what reaches
+    it. Without a ready endpoint, or when that slice lists no ports: every slice's ports,
+    a later slice's winning."""
+    for family in (4, 6):
+        if ready[family]:
+            chosen = _chosen(ready[family])[0]
+            mine = (sl.ports for sl in reversed(slices) if sl.family == family and chosen in sl.ready[0::2])
+            own = next(mine, ())
+            if own:
+                return dict(own)
+            break
+    merged: dict[tuple[str, str], int] = {}
+    for sl in slices:
+        merged.update(sl.ports)
+    return merged
+
+
+def _shape(ip: str, side: _Side) -> tuple[Any, ...]:
+    """Everything the elements of ``ip``'s mapping depend on."""
+    view = side.view
+    return (*_backend(view, ip), side.egress, side.at_pod, view.mode, view.allow_icmp, view.ports, view.source_ranges)
+
+
+def _version(address: str) -> int:
+    return 6 if ":" in address else 4
+
+
+def _numeric(address: str) -> int:
+    return int(ipaddress.ip_address(address))
+
+
+class ClusterIndex:
+    """The model and the elements of one node's table, updated object by object."""
+
+    def __init__(
+        self,
+        *,
+        settings: ModelSettings,
+        node_name: str,
+        nodes: Iterable[Mapping[str, Any]],
+        table: str = "wholeip",
+    ) -> None:
+        self.settings = settings
+        self.node_name = node_name
+        self.table = table
+        node_problems: list[Problem] = []
+        pod_cidrs, node_ips = node_networks(nodes, node_problems)
+        self.cluster_networks = collapse(
+            [
+                *(settings.cluster_cidrs or pod_cidrs),
+                *settings.service_cidrs,
+                *(ipaddress.ip_network(ip) for ip in node_ips),
+            ]
+        )
+        self._guard_nets = collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs])
+        pod_nets = collapse(settings.cluster_cidrs or pod_cidrs)
+        self._pod_nets = {v: tuple(n for n in pod_nets if n.version == v) for v in (4, 6)}
+        """Where a backend may live, per family (empty: that family's pod networks are unknown)."""
+        self._node_ips = frozenset(node_ips)
+        self._node_problems = tuple(node_problems)
+        self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
+        # EndpointSlices, and which ones each Service has (one key, or a list of several).
+        self._slices: dict[str, _Slice] = {}
+        self._slices_of: dict[ServiceKey, str | list[str]] = {}
+        self._slice_problems: dict[str, tuple[Problem, ...]] = {}
+        self._port_shapes: dict[Any, Any] = {}
+        # Managed Services with their endpoints, and who claims which external IP.
+        self._views: dict[ServiceKey, _View] = {}
+        self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
+        self._claims: dict[str, ServiceKey | list[ServiceKey]] = {}
+        self._ip_problems: dict[str, tuple[Problem, ...]] = {}
+        self._winners: dict[str, _View] = {}
+        """External IP -> the Service that won it (the mapping, see :func:`_backend`)."""
+        self._pods: dict[str, str | list[str]] = {}
+        """Pod IP -> the external IPs mapped to it, the one it leaves with first."""
+        self._pod_problems: dict[str, tuple[Problem, ...]] = {}
+        self.elements: dict[str, set[Elem]] = empty_elements()
+        """Live sets: the table's elements as of the last update (read only outside)."""
+        for name, elem in network_elements(self.cluster_networks):
+            self.elements[name].add(elem)
+
+    # ------------------------------------------------------------------ input
+
+    def update(
+        self,
+        *,
+        services: Mapping[ServiceKey, Sequence[Mapping[str, Any]]] = {},
+        slices: Mapping[str, Mapping[str, Any] | None] = {},
+    ) -> Touched:
+        """Apply changed objects; return the elements that changed.
+
+        ``services``: key -> the Service objects now under that key (none: deleted;
+        more than one only in a flat list with duplicates). ``slices``: any unique
+        slice key -> the slice now (None: deleted).
+        """
+        dirty: set[ServiceKey] = set(services)
+        for skey, obj in slices.items():
+            old = self._slices.pop(skey, None)
+            self._slice_problems.pop(skey, None)
+            if old is not None:
+                _discard(self._slices_of, old.service, skey)
+                dirty.add(old.service)
+            new = self._ingest_slice(skey, obj) if obj is not None else None
+            if new is not None:
+                view = self._views.get(new.service)
+                if view is not None:
+                    new = new._replace(service=view.key)  # one key object per Service
+                self._slices[skey] = new
+                _add(self._slices_of, new.service, skey)
+                dirty.add(new.service)
+        parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
+        affected: set[str] = set()
+        for key in dirty:
+            old_view = self._views.pop(key, None)
+            self._view_problems.pop(key, None)
+            svc = parsed.get(key, old_view)
+            if old_view is not None:
+                for ip in old_view.exts:
+                    _discard(self._claims, ip, key)
+                affected.update(old_view.exts)
+            if svc is not None:
+                view = self._make_view(svc)
+                self._views[view.key] = view
+                if view.problems:
+                    self._view_problems[key] = view.problems
+                for ip in svc.exts:
+                    _add(self._claims, ip, view.key)
+                self._share_key(view.key)
+                affected.update(svc.exts)
+        # Resolve the external IPs, remembering how each one's mapping looked before.
+        before: dict[str, _View | None] = {}
+        pods: set[str] = set()
+        gained: dict[str, set[str]] = {}
+        for ip in affected:
+            was = before[ip] = self._winners.pop(ip, None)
+            now = self._resolve_ip(ip)
+            if was is not None:
+                pods.add(_backend(was, ip)[0])
+            if now is not None:
+                self._winners[ip] = now
+                pod = _backend(now, ip)[0]
+                gained.setdefault(pod, set()).add(ip)
+                pods.add(pod)
+
+        def old_winner(ext: str) -> _View | None:
+            return before[ext] if ext in before else self._winners.get(ext)
+
+        egress_before = {pod: _first(self._pods.get(pod)) for pod in pods}
+        at_pod_before = {pod: self._at_pod(pod, old_winner) for pod in pods}
+        refresh = set(affected)
+        for pod in pods:
+            refresh.update(self._resolve_egress(pod, gained.get(pod, set())))
+        at_pod_now = {pod: self._at_pod(pod, self._winners.get) for pod in pods}
+        # (mapping, is the pod's egress, its pod's node filters for it): every pod here is in
+        # ``pods`` (an external IP in ``refresh`` was affected, or is one of those pods').
+        changed: list[tuple[str, _Side | None, _Side | None]] = []
+        for ip in refresh:
+            was_side = now_side = None
+            if (was := old_winner(ip)) is not None:
+                pod = _backend(was, ip)[0]
+                was_side = _Side(was, egress_before[pod] == ip, at_pod_before[pod])
+            if (now := self._winners.get(ip)) is not None:
+                pod = _backend(now, ip)[0]
+                now_side = _Side(now, _first(self._pods.get(pod)) == ip, at_pod_now[pod])
+            if (was_side and _shape(ip, was_side)) != (now_side and _shape(ip, now_side)):
+                changed.append((ip, was_side, now_side))
+        # Every removal before any addition: while a pod's egress moves from one mapping
+        # to another, both contribute the same self-hairpin element.
+        touched: Touched = {}
+        for ip, was_side, _ in changed:
+            # A mapping's elements are a pure function of it: recomputed, not stored.
+            for name, elem in self._elements_of(ip, was_side) if was_side is not None else ():
+                self.elements[name].discard(elem)
+                touched.setdefault(name, set()).add(elem)
+        for ip, _, now_side in changed:
+            for name, elem in self._elements_of(ip, now_side) if now_side is not None else ():
+                self.elements[name].add(elem)
+                touched.setdefault(name, set()).add(elem)
+        return touched
+
+    def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:
+        """The filter the pod's node applies for every mapping of the pod (see
+        :func:`wholeip.core.compile.pod_filter`); ``winner``: the mapping of an external IP
+        (now, or as it was before an update)."""
+        filters = []
+        for ext in _values(self._pods.get(pod)):
+            w = winner(ext)
+            if w is not None:
+                filters.append(udp_filter(w.mode, w.ports, w.source_ranges))
+        return pod_filter(filters)
+
+    def _share_key(self, key: ServiceKey) -> None:
+        """File the Service's slices under the very key object its view holds (slices
+        arrive first at start-up, each with a key tuple and name string of its own)."""
+        skeys = _values(self._slices_of.get(key))
+        if all(self._slices[skey].service is key for skey in skeys):
+            return
+        self._slices_of[key] = self._slices_of.pop(key)
+        for skey in skeys:
+            self._slices[skey] = self._slices[skey]._replace(service=key)
+
+    def compact(self) -> None:
+        """Drop the dicts' deleted slots after a bulk load (re-filed keys leave them)."""
+        self._slices_of = dict(self._slices_of)
+
+    def _elements_of(self, ip: str, side: _Side) -> list[tuple[str, Elem]]:
+        win = side.view
+        pod, node = _backend(win, ip)
+        return entry_elements(
+            ip,
+            pod,
+            egress_here=side.egress and node == self.node_name,
+            mode=win.mode,
+            allow_icmp=win.allow_icmp,
+            ports=win.ports,
+            source_ranges=win.source_ranges,
+            at_pod=side.at_pod,
+            pod_elsewhere=node is not None and node != self.node_name,
+        )
+
+    def _ingest_slice(self, skey: str, obj: Mapping[str, Any]) -> _Slice | None:
+        info = parse_slice(obj)
+        if info is None:
+            return None
+        if info.problems:
+            self._slice_problems[skey] = info.problems
+        nets = self._pod_nets[info.family]
+        ready: list[tuple[str, str | None]] = []
+        outside: list[str] = []
+        for address, node in info.ready.items():
+            if nets and not any(address in n for n in nets):
+                # A hand-written EndpointSlice must not point a whole IP at another
+                # tenant's address or a node (the CVE-2021-25740 pattern).
+                outside.append(str(address))
+            else:
+                ready.append((str(address), sys.intern(node) if node is not None else None))
+        return _Slice(
+            service=(sys.intern(info.service[0]), info.service[1]),
+            family=info.family,
+            ready=_flat(ready),
+            outside=tuple(outside),
+            ports=self._shared_ports(tuple(info.ports.items())),
+        )
+
+    def _shared_ports(self, ports: tuple[tuple[tuple[str, str], int], ...]) -> tuple[tuple[tuple[str, str], int], ...]:
+        # Most slices list the same few ports: keep one copy of each list (bounded).
+        if not ports:
+            return _NO_PORTS
+        shared = self._port_shapes.get(ports)
+        if shared is None:
+            if len(self._port_shapes) >= _SHAPES_MAX:
+                self._port_shapes.clear()
+            shared = self._port_shapes[ports] = ports
+        return shared
+
+    def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> _View | None:
+        problems: list[Problem] = []
+        parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
+        # Same-age duplicates (a flat list holding one Service twice): content decides, not input order.
+        parsed.sort(key=lambda s: (s.age_key, s.ref.uid, repr(s)))
+        for dup in parsed[1:]:
+            problems.append(
+                Problem(dup.ref, "DuplicateObject", "the same Service appears twice; the first one is used")
+            )
+        if problems:
+            self._parse_problems[key] = tuple(problems)
+        else:
+            self._parse_problems.pop(key, None)
+        if not parsed:
+            return None
+        info = parsed[0]
+        exts = tuple(map(str, info.external_ips))
+        return _View(
+            key=(sys.intern(info.ref.namespace), info.ref.name),
+            uid=_pack_uid(info.ref.uid),
+            created=created_seconds(info.created),
+            mode=info.mode,
+            allow_icmp=info.allow_icmp,
+            ext_or_exts=exts[0] if len(exts) == 1 else exts,
+            raw_ports=info.ports,
+            source_ranges=info.source_ranges,
+        )
+
+    def _make_view(self, svc: _View) -> _View:
+        ready: dict[int, Ready] = {4: (), 6: ()}
+        outside: dict[int, set[str]] = {4: set(), 6: set()}
+        merged: dict[int, dict[str, str | None]] = {}
+        slices = [self._slices[skey] for skey in sorted(_values(self._slices_of.get(svc.key)))]
+        for sl in slices:
+            outside[sl.family].update(sl.outside)
+            if not ready[sl.family]:
+                # One slice per family (the usual case): share its endpoints, copy nothing.
+                ready[sl.family] = sl.ready
+            elif sl.ready:
+                # Several: a later slice's entry for the same address wins.
+                into = merged.setdefault(sl.family, dict(_pairs(ready[sl.family])))
+                into.update(_pairs(sl.ready))
+                ready[sl.family] = _flat(into.items())
+        problems: list[Problem] = []
+        for family in (4, 6):
+            nets = self._pod_nets[family]
+            problems += [
+                Problem(
+                    svc.ref,
+                    "EndpointOutsidePodNetwork",
+                    f"endpoint {a} lies outside the pod networks ({', '.join(map(str, nets))}); ignored",
+                )
+                for a in sorted(outside[family] - set(ready[family][0::2]), key=_numeric)
+            ]
+        if not svc.exts:
+            problems.append(
+                Problem(svc.ref, "NoExternalIP", "managed Service has no status.loadBalancer.ingress IP yet", False)
+            )
+            ports: tuple[PortSpec, ...] = ()
+        elif svc.mode is Mode.PER_PORT:
+            ports = resolve_ports(svc.ref, svc.raw_ports, _slice_ports(slices, ready), problems)
+        else:
+            ports = ()
+        return svc._replace(ready4=ready[4], ready6=ready[6], ports=ports, problems=tuple(problems))
+
+    # ------------------------------------------------------------------ resolution
+
+    def _resolve_ip(self, ip: str) -> _View | None:
+        """The oldest claimant with a ready endpoint wins; everybody else learns why not."""
+        claimants = sorted((self._views[k] for k in _values(self._claims.get(ip))), key=lambda v: v.age_key)
+        problems: list[Problem] = []
+        winner: _View | None = None
+        why = (
+            refusal(
+                ipaddress.ip_address(ip),
+                cluster=self._guard_nets,
+                node_ips=self._node_ips,
+                allowed=self.settings.allowed_external_cidrs,
+            )
+            if claimants
+            else None
+        )
+        version = _version(ip)
+        for view in claimants:
+            svc = view
+            if why is not None:
+                problems.append(Problem(svc.ref, "ExternalIPRefused", f"external IP refused: {why}"))
+                continue
+            if winner is not None:
+                owner = winner.ref
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "ExternalIPConflict",
+                        f"external IP {ip} is already claimed by the older Service {owner.namespace}/{owner.name}",
+                    )
+                )
+                continue
+            ready = view.ready4 if version == 4 else view.ready6
+            if not ready:
+                problems.append(
+                    Problem(svc.ref, "NoReadyEndpoint", f"no ready IPv{version} endpoint for external IP {ip}")
+                )
+                continue
+            pod, _ = _backend(view, ip)
+            if len(ready) > 2:
+                problems.append(
+                    Problem(
+                        svc.ref,
+                        "SeveralReadyEndpoints",
+                        f"{len(ready) // 2} ready IPv{version} endpoints; a whole IP maps to one pod,"
+                        f" using {pod} (the lowest address)",
+                    )
+                )
+            winner = view
+        if problems:
+            self._ip_problems[ip] = tuple(problems)
+        else:
+            self._ip_problems.pop(ip, None)
+        return winner
+
+    def _egress_order(self, ext: str) -> tuple[tuple[int, str, str], int]:
+        view = self._winners[ext]
+        return view.age_key, view.exts.index(ext)
+
+    def _resolve_egress(self, pod: str, gained: set[str]) -> tuple[str, ...]:
+        """Which external IP the pod leaves with: its oldest Service's first. ``gained``: the
+        external IPs that now map to the pod and may not have before. Returns the pod's
+        external IPs, before and after."""
+        before = _values(self._pods.get(pod))
+        exts = sorted(
+            {*(e for e in before if (w := self._winners.get(e)) is not None and _backend(w, e)[0] == pod), *gained},
+            key=self._egress_order,
+        )
+        if not exts:
+            self._pods.pop(pod, None)
+            self._pod_problems.pop(pod, None)
+            return tuple(before)
+        self._pods[pod] = exts[0] if len(exts) == 1 else exts
+        first = self._winners[exts[0]].ref
+        problems = [
+            Problem(
+                ref,
+                "EgressClaimedByOlderService",
+                f"pod {pod} already leaves with the external IP of the older Service {first.namespace}/{first.name}",
+                warning=False,
+            )
+            for ref in (self._winners[e].ref for e in exts[1:])
+            if ref != first
+        ]
+        if problems:
+            self._pod_problems[pod] = tuple(problems)
+        else:
+            self._pod_problems.pop(pod, None)
+        return (*before, *exts)
+
+    # ------------------------------------------------------------------ output
+
+    def doc(self) -> TableDoc:
+        """The table, over the live sets (valid until the next update)."""
+        return TableDoc(family=FAMILY, name=self.table, skeleton=_SKELETON, elements=self.elements)
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Every problem, in no particular order (a :class:`~wholeip.core.model.ProblemSource`)."""
+        out: list[Problem] = [*self._node_problems]
+        groups: tuple[Mapping[Any, tuple[Problem, ...]], ...] = (
+            self._parse_problems,
+            self._slice_problems,
+            self._view_problems,
+            self._ip_problems,
+            self._pod_problems,
+        )
+        for group in groups:
+            for problems in group.values():
+                out += problems
+        return out
+
+    def owner(self, address: str) -> ObjectRef | None:
+        """The Service whose mapping an element keyed by ``address`` belongs to (external IP,
+        or the pod IP of an egress element), if any."""
+        ip = parse_ip(address)
+        if ip is None:
+            return None
+        text = str(ip)
+        win = self._winners.get(text)
+        if win is None:
+            egress = _first(self._pods.get(text))
+            win = self._winners.get(egress) if egress is not None else None
+        return win.ref if win is not None else None
+
+    def mapping_count(self) -> int:
+        return len(self._winners)
+
+    def backend_nodes(self, namespace: str, name: str) -> list[str | None]:
+        """The nodes of the pods a Service's mappings point at."""
+        view = self._views.get((namespace, name))
+        if view is None:
+            return []
+        return [
+            _backend(w, ip)[1]
+            for ip, w in ((ip, self._winners.get(ip)) for ip in view.exts)
+            if w is not None and w.key == view.key  # a lost claim is the winner's mapping
+        ]
+
+    def mappings(self) -> list[Mapping1to1]:
+        """Every mapping, as the model's type (built on demand: the index keeps text)."""
+        out = []
+        for ext, win in self._winners.items():
+            pod, node = _backend(win, ext)
+            out.append(
+                Mapping1to1(
+                    service=win.ref,
+                    external_ip=ipaddress.ip_address(ext),
+                    pod_ip=ipaddress.ip_address(pod),
+                    node_name=node,
+                    mode=win.mode,
+                    allow_icmp=win.allow_icmp,
+                    ports=win.ports,
+                    source_ranges=win.source_ranges,
+                    egress=_first(self._pods.get(pod)) == ext,
+                )
+            )
+        return out
+
+    def state(self) -> ClusterState:
+        """The whole model as one immutable ClusterState (costs O(Services))."""
+        return ClusterState(
+            mappings=tuple(sorted(self.mappings(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
+            cluster_networks=self.cluster_networks,
+            problems=tuple(sorted(self.problems, key=_problem_order)),
+            managed_services=tuple(sorted(v.ref for v in self._views.values())),
+        )
+
+
+# One value, or a list of several: nearly every entry holds one value, and a one-tuple
+# or a set per entry costs tens of MiB at 100,000 Services. (A list, not a tuple, marks
+# several: a ServiceKey is itself a tuple.)
+
+
+def _values(entry: Any) -> list[Any]:
+    if entry is None:
+        return []
+    return list(entry) if isinstance(entry, list) else [entry]
+
+
+def _first(entry: Any) -> Any:
+    if isinstance(entry, list):
+        return entry[0]
+    return entry
+
+
+def _add(index: dict[Any, Any], key: Any, value: Any) -> None:
+    have = index.get(key)
+    if have is None:
+        index[key] = value
+    elif isinstance(have, list):
+        if value not in have:
+            have.append(value)
+    elif have != value:
+        index[key] = [have, value]
+
+
+def _discard(index: dict[Any, Any], key: Any, value: Any) -> None:
+    have = index.get(key)
+    if isinstance(have, list):
+        rest = [v for v in have if v != value]
+        index[key] = rest if len(rest) > 1 else rest[0]
+    elif have == value:
+        del index[key]
+
+
+def _problem_order(p: Problem) -> tuple[ObjectRef, str, str]:
+    return (p.ref, p.reason, p.message)
+
+
+def load(
+    *,
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str,
+    settings: ModelSettings,
+    table: str = "wholeip",
+) -> ClusterIndex:
+    """An index holding every given object (duplicates allowed, as in a flat list).
+
+    The cyclic garbage collector is paused meanwhile: the index is hundreds of thousands
+    of new, long-lived, acyclic objects, and every collection on the way would scan all
+    of them again (a third of the time at 100,000 Services).
+    """
+    with gc_paused():
+        return _load(services, endpoint_slices, nodes, node_name, settings, table)
+
+
+def load_unique(
+    *,
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str,
+    settings: ModelSettings,
+    table: str = "wholeip",
+    batch: int = 2000,
+) -> ClusterIndex:
+    """An index of objects with unique keys (an informer's cache), read as a stream.
+
+    Nothing is kept of an object but what the index makes of it, so a cache that
+    decodes objects on the way (:class:`~wholeip.kube.informer.PackedCache`) is never
+    held decoded as a whole. Slices go first, so each Service is resolved once.
+    """
+    with gc_paused():
+        index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
+        pending: dict[str, Mapping[str, Any] | None] = {}
+        for obj in endpoint_slices:
+            ns, name = service_key(obj)
+            pending[f"{ns}/{name}" if ns else name] = obj
+            if len(pending) >= batch:
+                index.update(slices=pending)
+                pending = {}
+        index.update(slices=pending)
+        grouped: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+        for obj in services:
+            grouped[service_key(obj)] = [obj]
+            if len(grouped) >= batch:
+                index.update(services=grouped)
+                grouped = {}
+        index.update(services=grouped)
+        index.compact()
+        return index
+
+
+def _load(
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str,
+    settings: ModelSettings,
+    table: str,
+) -> ClusterIndex:
+    index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
+    grouped: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+    for obj in services:
+        grouped.setdefault(service_key(obj), []).append(obj)
+    by_base: dict[str, list[Mapping[str, Any]]] = {}
+    for obj in endpoint_slices:
+        ns, name = service_key(obj)
+        by_base.setdefault(f"{ns}/{name}" if ns else name, []).append(obj)  # the informers' cache key
+    slices: dict[str, Mapping[str, Any]] = {}
+    for base, objs in by_base.items():
+        # Duplicates in a flat list: keep them all, numbered by content (a later slice's
+        # endpoints win), so that input order never decides.
+        for obj in sorted(objs, key=repr) if len(objs) > 1 else objs:
+            key, n = base, 0
+            while key in slices:
+                n += 1
+                key = f"{base}#{n}"
+            slices[key] = obj
+    index.update(services=grouped, slices=slices)
+    index.compact()
+    return index
+
+
+# --------------------------------------------------------------------------- the state at once
+
+
+def _split_kinds(objects: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], ...]:
+    services: list[Mapping[str, Any]] = []
+    slices: list[Mapping[str, Any]] = []
+    nodes: list[Mapping[str, Any]] = []
+    for obj in objects:
+        kind = obj.get("kind")
+        if kind == "Service":
+            services.append(obj)
+        elif kind == "EndpointSlice":
+            slices.append(obj)
+        elif kind == "Node":
+            nodes.append(obj)
+    return services, slices, nodes
+
+
+def build_state_from_objects(
+    objects: Iterable[Mapping[str, Any]], *, node_name: str, settings: ModelSettings
+) -> ClusterState:
+    """Like :func:`build_state`, for a flat list of objects of any kind (others are ignored)."""
+    services, slices, nodes = _split_kinds(objects)
+    return build_state(
+        services=services,
+        endpoint_slices=slices,
+        nodes=nodes,
+        node_name=node_name,
+        settings=settings,
+    )
+
+
+def build_state(
+    *,
+    services: Iterable[Mapping[str, Any]],
+    endpoint_slices: Iterable[Mapping[str, Any]],
+    nodes: Iterable[Mapping[str, Any]],
+    node_name: str,
+    settings: ModelSettings,
+) -> ClusterState:
+    """The ClusterState for the given raw objects, seen from node ``node_name``.
+
+    Deterministic: the same objects in any order give an equal state. The work is done
+    by :class:`ClusterIndex` (the agent keeps one current, object by
+    object); this is the same index filled at once.
+    """
+    return load(
+        services=services, endpoint_slices=endpoint_slices, nodes=nodes, node_name=node_name, settings=settings
+    ).state()

@@ -1,0 +1,99 @@
+"""Every name wholeip shares with the outside world, declared once.
+
+Two kinds of names live here and nowhere else:
+
+* the Kubernetes keys users write (annotations, labels) and the ones we read
+  from other components;
+* the nftables table and every set, map and chain in it. The ruleset, the
+  elements, the conntrack cleaner, the metrics and the tests all spell them
+  through these constants, so a rename is one line and a typo is a NameError,
+  not a silently empty map.
+
+A set that exists once per address family is a :class:`PerFamily`:
+``INGRESS[4] == "ingress4"``, ``INGRESS[6] == "ingress6"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+# --------------------------------------------------------------------------- Kubernetes keys
+
+WHOLE_IP_ANNOTATION: Final = "networking.cozystack.io/wholeIP"
+"""``"true"`` selects a Service for whole-IP 1:1 NAT."""
+ALLOW_ICMP_ANNOTATION: Final = "networking.cozystack.io/allowICMP"
+"""``"true"`` lets ICMP through a per-port Service's filter."""
+PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
+"""The label that delegates a Service to a proxy other than kube-proxy."""
+SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
+"""The label that ties an EndpointSlice to its Service."""
+
+# --------------------------------------------------------------------------- nftables
+
+FAMILY: Final = "inet"
+"""The table's family: one table for IPv4 and IPv6."""
+TABLE: Final = "wholeip"
+"""The one table wholeip owns (``--table`` may rename it; nothing else is touched)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PerFamily:
+    """A set, map or chain declared once for both families."""
+
+    stem: str
+
+    def __getitem__(self, version: int) -> str:
+        if version not in (4, 6):
+            raise KeyError(version)
+        return f"{self.stem}{version}"
+
+    @property
+    def both(self) -> tuple[str, str]:
+        """The IPv4 and the IPv6 name, in that order."""
+        return (self[4], self[6])
+
+
+# Maps and sets, per family.
+CLUSTER: Final = PerFamily("cluster")
+"""Interval set: the cluster's networks (pods, Services, nodes): east-west traffic."""
+INGRESS: Final = PerFamily("ingress")
+"""Map external IP -> pod IP (the inbound rewrite)."""
+EGRESS: Final = PerFamily("egress")
+"""Map pod IP -> external IP (the pod's own outbound flows)."""
+SELF_HAIRPIN: Final = PerFamily("selfhairpin")
+"""Set of (pod, pod): a pod reaching itself through its own external IP."""
+DISPATCH: Final = PerFamily("dispatch")
+"""Verdict map external IP -> the mode's chain, where the packet arrives."""
+AWAY: Final = PerFamily("away")
+"""Set of external IPs whose pod lives on another node."""
+ARRIVE: Final = PerFamily("arrive")
+"""Verdict map pod IP -> the mode's chain, at the pod's node (UDP/SCTP filtered there)."""
+FILTERED: Final = PerFamily("filtered")
+"""Set of keys (external or pod IP) whose traffic passes a filter."""
+PORTS: Final = PerFamily("ports")
+"""Set of (key, protocol, port): the ports a per-port key lets in."""
+ICMP: Final = PerFamily("icmp")
+"""Set of keys that let ICMP in (``allowICMP``)."""
+RANGED: Final = PerFamily("ranged")
+"""Set of keys with ``loadBalancerSourceRanges``."""
+SOURCES: Final = PerFamily("sources")
+"""Interval set of (key, source network) those ranges allow."""
+FLOWS: Final = PerFamily("flows")
+"""Dynamic set: the pod's own untracked flows, so that their replies pass the filter."""
+ICMPFIX4: Final = "icmpfix4"
+"""Map (external IP, pod IP as integer) -> checksum compensation for ICMPv4 errors."""
+ICMPGUARD6: Final = "icmpguard6"
+"""Set of (external IP, pod IP as integer): ICMPv6 errors whose quoted header is rewritten."""
+
+# Chains.
+RAW_PREROUTING: Final = "raw_prerouting"
+ICMP_ERRORS: Final = "icmp_errors"
+CT_DECIDED: Final = "ct_decided"
+UNTRACKED: Final = PerFamily("untracked")
+PER_PORT: Final = PerFamily("per_port")
+WHOLE_IP: Final = PerFamily("whole_ip")
+HAIRPIN_PREROUTING: Final = "hairpin_prerouting"
+HAIRPIN_OUTPUT: Final = "hairpin_output"
+HAIRPIN_POSTROUTING: Final = "hairpin_postrouting"
+STATELESS_POSTROUTING: Final = "stateless_postrouting"
