@@ -21,7 +21,7 @@ pytestmark = pytest.mark.kernel
 def _run(tmp_path: Path, module: str, *args: str) -> Any:
     out = tmp_path / f"{module}.json"
     proc = subprocess.run(
-        [sys.executable, "-m", f"wholeip.{module}", *args, "--out", str(out)],
+        [sys.executable, "-m", f"wholeip_bench.{module}", *args, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -32,7 +32,7 @@ def _run(tmp_path: Path, module: str, *args: str) -> Any:
 
 
 def test_cold_commit_against_the_nft_f_floor(kernel_ok: None, tmp_path: Path) -> None:
-    rows = _run(tmp_path, "bench", "--sizes", "100,1000")
+    rows = _run(tmp_path, "commit", "--sizes", "100,1000")
     assert [r["services"] for r in rows] == [100, 1000]
     for r in rows:
         # Three elements a whole-IP Service (ingress, ICMP fix, egress), plus the cluster networks.
@@ -44,7 +44,7 @@ def test_cold_commit_against_the_nft_f_floor(kernel_ok: None, tmp_path: Path) ->
 
 
 def test_one_change_inside_the_running_agent(kernel_ok: None, tmp_path: Path) -> None:
-    (r,) = _run(tmp_path, "benchchange", "--sizes", "300", "--changes", "20")
+    (r,) = _run(tmp_path, "change", "--sizes", "300", "--changes", "20")
     assert r["services"] == 300
     assert r["changes"] == 20
     # Each change moved a pod within the node's pod network: elements were added, not only deleted.
