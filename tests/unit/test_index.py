@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wholeip.core import compile
-from wholeip.core.index import ClusterIndex, load
+from wholeip.core.index import ClusterIndex, build_state, load
 from wholeip.engine import Engine
 from wholeip.nft.diff import diff
 from wholeip.nft.fake import FakeBackend
@@ -155,7 +155,7 @@ def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
         else:
             slices.pop(arg, None)
             touched = index.update(slices={f"ns/{arg}": None})
-        fresh_state = index.build_state(
+        fresh_state = build_state(
             services=services.values(),
             endpoint_slices=slices.values(),
             nodes=NODES,
@@ -196,7 +196,7 @@ def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
     assert 1 <= result.plan.deleted <= 4
     assert 1 <= result.plan.added <= 4
     fresh = compile.compile_table(
-        index.build_state(
+        build_state(
             services=services,
             endpoint_slices=[moved, *slices[1:]],
             nodes=nodes,
