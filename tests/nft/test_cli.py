@@ -19,9 +19,15 @@ WHOLEIP = [sys.executable, "-m", "wholeip"]
 
 
 def run(
-    *args: str, ns: Netns | None = None, stdin: str | None = None, env: dict[str, str] | None = None
+    *args: str,
+    ns: Netns | None = None,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    close_stdin: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     argv = [*WHOLEIP, *args]
+    if close_stdin:  # as the shell's '<&-' does: file descriptor 0 is not open at all
+        argv = ["sh", "-c", 'exec "$@" <&-', "sh", *argv]
     if ns is not None:
         argv = ["ip", "netns", "exec", ns.name, *argv]
     full_env = {**os.environ, **(env or {})}
@@ -145,3 +151,86 @@ def test_apply_ten_thousand_services(netns: Netns, tmp_path: Path) -> None:
     assert len(json.loads(count.stdout)["nftables"][1]["map"]["elem"]) == 10_000
     again = run("apply", "-f", str(path), "--node-name", "n1", ns=netns)
     assert again.stdout.startswith("applied: no changes")
+
+
+# -- issue 15: empty input and a closed standard input ------------------------
+
+
+def ingress4(ns: Netns) -> list[Any]:
+    listing = ns.run(["nft", "-j", "list", "map", "inet", "wholeip", "ingress4"])
+    assert listing.returncode == 0, listing.stderr
+    return list(json.loads(listing.stdout)["nftables"][1]["map"].get("elem", []))
+
+
+def test_render_refuses_empty_input(tmp_path: Path) -> None:
+    empty = write_yaml(tmp_path, "")
+    for args, stdin in ((["-f", str(empty)], None), (["-f", "-"], "")):
+        result = run("render", *args, "--node-name", "n1", stdin=stdin)
+        assert result.returncode == 2, result
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert "no Kubernetes objects" in line
+        assert "--allow-empty" in line
+
+
+@pytest.mark.kernel
+def test_empty_input_deletes_nothing_unless_allowed(netns: Netns, cluster_file: Path, tmp_path: Path) -> None:
+    """A failed 'kubectl get ... | wholeip apply -f -' must not wipe the node's mappings."""
+    assert run("apply", "-f", str(cluster_file), "--node-name", "n1", ns=netns).returncode == 0
+    before = ingress4(netns)
+    assert ["100.64.0.1", "10.128.0.10"] in before
+    empty = write_yaml(tmp_path, "")
+    kubectl_found_nothing = tmp_path / "nothing.yaml"
+    kubectl_found_nothing.write_text("apiVersion: v1\nitems: []\nkind: List\nmetadata:\n  resourceVersion: ''\n")
+    for command in ("apply", "diff"):
+        for args, stdin in (
+            (["-f", str(empty)], None),
+            (["-f", "-"], ""),
+            (["-f", str(kubectl_found_nothing)], None),
+            (["-f", str(empty), "-f", "-"], ""),
+        ):
+            result = run(command, *args, "--node-name", "n1", ns=netns, stdin=stdin)
+            assert result.returncode == 2, (command, args, result)
+            assert result.stdout == ""
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1, result.stderr
+            assert "no Kubernetes objects" in errors[0], result.stderr
+            assert ingress4(netns) == before, (command, args)
+    # Objects of other kinds only: not empty, so taken at its word (with a note).
+    other = write_yaml(tmp_path, "kind: ConfigMap\nmetadata: {name: a}\n")
+    noted = run("diff", "-f", str(other), "--node-name", "n1", ns=netns)
+    assert noted.returncode == 1
+    assert "but no Service, EndpointSlice or Node" in noted.stderr
+    assert ingress4(netns) == before
+    # --allow-empty: the operator means it, every mapping goes.
+    allowed = run("apply", "-f", "-", "--allow-empty", "--node-name", "n1", ns=netns, stdin="")
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.startswith("applied:")
+    assert ingress4(netns) == []
+
+
+def test_closed_stdin_render_is_one_line() -> None:
+    result = run("render", "-f", "-", "--node-name", "n1", close_stdin=True)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["error: -: standard input is closed, there is nothing to read"]
+
+
+@pytest.mark.kernel
+def test_closed_stdin_diff_and_apply_are_one_line_and_touch_nothing(netns: Netns, cluster_file: Path) -> None:
+    assert run("apply", "-f", str(cluster_file), "--node-name", "n1", ns=netns).returncode == 0
+    before = ingress4(netns)
+    for command in ("diff", "apply"):
+        result = run(command, "-f", "-", "--node-name", "n1", ns=netns, close_stdin=True)
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr
+        assert result.stderr.splitlines() == ["error: -: standard input is closed, there is nothing to read"]
+    assert ingress4(netns) == before
+
+
+def test_undecodable_stdin_under_a_c_locale_is_one_line() -> None:
+    argv = [*WHOLEIP, "render", "-f", "-", "--node-name", "n1"]
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+    result = subprocess.run(argv, input=b"\xff\xfe", capture_output=True, env=env, timeout=120, check=False)
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == ["error: -: not UTF-8 text"]

@@ -2,7 +2,9 @@
 
 Every flag has an environment twin named ``WHOLEIP_<FLAG>`` (``--node-name`` is
 ``WHOLEIP_NODE_NAME``, and ``NODE_NAME`` as set by the downward API also
-works). A flag given on the command line wins over the environment.
+works). A flag given on the command line wins over the environment. The
+exceptions are per-invocation choices: ``-f`` and ``--allow-empty`` (an
+exported variable must not quietly turn that safety off).
 """
 
 from __future__ import annotations
@@ -130,6 +132,16 @@ def add_file_flag(p: EnvDefaults) -> None:
         help=(
             "cluster file: Services, EndpointSlices and Nodes as 'kubectl get -o yaml' prints them"
             " ('-' for stdin); repeatable"
+        ),
+    )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help=(
+            "accept input without any Kubernetes object (an empty file or stdin): apply then removes"
+            " every mapping. Without it render, diff and apply refuse such input with exit 2, since"
+            " it is what a failed 'kubectl get ... | wholeip apply -f -' sends"
+            " (command line only, no environment twin)"
         ),
     )
 

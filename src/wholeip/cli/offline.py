@@ -13,9 +13,12 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wholeip.cli import flags
+
+if TYPE_CHECKING:
+    from wholeip.cli.clusterfile import Parsed
 
 EXIT_OK = 0
 EXIT_CHANGES = 1
@@ -30,14 +33,46 @@ def desired_table(args: argparse.Namespace) -> Any:
     from wholeip.cli import clusterfile
     from wholeip.core import compile, index
 
-    objects, notes = clusterfile.load(args.filename)
-    for note in notes:
+    loaded = clusterfile.load(args.filename)
+    for note in loaded.notes:
         say(f"note: {note}")
-    state = index.build_state_from_objects(objects, node_name=args.node_name, settings=flags.model_settings(args))
+    check_not_empty(loaded, args)
+    state = index.build_state_from_objects(
+        loaded.objects, node_name=args.node_name, settings=flags.model_settings(args)
+    )
     for problem in state.problems:
         level = "warning" if problem.warning else "note"
         say(f"{level}: {problem.ref}: {problem.reason}: {problem.message}")
     return compile.compile_table(state, node_name=args.node_name, table=args.table)
+
+
+_EMPTY_WOULD = {
+    "apply": "applying it would remove every mapping",
+    "diff": "it would show every mapping removed",
+    "render": "it would render a table without mappings",
+}
+
+
+def check_not_empty(loaded: Parsed, args: argparse.Namespace) -> None:
+    """Refuse input without a single Kubernetes object unless ``--allow-empty``.
+
+    An empty file is what a failed ``kubectl get ... | wholeip apply -f -``
+    sends; taken at its word it means "no Services", and apply would delete every
+    mapping. A file of other kinds only is not empty: it gets a note.
+    """
+    from wholeip.cli.clusterfile import InputError
+
+    if loaded.total == 0:
+        what = "the cluster files" if len(args.filename) > 1 else args.filename[0]
+        what = "standard input" if what == "-" else what
+        if not args.allow_empty:
+            raise InputError(
+                f"{what}: no Kubernetes objects (empty input); refusing, {_EMPTY_WOULD[args.command]}"
+                " (give --allow-empty if that is meant)"
+            )
+        say(f"note: {what}: no Kubernetes objects, accepted (--allow-empty): the table holds no mappings")
+    elif not loaded.objects:
+        say(f"note: {loaded.total} object(s) but no Service, EndpointSlice or Node: the table holds no mappings")
 
 
 def engine(args: argparse.Namespace) -> Any:
