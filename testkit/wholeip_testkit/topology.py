@@ -1,9 +1,9 @@
 """A two-node cluster in network namespaces, for real-kernel tests of the datapath.
 
-The topology is the one of ``datapath.md``::
+The topology is the one of ``docs/datapath.md``::
 
     ext (198.51.100.2, 2001:db8:1::2)
-     |  eth0 <-> rtr:ext0                       (optionally a small MTU: row 13)
+     |  eth0 <-> rtr:ext0                       (optionally a small MTU: docs/datapath.md row 13)
     rtr  bridge br0 192.0.2.1, 2001:db8:2::1    routes external IPs to a node
      |  rtr:n1p <-> n1:eth0      rtr:n2p <-> n2:eth0
     n1 (192.0.2.11, 2001:db8:2::11)            n2 (192.0.2.12, 2001:db8:2::12)

@@ -39,6 +39,6 @@ def make_topo(kernel_ok: None) -> Iterator[Callable[..., Topology]]:
 
 @pytest.fixture(scope="module")
 def make_topo_module(kernel_ok: None) -> Iterator[Topology]:
-    """A topology with a 1280-byte MTU on the ext<->rtr link (row 13), shared by a module."""
+    """A topology with a 1280-byte MTU on the ext<->rtr link (docs/datapath.md row 13), shared by a module."""
     with Topology.create(ext_mtu=1280) as t:
         yield t

@@ -1,6 +1,6 @@
 """The datapath contract, end to end through the product: ``wholeip apply`` programs
 each node of the two-node topology from a cluster file, then real sockets check
-both ends of every row of datapath.md, IPv4 and IPv6.
+both ends of every row of docs/datapath.md, IPv4 and IPv6.
 
 Each row is its own test so a failure names the row and the family. The
 topology is shared by the module (building it takes about a second); tests

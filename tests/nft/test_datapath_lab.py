@@ -1,4 +1,4 @@
-"""The datapath contract (datapath.md rows 1-14, IPv4 and IPv6) on a real kernel.
+"""The datapath contract (docs/datapath.md rows 1-14, IPv4 and IPv6) on a real kernel.
 
 Loads the lab's chosen ruleset (``hack/datapath-lab/rulesets/<FINAL>/n{1,2}.nft``)
 into the two nodes of a fresh topology whose ext link has a 1280-byte MTU, runs

@@ -85,7 +85,7 @@ def _per_port_service(name: str, pod: str, ext: dict[int, str], created: str) ->
 
 @contextlib.contextmanager
 def arriving_at(topo: Topology, tmp_path: Path, ext: str, node: Node, **config: Any) -> Iterator[None]:
-    """Configured as asked, with the router sending ``ext`` to ``node`` (row 12: an L2
+    """Configured as asked, with the router sending ``ext`` to ``node`` (docs/datapath.md row 12: an L2
     speaker on another node); on the way out the default configuration and route again."""
     home: Node = "n2" if ext in EXT_B.values() else "n1"
     topo.route_external(ext, node)
@@ -170,7 +170,7 @@ def test_reply_to_a_filtered_pods_own_flow_arriving_at_another_node(
     topo: Topology, tmp_path: Path, family: int, proto: str
 ) -> None:
     """Pod B (n2, per-port Service) opens a flow to the outside; the router sends B's
-    external IP to n1 (row 12: an L2 speaker on another node). TCP passes n1's filter (not
+    external IP to n1 (docs/datapath.md row 12: an L2 speaker on another node). TCP passes n1's filter (not
     a bare SYN); UDP is let through to n2, which remembered the flow and filters it there."""
     with arriving_at(topo, tmp_path, EXT_B[family], "n1", b_per_port=True):
         r = exchange(topo, client="pod_b", server="ext", addr=addr("ext", family), proto=proto, port=OTHER_UDP)  # type: ignore[arg-type]
@@ -189,7 +189,7 @@ def test_udp_arriving_at_another_node_meets_the_filter_at_the_pods_node(
         udp = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="udp", port=OTHER_UDP, timeout=1.0)
         tcp = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=OTHER_TCP, timeout=1.0)
         listed = exchange(topo, client="ext", server="pod_b", addr=EXT_B[family], proto="tcp", port=TCP_PORT)
-        # East-west to the pod IP itself is not filtered (row 9): only traffic from outside is.
+        # East-west to the pod IP itself is not filtered (docs/datapath.md row 9): only traffic from outside is.
         direct = exchange(topo, client="pod_a", server="pod_b", addr=addr("pod_b", family), proto="udp", port=OTHER_UDP)
     assert udp.server_peer is None, "the pod must not see UDP to a port its Service does not list"
     assert tcp.server_peer is None
