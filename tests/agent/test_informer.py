@@ -376,3 +376,129 @@ def test_packed_cache_holds_bytes_and_reads_copies() -> None:
     assert len(cache) == 1
     assert cache.pop("default/a") == obj
     assert not cache
+
+
+# --------------------------------------------------------------------------- a store restored to an older state
+
+
+class Diff:
+    """A level-triggered consumer: on each notification, what appeared and what vanished."""
+
+    def __init__(self) -> None:
+        self.informer: Informer | None = None
+        self.seen: set[str] = set()
+        self.log: list[tuple[str, str]] = []
+
+    def __call__(self) -> None:
+        assert self.informer is not None
+        now = set(self.informer.cache)
+        self.log += [("deleted", k) for k in sorted(self.seen - now)]
+        self.log += [("added", k) for k in sorted(now - self.seen)]
+        self.seen = now
+
+
+async def test_a_restored_store_is_caught_up_with_after_the_restart(
+    api: ApiServer, api_client: client.ApiClient, running: Callable[[Informer], Informer]
+) -> None:
+    api.store.create(service("a"))
+    api.store.create(service("b"))
+    backup = api.backup()
+    for name in ("c", "d", "f"):  # after the backup: the restore loses them
+        api.store.create(service(name))
+    diff = Diff()
+    inf = diff.informer = running(services_informer(api_client, on_change=diff))
+    await asyncio.wait_for(inf.synced.wait(), 5)
+    await api.wait_for_watches(1)
+    ours = int(inf.resource_version)
+
+    await api.restore(backup)  # the control plane comes back on an older etcd
+    api.store.delete("services", "b", "default")  # deleted since the restore
+    api.store.create(service("e"))  # created since the restore
+    assert api.store.rv < ours  # the watch's version is one the server has not reached
+
+    await eventually(lambda: names(inf) == {"default/a", "default/e"}, within=10, what="caught up")
+    assert {("deleted", "default/b"), ("deleted", "default/c"), ("added", "default/e")} <= set(diff.log)
+    assert inf.rewinds == 1
+    assert inf.resource_version == str(api.store.rv)
+    api.store.create(service("g"))  # and the watch follows the restored store from there
+    await eventually(lambda: "default/g" in inf.cache)
+
+
+async def test_a_store_restored_empty_under_an_open_watch_is_noticed_when_the_watch_goes_quiet(
+    api: ApiServer, api_client: client.ApiClient, running: Callable[[Informer], Informer]
+) -> None:
+    for name in ("a", "b", "c", "d", "f"):
+        api.store.create(service(name))
+    diff = Diff()
+    inf = diff.informer = running(services_informer(api_client, on_change=diff))
+    await asyncio.wait_for(inf.synced.wait(), 5)
+    await api.wait_for_watches(1)
+
+    api.store.restore()  # an empty etcd, no restart: the open watch just goes silent
+    api.store.create(service("new"))
+
+    await eventually(lambda: names(inf) == {"default/new"}, within=FAST.idle_timeout * 6, what="caught up")
+    assert ("deleted", "default/a") in diff.log
+    assert ("added", "default/new") in diff.log
+    assert inf.restarts["idle"] >= 1
+    assert inf.rewinds == 1
+
+
+async def test_too_large_resource_version_relists_from_scratch(running: Callable[[Informer], Informer]) -> None:
+    calls: list[dict[str, Any]] = []
+    too_large = {
+        "kind": "Status",
+        "code": 504,
+        "reason": "Timeout",
+        "message": "Timeout: Too large resource version: 10, current: 4",
+        "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]},
+    }
+    script = [
+        _Response(200, {"metadata": {"resourceVersion": "10"}, "items": [_svc("a", "5"), _svc("b", "7")]}),
+        _Response(504, too_large),  # the watch, as an HTTP status
+        _Response(200, {"metadata": {"resourceVersion": "4"}, "items": [_svc("a", "5")]}),
+        _Response(200, events=[{"type": "ERROR", "object": too_large}]),  # the watch, as an ERROR event
+        _Response(200, {"metadata": {"resourceVersion": "4"}, "items": [_svc("c", "3")]}),
+        _Response(200, events=[]),
+    ]
+
+    async def scripted(**kwargs: Any) -> _Response:
+        calls.append(kwargs)
+        return script.pop(0)
+
+    changes = Counter()
+    inf = running(Informer(resource="services", list_func=scripted, options=FAST, on_change=changes))
+    await eventually(lambda: not script, what="the whole script")
+    await eventually(lambda: names(inf) == {"default/c"})
+    assert [c.get("watch", False) for c in calls] == [False, True, False, True, False, True]
+    assert "resource_version" not in calls[2]  # from scratch: the newest version, not ours
+    assert "resource_version" not in calls[4]
+    assert calls[5]["resource_version"] == "4"
+    assert inf.restarts["too_large"] == 2
+    assert inf.rewinds == 1  # 10 -> 4; the second list (4 -> 4) is not a rewind
+    assert changes.n == 3  # every list that changed something notified, including the rewound one
+
+
+async def test_readiness_fails_while_an_informer_cannot_get_through(
+    api: ApiServer, api_client: client.ApiClient, running: Callable[[Informer], Informer]
+) -> None:
+    from wholeip.agent.health import Health
+
+    class Loop:
+        first_commit = asyncio.Event()
+
+        def pending_age(self) -> float:
+            return 0.0
+
+    Loop.first_commit.set()
+    inf = running(services_informer(api_client))
+    health = Health(informers=[inf], loop=Loop(), timeout=0.5)
+    await asyncio.wait_for(inf.synced.wait(), 5)
+    await api.wait_for_watches(1)
+    assert health.ready().ok
+    await api.stop()
+    await eventually(lambda: not health.ready().ok, what="unready")
+    assert health.ready().detail.startswith("informers failing: services")
+    assert health.healthy().ok  # liveness is another matter (nothing waits for a commit)
+    await api.start()
+    await eventually(lambda: health.ready().ok, what="ready again")

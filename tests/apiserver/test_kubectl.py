@@ -233,3 +233,20 @@ async def test_get_watch_streams_changes(api: ApiServer, kubectl_env: dict[str, 
 async def test_project_manifests_apply(kubectl: Kubectl) -> None:
     result = await kubectl("apply", "-R", "-f", str(MANIFESTS))
     assert "created" in result.out
+
+
+async def test_typed_create_commands_send_protobuf_and_get_json_back(api: ApiServer, kubectl: Kubectl) -> None:
+    # `kubectl create namespace|configmap` send a protobuf body (Accept: protobuf, then JSON)
+    # and do not retry in JSON after a 415: the double must decode them as a real server does.
+    result = await kubectl("create", "namespace", "x", "--dry-run=none")
+    assert "namespace/x created" in result.out
+    result = await kubectl("create", "configmap", "cm", "-n", "x", "--from-literal=k=v", "--from-literal=e=")
+    assert "configmap/cm created" in result.out
+    requests = [r for r in api.audit if r.verb == "create"]
+    assert [(r.resource, r.namespace) for r in requests] == [("namespaces", ""), ("configmaps", "x")]
+    ns = api.store.get("namespaces", "x")
+    assert ns["metadata"]["labels"] == {"kubernetes.io/metadata.name": "x"}
+    assert ns["status"]["phase"] == "Active"
+    cm = api.store.get("configmaps", "cm", "x")
+    assert cm["data"] == {"k": "v", "e": ""}
+    assert (await get_json(kubectl, "namespace", "x"))["metadata"]["name"] == "x"

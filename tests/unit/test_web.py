@@ -22,6 +22,9 @@ class FakeInformer:
     cache: dict[str, object] = field(default_factory=dict)
     restarts: collections.Counter[str] = field(default_factory=collections.Counter)
 
+    def failing_for(self) -> float:
+        return 0.0
+
 
 @dataclass
 class FakeLoop:

@@ -1,9 +1,11 @@
 """Readiness and liveness, as kube-proxy defines them for a dataplane agent.
 
-* **ready**: every informer has listed once *and* the first sync has committed.
-  Before that the node's table may be missing or stale (it is whatever the
-  previous agent left), so the pod must not count as available in a rolling
-  update: ``maxUnavailable`` then waits for this node before moving on.
+* **ready**: every informer has listed once *and* the first sync has committed,
+  and no informer has been failing (no list or watch getting through) for longer
+  than ``timeout``. Before that the node's table may be missing or stale (it is
+  whatever the previous agent left), and while an informer cannot make progress
+  it is stale again, so the pod must not count as available in a rolling update:
+  ``maxUnavailable`` then waits for this node before moving on.
 * **healthy**: no change has waited longer than ``timeout`` for a commit. "The
   process is alive" says nothing; a loop stuck behind a wedged kernel call, or
   failing every sync, is what a restart may fix. An agent that merely has
@@ -24,6 +26,8 @@ class _Synced(Protocol):
 
     @property
     def synced(self) -> _Flag: ...
+
+    def failing_for(self) -> float: ...
 
 
 class _Flag(Protocol):
@@ -57,6 +61,9 @@ class Health:
             return Verdict(False, "informers not synced: " + ", ".join(waiting))
         if not self._loop.first_commit.is_set():
             return Verdict(False, "first sync not committed yet")
+        failing = [f"{i.resource} ({i.failing_for():.0f}s)" for i in self._informers if i.failing_for() > self.timeout]
+        if failing:
+            return Verdict(False, "informers failing: " + ", ".join(failing))
         return Verdict(True, "ok")
 
     def healthy(self) -> Verdict:

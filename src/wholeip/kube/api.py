@@ -34,6 +34,24 @@ class Gone(ApiError):
     """410: the resourceVersion (or ``continue`` token) is older than the server's history."""
 
 
+class TooLargeResourceVersion(ApiError):
+    """504 ``Too large resource version``: the server has not reached the version asked for
+    (and, if its store was restored from a backup, never will)."""
+
+
+def _too_large(message: str, body: Any) -> bool:
+    # How client-go recognises it: the cause ResourceVersionTooLarge, or (servers before
+    # 1.18.6) the words in a cause's message or in the message.
+    details = body.get("details") if isinstance(body, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    for cause in causes if isinstance(causes, list) else []:
+        if isinstance(cause, dict) and (
+            cause.get("reason") == "ResourceVersionTooLarge" or cause.get("message") == "Too large resource version"
+        ):
+            return True
+    return "Too large resource version" in message
+
+
 def error_from_status(status: int, body: Any) -> ApiError:
     """The error for an HTTP status and a ``Status`` body (or anything else)."""
     message, reason = "", ""
@@ -43,6 +61,8 @@ def error_from_status(status: int, body: Any) -> ApiError:
     elif body:
         message = str(body)[:500]
     cls = {404: NotFound, 410: Gone}.get(status, ApiError)
+    if status == 504 and _too_large(message, body):
+        cls = TooLargeResourceVersion
     return cls(status, message, reason=reason)
 
 

@@ -19,6 +19,9 @@ Protocol (the one client-go's reflector speaks, reduced to what the agent needs)
      version we hold, right away, without a list;
    * with ``410 Gone`` (an HTTP 410, or an ``ERROR`` event carrying code 410):
      our version fell out of the server's history, so events were lost; relist;
+   * with ``504 Too large resource version`` (cause ``ResourceVersionTooLarge``):
+     the server has not reached our version; relist from scratch, as client-go's
+     reflector does (a store restored from a backup never will reach it);
    * with any other error (connection refused or reset, a 5xx, an ``ERROR``
      event): wait a jittered, exponentially growing delay and watch again from
      the version we hold (no relist: nothing was lost that the server cannot
@@ -26,6 +29,18 @@ Protocol (the one client-go's reflector speaks, reduced to what the agent needs)
    * when nothing at all (not even a bookmark) arrived for ``idle_timeout``:
      the connection is presumed dead (a half-open TCP connection or a wedged
      server looks exactly like a quiet cluster otherwise); reconnect like an error.
+
+4. **The server went back in time.** After an etcd restore (or a control plane
+   that came back on an empty etcd) the server's resourceVersions are lower than
+   ours. A real server then accepts our watch and sends nothing, not even a
+   bookmark (it has no event after our version), until its revision passes ours,
+   when it sends only what comes after: whatever changed in between is never
+   seen. So before watching again after an error or an idle watch, one cheap
+   consistent read (``limit=1``, no resourceVersion) asks for the server's current
+   version; if it is lower than ours, the cache is stale and the informer relists
+   from scratch. A list (any list) whose version is lower than ours replaces the
+   cache and notifies everything, exactly as every relist does: consumers see
+   deletes for what vanished and adds for what appeared.
 
 The cache holds objects as plain dicts, replaced and never mutated once stored,
 so a snapshot is a shallow list copy that stays valid while the informer keeps
@@ -46,6 +61,7 @@ import asyncio
 import collections
 import json
 import random
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -56,7 +72,7 @@ import structlog
 
 from wholeip.backoff import backoff_delay
 from wholeip.core.objects import namespaced_name
-from wholeip.kube.api import Gone, Obj, error_from_status, read_json
+from wholeip.kube.api import Gone, Obj, TooLargeResourceVersion, error_from_status, read_json
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +116,22 @@ class _Expired(Exception):
 
 class _Idle(Exception):
     """Nothing arrived on the watch for ``idle_timeout``."""
+
+
+class _TooLarge(Exception):
+    """The server has not reached our resourceVersion: relist from scratch."""
+
+
+def _version_number(version: str) -> int | None:
+    """A resourceVersion as a number, to tell that one went backwards (None if it is not one).
+
+    resourceVersions are opaque by the API conventions; every real server uses etcd's
+    revision, a growing integer, and comparing is the only way to notice a restore.
+    """
+    try:
+        return int(version)
+    except ValueError:
+        return None
 
 
 def object_key(obj: Obj) -> str:
@@ -237,7 +269,13 @@ class Informer:
         self.synced = asyncio.Event()
         """Set once the first list is in the cache (and stays set)."""
         self.restarts: collections.Counter[str] = collections.Counter()
-        """Watch restarts by reason: ``closed``, ``idle``, ``error``, ``expired``."""
+        """Watch restarts by reason: ``closed``, ``idle``, ``error``, ``expired``, ``too_large``."""
+        self.rewinds = 0
+        """How many times the server's resourceVersion was found lower than ours (a restored store)."""
+        self.failing_since: float | None = None
+        """``time.monotonic()`` of the first of the current run of failures: lists and watches
+        that end in an error, or that deliver nothing. None once a list completes or a watch
+        delivers an event (bookmarks included)."""
         self.lists = 0
         """How many lists completed (1 + relists)."""
         self.events = 0
@@ -264,9 +302,13 @@ class Informer:
         failures = 0
         relist = True
         first = True
+        check = False  # before the next watch, ask whether the server is behind our version
         while True:
             reason = ""
             try:
+                if not relist and check:
+                    relist = await self._server_is_behind()
+                    check = False
                 if relist:
                     await self._list(consistent=not first)
                     first = False
@@ -278,19 +320,22 @@ class Informer:
                 # that keeps hanging up immediately is not hammered.
                 reason = "closed"
                 failures = 0 if delivered else failures + 1
-            except _Expired:
-                reason = "expired"
+                check = not delivered
+            except (_Expired, _TooLarge) as exc:
+                reason = "expired" if isinstance(exc, _Expired) else "too_large"
                 relist = True
-                first = False  # the watch cache's version is what turned out too old: ask for the newest
+                first = False  # our version (or the watch cache's) is what failed: ask for the newest
                 failures += 1
             except _Idle:
                 reason = "idle"
                 failures += 1
+                check = True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any error: connection, HTTP status, bad payload
                 reason = "error"
                 failures += 1
+                check = True
                 log.warning(
                     "watch failed",
                     resource=self.resource,
@@ -298,8 +343,12 @@ class Informer:
                     failures=failures,
                 )
             self.restarts[reason] += 1
-            if reason == "expired" and failures == 1:
-                log.info("resource version expired, relisting", resource=self.resource)
+            if not failures:
+                self.failing_since = None
+            elif self.failing_since is None:
+                self.failing_since = time.monotonic()
+            if reason in ("expired", "too_large") and failures == 1:
+                log.info("resource version unavailable, relisting", resource=self.resource, reason=reason)
                 continue  # the first relist is immediate; repeated ones back off
             if failures:
                 delay = self.backoff(failures)
@@ -312,7 +361,40 @@ class Informer:
             failures, base=self.options.backoff_base, cap=self.options.backoff_max, random=self._rng.random()
         )
 
+    def failing_for(self) -> float:
+        """Seconds since the current run of failures began (0 when the last attempt succeeded)."""
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
     # --------------------------------------------------------------- list
+
+    async def _server_is_behind(self) -> bool:
+        """Whether the server's current version is lower than ours (its store was restored).
+
+        One consistent read of at most one object: the list's version is the server's
+        newest, which can only be lower than one it gave us if it went back in time.
+        """
+        ours = _version_number(self.resource_version)
+        if ours is None:
+            return False
+        opts = self.options
+        page = await read_json(
+            await self._list_func(
+                **self._selectors,
+                limit=1,
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(total=opts.list_timeout, sock_connect=opts.connect_timeout),
+            )
+        )
+        theirs = _version_number(str((page.get("metadata") or {}).get("resourceVersion") or ""))
+        if theirs is None or theirs >= ours:
+            return False
+        log.warning(
+            "the API server's resource version went backwards (its store was restored?); relisting",
+            resource=self.resource,
+            ours=self.resource_version,
+            server=theirs,
+        )
+        return True
 
     async def _list(self, *, consistent: bool) -> None:
         opts = self.options
@@ -337,6 +419,8 @@ class Informer:
                 # The continue token outlived the server's history: the whole list must
                 # be redone, at the newest version.
                 raise _Expired from exc
+            except TooLargeResourceVersion as exc:
+                raise _TooLarge from exc
             meta = page.get("metadata") or {}
             for raw in page.get("items") or []:
                 if isinstance(raw, dict):
@@ -347,15 +431,30 @@ class Informer:
             token = str(meta.get("continue") or "")
             if not token:
                 break
+        old, new = _version_number(self.resource_version), _version_number(version)
+        rewound = old is not None and new is not None and new < old
+        if rewound:
+            # The server went back in time (a restored store): versions are reused, so
+            # equal versions no longer mean equal objects. Everything may have changed.
+            self.rewinds += 1
+            log.warning(
+                "listed at an older resource version than the cache's; replacing the cache",
+                resource=self.resource,
+                cache=self.resource_version,
+                listed=version,
+            )
         if isinstance(items, PackedCache) and isinstance(self.cache, PackedCache):
             changed = items.raw != self.cache.raw
         else:
-            changed = items.keys() != self.cache.keys() or any(
-                _resource_version(obj) != _resource_version(self.cache[key]) for key, obj in items.items()
+            changed = (
+                rewound
+                or items.keys() != self.cache.keys()
+                or any(_resource_version(obj) != _resource_version(self.cache[key]) for key, obj in items.items())
             )
         self.cache = items
         self.resource_version = version
         self.lists += 1
+        self.failing_since = None
         log.info("listed", resource=self.resource, objects=len(items), resource_version=version)
         if changed or not self.synced.is_set():
             self._notify(None)
@@ -393,7 +492,10 @@ class Informer:
                     body = body.decode(errors="replace")
                 if status == 410:
                     raise _Expired
-                raise error_from_status(status, body)
+                error = error_from_status(status, body)
+                if isinstance(error, TooLargeResourceVersion):
+                    raise _TooLarge from error
+                raise error
             buf = bytearray()
             try:
                 async for chunk in response.content.iter_any():
@@ -419,11 +521,16 @@ class Informer:
         kind = event.get("type")
         obj = event.get("object")
         self.events += 1
+        if kind != "ERROR":
+            self.failing_since = None  # the watch gets through (a bookmark at least once a minute)
         if kind == "ERROR":
             code = obj.get("code") if isinstance(obj, dict) else None
             if code == 410:
                 raise _Expired
-            raise error_from_status(int(code) if isinstance(code, int) else 500, obj)
+            error = error_from_status(int(code) if isinstance(code, int) else 500, obj)
+            if isinstance(error, TooLargeResourceVersion):
+                raise _TooLarge from error
+            raise error
         if not isinstance(obj, dict):
             raise ValueError(f"watch event without an object: {event!r:.200}")
         version = _resource_version(obj)

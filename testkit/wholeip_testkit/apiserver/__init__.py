@@ -21,7 +21,7 @@ from .errors import AlreadyExists, ApiError, BadRequest, Conflict, Gone, Invalid
 from .registry import DEFAULT_RESOURCES, Obj, Registry, ResourceType
 from .selectors import Selector
 from .server import ApiServer, AuditRecord
-from .store import Change, Store
+from .store import Backup, Change, Store
 
 __all__ = [
     "DEFAULT_RESOURCES",
@@ -29,6 +29,7 @@ __all__ = [
     "ApiError",
     "ApiServer",
     "AuditRecord",
+    "Backup",
     "BadRequest",
     "Change",
     "Conflict",

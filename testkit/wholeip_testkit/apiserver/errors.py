@@ -86,6 +86,26 @@ class UnsupportedMediaType(ApiError):
     reason = "UnsupportedMediaType"
 
 
+class Timeout(ApiError):
+    """504: the server could not answer in time (the message starts with ``Timeout: ``)."""
+
+    code = 504
+    reason = "Timeout"
+
+
+def too_large_resource_version(requested: int, current: int) -> Timeout:
+    """What a real server answers for a resourceVersion newer than any it has (after waiting
+    a few seconds for its watch cache to catch up): client-go recognises it by the cause's
+    reason ``ResourceVersionTooLarge`` and relists from scratch (``resourceVersion=""``)."""
+    return Timeout(
+        f"Timeout: Too large resource version: {requested}, current: {current}",
+        details={
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        },
+    )
+
+
 class Invalid(ApiError):
     code = 422
     reason = "Invalid"

@@ -36,12 +36,20 @@ from typing import Any, Literal
 import yaml
 from aiohttp import web
 
-from . import discovery
-from .errors import ApiError, BadRequest, Gone, MethodNotAllowed, NotFound, UnsupportedMediaType
+from . import discovery, protobuf
+from .errors import (
+    ApiError,
+    BadRequest,
+    Gone,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+    too_large_resource_version,
+)
 from .patch import APPLY_PATCH, PATCH_TYPES, apply_patch
 from .registry import Obj, Registry, ResourceType
 from .selectors import Selector
-from .store import Change, Store, parse_rv
+from .store import Backup, Change, Store, parse_rv
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +138,16 @@ class ApiServer:
         self.port = port
         self.bookmark_interval = bookmark_interval
         """Seconds between BOOKMARK events on watches that allow them (real servers: ~60)."""
+        self.too_large_wait = 3.0
+        """Seconds a list (or a ``sendInitialEvents`` watch) for a resourceVersion newer than
+        the store's waits for it before the 504 "Too large resource version" (real servers: 3)."""
         self.store = store or Store(registry, history=history)
         self.registry = self.store.registry
         self.audit: list[AuditRecord] = []
         self._faults = _Faults()
         self._runner: web.AppRunner | None = None
         self.restarting: asyncio.Task[None] | None = None
+        self._backup: Backup | None = None
         """The stop-wait-start task started by ``POST /_double/stop`` (tests await it)."""
 
     # --- lifecycle ------------------------------------------------------------
@@ -244,6 +256,25 @@ class ApiServer:
         """Drop the store's history: watches or ``continue`` from older revisions get 410."""
         self.store.compact()
 
+    def backup(self) -> Backup:
+        """Snapshot the store (objects and revision), for :meth:`restore`."""
+        return self.store.backup()
+
+    async def restore(self, backup: Backup | None = None) -> None:
+        """Restart on a restored store: ``backup``, or an empty one (``None``).
+
+        Models an etcd restore (or a control plane that came back on an empty etcd): every
+        connection is cut, and the server comes back with older objects and *lower*
+        resourceVersions than its clients have seen. A watch from a version the store has
+        not reached yet is accepted and stays silent, as on a real server (its watch
+        cache has no event after that version, and sends no bookmark at or below it).
+        """
+        running = self.running
+        await self.stop()
+        self.store.restore(backup)
+        if running:
+            await self.start()
+
     @property
     def open_watches(self) -> int:
         return len(self._faults.watches)
@@ -291,12 +322,22 @@ class ApiServer:
             self.release_watches()
         elif op == "compact":
             self.compact()
+        elif op == "backup":
+            self._backup = self.backup()
+        elif op == "restore":
+            # Answer first, then restart on the last backup (or an empty store) on a separate task.
+            backup = None if _truthy(query.get("empty")) else self._backup
+            self.restarting = asyncio.get_running_loop().create_task(self._restore_later(backup))
         elif op == "stop":
             # Answer first, then go away for the requested time on a separate task.
             self.restarting = asyncio.get_running_loop().create_task(self._bounce(float(query.get("seconds", "1"))))
         else:
             return _error(NotFound(f"no control operation {op!r}"))
         return _json({"ok": True, "resourceVersion": str(self.store.rv)})
+
+    async def _restore_later(self, backup: Backup | None) -> None:
+        await asyncio.sleep(0.05)
+        await self.restore(backup)
 
     async def _bounce(self, seconds: float) -> None:
         # Give the control request's response time to leave before cutting connections.
@@ -461,8 +502,14 @@ class ApiServer:
                 raise BadRequest("resourceVersionMatch=Exact needs a resourceVersion")
             if rv < self.store.compacted_rv:
                 raise Gone(f"too old resource version: {rv} ({self.store.compacted_rv})")
+            await self._wait_for_rv(rv)
         else:
-            parse_rv(q.get("resourceVersion"))  # validated; any later state is acceptable
+            # "Not older than": any state at or after the version will do, so one the store
+            # has not reached yet is waited for, briefly, then refused with a 504 (a store
+            # restored to an older revision never reaches it; clients must relist with "").
+            minimum = parse_rv(q.get("resourceVersion"))
+            if minimum:
+                await self._wait_for_rv(minimum)
         list_rv = rv if rv is not None else self.store.rv
         items = self.store.list(t.rtype, selector, namespace=t.namespace, rv=rv, after=after, limit=limit)
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
@@ -476,6 +523,15 @@ class ApiServer:
             item.pop("apiVersion", None)
             item.pop("kind", None)
         return _json({"kind": t.rtype.list_kind, "apiVersion": t.rtype.api_version, "metadata": meta, "items": items})
+
+    async def _wait_for_rv(self, rv: int) -> None:
+        """Return once the store has reached ``rv``; the 504 "Too large" after ``too_large_wait``."""
+        deadline = time.monotonic() + self.too_large_wait
+        while self.store.rv < rv:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise too_large_resource_version(rv, self.store.rv)
+            await self.store.wait_changed(left)
 
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
         q = request.query
@@ -530,6 +586,14 @@ class ApiServer:
             await send("ERROR", Gone(f"too old resource version: {rv or 0} ({store.rv})").status())
             return
 
+        if initial_events and rv:
+            # A watch-list "not older than" a version waits for it like a list does.
+            try:
+                await self._wait_for_rv(rv)
+            except ApiError as exc:
+                await send("ERROR", exc.status())
+                return
+
         pending: list[tuple[str, Obj]] = []
         if rv is None or rv == 0 or initial_events:
             # "Start at most recent"/"any": synthetic ADDED for the current state.
@@ -560,7 +624,11 @@ class ApiServer:
                     if event is not None:
                         await send(*event)
                 if bookmarks and time.monotonic() >= next_bookmark:
-                    await send("BOOKMARK", self._bookmark(rtype, cursor))
+                    # Never a bookmark below the version the watch started from: a watch
+                    # from a version the store has not reached (it was restored to an older
+                    # one) hears nothing at all, as from a real server's watch cache.
+                    if store.rv >= cursor:
+                        await send("BOOKMARK", self._bookmark(rtype, cursor))
                     next_bookmark = time.monotonic() + self.bookmark_interval
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -583,9 +651,18 @@ class ApiServer:
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
         media = request.content_type
-        if media == "application/vnd.kubernetes.protobuf" or media.startswith("application/cbor"):
-            # Typed clients (``kubectl create service`` ...) send protobuf first;
-            # the double speaks JSON only and says so with a 415.
+        if media == protobuf.MEDIA_TYPE:
+            # Typed clients (``kubectl create namespace`` ...) send protobuf and never retry
+            # in JSON after a 415; a real server decodes the body and, since they also accept
+            # JSON, the double answers in JSON. Kinds it has no schema for are still a 415.
+            try:
+                return protobuf.decode(raw)
+            except protobuf.ProtobufError as exc:
+                raise UnsupportedMediaType(
+                    f"the body of the request was in an unknown format - accepted media types "
+                    f"include: application/json, application/yaml ({exc})"
+                ) from None
+        if media.startswith("application/cbor"):
             raise UnsupportedMediaType(
                 f"the body of the request was in an unknown format - accepted media types "
                 f"include: application/json, application/yaml (got {media})"
