@@ -31,16 +31,17 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from wholeip.kube.informer import RESTART_REASONS
+from wholeip.names import EGRESS, INGRESS
+
 if TYPE_CHECKING:
     from wholeip.kube.informer import Informer
 
 _SYNC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _MAPS = {
-    "ingress4": ("ingress", "ipv4"),
-    "ingress6": ("ingress", "ipv6"),
-    "egress4": ("egress", "ipv4"),
-    "egress6": ("egress", "ipv6"),
+    maps[v]: (direction, f"ipv{v}") for direction, maps in (("ingress", INGRESS), ("egress", EGRESS)) for v in (4, 6)
 }
+"""Map name -> the ``mappings`` gauge's labels (direction, ip_family)."""
 
 
 class _InformerCollector:
@@ -50,7 +51,7 @@ class _InformerCollector:
     def collect(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(
             "wholeip_watch_restarts",
-            "Watch connections restarted, by resource and reason (closed, idle, error, expired).",
+            "Watch connections restarted, by resource and reason (" + ", ".join(RESTART_REASONS) + ").",
             labels=["resource", "reason"],
         )
         synced = GaugeMetricFamily(
@@ -58,7 +59,7 @@ class _InformerCollector:
         )
         objects = GaugeMetricFamily("wholeip_informer_objects", "Objects in the cache.", labels=["resource"])
         for informer in self._informers:
-            for reason in ("closed", "idle", "error", "expired"):
+            for reason in RESTART_REASONS:
                 restarts.add_metric([informer.resource, reason], informer.restarts[reason])
             synced.add_metric([informer.resource], 1.0 if informer.synced.is_set() else 0.0)
             objects.add_metric([informer.resource], len(informer.cache))

@@ -134,6 +134,10 @@ def _version_number(version: str) -> int | None:
         return None
 
 
+RESTART_REASONS = ("closed", "idle", "error", "expired", "too_large")
+"""Why a watch was restarted (``Informer.restarts`` keys; the restarts metric's ``reason`` label)."""
+
+
 def object_key(obj: Obj) -> str:
     """``namespace/name`` (or ``name`` for cluster-scoped objects), the cache key."""
     namespace, name = namespaced_name(obj)
