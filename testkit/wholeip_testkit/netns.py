@@ -18,8 +18,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from wholeip.nft.backend import JSONObj
-from wholeip.nft.doc import Elem, TableDoc
+from wholeip.nft.doc import Elem, JSONObj, TableDoc
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

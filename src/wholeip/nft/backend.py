@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, Protocol
+from typing import Protocol
 
-from wholeip.nft.doc import Elem, TableDoc
-
-JSONObj = dict[str, Any]
+from wholeip.nft.doc import Elem, JSONObj, TableDoc
 
 
 class NftError(Exception):

@@ -24,8 +24,8 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from wholeip.nft import netlink
-from wholeip.nft.backend import Exists, JSONObj, NftError, NotFound, Rejected, Unavailable
-from wholeip.nft.doc import Elem, SetDecl, TableDoc, parse_listing
+from wholeip.nft.backend import Exists, NftError, NotFound, Rejected, Unavailable
+from wholeip.nft.doc import Elem, JSONObj, SetDecl, TableDoc, parse_listing
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 _READ_ATTEMPTS = 3
