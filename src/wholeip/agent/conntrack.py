@@ -98,13 +98,12 @@ from typing import Any, Protocol
 import structlog
 
 from wholeip.core.model import IPAddress
+from wholeip.names import EGRESS, INGRESS
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import Elem
 
 log = structlog.get_logger(__name__)
 
-INGRESS_MAPS = ("ingress4", "ingress6")
-EGRESS_MAPS = ("egress4", "egress6")
 WHOLE_DUMP_AFTER = 1000
 """More kernel-filtered dumps of one family than this in a run: dump it whole once instead."""
 
@@ -146,9 +145,9 @@ def stale_pairs(removed: Mapping[str, AbstractSet[Elem]]) -> frozenset[Pair]:
     ``(external, pod)`` and ``egress4/6`` elements ``(pod, external)``, a changed
     element with its old value."""
     out: set[Pair] = set()
-    for name in INGRESS_MAPS:
+    for name in INGRESS.both:
         out |= {Pair(ext, pod) for ext, pod in _pairs(removed.get(name, ()))}
-    for name in EGRESS_MAPS:
+    for name in EGRESS.both:
         out |= {Pair(ext, pod, egress=True) for pod, ext in _pairs(removed.get(name, ()))}
     return frozenset(out)
 
@@ -178,8 +177,8 @@ class Stale:
         pairs = stale_pairs(plan.removed)
         # Plan.inserted is empty for a created or rebuilt table (every element is written
         # anew): then only what the plan removed counts.
-        ingress_now = _now(plan.inserted, INGRESS_MAPS)
-        egress_now = _now(plan.inserted, EGRESS_MAPS)
+        ingress_now = _now(plan.inserted, INGRESS.both)
+        egress_now = _now(plan.inserted, EGRESS.both)
         return cls(pairs, ingress_now, egress_now).settled()
 
     def settled(self) -> Stale:

@@ -123,10 +123,38 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from wholeip.core.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
+from wholeip.names import (
+    ARRIVE,
+    AWAY,
+    CLUSTER,
+    CT_DECIDED,
+    DISPATCH,
+    EGRESS,
+    FAMILY,
+    FILTERED,
+    FLOWS,
+    HAIRPIN_OUTPUT,
+    HAIRPIN_POSTROUTING,
+    HAIRPIN_PREROUTING,
+    ICMP,
+    ICMP_ERRORS,
+    ICMPFIX4,
+    ICMPGUARD6,
+    INGRESS,
+    PER_PORT,
+    PORTS,
+    RANGED,
+    RAW_PREROUTING,
+    SELF_HAIRPIN,
+    SOURCES,
+    STATELESS_POSTROUTING,
+    TABLE,
+    UNTRACKED,
+    WHOLE_IP,
+    PerFamily,
+)
 from wholeip.nft.doc import ChainDecl, Elem, JSONObj, Rule, SetDecl, Skeleton, TableDoc
 from wholeip.settings import IPNetwork
-
-FAMILY = "inet"
 
 PRIO_RAW = -300
 PRIO_DSTNAT = -100
@@ -207,12 +235,12 @@ OUTER_DADDR4 = _raw("nh", 128, 32)
 OUTER_DADDR6 = _raw("nh", 192, 128)
 ICMP_FIX = {
     4: SetDecl(
-        "icmpfix4",
+        ICMPFIX4,
         ("ipv4_addr", "integer"),
         data="integer",
         typeof="ip daddr . @th,160,32 : @th,32,16",
     ),
-    6: SetDecl("icmpguard6", ("ipv6_addr", "integer"), typeof="ip6 daddr . @th,128,128"),
+    6: SetDecl(ICMPGUARD6, ("ipv6_addr", "integer"), typeof="ip6 daddr . @th,128,128"),
 }
 
 
@@ -243,14 +271,14 @@ def _icmp_error_rules() -> list[Rule]:
     rewritten like any north-south packet's, so its rule ends with ``notrack accept``."""
     daddr4, daddr6 = _payload("ip", "daddr"), _payload("ip6", "daddr")
     fix_key = _concat(daddr4, INNER_SADDR4)
-    rewrite4 = {"mangle": {"key": daddr4, "value": _map_lookup(daddr4, "ingress4")}}
-    rewrite6 = {"mangle": {"key": daddr6, "value": _map_lookup(daddr6, "ingress6")}}
+    rewrite4 = {"mangle": {"key": daddr4, "value": _map_lookup(daddr4, INGRESS[4])}}
+    rewrite6 = {"mangle": {"key": daddr6, "value": _map_lookup(daddr6, INGRESS[6])}}
     done = ({"notrack": None}, {"accept": None})
     # Neighbour discovery is never rewritten: a router's unicast NUD probe to an external
     # IP (announced on the node's link by a MetalLB-style L2 speaker or proxy NDP) must
     # reach the node that answers for the address, not the pod, or the router's entry
     # fails every reachable time. Conntrack does not track ND, so a plain accept.
-    rules = [Rule("icmp_errors", (_match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}), {"accept": None}))]
+    rules = [Rule(ICMP_ERRORS, (_match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}), {"accept": None}))]
     # frag-needed keeps the next-hop MTU in bytes 6-7: the zero word is at offset 4;
     # the other errors leave 4-7 zero but octet 5 may carry an RFC 4884 length.
     for types, zero_word in (
@@ -273,12 +301,12 @@ def _icmp_error_rules() -> list[Rule]:
         word = _raw("th", zero_word, 16)
         rules.append(
             Rule(
-                "icmp_errors",
+                ICMP_ERRORS,
                 (
                     *types,
-                    _match(fix_key, "@icmpfix4"),
+                    _match(fix_key, f"@{ICMPFIX4}"),
                     _match(word, 0),
-                    {"mangle": {"key": word, "value": _map_lookup(fix_key, "icmpfix4")}},
+                    {"mangle": {"key": word, "value": _map_lookup(fix_key, ICMPFIX4)}},
                     rewrite4,
                     {"mangle": {"key": INNER_SADDR4, "value": OUTER_DADDR4}},
                     *done,
@@ -291,10 +319,10 @@ def _icmp_error_rules() -> list[Rule]:
     errors6 = ["destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem"]
     rules.append(
         Rule(
-            "icmp_errors",
+            ICMP_ERRORS,
             (
                 _match(_payload("icmpv6", "type"), {"set": errors6}),
-                _match(_concat(daddr6, INNER_SADDR6), "@icmpguard6"),
+                _match(_concat(daddr6, INNER_SADDR6), f"@{ICMPGUARD6}"),
                 rewrite6,
                 {"mangle": {"key": OUTER_DADDR6, "value": INNER_SADDR6}},
                 rewrite6,
@@ -323,13 +351,13 @@ def _filter_rules() -> list[Rule]:
             # Not a bare SYN: cannot open a TCP connection, and is how replies to the pod's own
             # connections look.
             (_match({"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "syn", op="!="), {"return": None}),
-            (_match(reply, f"@flows{v}"), {"return": None}),
+            (_match(reply, f"@{FLOWS[v]}"), {"return": None}),
             (_match(_payload(icmp, "type"), {"set": list(always)}), {"return": None}),
         )
         out_of_range = (
-            _match(saddr, f"@cluster{v}", op="!="),
-            _match(daddr, f"@ranged{v}"),
-            _match(_concat(daddr, saddr), f"@sources{v}", op="!="),
+            _match(saddr, f"@{CLUSTER[v]}", op="!="),
+            _match(daddr, f"@{RANGED[v]}"),
+            _match(_concat(daddr, saddr), f"@{SOURCES[v]}", op="!="),
             {"drop": None},
         )
         # UDP/SCTP from outside to an external IP whose pod's node filters it (``away``): a
@@ -339,30 +367,30 @@ def _filter_rules() -> list[Rule]:
         # is filtered here as before.
         at_the_pod = (
             _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
-            _match(daddr, f"@away{v}"),
-            _match(saddr, f"@cluster{v}", op="!="),
-            _match(saddr, f"@ingress{v}", op="!="),
+            _match(daddr, f"@{AWAY[v]}"),
+            _match(saddr, f"@{CLUSTER[v]}", op="!="),
+            _match(saddr, f"@{INGRESS[v]}", op="!="),
             {"return": None},
         )
-        rules += [Rule(f"per_port{v}", expr) for expr in (*replies, at_the_pod)]
+        rules += [Rule(PER_PORT[v], expr) for expr in (*replies, at_the_pod)]
         rules += [
-            Rule(f"per_port{v}", out_of_range),
+            Rule(PER_PORT[v], out_of_range),
             Rule(
-                f"per_port{v}",
+                PER_PORT[v],
                 (
                     _match(_payload(icmp, "type"), "echo-request"),
-                    _match(daddr, f"@icmp{v}"),
+                    _match(daddr, f"@{ICMP[v]}"),
                     {"return": None},
                 ),
             ),
             Rule(
-                f"per_port{v}",
-                (_match(_concat(daddr, _meta("l4proto"), _payload("th", "dport")), f"@ports{v}"), {"return": None}),
+                PER_PORT[v],
+                (_match(_concat(daddr, _meta("l4proto"), _payload("th", "dport")), f"@{PORTS[v]}"), {"return": None}),
             ),
-            Rule(f"per_port{v}", ({"drop": None},)),
+            Rule(PER_PORT[v], ({"drop": None},)),
         ]
-        rules += [Rule(f"whole_ip{v}", expr) for expr in (*replies, at_the_pod)]
-        rules.append(Rule(f"whole_ip{v}", out_of_range))
+        rules += [Rule(WHOLE_IP[v], expr) for expr in (*replies, at_the_pod)]
+        rules.append(Rule(WHOLE_IP[v], out_of_range))
     return rules
 
 
@@ -372,43 +400,43 @@ def _remember_flow(v: int, proto: str) -> tuple[JSONObj, ...]:
     flow = _concat(saddr, _meta("l4proto"), _payload("th", "sport"), daddr, _payload("th", "dport"))
     return (
         _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
-        _match(saddr, f"@filtered{v}"),
-        {"set": {"op": "update", "elem": flow, "set": f"@flows{v}"}},
+        _match(saddr, f"@{FILTERED[v]}"),
+        {"set": {"op": "update", "elem": flow, "set": f"@{FLOWS[v]}"}},
     )
 
 
 def _prerouting_rules() -> list[Rule]:
     """``raw_prerouting``, ``ct_decided`` and ``untracked4/6`` (see the module docstring)."""
     rules = [
-        Rule("raw_prerouting", ({"vmap": {"key": _payload(p, "daddr"), "data": f"@dispatch{v}"}},))
+        Rule(RAW_PREROUTING, ({"vmap": {"key": _payload(p, "daddr"), "data": f"@{DISPATCH[v]}"}},))
         for v, p, _ in _FAMILIES
     ]
     # Conntrack has not seen a packet this early, so its state reads "invalid" here, unless
     # the packet carries its conntrack already: looped back from this node's own output, or
     # notracked (or given a conntrack template) by someone else's rule before ours. A
     # notrack would change nothing for such a packet, so it is left as conntrack decided.
-    rules.append(Rule("raw_prerouting", (_match(_ct_state(), "invalid", op="!="), {"goto": {"target": "ct_decided"}})))
+    rules.append(Rule(RAW_PREROUTING, (_match(_ct_state(), "invalid", op="!="), {"goto": {"target": CT_DECIDED}})))
     for v, proto, _ in _FAMILIES:
         saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
         icmp = "icmp" if v == 4 else "ipv6-icmp"
-        outside = _match(saddr, f"@cluster{v}", op="!=")
-        rewrite = {"mangle": {"key": daddr, "value": _map_lookup(daddr, f"ingress{v}")}}
+        outside = _match(saddr, f"@{CLUSTER[v]}", op="!=")
+        rewrite = {"mangle": {"key": daddr, "value": _map_lookup(daddr, INGRESS[v])}}
         rules += [
             Rule(
-                "raw_prerouting",
-                (_match(_meta("l4proto"), icmp), outside, {"jump": {"target": "icmp_errors"}}),
+                RAW_PREROUTING,
+                (_match(_meta("l4proto"), icmp), outside, {"jump": {"target": ICMP_ERRORS}}),
             ),
             # The common case first and in one rule: from the outside to an external IP.
             # The source test has to come first (nothing after the rewrite could undo
             # it); the map lookup then fails for any other destination, ending the rule.
-            Rule("raw_prerouting", (outside, rewrite, {"notrack": None}, {"accept": None})),
+            Rule(RAW_PREROUTING, (outside, rewrite, {"notrack": None}, {"accept": None})),
             Rule(
-                "raw_prerouting",
+                RAW_PREROUTING,
                 (
-                    _match(saddr, f"@egress{v}"),
-                    _match(daddr, f"@cluster{v}", op="!="),
+                    _match(saddr, f"@{EGRESS[v]}"),
+                    _match(daddr, f"@{CLUSTER[v]}", op="!="),
                     {"notrack": None},
-                    {"goto": {"target": f"untracked{v}"}},
+                    {"goto": {"target": UNTRACKED[v]}},
                 ),
             ),
             # North-south traffic another node already rewrote (it arrived there, row 12)
@@ -416,32 +444,32 @@ def _prerouting_rules() -> list[Rule]:
             # let through there (``away``) and meets the pod's filter here, keyed by the
             # pod IP, where the flows the pod opened are known. Then out of conntrack too.
             Rule(
-                "raw_prerouting",
+                RAW_PREROUTING,
                 (
                     _match(_meta("l4proto"), {"set": list(AT_POD_PROTOCOLS)}),
                     outside,
-                    _match(saddr, f"@ingress{v}", op="!="),
-                    {"vmap": {"key": daddr, "data": f"@arrive{v}"}},
+                    _match(saddr, f"@{INGRESS[v]}", op="!="),
+                    {"vmap": {"key": daddr, "data": f"@{ARRIVE[v]}"}},
                 ),
             ),
             Rule(
-                "raw_prerouting",
-                (_match(daddr, f"@egress{v}"), outside, {"notrack": None}, {"accept": None}),
+                RAW_PREROUTING,
+                (_match(daddr, f"@{EGRESS[v]}"), outside, {"notrack": None}, {"accept": None}),
             ),
             # An untracked packet to an external IP (from a local managed pod: any Service's,
             # its own: row 11) is rewritten here too, statelessly: the NAT hooks never see it.
-            Rule(f"untracked{v}", (_match(_meta("l4proto"), icmp), {"jump": {"target": "icmp_errors"}})),
+            Rule(UNTRACKED[v], (_match(_meta("l4proto"), icmp), {"jump": {"target": ICMP_ERRORS}})),
             # A filtered pod's flow, under its pod IP (``filtered`` holds it on the pod's node
             # when that node filters for the pod): for replies that arrive at another node and
             # come here rewritten. Inbound packets never pass this chain.
-            Rule(f"untracked{v}", _remember_flow(v, proto)),
-            Rule(f"untracked{v}", (rewrite,)),
+            Rule(UNTRACKED[v], _remember_flow(v, proto)),
+            Rule(UNTRACKED[v], (rewrite,)),
             Rule(
-                "ct_decided",
+                CT_DECIDED,
                 (
                     _match(_ct_state(), "untracked"),
                     _match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"),
-                    {"goto": {"target": f"untracked{v}"}},
+                    {"goto": {"target": UNTRACKED[v]}},
                 ),
             ),
         ]
@@ -456,21 +484,21 @@ def skeleton() -> Skeleton:
     sets: list[SetDecl] = []
     for v, _, addr_type in _FAMILIES:
         sets += [
-            SetDecl(f"cluster{v}", (addr_type,), flags=("interval",)),
-            SetDecl(f"ingress{v}", (addr_type,), data=addr_type),
-            SetDecl(f"egress{v}", (addr_type,), data=addr_type),
-            SetDecl(f"selfhairpin{v}", (addr_type, addr_type)),
-            SetDecl(f"dispatch{v}", (addr_type,), data="verdict"),
-            SetDecl(f"away{v}", (addr_type,)),
-            SetDecl(f"arrive{v}", (addr_type,), data="verdict"),
+            SetDecl(CLUSTER[v], (addr_type,), flags=("interval",)),
+            SetDecl(INGRESS[v], (addr_type,), data=addr_type),
+            SetDecl(EGRESS[v], (addr_type,), data=addr_type),
+            SetDecl(SELF_HAIRPIN[v], (addr_type, addr_type)),
+            SetDecl(DISPATCH[v], (addr_type,), data="verdict"),
+            SetDecl(AWAY[v], (addr_type,)),
+            SetDecl(ARRIVE[v], (addr_type,), data="verdict"),
             ICMP_FIX[v],
-            SetDecl(f"filtered{v}", (addr_type,)),
-            SetDecl(f"ports{v}", (addr_type, "inet_proto", "inet_service")),
-            SetDecl(f"icmp{v}", (addr_type,)),
-            SetDecl(f"ranged{v}", (addr_type,)),
-            SetDecl(f"sources{v}", (addr_type, addr_type), flags=("interval",)),
+            SetDecl(FILTERED[v], (addr_type,)),
+            SetDecl(PORTS[v], (addr_type, "inet_proto", "inet_service")),
+            SetDecl(ICMP[v], (addr_type,)),
+            SetDecl(RANGED[v], (addr_type,)),
+            SetDecl(SOURCES[v], (addr_type, addr_type), flags=("interval",)),
             SetDecl(
-                f"flows{v}",
+                FLOWS[v],
                 (addr_type, "inet_proto", "inet_service", addr_type, "inet_service"),
                 flags=("timeout",),
                 timeout=FLOW_TIMEOUT,
@@ -478,41 +506,38 @@ def skeleton() -> Skeleton:
             ),
         ]
     chains = (
-        ChainDecl("raw_prerouting", "filter", "prerouting", PRIO_RAW, "accept"),
-        ChainDecl("icmp_errors"),
-        ChainDecl("ct_decided"),
-        ChainDecl("untracked4"),
-        ChainDecl("untracked6"),
-        ChainDecl("per_port4"),
-        ChainDecl("per_port6"),
-        ChainDecl("whole_ip4"),
-        ChainDecl("whole_ip6"),
-        ChainDecl("hairpin_prerouting", "nat", "prerouting", PRIO_DSTNAT, "accept"),
-        ChainDecl("hairpin_output", "nat", "output", PRIO_DSTNAT, "accept"),
-        ChainDecl("hairpin_postrouting", "nat", "postrouting", PRIO_SRCNAT - 1, "accept"),
-        ChainDecl("stateless_postrouting", "filter", "postrouting", PRIO_SRCNAT + 1, "accept"),
+        ChainDecl(RAW_PREROUTING, "filter", "prerouting", PRIO_RAW, "accept"),
+        ChainDecl(ICMP_ERRORS),
+        ChainDecl(CT_DECIDED),
+        *(ChainDecl(name) for name in UNTRACKED.both),
+        *(ChainDecl(name) for name in PER_PORT.both),
+        *(ChainDecl(name) for name in WHOLE_IP.both),
+        ChainDecl(HAIRPIN_PREROUTING, "nat", "prerouting", PRIO_DSTNAT, "accept"),
+        ChainDecl(HAIRPIN_OUTPUT, "nat", "output", PRIO_DSTNAT, "accept"),
+        ChainDecl(HAIRPIN_POSTROUTING, "nat", "postrouting", PRIO_SRCNAT - 1, "accept"),
+        ChainDecl(STATELESS_POSTROUTING, "filter", "postrouting", PRIO_SRCNAT + 1, "accept"),
     )
     rules = _prerouting_rules()
     rules += _filter_rules()
     rules += _icmp_error_rules()
-    for chain in ("hairpin_prerouting", "hairpin_output"):
+    for chain in (HAIRPIN_PREROUTING, HAIRPIN_OUTPUT):
         for v, proto, _ in _FAMILIES:
             daddr = _payload(proto, "daddr")
-            rules.append(Rule(chain, ({"dnat": {"family": proto, "addr": _map_lookup(daddr, f"ingress{v}")}},)))
+            rules.append(Rule(chain, ({"dnat": {"family": proto, "addr": _map_lookup(daddr, INGRESS[v])}},)))
     for v, proto, _ in _FAMILIES:
         saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
         rules.append(
             Rule(
-                "hairpin_postrouting",
+                HAIRPIN_POSTROUTING,
                 (
                     _ct_dnat(),
-                    _match(_concat(saddr, daddr), f"@selfhairpin{v}"),
+                    _match(_concat(saddr, daddr), f"@{SELF_HAIRPIN[v]}"),
                     # Only what was addressed to an external IP (row 11): a pod that kube-proxy
                     # sends back to itself through a ClusterIP is kube-proxy's to masquerade;
                     # SNATed to the external IP, its reply would be handled statelessly and
                     # never turned back into the ClusterIP.
-                    _match({"ct": {"key": f"{proto} daddr", "dir": "original"}}, f"@ingress{v}"),
-                    {"snat": {"family": proto, "addr": _map_lookup(saddr, f"egress{v}")}},
+                    _match({"ct": {"key": f"{proto} daddr", "dir": "original"}}, f"@{INGRESS[v]}"),
+                    {"snat": {"family": proto, "addr": _map_lookup(saddr, EGRESS[v])}},
                 ),
             )
         )
@@ -524,16 +549,16 @@ def skeleton() -> Skeleton:
         remember = (_match(_meta("nfproto"), "ipv4" if v == 4 else "ipv6"), *_remember_flow(v, proto))
         rules.append(
             Rule(
-                "stateless_postrouting",
+                STATELESS_POSTROUTING,
                 (
                     _ct_untracked(),
-                    {"mangle": {"key": saddr, "value": _map_lookup(saddr, f"egress{v}")}},
+                    {"mangle": {"key": saddr, "value": _map_lookup(saddr, EGRESS[v])}},
                 ),
             )
         )
         # After the rewrite, keyed by the external IP: every packet from a filtered external
         # IP, also one another node rewrote (see the module docstring).
-        rules.append(Rule("stateless_postrouting", remember))
+        rules.append(Rule(STATELESS_POSTROUTING, remember))
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
 
 
@@ -653,35 +678,35 @@ def entry_elements(
     """
     ext_ip, pod_ip = addresses or (ipaddress.ip_address(ext), ipaddress.ip_address(pod))
     v = ext_ip.version
-    out: list[tuple[str, Elem]] = [(f"ingress{v}", (ext, pod))]
+    out: list[tuple[str, Elem]] = [(INGRESS[v], (ext, pod))]
     if v == 4:
-        out.append(("icmpfix4", ((ext, int(ext_ip)), icmp4_compensation(ext_ip, pod_ip))))
+        out.append((ICMPFIX4, ((ext, int(ext_ip)), icmp4_compensation(ext_ip, pod_ip))))
     else:
-        out.append(("icmpguard6", (ext, int(ext_ip))))
+        out.append((ICMPGUARD6, (ext, int(ext_ip))))
     if egress_here:
-        out.append((f"egress{v}", (pod, ext)))
-        out.append((f"selfhairpin{v}", (pod, pod)))
-    out += _filter_elements(ext, v, "dispatch", mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges)
+        out.append((EGRESS[v], (pod, ext)))
+        out.append((SELF_HAIRPIN[v], (pod, pod)))
+    out += _filter_elements(ext, v, DISPATCH, mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges)
     if at_pod is not None and egress_here:
         # Only UDP/SCTP takes this way: TCP and ICMP were filtered where they arrived.
         out += _filter_elements(
             pod,
             v,
-            "arrive",
+            ARRIVE,
             mode=at_pod.mode,
             allow_icmp=False,
             ports=tuple(at_pod.ports),
             ranges=tuple(at_pod.ranges),
         )
     if at_pod is not None and pod_elsewhere and (mode is Mode.PER_PORT or source_ranges):
-        out.append((f"away{v}", ext))
+        out.append((AWAY[v], ext))
     return out
 
 
 def _filter_elements(
     key: str,
     v: int,
-    dispatch: str,
+    dispatch: PerFamily,
     *,
     mode: Mode,
     allow_icmp: bool,
@@ -695,17 +720,17 @@ def _filter_elements(
     # outside the cluster (as Kubernetes does), never to everybody.
     ranged = bool(ranges)
     if mode is Mode.PER_PORT:
-        out.append((f"{dispatch}{v}", (key, f"jump per_port{v}")))
-        out += [(f"ports{v}", (key, p.protocol, p.port)) for p in ports]
+        out.append((dispatch[v], (key, f"jump {PER_PORT[v]}")))
+        out += [(PORTS[v], (key, p.protocol, p.port)) for p in ports]
         if allow_icmp:
-            out.append((f"icmp{v}", key))
+            out.append((ICMP[v], key))
     elif ranged:
-        out.append((f"{dispatch}{v}", (key, f"jump whole_ip{v}")))
+        out.append((dispatch[v], (key, f"jump {WHOLE_IP[v]}")))
     if mode is Mode.PER_PORT or ranged:
-        out.append((f"filtered{v}", key))
+        out.append((FILTERED[v], key))
     if ranged:
-        out.append((f"ranged{v}", key))
-        out += [(f"sources{v}", (key, _host_or_net(r))) for r in ranges if r.version == v]
+        out.append((RANGED[v], key))
+        out += [(SOURCES[v], (key, _host_or_net(r))) for r in ranges if r.version == v]
     return out
 
 
@@ -736,11 +761,11 @@ def _host_or_net(net: IPNetwork) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
-def compile_table(state: ClusterState, *, node_name: str, table: str = "wholeip") -> TableDoc:
+def compile_table(state: ClusterState, *, node_name: str, table: str = TABLE) -> TableDoc:
     """The complete table node ``node_name`` must hold."""
     return TableDoc(family=FAMILY, name=table, skeleton=_SKELETON, elements=elements(state, node_name=node_name))
 
 
 def count_mappings(doc: TableDoc) -> dict[str, int]:
     """Mappings per map, for metrics and summaries."""
-    return {name: len(doc.elements.get(name, ())) for name in ("ingress4", "ingress6", "egress4", "egress6")}
+    return {name: len(doc.elements.get(name, ())) for name in (*INGRESS.both, *EGRESS.both)}

@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from wholeip.core.compile import (
-    FAMILY,
     PodFilter,
     empty_elements,
     entry_elements,
@@ -60,6 +59,7 @@ from wholeip.core.model import (
     resolve_ports,
 )
 from wholeip.core.objects import namespaced_name
+from wholeip.names import FAMILY, TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
 
@@ -228,7 +228,7 @@ class ClusterIndex:
         settings: ModelSettings,
         node_name: str,
         nodes: Iterable[Mapping[str, Any]],
-        table: str = "wholeip",
+        table: str = TABLE,
     ) -> None:
         self.settings = settings
         self.node_name = node_name
@@ -726,7 +726,7 @@ def load(
     nodes: Iterable[Mapping[str, Any]],
     node_name: str,
     settings: ModelSettings,
-    table: str = "wholeip",
+    table: str = TABLE,
 ) -> ClusterIndex:
     """An index holding every given object (duplicates allowed, as in a flat list).
 
@@ -745,7 +745,7 @@ def load_unique(
     nodes: Iterable[Mapping[str, Any]],
     node_name: str,
     settings: ModelSettings,
-    table: str = "wholeip",
+    table: str = TABLE,
     batch: int = 2000,
 ) -> ClusterIndex:
     """An index of objects with unique keys (an informer's cache), read as a stream.
