@@ -154,6 +154,6 @@ def test_protobuf_bodies_decode_known_kinds_only() -> None:
     assert decode(namespace) == {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}
     with pytest.raises(ProtobufError, match="magic"):
         decode(b'{"kind": "Namespace"}')
-    service_body = b"k8s\x00\n\r\n\x02v1\x12\x07Service\x12\x00"
-    with pytest.raises(ProtobufError, match="Service"):
-        decode(service_body)
+    pod_body = b"k8s\x00\n\t\n\x02v1\x12\x03Pod\x12\x00"
+    with pytest.raises(ProtobufError, match="Pod"):
+        decode(pod_body)

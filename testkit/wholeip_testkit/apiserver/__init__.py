@@ -13,10 +13,19 @@ drive it from Python::
         assert ("list", "", "services") in {(r.verb, r.api_group, r.resource) for r in api.audit}
 
 Modules: :mod:`.registry` (the resource table), :mod:`.store` (objects, revisions,
-history), :mod:`.selectors`, :mod:`.patch`, :mod:`.discovery` (discovery and
-OpenAPI stubs), :mod:`.server` (HTTP, watch streaming, fault knobs, audit).
+history), :mod:`.allocation` (ClusterIPs from the ServiceCIDRs, NodePorts),
+:mod:`.crd` (CustomResourceDefinitions become served types), :mod:`.selectors`,
+:mod:`.patch`, :mod:`.discovery` (discovery and OpenAPI stubs), :mod:`.server`
+(HTTP, watch streaming, fault knobs, audit).
+
+``ApiServer(service_cidrs=[...])`` sets the Service range(s) (default
+``10.96.0.0/12,fd00:10:96::/112``; the ServiceCIDR ``kubernetes`` holds them);
+``ApiServer(service_cidr_api=False)`` serves no ServiceCIDR API, like a server
+older than 1.33.  The CLI flags are ``--service-cidrs`` and ``--no-service-cidr-api``.
 """
 
+from .allocation import DEFAULT_SERVICE_CIDRS
+from .crd import CRDS, SERVICE_L2_STATUS_CRD
 from .errors import AlreadyExists, ApiError, BadRequest, Conflict, Gone, Invalid, NotFound
 from .registry import DEFAULT_RESOURCES, Obj, Registry, ResourceType
 from .selectors import Selector
@@ -24,7 +33,10 @@ from .server import ApiServer, AuditRecord
 from .store import Backup, Change, Store
 
 __all__ = [
+    "CRDS",
     "DEFAULT_RESOURCES",
+    "DEFAULT_SERVICE_CIDRS",
+    "SERVICE_L2_STATUS_CRD",
     "AlreadyExists",
     "ApiError",
     "ApiServer",

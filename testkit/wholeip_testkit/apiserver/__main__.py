@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .allocation import DEFAULT_SERVICE_CIDRS
 from .server import ApiServer
 
 
@@ -26,6 +27,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--namespace", default="default", help="the kubeconfig's namespace")
     parser.add_argument("--bookmark-interval", type=float, default=60.0)
     parser.add_argument("--history", type=int, default=1000, help="retained watch events")
+    parser.add_argument(
+        "--service-cidrs",
+        default=",".join(DEFAULT_SERVICE_CIDRS),
+        help="the Service range(s), primary family first (--service-cluster-ip-range); the default "
+        "ServiceCIDR 'kubernetes' holds them and ClusterIPs come from them (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-service-cidr-api",
+        dest="service_cidr_api",
+        action="store_false",
+        help="serve no networking.k8s.io/v1 ServiceCIDR API, like a server older than 1.33",
+    )
     parser.add_argument(
         "--preload",
         help='a JSON file {"items": [...]} of objects to hold from the start (status kept, namespaces created)',
@@ -39,6 +52,8 @@ async def _run(args: argparse.Namespace) -> None:
         port=args.port,
         bookmark_interval=args.bookmark_interval,
         history=args.history,
+        service_cidrs=args.service_cidrs.split(","),
+        service_cidr_api=args.service_cidr_api,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

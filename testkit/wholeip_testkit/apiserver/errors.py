@@ -9,6 +9,7 @@ the wording lives in one place and matches the real server's.
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 
@@ -117,3 +118,18 @@ def details(kind: str, name: str, group: str = "") -> dict[str, Any]:
     if group:
         out["group"] = group
     return out
+
+
+def field_value(value: Any) -> str:
+    """A value as ``field.Invalid`` prints it: strings quoted, lists as JSON, numbers bare."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def invalid(kind: str, name: str, causes: list[tuple[str, str, str]], *, group: str = "") -> Invalid:
+    """A 422 ``Invalid`` like ``errors.NewInvalid``: ``causes`` are (reason, field, detail),
+    e.g. ``("FieldValueInvalid", "spec.clusterIPs", 'Invalid value: ["x"]: ...')``."""
+    texts = [f"{field}: {detail}" for _, field, detail in causes]
+    summary = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    body = details(kind, name, group)
+    body["causes"] = [{"reason": r, "message": m, "field": f} for r, f, m in causes]
+    return Invalid(f'{kind}{"." + group if group else ""} "{name}" is invalid: {summary}', details=body)

@@ -24,7 +24,8 @@ MEDIA_TYPE = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
 
 Schema = dict[int, tuple[str, Any]]
-"""field number -> (JSON name, kind): a kind is a str (below) or a nested Schema."""
+"""field number -> (JSON name, kind): a kind is a str (below), a nested Schema, or
+``[Schema]`` for a repeated message."""
 
 
 class ProtobufError(ValueError):
@@ -48,7 +49,38 @@ _OBJECT_META: Schema = {
     12: ("annotations", "map_string"),
     14: ("finalizers", "repeated_string"),
 }
+_INT_OR_STRING: Schema = {1: ("type", "int"), 2: ("intVal", "int"), 3: ("strVal", "string")}
+_SERVICE_PORT: Schema = {
+    1: ("name", "string"),
+    2: ("protocol", "string"),
+    3: ("port", "int"),
+    4: ("targetPort", "intorstring"),
+    5: ("nodePort", "int"),
+    6: ("appProtocol", "string"),
+}
+_SERVICE_SPEC: Schema = {
+    1: ("ports", [_SERVICE_PORT]),
+    2: ("selector", "map_string"),
+    3: ("clusterIP", "string"),
+    4: ("type", "string"),
+    5: ("externalIPs", "repeated_string"),
+    7: ("sessionAffinity", "string"),
+    8: ("loadBalancerIP", "string"),
+    9: ("loadBalancerSourceRanges", "repeated_string"),
+    10: ("externalName", "string"),
+    11: ("externalTrafficPolicy", "string"),
+    12: ("healthCheckNodePort", "int"),
+    13: ("publishNotReadyAddresses", "bool"),
+    17: ("ipFamilyPolicy", "string"),
+    18: ("clusterIPs", "repeated_string"),
+    19: ("ipFamilies", "repeated_string"),
+    20: ("allocateLoadBalancerNodePorts", "optional_bool"),
+    21: ("loadBalancerClass", "string"),
+    22: ("internalTrafficPolicy", "string"),
+    23: ("trafficDistribution", "string"),
+}
 SCHEMAS: dict[tuple[str, str], Schema] = {
+    ("v1", "Service"): {1: ("metadata", _OBJECT_META), 2: ("spec", _SERVICE_SPEC)},
     ("v1", "Namespace"): {
         1: ("metadata", _OBJECT_META),
         2: ("spec", {1: ("finalizers", "repeated_string")}),
@@ -105,7 +137,17 @@ def _message(buf: bytes, schema: Schema) -> dict[str, Any]:
         if number not in schema:
             continue
         name, kind = schema[number]
-        if isinstance(kind, dict):
+        if isinstance(kind, list):
+            if isinstance(value, bytes):
+                out.setdefault(name, []).append(_message(value, kind[0]))
+        elif kind == "intorstring":
+            if isinstance(value, bytes):
+                ios = _message(value, _INT_OR_STRING)
+                out[name] = ios.get("strVal", "") if ios.get("type") == 1 else ios.get("intVal", 0)
+        elif kind == "optional_bool":  # a pointer: false is sent, and kept
+            if isinstance(value, int):
+                out[name] = bool(value)
+        elif isinstance(kind, dict):
             if isinstance(value, bytes):
                 nested = _message(value, kind)
                 if nested:

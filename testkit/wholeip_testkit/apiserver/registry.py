@@ -46,6 +46,9 @@ class ResourceType:
     status_on_create: bool = False
     """Whether a create may set ``status`` (Nodes: the kubelet registers with one);
     the real strategies of the other types with a status subresource reset it."""
+    custom: bool = False
+    """Served from a CustomResourceDefinition: list items keep ``apiVersion``/``kind``
+    (unstructured lists do), and the type goes away with its definition."""
 
     @property
     def api_version(self) -> str:
@@ -74,8 +77,9 @@ class ResourceType:
 
 
 def _default_service(obj: Obj) -> None:
-    # Only the defaults that clients (and the agent's model) commonly read; IP
-    # allocation is done by the store because it needs to know what is taken.
+    # Only the defaults that clients (and the agent's model) commonly read; IP and
+    # port allocation (and the IP family fields) are the store's (allocation.py),
+    # because they need to know what is taken.
     spec = obj.setdefault("spec", {})
     spec.setdefault("type", "ClusterIP")
     spec.setdefault("sessionAffinity", "None")
@@ -84,8 +88,14 @@ def _default_service(obj: Obj) -> None:
         port.setdefault("targetPort", port.get("port"))
     if spec["type"] in ("NodePort", "LoadBalancer"):
         spec.setdefault("externalTrafficPolicy", "Cluster")
+    if spec["type"] == "LoadBalancer":
+        spec.setdefault("allocateLoadBalancerNodePorts", True)
     spec.setdefault("internalTrafficPolicy", "Cluster")
     obj.setdefault("status", {"loadBalancer": {}})
+
+
+def _default_service_cidr(obj: Obj) -> None:
+    obj.setdefault("spec", {}).setdefault("cidrs", [])
 
 
 def _default_ports_protocol(obj: Obj) -> None:
@@ -192,16 +202,43 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     _r("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True),
     _r("batch", "v1", "jobs", "Job", namespaced=True, sub=["status"], categories=["all"],
        fields=["status.successful"]),
+    _r("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", namespaced=False,
+       sub=["status"], defaulter=_default_service_cidr),
+    _r("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+       namespaced=False, short=["crd", "crds"], sub=["status"], categories=["api-extensions"]),
 )  # fmt: skip
 
 
 class Registry:
     """Lookup of :class:`ResourceType` by URL, by ``apiVersion``/``kind`` or by name."""
 
-    def __init__(self, types: Iterable[ResourceType] = DEFAULT_RESOURCES) -> None:
-        self.types: tuple[ResourceType, ...] = tuple(types)
+    def __init__(self, types: Iterable[ResourceType] = DEFAULT_RESOURCES, *, service_cidrs: bool = True) -> None:
+        """``service_cidrs=False``: a server older than 1.33 (no ``networking.k8s.io/v1``
+        ServiceCIDR), for testing clients' fallbacks."""
+        self.types: tuple[ResourceType, ...] = tuple(
+            t for t in types if service_cidrs or t.key != "servicecidrs.networking.k8s.io"
+        )
+        self._index()
+
+    def _index(self) -> None:
         self._by_url = {(t.group, t.version, t.plural): t for t in self.types}
         self._by_kind = {(t.api_version, t.kind): t for t in self.types}
+
+    def add(self, rtype: ResourceType) -> None:
+        """Serve a new type (a CRD version), replacing one at the same URL."""
+        url = (rtype.group, rtype.version, rtype.plural)
+        self.types = (*(t for t in self.types if (t.group, t.version, t.plural) != url), rtype)
+        self._index()
+
+    def remove(self, key: str) -> list[ResourceType]:
+        """Stop serving every version of ``plural.group``; returns what was removed."""
+        gone = [t for t in self.types if t.key == key]
+        self.types = tuple(t for t in self.types if t.key != key)
+        self._index()
+        return gone
+
+    def has(self, key: str) -> bool:
+        return any(t.key == key for t in self.types)
 
     def by_url(self, group: str, version: str, plural: str) -> ResourceType | None:
         return self._by_url.get((group, version, plural))

@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +37,7 @@ import yaml
 from aiohttp import web
 
 from . import discovery, protobuf
+from .allocation import DEFAULT_SERVICE_CIDRS
 from .errors import (
     ApiError,
     BadRequest,
@@ -133,7 +134,13 @@ class ApiServer:
         history: int = 1000,
         registry: Registry | None = None,
         store: Store | None = None,
+        service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
+        service_cidr_api: bool = True,
     ) -> None:
+        """``service_cidrs``: the Service range(s) (``--service-cluster-ip-range``, primary
+        family first) from which ClusterIPs come and the default ServiceCIDR ``kubernetes``
+        is made; ``service_cidr_api=False`` serves no ServiceCIDR API at all, like a
+        server older than 1.33 (``registry``/``store``, when given, decide instead)."""
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
@@ -141,7 +148,10 @@ class ApiServer:
         self.too_large_wait = 3.0
         """Seconds a list (or a ``sendInitialEvents`` watch) for a resourceVersion newer than
         the store's waits for it before the 504 "Too large resource version" (real servers: 3)."""
-        self.store = store or Store(registry, history=history)
+        if store is None:
+            registry = registry or Registry(service_cidrs=service_cidr_api)
+            store = Store(registry, history=history, service_cidrs=service_cidrs)
+        self.store = store
         self.registry = self.store.registry
         self.audit: list[AuditRecord] = []
         self._faults = _Faults()
@@ -473,7 +483,7 @@ class ApiServer:
 
     async def _get(self, request: web.Request, t: _Target) -> web.StreamResponse:
         assert t.name is not None
-        return _json(self.store.get(t.rtype, t.name, t.namespace))
+        return _json(_in_version(self.store.get(t.rtype, t.name, t.namespace), t.rtype))
 
     def _selector(self, request: web.Request, t: _Target) -> Selector:
         return Selector.parse(
@@ -519,6 +529,9 @@ class ApiServer:
             meta["continue"] = _encode_continue(list_rv, (last.get("namespace", ""), last["name"]))
             meta["remainingItemCount"] = remaining
         for item in items:
+            if t.rtype.custom:  # unstructured lists keep them, in the version asked for
+                item["apiVersion"] = t.rtype.api_version
+                continue
             # Typed lists on a real server carry apiVersion/kind only on the list.
             item.pop("apiVersion", None)
             item.pop("kind", None)
@@ -579,6 +592,8 @@ class ApiServer:
         deadline = now + timeout_seconds if timeout_seconds is not None else None
 
         async def send(type_: str, obj: Obj) -> None:
+            if rtype.custom and obj.get("apiVersion") not in (None, rtype.api_version):
+                obj = {**obj, "apiVersion": rtype.api_version}
             await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
 
         if self._faults.fail_next_watches > 0:
@@ -604,8 +619,8 @@ class ApiServer:
         initial_end_due = initial_events
         next_bookmark = now + self.bookmark_interval
         while True:
-            if watch.dropped:
-                return
+            if watch.dropped or (rtype.custom and not self.registry.has(rtype.key)):
+                return  # (a custom type ends with its CRD, as the real handler closes its watches)
             if not self._faults.stalled:
                 for type_, obj in pending:
                     await send(type_, obj)
@@ -773,6 +788,13 @@ class ApiServer:
         )
 
 
+def _in_version(obj: Obj, rtype: ResourceType) -> Obj:
+    """A custom object as read through one of its CRD's versions (no conversion: same fields)."""
+    if rtype.custom:
+        obj["apiVersion"] = rtype.api_version
+    return obj
+
+
 def _check_kind(body: Obj, rtype: ResourceType) -> None:
     kind, api_version = body.get("kind"), body.get("apiVersion")
     if (kind and kind != rtype.kind) or (api_version and api_version != rtype.api_version):
@@ -790,7 +812,7 @@ def _translate(
     Like the watch cache: an object that stops matching the selector is a
     ``DELETED`` (carrying its new state), one that starts matching an ``ADDED``.
     """
-    if change.rtype is not rtype:
+    if change.rtype.key != rtype.key:
         return None
     scoped = Selector(selector.labels, selector.fields, namespace)
     new_match = scoped.matches(change.object)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from . import crd
+from .allocation import DEFAULT_SERVICE_CIDRS, Allocator, Network, check_service_cidr
 from .errors import (
     AlreadyExists,
     BadRequest,
@@ -50,6 +52,7 @@ from .errors import (
     Invalid,
     NotFound,
     details,
+    invalid,
 )
 from .registry import Obj, Registry, ResourceType
 from .selectors import Selector
@@ -60,8 +63,8 @@ Key = tuple[str, str]
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _NAME_SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # the real generateName alphabet
-_SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/12")
-_NODE_PORTS = range(30000, 32768)
+SERVICE_CIDRS_KEY = "servicecidrs.networking.k8s.io"
+DEFAULT_SERVICE_CIDR_NAME = "kubernetes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,7 @@ class Backup:
 
     objects: dict[str, dict[Key, Obj]]
     rv: int
-    next_cluster_ip: int
+    allocation: tuple[dict[str, int], int]
 
 
 def _now() -> str:
@@ -117,8 +120,14 @@ class Store:
         *,
         history: int = 1000,
         namespaces: Iterable[str] = DEFAULT_NAMESPACES,
+        service_cidrs: Iterable[str] = DEFAULT_SERVICE_CIDRS,
     ) -> None:
         self.registry = registry or Registry()
+        self.allocator = Allocator(tuple(service_cidrs))
+        """ClusterIP/NodePort owners; ``configured`` is the server's own Service range, from
+        which the default ServiceCIDR ``kubernetes`` is made (and allocated on servers
+        without the ServiceCIDR API)."""
+        self._ranges: tuple[Network, ...] | None = None
         self.history_size = history
         self.namespace_finalize_delay = 0.5
         """Seconds a deleted non-empty namespace stays Terminating before it is emptied."""
@@ -134,10 +143,34 @@ class Store:
         paginated list of 100,000 objects would otherwise sort them for every page)."""
         self._history: deque[Change] = deque()
         self._changed = asyncio.Event()
-        self._next_cluster_ip = 0
         ns = self.registry.resolve("namespaces")
         for name in namespaces:
             self.create({"metadata": {"name": name}}, rtype=ns)
+        self._default_service_cidr()
+
+    def _default_service_cidr(self) -> None:
+        """What a 1.33+ API server's default ServiceCIDR controller does at start: the object
+        ``kubernetes`` holding ``--service-cluster-ip-range``, with its Ready condition."""
+        if not self.registry.has(SERVICE_CIDRS_KEY):
+            return
+        self.create(
+            {
+                "metadata": {"name": DEFAULT_SERVICE_CIDR_NAME},
+                "spec": {"cidrs": [str(n) for n in self.allocator.configured]},
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "lastTransitionTime": _now(),
+                            "reason": "",
+                            "message": "Kubernetes default Service CIDR is ready",
+                        }
+                    ]
+                },
+            },
+            rtype=SERVICE_CIDRS_KEY,
+        )
 
     # --- change notification -------------------------------------------------
 
@@ -156,6 +189,10 @@ class Store:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         bucket = self._objects[rtype.key]
+        if rtype.key == "services":
+            self.allocator.track(_key(obj), old, None if type_ == "DELETED" else obj)
+        elif rtype.key == SERVICE_CIDRS_KEY:
+            self._ranges = None
         if type_ == "DELETED":
             bucket.pop(_key(obj), None)
         else:
@@ -176,7 +213,7 @@ class Store:
 
     def backup(self) -> Backup:
         """A copy of every object and the revision, as an etcd snapshot holds them."""
-        return Backup(copy.deepcopy(self._objects), self.rv, self._next_cluster_ip)
+        return Backup(copy.deepcopy(self._objects), self.rv, self.allocator.state())
 
     def restore(self, backup: Backup | None = None) -> None:
         """Go back to ``backup`` (``None``: an empty etcd, with only the default namespaces).
@@ -188,18 +225,28 @@ class Store:
         """
         self._history.clear()
         self._sorted_keys.clear()
+        self._ranges = None
+        for t in self.registry.types:
+            if t.custom:
+                self.registry.remove(t.key)
         if backup is None:
             self._objects = {t.key: {} for t in self.registry.types}
-            self.rv = self.compacted_rv = self._next_cluster_ip = 0
+            self.rv = self.compacted_rv = 0
+            self.allocator.set_state(None)
+            self.allocator.rebuild([])
             ns = self.registry.resolve("namespaces")
             for name in DEFAULT_NAMESPACES:
                 self.create({"metadata": {"name": name}}, rtype=ns)
+            self._default_service_cidr()
             self._history.clear()
             self.compacted_rv = self.rv
         else:
             self._objects = copy.deepcopy(backup.objects)
             self.rv = self.compacted_rv = backup.rv
-            self._next_cluster_ip = backup.next_cluster_ip
+            self.allocator.set_state(backup.allocation)
+            self.allocator.rebuild(self._objects.get("services", {}).items())
+            for definition in self._objects.get(crd.KEY, {}).values():
+                self._serve_crd(definition)
         self.poke()
 
     def changes_since(self, rv: int) -> list[Change]:
@@ -250,7 +297,7 @@ class Store:
         if rv is None or rv >= self.rv:
             return objects
         for change in reversed(self.changes_since(rv)):
-            if change.rtype is not t:
+            if change.rtype.key != t.key:
                 continue
             if change.old is None:
                 objects.pop(_key(change.object), None)
@@ -380,9 +427,11 @@ class Store:
         meta["generation"] = 1
         if t.defaulter is not None:
             t.defaulter(new)
-        if t.kind == "Service" and t.group == "":
-            self._allocate_service(new, None)
-        return self._commit("ADDED", t, new, None)
+        self._admit(t, new, None)
+        created = self._commit("ADDED", t, new, None)
+        if t.key == crd.KEY:
+            self._serve_crd(new)
+        return created
 
     def update(
         self,
@@ -441,13 +490,16 @@ class Store:
                 new_meta.pop(field, None)
         if t.defaulter is not None and subresource is None:
             t.defaulter(new)
-        if t.kind == "Service" and t.group == "":
-            self._allocate_service(new, old)
+        if subresource is None:
+            self._admit(t, new, old)
         if _spec(new) != _spec(old):
             new_meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         if new == old:
             return copy.deepcopy(old)
-        return self._commit("MODIFIED", t, new, old)
+        updated = self._commit("MODIFIED", t, new, old)
+        if t.key == crd.KEY:
+            self._serve_crd(new)
+        return updated
 
     def delete(
         self,
@@ -476,18 +528,25 @@ class Store:
             )
         if t.key == "namespaces" and self._namespace_content(name):
             return self._terminate_namespace(old)
+        if t.key == crd.KEY:
+            # The CRD finalizer's work, done at once: every custom object goes first
+            # (watchers see each DELETED), then the type stops being served.
+            served = [c for c in self.registry.types if c.key == name and c.custom]
+            for ns, obj_name in sorted(self._objects.get(name, {})) if served else []:
+                self.delete(served[0], obj_name, ns or None)
+            deleted = self._commit("DELETED", t, copy.deepcopy(old), old)
+            if served:
+                self.registry.remove(name)
+                self._objects.pop(name, None)
+                self._sorted_keys.pop(name, None)
+            return deleted
         return self._commit("DELETED", t, copy.deepcopy(old), old)
 
     # --- namespace lifecycle ---------------------------------------------------
 
     def _namespace_content(self, namespace: str) -> builtins.list[tuple[ResourceType, Key]]:
-        return [
-            (t, key)
-            for t in self.registry.types
-            if t.namespaced
-            for key in sorted(self._objects[t.key])
-            if key[0] == namespace
-        ]
+        types = {t.key: t for t in reversed(self.registry.types) if t.namespaced}  # first version wins
+        return [(t, key) for t in types.values() for key in sorted(self._objects[t.key]) if key[0] == namespace]
 
     def _terminate_namespace(self, ns: Obj) -> Obj:
         """Mark a non-empty namespace Terminating and empty it a moment later.
@@ -522,63 +581,52 @@ class Store:
 
     # --- server-side defaults that need global knowledge ----------------------
 
-    def _allocate_service(self, svc: Obj, old: Obj | None) -> None:
-        """ClusterIP and nodePort allocation, keeping what an update leaves out.
+    def service_ranges(self) -> tuple[Network, ...]:
+        """Where ClusterIPs come from: every ServiceCIDR's ranges (the default one first),
+        or, on a server without the ServiceCIDR API, its configured range."""
+        if self._ranges is None:
+            if self.registry.has(SERVICE_CIDRS_KEY):
+                objects = self._objects.get(SERVICE_CIDRS_KEY, {})
+                order = sorted(objects, key=lambda k: (k[1] != DEFAULT_SERVICE_CIDR_NAME, k[1]))
+                nets: list[Network] = []
+                for key in order:
+                    for cidr in (objects[key].get("spec") or {}).get("cidrs") or []:
+                        with contextlib.suppress(ValueError):
+                            nets.append(ipaddress.ip_network(cidr))
+                self._ranges = tuple(nets)
+            else:
+                self._ranges = self.allocator.configured
+        return self._ranges
 
-        What is taken is only looked at when something must be allocated, and
-        the search for a free ClusterIP starts after the last one handed out (as
-        a real allocator's bitmap does not rescan from the start): a write to
-        one of 10,000 Services must not cost a scan of all of them.
-        ``spec.allocateLoadBalancerNodePorts: false`` leaves a LoadBalancer's
-        ports without nodePorts, as on a real server (only 2,768 exist).
-        """
-        spec = svc.setdefault("spec", {})
-        old_spec = (old or {}).get("spec") or {}
-        if spec.get("type") == "ExternalName":
+    def _admit(self, t: ResourceType, new: Obj, old: Obj | None) -> None:
+        """Checks and defaults that need more than the object: allocation, CRD acceptance."""
+        if t.key == "services":
+            self.allocator.allocate(new, old, _key(new), self.service_ranges())
+        elif t.key == SERVICE_CIDRS_KEY:
+            check_service_cidr(new, old)
+        elif t.key == crd.KEY:
+            crd.prepare(new, _now())
+            name = new["metadata"]["name"]
+            builtin = next((b for b in self.registry.types if b.key == name and not b.custom), None)
+            if builtin is not None:
+                raise invalid(
+                    "CustomResourceDefinition",
+                    name,
+                    [("FieldValueInvalid", "metadata.name", f'Invalid value: "{name}": is served by a built-in type')],
+                    group=crd.GROUP,
+                )
+
+    def _serve_crd(self, definition: Obj) -> None:
+        """Register (or re-register) the types a stored CRD defines."""
+        types = crd.resource_types(definition)
+        key = definition["metadata"]["name"]
+        if [t for t in self.registry.types if t.key == key] == types:
             return
-        if not spec.get("clusterIP") and old_spec.get("clusterIP"):
-            spec["clusterIP"] = old_spec["clusterIP"]
-        if not spec.get("clusterIP"):
-            used = {s.get("spec", {}).get("clusterIP") for s in self._objects["services"].values()}
-            size = _SERVICE_CIDR.num_addresses - 11
-            for step in range(size):
-                offset = 10 + (self._next_cluster_ip + step) % size
-                candidate = str(_SERVICE_CIDR.network_address + offset)
-                if candidate not in used:
-                    spec["clusterIP"] = candidate
-                    self._next_cluster_ip = offset - 9
-                    break
-        spec.setdefault("clusterIPs", [spec["clusterIP"]])
-        if spec["clusterIP"] != "None":
-            family = ipaddress.ip_address(spec["clusterIP"]).version
-            spec.setdefault("ipFamilies", ["IPv4" if family == 4 else "IPv6"])
-            spec.setdefault("ipFamilyPolicy", "SingleStack")
-        if spec.get("type") == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is False:
-            return
-        if spec.get("type") in ("NodePort", "LoadBalancer"):
-            taken: set[Any] | None = None
-            old_ports = {(p.get("port"), p.get("protocol")): p for p in old_spec.get("ports") or []}
-            for port in spec.get("ports") or []:
-                if port.get("nodePort"):
-                    continue
-                previous = old_ports.get((port.get("port"), port.get("protocol")), {})
-                if previous.get("nodePort"):
-                    port["nodePort"] = previous["nodePort"]
-                    continue
-                if taken is None:
-                    taken = {
-                        p.get("nodePort")
-                        for s in self._objects["services"].values()
-                        for p in (s.get("spec", {}).get("ports") or [])
-                    }
-                free = next((p for p in _NODE_PORTS if p not in taken), None)
-                if free is None:
-                    raise Invalid(
-                        f'Service "{(svc.get("metadata") or {}).get("name", "")}" is invalid: '
-                        "spec.ports[].nodePort: Internal error: range is full"
-                    )
-                port["nodePort"] = free
-                taken.add(free)
+        self.registry.remove(key)
+        for t in types:
+            self.registry.add(t)
+        self._objects.setdefault(key, {})
+        self._sorted_keys.pop(key, None)
 
 
 def _spec(obj: Obj) -> dict[str, Any]:
