@@ -83,7 +83,8 @@ class _Log:
 
 def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
     """Inside the namespace: double + agent, then the measurements."""
-    from wholeip.core import compile, index
+    from wholeip.core import index
+    from wholeip.core.elements import compile_table
     from wholeip.engine import Engine
     from wholeip.nft.diff import diff
     from wholeip.nft.doc import parse_listing
@@ -223,7 +224,7 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
 
         # Benchmark 3: observe = list + parse + compare, as a full sync does.
         state = index.build_state_from_objects(objects, node_name="n1", settings=ModelSettings())
-        desired = compile.compile_table(state, node_name="n1")
+        desired = compile_table(state, node_name="n1")
         engine = Engine(backend=backend)
         observe: list[float] = []
         compare: list[float] = []

@@ -31,7 +31,8 @@ from wholeip_testkit.netns import Netns
 
 def child(path: str) -> None:
     """Inside the namespace: load, model, compile, commit; print timings as JSON."""
-    from wholeip.core import compile, index
+    from wholeip.core import index
+    from wholeip.core.elements import compile_table
     from wholeip.engine import Engine
     from wholeip.nft.libnft import LibnftBackend
     from wholeip.settings import ModelSettings
@@ -41,7 +42,7 @@ def child(path: str) -> None:
     t1 = time.perf_counter()
     state = index.build_state_from_objects(objects, node_name="n1", settings=ModelSettings())
     t2 = time.perf_counter()
-    doc = compile.compile_table(state, node_name="n1")
+    doc = compile_table(state, node_name="n1")
     t3 = time.perf_counter()
     result = Engine(backend=LibnftBackend()).sync(doc)
     t4 = time.perf_counter()
@@ -60,7 +61,7 @@ def child(path: str) -> None:
 
 
 def _icmp_fix_rule(line: str) -> bool:
-    """A rule of the ICMP-error fix (raw payload writes, see compile.py)."""
+    """A rule of the ICMP-error fix (raw payload writes, see core/ruleset.py)."""
     text = line.strip()
     return text.startswith(("icmp type", "icmpv6 type")) and "@th," in text and " set " in text
 

@@ -770,7 +770,7 @@ class Soak:
         import aiohttp
 
         # The model and compiler as they are now, for both the agent and the final compare.
-        import wholeip.core.compile
+        import wholeip.core.elements
         import wholeip.core.model  # noqa: F401
 
         self.start_api()
@@ -1083,7 +1083,7 @@ def ingress_of(ip: str) -> str | None:
 def compare(objects: list[dict[str, Any]]) -> dict[str, Any]:
     """The kernel's table against a fresh compile of ``objects``."""
     from wholeip.cli.flags import parse_cidrs
-    from wholeip.core.compile import compile_table, count_mappings
+    from wholeip.core.elements import compile_table, count_mappings
     from wholeip.core.index import build_state_from_objects
     from wholeip.engine import Engine
     from wholeip.nft.diff import diff

@@ -3,7 +3,7 @@
     python hack/skeleton-equivalence/equiv.py --old /tmp/base/src --new src
 
 Each ``--old``/``--new`` is a ``src`` directory holding a ``wholeip`` package; its
-``compile.skeleton()`` is dumped in a child process (two versions of one package cannot
+``ruleset.skeleton()`` is dumped in a child process (two versions of one package cannot
 share an interpreter). Both skeletons then run, in a small model of nf_tables written
 here, over an abstract packet space: every pair of source and destination out of a
 small cluster (outside clients, external IPs filtered or not, local and remote pods, a
@@ -37,8 +37,8 @@ from typing import Any
 
 DUMP = """
 import json
-from wholeip.core import compile
-sk = compile.skeleton()
+from wholeip.core.ruleset import skeleton
+sk = skeleton()
 print(json.dumps({"chains": [[c.name, c.type, c.hook, c.prio] for c in sk.chains],
                   "rules": [[r.chain, list(r.expr)] for r in sk.rules]}))
 """

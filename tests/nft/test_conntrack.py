@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from wholeip.agent.conntrack import ConntrackCleaner
-from wholeip.core.compile import compile_table
+from wholeip.core.elements import compile_table
 from wholeip.core.index import build_state_from_objects
 from wholeip.engine import Engine
 from wholeip.nft.diff import Plan

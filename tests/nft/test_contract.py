@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from wholeip.core import compile, index, model
+from wholeip.core import index, model
+from wholeip.core.elements import compile_table
 from wholeip.engine import apply_plan
 from wholeip.nft.backend import Backend, Exists, NotFound, Rejected
 from wholeip.nft.diff import diff
@@ -153,7 +154,7 @@ def _state(n: int, *, dual_stack: bool = True, pod_offset: int = 0) -> model.Clu
 
 def test_compiled_table_round_trips(backend: Backend) -> None:
     """What we send, listed back and parsed, compares equal: the next diff is empty."""
-    desired = compile.compile_table(_state(50), node_name="n1")
+    desired = compile_table(_state(50), node_name="n1")
     plan = diff(desired, None)
     apply_plan(backend, plan)
     listing = backend.list_table("inet", "wholeip")
@@ -171,7 +172,7 @@ def test_read_table_is_the_parsed_listing(backend: Backend) -> None:
     """What a full sync reads (the kernel's backend reads elements over netlink) is what
     the listing shows; tests/nft/test_netlink.py checks every kind of set."""
     assert backend.read_table("inet", "wholeip") is None
-    desired = compile.compile_table(_state(30), node_name="n1")
+    desired = compile_table(_state(30), node_name="n1")
     apply_plan(backend, diff(desired, None))
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
@@ -182,9 +183,9 @@ def test_read_table_is_the_parsed_listing(backend: Backend) -> None:
 
 
 def test_mapping_change_is_a_small_diff_that_applies(backend: Backend) -> None:
-    first = compile.compile_table(_state(20), node_name="n1")
+    first = compile_table(_state(20), node_name="n1")
     apply_plan(backend, diff(first, None))
-    second = compile.compile_table(_state(20, pod_offset=1), node_name="n1")
+    second = compile_table(_state(20, pod_offset=1), node_name="n1")
     listing = backend.list_table("inet", "wholeip")
     assert listing is not None
     plan = diff(second, parse_listing(listing, family="inet", name="wholeip"))
@@ -197,7 +198,7 @@ def test_mapping_change_is_a_small_diff_that_applies(backend: Backend) -> None:
 
 
 def test_foreign_rule_in_our_chain_is_seen_and_removed(backend: Backend) -> None:
-    desired = compile.compile_table(_state(3), node_name="n1")
+    desired = compile_table(_state(3), node_name="n1")
     apply_plan(backend, diff(desired, None))
     backend.transact(
         [
@@ -230,7 +231,7 @@ def test_rebuild_replaces_a_foreign_set_and_keeps_other_tables(backend: Backend)
             {"add": {"chain": {"family": "ip", "table": "foreign", "name": "keep"}}},
         ]
     )
-    desired = compile.compile_table(_state(3), node_name="n1")
+    desired = compile_table(_state(3), node_name="n1")
     apply_plan(backend, diff(desired, None))
     backend.transact([{"add": {"set": {"family": "inet", "table": "wholeip", "name": "extra", "type": "ipv4_addr"}}}])
     listing = backend.list_table("inet", "wholeip")
@@ -266,7 +267,7 @@ def test_per_port_table_round_trips(backend: Backend) -> None:
         "loadBalancerSourceRanges": ["198.51.100.0/24", "192.0.2.7/32"],
     }
     state = index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
-    desired = compile.compile_table(state, node_name="n1")
+    desired = compile_table(state, node_name="n1")
     assert desired.elements["dispatch4"]
     apply_plan(backend, diff(desired, None))
     listing = backend.list_table("inet", "wholeip")

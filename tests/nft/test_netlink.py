@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from wholeip.core import compile, index, model
+from wholeip.core import index, model
+from wholeip.core.elements import compile_table
 from wholeip.engine import Engine, apply_plan
 from wholeip.names import ALLOW_ICMP_ANNOTATION, WHOLE_IP_ANNOTATION
 from wholeip.nft import netlink
@@ -101,7 +102,7 @@ def _listed(backend: Backend) -> TableDoc:
 
 def test_every_set_reads_as_libnftables_lists_it(kernel: tuple[Netns, NetnsBackend]) -> None:
     ns, backend = kernel
-    desired = compile.compile_table(_varied_state(), node_name="n1")
+    desired = compile_table(_varied_state(), node_name="n1")
     apply_plan(backend, diff(desired, None))
     read = backend.read_table("inet", "wholeip")
     listed = _listed(backend)
@@ -125,7 +126,7 @@ def test_every_set_reads_as_libnftables_lists_it(kernel: tuple[Netns, NetnsBacke
 def test_reading_sees_what_someone_else_changed(kernel: tuple[Netns, NetnsBackend]) -> None:
     """Drift in elements, over netlink, is seen by the engine's full sync and repaired."""
     _ns, backend = kernel
-    desired = compile.compile_table(_varied_state(), node_name="n1")
+    desired = compile_table(_varied_state(), node_name="n1")
     engine = Engine(backend=backend)
     engine.sync(desired)
     T = {"family": "inet", "table": "wholeip"}
@@ -159,7 +160,7 @@ def test_sets_held_exactly_come_back_as_the_known_objects(kernel: tuple[Netns, N
     """A full sync passes its memory: a set the kernel holds exactly is that very object
     (no second copy of 100,000 elements); a set that differs is read as it is."""
     _ns, backend = kernel
-    desired = compile.compile_table(_varied_state(), node_name="n1")
+    desired = compile_table(_varied_state(), node_name="n1")
     apply_plan(backend, diff(desired, None))
     known = {name: set(elems) for name, elems in desired.elements.items()}
     read = backend.read_table("inet", "wholeip", known=known)
@@ -184,7 +185,7 @@ def test_an_element_that_does_not_decode_falls_back_for_its_set_only(
     """The dump where one element fails is read to its end (a socket runs one dump at a time), the set
     is listed through libnftables, and the sets after it still come over netlink."""
     _ns, backend = kernel
-    desired = compile.compile_table(_varied_state(), node_name="n1")
+    desired = compile_table(_varied_state(), node_name="n1")
     apply_plan(backend, diff(desired, None))
     real = netlink.decoder
     bad = ipaddress.ip_address(_mapping(desired, 7)[0]).packed
@@ -227,7 +228,7 @@ def test_a_commit_during_a_dump_interrupts_it_and_the_socket_stays_usable(
     """The kernel flags a dump that a commit (to any table) overlapped; the reader drains
     it, says so, and the same socket serves the next dump."""
     ns, backend = kernel
-    apply_plan(backend, diff(compile.compile_table(_state_of(40_000), node_name="n1"), None))
+    apply_plan(backend, diff(compile_table(_state_of(40_000), node_name="n1"), None))
 
     def overlapped(strict: bool) -> tuple[bool, int, int]:
         with netlink.Socket() as sock:
@@ -263,7 +264,7 @@ def test_an_interrupted_set_is_read_again_alone(
     kernel: tuple[Netns, NetnsBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _ns, backend = kernel
-    desired = compile.compile_table(_varied_state(), node_name="n1")
+    desired = compile_table(_varied_state(), node_name="n1")
     apply_plan(backend, diff(desired, None))
     real_elements, real_list_set = netlink.Socket.elements, LibnftBackend._list_set
     dumps: list[str] = []

@@ -6,19 +6,20 @@ import json
 
 import pytest
 
-from wholeip.core import compile, index
+from wholeip.core import index
+from wholeip.core.elements import compile_table
 from wholeip.engine import Engine
 from wholeip.nft.backend import Rejected
-from wholeip.nft.doc import JSONObj, render_table
+from wholeip.nft.doc import JSONObj, TableDoc, render_table
 from wholeip.nft.fake import FakeBackend
 from wholeip.settings import ModelSettings
 from wholeip_testkit import synth
 
 
-def desired(n: int, *, node: str = "n1", pod_offset: int = 0, dual_stack: bool = True) -> compile.TableDoc:
+def desired(n: int, *, node: str = "n1", pod_offset: int = 0, dual_stack: bool = True) -> TableDoc:
     objs = synth.cluster(n, dual_stack=dual_stack, pod_offset=pod_offset)
     state = index.build_state_from_objects(objs, node_name=node, settings=ModelSettings())
-    return compile.compile_table(state, node_name=node)
+    return compile_table(state, node_name=node)
 
 
 def test_no_rules_per_service() -> None:
@@ -36,10 +37,8 @@ def test_ingress_everywhere_egress_only_for_local_pods() -> None:
 
 def test_render_is_deterministic() -> None:
     objs = synth.cluster(30, dual_stack=True)
-    a = compile.compile_table(
-        index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings()), node_name="n1"
-    )
-    b = compile.compile_table(
+    a = compile_table(index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings()), node_name="n1")
+    b = compile_table(
         index.build_state_from_objects(list(reversed(objs)), node_name="n1", settings=ModelSettings()), node_name="n1"
     )
     assert json.dumps(render_table(a)) == json.dumps(render_table(b))
@@ -199,7 +198,7 @@ def test_per_port_services_are_elements_only_at_ten_thousand() -> None:
     for i in range(10_000):
         objs += _per_port(i, ranges=("198.51.100.0/24",) if i % 3 == 0 else ())
     state = index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
-    doc = compile.compile_table(state, node_name="n1")
+    doc = compile_table(state, node_name="n1")
     assert doc.skeleton == desired(1).skeleton  # the same fixed rules as one whole-IP Service
     elements = sum(map(len, doc.elements.values()))
     print(f"\n10,000 per-port Services x 5 ports: {len(doc.skeleton.rules)} rules, {elements} elements")
@@ -218,10 +217,8 @@ def test_mode_switch_is_an_element_change() -> None:
     base: list[dict[str, object]] = [synth.node("n1", 0), synth.node("n2", 1)]
     whole = base + synth.service(0)
     per_port = base + _per_port(0, ports=2, icmp=True)
-    a = compile.compile_table(
-        index.build_state_from_objects(whole, node_name="n1", settings=ModelSettings()), node_name="n1"
-    )
-    b = compile.compile_table(
+    a = compile_table(index.build_state_from_objects(whole, node_name="n1", settings=ModelSettings()), node_name="n1")
+    b = compile_table(
         index.build_state_from_objects(per_port, node_name="n1", settings=ModelSettings()), node_name="n1"
     )
     backend = FakeBackend()
@@ -267,7 +264,7 @@ def test_a_pod_behind_two_filters(case: str) -> None:
         node: index.build_state_from_objects(objs, node_name=node, settings=ModelSettings()) for node in ("n1", "n2")
     }
     assert {str(m.pod_ip) for m in states["n1"].mappings} == {"10.128.0.10"}
-    n1, n2 = (compile.compile_table(states[node], node_name=node).elements for node in ("n1", "n2"))
+    n1, n2 = (compile_table(states[node], node_name=node).elements for node in ("n1", "n2"))
     pod = "10.128.0.10"
     at_pod = {e for e in n1["ports4"] if e[0] == pod}
     filtered = {"100.64.0.1"} if case == "one-unfiltered" else {"100.64.0.1", "100.64.0.3"}
@@ -299,9 +296,7 @@ def test_a_pod_behind_two_filters(case: str) -> None:
 def test_whole_ip_with_source_ranges_dispatches_to_the_range_check() -> None:
     objs = [synth.node("n1", 0), *synth.service(0)]
     objs[1]["spec"]["loadBalancerSourceRanges"] = ["198.51.100.0/25", "198.51.100.128/25", "192.0.2.7/32"]
-    doc = compile.compile_table(
-        index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings()), node_name="n1"
-    )
+    doc = compile_table(index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings()), node_name="n1")
     assert doc.elements["dispatch4"] == {("100.64.0.1", "jump whole_ip4")}
     # The pod is on n1, which also checks the ranges under the pod IP (UDP/SCTP arriving elsewhere).
     assert doc.elements["arrive4"] == {("10.128.0.10", "jump whole_ip4")}
@@ -389,7 +384,7 @@ def test_source_ranges_of_one_family_deny_the_other_family_instead_of_opening_it
         for f, a in ((4, "10.244.1.9"), (6, "fd00::9"))
     ]
     state = index.build_state_from_objects([svc, *slices], node_name="n1", settings=ModelSettings())
-    doc = compile.compile_table(state, node_name="n1")
+    doc = compile_table(state, node_name="n1")
     assert ("203.0.113.9", "jump whole_ip4") in doc.elements["dispatch4"]
     assert "203.0.113.9" in doc.elements["ranged4"]
     assert not doc.elements["sources4"]  # nobody outside may reach the IPv4 address

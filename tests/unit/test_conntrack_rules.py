@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from wholeip.agent.conntrack import ConntrackCleaner, Entry, Pair, Query, Stale, Tuples, stale_pairs
-from wholeip.core import compile
+from wholeip.core.ruleset import skeleton
 from wholeip.nft.diff import Plan, diff, rebuild
 from wholeip.nft.doc import Elem, TableDoc
 
@@ -31,7 +31,7 @@ def table(
         for v in (4, 6):
             elements[f"{name}{v}"] = frozenset((k, val) for k, val in pairs.items() if (":" in k) == (v == 6))
     elements |= {name: frozenset(elems) for name, elems in more.items()}
-    return TableDoc("inet", "wholeip", compile.skeleton(), elements)
+    return TableDoc("inet", "wholeip", skeleton(), elements)
 
 
 def plan(before: TableDoc | None, after: TableDoc) -> Plan:

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from wholeip.core import compile
+from wholeip.core.elements import compile_table
 from wholeip.core.index import ClusterIndex, build_state, load
 from wholeip.engine import Engine
 from wholeip.nft.diff import diff
@@ -163,7 +163,7 @@ def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
             settings=SETTINGS,
         )
         assert index.state() == fresh_state
-        fresh = compile.compile_table(fresh_state, node_name="n1")
+        fresh = compile_table(fresh_state, node_name="n1")
         assert index.elements == {k: set(v) for k, v in fresh.elements.items()}
         result = engine.sync(index.doc(), touched=touched)
         assert not result.plan.rebuilt
@@ -195,7 +195,7 @@ def test_touched_sync_sends_only_the_change_at_ten_thousand() -> None:
     # One mapping moved: ingress value and its ICMP data change, egress (if local) too.
     assert 1 <= result.plan.deleted <= 4
     assert 1 <= result.plan.added <= 4
-    fresh = compile.compile_table(
+    fresh = compile_table(
         build_state(
             services=services,
             endpoint_slices=[moved, *slices[1:]],

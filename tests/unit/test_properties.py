@@ -40,9 +40,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from wholeip.core import model
-from wholeip.core.compile import compile_table, icmp4_compensation, skeleton
+from wholeip.core.elements import compile_table
 from wholeip.core.index import ClusterIndex, build_state, load, service_key
 from wholeip.core.model import ClusterState, Mapping1to1, Mode
+from wholeip.core.ruleset import icmp4_compensation, skeleton
 from wholeip.engine import Engine
 from wholeip.names import ALLOW_ICMP_ANNOTATION, PROXY_NAME_LABEL, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
 from wholeip.nft.diff import diff

@@ -5,7 +5,7 @@ the rule that rewrites its destination), so a re-pointed map element takes
 effect for it with the next packet. Tracked traffic is different: the NAT
 hooks see only a connection's first packet, and conntrack replays their
 decision for every later one, for as long as packets keep coming. The tracked
-entries our own rules make (see :mod:`wholeip.core.compile`):
+entries our own rules make (see :mod:`wholeip.core.ruleset`):
 
 * **hairpin**: an east-west packet to an external IP E (from a pod that has no
   external IP of its own, or from a node's own process) is DNATed to E's pod P:

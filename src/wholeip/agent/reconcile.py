@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from wholeip.backoff import backoff_delay
-from wholeip.core.compile import count_mappings
+from wholeip.core.elements import count_mappings
 from wholeip.core.index import ClusterIndex, ServiceKey, Touched, load_unique
 from wholeip.core.model import ObjectRef, Problem, ProblemSource
 from wholeip.engine import Engine, Rejection, SyncResult

@@ -31,7 +31,8 @@ def say(msg: str) -> None:
 
 def desired_table(args: argparse.Namespace) -> Any:
     from wholeip.cli import clusterfile
-    from wholeip.core import compile, index
+    from wholeip.core import index
+    from wholeip.core.elements import compile_table
 
     loaded = clusterfile.load(args.filename)
     for note in loaded.notes:
@@ -43,7 +44,7 @@ def desired_table(args: argparse.Namespace) -> Any:
     for problem in state.problems:
         level = "warning" if problem.warning else "note"
         say(f"{level}: {problem.ref}: {problem.reason}: {problem.message}")
-    return compile.compile_table(state, node_name=args.node_name, table=args.table)
+    return compile_table(state, node_name=args.node_name, table=args.table)
 
 
 _EMPTY_WOULD = {

@@ -12,7 +12,7 @@ re-resolves only what they can affect:
   leaves with which external IP, and whether the pod's node filters for it,
   depends on every mapping of the pod);
 * a mapping changes -> its own elements (every element belongs to exactly one
-  mapping, see :func:`wholeip.core.compile.mapping_elements`).
+  mapping, see :func:`wholeip.core.elements.mapping_elements`).
 
 Nodes and settings decide the cluster networks and the guards for every
 external IP at once; a change to them builds a new index.
@@ -31,13 +31,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from wholeip.core.compile import (
+from wholeip.core.elements import (
     PodFilter,
     empty_elements,
     entry_elements,
     network_elements,
     pod_filter,
-    skeleton,
     udp_filter,
 )
 from wholeip.core.gcpause import gc_paused
@@ -59,6 +58,7 @@ from wholeip.core.model import (
     resolve_ports,
 )
 from wholeip.core.objects import namespaced_name
+from wholeip.core.ruleset import skeleton
 from wholeip.names import FAMILY, TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
@@ -370,7 +370,7 @@ class ClusterIndex:
 
     def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:
         """The filter the pod's node applies for every mapping of the pod (see
-        :func:`wholeip.core.compile.pod_filter`); ``winner``: the mapping of an external IP
+        :func:`wholeip.core.elements.pod_filter`); ``winner``: the mapping of an external IP
         (now, or as it was before an update)."""
         filters = []
         for ext in _values(self._pods.get(pod)):

@@ -1,4 +1,5 @@
-"""The compiler (pure): ClusterState + this node's name -> the whole table we want.
+"""The fixed skeleton of the table (pure): every set, map, chain and rule, the same on
+every node and for any number of Services.
 
 The table's skeleton is fixed: the same sets, chains and rules on every node
 and for any number of Services. Everything the cluster says lands in set and
@@ -104,7 +105,7 @@ the pod's filter keyed by its pod IP (UDP/SCTP ports only), with ``arrive4/6``
 (pod IP -> the same per-mode chains) as its dispatch map; on the other nodes
 the external IP is in ``away4/6`` and the filter chains let such packets on.
 Not for a pod whose mappings filter UDP/SCTP with differing source ranges (see
-:func:`pod_filter`); packets from another external IP are filtered where
+:func:`wholeip.core.elements.pod_filter`); packets from another external IP are filtered where
 they arrive, as before (their node remembered the flow on the way out).
 
 ICMP errors (unreachable, fragmentation needed / packet too big, time
@@ -118,11 +119,9 @@ The output is deterministic: the same state gives byte-identical JSON.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
-from wholeip.core.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
+from wholeip.core.model import IPAddress
 from wholeip.names import (
     ARRIVE,
     AWAY,
@@ -130,7 +129,6 @@ from wholeip.names import (
     CT_DECIDED,
     DISPATCH,
     EGRESS,
-    FAMILY,
     FILTERED,
     FLOWS,
     HAIRPIN_OUTPUT,
@@ -148,13 +146,10 @@ from wholeip.names import (
     SELF_HAIRPIN,
     SOURCES,
     STATELESS_POSTROUTING,
-    TABLE,
     UNTRACKED,
     WHOLE_IP,
-    PerFamily,
 )
-from wholeip.nft.doc import ChainDecl, Elem, JSONObj, Rule, SetDecl, Skeleton, TableDoc
-from wholeip.settings import IPNetwork
+from wholeip.nft.doc import ChainDecl, JSONObj, Rule, SetDecl, Skeleton
 
 PRIO_RAW = -300
 PRIO_DSTNAT = -100
@@ -560,212 +555,3 @@ def skeleton() -> Skeleton:
         # IP, also one another node rewrote (see the module docstring).
         rules.append(Rule(STATELESS_POSTROUTING, remember))
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
-
-
-_SKELETON = skeleton()
-
-
-# --------------------------------------------------------------------------- elements
-
-
-class PodFilter(NamedTuple):
-    """How UDP/SCTP from outside to a pod is filtered, for one mapping or, at the pod's
-    node, for all of them (:func:`pod_filter`). Whole-IP mode without ranges lets all in."""
-
-    mode: Mode
-    ports: frozenset[PortSpec]
-    """The UDP/SCTP ports a per-port filter forwards."""
-    ranges: frozenset[IPNetwork]
-
-
-def udp_filter(mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork]) -> PodFilter | None:
-    """A mapping's filter of UDP/SCTP from outside; None: it has none."""
-    ranges = frozenset(source_ranges)
-    if mode is Mode.WHOLE_IP and not ranges:
-        return None
-    listed = frozenset(p for p in ports if p.protocol in AT_POD_PROTOCOLS) if mode is Mode.PER_PORT else frozenset()
-    return PodFilter(mode, listed, ranges)
-
-
-OPEN = PodFilter(Mode.WHOLE_IP, frozenset(), frozenset())
-"""The pod's node lets every UDP/SCTP packet to the pod in."""
-
-
-def pod_filter(filters: Iterable[PodFilter | None]) -> PodFilter | None:
-    """The one filter the node of a pod whose mappings have these :func:`udp_filter`
-    values applies, under the pod IP, to UDP/SCTP that arrived for any of them at another
-    node; None: the pod's node does not, every node filters such packets by the external
-    IP they were sent to. The pod's node no longer sees which external IP that was, so the
-    filter must let in what any of them lets in and nothing more:
-
-    * one of them filters nothing: nothing (the pod takes all UDP through that one);
-    * all have the same source ranges (or none): those ranges, and any port if one of
-      them is whole-IP, else the union of their ports (all filter alike: that filter);
-    * else (ranges that differ): None. A union of (source range x port) boxes is not
-      one concatenated set without overlapping elements; such a pod keeps the gap.
-    (TCP ports and the ICMP policy may differ: those are filtered where they arrive.)"""
-    distinct = set(filters)
-    if not distinct or distinct == {None}:
-        return None  # nothing to filter
-    if None in distinct:
-        return OPEN
-    some = [f for f in distinct if f is not None]
-    if len({f.ranges for f in some}) != 1:
-        return None
-    ranges = some[0].ranges
-    if any(f.mode is Mode.WHOLE_IP for f in some):
-        return PodFilter(Mode.WHOLE_IP, frozenset(), ranges)
-    return PodFilter(Mode.PER_PORT, frozenset().union(*(f.ports for f in some)), ranges)
-
-
-def pod_filters(mappings: Iterable[Mapping1to1]) -> dict[IPAddress, PodFilter]:
-    """The filter each pod's node applies for it (see :func:`pod_filter`), for the pods
-    that have one (per family: a pod IP is of one)."""
-    filters: dict[IPAddress, set[PodFilter | None]] = {}
-    for m in mappings:
-        filters.setdefault(m.pod_ip, set()).add(udp_filter(m.mode, m.ports, m.source_ranges))
-    out = {pod: pod_filter(fs) for pod, fs in filters.items()}
-    return {pod: f for pod, f in out.items() if f is not None}
-
-
-def mapping_elements(m: Mapping1to1, *, node_name: str, at_pod: PodFilter | None = None) -> list[tuple[str, Elem]]:
-    """The (set, element) pairs one mapping contributes on node ``node_name``; ``at_pod``:
-    the filter the pod's node applies for the pod (:func:`pod_filters`), if any.
-
-    Every element is keyed by the mapping's external IP, or by its pod IP (egress, and
-    the filter at the pod's node) from the pod's one egress mapping, so two mappings
-    never contribute the same element: a mapping can be added or taken away without
-    looking at the others, as long as the pod's egress and ``at_pod`` stay as they were.
-    """
-    return entry_elements(
-        str(m.external_ip),
-        str(m.pod_ip),
-        egress_here=m.egress and m.node_name == node_name,
-        mode=m.mode,
-        allow_icmp=m.allow_icmp,
-        ports=m.ports,
-        source_ranges=m.source_ranges,
-        at_pod=at_pod,
-        pod_elsewhere=m.node_name is not None and m.node_name != node_name,
-        addresses=(m.external_ip, m.pod_ip),
-    )
-
-
-def entry_elements(
-    ext: str,
-    pod: str,
-    *,
-    egress_here: bool,
-    mode: Mode,
-    allow_icmp: bool,
-    ports: tuple[PortSpec, ...],
-    source_ranges: tuple[IPNetwork, ...],
-    at_pod: PodFilter | None = None,
-    pod_elsewhere: bool = False,
-    addresses: tuple[IPAddress, IPAddress] | None = None,
-) -> list[tuple[str, Elem]]:
-    """:func:`mapping_elements` for addresses given as canonical text (``str(ip)``).
-
-    ``egress_here``: the mapping is its pod's egress and the pod is on this node.
-    ``at_pod``: the filter the pod's node applies to UDP/SCTP from outside for all of the
-    pod's mappings, keyed by the pod IP (:func:`pod_filter`); the egress mapping brings
-    those elements on that node, and on every node the pod is known to be elsewhere
-    (``pod_elsewhere``) the external IP, when it has a filter, goes to ``away``.
-
-    The elements hold the very strings passed in, so a caller that keeps its addresses
-    as text (the agent's index) shares them instead of holding a copy per element.
-    ``addresses``: the same two as objects, when the caller has them (not parsed again).
-    """
-    ext_ip, pod_ip = addresses or (ipaddress.ip_address(ext), ipaddress.ip_address(pod))
-    v = ext_ip.version
-    out: list[tuple[str, Elem]] = [(INGRESS[v], (ext, pod))]
-    if v == 4:
-        out.append((ICMPFIX4, ((ext, int(ext_ip)), icmp4_compensation(ext_ip, pod_ip))))
-    else:
-        out.append((ICMPGUARD6, (ext, int(ext_ip))))
-    if egress_here:
-        out.append((EGRESS[v], (pod, ext)))
-        out.append((SELF_HAIRPIN[v], (pod, pod)))
-    out += _filter_elements(ext, v, DISPATCH, mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges)
-    if at_pod is not None and egress_here:
-        # Only UDP/SCTP takes this way: TCP and ICMP were filtered where they arrived.
-        out += _filter_elements(
-            pod,
-            v,
-            ARRIVE,
-            mode=at_pod.mode,
-            allow_icmp=False,
-            ports=tuple(at_pod.ports),
-            ranges=tuple(at_pod.ranges),
-        )
-    if at_pod is not None and pod_elsewhere and (mode is Mode.PER_PORT or source_ranges):
-        out.append((AWAY[v], ext))
-    return out
-
-
-def _filter_elements(
-    key: str,
-    v: int,
-    dispatch: PerFamily,
-    *,
-    mode: Mode,
-    allow_icmp: bool,
-    ports: tuple[PortSpec, ...],
-    ranges: tuple[IPNetwork, ...],
-) -> list[tuple[str, Elem]]:
-    """The filter's elements keyed by ``key``: an external IP (``dispatch``), or the pod IP
-    at the pod's node (``arrive``)."""
-    out: list[tuple[str, Elem]] = []
-    # Source ranges of the other family only still restrict this address: to nobody
-    # outside the cluster (as Kubernetes does), never to everybody.
-    ranged = bool(ranges)
-    if mode is Mode.PER_PORT:
-        out.append((dispatch[v], (key, f"jump {PER_PORT[v]}")))
-        out += [(PORTS[v], (key, p.protocol, p.port)) for p in ports]
-        if allow_icmp:
-            out.append((ICMP[v], key))
-    elif ranged:
-        out.append((dispatch[v], (key, f"jump {WHOLE_IP[v]}")))
-    if mode is Mode.PER_PORT or ranged:
-        out.append((FILTERED[v], key))
-    if ranged:
-        out.append((RANGED[v], key))
-        out += [(SOURCES[v], (key, _host_or_net(r))) for r in ranges if r.version == v]
-    return out
-
-
-def network_elements(networks: Iterable[IPNetwork]) -> list[tuple[str, Elem]]:
-    """The cluster networks' (set, element) pairs."""
-    return [(f"cluster{net.version}", str(net)) for net in networks]
-
-
-def empty_elements() -> dict[str, set[Elem]]:
-    """One empty set per declared set and map."""
-    return {decl.name: set() for decl in _SKELETON.sets}
-
-
-def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem]]:
-    """Every set's and map's elements for node ``node_name``."""
-    out = empty_elements()
-    for name, elem in network_elements(state.cluster_networks):
-        out[name].add(elem)
-    at_pod = pod_filters(state.mappings)
-    for m in state.mappings:
-        for name, elem in mapping_elements(m, node_name=node_name, at_pod=at_pod.get(m.pod_ip)):
-            out[name].add(elem)
-    return {name: frozenset(elems) for name, elems in out.items()}
-
-
-def _host_or_net(net: IPNetwork) -> str:
-    # The kernel lists a full-length prefix inside a concatenation as a bare address.
-    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-
-
-def compile_table(state: ClusterState, *, node_name: str, table: str = TABLE) -> TableDoc:
-    """The complete table node ``node_name`` must hold."""
-    return TableDoc(family=FAMILY, name=table, skeleton=_SKELETON, elements=elements(state, node_name=node_name))
-
-
-def count_mappings(doc: TableDoc) -> dict[str, int]:
-    """Mappings per map, for metrics and summaries."""
-    return {name: len(doc.elements.get(name, ())) for name in (*INGRESS.both, *EGRESS.both)}
