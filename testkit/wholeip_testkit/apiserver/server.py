@@ -619,8 +619,8 @@ class ApiServer:
         initial_end_due = initial_events
         next_bookmark = now + self.bookmark_interval
         while True:
-            if watch.dropped or (rtype.custom and not self.registry.has(rtype.key)):
-                return  # (a custom type ends with its CRD, as the real handler closes its watches)
+            if watch.dropped:
+                return
             if not self._faults.stalled:
                 for type_, obj in pending:
                     await send(type_, obj)
@@ -638,6 +638,8 @@ class ApiServer:
                     event = _translate(change, rtype, selector, t.namespace)
                     if event is not None:
                         await send(*event)
+                if rtype.custom and not self.registry.has(rtype.key):
+                    return  # its CRD is gone (after the DELETED of its objects): so is the watch
                 if bookmarks and time.monotonic() >= next_bookmark:
                     # Never a bookmark below the version the watch started from: a watch
                     # from a version the store has not reached (it was restored to an older
