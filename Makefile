@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: bootstrap demo test lint typecheck unit kernel e2e bench clean
+.PHONY: bootstrap demo test lint typecheck unit kernel e2e bench clean image
 
 bootstrap:
 	@hack/bootstrap.sh
@@ -12,6 +12,11 @@ bootstrap:
 ## The demo sandbox: API server double, two netns nodes, agents, real traffic.
 demo: bootstrap
 	$(PY) -m wholeip_testkit.demo
+
+## The agent's image, with podman: `make image [IMAGE=name:tag] [BASE_IMAGE=debian:bookworm-slim]`
+## (no base image at hand: a minimal bookworm made with debootstrap; see hack/image.sh).
+image: bootstrap
+	IMAGE="$(IMAGE)" BASE_IMAGE="$(BASE_IMAGE)" hack/image.sh
 
 ## The whole test suite (lint, types, layers, unit, real-kernel, end to end).
 test: bootstrap lint typecheck

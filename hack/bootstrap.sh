@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(nftables libnftables1 iproute2 conntrack iputils-ping procps kmod ethtool)
+# The image and its test (tests/image/): podman builds and runs it (runc: Debian's crun
+# refuses hybrid cgroups), debootstrap makes the base where no Debian image is at hand.
+# promtool (from prometheus; nothing starts it) checks manifests/monitoring/.
+APT_PACKAGES+=(podman runc debootstrap prometheus)
 # `hack/bootstrap.sh bench`: also what the benchmarks need and the tests do not
 # (iperf3 for the packet path's throughput runs).
 if [ "${1:-}" = bench ]; then

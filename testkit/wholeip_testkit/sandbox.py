@@ -70,13 +70,17 @@ class AgentProcess:
 class Sandbox:
     """Topology + API server double + one agent per node."""
 
-    def __init__(self, *, workdir: Path | None = None, agent_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, *, workdir: Path | None = None, agent_args: Sequence[str] = (), nodes: Sequence[Node] = NODES
+    ) -> None:
+        # ``nodes``: where start() runs an agent (none: a test runs its own, e.g. the image).
         # A workdir the sandbox made itself is removed on close unless ``keep_workdir``
         # (set it to keep the agents' logs of a failed run); one it was given is left alone.
         self.keep_workdir = workdir is not None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="wholeip-sandbox-"))
         self.kubeconfig = self.workdir / "kubeconfig"
         self.agent_args = list(agent_args)
+        self.nodes = tuple(nodes)
         self.topo: Topology | None = None
         self.api: subprocess.Popen[str] | None = None
         self.agents: dict[Node, AgentProcess] = {}
@@ -88,7 +92,7 @@ class Sandbox:
             self.topo = Topology.create()
             self._start_api()
             self.apply(self.nodes_manifest())
-            for node in NODES:
+            for node in self.nodes:
                 self.start_agent(node)
         except BaseException:
             self.close()

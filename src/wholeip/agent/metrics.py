@@ -21,16 +21,19 @@ Names (all prefixed ``wholeip_``):
 * ``events_total{result="created|updated|error"}``    counter, Kubernetes Events written
 * ``watch_restarts_total{resource,reason}``           counter, from the informers
 * ``informer_synced{resource}``, ``informer_objects{resource}``  gauges, from the informers
+* ``build_info{version,python_version}``             gauge, always 1: what this agent is
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from wholeip import __version__
 from wholeip.kube.informer import RESTART_REASONS
 from wholeip.names import EGRESS, INGRESS
 
@@ -113,6 +116,13 @@ class Metrics:
         self.problems = Gauge(
             "wholeip_problems", "Problems found in cluster objects by the last model build.", ["reason"], registry=r
         )
+        self.build_info = Gauge(
+            "wholeip_build_info",
+            "Always 1; the labels say which wholeip and which Python this agent runs.",
+            ["version", "python_version"],
+            registry=r,
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
         self.events = Counter(
             "wholeip_events", "Kubernetes Events written, by result (created, updated, error).", ["result"], registry=r
         )
