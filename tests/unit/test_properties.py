@@ -39,7 +39,7 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from wholeip.core import model
+from wholeip.core import model, objects
 from wholeip.core.elements import compile_table
 from wholeip.core.index import ClusterIndex, build_state, load, service_key
 from wholeip.core.model import ClusterState, Mapping1to1, Mode
@@ -485,17 +485,17 @@ class Expected:
 
 
 def expected(c: Cluster) -> Expected:
-    parsed = [s for s in (model.parse_service(o, c.settings, []) for o in c.services) if s is not None]
+    parsed = [s for s in (objects.parse_service(o, c.settings, []) for o in c.services) if s is not None]
     first: dict[tuple[str, str], Any] = {}
     # Duplicates: the oldest is used; same-age ones are told apart by content (uid, then all of it).
     for s in sorted(parsed, key=lambda s: (s.age_key, s.ref.uid, repr(s))):
         first.setdefault((s.ref.namespace, s.ref.name), s)
     ready: dict[tuple[tuple[str, str], int], set[Any]] = {}
     for raw in c.slices:
-        sl = model.parse_slice(raw)
+        sl = objects.parse_slice(raw)
         if sl is not None:
             ready.setdefault((sl.service, sl.family), set()).update(sl.ready)
-    pod_cidrs, node_ips = model.node_networks(c.nodes, [])
+    pod_cidrs, node_ips = objects.node_networks(c.nodes, [])
     guard = model.collapse([*c.settings.cluster_cidrs, *pod_cidrs, *c.settings.service_cidrs])
     # Backends must lie in the pod networks of their family, when that family's are known.
     pod_nets = model.collapse(c.settings.cluster_cidrs or pod_cidrs)

@@ -49,15 +49,10 @@ from wholeip.core.model import (
     Problem,
     RawPort,
     collapse,
-    created_seconds,
-    node_networks,
-    parse_ip,
-    parse_service,
-    parse_slice,
     refusal,
     resolve_ports,
 )
-from wholeip.core.objects import namespaced_name
+from wholeip.core.objects import created_seconds, namespaced_name, node_networks, parse_ip, parse_service, parse_slice
 from wholeip.core.ruleset import skeleton
 from wholeip.names import FAMILY, TABLE
 from wholeip.nft.doc import Elem, TableDoc
@@ -82,11 +77,12 @@ def _flat(pairs: Iterable[tuple[str, str | None]]) -> Ready:
     return tuple(x for pair in pairs for x in pair)
 
 
-_SKELETON = skeleton()
 _NO_PORTS: tuple[tuple[tuple[str, str], int], ...] = ()
 _SHAPES_MAX = 4096
 """Most distinct slice port lists kept shared (see ``ClusterIndex._shared_ports``)."""
 
+
+_SKELETON = skeleton()
 
 service_key = namespaced_name
 """The key of a Service or EndpointSlice in the index."""
@@ -127,7 +123,7 @@ class _Slice(NamedTuple):
 
 class _View(NamedTuple):
     """A managed Service with its endpoints (one record per Service): what the index keeps
-    of the parsed Service (:class:`ServiceInfo`, addresses as text, its reference as the
+    of the parsed Service (:class:`~wholeip.core.objects.ServiceInfo`, addresses as text, its reference as the
     key it is filed under and its uid), then what its slices add (empty until
     :meth:`ClusterIndex._make_view`). It is also what an external IP's mapping is kept
     as: the pod is the view's ready endpoint of the IP's family (see :func:`_backend`)."""
@@ -135,7 +131,7 @@ class _View(NamedTuple):
     key: ServiceKey
     uid: str | bytes
     created: int
-    """creationTimestamp in seconds (see :func:`~wholeip.core.model.created_seconds`)."""
+    """creationTimestamp in seconds (see :func:`~wholeip.core.objects.created_seconds`)."""
     mode: Mode
     allow_icmp: bool
     ext_or_exts: str | tuple[str, ...]

@@ -1,12 +1,32 @@
 """Raw Kubernetes objects (JSON dicts as the API server sends them) -> typed values.
 
-Tolerant by design: a field of the wrong type reads as absent, never raises.
+Input is whatever ``kubectl get -o yaml`` or the informers' caches hold: plain dicts,
+untrusted. Tolerant by design: a field of the wrong type reads as absent, never
+raises; what makes an object unusable, or part of it, is reported as a
+:class:`~wholeip.core.model.Problem` on the list the caller passes in, and the rest of
+the object is still read.
+
+Each parser reads one object on its own and decides only what that object says by
+itself: whether a Service is managed and in which mode (:data:`~wholeip.names.WHOLE_IP_ANNOTATION`,
+the proxy-name label), which of its addresses and ranges are well-formed, which
+endpoints of a slice are ready. What depends on several objects (who wins an
+external IP, which pod is the backend, which ports resolve) is the model's and the
+index's. The values are the model's types (this module imports
+:mod:`wholeip.core.model`, never the reverse) and small records of their own
+(:class:`ServiceInfo`, :class:`SliceInfo`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from wholeip.core.model import IPAddress, Mode, ObjectRef, Problem, RawPort, collapse
+from wholeip.names import ALLOW_ICMP_ANNOTATION, PROXY_NAME_LABEL, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
+from wholeip.settings import IPNetwork, ModelSettings
 
 
 def namespaced_name(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -15,3 +35,274 @@ def namespaced_name(obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = meta if isinstance(meta, dict) else {}
     ns, name = meta.get("namespace"), meta.get("name")
     return (ns if isinstance(ns, str) else "", name if isinstance(name, str) else "")
+
+
+# --------------------------------------------------------------------------- raw helpers
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _ref(obj: Mapping[str, Any], kind: str) -> ObjectRef:
+    meta = _dict(obj.get("metadata"))
+    return ObjectRef(kind, _str(meta.get("namespace")), _str(meta.get("name")), _str(meta.get("uid")))
+
+
+def parse_ip(value: Any) -> IPAddress | None:
+    """An IP address from a string, or None. Zone ids and surrounding spaces are refused."""
+    # ipaddress takes "fe80::1%eth0" (zone id) since Python 3.9; nft does not.
+    if not isinstance(value, str) or "%" in value:
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def parse_network(value: Any) -> IPNetwork | None:
+    """A CIDR (host bits allowed, as Kubernetes allows them in source ranges), or None."""
+    if not isinstance(value, str) or "%" in value:
+        return None
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return None
+
+
+def _is_true(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "true"
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What one managed Service says on its own (unmanaged Services parse to None)."""
+
+    ref: ObjectRef
+    created: str
+    mode: Mode
+    allow_icmp: bool
+    external_ips: tuple[IPAddress, ...]
+    ports: tuple[RawPort, ...]
+    source_ranges: tuple[IPNetwork, ...]
+
+    @property
+    def age_key(self) -> tuple[int, str, str]:
+        return (created_seconds(self.created), self.ref.namespace, self.ref.name)
+
+
+_NEWEST = 1 << 62
+
+
+def created_seconds(stamp: str) -> int:
+    """A creationTimestamp as seconds since the epoch, for "oldest first" decisions. The
+    API server writes RFC 3339 in UTC to the second; a missing or malformed timestamp
+    counts as the newest. (The agent's index keeps this int, half the memory of the text.)"""
+    if len(stamp) == 20 and stamp[10] == "T" and stamp[19] == "Z":
+        try:
+            return int(datetime.datetime.fromisoformat(stamp[:19] + "+00:00").timestamp())
+        except ValueError:
+            pass
+    return _NEWEST
+
+
+def _service_mode(
+    meta: Mapping[str, Any], settings: ModelSettings, ref: ObjectRef, problems: list[Problem]
+) -> Mode | None:
+    annotations = _dict(meta.get("annotations"))
+    labels = _dict(meta.get("labels"))
+    raw = annotations.get(WHOLE_IP_ANNOTATION)
+    labelled = labels.get(PROXY_NAME_LABEL) == settings.proxy_name and bool(settings.proxy_name)
+    if raw is None:
+        return Mode.PER_PORT if labelled else None
+    value = _str(raw).strip().lower()
+    if value == "true":
+        return Mode.WHOLE_IP
+    if value == "false":
+        return Mode.PER_PORT if labelled else None
+    problems.append(
+        Problem(
+            ref,
+            "InvalidAnnotation",
+            f'annotation {WHOLE_IP_ANNOTATION}={raw!r} is neither "true" nor "false"; '
+            + ("forwarding only the listed ports" if labelled else "Service not managed"),
+        )
+    )
+    return Mode.PER_PORT if labelled else None
+
+
+def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Problem]) -> tuple[RawPort, ...]:
+    ports: list[RawPort] = []
+    for raw in _list(spec.get("ports")):
+        entry = _dict(raw)
+        protocol = _str(entry.get("protocol") or "TCP").upper()
+        port = entry.get("port")
+        # bool is an int to Python: without the check, "port: true" became port True (1), which nft refuses.
+        if protocol not in ("TCP", "UDP", "SCTP") or type(port) is not int or not 0 < port < 65536:
+            problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535"))
+            continue
+        target = entry.get("targetPort", port)
+        if not isinstance(target, int | str) or isinstance(target, bool):
+            target = port
+        ports.append(RawPort(_str(entry.get("name")), protocol.lower(), port, target))
+    return tuple(ports)
+
+
+def parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: list[Problem]) -> ServiceInfo | None:
+    ref = _ref(obj, "Service")
+    if not ref.name:
+        problems.append(Problem(ref, "InvalidObject", "Service without metadata.name ignored"))
+        return None
+    meta = _dict(obj.get("metadata"))
+    mode = _service_mode(meta, settings, ref, problems)
+    if mode is None:
+        return None
+    if settings.allowed_namespaces and ref.namespace not in settings.allowed_namespaces:
+        problems.append(
+            Problem(
+                ref,
+                "NamespaceNotAllowed",
+                f"namespace {ref.namespace!r} is not among the agent's allowed namespaces; Service not managed",
+            )
+        )
+        return None
+    spec = _dict(obj.get("spec"))
+    status = _dict(obj.get("status"))
+    ips: list[IPAddress] = []
+    candidates: list[tuple[str, Any]] = [
+        ("status.loadBalancer.ingress[].ip", _dict(i).get("ip"))
+        for i in _list(_dict(status.get("loadBalancer")).get("ingress"))
+        if _dict(i).get("ip") is not None
+    ]
+    if settings.allow_spec_external_ips:
+        candidates += [("spec.externalIPs", ip) for ip in _list(spec.get("externalIPs"))]
+    for source, raw_ip in candidates:
+        ip = parse_ip(raw_ip)
+        if ip is None:
+            problems.append(Problem(ref, "InvalidExternalIP", f"{source}: {raw_ip!r} is not an IP address"))
+        elif ip not in ips:
+            ips.append(ip)
+    ranges: list[IPNetwork] = []
+    for raw_range in _list(spec.get("loadBalancerSourceRanges")):
+        net = parse_network(raw_range)
+        if net is None:
+            problems.append(
+                Problem(
+                    ref,
+                    "InvalidSourceRange",
+                    f"loadBalancerSourceRanges: {raw_range!r} is not a CIDR",
+                )
+            )
+        elif net not in ranges:
+            ranges.append(net)
+    return ServiceInfo(
+        ref=ref,
+        created=_str(meta.get("creationTimestamp")),
+        mode=mode,
+        allow_icmp=_is_true(_dict(meta.get("annotations")).get(ALLOW_ICMP_ANNOTATION)),
+        external_ips=tuple(ips),
+        ports=_service_ports(spec, ref, problems) if mode is Mode.PER_PORT else (),
+        source_ranges=collapse(ranges),
+    )
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@dataclass(frozen=True, slots=True)
+class SliceInfo:
+    """What one EndpointSlice says about its Service: the ready addresses and the ports."""
+
+    ref: ObjectRef
+    service: tuple[str, str]
+    """(namespace, Service name), from the ``kubernetes.io/service-name`` label."""
+    family: int
+    ready: Mapping[IPAddress, str | None]
+    """Ready address -> node name."""
+    ports: Mapping[tuple[str, str], int]
+    """(port name, protocol) -> pod port."""
+    problems: tuple[Problem, ...]
+
+
+def parse_slice(eps: Mapping[str, Any]) -> SliceInfo | None:
+    """One EndpointSlice, or None when it names no Service or carries no pod addresses."""
+    ref = _ref(eps, "EndpointSlice")
+    service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
+    if not service:
+        return None
+    address_type = eps.get("addressType")
+    if address_type not in ("IPv4", "IPv6"):
+        return None  # FQDN slices carry no pod address
+    family = 4 if address_type == "IPv4" else 6
+    ports: dict[tuple[str, str], int] = {}
+    for raw_port in _list(eps.get("ports")):
+        entry = _dict(raw_port)
+        number = entry.get("port")
+        if isinstance(number, int) and not isinstance(number, bool):
+            protocol = _str(entry.get("protocol") or "TCP").lower()
+            ports[(_str(entry.get("name")), protocol)] = number
+    ready: dict[IPAddress, str | None] = {}
+    problems: list[Problem] = []
+    for raw in _list(eps.get("endpoints")):
+        endpoint = _dict(raw)
+        conditions = _dict(endpoint.get("conditions"))
+        # The API says a nil "ready" means ready; "serving and not terminating"
+        # would admit terminating pods, which a 1:1 NAT must not pick.
+        if conditions.get("ready") is False:
+            continue
+        addresses = _list(endpoint.get("addresses"))
+        if not addresses:
+            problems.append(Problem(ref, "EndpointWithoutAddress", "endpoint without addresses ignored"))
+            continue
+        ip = parse_ip(addresses[0])
+        if ip is None or ip.version != family:
+            problems.append(
+                Problem(
+                    ref,
+                    "InvalidEndpointAddress",
+                    f"endpoint address {addresses[0]!r} is not an {address_type} address",
+                )
+            )
+            continue
+        node = endpoint.get("nodeName")
+        ready[ip] = node if isinstance(node, str) and node else None
+    return SliceInfo(ref, (ref.namespace, service), family, ready, ports, tuple(problems))
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+def node_networks(
+    nodes: Iterable[Mapping[str, Any]], problems: list[Problem]
+) -> tuple[list[IPNetwork], list[IPAddress]]:
+    """The pod CIDRs and the addresses (internal and external) the Nodes declare."""
+    pod_cidrs: list[IPNetwork] = []
+    node_ips: list[IPAddress] = []
+    for node in nodes:
+        ref = _ref(node, "Node")
+        spec = _dict(node.get("spec"))
+        raw_cidrs = _list(spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        for raw in raw_cidrs:
+            net = parse_network(raw)
+            if net is None:
+                problems.append(Problem(ref, "InvalidPodCIDR", f"spec.podCIDRs: {raw!r} is not a CIDR", warning=True))
+            else:
+                pod_cidrs.append(net)
+        for addr in _list(_dict(node.get("status")).get("addresses")):
+            entry = _dict(addr)
+            if entry.get("type") in ("InternalIP", "ExternalIP"):
+                ip = parse_ip(entry.get("address"))
+                if ip is not None:
+                    node_ips.append(ip)
+    return pod_cidrs, node_ips
