@@ -25,11 +25,12 @@ agent's index holds each address once and every element shares it.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
 from wholeip.core.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
-from wholeip.core.ruleset import AT_POD_PROTOCOLS, icmp4_compensation, skeleton
+from wholeip.core.ruleset import AT_POD_PROTOCOLS, SKELETON, icmp4_compensation
 from wholeip.names import (
     ARRIVE,
     AWAY,
@@ -52,8 +53,6 @@ from wholeip.names import (
 )
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork
-
-_SKELETON = skeleton()
 
 
 class PodFilter(NamedTuple):
@@ -128,13 +127,14 @@ def mapping_elements(m: Mapping1to1, *, node_name: str, at_pod: PodFilter | None
     return entry_elements(
         str(m.external_ip),
         str(m.pod_ip),
-        egress_here=m.egress and m.node_name == node_name,
+        egress=m.egress,
+        pod_node=m.node_name,
+        node_name=node_name,
         mode=m.mode,
         allow_icmp=m.allow_icmp,
         ports=m.ports,
         source_ranges=m.source_ranges,
         at_pod=at_pod,
-        pod_elsewhere=m.node_name is not None and m.node_name != node_name,
         addresses=(m.external_ip, m.pod_ip),
     )
 
@@ -143,28 +143,34 @@ def entry_elements(
     ext: str,
     pod: str,
     *,
-    egress_here: bool,
+    egress: bool,
+    pod_node: str | None,
+    node_name: str,
     mode: Mode,
     allow_icmp: bool,
     ports: tuple[PortSpec, ...],
     source_ranges: tuple[IPNetwork, ...],
     at_pod: PodFilter | None = None,
-    pod_elsewhere: bool = False,
     addresses: tuple[IPAddress, IPAddress] | None = None,
 ) -> list[tuple[str, Elem]]:
     """:func:`mapping_elements` for addresses given as canonical text (``str(ip)``).
 
-    ``egress_here``: the mapping is its pod's egress and the pod is on this node.
-    ``at_pod``: the filter the pod's node applies to UDP/SCTP from outside for all of the
-    pod's mappings, keyed by the pod IP (:func:`pod_filter`); the egress mapping brings
-    those elements on that node, and on every node the pod is known to be elsewhere
-    (``pod_elsewhere``) the external IP, when it has a filter, goes to ``away``.
+    ``egress``: the mapping is its pod's egress; ``pod_node``: the pod's node (None:
+    unknown); ``node_name``: the node whose table this is. Whether the pod is here, or
+    known to be elsewhere, is decided here and nowhere else (the index and the full
+    build both call this function). ``at_pod``: the filter the pod's node applies to
+    UDP/SCTP from outside for all of the pod's mappings, keyed by the pod IP
+    (:func:`pod_filter`); the egress mapping brings those elements on that node, and on
+    every node the pod is known to be elsewhere the external IP, when it has a filter,
+    goes to ``away``.
 
     The elements hold the very strings passed in, so a caller that keeps its addresses
     as text (the agent's index) shares them instead of holding a copy per element.
     ``addresses``: the same two as objects, when the caller has them (not parsed again).
     """
     ext_ip, pod_ip = addresses or (ipaddress.ip_address(ext), ipaddress.ip_address(pod))
+    egress_here = egress and pod_node == node_name
+    pod_elsewhere = pod_node is not None and pod_node != node_name
     v = ext_ip.version
     out: list[tuple[str, Elem]] = [(INGRESS[v], (ext, pod))]
     if v == 4:
@@ -229,7 +235,7 @@ def network_elements(networks: Iterable[IPNetwork]) -> list[tuple[str, Elem]]:
 
 def empty_elements() -> dict[str, set[Elem]]:
     """One empty set per declared set and map."""
-    return {decl.name: set() for decl in _SKELETON.sets}
+    return {decl.name: set() for decl in SKELETON.sets}
 
 
 def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem]]:
@@ -249,9 +255,16 @@ def _host_or_net(net: IPNetwork) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
+def table_doc(elements: Mapping[str, AbstractSet[Elem]], *, table: str = TABLE) -> TableDoc:
+    """The table: the one skeleton (built once, :data:`~wholeip.core.ruleset.SKELETON`) and
+    these elements. Both ways to the elements (:func:`elements` from a ClusterState, the
+    agent's index object by object) end here."""
+    return TableDoc(family=FAMILY, name=table, skeleton=SKELETON, elements=elements)
+
+
 def compile_table(state: ClusterState, *, node_name: str, table: str = TABLE) -> TableDoc:
     """The complete table node ``node_name`` must hold."""
-    return TableDoc(family=FAMILY, name=table, skeleton=_SKELETON, elements=elements(state, node_name=node_name))
+    return table_doc(elements(state, node_name=node_name), table=table)
 
 
 def count_mappings(doc: TableDoc) -> dict[str, int]:

@@ -37,6 +37,7 @@ from wholeip.core.elements import (
     entry_elements,
     network_elements,
     pod_filter,
+    table_doc,
     udp_filter,
 )
 from wholeip.core.gcpause import gc_paused
@@ -53,8 +54,7 @@ from wholeip.core.model import (
     resolve_ports,
 )
 from wholeip.core.objects import created_seconds, namespaced_name, node_networks, parse_ip, parse_service, parse_slice
-from wholeip.core.ruleset import skeleton
-from wholeip.names import FAMILY, TABLE
+from wholeip.names import TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
 
@@ -81,8 +81,6 @@ _NO_PORTS: tuple[tuple[tuple[str, str], int], ...] = ()
 _SHAPES_MAX = 4096
 """Most distinct slice port lists kept shared (see ``ClusterIndex._shared_ports``)."""
 
-
-_SKELETON = skeleton()
 
 service_key = namespaced_name
 """The key of a Service or EndpointSlice in the index."""
@@ -395,13 +393,14 @@ class ClusterIndex:
         return entry_elements(
             ip,
             pod,
-            egress_here=side.egress and node == self.node_name,
+            egress=side.egress,
+            pod_node=node,
+            node_name=self.node_name,
             mode=win.mode,
             allow_icmp=win.allow_icmp,
             ports=win.ports,
             source_ranges=win.source_ranges,
             at_pod=side.at_pod,
-            pod_elsewhere=node is not None and node != self.node_name,
         )
 
     def _ingest_slice(self, skey: str, obj: Mapping[str, Any]) -> _Slice | None:
@@ -599,7 +598,7 @@ class ClusterIndex:
 
     def doc(self) -> TableDoc:
         """The table, over the live sets (valid until the next update)."""
-        return TableDoc(family=FAMILY, name=self.table, skeleton=_SKELETON, elements=self.elements)
+        return table_doc(self.elements, table=self.table)
 
     @property
     def problems(self) -> list[Problem]:

@@ -119,7 +119,7 @@ The output is deterministic: the same state gives byte-identical JSON.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from wholeip.core.model import IPAddress
 from wholeip.names import (
@@ -555,3 +555,7 @@ def skeleton() -> Skeleton:
         # IP, also one another node rewrote (see the module docstring).
         rules.append(Rule(STATELESS_POSTROUTING, remember))
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
+
+
+SKELETON: Final = skeleton()
+"""The skeleton, built once: every table of the process shares it."""
