@@ -20,17 +20,48 @@ external IP at once; a change to them builds a new index.
 The decisions themselves are the model's (one implementation):
 :func:`build_state` *is* an index filled with every object, so the
 incremental path and the full path cannot disagree on a rule; a property test
-drives both with random changes and compares them.
+drives both with random changes and compares them. So do the elements: an external
+IP's mapping is turned into elements by the same function as in the full build
+(:func:`wholeip.core.elements.entry_elements`), recomputed when it changes rather
+than stored.
+
+Memory is a design constraint: the agent holds this index for every Service of the
+cluster (100,000 in well under 300 MiB). One record per object, plain tuples (a
+NamedTuple costs what a tuple costs), addresses as their canonical text (the very
+strings the table's elements hold), no dict where a tuple does, and a value that
+usually comes alone kept alone: those layouts have types of their own and the only
+functions that read them in :mod:`wholeip.core.compact`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import sys
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
+from wholeip.core.compact import (
+    NO_ENDPOINTS,
+    NO_PORTS,
+    Endpoint,
+    OneOrMany,
+    PackedUid,
+    Ready,
+    SlicePorts,
+    add_to,
+    all_of,
+    chosen,
+    discard_from,
+    endpoint_count,
+    endpoints,
+    first_of,
+    numeric,
+    pack_uid,
+    pod_ips,
+    ready_of,
+    unpack_uid,
+)
+from wholeip.core.compact import ServiceKey as ServiceKey  # the agent files changes under it
 from wholeip.core.elements import (
     PodFilter,
     empty_elements,
@@ -53,31 +84,22 @@ from wholeip.core.model import (
     refusal,
     resolve_ports,
 )
-from wholeip.core.objects import created_seconds, namespaced_name, node_networks, parse_ip, parse_service, parse_slice
+from wholeip.core.objects import (
+    RawObject,
+    created_seconds,
+    namespaced_name,
+    node_networks,
+    parse_ip,
+    parse_service,
+    parse_slice,
+)
 from wholeip.names import TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
 
-ServiceKey = tuple[str, str]
-"""(namespace, name)."""
-
 Touched = dict[str, set[Elem]]
 """Per set: the elements an update added or removed (a changed map entry: both pairs)."""
 
-Ready = tuple[str | None, ...]
-"""Ready endpoints, flat: pod IP as text, its node name, the next pod IP, its node...
-(one endpoint, the usual case, is one 2-tuple rather than a tuple holding a pair)."""
-
-
-def _pairs(ready: Ready) -> list[tuple[str, str | None]]:
-    return [(ready[i], ready[i + 1]) for i in range(0, len(ready), 2)]  # type: ignore[misc]
-
-
-def _flat(pairs: Iterable[tuple[str, str | None]]) -> Ready:
-    return tuple(x for pair in pairs for x in pair)
-
-
-_NO_PORTS: tuple[tuple[tuple[str, str], int], ...] = ()
 _SHAPES_MAX = 4096
 """Most distinct slice port lists kept shared (see ``ClusterIndex._shared_ports``)."""
 
@@ -86,24 +108,9 @@ service_key = namespaced_name
 """The key of a Service or EndpointSlice in the index."""
 
 
-# The index holds one record per object, at 100,000 Services: plain tuples (a NamedTuple
-# costs what a tuple costs), addresses as their canonical text (the very strings the
-# table's elements hold), and no dict where a tuple does.
-
-
-def _service_ref(key: ServiceKey, uid: str | bytes) -> ObjectRef:
+def _service_ref(key: ServiceKey, uid: PackedUid) -> ObjectRef:
     # Made when asked (problems, mappings): one ObjectRef per Service would cost 7 MiB at 100,000.
-    return ObjectRef("Service", key[0], key[1], str(uuid.UUID(bytes=uid)) if isinstance(uid, bytes) else uid)
-
-
-def _pack_uid(uid: str) -> str | bytes:
-    """A UUID in its canonical text (what the API server hands out) as its 16 bytes: 49
-    bytes of Python instead of 85; anything else as it is."""
-    try:
-        packed = uuid.UUID(uid)
-    except ValueError:
-        return uid
-    return packed.bytes if str(packed) == uid else uid
+    return ObjectRef("Service", key[0], key[1], unpack_uid(uid))
 
 
 class _Slice(NamedTuple):
@@ -115,19 +122,20 @@ class _Slice(NamedTuple):
     """Ready endpoints inside the family's pod networks."""
     outside: tuple[str, ...]
     """Ready endpoints outside them (ignored, reported on the Service)."""
-    ports: tuple[tuple[tuple[str, str], int], ...]
+    ports: SlicePorts
     """((port name, protocol), pod port) pairs."""
 
 
 class _View(NamedTuple):
     """A managed Service with its endpoints (one record per Service): what the index keeps
-    of the parsed Service (:class:`~wholeip.core.objects.ServiceInfo`, addresses as text, its reference as the
-    key it is filed under and its uid), then what its slices add (empty until
-    :meth:`ClusterIndex._make_view`). It is also what an external IP's mapping is kept
-    as: the pod is the view's ready endpoint of the IP's family (see :func:`_backend`)."""
+    of the parsed Service (:class:`~wholeip.core.objects.ServiceInfo`, addresses as text,
+    its reference as the key it is filed under and its uid), then what its slices add
+    (empty until :meth:`ClusterIndex._make_view`). It is also what an external IP's
+    mapping is kept as: the pod is the view's ready endpoint of the IP's family (see
+    :func:`_backend`)."""
 
     key: ServiceKey
-    uid: str | bytes
+    uid: PackedUid
     created: int
     """creationTimestamp in seconds (see :func:`~wholeip.core.objects.created_seconds`)."""
     mode: Mode
@@ -136,8 +144,8 @@ class _View(NamedTuple):
     """The external IPs: one as itself (nearly every Service), several as a tuple."""
     raw_ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
-    ready4: Ready = ()
-    ready6: Ready = ()
+    ready4: Ready = NO_ENDPOINTS
+    ready6: Ready = NO_ENDPOINTS
     ports: tuple[PortSpec, ...] = ()
     """What a per-port Service forwards (resolved against its slices)."""
     problems: tuple[Problem, ...] = ()
@@ -155,17 +163,10 @@ class _View(NamedTuple):
         return (self.created, *self.key)
 
 
-def _backend(view: _View, ip: str) -> tuple[str, str | None]:
+def _backend(view: _View, ip: str) -> Endpoint:
     """The (pod IP, node) external IP ``ip`` maps to when ``view`` won it: its only ready
     endpoint of the family, or the lowest address of several."""
-    return _chosen(view.ready4 if _version(ip) == 4 else view.ready6)
-
-
-def _chosen(ready: Ready) -> tuple[str, str | None]:
-    """The one ready endpoint (address, node) of a family, or the lowest address of several."""
-    if len(ready) == 2:
-        return ready[0], ready[1]  # type: ignore[return-value]
-    return min(_pairs(ready), key=lambda r: _numeric(r[0]))
+    return chosen(view.ready4 if _version(ip) == 4 else view.ready6)
 
 
 class _Side(NamedTuple):
@@ -187,8 +188,8 @@ def _slice_ports(slices: Sequence[_Slice], ready: Mapping[int, Ready]) -> dict[t
     a later slice's winning."""
     for family in (4, 6):
         if ready[family]:
-            chosen = _chosen(ready[family])[0]
-            mine = (sl.ports for sl in reversed(slices) if sl.family == family and chosen in sl.ready[0::2])
+            pod = chosen(ready[family])[0]
+            mine = (sl.ports for sl in reversed(slices) if sl.family == family and pod in pod_ips(sl.ready))
             own = next(mine, ())
             if own:
                 return dict(own)
@@ -199,7 +200,7 @@ def _slice_ports(slices: Sequence[_Slice], ready: Mapping[int, Ready]) -> dict[t
     return merged
 
 
-def _shape(ip: str, side: _Side) -> tuple[Any, ...]:
+def _shape(ip: str, side: _Side) -> tuple[object, ...]:
     """Everything the elements of ``ip``'s mapping depend on."""
     view = side.view
     return (*_backend(view, ip), side.egress, side.at_pod, view.mode, view.allow_icmp, view.ports, view.source_ranges)
@@ -207,10 +208,6 @@ def _shape(ip: str, side: _Side) -> tuple[Any, ...]:
 
 def _version(address: str) -> int:
     return 6 if ":" in address else 4
-
-
-def _numeric(address: str) -> int:
-    return int(ipaddress.ip_address(address))
 
 
 class ClusterIndex:
@@ -221,7 +218,7 @@ class ClusterIndex:
         *,
         settings: ModelSettings,
         node_name: str,
-        nodes: Iterable[Mapping[str, Any]],
+        nodes: Iterable[RawObject],
         table: str = TABLE,
     ) -> None:
         self.settings = settings
@@ -245,17 +242,17 @@ class ClusterIndex:
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         # EndpointSlices, and which ones each Service has (one key, or a list of several).
         self._slices: dict[str, _Slice] = {}
-        self._slices_of: dict[ServiceKey, str | list[str]] = {}
+        self._slices_of: dict[ServiceKey, OneOrMany[str]] = {}
         self._slice_problems: dict[str, tuple[Problem, ...]] = {}
-        self._port_shapes: dict[Any, Any] = {}
+        self._port_shapes: dict[SlicePorts, SlicePorts] = {}
         # Managed Services with their endpoints, and who claims which external IP.
         self._views: dict[ServiceKey, _View] = {}
         self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
-        self._claims: dict[str, ServiceKey | list[ServiceKey]] = {}
+        self._claims: dict[str, OneOrMany[ServiceKey]] = {}
         self._ip_problems: dict[str, tuple[Problem, ...]] = {}
         self._winners: dict[str, _View] = {}
         """External IP -> the Service that won it (the mapping, see :func:`_backend`)."""
-        self._pods: dict[str, str | list[str]] = {}
+        self._pods: dict[str, OneOrMany[str]] = {}
         """Pod IP -> the external IPs mapped to it, the one it leaves with first."""
         self._pod_problems: dict[str, tuple[Problem, ...]] = {}
         self.elements: dict[str, set[Elem]] = empty_elements()
@@ -268,8 +265,8 @@ class ClusterIndex:
     def update(
         self,
         *,
-        services: Mapping[ServiceKey, Sequence[Mapping[str, Any]]] = {},
-        slices: Mapping[str, Mapping[str, Any] | None] = {},
+        services: Mapping[ServiceKey, Sequence[RawObject]] = {},
+        slices: Mapping[str, RawObject | None] = {},
     ) -> Touched:
         """Apply changed objects; return the elements that changed.
 
@@ -282,7 +279,7 @@ class ClusterIndex:
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
             if old is not None:
-                _discard(self._slices_of, old.service, skey)
+                discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
             new = self._ingest_slice(skey, obj) if obj is not None else None
             if new is not None:
@@ -290,7 +287,7 @@ class ClusterIndex:
                 if view is not None:
                     new = new._replace(service=view.key)  # one key object per Service
                 self._slices[skey] = new
-                _add(self._slices_of, new.service, skey)
+                add_to(self._slices_of, new.service, skey)
                 dirty.add(new.service)
         parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
         affected: set[str] = set()
@@ -300,7 +297,7 @@ class ClusterIndex:
             svc = parsed.get(key, old_view)
             if old_view is not None:
                 for ip in old_view.exts:
-                    _discard(self._claims, ip, key)
+                    discard_from(self._claims, ip, key)
                 affected.update(old_view.exts)
             if svc is not None:
                 view = self._make_view(svc)
@@ -308,7 +305,7 @@ class ClusterIndex:
                 if view.problems:
                     self._view_problems[key] = view.problems
                 for ip in svc.exts:
-                    _add(self._claims, ip, view.key)
+                    add_to(self._claims, ip, view.key)
                 self._share_key(view.key)
                 affected.update(svc.exts)
         # Resolve the external IPs, remembering how each one's mapping looked before.
@@ -329,7 +326,7 @@ class ClusterIndex:
         def old_winner(ext: str) -> _View | None:
             return before[ext] if ext in before else self._winners.get(ext)
 
-        egress_before = {pod: _first(self._pods.get(pod)) for pod in pods}
+        egress_before = {pod: first_of(self._pods.get(pod)) for pod in pods}
         at_pod_before = {pod: self._at_pod(pod, old_winner) for pod in pods}
         refresh = set(affected)
         for pod in pods:
@@ -345,7 +342,7 @@ class ClusterIndex:
                 was_side = _Side(was, egress_before[pod] == ip, at_pod_before[pod])
             if (now := self._winners.get(ip)) is not None:
                 pod = _backend(now, ip)[0]
-                now_side = _Side(now, _first(self._pods.get(pod)) == ip, at_pod_now[pod])
+                now_side = _Side(now, first_of(self._pods.get(pod)) == ip, at_pod_now[pod])
             if (was_side and _shape(ip, was_side)) != (now_side and _shape(ip, now_side)):
                 changed.append((ip, was_side, now_side))
         # Every removal before any addition: while a pod's egress moves from one mapping
@@ -367,7 +364,7 @@ class ClusterIndex:
         :func:`wholeip.core.elements.pod_filter`); ``winner``: the mapping of an external IP
         (now, or as it was before an update)."""
         filters = []
-        for ext in _values(self._pods.get(pod)):
+        for ext in all_of(self._pods.get(pod)):
             w = winner(ext)
             if w is not None:
                 filters.append(udp_filter(w.mode, w.ports, w.source_ranges))
@@ -376,7 +373,7 @@ class ClusterIndex:
     def _share_key(self, key: ServiceKey) -> None:
         """File the Service's slices under the very key object its view holds (slices
         arrive first at start-up, each with a key tuple and name string of its own)."""
-        skeys = _values(self._slices_of.get(key))
+        skeys = all_of(self._slices_of.get(key))
         if all(self._slices[skey].service is key for skey in skeys):
             return
         self._slices_of[key] = self._slices_of.pop(key)
@@ -403,7 +400,7 @@ class ClusterIndex:
             at_pod=side.at_pod,
         )
 
-    def _ingest_slice(self, skey: str, obj: Mapping[str, Any]) -> _Slice | None:
+    def _ingest_slice(self, skey: str, obj: RawObject) -> _Slice | None:
         info = parse_slice(obj)
         if info is None:
             return None
@@ -422,15 +419,15 @@ class ClusterIndex:
         return _Slice(
             service=(sys.intern(info.service[0]), info.service[1]),
             family=info.family,
-            ready=_flat(ready),
+            ready=ready_of(ready),
             outside=tuple(outside),
             ports=self._shared_ports(tuple(info.ports.items())),
         )
 
-    def _shared_ports(self, ports: tuple[tuple[tuple[str, str], int], ...]) -> tuple[tuple[tuple[str, str], int], ...]:
+    def _shared_ports(self, ports: SlicePorts) -> SlicePorts:
         # Most slices list the same few ports: keep one copy of each list (bounded).
         if not ports:
-            return _NO_PORTS
+            return NO_PORTS
         shared = self._port_shapes.get(ports)
         if shared is None:
             if len(self._port_shapes) >= _SHAPES_MAX:
@@ -438,7 +435,7 @@ class ClusterIndex:
             shared = self._port_shapes[ports] = ports
         return shared
 
-    def _put_service(self, key: ServiceKey, objs: Sequence[Mapping[str, Any]]) -> _View | None:
+    def _put_service(self, key: ServiceKey, objs: Sequence[RawObject]) -> _View | None:
         problems: list[Problem] = []
         parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
         # Same-age duplicates (a flat list holding one Service twice): content decides, not input order.
@@ -457,7 +454,7 @@ class ClusterIndex:
         exts = tuple(map(str, info.external_ips))
         return _View(
             key=(sys.intern(info.ref.namespace), info.ref.name),
-            uid=_pack_uid(info.ref.uid),
+            uid=pack_uid(info.ref.uid),
             created=created_seconds(info.created),
             mode=info.mode,
             allow_icmp=info.allow_icmp,
@@ -467,10 +464,10 @@ class ClusterIndex:
         )
 
     def _make_view(self, svc: _View) -> _View:
-        ready: dict[int, Ready] = {4: (), 6: ()}
+        ready: dict[int, Ready] = {4: NO_ENDPOINTS, 6: NO_ENDPOINTS}
         outside: dict[int, set[str]] = {4: set(), 6: set()}
         merged: dict[int, dict[str, str | None]] = {}
-        slices = [self._slices[skey] for skey in sorted(_values(self._slices_of.get(svc.key)))]
+        slices = [self._slices[skey] for skey in sorted(all_of(self._slices_of.get(svc.key)))]
         for sl in slices:
             outside[sl.family].update(sl.outside)
             if not ready[sl.family]:
@@ -478,9 +475,9 @@ class ClusterIndex:
                 ready[sl.family] = sl.ready
             elif sl.ready:
                 # Several: a later slice's entry for the same address wins.
-                into = merged.setdefault(sl.family, dict(_pairs(ready[sl.family])))
-                into.update(_pairs(sl.ready))
-                ready[sl.family] = _flat(into.items())
+                into = merged.setdefault(sl.family, dict(endpoints(ready[sl.family])))
+                into.update(endpoints(sl.ready))
+                ready[sl.family] = ready_of(into.items())
         problems: list[Problem] = []
         for family in (4, 6):
             nets = self._pod_nets[family]
@@ -490,7 +487,7 @@ class ClusterIndex:
                     "EndpointOutsidePodNetwork",
                     f"endpoint {a} lies outside the pod networks ({', '.join(map(str, nets))}); ignored",
                 )
-                for a in sorted(outside[family] - set(ready[family][0::2]), key=_numeric)
+                for a in sorted(outside[family] - set(pod_ips(ready[family])), key=numeric)
             ]
         if not svc.exts:
             problems.append(
@@ -507,7 +504,7 @@ class ClusterIndex:
 
     def _resolve_ip(self, ip: str) -> _View | None:
         """The oldest claimant with a ready endpoint wins; everybody else learns why not."""
-        claimants = sorted((self._views[k] for k in _values(self._claims.get(ip))), key=lambda v: v.age_key)
+        claimants = sorted((self._views[k] for k in all_of(self._claims.get(ip))), key=lambda v: v.age_key)
         problems: list[Problem] = []
         winner: _View | None = None
         why = (
@@ -543,12 +540,12 @@ class ClusterIndex:
                 )
                 continue
             pod, _ = _backend(view, ip)
-            if len(ready) > 2:
+            if endpoint_count(ready) > 1:
                 problems.append(
                     Problem(
                         svc.ref,
                         "SeveralReadyEndpoints",
-                        f"{len(ready) // 2} ready IPv{version} endpoints; a whole IP maps to one pod,"
+                        f"{endpoint_count(ready)} ready IPv{version} endpoints; a whole IP maps to one pod,"
                         f" using {pod} (the lowest address)",
                     )
                 )
@@ -567,7 +564,7 @@ class ClusterIndex:
         """Which external IP the pod leaves with: its oldest Service's first. ``gained``: the
         external IPs that now map to the pod and may not have before. Returns the pod's
         external IPs, before and after."""
-        before = _values(self._pods.get(pod))
+        before = all_of(self._pods.get(pod))
         exts = sorted(
             {*(e for e in before if (w := self._winners.get(e)) is not None and _backend(w, e)[0] == pod), *gained},
             key=self._egress_order,
@@ -604,15 +601,15 @@ class ClusterIndex:
     def problems(self) -> list[Problem]:
         """Every problem, in no particular order (a :class:`~wholeip.core.model.ProblemSource`)."""
         out: list[Problem] = [*self._node_problems]
-        groups: tuple[Mapping[Any, tuple[Problem, ...]], ...] = (
-            self._parse_problems,
-            self._slice_problems,
-            self._view_problems,
-            self._ip_problems,
-            self._pod_problems,
+        groups: tuple[Iterable[tuple[Problem, ...]], ...] = (
+            self._parse_problems.values(),
+            self._slice_problems.values(),
+            self._view_problems.values(),
+            self._ip_problems.values(),
+            self._pod_problems.values(),
         )
         for group in groups:
-            for problems in group.values():
+            for problems in group:
                 out += problems
         return out
 
@@ -625,7 +622,7 @@ class ClusterIndex:
         text = str(ip)
         win = self._winners.get(text)
         if win is None:
-            egress = _first(self._pods.get(text))
+            egress = first_of(self._pods.get(text))
             win = self._winners.get(egress) if egress is not None else None
         return win.ref if win is not None else None
 
@@ -658,7 +655,7 @@ class ClusterIndex:
                     allow_icmp=win.allow_icmp,
                     ports=win.ports,
                     source_ranges=win.source_ranges,
-                    egress=_first(self._pods.get(pod)) == ext,
+                    egress=first_of(self._pods.get(pod)) == ext,
                 )
             )
         return out
@@ -673,52 +670,15 @@ class ClusterIndex:
         )
 
 
-# One value, or a list of several: nearly every entry holds one value, and a one-tuple
-# or a set per entry costs tens of MiB at 100,000 Services. (A list, not a tuple, marks
-# several: a ServiceKey is itself a tuple.)
-
-
-def _values(entry: Any) -> list[Any]:
-    if entry is None:
-        return []
-    return list(entry) if isinstance(entry, list) else [entry]
-
-
-def _first(entry: Any) -> Any:
-    if isinstance(entry, list):
-        return entry[0]
-    return entry
-
-
-def _add(index: dict[Any, Any], key: Any, value: Any) -> None:
-    have = index.get(key)
-    if have is None:
-        index[key] = value
-    elif isinstance(have, list):
-        if value not in have:
-            have.append(value)
-    elif have != value:
-        index[key] = [have, value]
-
-
-def _discard(index: dict[Any, Any], key: Any, value: Any) -> None:
-    have = index.get(key)
-    if isinstance(have, list):
-        rest = [v for v in have if v != value]
-        index[key] = rest if len(rest) > 1 else rest[0]
-    elif have == value:
-        del index[key]
-
-
 def _problem_order(p: Problem) -> tuple[ObjectRef, str, str]:
     return (p.ref, p.reason, p.message)
 
 
 def load(
     *,
-    services: Iterable[Mapping[str, Any]],
-    endpoint_slices: Iterable[Mapping[str, Any]],
-    nodes: Iterable[Mapping[str, Any]],
+    services: Iterable[RawObject],
+    endpoint_slices: Iterable[RawObject],
+    nodes: Iterable[RawObject],
     node_name: str,
     settings: ModelSettings,
     table: str = TABLE,
@@ -735,9 +695,9 @@ def load(
 
 def load_unique(
     *,
-    services: Iterable[Mapping[str, Any]],
-    endpoint_slices: Iterable[Mapping[str, Any]],
-    nodes: Iterable[Mapping[str, Any]],
+    services: Iterable[RawObject],
+    endpoint_slices: Iterable[RawObject],
+    nodes: Iterable[RawObject],
     node_name: str,
     settings: ModelSettings,
     table: str = TABLE,
@@ -751,7 +711,7 @@ def load_unique(
     """
     with gc_paused():
         index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
-        pending: dict[str, Mapping[str, Any] | None] = {}
+        pending: dict[str, RawObject | None] = {}
         for obj in endpoint_slices:
             ns, name = service_key(obj)
             pending[f"{ns}/{name}" if ns else name] = obj
@@ -759,7 +719,7 @@ def load_unique(
                 index.update(slices=pending)
                 pending = {}
         index.update(slices=pending)
-        grouped: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+        grouped: dict[ServiceKey, list[RawObject]] = {}
         for obj in services:
             grouped[service_key(obj)] = [obj]
             if len(grouped) >= batch:
@@ -771,22 +731,22 @@ def load_unique(
 
 
 def _load(
-    services: Iterable[Mapping[str, Any]],
-    endpoint_slices: Iterable[Mapping[str, Any]],
-    nodes: Iterable[Mapping[str, Any]],
+    services: Iterable[RawObject],
+    endpoint_slices: Iterable[RawObject],
+    nodes: Iterable[RawObject],
     node_name: str,
     settings: ModelSettings,
     table: str,
 ) -> ClusterIndex:
     index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
-    grouped: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+    grouped: dict[ServiceKey, list[RawObject]] = {}
     for obj in services:
         grouped.setdefault(service_key(obj), []).append(obj)
-    by_base: dict[str, list[Mapping[str, Any]]] = {}
+    by_base: dict[str, list[RawObject]] = {}
     for obj in endpoint_slices:
         ns, name = service_key(obj)
         by_base.setdefault(f"{ns}/{name}" if ns else name, []).append(obj)  # the informers' cache key
-    slices: dict[str, Mapping[str, Any]] = {}
+    slices: dict[str, RawObject] = {}
     for base, objs in by_base.items():
         # Duplicates in a flat list: keep them all, numbered by content (a later slice's
         # endpoints win), so that input order never decides.
@@ -804,10 +764,10 @@ def _load(
 # --------------------------------------------------------------------------- the state at once
 
 
-def _split_kinds(objects: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], ...]:
-    services: list[Mapping[str, Any]] = []
-    slices: list[Mapping[str, Any]] = []
-    nodes: list[Mapping[str, Any]] = []
+def _split_kinds(objects: Iterable[RawObject]) -> tuple[list[RawObject], ...]:
+    services: list[RawObject] = []
+    slices: list[RawObject] = []
+    nodes: list[RawObject] = []
     for obj in objects:
         kind = obj.get("kind")
         if kind == "Service":
@@ -819,9 +779,7 @@ def _split_kinds(objects: Iterable[Mapping[str, Any]]) -> tuple[list[Mapping[str
     return services, slices, nodes
 
 
-def build_state_from_objects(
-    objects: Iterable[Mapping[str, Any]], *, node_name: str, settings: ModelSettings
-) -> ClusterState:
+def build_state_from_objects(objects: Iterable[RawObject], *, node_name: str, settings: ModelSettings) -> ClusterState:
     """Like :func:`build_state`, for a flat list of objects of any kind (others are ignored)."""
     services, slices, nodes = _split_kinds(objects)
     return build_state(
@@ -835,9 +793,9 @@ def build_state_from_objects(
 
 def build_state(
     *,
-    services: Iterable[Mapping[str, Any]],
-    endpoint_slices: Iterable[Mapping[str, Any]],
-    nodes: Iterable[Mapping[str, Any]],
+    services: Iterable[RawObject],
+    endpoint_slices: Iterable[RawObject],
+    nodes: Iterable[RawObject],
     node_name: str,
     settings: ModelSettings,
 ) -> ClusterState:

@@ -22,14 +22,18 @@ import datetime
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from wholeip.core.model import IPAddress, Mode, ObjectRef, Problem, RawPort, collapse
 from wholeip.names import ALLOW_ICMP_ANNOTATION, PROXY_NAME_LABEL, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
 from wholeip.settings import IPNetwork, ModelSettings
 
+RawObject: TypeAlias = Mapping[str, Any]
+"""A Kubernetes object as decoded JSON: untyped by nature, read only through the parsers
+below (and :func:`namespaced_name`)."""
 
-def namespaced_name(obj: Mapping[str, Any]) -> tuple[str, str]:
+
+def namespaced_name(obj: RawObject) -> tuple[str, str]:
     """``(namespace, name)`` of an object; ``""`` for what is missing (cluster-scoped: no namespace)."""
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
@@ -52,7 +56,7 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _ref(obj: Mapping[str, Any], kind: str) -> ObjectRef:
+def _ref(obj: RawObject, kind: str) -> ObjectRef:
     meta = _dict(obj.get("metadata"))
     return ObjectRef(kind, _str(meta.get("namespace")), _str(meta.get("name")), _str(meta.get("uid")))
 
@@ -159,7 +163,7 @@ def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Probl
     return tuple(ports)
 
 
-def parse_service(obj: Mapping[str, Any], settings: ModelSettings, problems: list[Problem]) -> ServiceInfo | None:
+def parse_service(obj: RawObject, settings: ModelSettings, problems: list[Problem]) -> ServiceInfo | None:
     ref = _ref(obj, "Service")
     if not ref.name:
         problems.append(Problem(ref, "InvalidObject", "Service without metadata.name ignored"))
@@ -235,7 +239,7 @@ class SliceInfo:
     problems: tuple[Problem, ...]
 
 
-def parse_slice(eps: Mapping[str, Any]) -> SliceInfo | None:
+def parse_slice(eps: RawObject) -> SliceInfo | None:
     """One EndpointSlice, or None when it names no Service or carries no pod addresses."""
     ref = _ref(eps, "EndpointSlice")
     service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
@@ -283,9 +287,7 @@ def parse_slice(eps: Mapping[str, Any]) -> SliceInfo | None:
 # --------------------------------------------------------------------------- nodes
 
 
-def node_networks(
-    nodes: Iterable[Mapping[str, Any]], problems: list[Problem]
-) -> tuple[list[IPNetwork], list[IPAddress]]:
+def node_networks(nodes: Iterable[RawObject], problems: list[Problem]) -> tuple[list[IPNetwork], list[IPAddress]]:
     """The pod CIDRs and the addresses (internal and external) the Nodes declare."""
     pod_cidrs: list[IPNetwork] = []
     node_ips: list[IPAddress] = []

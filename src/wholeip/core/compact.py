@@ -1,0 +1,150 @@
+"""The compact values the cluster index is made of, with types of their own (pure).
+
+The agent keeps :class:`~wholeip.core.index.ClusterIndex` for every Service of the
+cluster: 100,000 of them in well under 300 MiB. At that count every container an
+entry holds is paid 100,000 times (an empty list is 56 bytes, a set 216, a
+one-tuple 48), so the index never wraps a value that usually comes alone:
+
+* :data:`OneOrMany`: one value as itself, several as a list. Nearly every external IP
+  has one claimant, nearly every pod one external IP, nearly every Service one
+  slice. (A list, not a tuple, marks several: a :data:`ServiceKey` is itself a tuple.)
+* :data:`Ready`: a Service's ready endpoints of one family as one flat tuple, pod
+  IP, node, next pod IP, next node... One endpoint, the usual case, is one 2-tuple
+  instead of a tuple holding a pair.
+* :data:`PackedUid`: a Service's UID as its 16 bytes instead of its 36 characters.
+
+The types cost nothing at run time: aliases, a ``NewType`` (the identity), and
+functions that read the layouts. They exist so that ``mypy --strict`` checks every
+use, and so that each layout is read and written in one place: the functions here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Iterable
+from typing import NewType, TypeAlias, TypeVar, cast
+
+ServiceKey: TypeAlias = tuple[str, str]
+"""A Service's (namespace, name): its key in the index (an EndpointSlice's too)."""
+
+# --------------------------------------------------------------------------- one value, or several
+
+K = TypeVar("K")
+V = TypeVar("V", str, ServiceKey)
+"""What a :data:`OneOrMany` holds: never a list itself, so a list always means several."""
+
+OneOrMany: TypeAlias = "V | list[V]"
+"""One value as itself, or a list of two or more (never a list of one, never empty)."""
+
+
+def all_of(entry: OneOrMany[V] | None) -> list[V]:
+    """Every value of an entry (none for a missing one), as a new list."""
+    if entry is None:
+        return []
+    return list(entry) if isinstance(entry, list) else [entry]
+
+
+def first_of(entry: OneOrMany[V] | None) -> V | None:
+    """An entry's first value: the one it holds, or the first of several."""
+    if isinstance(entry, list):
+        return entry[0]
+    return entry
+
+
+def add_to(index: dict[K, OneOrMany[V]], key: K, value: V) -> None:
+    """Add ``value`` under ``key`` (nothing if it is there already), last of the values."""
+    have = index.get(key)
+    if have is None:
+        index[key] = value
+    elif isinstance(have, list):
+        if value not in have:
+            have.append(value)
+    elif have != value:
+        index[key] = [have, value]
+
+
+def discard_from(index: dict[K, OneOrMany[V]], key: K, value: V) -> None:
+    """Take ``value`` away from under ``key``; the key goes when its last value does."""
+    have = index.get(key)
+    if isinstance(have, list):
+        rest = [v for v in have if v != value]
+        index[key] = rest if len(rest) > 1 else rest[0]
+    elif have == value:
+        del index[key]
+
+
+# --------------------------------------------------------------------------- ready endpoints
+
+Endpoint: TypeAlias = tuple[str, "str | None"]
+"""A ready endpoint: its pod IP (canonical text) and its node (None: unknown)."""
+
+Ready = NewType("Ready", tuple["str | None", ...])
+"""A family's ready endpoints, flat: pod IP, node, pod IP, node... (see the module
+docstring). Made by :func:`ready_of` only; read with the functions below."""
+
+NO_ENDPOINTS = Ready(())
+
+
+def ready_of(endpoints: Iterable[Endpoint]) -> Ready:
+    """The flat form of these endpoints."""
+    return Ready(tuple(x for endpoint in endpoints for x in endpoint))
+
+
+def endpoints(ready: Ready) -> list[Endpoint]:
+    """The endpoints, as (pod IP, node) pairs."""
+    # Even positions hold the pod IPs: ready_of only ever writes a str there.
+    return [(cast(str, ready[i]), ready[i + 1]) for i in range(0, len(ready), 2)]
+
+
+def pod_ips(ready: Ready) -> tuple[str, ...]:
+    """The endpoints' pod IPs."""
+    return cast(tuple[str, ...], ready[0::2])
+
+
+def endpoint_count(ready: Ready) -> int:
+    """How many endpoints there are."""
+    return len(ready) // 2
+
+
+def chosen(ready: Ready) -> Endpoint:
+    """The backend among a family's ready endpoints (there must be one): the only one,
+    or the one with the lowest address (a whole IP maps to one pod)."""
+    if len(ready) == 2:
+        return cast(str, ready[0]), ready[1]
+    return min(endpoints(ready), key=lambda endpoint: numeric(endpoint[0]))
+
+
+def numeric(address: str) -> int:
+    """An address in canonical text as its number, to order addresses of one family."""
+    return int(ipaddress.ip_address(address))
+
+
+# --------------------------------------------------------------------------- UIDs
+
+PackedUid: TypeAlias = "str | bytes"
+"""A UID in its canonical text (what the API server hands out) as its 16 bytes; any
+other text as it is."""
+
+
+def pack_uid(uid: str) -> PackedUid:
+    """A UID as the index keeps it: 49 bytes of Python instead of 85 for a canonical one."""
+    try:
+        packed = uuid.UUID(uid)
+    except ValueError:
+        return uid
+    return packed.bytes if str(packed) == uid else uid
+
+
+def unpack_uid(uid: PackedUid) -> str:
+    """The UID as the API server wrote it."""
+    return str(uuid.UUID(bytes=uid)) if isinstance(uid, bytes) else uid
+
+
+# --------------------------------------------------------------------------- slice ports
+
+SlicePorts: TypeAlias = tuple[tuple[tuple[str, str], int], ...]
+"""An EndpointSlice's ports: ((port name, protocol), pod port) pairs. Most slices list the
+same few, so the index keeps one copy of each list and every slice shares it."""
+
+NO_PORTS: SlicePorts = ()
