@@ -87,8 +87,8 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
     from wholeip.core.elements import compile_table
     from wholeip.engine import Engine
     from wholeip.nft.diff import diff
-    from wholeip.nft.doc import parse_listing
     from wholeip.nft.libnft import LibnftBackend
+    from wholeip.nft.listing import parse_listing
     from wholeip.settings import ModelSettings
     from wholeip_testkit import synth
 

@@ -1099,7 +1099,7 @@ def compare(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "equal": plan.empty,
         "diff": plan.summary(),
-        "diff_commands": [json.dumps(c)[:400] for c in plan.commands[:10]],
+        "diff_commands": [json.dumps(c.to_json())[:400] for c in plan.commands[:10]],
         "mappings": count_mappings(desired),
         "problems": Counter(p.reason for p in state.problems),
     }

@@ -11,6 +11,14 @@ and says so.
 
 The engine is synchronous and holds no event loop; the agent runs it in a
 worker thread, the CLI calls it directly.
+
+It is where the nft layer's stations meet I/O: :func:`~wholeip.nft.diff.diff`
+turns two documents into a plan of typed commands
+(:mod:`wholeip.nft.commands`), and :func:`apply_plan` renders each transaction
+(``to_json``) just before the backend takes it, so a plan never exists as
+JSON all at once. The engine reads commands only through their types (which
+are element changes, :func:`~wholeip.nft.commands.one_by_one`), never by the
+shape of their JSON.
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from wholeip.core.gcpause import gc_paused
+from wholeip.nft import render
 from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailable
+from wholeip.nft.commands import Command, Delete, as_json, one_by_one
 from wholeip.nft.diff import Plan, diff, diff_touched
 from wholeip.nft.doc import Elem, JSONObj, TableDoc
+from wholeip.nft.render import Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +59,11 @@ class Rejection:
     """``add`` or ``delete``."""
     set_name: str
     element: JSONObj | Any
-    """The element as sent (libnftables JSON)."""
+    """The element as it was sent (libnftables JSON: a key, or a ``[key, value]`` pair)."""
     error: str
 
 
-def _element_only(commands: Sequence[JSONObj]) -> bool:
-    return all(len(cmd) == 1 and next(iter(cmd.values())).keys() == {"element"} for cmd in commands)
-
-
-def isolate(backend: Backend, commands: Sequence[JSONObj]) -> list[Rejection]:
+def isolate(backend: Backend, commands: Sequence[Command]) -> list[Rejection]:
     """Find the element changes of ``commands`` the kernel refuses even alone; commit the rest.
 
     For a transaction of element changes only that the kernel refused as a whole:
@@ -66,17 +73,16 @@ def isolate(backend: Backend, commands: Sequence[JSONObj]) -> list[Rejection]:
     transaction, so traffic sees them land at once. Returns the refused changes
     (none: the refusal did not reproduce, nothing was committed).
     """
-    units: list[JSONObj] = []
-    for cmd in commands:
-        ((op, body),) = cmd.items()
-        element = body["element"]
-        units += [{op: {"element": {**element, "elem": [e]}}} for e in element["elem"]]
+    units = one_by_one(commands)
+    if units is None:
+        raise ValueError("isolate takes element changes only")
+    sent = as_json(units)  # rendered once: the bisection sends slices of it again and again
     bad: list[int] = []
     errors: dict[int, str] = {}
 
     def search(lo: int, hi: int) -> None:
         try:
-            backend.check(units[lo:hi])
+            backend.check(sent[lo:hi])
         except Unavailable:
             raise
         except NftError as exc:
@@ -88,30 +94,32 @@ def isolate(backend: Backend, commands: Sequence[JSONObj]) -> list[Rejection]:
             search(lo, mid)
             search(mid, hi)
 
-    search(0, len(units))
+    search(0, len(sent))
     if not bad:
         return []
     skip = set(bad)
-    backend.transact([u for k, u in enumerate(units) if k not in skip])
+    backend.transact([u for k, u in enumerate(sent) if k not in skip])
     out = []
     for k in bad:
-        ((op, body),) = units[k].items()
-        element = body["element"]
-        out.append(Rejection(op, element["name"], element["elem"][0], errors[k]))
+        unit = units[k]
+        elements = unit.elements
+        assert elements is not None  # one_by_one makes element changes only
+        (elem,) = elements.elems
+        out.append(Rejection(unit.verb, elements.decl.name, render.element(elements.decl, elem), errors[k]))
     return out
 
 
 def apply_plan(backend: Backend, plan: Plan) -> None:
     """Send a plan: its transaction, then (only when the table is created or rebuilt) the
-    typeof declarations, the element transactions of a new table (each rendered just
-    before it is sent) and the transaction of what uses them."""
-    backend.transact(plan.commands)
+    typeof declarations, the element transactions of a new table and the transaction of
+    what uses them. Each transaction is rendered just before it is sent."""
+    backend.transact(as_json(plan.commands))
     if plan.declarations:
         backend.declare("; ".join(plan.declarations))
     for fill in plan.fill:
-        backend.transact(fill.commands())
+        backend.transact(as_json(fill))
     if plan.after:
-        backend.transact(plan.after)
+        backend.transact(as_json(plan.after))
 
 
 class Engine:
@@ -166,7 +174,7 @@ class Engine:
                 apply_plan(self.backend, plan)
         except Rejected:
             self.last = None
-            if not _element_only(plan.commands) or plan.declarations or plan.after or plan.fill:
+            if one_by_one(plan.commands) is None or plan.declarations or plan.after or plan.fill:
                 raise
             # Validate-and-isolate: one bad element must not hold every other change back.
             rejected = isolate(self.backend, plan.commands)
@@ -200,7 +208,7 @@ class Engine:
         """Delete our table (and nothing else). True when there was one."""
         self.last = None
         try:
-            self.backend.transact([{"delete": {"table": {"family": self.family, "name": self.table}}}])
+            self.backend.transact([Delete(Table(self.family, self.table)).to_json()])
         except NotFound:
             return False
         return True

@@ -16,7 +16,7 @@ from wholeip.core.elements import compile_table
 from wholeip.engine import apply_plan
 from wholeip.nft.backend import Backend, Exists, NotFound, Rejected
 from wholeip.nft.diff import diff
-from wholeip.nft.doc import parse_listing
+from wholeip.nft.listing import parse_listing
 from wholeip.settings import ModelSettings
 from wholeip_testkit import synth
 

@@ -23,8 +23,9 @@ from wholeip.names import ALLOW_ICMP_ANNOTATION, WHOLE_IP_ANNOTATION
 from wholeip.nft import netlink
 from wholeip.nft.backend import Backend
 from wholeip.nft.diff import diff
-from wholeip.nft.doc import SetDecl, TableDoc, parse_listing
+from wholeip.nft.doc import SetDecl, TableDoc
 from wholeip.nft.libnft import LibnftBackend
+from wholeip.nft.listing import parse_listing
 from wholeip.settings import ModelSettings
 from wholeip_testkit import synth
 from wholeip_testkit.netns import Netns, NetnsBackend

@@ -20,7 +20,8 @@ from tests.unit.test_properties import Cluster, check_doc, clusters, props
 from wholeip.engine import Engine
 from wholeip.nft.backend import Backend
 from wholeip.nft.diff import diff
-from wholeip.nft.doc import TableDoc, parse_listing
+from wholeip.nft.doc import TableDoc
+from wholeip.nft.listing import parse_listing
 
 pytestmark = pytest.mark.kernel
 

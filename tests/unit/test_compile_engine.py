@@ -10,8 +10,9 @@ from wholeip.core import index
 from wholeip.core.elements import compile_table
 from wholeip.engine import Engine
 from wholeip.nft.backend import Rejected
-from wholeip.nft.doc import JSONObj, TableDoc, render_table
+from wholeip.nft.doc import JSONObj, TableDoc
 from wholeip.nft.fake import FakeBackend
+from wholeip.nft.render import render_table
 from wholeip.settings import ModelSettings
 from wholeip_testkit import synth
 

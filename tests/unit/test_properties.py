@@ -47,8 +47,10 @@ from wholeip.core.ruleset import icmp4_compensation, skeleton
 from wholeip.engine import Engine
 from wholeip.names import ALLOW_ICMP_ANNOTATION, PROXY_NAME_LABEL, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
 from wholeip.nft.diff import diff
-from wholeip.nft.doc import TableDoc, interval_cover, parse_listing, render_table
+from wholeip.nft.doc import TableDoc, interval_cover
 from wholeip.nft.fake import FakeBackend
+from wholeip.nft.listing import parse_listing
+from wholeip.nft.render import render_table
 from wholeip.settings import ModelSettings
 
 # --------------------------------------------------------------------------- profiles

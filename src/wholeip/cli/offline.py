@@ -84,13 +84,14 @@ def engine(args: argparse.Namespace) -> Any:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from wholeip.nft.doc import render_table
+    from wholeip.nft.render import render_table
 
     print(json.dumps(render_table(desired_table(args)), indent=2))
     return EXIT_OK
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from wholeip.nft.commands import as_json
     from wholeip.nft.diff import diff
 
     desired = desired_table(args)
@@ -98,7 +99,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if plan.empty:
         say("no changes")
         return EXIT_OK
-    print(json.dumps({"nftables": list(plan.commands)}, indent=2))
+    print(json.dumps({"nftables": as_json(plan.commands)}, indent=2))
     say(plan.summary())
     return EXIT_CHANGES
 

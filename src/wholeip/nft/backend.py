@@ -8,6 +8,12 @@ binding; :mod:`wholeip.nft.fake` keeps the state in memory and behaves like the
 kernel (atomic, checks references, raises the same errors). One contract test
 suite (``tests/nft/test_contract.py``) runs against both.
 
+A backend takes libnftables JSON, not the typed commands of
+:mod:`wholeip.nft.commands`: the engine renders each transaction
+(``to_json``) just before it sends it. JSON is nf_tables' own interface, so the
+fake is held to the kernel on the very input the kernel gets, and a test can
+send a command wholeip never would (a foreign rule, a ``create``).
+
 Errors are one hierarchy so callers never parse error strings themselves.
 """
 
@@ -57,7 +63,7 @@ class Backend(Protocol):
     def read_table(
         self, family: str, name: str, *, known: Mapping[str, AbstractSet[Elem]] | None = None
     ) -> TableDoc | None:
-        """The table as a full sync compares it: :func:`~wholeip.nft.doc.parse_listing` of
+        """The table as a full sync compares it: :func:`~wholeip.nft.listing.parse_listing` of
         :meth:`list_table`, however the backend gets there (the kernel's reads elements
         without libnftables, see :mod:`wholeip.nft.netlink`); ``None`` when it does not exist.
         ``known``: sets the table probably holds; a backend may return such a set itself

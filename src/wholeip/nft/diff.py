@@ -1,4 +1,8 @@
-"""The diff (pure): desired table vs current table -> the commands of one transaction.
+"""The plan (pure): desired table vs current table -> the commands of one transaction.
+
+The last station of the nft layer (see :mod:`wholeip.nft.doc`): it reads two
+documents and writes typed commands (:mod:`wholeip.nft.commands`); it never
+sees JSON, which the commands render when the engine sends them.
 
 What is compared, and what each difference costs:
 
@@ -14,8 +18,7 @@ What is compared, and what each difference costs:
   differ is flushed and filled again, because the kernel may print the same
   intervals in another shape.
 
-The commands follow libnftables JSON: ``{"add": {...}}``, ``{"delete": ...}``,
-``{"flush": ...}``. An empty plan means the kernel already matches.
+An empty plan means the kernel already matches.
 """
 
 from __future__ import annotations
@@ -25,56 +28,23 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from wholeip.nft.doc import (
-    Elem,
-    JSONObj,
-    SetDecl,
-    TableDoc,
-    comparable_chain,
-    comparable_set,
-    creation_phases,
-    elements_equal,
-    render_elements,
-    render_rule,
-    skeleton_bodies,
-    typeof_declarations,
-)
+from wholeip.nft import render
+from wholeip.nft.commands import Add, Command, Delete, Flush, element_count
+from wholeip.nft.doc import Elem, SetDecl, TableDoc, comparable_chain, comparable_set, elements_equal
+from wholeip.nft.render import Elements, Table
 
 CREATE_CHUNK = 5_000
 """Most elements per transaction while a new table is filled."""
 
 
 @dataclass(frozen=True, slots=True)
-class Fill:
-    """One transaction of a new table's elements, rendered only when it is sent: rendering
-    the 300,000 elements of 100,000 Services at once costs hundreds of MiB, in Python and
-    again inside libnftables."""
-
-    family: str
-    table: str
-    parts: tuple[tuple[SetDecl, tuple[Elem, ...]], ...]
-
-    def commands(self) -> list[JSONObj]:
-        out: list[JSONObj] = []
-        for decl, elems in self.parts:
-            body = render_elements(self.family, self.table, decl, elems, ordered=False)
-            if body is not None:
-                out.append({"add": body})
-        return out
-
-    @property
-    def size(self) -> int:
-        return sum(len(elems) for _, elems in self.parts)
-
-
-@dataclass(frozen=True, slots=True)
 class Plan:
     """One transaction's commands and what they amount to."""
 
-    commands: tuple[JSONObj, ...]
+    commands: tuple[Command, ...]
     declarations: tuple[str, ...] = ()
     """nft text declarations to run after ``commands`` (``typeof`` sets JSON cannot declare)."""
-    after: tuple[JSONObj, ...] = ()
+    after: tuple[Command, ...] = ()
     """JSON commands that need the declared sets; the last transaction."""
     created: bool = False
     rebuilt: bool = False
@@ -88,8 +58,10 @@ class Plan:
     inserted: Mapping[str, AbstractSet[Elem]] = field(default_factory=dict)
     """Per set or map, the elements this plan adds one by one (not filled for a created or
     rebuilt table, nor for a flushed and refilled interval set)."""
-    fill: tuple[Fill, ...] = ()
-    """Transactions between ``declarations`` and ``after``: a new table's elements."""
+    fill: tuple[tuple[Command, ...], ...] = ()
+    """Transactions between ``declarations`` and ``after``: a new table's elements, rendered
+    only when each is sent (rendering the 300,000 elements of 100,000 Services at once costs
+    hundreds of MiB, in Python and again inside libnftables)."""
     was_empty: bool | None = None
     """Set by :meth:`light` (its commands are gone)."""
 
@@ -101,7 +73,8 @@ class Plan:
 
     def light(self) -> Plan:
         """The plan without its commands and element sets: what is worth keeping once it is
-        committed (the first plan at 100,000 Services renders to tens of MiB of JSON)."""
+        committed (the commands hold the document's sets; the first plan at 100,000 Services
+        renders to tens of MiB of JSON)."""
         return dataclasses.replace(
             self, commands=(), declarations=(), after=(), fill=(), removed={}, inserted={}, was_empty=self.empty
         )
@@ -115,10 +88,6 @@ class Plan:
             parts.append("rebuilt chains " + ",".join(self.chains_rebuilt))
         parts.append(f"{self.added} elements added, {self.deleted} deleted")
         return "; ".join(parts)
-
-
-def _element_count(cmds: list[JSONObj]) -> int:
-    return sum(len(c["element"]["elem"]) for c in cmds if "element" in c)
 
 
 def create(desired: TableDoc) -> Plan:
@@ -136,37 +105,38 @@ def create(desired: TableDoc) -> Plan:
     fails, the half-built table has no rules and so no effect; the next sync
     finds the skeleton in place and adds what is missing.
     """
-    fam, tab = desired.family, desired.name
-    fills: list[Fill] = []
-    parts: list[tuple[SetDecl, tuple[Elem, ...]]] = []
+    table = Table.of(desired)
+    fills: list[tuple[Command, ...]] = []
+    fill: list[Command] = []
     room = CREATE_CHUNK
     for decl in desired.skeleton.sets:
         elems = tuple(desired.elements.get(decl.name, ()))
         start = 0
         while start < len(elems):
             piece = elems[start : start + room]
-            parts.append((decl, piece))
+            fill.append(Add(table, Elements(decl, piece, ordered=False)))
             start += len(piece)
             room -= len(piece)
             if not room:
-                fills.append(Fill(fam, tab, tuple(parts)))
-                parts, room = [], CREATE_CHUNK
-    if parts:
-        fills.append(Fill(fam, tab, tuple(parts)))
+                fills.append(tuple(fill))
+                fill, room = [], CREATE_CHUNK
+    if fill:
+        fills.append(tuple(fill))
     return Plan(
-        commands=tuple({"add": body} for body in skeleton_bodies(desired)),
-        declarations=tuple(typeof_declarations(desired)),
+        commands=tuple(Add(table, obj) for obj in render.skeleton(desired)),
+        declarations=render.declarations(desired),
         fill=tuple(fills),
-        after=tuple({"add": render_rule(fam, tab, r)} for r in desired.skeleton.rules),
+        after=tuple(Add(table, rule) for rule in desired.skeleton.rules),
         created=True,
-        added=sum(f.size for f in fills),
+        added=sum(element_count(f) for f in fills),
     )
 
 
 def rebuild(desired: TableDoc, current: TableDoc | None = None) -> Plan:
     """Delete the table and create it again, in one transaction (the typeof sets and what
     uses them in a second): traffic keeps the old table until the new one is whole."""
-    first, declarations, last = creation_phases(desired, ordered=False)
+    made = render.creation(desired, ordered=False)
+    table = Table.of(desired)
     removed: dict[str, AbstractSet[Elem]] = {}
     if current is not None:
         intervals = {d.name for d in current.skeleton.sets if d.interval}
@@ -174,14 +144,14 @@ def rebuild(desired: TableDoc, current: TableDoc | None = None) -> Plan:
             gone = have - desired.elements.get(name, frozenset())
             if gone and name not in intervals:
                 removed[name] = gone
-    cmds: list[JSONObj] = [{"delete": {"table": {"family": desired.family, "name": desired.name}}}]
-    cmds += [{"add": c} for c in first]
+    cmds: list[Command] = [Delete(table), *(Add(table, obj) for obj in made.first)]
+    after = tuple(Add(table, obj) for obj in made.last)
     return Plan(
         commands=tuple(cmds),
-        declarations=tuple(declarations),
-        after=tuple({"add": c} for c in last),
+        declarations=made.declarations,
+        after=after,
         rebuilt=True,
-        added=_element_count(first) + _element_count(last),
+        added=element_count(cmds) + element_count(after),
         removed=removed,
     )
 
@@ -201,7 +171,7 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         return create(desired)
     if not skeleton_matches(desired, current):
         return rebuild(desired, current)
-    changes = _Changes(desired.family, desired.name)
+    changes = _Changes(Table.of(desired))
     for decl in desired.skeleton.sets:
         want = desired.elements.get(decl.name, frozenset())
         have = current.elements.get(decl.name, frozenset())
@@ -218,7 +188,6 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
             to_delete = frozenset((k, v) for k, v in have_map.items() if want_map.get(k) != v)
             to_add = frozenset((k, v) for k, v in want_map.items() if have_map.get(k) != v)
             changes.elements(decl, to_delete, to_add)
-    fam, tab = desired.family, desired.name
     cmds = changes.cmds
     want_tags = desired.skeleton.rule_tags()
     have_tags = current.skeleton.rule_tags()
@@ -227,8 +196,8 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         if want_tags.get(chain.name, ()) == have_tags.get(chain.name, ()):
             continue
         rebuilt.append(chain.name)
-        cmds.append({"flush": {"chain": {"family": fam, "table": tab, "name": chain.name}}})
-        cmds += [{"add": render_rule(fam, tab, r)} for r in desired.skeleton.rules if r.chain == chain.name]
+        cmds.append(Flush(changes.table, chain))
+        cmds += [Add(changes.table, r) for r in desired.skeleton.rules if r.chain == chain.name]
     return changes.plan(chains_rebuilt=tuple(rebuilt))
 
 
@@ -242,7 +211,7 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
     """
     if desired.skeleton is not current.skeleton and desired.skeleton != current.skeleton:
         return None
-    changes = _Changes(desired.family, desired.name)
+    changes = _Changes(Table.of(desired))
     for decl in desired.skeleton.sets:
         elems = touched.get(decl.name)
         if not elems:
@@ -262,29 +231,26 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
 class _Changes:
     """Element commands of one transaction, and their bookkeeping."""
 
-    def __init__(self, family: str, table: str) -> None:
-        self.family = family
+    def __init__(self, table: Table) -> None:
         self.table = table
-        self.cmds: list[JSONObj] = []
+        self.cmds: list[Command] = []
         self.added = self.deleted = 0
         self.removed: dict[str, AbstractSet[Elem]] = {}
         self.inserted: dict[str, AbstractSet[Elem]] = {}
 
     def flush(self, decl: SetDecl, have: AbstractSet[Elem]) -> None:
-        self.cmds.append({"flush": {"set": {"family": self.family, "table": self.table, "name": decl.name}}})
+        self.cmds.append(Flush(self.table, decl))
         self.deleted += len(have)
 
     def elements(
         self, decl: SetDecl, to_delete: AbstractSet[Elem], to_add: AbstractSet[Elem], *, listed: bool = True
     ) -> None:
-        body = render_elements(self.family, self.table, decl, to_delete)
-        if body is not None:
-            self.cmds.append({"delete": body})
+        if to_delete:
+            self.cmds.append(Delete(self.table, Elements(decl, to_delete)))
             self.deleted += len(to_delete)
             self.removed[decl.name] = to_delete
-        body = render_elements(self.family, self.table, decl, to_add)
-        if body is not None:
-            self.cmds.append({"add": body})
+        if to_add:
+            self.cmds.append(Add(self.table, Elements(decl, to_add)))
             self.added += len(to_add)
             if listed:
                 self.inserted[decl.name] = to_add

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wholeip.nft.backend import Exists, NftError, NotFound, Rejected
-from wholeip.nft.doc import Elem, JSONObj, TableDoc, interval_cover, parse_listing
+from wholeip.nft.doc import Elem, JSONObj, TableDoc, interval_cover
+from wholeip.nft.listing import parse_listing
 
 _INET_PROTOS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58}
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from wholeip.nft import netlink
 from wholeip.nft.backend import Exists, NftError, NotFound, Rejected, Unavailable
-from wholeip.nft.doc import Elem, JSONObj, SetDecl, TableDoc, parse_listing
+from wholeip.nft.doc import Elem, JSONObj, SetDecl, TableDoc
+from wholeip.nft.listing import parse_listing
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 _READ_ATTEMPTS = 3

@@ -7,7 +7,7 @@ and the agent ~150 MiB more to decode the text, for about 5 s. A full sync
 only needs each element's bytes. So the elements of plain sets and maps are
 dumped here (``NFT_MSG_GETSETELEM``, the dump ``nft`` itself starts with) and
 decoded one message at a time into the same normalised values
-:func:`wholeip.nft.doc.normalize_elem` gives for libnftables' JSON; the table's
+:func:`wholeip.nft.listing.normalize_elem` gives for libnftables' JSON; the table's
 declarations, chains and rules still come from libnftables (``nft -j -t list
 table``, which fetches no element).
 
