@@ -1,10 +1,11 @@
-"""The fixed skeleton of the table (pure): every set, map, chain and rule, the same on
-every node and for any number of Services.
+"""The fixed skeleton of the table (pure): every set, map, chain and rule.
 
-The table's skeleton is fixed: the same sets, chains and rules on every node
-and for any number of Services. Everything the cluster says lands in set and
-map elements, so a Service costs a few elements and never a rule; a packet
-costs the same with one Service or a hundred thousand.
+The skeleton is the same on every node and for any number of Services, so it is
+built once (:data:`SKELETON`) and every table document shares it. Everything the
+cluster says lands in set and map elements (:mod:`wholeip.core.elements`), so a
+Service costs a few elements and never a rule; a packet costs the same with one
+Service or a hundred thousand. Every name is spelled through :mod:`wholeip.names`.
+The rows cited below are those of docs/datapath.md, where each is tested.
 
 Layout (one ``inet`` table, both families; ``4`` and ``6`` name the family):
 
@@ -45,7 +46,7 @@ that when the layout changed; the filter at the pod's node came later).
   6. UDP/SCTP from outside (not from an external IP) to a local filtered pod:
      the filter again, keyed by the pod IP (``arrive4``, see below);
   7. from outside to a local managed pod (ingress another node has already
-     rewritten, row 12): ``notrack``, ``accept``.
+     rewritten, docs/datapath.md row 12): ``notrack``, ``accept``.
 
   ``accept`` ends this chain only; later hooks still see the packet. The
   source is not rewritten here: before routing, strict rp_filter on the
@@ -53,9 +54,9 @@ that when the layout changed; the filter at the pod's node came later).
   traffic, also to an external IP) stays tracked and untouched.
 * ``untracked4/6`` (regular, entered by ``goto``): an untracked packet's
   destination: ICMP errors go to ``icmp_errors``; a local filtered pod's
-  UDP/SCTP flow is remembered under its pod IP (below); a packet to an external IP
-  (from a local managed pod: any Service's, its own: row 11) gets the pod IP,
-  statelessly. The chain's end is ``raw_prerouting``'s end.
+  UDP/SCTP flow is remembered under its pod IP (below); a packet to an external
+  IP (from a local managed pod: any Service's, its own: docs/datapath.md row 11)
+  gets the pod IP, statelessly. The chain's end is ``raw_prerouting``'s end.
 * ``ct_decided`` (regular): an untracked packet goes on to ``untracked4/6``,
   a tracked one is left alone (a ``notrack`` could not change it any more).
 * ``icmp_errors`` (regular): neighbour discovery addressed to an external IP
@@ -63,8 +64,8 @@ that when the layout changed; the filter at the pod's node came later).
   answers for the address on its link (an L2 speaker, proxy NDP) gets it.
   ICMP errors to an external IP about a packet the pod sent get the pod IP
   back in their embedded header too, with a checksum-neutral compensation, so
-  path-MTU discovery works (row 13); such a rule rewrites the outer
-  destination too, then ``notrack``, ``accept``.
+  path-MTU discovery works (docs/datapath.md row 13); such a rule rewrites the
+  outer destination too, then ``notrack``, ``accept``.
 * ``hairpin_prerouting``/``hairpin_output`` (nat, dstnat): east-west packets to
   an external IP (from a pod, or from a node's own processes) are tracked and
   DNATed to the pod, so conntrack restores the external IP on the replies.
@@ -220,10 +221,11 @@ def _raw(base: str, offset: int, length: int) -> JSONObj:
     return {"payload": {"base": base, "offset": offset, "len": length}}
 
 
-# The ICMP errors of row 13 (path MTU): the embedded header is what the pod sent after
-# our egress rewrite, so its source is the external IP. The pod can only match the
-# error to its socket once that source is the pod IP again. nft raw payload writes
-# never update checksums, hence a compensation (see hack/datapath-lab/FINDINGS.md).
+# The ICMP errors of docs/datapath.md row 13 (path MTU): the embedded header is what
+# the pod sent after our egress rewrite, so its source is the external IP. The pod can
+# only match the error to its socket once that source is the pod IP again. nft raw
+# payload writes never update checksums, hence a compensation (see
+# hack/datapath-lab/FINDINGS.md).
 INNER_SADDR4 = _raw("th", 160, 32)  # ICMP header (8) + IPv4 saddr offset (12), in bits
 INNER_SADDR6 = _raw("th", 128, 128)  # ICMPv6 header (8) + IPv6 saddr offset (8)
 OUTER_DADDR4 = _raw("nh", 128, 32)
@@ -434,10 +436,11 @@ def _prerouting_rules() -> list[Rule]:
                     {"goto": {"target": UNTRACKED[v]}},
                 ),
             ),
-            # North-south traffic another node already rewrote (it arrived there, row 12)
-            # reaches the pod's node addressed to the pod. UDP/SCTP to a filtered pod was
-            # let through there (``away``) and meets the pod's filter here, keyed by the
-            # pod IP, where the flows the pod opened are known. Then out of conntrack too.
+            # North-south traffic another node already rewrote (it arrived there,
+            # docs/datapath.md row 12) reaches the pod's node addressed to the pod. UDP/SCTP
+            # to a filtered pod was let through there (``away``) and meets the pod's filter
+            # here, keyed by the pod IP, where the flows the pod opened are known. Then out
+            # of conntrack too.
             Rule(
                 RAW_PREROUTING,
                 (
@@ -452,7 +455,8 @@ def _prerouting_rules() -> list[Rule]:
                 (_match(daddr, f"@{EGRESS[v]}"), outside, {"notrack": None}, {"accept": None}),
             ),
             # An untracked packet to an external IP (from a local managed pod: any Service's,
-            # its own: row 11) is rewritten here too, statelessly: the NAT hooks never see it.
+            # its own: docs/datapath.md row 11) is rewritten here too, statelessly: the NAT
+            # hooks never see it.
             Rule(UNTRACKED[v], (_match(_meta("l4proto"), icmp), {"jump": {"target": ICMP_ERRORS}})),
             # A filtered pod's flow, under its pod IP (``filtered`` holds it on the pod's node
             # when that node filters for the pod): for replies that arrive at another node and
@@ -527,10 +531,10 @@ def skeleton() -> Skeleton:
                 (
                     _ct_dnat(),
                     _match(_concat(saddr, daddr), f"@{SELF_HAIRPIN[v]}"),
-                    # Only what was addressed to an external IP (row 11): a pod that kube-proxy
-                    # sends back to itself through a ClusterIP is kube-proxy's to masquerade;
-                    # SNATed to the external IP, its reply would be handled statelessly and
-                    # never turned back into the ClusterIP.
+                    # Only what was addressed to an external IP (docs/datapath.md row 11): a
+                    # pod that kube-proxy sends back to itself through a ClusterIP is
+                    # kube-proxy's to masquerade; SNATed to the external IP, its reply would be
+                    # handled statelessly and never turned back into the ClusterIP.
                     _match({"ct": {"key": f"{proto} daddr", "dir": "original"}}, f"@{INGRESS[v]}"),
                     {"snat": {"family": proto, "addr": _map_lookup(saddr, EGRESS[v])}},
                 ),
