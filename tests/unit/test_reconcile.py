@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from wholeip.agent.metrics import Metrics
-from wholeip.agent.reconcile import Reconciler, Snapshot, Syncer
+from wholeip.agent.reconcile import Rebuild, Reconciler, Snapshot, Syncer
 from wholeip.engine import Engine
 from wholeip.names import WHOLE_IP_ANNOTATION
 from wholeip.nft.backend import Rejected
@@ -351,6 +351,7 @@ async def test_retry_after_a_kernel_failure_repairs_the_table_with_a_full_sync(
         node_name="n1",
         model=ModelSettings(),
         table="wholeip",
+        mode=Rebuild(),
         metrics=metrics,
         offload=_inline,
     )
@@ -429,6 +430,7 @@ async def test_a_rejected_element_becomes_a_problem_of_its_service_and_others_la
         node_name="n1",
         model=ModelSettings(),
         table="wholeip",
+        mode=Rebuild(),
         metrics=Metrics(),
         on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
         offload=_inline,

@@ -7,6 +7,13 @@ group cancels the others and the failure surfaces from :meth:`Agent.wait`, so
 the process exits non-zero and the kubelet restarts it, instead of limping on
 with a dead watch.
 
+The informers feed the loop two ways: ``notify`` (something changed: sync
+soon) and the keys of what changed, into one
+:class:`~wholeip.agent.reconcile.Changes`. The
+:class:`~wholeip.agent.reconcile.Syncer` runs in its
+:class:`~wholeip.agent.reconcile.Incremental` mode over those keys and the
+informers' caches, so a change costs its own size, not the cluster's.
+
 Shutdown leaves the table in the kernel exactly as last committed. During a
 rolling update the old pod stops before the new one starts; deleting the table
 on the way out would drop every external IP's traffic for that gap. The next
@@ -37,7 +44,7 @@ from wholeip import __version__
 from wholeip.agent import log as logsetup
 from wholeip.agent.health import Health
 from wholeip.agent.metrics import Metrics
-from wholeip.agent.reconcile import Changes, Reconciler, Snapshot, Syncer
+from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
 from wholeip.agent.web import WebServer
 from wholeip.core.model import Problem, ProblemSource
 from wholeip.engine import Engine
@@ -145,9 +152,7 @@ class Agent:
             table=s.table,
             metrics=self.metrics,
             on_state=self._on_state,
-            changes=changes,
-            lookup=self._lookup,
-            nodes=lambda: informers[2].snapshot(),
+            mode=Incremental(changes=changes, lookup=self._lookup, nodes=lambda: informers[2].snapshot()),
             # Stale conntrack entries live next to the table: only when the table is this
             # process's own network namespace's (not with a fake or another namespace's backend).
             after_commit=(

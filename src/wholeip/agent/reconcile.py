@@ -242,6 +242,21 @@ def _trim_heap() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The changes one sync takes: everything, or the keys of what changed."""
+
+    everything: bool
+    """Rebuild the index from a snapshot (a list, a Node change, or no incremental mode)."""
+    services: set[str]
+    slices: set[str]
+    since: float | None
+    """When the oldest of these changes arrived (None: nothing was reported)."""
+
+
+EVERYTHING = Pending(everything=True, services=set(), slices=set(), since=None)
+
+
 class Changes:
     """Which objects changed since the last sync, as the informers report them.
 
@@ -269,10 +284,39 @@ class Changes:
         else:
             self.slices.add(key)
 
-    def take(self) -> tuple[bool, set[str], set[str], float | None]:
-        out = (self.everything, self.services, self.slices, self.since)
+    def take(self) -> Pending:
+        out = Pending(everything=self.everything, services=self.services, slices=self.slices, since=self.since)
         self.everything, self.services, self.slices, self.since = False, set(), set(), None
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuild:
+    """Mode: every sync builds the index from a snapshot of the caches, O(cluster).
+
+    For tools and tests that have no informers to report keys."""
+
+    def take(self) -> Pending:
+        return EVERYTHING
+
+
+@dataclass(frozen=True, slots=True)
+class Incremental:
+    """Mode: a sync re-reads only the keys the informers reported (the agent).
+
+    Everything it needs beyond a snapshot, together: the keys (``changes``, fed by
+    the informers), the caches as they are now (``lookup``), and the Nodes, which
+    the Events of a sync that did not rebuild still need."""
+
+    changes: Changes
+    lookup: Lookup
+    nodes: Callable[[], Sequence[dict[str, Any]]]
+
+    def take(self) -> Pending:
+        return self.changes.take()
+
+
+Mode = Rebuild | Incremental
 
 
 def _split_key(key: str) -> ServiceKey:
@@ -328,11 +372,16 @@ class Syncer:
     Two ways to a desired table:
 
     * **rebuild** (start-up, after a list or a Node change, after an update of the
-      index failed): a new :class:`~wholeip.core.index.ClusterIndex` from a snapshot of
-      every cache, O(cluster);
-    * **update** (every other change): the index re-reads only the keys the
-      informers reported and tells the engine which elements it touched, so the
-      model, the diff and the transaction all cost the size of the change.
+      index failed, and every sync in the :class:`Rebuild` mode): a new
+      :class:`~wholeip.core.index.ClusterIndex` from a snapshot of every cache,
+      O(cluster);
+    * **update** (every other change, in the :class:`Incremental` mode): the index
+      re-reads only the keys the informers reported and tells the engine which
+      elements it touched, so the model, the diff and the transaction all cost the
+      size of the change.
+
+    The mode is one argument, ``mode``; the incremental mode's inputs come together
+    in :class:`Incremental`, so no combination of missing arguments selects a path.
 
     A full sync (start-up, resync timer, retry after a failed commit) compares the
     index's table with the kernel instead of the engine's memory; it does not
@@ -352,12 +401,10 @@ class Syncer:
         node_name: str,
         model: ModelSettings,
         table: str,
+        mode: Mode = Rebuild(),
         metrics: Metrics | None = None,
         on_state: Callable[[ProblemSource, Sequence[dict[str, Any]]], None] | None = None,
         after_commit: Callable[[Plan], None] | None = None,
-        changes: Changes | None = None,
-        lookup: Lookup | None = None,
-        nodes: Callable[[], Sequence[dict[str, Any]]] | None = None,
         offload: Offload = asyncio.to_thread,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -373,10 +420,7 @@ class Syncer:
         self.after_commit = after_commit
         """Called (in the worker thread) with every committed, non-empty plan (stale conntrack
         entries); its errors are logged, never fail the sync."""
-        self.changes = changes
-        """Fed by the informers; without it (or ``lookup``) every sync is a rebuild."""
-        self._lookup = lookup
-        self._nodes = nodes
+        self.mode = mode
         self._offload = offload
         self._wall_clock = wall_clock
         self.index: ClusterIndex | None = None
@@ -424,28 +468,29 @@ class Syncer:
         return result
 
     async def _sync(self, full: bool) -> SyncResult:
-        taken = self.changes.take() if self.changes is not None else (True, set(), set(), None)
-        everything, service_keys, slice_keys, since = taken
+        mode = self.mode
+        pending = mode.take()
         index = self.index
         touched: Touched | None = None
-        if everything or index is None or self._lookup is None:
-            self.index = None
-            snap = self._snapshot()
-            index = await self._offload(self._rebuild, snap)
-            nodes: Sequence[dict[str, Any]] = snap.nodes
-            self.rebuilds += 1
-        else:
-            lookup = self._lookup
+        nodes: Sequence[dict[str, Any]]
+        if isinstance(mode, Incremental) and not pending.everything and index is not None:
+            # The caches are read here, on the loop, where they are consistent.
             services: dict[ServiceKey, list[dict[str, Any]]] = {}
-            for key in service_keys:
-                obj = lookup("services", key)
+            for key in pending.services:
+                obj = mode.lookup("services", key)
                 services[_split_key(key)] = [obj] if obj is not None else []
-            slices = {key: lookup("endpointslices", key) for key in slice_keys}
-            nodes = self._nodes() if self._nodes is not None else []
+            slices = {key: mode.lookup("endpointslices", key) for key in pending.slices}
+            nodes = mode.nodes()
             self.index = None  # until the update is known to have completed
             touched = await self._offload(lambda: index.update(services=services, slices=slices))
             if full:
                 touched = None  # compare the whole table with the kernel
+        else:
+            self.index = None
+            snap = self._snapshot()
+            index = await self._offload(self._rebuild, snap)
+            nodes = snap.nodes
+            self.rebuilds += 1
         self.index = index
         doc = index.doc()
         result: SyncResult = await self._offload(self._commit, doc, full, touched)
@@ -469,8 +514,8 @@ class Syncer:
             except Exception as exc:  # Events are a courtesy; they never cost a sync
                 log.warning("problem reporting failed", error=f"{type(exc).__name__}: {exc}")
         change_ms = None
-        if since is not None and self.changes is not None:
-            waited = self.changes.clock() - since
+        if isinstance(mode, Incremental) and pending.since is not None:
+            waited = mode.changes.clock() - pending.since
             change_ms = round(waited * 1000, 2)
             if self.metrics is not None and not result.plan.empty:
                 self.metrics.change_to_commit.observe(waited)
