@@ -45,7 +45,8 @@ class Plan:
     declarations: tuple[str, ...] = ()
     """nft text declarations to run after ``commands`` (``typeof`` sets JSON cannot declare)."""
     after: tuple[Command, ...] = ()
-    """JSON commands that need the declared sets; the last transaction."""
+    """Commands that need the declared sets (their elements, the rules naming them); the last
+    transaction."""
     created: bool = False
     rebuilt: bool = False
     chains_rebuilt: tuple[str, ...] = ()
