@@ -98,9 +98,10 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
     for obj in objects:
         if obj["kind"] == "Service":
             # Preassigned ClusterIPs: the double's allocator is not what is measured.
+            # Numbered from 10.96.0.1: the network address is not a Service's (a real server refuses it).
+            services += 1
             obj["spec"]["clusterIP"] = f"10.{96 + (services >> 16)}.{(services >> 8) & 255}.{services & 255}"
             obj["spec"].pop("type", None)
-            services += 1
     cluster = workdir / "cluster.json"
     cluster.write_text(json.dumps(synth.as_list(objects)))
     kubeconfig = workdir / "kubeconfig"
