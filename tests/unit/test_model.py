@@ -94,7 +94,6 @@ def test_annotated_service_maps_external_ip_to_ready_pod() -> None:
     ("annotations", "labels", "expected"),
     [
         ({"networking.cozystack.io/wholeIP": "true"}, {}, Mode.WHOLE_IP),
-        ({"networking.cozystack.io/wholeIP": "True"}, {}, Mode.WHOLE_IP),
         ({"networking.cozystack.io/wholeIP": "false"}, {}, None),
         ({}, {}, None),
         ({}, {"service.kubernetes.io/service-proxy-name": "wholeip"}, Mode.PER_PORT),
@@ -128,6 +127,48 @@ def test_malformed_annotation_is_a_problem_not_a_crash() -> None:
     state = build(node(), svc(annotations={"networking.cozystack.io/wholeIP": "yes please"}), eps())
     assert state.mappings == ()
     assert reasons(state) == ["InvalidAnnotation"]
+
+
+# The Kubernetes convention for boolean annotations: exactly "true" or "false". A lenient
+# reader took these for "true" (issue 15 item 7); they are invalid and read as absent.
+NOT_QUITE_TRUE = ("TRUE", "True", " true", "True ", "true\n", "yes", "1", "")
+
+
+@pytest.mark.parametrize("value", NOT_QUITE_TRUE)
+def test_whole_ip_annotation_must_be_exactly_true(value: str) -> None:
+    state = build(node(), svc(annotations={"networking.cozystack.io/wholeIP": value}), eps())
+    assert state.mappings == ()
+    assert [(p.reason, p.warning) for p in state.problems] == [("InvalidAnnotation", True)]
+    assert "Service not managed" in state.problems[0].message
+    assert repr(value) in state.problems[0].message
+
+
+@pytest.mark.parametrize("value", NOT_QUITE_TRUE)
+def test_a_labelled_service_with_an_invalid_whole_ip_value_stays_per_port(value: str) -> None:
+    labels = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+    state = build(node(), svc(annotations={"networking.cozystack.io/wholeIP": value}, labels=labels), eps())
+    assert [m.mode for m in state.mappings] == [Mode.PER_PORT]
+    assert reasons(state) == ["InvalidAnnotation"]
+    assert "forwarding only the listed ports" in state.problems[0].message
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("true", True), ("false", False)])
+def test_allow_icmp_exact_values_are_taken_without_a_problem(value: str, allowed: bool) -> None:
+    labels = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+    annotations = {"networking.cozystack.io/allowICMP": value}
+    state = build(node(), svc(annotations=annotations, labels=labels), eps())
+    assert [m.allow_icmp for m in state.mappings] == [allowed]
+    assert state.problems == ()
+
+
+@pytest.mark.parametrize("value", NOT_QUITE_TRUE)
+def test_allow_icmp_must_be_exactly_true(value: str) -> None:
+    labels = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+    annotations = {"networking.cozystack.io/allowICMP": value}
+    state = build(node(), svc(annotations=annotations, labels=labels), eps())
+    assert [m.allow_icmp for m in state.mappings] == [False]
+    assert reasons(state) == ["InvalidAnnotation"]
+    assert "ICMP echo requests are dropped" in state.problems[0].message
 
 
 def test_service_without_ip_is_skipped_with_reason() -> None:

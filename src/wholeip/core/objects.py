@@ -82,8 +82,32 @@ def parse_network(value: Any) -> IPNetwork | None:
         return None
 
 
-def _is_true(value: Any) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "true"
+def _flag_annotation(
+    annotations: Mapping[str, Any], key: str, ref: ObjectRef, problems: list[Problem], *, otherwise: str
+) -> bool | None:
+    """A boolean annotation, read the Kubernetes way: exactly ``"true"`` or ``"false"``.
+
+    None when absent. Any other value ("TRUE", " true", "yes", a number) is reported as
+    ``InvalidAnnotation`` and read as absent: a value that only looks true to a lenient
+    reader must not switch on a whole IP, and the owner learns why it did not.
+    ``otherwise`` says what the Service gets instead.
+    """
+    if key not in annotations:
+        return None
+    raw = annotations[key]
+    if raw == "true":
+        return True
+    if raw == "false":
+        return False
+    problems.append(
+        Problem(
+            ref,
+            "InvalidAnnotation",
+            f'annotation {key}={raw!r} is neither "true" nor "false" (exactly, in lower case); read as absent: '
+            + otherwise,
+        )
+    )
+    return None
 
 
 # --------------------------------------------------------------------------- services
@@ -124,25 +148,17 @@ def created_seconds(stamp: str) -> int:
 def _service_mode(
     meta: Mapping[str, Any], settings: ModelSettings, ref: ObjectRef, problems: list[Problem]
 ) -> Mode | None:
-    annotations = _dict(meta.get("annotations"))
     labels = _dict(meta.get("labels"))
-    raw = annotations.get(WHOLE_IP_ANNOTATION)
     labelled = labels.get(PROXY_NAME_LABEL) == settings.proxy_name and bool(settings.proxy_name)
-    if raw is None:
-        return Mode.PER_PORT if labelled else None
-    value = _str(raw).strip().lower()
-    if value == "true":
-        return Mode.WHOLE_IP
-    if value == "false":
-        return Mode.PER_PORT if labelled else None
-    problems.append(
-        Problem(
-            ref,
-            "InvalidAnnotation",
-            f'annotation {WHOLE_IP_ANNOTATION}={raw!r} is neither "true" nor "false"; '
-            + ("forwarding only the listed ports" if labelled else "Service not managed"),
-        )
+    whole = _flag_annotation(
+        _dict(meta.get("annotations")),
+        WHOLE_IP_ANNOTATION,
+        ref,
+        problems,
+        otherwise="forwarding only the listed ports" if labelled else "Service not managed",
     )
+    if whole:
+        return Mode.WHOLE_IP
     return Mode.PER_PORT if labelled else None
 
 
@@ -214,7 +230,17 @@ def parse_service(obj: RawObject, settings: ModelSettings, problems: list[Proble
         ref=ref,
         created=_str(meta.get("creationTimestamp")),
         mode=mode,
-        allow_icmp=_is_true(_dict(meta.get("annotations")).get(ALLOW_ICMP_ANNOTATION)),
+        allow_icmp=bool(
+            _flag_annotation(
+                _dict(meta.get("annotations")),
+                ALLOW_ICMP_ANNOTATION,
+                ref,
+                problems,
+                otherwise="ICMP echo requests are dropped"
+                if mode is Mode.PER_PORT
+                else "it has no effect in whole-IP mode",
+            )
+        ),
         external_ips=tuple(ips),
         ports=_service_ports(spec, ref, problems) if mode is Mode.PER_PORT else (),
         source_ranges=collapse(ranges),
