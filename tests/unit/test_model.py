@@ -242,6 +242,48 @@ def test_same_age_conflict_is_broken_by_namespace_and_name() -> None:
     assert [m.service.name for m in state.mappings] == ["a"]
 
 
+def conflict_messages(state: ClusterState) -> list[tuple[str, str]]:
+    return [(p.ref.name, p.message) for p in state.problems if p.reason == "ExternalIPConflict"]
+
+
+def test_a_conflict_decided_by_age_names_the_older_service_and_its_time() -> None:
+    old = svc("old", created="2025-01-01T00:00:00Z")
+    new = svc("new", created="2025-01-01T00:00:01Z")  # one second later is older enough
+    state = build(node(), new, old, eps("old"), eps("new", ("10.244.1.11",)))
+    assert conflict_messages(state) == [
+        (
+            "new",
+            "external IP 203.0.113.10 is already claimed by the older Service default/old"
+            " (created 2025-01-01T00:00:00Z)",
+        )
+    ]
+
+
+def test_a_conflict_within_one_second_says_the_name_order_decided() -> None:
+    # creationTimestamp counts whole seconds: "zeta" may have been created first, but
+    # within the same second "alpha" wins by name, and the Event must not call it older.
+    first = svc("zeta", created="2026-01-01T00:00:00Z")
+    second = svc("alpha", created="2026-01-01T00:00:00Z")
+    state = build(node(), first, second, eps("zeta"), eps("alpha", ("10.244.1.11",)))
+    assert [m.service.name for m in state.mappings] == ["alpha"]
+    [(loser, message)] = conflict_messages(state)
+    assert loser == "zeta"
+    assert message == (
+        "external IP 203.0.113.10 is claimed by Service default/alpha as well and both Services were created in"
+        " the same second (2026-01-01T00:00:00Z; creationTimestamp has one-second resolution), so namespace/name"
+        " order decided: default/alpha comes before default/zeta"
+    )
+    assert "older" not in message
+
+
+def test_a_conflict_between_services_without_timestamps_says_the_name_order_decided() -> None:
+    state = build(node(), svc("b", created=""), svc("a", created="garbage"), eps("a"), eps("b", ("10.244.1.11",)))
+    [(loser, message)] = conflict_messages(state)
+    assert loser == "b"
+    assert "neither Service has a valid creationTimestamp, so namespace/name order decided" in message
+    assert "older" not in message
+
+
 def test_two_services_for_one_pod_egress_from_the_oldest() -> None:
     old = svc("old", ips=("203.0.113.10",), created="2025-01-01T00:00:00Z")
     new = svc("new", ips=("203.0.113.11",))

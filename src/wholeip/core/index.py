@@ -35,6 +35,7 @@ functions that read them in :mod:`wholeip.core.compact`.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -85,6 +86,7 @@ from wholeip.core.model import (
     resolve_ports,
 )
 from wholeip.core.objects import (
+    NEWEST,
     RawObject,
     created_seconds,
     namespaced_name,
@@ -524,14 +526,7 @@ class ClusterIndex:
                 problems.append(Problem(svc.ref, "ExternalIPRefused", f"external IP refused: {why}"))
                 continue
             if winner is not None:
-                owner = winner.ref
-                problems.append(
-                    Problem(
-                        svc.ref,
-                        "ExternalIPConflict",
-                        f"external IP {ip} is already claimed by the older Service {owner.namespace}/{owner.name}",
-                    )
-                )
+                problems.append(Problem(svc.ref, "ExternalIPConflict", _conflict_message(ip, winner, view)))
                 continue
             ready = view.ready4 if version == 4 else view.ready6
             if not ready:
@@ -668,6 +663,30 @@ class ClusterIndex:
             problems=tuple(sorted(self.problems, key=_problem_order)),
             managed_services=tuple(sorted(v.ref for v in self._views.values())),
         )
+
+
+def _stamp(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _conflict_message(ip: str, winner: _View, loser: _View) -> str:
+    """Why ``loser`` did not get ``ip``, saying what really decided. creationTimestamp counts
+    whole seconds, so two claims made within one second are ordered by namespace/name, not by
+    which came first: the message must not call the winner older then."""
+    owner = f"{winner.key[0]}/{winner.key[1]}"
+    if winner.created != loser.created:
+        # (A missing or malformed timestamp counts as the newest, so the winner's is valid here.)
+        return f"external IP {ip} is already claimed by the older Service {owner} (created {_stamp(winner.created)})"
+    same = (
+        "neither Service has a valid creationTimestamp"
+        if winner.created == NEWEST
+        else f"both Services were created in the same second ({_stamp(winner.created)};"
+        " creationTimestamp has one-second resolution)"
+    )
+    return (
+        f"external IP {ip} is claimed by Service {owner} as well and {same}, so namespace/name order"
+        f" decided: {owner} comes before {loser.key[0]}/{loser.key[1]}"
+    )
 
 
 def _problem_order(p: Problem) -> tuple[ObjectRef, str, str]:

@@ -130,7 +130,8 @@ class ServiceInfo:
         return (created_seconds(self.created), self.ref.namespace, self.ref.name)
 
 
-_NEWEST = 1 << 62
+NEWEST = 1 << 62
+"""What :func:`created_seconds` makes of a missing or malformed creationTimestamp."""
 
 
 def created_seconds(stamp: str) -> int:
@@ -142,7 +143,7 @@ def created_seconds(stamp: str) -> int:
             return int(datetime.datetime.fromisoformat(stamp[:19] + "+00:00").timestamp())
         except ValueError:
             pass
-    return _NEWEST
+    return NEWEST
 
 
 def _service_mode(
