@@ -311,6 +311,26 @@ def test_source_ranges(topo: Topology, tmp_path: Path, family: int, per_port_mod
     assert allowed.ok, allowed.error
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("per_port_mode", [True, False], ids=["per-port", "whole-ip"])
+def test_source_ranges_that_are_all_invalid_fail_closed(
+    topo: Topology, tmp_path: Path, family: int, per_port_mode: bool
+) -> None:
+    """Issue 15 item 3: ranges none of which is a CIDR admitted every source (the listed
+    port in per-port mode, everything in whole-IP mode). They admit no outside source now,
+    UDP arriving at the pod's node included; east-west and the pod's own flows still work."""
+    configure(topo, tmp_path, per_port=per_port_mode, ranges=("foo", "10.0.0.0/33"))
+    for proto, port in (("tcp", TCP_PORT), ("udp", UDP_PORT)):
+        refused = exchange(topo, client="ext", server="pod_a", addr=EXT_A[family], proto=proto, port=port, timeout=1.0)  # type: ignore[arg-type]
+        assert refused.server_peer is None, proto
+    assert exchange(topo, client="pod_b", server="pod_a", addr=EXT_A[family], proto="tcp", port=TCP_PORT).ok
+    assert exchange(topo, client="pod_a", server="ext", addr=addr("ext", family), proto="udp").ok
+    # One valid entry among them is kept, as before: the client's network gets through.
+    configure(topo, tmp_path, per_port=per_port_mode, ranges=("foo", "198.51.100.0/24", "2001:db8:1::/64"))
+    allowed = exchange(topo, client="ext", server="pod_a", addr=EXT_A[family], proto="tcp", port=TCP_PORT)
+    assert allowed.ok, allowed.error
+
+
 def test_mode_switch_takes_effect_in_one_apply(topo: Topology, tmp_path: Path) -> None:
     configure(topo, tmp_path, per_port=False)
     assert exchange(topo, client="ext", server="pod_a", addr=EXT_A[4], proto="udp", port=OTHER_UDP).ok

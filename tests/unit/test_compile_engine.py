@@ -419,3 +419,70 @@ def test_a_normal_sync_never_reads_the_kernel() -> None:
     assert backend.reads == first
     engine.sync(desired(20, pod_offset=5), full=True)
     assert backend.reads > first
+
+
+def _ranged_service(ranges: list[str], *, per_port: bool) -> list[dict[str, object]]:
+    """A dual-stack Service (whole-IP or per-port) with these source ranges, its pod on n1."""
+    meta: dict[str, object] = {"namespace": "default", "name": "r"}
+    if per_port:
+        meta["labels"] = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+    else:
+        meta["annotations"] = {"networking.cozystack.io/wholeIP": "true"}
+    svc = {
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"ports": [{"port": 53, "protocol": "UDP"}], "loadBalancerSourceRanges": ranges},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}, {"ip": "2001:db8:1::9"}]}},
+    }
+    slices = [
+        {
+            "kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": f"r-{f}", "labels": {"kubernetes.io/service-name": "r"}},
+            "addressType": f"IPv{f}",
+            "endpoints": [{"addresses": [a], "nodeName": "n1"}],
+        }
+        for f, a in ((4, "10.244.1.9"), (6, "fd00::9"))
+    ]
+    return [svc, *slices]
+
+
+@pytest.mark.parametrize("per_port", [False, True], ids=["whole-ip", "per-port"])
+def test_source_ranges_that_are_all_invalid_admit_no_outside_source(per_port: bool) -> None:
+    """Issue 15 item 3: ranges that are all invalid used to leave the Service unfiltered
+    (whole-IP) or filtered by port only, i.e. open to every source. Fail closed: each
+    address (and the pod, at its node) is ranged with no allowed source."""
+    objs = _ranged_service(["foo", "10.0.0.0/33"], per_port=per_port)
+    state = index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
+    problems = [(p.reason, p.message) for p in state.problems]
+    assert [r for r, _ in problems] == ["InvalidSourceRange", "InvalidSourceRange"]
+    assert all("no source outside the cluster is admitted" in m for _, m in problems)
+    assert {m.closed for m in state.mappings} == {True}
+    doc = compile_table(state, node_name="n1")
+    chain = "per_port" if per_port else "whole_ip"
+    for v, ext, pod in ((4, "203.0.113.9", "10.244.1.9"), (6, "2001:db8:1::9", "fd00::9")):
+        assert (ext, f"jump {chain}{v}") in doc.elements[f"dispatch{v}"]
+        assert doc.elements[f"ranged{v}"] == {ext, pod}
+        assert not doc.elements[f"sources{v}"]
+        assert (pod, f"jump {chain}{v}") in doc.elements[f"arrive{v}"]
+
+
+def test_a_mix_of_valid_and_invalid_source_ranges_keeps_the_valid_ones() -> None:
+    objs = _ranged_service(["foo", "198.51.100.0/24", "2001:db8:f::/48", "10.0.0.0/33"], per_port=False)
+    state = index.build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
+    problems = [(p.reason, p.message) for p in state.problems]
+    assert [r for r, _ in problems] == ["InvalidSourceRange", "InvalidSourceRange"]
+    assert all("ignored, the valid entries still apply" in m for _, m in problems)
+    assert {m.closed for m in state.mappings} == {False}
+    doc = compile_table(state, node_name="n1")
+    assert doc.elements["sources4"] == {("203.0.113.9", "198.51.100.0/24"), ("10.244.1.9", "198.51.100.0/24")}
+    assert doc.elements["sources6"] == {("2001:db8:1::9", "2001:db8:f::/48"), ("fd00::9", "2001:db8:f::/48")}
+
+
+def test_no_source_ranges_at_all_leave_a_whole_ip_unfiltered() -> None:
+    state = index.build_state_from_objects(
+        _ranged_service([], per_port=False), node_name="n1", settings=ModelSettings()
+    )
+    assert state.problems == ()
+    doc = compile_table(state, node_name="n1")
+    assert not doc.elements["dispatch4"]
+    assert not doc.elements["ranged4"]

@@ -63,15 +63,20 @@ class PodFilter(NamedTuple):
     ports: frozenset[PortSpec]
     """The UDP/SCTP ports a per-port filter forwards."""
     ranges: frozenset[IPNetwork]
+    closed: bool = False
+    """No outside source is admitted (the Service's source ranges were all invalid)."""
 
 
-def udp_filter(mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork]) -> PodFilter | None:
-    """A mapping's filter of UDP/SCTP from outside; None: it has none."""
+def udp_filter(
+    mode: Mode, ports: Iterable[PortSpec], source_ranges: Iterable[IPNetwork], *, closed: bool = False
+) -> PodFilter | None:
+    """A mapping's filter of UDP/SCTP from outside; None: it has none. ``closed``: see
+    :attr:`wholeip.core.model.Mapping1to1.closed`."""
     ranges = frozenset(source_ranges)
-    if mode is Mode.WHOLE_IP and not ranges:
+    if mode is Mode.WHOLE_IP and not ranges and not closed:
         return None
     listed = frozenset(p for p in ports if p.protocol in AT_POD_PROTOCOLS) if mode is Mode.PER_PORT else frozenset()
-    return PodFilter(mode, listed, ranges)
+    return PodFilter(mode, listed, ranges, closed)
 
 
 OPEN = PodFilter(Mode.WHOLE_IP, frozenset(), frozenset())
@@ -97,12 +102,12 @@ def pod_filter(filters: Iterable[PodFilter | None]) -> PodFilter | None:
     if None in distinct:
         return OPEN
     some = [f for f in distinct if f is not None]
-    if len({f.ranges for f in some}) != 1:
+    if len({(f.ranges, f.closed) for f in some}) != 1:
         return None
-    ranges = some[0].ranges
+    ranges, closed = some[0].ranges, some[0].closed
     if any(f.mode is Mode.WHOLE_IP for f in some):
-        return PodFilter(Mode.WHOLE_IP, frozenset(), ranges)
-    return PodFilter(Mode.PER_PORT, frozenset().union(*(f.ports for f in some)), ranges)
+        return PodFilter(Mode.WHOLE_IP, frozenset(), ranges, closed)
+    return PodFilter(Mode.PER_PORT, frozenset().union(*(f.ports for f in some)), ranges, closed)
 
 
 def pod_filters(mappings: Iterable[Mapping1to1]) -> dict[IPAddress, PodFilter]:
@@ -110,7 +115,7 @@ def pod_filters(mappings: Iterable[Mapping1to1]) -> dict[IPAddress, PodFilter]:
     that have one (per family: a pod IP is of one)."""
     filters: dict[IPAddress, set[PodFilter | None]] = {}
     for m in mappings:
-        filters.setdefault(m.pod_ip, set()).add(udp_filter(m.mode, m.ports, m.source_ranges))
+        filters.setdefault(m.pod_ip, set()).add(udp_filter(m.mode, m.ports, m.source_ranges, closed=m.closed))
     out = {pod: pod_filter(fs) for pod, fs in filters.items()}
     return {pod: f for pod, f in out.items() if f is not None}
 
@@ -134,6 +139,7 @@ def mapping_elements(m: Mapping1to1, *, node_name: str, at_pod: PodFilter | None
         allow_icmp=m.allow_icmp,
         ports=m.ports,
         source_ranges=m.source_ranges,
+        closed=m.closed,
         at_pod=at_pod,
         addresses=(m.external_ip, m.pod_ip),
     )
@@ -150,6 +156,7 @@ def entry_elements(
     allow_icmp: bool,
     ports: tuple[PortSpec, ...],
     source_ranges: tuple[IPNetwork, ...],
+    closed: bool = False,
     at_pod: PodFilter | None = None,
     addresses: tuple[IPAddress, IPAddress] | None = None,
 ) -> list[tuple[str, Elem]]:
@@ -162,7 +169,8 @@ def entry_elements(
     UDP/SCTP from outside for all of the pod's mappings, keyed by the pod IP
     (:func:`pod_filter`); the egress mapping brings those elements on that node, and on
     every node the pod is known to be elsewhere the external IP, when it has a filter,
-    goes to ``away``.
+    goes to ``away``. ``closed``: no outside source is admitted (source ranges that were
+    all invalid), encoded as ranges of neither family: ``ranged`` without ``sources``.
 
     The elements hold the very strings passed in, so a caller that keeps its addresses
     as text (the agent's index) shares them instead of holding a copy per element.
@@ -180,7 +188,9 @@ def entry_elements(
     if egress_here:
         out.append((EGRESS[v], (pod, ext)))
         out.append((SELF_HAIRPIN[v], (pod, pod)))
-    out += _filter_elements(ext, v, DISPATCH, mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges)
+    out += _filter_elements(
+        ext, v, DISPATCH, mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges, closed=closed
+    )
     if at_pod is not None and egress_here:
         # Only UDP/SCTP takes this way: TCP and ICMP were filtered where they arrived.
         out += _filter_elements(
@@ -191,8 +201,9 @@ def entry_elements(
             allow_icmp=False,
             ports=tuple(at_pod.ports),
             ranges=tuple(at_pod.ranges),
+            closed=at_pod.closed,
         )
-    if at_pod is not None and pod_elsewhere and (mode is Mode.PER_PORT or source_ranges):
+    if at_pod is not None and pod_elsewhere and (mode is Mode.PER_PORT or source_ranges or closed):
         out.append((AWAY[v], ext))
     return out
 
@@ -206,13 +217,15 @@ def _filter_elements(
     allow_icmp: bool,
     ports: tuple[PortSpec, ...],
     ranges: tuple[IPNetwork, ...],
+    closed: bool = False,
 ) -> list[tuple[str, Elem]]:
     """The filter's elements keyed by ``key``: an external IP (``dispatch``), or the pod IP
     at the pod's node (``arrive``)."""
     out: list[tuple[str, Elem]] = []
     # Source ranges of the other family only still restrict this address: to nobody
-    # outside the cluster (as Kubernetes does), never to everybody.
-    ranged = bool(ranges)
+    # outside the cluster (as Kubernetes does), never to everybody; so do ranges that were
+    # all invalid (``closed``).
+    ranged = bool(ranges) or closed
     if mode is Mode.PER_PORT:
         out.append((dispatch[v], (key, f"jump {PER_PORT[v]}")))
         out += [(PORTS[v], (key, p.protocol, p.port)) for p in ports]

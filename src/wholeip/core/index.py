@@ -146,6 +146,8 @@ class _View(NamedTuple):
     """The external IPs: one as itself (nearly every Service), several as a tuple."""
     raw_ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
+    closed: bool
+    """Source ranges listed but none valid: no outside source (see :class:`~wholeip.core.model.Mapping1to1`)."""
     ready4: Ready = NO_ENDPOINTS
     ready6: Ready = NO_ENDPOINTS
     ports: tuple[PortSpec, ...] = ()
@@ -205,7 +207,16 @@ def _slice_ports(slices: Sequence[_Slice], ready: Mapping[int, Ready]) -> dict[t
 def _shape(ip: str, side: _Side) -> tuple[object, ...]:
     """Everything the elements of ``ip``'s mapping depend on."""
     view = side.view
-    return (*_backend(view, ip), side.egress, side.at_pod, view.mode, view.allow_icmp, view.ports, view.source_ranges)
+    return (
+        *_backend(view, ip),
+        side.egress,
+        side.at_pod,
+        view.mode,
+        view.allow_icmp,
+        view.ports,
+        view.source_ranges,
+        view.closed,
+    )
 
 
 def _version(address: str) -> int:
@@ -369,7 +380,7 @@ class ClusterIndex:
         for ext in all_of(self._pods.get(pod)):
             w = winner(ext)
             if w is not None:
-                filters.append(udp_filter(w.mode, w.ports, w.source_ranges))
+                filters.append(udp_filter(w.mode, w.ports, w.source_ranges, closed=w.closed))
         return pod_filter(filters)
 
     def _share_key(self, key: ServiceKey) -> None:
@@ -399,6 +410,7 @@ class ClusterIndex:
             allow_icmp=win.allow_icmp,
             ports=win.ports,
             source_ranges=win.source_ranges,
+            closed=win.closed,
             at_pod=side.at_pod,
         )
 
@@ -463,6 +475,7 @@ class ClusterIndex:
             ext_or_exts=exts[0] if len(exts) == 1 else exts,
             raw_ports=info.ports,
             source_ranges=info.source_ranges,
+            closed=info.closed,
         )
 
     def _make_view(self, svc: _View) -> _View:
@@ -651,6 +664,7 @@ class ClusterIndex:
                     ports=win.ports,
                     source_ranges=win.source_ranges,
                     egress=first_of(self._pods.get(pod)) == ext,
+                    closed=win.closed,
                 )
             )
         return out

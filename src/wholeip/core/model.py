@@ -100,6 +100,9 @@ class Mapping1to1:
     egress: bool
     """True when this mapping also gives the pod its egress source address (one external IP
     per pod and family: the oldest Service's first address)."""
+    closed: bool = False
+    """The Service lists ``loadBalancerSourceRanges`` but none of them is valid: no source
+    outside the cluster is admitted (fail closed), as if its ranges held nobody."""
 
 
 class ProblemSource(Protocol):

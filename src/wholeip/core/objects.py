@@ -124,6 +124,8 @@ class ServiceInfo:
     external_ips: tuple[IPAddress, ...]
     ports: tuple[RawPort, ...]
     source_ranges: tuple[IPNetwork, ...]
+    closed: bool = False
+    """``loadBalancerSourceRanges`` are listed but none is valid: admit no outside source."""
 
     @property
     def age_key(self) -> tuple[int, str, str]:
@@ -215,18 +217,30 @@ def parse_service(obj: RawObject, settings: ModelSettings, problems: list[Proble
         elif ip not in ips:
             ips.append(ip)
     ranges: list[IPNetwork] = []
-    for raw_range in _list(spec.get("loadBalancerSourceRanges")):
+    raw_ranges = _list(spec.get("loadBalancerSourceRanges"))
+    invalid: list[Any] = []
+    for raw_range in raw_ranges:
         net = parse_network(raw_range)
         if net is None:
-            problems.append(
-                Problem(
-                    ref,
-                    "InvalidSourceRange",
-                    f"loadBalancerSourceRanges: {raw_range!r} is not a CIDR",
-                )
-            )
+            invalid.append(raw_range)
         elif net not in ranges:
             ranges.append(net)
+    # Fail closed: ranges that were meant to restrict the sources must never end up
+    # admitting everybody because none of them could be read.
+    closed = bool(raw_ranges) and not ranges
+    for raw_range in invalid:
+        problems.append(
+            Problem(
+                ref,
+                "InvalidSourceRange",
+                f"loadBalancerSourceRanges: {raw_range!r} is not a CIDR; "
+                + (
+                    "no entry is valid, so no source outside the cluster is admitted"
+                    if closed
+                    else "ignored, the valid entries still apply"
+                ),
+            )
+        )
     return ServiceInfo(
         ref=ref,
         created=_str(meta.get("creationTimestamp")),
@@ -245,6 +259,7 @@ def parse_service(obj: RawObject, settings: ModelSettings, problems: list[Proble
         external_ips=tuple(ips),
         ports=_service_ports(spec, ref, problems) if mode is Mode.PER_PORT else (),
         source_ranges=collapse(ranges),
+        closed=closed,
     )
 
 
