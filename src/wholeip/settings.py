@@ -22,7 +22,14 @@ class ModelSettings:
     Service (``cozy-proxy`` for a cluster migrating from cozy-proxy)."""
 
     service_cidrs: tuple[IPNetwork, ...] = (ipaddress.ip_network("10.96.0.0/12"),)
-    """The cluster's Service networks (``--service-cidr``): east-west, never an external IP."""
+    """The cluster's Service networks: east-west, never an external IP. Where the cluster
+    publishes ServiceCIDR objects, the agent and the offline commands use those instead
+    (:func:`wholeip.core.servicecidr.effective_model`); this value is the fallback, or the
+    override when :attr:`service_cidrs_given`."""
+
+    service_cidrs_given: bool = False
+    """``--service-cidr`` (or ``WHOLEIP_SERVICE_CIDR``) was given explicitly: it wins over the
+    cluster's ServiceCIDR objects, which are then not even read."""
 
     cluster_cidrs: tuple[IPNetwork, ...] = ()
     """Pod networks (``--cluster-cidr``). When set, they replace the Nodes' ``spec.podCIDRs``

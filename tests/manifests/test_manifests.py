@@ -57,6 +57,10 @@ LEAST_PRIVILEGE = {
     ("", "nodes", "watch"),
     ("", "events", "create"),
     ("", "events", "patch"),
+    ("networking.k8s.io", "servicecidrs", "list"),
+    ("networking.k8s.io", "servicecidrs", "watch"),
+    # Discovery of the ServiceCIDR API, one exact path (nonResourceURLs, no wildcard).
+    ("", "nonResourceURL:/apis/networking.k8s.io/v1", "get"),
 }
 
 Obj = dict[str, Any]
@@ -233,7 +237,15 @@ def test_cleanup_is_not_part_of_the_install(built: list[Obj], built_cleanup: lis
 def _grants(role: Obj) -> set[tuple[str, str, str]]:
     out = set()
     for rule in role["rules"]:
-        # Anything that widens a rule beyond named resources in named groups is refused.
+        # Anything that widens a rule beyond named resources in named groups, or named
+        # non-resource URLs, is refused.
+        if "nonResourceURLs" in rule:
+            assert set(rule) == {"nonResourceURLs", "verbs"}, rule
+            for url in rule["nonResourceURLs"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (url, verb), rule
+                    out.add(("", "nonResourceURL:" + url, verb))
+            continue
         assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
@@ -312,7 +324,10 @@ def test_node_name_and_bind_address_come_from_the_downward_api(agent: Obj) -> No
     env = _env(agent)
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["WHOLEIP_BIND_ADDRESS"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
-    assert "WHOLEIP_SERVICE_CIDR" in env
+    # The Service networks come from the cluster's ServiceCIDR objects: no guess is shipped,
+    # only a commented example for clusters without that API.
+    assert "WHOLEIP_SERVICE_CIDR" not in env
+    assert "# - name: WHOLEIP_SERVICE_CIDR" in (MANIFESTS / "30-daemonset.yaml").read_text()
 
 
 def test_env_names_are_flags_the_agent_knows(agent: Obj) -> None:

@@ -3,8 +3,8 @@
 A real :class:`~wholeip.agent.app.Agent` (FakeBackend for the kernel) runs against the
 API server double through a scenario that reaches every API call in its code:
 
-* start: the first list of Services, EndpointSlices and Nodes (several pages
-  each), and their watches;
+* start: discovery of the ServiceCIDR API, the first list of Services,
+  EndpointSlices, Nodes and ServiceCIDRs (several pages each), and their watches;
 * a watch whose resourceVersion was compacted away: ``410 Gone``, then a relist;
 * a Service with a problem: an Event is created, re-emitted by patching its
   count, and created anew when the server has expired it (the patch gets 404);
@@ -290,7 +290,7 @@ async def _run_scenario(api: RecordingApiServer, kube_config: client.Configurati
         await agent.wait_ready(within=10)
         assert agent.informers is not None
         assert all(i.lists == 1 for i in agent.informers)
-        await api.wait_for_watches(3)
+        await api.wait_for_watches(4)  # and the ServiceCIDRs'
 
         # Events: created, then the persisting problem patches the same one's count.
         (first,) = await eventually(lambda: _events(api, "lonely"), what="an Event for the problem")
@@ -318,7 +318,7 @@ async def _run_scenario(api: RecordingApiServer, kube_config: client.Configurati
             what="every informer relisted after 410",
         )
         await eventually(lambda: ("198.51.100.20", "10.244.1.30") in _ingress(agent), what="the relist in the table")
-        await api.wait_for_watches(3)
+        await api.wait_for_watches(4)
         task = agent.task
     # Shutdown is part of the scenario (it must not need any call either).
     assert task is not None

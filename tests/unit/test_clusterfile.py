@@ -74,7 +74,9 @@ def test_objects_of_unused_kinds_count_but_are_not_used() -> None:
     parsed = clusterfile.parse_text(text, name="f")
     assert parsed.total == 2
     assert [o["kind"] for o in parsed.objects] == ["Service"]
-    assert parsed.notes == ["f document 1: skipping kind ConfigMap (only Service, EndpointSlice and Node are used)"]
+    assert parsed.notes == [
+        "f document 1: skipping kind ConfigMap (only Service, EndpointSlice, Node and ServiceCIDR are used)"
+    ]
 
 
 def test_a_set_of_files_is_empty_only_when_every_file_is(tmp_path: Path) -> None:

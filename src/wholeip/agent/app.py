@@ -45,6 +45,7 @@ from wholeip.agent import log as logsetup
 from wholeip.agent.health import Health
 from wholeip.agent.metrics import Metrics
 from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
+from wholeip.agent.servicecidrs import ServiceCIDRSource
 from wholeip.agent.web import WebServer
 from wholeip.core.model import Problem, ProblemSource
 from wholeip.engine import Engine
@@ -102,6 +103,8 @@ class Agent:
         self._event_settle = event_settle
         self.api: client.ApiClient | None = None
         self.informers: tuple[Informer, Informer, Informer] | None = None
+        self.service_cidrs: ServiceCIDRSource | None = None
+        """Where the Service networks come from (discovery, then the ServiceCIDR informer)."""
         self.reconciler: Reconciler | None = None
         self.syncer: Syncer | None = None
         self.events: EventRecorder | None = None
@@ -133,6 +136,15 @@ class Agent:
         informers = self.informers = build_informers(
             api, on_change=reconciler.notify, on_key=changes.record, options=self._watch_options
         )
+        tracked = [*informers]  # the ServiceCIDR informer joins once discovery found the API
+        cidrs = self.service_cidrs = ServiceCIDRSource(
+            api,
+            enabled=not s.model.service_cidrs_given,
+            on_change=reconciler.notify,
+            on_key=changes.record,
+            on_informer=tracked.append,
+            options=self._watch_options,
+        )
         self.events = EventRecorder(
             core=client.CoreV1Api(api),
             node_name=s.node_name,
@@ -161,8 +173,8 @@ class Agent:
                 else None
             ),
         )
-        self.metrics.track_informers(informers)
-        self.health = Health(informers=informers, loop=reconciler, timeout=s.health_timeout)
+        self.metrics.track_informers(tracked)
+        self.health = Health(informers=(*informers, cidrs), loop=reconciler, timeout=s.health_timeout)
         self.web = WebServer(
             host=s.bind_address,
             port=s.port,
@@ -191,6 +203,8 @@ class Agent:
         async with asyncio.TaskGroup() as group:
             for informer in self.informers:
                 group.create_task(informer.run(), name=f"informer-{informer.resource}")
+            if self.service_cidrs is not None:
+                group.create_task(self.service_cidrs.run(), name="servicecidrs")
             group.create_task(self.reconciler.run(), name="reconcile")
             group.create_task(self.events.run(), name="events")
 
@@ -240,12 +254,19 @@ class Agent:
     async def _wait_synced(self) -> None:
         assert self.informers is not None
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        if self.service_cidrs is not None:
+            await self.service_cidrs.wait_synced()
         log.info("informers synced", objects={i.resource: len(i.cache) for i in self.informers})
 
     def _snapshot(self) -> Snapshot:
         assert self.informers is not None
         services, slices, nodes = self.informers
-        return Snapshot(services=services.iterate(), endpoint_slices=slices.iterate(), nodes=nodes.snapshot())
+        return Snapshot(
+            services=services.iterate(),
+            endpoint_slices=slices.iterate(),
+            nodes=nodes.snapshot(),
+            service_cidrs=self.service_cidrs.objects() if self.service_cidrs is not None else None,
+        )
 
     def _lookup(self, resource: str, key: str) -> Obj | None:
         assert self.informers is not None

@@ -55,6 +55,7 @@ from wholeip.backoff import backoff_delay
 from wholeip.core.elements import count_mappings
 from wholeip.core.index import ClusterIndex, ServiceKey, Touched, load_unique
 from wholeip.core.model import ObjectRef, Problem, ProblemSource
+from wholeip.core.servicecidr import effective_model
 from wholeip.engine import Engine, Rejection, SyncResult
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import TableDoc
@@ -227,6 +228,8 @@ class Snapshot:
     services: Iterable[dict[str, Any]]
     endpoint_slices: Iterable[dict[str, Any]]
     nodes: Sequence[dict[str, Any]]
+    service_cidrs: Sequence[dict[str, Any]] | None = None
+    """The ServiceCIDR objects; None where the server has no such API (or the flag wins)."""
 
 
 Offload = Callable[..., Awaitable[Any]]
@@ -262,8 +265,8 @@ class Changes:
 
     Only keys: the objects are read from the caches when the sync runs, so this
     stays level-triggered (a key reported ten times is read once, as it is then).
-    A list (after 410 or at start-up) or any Node change marks *everything*: the
-    next sync rebuilds the index from a snapshot.
+    A list (after 410 or at start-up), any Node or ServiceCIDR change marks
+    *everything*: the next sync rebuilds the index from a snapshot.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -434,7 +437,9 @@ class Syncer:
             endpoint_slices=snap.endpoint_slices,
             nodes=snap.nodes,
             node_name=self.node_name,
-            settings=self.model,
+            # The Service ranges decide the cluster networks, like the Nodes: a change of
+            # either is a rebuild (Changes marks everything for any resource but two).
+            settings=effective_model(self.model, snap.service_cidrs),
             table=self.table,
         )
         # What exists now (caches, index) lives long: keep it out of every future

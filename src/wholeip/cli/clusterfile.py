@@ -23,7 +23,7 @@ import yaml
 # libyaml's safe loader when PyYAML was built with it; the pure one otherwise.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-USED_KINDS = frozenset({"Service", "EndpointSlice", "Node"})
+USED_KINDS = frozenset({"Service", "EndpointSlice", "Node", "ServiceCIDR"})
 
 
 class InputError(Exception):
@@ -91,7 +91,7 @@ def parse_text(text: str, *, name: str = "<input>") -> Parsed:
                 out.objects.append(obj)
             else:
                 out.notes.append(
-                    f"{where}: skipping kind {obj['kind']} (only Service, EndpointSlice and Node are used)"
+                    f"{where}: skipping kind {obj['kind']} (only Service, EndpointSlice, Node and ServiceCIDR are used)"
                 )
     return out
 

@@ -73,11 +73,15 @@ def add_model_flags(p: EnvDefaults) -> None:
     )
     p.env_option(
         "--service-cidr",
-        default=parse_cidrs("10.96.0.0/12"),
+        default=None,
         convert=parse_cidrs,
         type=parse_cidrs,
         metavar="CIDR[,CIDR]",
-        help="the cluster's Service networks (comma separated, one per family)",
+        help=(
+            "the cluster's Service networks (comma separated, one per family). Read from the"
+            " cluster's ServiceCIDR objects (networking.k8s.io/v1) where it has them; this flag is"
+            " the fallback where it has not (default 10.96.0.0/12), and wins when given"
+        ),
     )
     p.env_option(
         "--cluster-cidr",
@@ -149,7 +153,9 @@ def add_file_flag(p: EnvDefaults) -> None:
 def model_settings(args: argparse.Namespace) -> ModelSettings:
     return ModelSettings(
         proxy_name=args.proxy_name,
-        service_cidrs=tuple(args.service_cidr),
+        # Not given: the fallback, used only where the cluster has no ServiceCIDR API.
+        service_cidrs=ModelSettings().service_cidrs if args.service_cidr is None else tuple(args.service_cidr),
+        service_cidrs_given=args.service_cidr is not None,
         cluster_cidrs=tuple(args.cluster_cidr),
         allowed_external_cidrs=tuple(args.allowed_external_cidrs),
         allowed_namespaces=frozenset(args.allowed_namespaces),

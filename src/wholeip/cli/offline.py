@@ -38,13 +38,20 @@ def desired_table(args: argparse.Namespace) -> Any:
     for note in loaded.notes:
         say(f"note: {note}")
     check_not_empty(loaded, args)
-    state = index.build_state_from_objects(
-        loaded.objects, node_name=args.node_name, settings=flags.model_settings(args)
-    )
+    state = index.build_state_from_objects(loaded.objects, node_name=args.node_name, settings=model_of(loaded, args))
     for problem in state.problems:
         level = "warning" if problem.warning else "note"
         say(f"{level}: {problem.ref}: {problem.reason}: {problem.message}")
     return compile_table(state, node_name=args.node_name, table=args.table)
+
+
+def model_of(loaded: Parsed, args: argparse.Namespace) -> Any:
+    """The model settings, with the Service networks of the file's ServiceCIDR objects (where
+    it has none, the flag's fallback; an explicit flag wins): as the agent reads the API."""
+    from wholeip.core.servicecidr import KIND, effective_model
+
+    cidrs = [o for o in loaded.objects if o.get("kind") == KIND]
+    return effective_model(flags.model_settings(args), cidrs or None)
 
 
 _EMPTY_WOULD = {
