@@ -81,7 +81,7 @@ PORT_NAMES = ("", "http", "dns")
 PORTS = (53, 80, 443, 8080)
 
 EXT4 = ("203.0.113.1", "203.0.113.2", "198.51.100.9")
-EXT6 = ("2001:db8:1::1", "2001:DB8:1:0::1", "2001:db8:1::2", "::2", "::ffff:203.0.113.9", "64:ff9b::1")
+EXT6 = ("2001:db8:1::1", "2001:DB8:1:0::1", "2001:db8:1::2", "2001:db8:1:0:0:0:0:3", "2001:db8:1::0:3")
 # Addresses the model must refuse as external IPs (loopback, link-local, multicast,
 # unspecified, broadcast, pod/service networks, node addresses).
 GUARDED = (
@@ -99,6 +99,13 @@ GUARDED = (
     "ff02::1",
     "fd00:10:244:1::50",
     "2001:db8:ffff::1",
+    # IPv6 spellings of IPv4 addresses, and other special ranges (issue 15 item 6).
+    "::2",
+    "::ffff:203.0.113.9",
+    "64:ff9b::1",
+    "fec0::1",
+    "0.1.2.3",
+    "240.0.0.1",
 )
 # Python's ipaddress takes IPv6 zone ids ("%eth0"); nft does not.
 ZONED = ("2001:db8:1::1%eth0", "2001:db8:1::2%1", "fd00:10:244:1::a%eth0", "fe80::1%eth0")
@@ -554,6 +561,16 @@ def check_state(c: Cluster, state: ClusterState) -> None:
             f"{ext} may not be an external IP"
         )
         assert (m.mode, m.allow_icmp, m.source_ranges) == (svc.mode, svc.allow_icmp, svc.source_ranges)
+        # Ranges that were listed and all invalid close the address; they never open it.
+        raw = [o for o in c.services if objects.namespaced_name(o) == (m.service.namespace, m.service.name)]
+        listed = any(
+            isinstance(o.get("spec"), dict)
+            and isinstance(o["spec"].get("loadBalancerSourceRanges"), list)
+            and o["spec"]["loadBalancerSourceRanges"]
+            for o in raw
+        )
+        assert m.closed == svc.closed
+        assert not m.closed or (listed and not m.source_ranges)
         if c.settings.allowed_external_cidrs:
             assert any(ext in net for net in c.settings.allowed_external_cidrs)
         if c.settings.allowed_namespaces:
@@ -612,9 +629,11 @@ def _key(elem: Any) -> Any:
 def _udp_rule(m: Mapping1to1) -> tuple[Any, ...] | None:
     """What one mapping lets in of UDP/SCTP from outside: None for everything, else
     (listed ports or None for any port, allowed ranges or None for any source)."""
-    if m.mode is Mode.WHOLE_IP and not m.source_ranges:
+    if m.mode is Mode.WHOLE_IP and not m.source_ranges and not m.closed:
         return None
     ports = frozenset((p.protocol, p.port) for p in m.ports if p.protocol != "tcp") if m.mode is Mode.PER_PORT else None
+    if m.closed:
+        return (ports, frozenset({"nobody"}))  # ranges, none of them valid: no outside source
     return (ports, frozenset(m.source_ranges) if m.source_ranges else None)
 
 
@@ -669,7 +688,8 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
         per_port = {str(m.external_ip): m for m in ms if m.mode is Mode.PER_PORT}
         # Ranges of either family restrict an address; ranges of the other family only
         # leave it with no allowed source (denied from outside), never open.
-        ranged = {str(m.external_ip): m for m in ms if m.source_ranges}
+        # So do ranges that were listed and all invalid (closed).
+        ranged = {str(m.external_ip): m for m in ms if m.source_ranges or m.closed}
         sourced = {e for e, m in ranged.items() if any(r.version == v for r in m.source_ranges)}
         dispatch = dict(el[f"dispatch{v}"])
         assert set(dispatch) == set(per_port) | set(ranged)
@@ -713,7 +733,7 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
             want_ports |= {(pod, proto, port) for proto, port in ports or ()}
             if ranges:
                 want_ranged.add(pod)
-                if any(r.version == v for r in ranges):
+                if any(getattr(r, "version", None) == v for r in ranges):
                     want_sourced.add(pod)
         assert dict(el[f"arrive{v}"]) == want_arrive
         assert by_pod["filtered"] == set(want_arrive)
@@ -742,6 +762,8 @@ def _tally(state: ClusterState) -> None:
         event("IPv6 mapping")
     if any(m.source_ranges for m in state.mappings):
         event("source ranges")
+    if any(m.closed for m in state.mappings):
+        event("source ranges all invalid (closed)")
     for reason in sorted({p.reason for p in state.problems}):
         event(f"problem {reason}")
 

@@ -188,23 +188,110 @@ def resolve_ports(
 # --------------------------------------------------------------------------- guards
 
 
+_V4 = ipaddress.IPv4Network
+_V6 = ipaddress.IPv6Network
+
+_SPECIAL: tuple[tuple[IPNetwork, str], ...] = (
+    # Order matters where ranges nest: the first match names the reason.
+    (_V4("0.0.0.0/32"), "the unspecified address"),
+    (_V4("0.0.0.0/8"), 'an address of "this network" (0.0.0.0/8)'),
+    (_V4("127.0.0.0/8"), "a loopback address"),
+    (_V4("169.254.0.0/16"), "a link-local address"),
+    (_V4("224.0.0.0/4"), "a multicast address"),
+    (_V4("255.255.255.255/32"), "the broadcast address"),
+    (_V4("240.0.0.0/4"), "a reserved address (240.0.0.0/4)"),
+    (_V6("::/128"), "the unspecified address"),
+    (_V6("::1/128"), "a loopback address"),
+    (_V6("::ffff:0:0/96"), "an IPv4-mapped IPv6 address"),
+    (_V6("::/96"), "an IPv4-compatible IPv6 address (deprecated)"),
+    (_V6("64:ff9b::/96"), "an address of the NAT64 well-known prefix 64:ff9b::/96"),
+    (_V6("64:ff9b:1::/48"), "an address of the local-use NAT64 prefix 64:ff9b:1::/48"),
+    (_V6("fec0::/10"), "a deprecated site-local address (fec0::/10)"),
+    (_V6("fe80::/10"), "a link-local address"),
+    (_V6("ff00::/8"), "a multicast address"),
+)
+"""Addresses that are never anybody's public address, and what each range is. Python's
+``is_*`` properties are not used: what they say about IPv4-mapped addresses changed
+between Python versions (3.13 answers for the embedded IPv4 address)."""
+
+_CARRIES_IPV4: tuple[IPNetwork, ...] = (_V6("::ffff:0:0/96"), _V6("::/96"), _V6("64:ff9b::/96"))
+"""IPv6 spellings whose last 32 bits are an IPv4 address: mapped, compatible, NAT64."""
+
+
+def special(ip: IPAddress) -> str | None:
+    """What kind of special address ``ip`` is (a noun phrase: "a loopback address"), or None
+    for an ordinary unicast address. Every guard on addresses starts here, so an IPv4
+    address cannot slip past one in an IPv6 spelling (``::ffff:127.0.0.1``)."""
+    for net, kind in _SPECIAL:
+        if ip.version == net.version and ip in net:
+            return kind
+    return None
+
+
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, IPv4-compatible or NAT64 (64:ff9b::/96) IPv6 address
+    spells, else None (``::`` and ``::1`` are IPv6's own)."""
+    if ip.version != 6 or ip in _V6("::/127"):
+        return None
+    if any(ip in net for net in _CARRIES_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def normalised(ip: IPAddress) -> IPAddress:
+    """The address to compare ``ip`` with others as: the IPv4 address it spells (see
+    :func:`embedded_ipv4`), else itself. A Node that lists ``::ffff:192.0.2.11`` has the
+    address 192.0.2.11 as far as the guards are concerned."""
+    return embedded_ipv4(ip) or ip
+
+
+def _role(
+    ip: IPAddress,
+    *,
+    cluster: tuple[IPNetwork, ...],
+    node_ips: frozenset[IPAddress],
+    control_plane: Mapping[IPAddress, str],
+) -> str | None:
+    """What the cluster uses ``ip`` for, if anything a guard protects (a noun phrase)."""
+    kind = special(ip)
+    if kind is not None:
+        return kind
+    if ip in control_plane:
+        return f"the API server's address ({control_plane[ip]})"
+    if ip in node_ips:
+        return "a Node address"
+    for net in cluster:
+        if ip in net:
+            return f"inside the cluster network {net}"
+    return None
+
+
 def refusal(
     ip: IPAddress,
     *,
     cluster: tuple[IPNetwork, ...],
     node_ips: frozenset[IPAddress],
     allowed: tuple[IPNetwork, ...] = (),
+    control_plane: Mapping[IPAddress, str] = {},
 ) -> str | None:
-    """Why an address may not be an external IP, or None when it may."""
-    if ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-        return f"{ip} is a loopback, link-local, multicast or unspecified address"
-    if isinstance(ip, ipaddress.IPv4Address) and ip == ipaddress.IPv4Address("255.255.255.255"):
-        return f"{ip} is the broadcast address"
-    if ip in node_ips:
-        return f"{ip} is a Node address"
-    for net in cluster:
-        if ip in net:
-            return f"{ip} lies inside the cluster network {net}"
+    """Why an address may not be an external IP, or None when it may.
+
+    ``control_plane``: the addresses this node reaches the API server at, each with where it
+    was learnt. Mapping one of them would send the node's own traffic to the control plane
+    (the agent's watches, the kubelet's) to a pod instead, and cut the node off.
+    """
+    kind = special(ip)
+    if kind is not None:
+        v4 = embedded_ipv4(ip)
+        if v4 is None:
+            return f"{ip} is {kind}"
+        role = _role(v4, cluster=cluster, node_ips=node_ips, control_plane=control_plane)
+        return f"{ip} is {kind} (of {v4}" + (f", {role})" if role else ")")
+    role = _role(ip, cluster=cluster, node_ips=node_ips, control_plane=control_plane)
+    if role is not None and role.startswith("inside"):
+        return f"{ip} lies {role}"
+    if role is not None:
+        return f"{ip} is {role}"
     if allowed and not any(ip in net for net in allowed):
         return f"{ip} is outside the allowed external CIDRs ({', '.join(map(str, allowed))})"
     return None

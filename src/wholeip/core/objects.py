@@ -24,7 +24,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from wholeip.core.model import IPAddress, Mode, ObjectRef, Problem, RawPort, collapse
+from wholeip.core.model import (
+    IPAddress,
+    Mode,
+    ObjectRef,
+    Problem,
+    RawPort,
+    collapse,
+    embedded_ipv4,
+    normalised,
+    special,
+)
 from wholeip.names import ALLOW_ICMP_ANNOTATION, PROXY_NAME_LABEL, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
 from wholeip.settings import IPNetwork, ModelSettings
 
@@ -321,9 +331,27 @@ def parse_slice(eps: RawObject) -> SliceInfo | None:
                 )
             )
             continue
+        why = endpoint_refusal(ip)
+        if why is not None:
+            problems.append(Problem(ref, "InvalidEndpointAddress", f"endpoint address {why}; ignored"))
+            continue
         node = endpoint.get("nodeName")
         ready[ip] = node if isinstance(node, str) and node else None
     return SliceInfo(ref, (ref.namespace, service), family, ready, ports, tuple(problems))
+
+
+_CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")
+
+
+def endpoint_refusal(ip: IPAddress) -> str | None:
+    """Why a ready endpoint's address cannot be a backend, or None. The same special
+    addresses as for external IPs (:func:`~wholeip.core.model.special`: loopback, IPv6
+    spellings of IPv4 addresses ...), except 240.0.0.0/4, which some clusters use for pods."""
+    kind = special(ip)
+    if kind is None or ip in _CLASS_E:
+        return None
+    v4 = embedded_ipv4(ip)
+    return f"{ip} is {kind}" + (f" (of {v4})" if v4 is not None else "")
 
 
 # --------------------------------------------------------------------------- nodes
@@ -349,4 +377,7 @@ def node_networks(nodes: Iterable[RawObject], problems: list[Problem]) -> tuple[
                 ip = parse_ip(entry.get("address"))
                 if ip is not None:
                     node_ips.append(ip)
+                    if normalised(ip) != ip:
+                        # The guards compare addresses as IPv4 where an IPv6 one spells one.
+                        node_ips.append(normalised(ip))
     return pod_cidrs, node_ips
