@@ -12,11 +12,17 @@ For each N, in fresh network namespaces on this machine, side by side:
 
 It prints a table and writes it as JSON. Ratios are what to read: these
 machines are noisy, absolute times are context. Not part of the test suite.
+
+``--lb-services M`` adds M LoadBalancer Services nobody manages (one IPv4
+LoadBalancer IP, one ClusterIP, two ports each) and runs with ``--lb-to-clusterip``:
+the cost of that flag's ``lbclusterip4`` elements (two per Service) in the same
+cold commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import resource
@@ -27,6 +33,26 @@ from pathlib import Path
 from typing import Any
 
 from wholeip_testkit.netns import Netns
+
+
+def lb_services(m: int) -> list[dict[str, Any]]:
+    """M LoadBalancer Services wholeip does not manage: LB IPs from 198.18.0.0/15, ClusterIPs
+    from 10.96.0.0/12, TCP 80 and 443 (what ``--lb-to-clusterip`` redirects)."""
+    lb_net, svc_net = ipaddress.ip_network("198.18.0.0/15"), ipaddress.ip_network("10.96.0.0/12")
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": f"lb-{i}", "namespace": "other", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": str(svc_net.network_address + 1 + i),
+                "ports": [{"port": 80, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}],
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": str(lb_net.network_address + 1 + i)}]}},
+        }
+        for i in range(m)
+    ]
 
 
 def child(path: str) -> None:
@@ -40,7 +66,8 @@ def child(path: str) -> None:
     t0 = time.perf_counter()
     objects = json.loads(Path(path).read_text())["items"]
     t1 = time.perf_counter()
-    state = index.build_state_from_objects(objects, node_name="n1", settings=ModelSettings())
+    settings = ModelSettings(lb_to_clusterip=os.environ.get("WHOLEIP_BENCH_LB") == "1")
+    state = index.build_state_from_objects(objects, node_name="n1", settings=settings)
     t2 = time.perf_counter()
     doc = compile_table(state, node_name="n1")
     t3 = time.perf_counter()
@@ -66,14 +93,15 @@ def _icmp_fix_rule(line: str) -> bool:
     return text.startswith(("icmp type", "icmpv6 type")) and "@th," in text and " set " in text
 
 
-def measure(n: int, workdir: Path) -> dict[str, Any]:
+def measure(n: int, workdir: Path, *, lb: int = 0) -> dict[str, Any]:
     from wholeip_testkit import synth
 
     cluster = workdir / f"cluster-{n}.json"
-    cluster.write_text(json.dumps(synth.as_list(synth.cluster(n))))
+    cluster.write_text(json.dumps(synth.as_list(synth.cluster(n) + lb_services(lb))))
     with Netns() as ours:
         started = time.perf_counter()
-        out = ours.run([sys.executable, "-m", "wholeip_bench.commit", "--child", str(cluster)])
+        argv = [sys.executable, "-m", "wholeip_bench.commit", "--child", str(cluster)]
+        out = ours.run(["env", f"WHOLEIP_BENCH_LB={int(lb > 0)}", *argv])
         wall = time.perf_counter() - started
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
@@ -93,6 +121,7 @@ def measure(n: int, workdir: Path) -> dict[str, Any]:
             raise RuntimeError(result.stderr)
     return {
         "services": n,
+        "lb_services": lb,
         **stats,
         "ours_process_s": wall,
         "floor_nft_f_s": floor,
@@ -105,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wholeip_bench.commit", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated N")
     parser.add_argument("--out", default="bench-results/bench.json", help="where the JSON table goes")
+    parser.add_argument(
+        "--lb-services",
+        type=int,
+        default=0,
+        metavar="M",
+        help="also M unmanaged LoadBalancer Services, with --lb-to-clusterip",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -116,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
-            rows.append(measure(n, Path(tmp)))
+            rows.append(measure(n, Path(tmp), lb=args.lb_services))
             r = rows[-1]
             print(
                 f"N={n:>7}  elements={r['elements']:>7}  commit={r['commit_s']:.3f}s"

@@ -28,8 +28,6 @@ PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
 """The label that delegates a Service to a proxy other than kube-proxy."""
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 """The label that ties an EndpointSlice to its Service."""
-API_SERVER_SERVICE: Final = ("default", "kubernetes")
-"""(namespace, name) of the Service whose endpoints are the API server's addresses."""
 
 # --------------------------------------------------------------------------- nftables
 
@@ -87,6 +85,11 @@ ICMPFIX4: Final = "icmpfix4"
 """Map (external IP, pod IP as integer) -> checksum compensation for ICMPv4 errors."""
 ICMPGUARD6: Final = "icmpguard6"
 """Set of (external IP, pod IP as integer): ICMPv6 errors whose quoted header is rewritten."""
+LB_CLUSTER_IP: Final = PerFamily("lbclusterip")
+"""Map (LoadBalancer IP, protocol, port) -> ClusterIP of Services we do not map 1:1
+(``--lb-to-clusterip``)."""
+LOCAL_PODS: Final = PerFamily("localpods")
+"""Interval set: this node's pod CIDRs (whose traffic ``lbclusterip`` redirects)."""
 
 # Chains.
 RAW_PREROUTING: Final = "raw_prerouting"

@@ -10,6 +10,7 @@ compare both readings set by set.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,7 @@ NETLINK_SETS = {
         "ingress",
         "egress",
         "selfhairpin",
+        "lbclusterip",
         "dispatch",
         "away",
         "arrive",
@@ -80,6 +82,21 @@ def _varied_state() -> model.ClusterState:
     settings = ModelSettings(
         service_cidrs=(ipaddress.ip_network("10.96.0.0/12"), ipaddress.ip_network("fd00:10:96::/112")),
     )
+    # LoadBalancer Services nobody manages, for --lb-to-clusterip's maps.
+    objects += [
+        {
+            "kind": "Service",
+            "metadata": {"namespace": "other", "name": f"lb{k}"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIPs": [f"10.96.1.{k}", f"fd00:10:96::1:{k}"],
+                "ports": [{"port": 65535 - k, "protocol": proto} for proto in ("TCP", "UDP", "SCTP")],
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": f"198.18.0.{k}"}, {"ip": f"2001:db8:18::{k}"}]}},
+        }
+        for k in range(1, 4)
+    ]
+    settings = dataclasses.replace(settings, lb_to_clusterip=True)
     return index.build_state_from_objects(objects, node_name="n1", settings=settings)
 
 

@@ -134,9 +134,15 @@ EGRESS_MOVES = [
 @given(st.lists(change, min_size=10, max_size=40))
 @example(EGRESS_MOVES)
 def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
+    _replay(changes, SETTINGS)
+
+
+def _replay(changes: list[tuple[str, Any]], settings: ModelSettings) -> None:
+    """Each change into the index alone; after each, the index equals a fresh build, and an
+    engine fed the touched elements only leaves the fake kernel holding the fresh table."""
     services: dict[str, dict[str, Any]] = {}
     slices: dict[str, dict[str, Any]] = {}
-    index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
+    index = ClusterIndex(settings=settings, node_name="n1", nodes=NODES)
     backend = FakeBackend()
     engine = Engine(backend=backend)
     engine.sync(index.doc())
@@ -160,7 +166,7 @@ def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
             endpoint_slices=slices.values(),
             nodes=NODES,
             node_name="n1",
-            settings=SETTINGS,
+            settings=settings,
         )
         assert index.state() == fresh_state
         fresh = compile_table(fresh_state, node_name="n1")
@@ -274,3 +280,119 @@ def test_service_uids_survive_the_compact_index() -> None:
     assert [m.service.uid for m in state.mappings] == [uids[0]]
     waiting = {p.ref.name: p.ref.uid for p in state.problems if p.reason == "NoReadyEndpoint"}
     assert waiting == {"s1": uids[1], "s2": uids[2]}
+
+
+# --------------------------------------------------------------------------- --lb-to-clusterip
+
+LB_SETTINGS = ModelSettings(lb_to_clusterip=True)
+LB_IPS = ["198.51.100.1", "198.51.100.2", "2001:db8:5::1", "203.0.113.1", "10.96.0.50", "192.0.2.11"]
+"""LoadBalancer IPs of Services we do not manage: shared between them, one also a managed
+external IP, two refused (inside the service network, a Node address)."""
+CLUSTER_IPS = [["10.96.0.10"], ["10.96.0.11", "fd00:96::11"], ["fd00:96::12"], ["None"], []]
+
+lb_service_obj = st.builds(
+    lambda name, ips, cluster_ips, ports, created, kind, whole: {
+        "kind": "Service",
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "creationTimestamp": created,
+            "annotations": {"networking.cozystack.io/wholeIP": "true"} if whole else {},
+        },
+        "spec": {
+            "type": kind,
+            "clusterIPs": cluster_ips,
+            **({"clusterIP": cluster_ips[0]} if cluster_ips else {}),
+            "ports": [{"name": f"p{p}", "protocol": proto, "port": p} for proto, p in ports],
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}},
+    },
+    st.sampled_from(SERVICES),
+    st.lists(st.sampled_from(LB_IPS), min_size=1, max_size=3) | st.just([]),
+    st.sampled_from(CLUSTER_IPS),
+    st.lists(st.tuples(st.sampled_from(["TCP", "UDP", "SCTP"]), st.sampled_from([53, 80])), min_size=1, max_size=3),
+    st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", ""]),
+    st.sampled_from(["LoadBalancer", "LoadBalancer", "LoadBalancer", "ClusterIP"]),
+    st.sampled_from([False, False, False, True]),
+)
+
+lb_change = st.one_of(
+    st.tuples(st.just("svc"), lb_service_obj),
+    st.tuples(st.just("svc"), lb_service_obj),
+    st.tuples(st.just("svc"), service_obj),
+    st.tuples(st.just("del-svc"), st.sampled_from(SERVICES)),
+    st.tuples(st.just("slice"), slice_change),
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(lb_change, min_size=10, max_size=40))
+def test_incremental_equals_fresh_with_lb_to_clusterip(changes: list[tuple[str, Any]]) -> None:
+    """The same with ``--lb-to-clusterip``: Services we do not manage (sharing LoadBalancer
+    IPs, changing ClusterIPs and ports, becoming managed and back, deleted) keep the
+    ``lbclusterip`` maps equal to a fresh build's, one Service change at a time."""
+    _replay(changes, LB_SETTINGS)
+
+
+def test_lb_to_clusterip_elements_follow_their_service() -> None:
+    svc = {
+        "kind": "Service",
+        "metadata": {"namespace": "ns", "name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+            "ports": [{"port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}],
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}, {"ip": "2001:db8:5::1"}]}},
+    }
+    index = ClusterIndex(settings=LB_SETTINGS, node_name="n1", nodes=NODES)
+    assert index.elements["localpods4"] == {"10.244.1.0/24"}
+    touched = index.update(services={("ns", "web"): [svc]})
+    want4 = {(("198.51.100.1", "tcp", 80), "10.96.0.10"), (("198.51.100.1", "udp", 53), "10.96.0.10")}
+    want6 = {(("2001:db8:5::1", "tcp", 80), "fd00:96::10"), (("2001:db8:5::1", "udp", 53), "fd00:96::10")}
+    assert index.elements["lbclusterip4"] == want4
+    assert index.elements["lbclusterip6"] == want6
+    assert touched == {"lbclusterip4": want4, "lbclusterip6": want6}
+    # A younger Service sharing the IP on another port gets its own element; on the same port
+    # it waits behind the older one.
+    other = {
+        **svc,
+        "metadata": {"namespace": "ns", "name": "dns", "creationTimestamp": "2026-01-02T00:00:00Z"},
+        "spec": {
+            **svc["spec"],
+            "clusterIPs": ["10.96.0.20"],
+            "ports": [{"port": 53, "protocol": "UDP"}, {"port": 8080}],
+        },
+    }
+    index.update(services={("ns", "dns"): [other]})
+    assert index.elements["lbclusterip4"] == want4 | {(("198.51.100.1", "tcp", 8080), "10.96.0.20")}
+    index.update(services={("ns", "web"): []})
+    assert index.elements["lbclusterip4"] == {
+        (("198.51.100.1", "udp", 53), "10.96.0.20"),
+        (("198.51.100.1", "tcp", 8080), "10.96.0.20"),
+    }
+    assert index.elements["lbclusterip6"] == set()
+    # Once managed (whole IP), the Service is left out.
+    managed = {**other, "metadata": {**other["metadata"], "annotations": {"networking.cozystack.io/wholeIP": "true"}}}
+    index.update(services={("ns", "dns"): [managed]})
+    assert index.elements["lbclusterip4"] == set()
+
+
+def test_lb_to_clusterip_off_keeps_the_sets_empty() -> None:
+    index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
+    svc = {
+        "kind": "Service",
+        "metadata": {"namespace": "ns", "name": "web"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "ports": [{"port": 80}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.1"}]}},
+    }
+    assert index.update(services={("ns", "web"): [svc]}) == {}
+    assert not any(index.elements[n] for n in ("lbclusterip4", "lbclusterip6", "localpods4", "localpods6"))
+    assert index.state().lb_redirects == ()
+
+
+def test_a_node_without_pod_cidrs_is_told_its_pods_are_not_redirected() -> None:
+    nodes = [{"kind": "Node", "metadata": {"name": "n1"}, "spec": {}}]
+    index = ClusterIndex(settings=LB_SETTINGS, node_name="n1", nodes=nodes)
+    assert [p.reason for p in index.problems] == ["NoPodCIDR"]
+    assert index.elements["localpods4"] == set()

@@ -135,6 +135,16 @@ WEIRD_STRINGS = (
 )
 
 
+CLUSTER_IPS = (
+    ["10.96.0.10"],
+    ["10.96.0.11", "fd00:96::11"],
+    ["fd00:96::12", "10.96.0.12"],
+    ["None"],
+    ["10.96.0.13", "10.96.0.14"],
+    [],
+)
+
+
 def _pod4(node: int, slot: int) -> str:
     return f"10.244.{node}.{10 + slot}"
 
@@ -283,8 +293,10 @@ def service(draw: st.DrawFn) -> dict[str, Any]:
         annotations[ALLOW_ICMP_ANNOTATION] = draw(st.sampled_from(("true", "false", "True")))
     meta["annotations"] = annotations
     meta["labels"] = labels
-    spec: dict[str, Any] = {"type": "LoadBalancer"}
+    spec: dict[str, Any] = {"type": draw(st.sampled_from(("LoadBalancer", "LoadBalancer", "LoadBalancer", "NodePort")))}
     spec["ports"] = draw(st.lists(service_port(), max_size=3))
+    if draw(st.integers(0, 3)) > 0:  # --lb-to-clusterip sends the LoadBalancer IPs there
+        _maybe(draw, draw(st.sampled_from(CLUSTER_IPS)), "clusterIPs", spec)
     if draw(st.integers(0, 3)) == 0:
         spec["loadBalancerSourceRanges"] = draw(st.lists(source_range, min_size=1, max_size=3))
     if draw(st.integers(0, 4)) == 0:
@@ -435,6 +447,8 @@ model_settings = st.sampled_from(
             proxy_name="cozy-proxy",
         ),
         ModelSettings(proxy_name=""),
+        ModelSettings(lb_to_clusterip=True),
+        ModelSettings(lb_to_clusterip=True, allow_spec_external_ips=True),
         ModelSettings(
             allowed_external_cidrs=(ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8:1::/64")),
             allowed_namespaces=frozenset({"prod", ""}),
@@ -754,6 +768,46 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
     assert el["icmpguard6"] == {(ext, int(ipaddress.ip_address(ext))) for ext, _ in el["ingress6"]}
 
 
+def check_lb(c: Cluster, doc: TableDoc) -> None:
+    """``--lb-to-clusterip``, worked out the simple way: every port of every usable
+    LoadBalancer IP of every LoadBalancer Service nobody manages -> its ClusterIP of that
+    family, the oldest Service first; this node's pod CIDRs. Nothing with the flag off."""
+    el: dict[str, Any] = dict(doc.elements)
+    names = ("lbclusterip4", "lbclusterip6", "localpods4", "localpods6")
+    if not c.settings.lb_to_clusterip:
+        assert not any(el[n] for n in names)
+        return
+    managed = {service_key(o) for o in c.services if objects.parse_service(o, c.settings, []) is not None}
+    first: dict[tuple[str, str], Any] = {}
+    for info in sorted(
+        (i for i in map(objects.parse_lb_service, c.services) if i is not None),
+        key=lambda i: (i.age_key, i.ref.uid, repr(i)),
+    ):
+        first.setdefault((info.ref.namespace, info.ref.name), info)
+    pod_cidrs, node_ips = objects.node_networks(c.nodes, [])
+    guard = model.collapse([*c.settings.cluster_cidrs, *pod_cidrs, *c.settings.service_cidrs])
+    want: dict[int, dict[Any, str]] = {4: {}, 6: {}}
+    for key, info in sorted(first.items(), key=lambda kv: kv[1].age_key, reverse=True):
+        if key in managed or info.ref.name == "":
+            continue
+        for ip in info.lb_ips:
+            if model.refusal(ip, cluster=guard, node_ips=frozenset(node_ips)) is not None:
+                continue
+            cluster_ip = next((str(x) for x in info.cluster_ips if x.version == ip.version), None)
+            for proto, port in info.ports if cluster_ip is not None else ():
+                want[ip.version][(str(ip), proto, port)] = cluster_ip  # older ones overwrite
+    for v in (4, 6):
+        assert dict(el[f"lbclusterip{v}"]) == want[v]
+        for (lb, proto, port), cluster_ip in el[f"lbclusterip{v}"]:
+            assert proto in ("tcp", "udp", "sctp")
+            assert 0 < port < 65536
+            assert ipaddress.ip_address(lb).version == ipaddress.ip_address(cluster_ip).version == v
+    own = {str(net) for net in objects.own_pod_cidrs(c.nodes, c.node_name)}
+    assert interval_cover(el["localpods4"] | el["localpods6"]) == interval_cover(own)
+    if any(el[n] for n in names[:2]):
+        event("lb-to-clusterip redirect")
+
+
 def _tally(state: ClusterState) -> None:
     event(f"mappings: {min(len(state.mappings), 3)}{'+' if len(state.mappings) >= 3 else ''}")
     if any(m.mode is Mode.PER_PORT for m in state.mappings):
@@ -779,6 +833,7 @@ def test_model_and_compiler_never_raise_and_keep_their_invariants(c: Cluster) ->
     check_state(c, state)
     doc = compile_table(state, node_name=c.node_name)
     check_doc(state, doc, c.node_name)
+    check_lb(c, doc)
 
 
 @props(60)
@@ -931,6 +986,7 @@ def test_examples_reach_the_compiler_with_real_mappings() -> None:
         seen["refused"] += any(p.reason == "ExternalIPRefused" for p in state.problems)
         seen["shared pod"] += any(not m.egress for m in state.mappings)
         seen["garbage"] += any(p.reason.startswith("Invalid") for p in state.problems)
+        seen["lb-to-clusterip"] += bool(state.lb_redirects)
 
     sample()
     n = seen["examples"]
@@ -938,5 +994,5 @@ def test_examples_reach_the_compiler_with_real_mappings() -> None:
     assert seen["mappings"] >= 0.5 * n, seen
     for what in ("several mappings", "per-port", "IPv6", "ranges", "local egress", "conflict", "refused"):
         assert seen[what] >= 0.05 * n, (what, seen)
-    for what in ("shared pod", "garbage"):
+    for what in ("shared pod", "garbage", "lb-to-clusterip"):
         assert seen[what] >= 0.02 * n, (what, seen)

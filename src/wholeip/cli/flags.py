@@ -61,19 +61,6 @@ def parse_cidrs(text: str) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
-def parse_ips(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
-    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            out.append(ipaddress.ip_address(part))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"not an IP address: {part!r}") from exc
-    return tuple(out)
-
-
 def parse_names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -129,14 +116,14 @@ def add_model_flags(p: EnvDefaults) -> None:
         help="also use spec.externalIPs (off: CVE-2020-8554)",
     )
     p.env_option(
-        "--control-plane-ips",
-        default=(),
-        convert=parse_ips,
-        type=parse_ips,
-        metavar="IP[,IP]",
+        "--lb-to-clusterip",
+        default=False,
+        convert=parse_bool,
+        type=parse_bool,
+        metavar="BOOL",
         help=(
-            "addresses this node reaches the API server at: never external IPs (run adds its"
-            " kubeconfig's server; the default/kubernetes Service's endpoints are refused too)"
+            "send this node's pods and processes to the ClusterIP of any LoadBalancer Service whose"
+            " LoadBalancer IP they address (for kube-proxy IPVS mode; off by default)"
         ),
     )
     p.env_option("--table", default="wholeip", help="name of our own inet table")
@@ -184,5 +171,5 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         allowed_external_cidrs=tuple(args.allowed_external_cidrs),
         allowed_namespaces=frozenset(args.allowed_namespaces),
         allow_spec_external_ips=bool(args.allow_spec_external_ips),
-        control_plane_ips=tuple(args.control_plane_ips),
+        lb_to_clusterip=bool(args.lb_to_clusterip),
     )

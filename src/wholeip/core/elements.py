@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
-from wholeip.core.model import ClusterState, IPAddress, Mapping1to1, Mode, PortSpec
+from wholeip.core.model import ClusterState, IPAddress, LbRedirect, Mapping1to1, Mode, PortSpec
 from wholeip.core.ruleset import AT_POD_PROTOCOLS, SKELETON, icmp4_compensation
 from wholeip.names import (
     ARRIVE,
@@ -42,6 +42,8 @@ from wholeip.names import (
     ICMPFIX4,
     ICMPGUARD6,
     INGRESS,
+    LB_CLUSTER_IP,
+    LOCAL_PODS,
     PER_PORT,
     PORTS,
     RANGED,
@@ -246,6 +248,22 @@ def network_elements(networks: Iterable[IPNetwork]) -> list[tuple[str, Elem]]:
     return [(f"cluster{net.version}", str(net)) for net in networks]
 
 
+def lb_redirect_element(lb_ip: str, protocol: str, port: int, cluster_ip: str) -> tuple[str, Elem]:
+    """``--lb-to-clusterip``: the (map, element) that sends ``protocol``/``port`` of a
+    LoadBalancer IP to the Service's ClusterIP (addresses as canonical text, one family).
+    Keyed by the port too, not the address alone: two Services may share one LoadBalancer
+    IP on different ports (MetalLB's ``allow-shared-ip``), each with its own ClusterIP."""
+    return (LB_CLUSTER_IP[6 if ":" in lb_ip else 4], ((lb_ip, protocol, port), cluster_ip))
+
+
+def lb_elements(redirects: Iterable[LbRedirect], local_pods: Iterable[IPNetwork]) -> list[tuple[str, Elem]]:
+    """``--lb-to-clusterip``: the redirects' elements and this node's pod CIDRs (the sources
+    the prerouting redirect takes). Both empty when the flag is off."""
+    out = [lb_redirect_element(r.lb_ip, r.protocol, r.port, r.cluster_ip) for r in redirects]
+    out += [(LOCAL_PODS[net.version], str(net)) for net in local_pods]
+    return out
+
+
 def empty_elements() -> dict[str, set[Elem]]:
     """One empty set per declared set and map."""
     return {decl.name: set() for decl in SKELETON.sets}
@@ -260,6 +278,8 @@ def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem
     for m in state.mappings:
         for name, elem in mapping_elements(m, node_name=node_name, at_pod=at_pod.get(m.pod_ip)):
             out[name].add(elem)
+    for name, elem in lb_elements(state.lb_redirects, state.local_pod_networks):
+        out[name].add(elem)
     return {name: frozenset(elems) for name, elems in out.items()}
 
 

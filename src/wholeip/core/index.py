@@ -67,6 +67,8 @@ from wholeip.core.elements import (
     PodFilter,
     empty_elements,
     entry_elements,
+    lb_elements,
+    lb_redirect_element,
     network_elements,
     pod_filter,
     table_doc,
@@ -75,7 +77,7 @@ from wholeip.core.elements import (
 from wholeip.core.gcpause import gc_paused
 from wholeip.core.model import (
     ClusterState,
-    IPAddress,
+    LbRedirect,
     Mapping1to1,
     Mode,
     ObjectRef,
@@ -83,7 +85,6 @@ from wholeip.core.model import (
     Problem,
     RawPort,
     collapse,
-    normalised,
     refusal,
     resolve_ports,
 )
@@ -93,11 +94,13 @@ from wholeip.core.objects import (
     created_seconds,
     namespaced_name,
     node_networks,
+    own_pod_cidrs,
     parse_ip,
+    parse_lb_service,
     parse_service,
     parse_slice,
 )
-from wholeip.names import API_SERVER_SERVICE, TABLE
+from wholeip.names import TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
 
@@ -236,6 +239,7 @@ class ClusterIndex:
         nodes: Iterable[RawObject],
         table: str = TABLE,
     ) -> None:
+        nodes = tuple(nodes)  # read twice: the cluster networks, and this node's pod CIDRs
         self.settings = settings
         self.node_name = node_name
         self.table = table
@@ -253,14 +257,6 @@ class ClusterIndex:
         self._pod_nets = {v: tuple(n for n in pod_nets if n.version == v) for v in (4, 6)}
         """Where a backend may live, per family (empty: that family's pod networks are unknown)."""
         self._node_ips = frozenset(node_ips)
-        self._configured_api = {
-            normalised(ip): "the API server address the agent is configured with" for ip in settings.control_plane_ips
-        }
-        self._api_slices: dict[str, tuple[str, ...]] = {}
-        """Slices of the ``default/kubernetes`` Service -> their addresses (ready or not,
-        inside the pod networks or not): the API server as the cluster publishes it."""
-        self._control_plane: dict[IPAddress, str] = dict(self._configured_api)
-        """Where this node reaches the API server: never an external IP (see :func:`refusal`)."""
         self._node_problems = tuple(node_problems)
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         # EndpointSlices, and which ones each Service has (one key, or a list of several).
@@ -282,6 +278,7 @@ class ClusterIndex:
         """Live sets: the table's elements as of the last update (read only outside)."""
         for name, elem in network_elements(self.cluster_networks):
             self.elements[name].add(elem)
+        self._init_lb(nodes)
 
     # ------------------------------------------------------------------ input
 
@@ -298,17 +295,13 @@ class ClusterIndex:
         slice key -> the slice now (None: deleted).
         """
         dirty: set[ServiceKey] = set(services)
-        api_before = set(self._control_plane)
         for skey, obj in slices.items():
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
-            self._api_slices.pop(skey, None)
             if old is not None:
                 discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
             new = self._ingest_slice(skey, obj) if obj is not None else None
-            if new is not None and new.service == API_SERVER_SERVICE:
-                self._api_slices[skey] = (*pod_ips(new.ready), *new.outside)
             if new is not None:
                 view = self._views.get(new.service)
                 if view is not None:
@@ -318,15 +311,6 @@ class ClusterIndex:
                 dirty.add(new.service)
         parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
         affected: set[str] = set()
-        if slices:
-            # The API server's published addresses decide the guard of those addresses only.
-            self._control_plane = dict(self._configured_api)
-            for addresses in self._api_slices.values():
-                for text in addresses:
-                    self._control_plane.setdefault(
-                        normalised(ipaddress.ip_address(text)), "an endpoint of the Service default/kubernetes"
-                    )
-            affected.update(str(ip) for ip in api_before ^ set(self._control_plane))
         for key in dirty:
             old_view = self._views.pop(key, None)
             self._view_problems.pop(key, None)
@@ -393,6 +377,8 @@ class ClusterIndex:
             for name, elem in self._elements_of(ip, now_side) if now_side is not None else ():
                 self.elements[name].add(elem)
                 touched.setdefault(name, set()).add(elem)
+        if self.settings.lb_to_clusterip:
+            self._update_lb(services, parsed, touched)
         return touched
 
     def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:
@@ -551,7 +537,6 @@ class ClusterIndex:
                 cluster=self._guard_nets,
                 node_ips=self._node_ips,
                 allowed=self.settings.allowed_external_cidrs,
-                control_plane=self._control_plane,
             )
             if claimants
             else None
@@ -700,7 +685,119 @@ class ClusterIndex:
             cluster_networks=self.cluster_networks,
             problems=tuple(sorted(self.problems, key=_problem_order)),
             managed_services=tuple(sorted(v.ref for v in self._views.values())),
+            lb_redirects=self._lb_sorted(),
+            local_pod_networks=self.local_pod_networks,
         )
+
+    # ------------------------------------------------------------------ LoadBalancer IP -> ClusterIP
+    #
+    # ``--lb-to-clusterip``: every LoadBalancer Service we do not manage claims, per port of
+    # each of its LoadBalancer IPs, the key (LB IP, protocol, port) -> its ClusterIP of that
+    # family. One Service change re-computes its own claims; a key two Services claim (one
+    # LB IP, the same port: a mistake, shared IPs use other ports) goes to the oldest, as an
+    # external IP does. Nothing here is reported: these Services are not ours.
+
+    def _init_lb(self, nodes: Sequence[RawObject]) -> None:
+        self._lb_of: dict[ServiceKey, _LbClaims] = {}
+        self._lb_claims: dict[_LbKey, OneOrMany[ServiceKey]] = {}
+        self._lb_winners: dict[_LbKey, tuple[ServiceKey, str]] = {}
+        """Key -> (the Service that won it, its ClusterIP): the ``lbclusterip`` elements."""
+        self.local_pod_networks: tuple[IPNetwork, ...] = ()
+        """This node's pod CIDRs, with ``--lb-to-clusterip`` (the pods it redirects)."""
+        if not self.settings.lb_to_clusterip:
+            return
+        self.local_pod_networks = collapse(own_pod_cidrs(nodes, self.node_name))
+        for name, elem in lb_elements((), self.local_pod_networks):
+            self.elements[name].add(elem)
+        if not self.local_pod_networks:
+            self._node_problems += (
+                Problem(
+                    ObjectRef("Node", "", self.node_name),
+                    "NoPodCIDR",
+                    f"--lb-to-clusterip: Node {self.node_name} has no spec.podCIDRs, so its pods are not"
+                    " redirected to ClusterIPs (its own processes are)",
+                ),
+            )
+
+    def _lb_claims_of(self, objs: Sequence[RawObject]) -> _LbClaims | None:
+        infos = [i for i in map(parse_lb_service, objs) if i is not None]
+        if not infos:
+            return None
+        info = min(infos, key=lambda i: (i.age_key, i.ref.uid, repr(i)))
+        cluster = {ip.version: str(ip) for ip in info.cluster_ips}
+        entries = tuple(
+            ((str(ip), proto, port), cluster[ip.version])
+            for ip in info.lb_ips
+            if ip.version in cluster and refusal(ip, cluster=self._guard_nets, node_ips=self._node_ips) is None
+            for proto, port in info.ports
+        )
+        return _LbClaims(info.age_key, entries) if entries else None
+
+    def _update_lb(
+        self, services: Mapping[ServiceKey, Sequence[RawObject]], parsed: Mapping[ServiceKey, object], touched: Touched
+    ) -> None:
+        dirty: set[_LbKey] = set()
+        for key, objs in services.items():
+            old = self._lb_of.pop(key, None)
+            for lb_key, _ in old.entries if old is not None else ():
+                discard_from(self._lb_claims, lb_key, key)
+                dirty.add(lb_key)
+            # A Service we map 1:1 is left out: its external IPs work in the cluster already.
+            new = self._lb_claims_of(objs) if parsed.get(key) is None else None
+            if new is not None:
+                self._lb_of[key] = new
+                for lb_key, _ in new.entries:
+                    add_to(self._lb_claims, lb_key, key)
+                    dirty.add(lb_key)
+        for lb_key in dirty:
+            was = self._lb_winners.pop(lb_key, None)
+            claimants = all_of(self._lb_claims.get(lb_key))
+            now = None
+            if claimants:
+                owner = min(claimants, key=lambda k: self._lb_of[k].age)
+                now = (owner, next(c for k, c in self._lb_of[owner].entries if k == lb_key))
+                self._lb_winners[lb_key] = now
+            if (was and was[1]) == (now and now[1]):
+                continue  # another owner with the same ClusterIP: the same element
+            if was is not None:
+                name, elem = lb_redirect_element(*lb_key, was[1])
+                self.elements[name].discard(elem)
+                touched.setdefault(name, set()).add(elem)
+            if now is not None:
+                name, elem = lb_redirect_element(*lb_key, now[1])
+                self.elements[name].add(elem)
+                touched.setdefault(name, set()).add(elem)
+
+    def _lb_sorted(self) -> tuple[LbRedirect, ...]:
+        """The redirects in address order (each LB IP parsed once, not once per port)."""
+        parsed: dict[str, tuple[int, int]] = {}
+
+        def order(r: LbRedirect) -> tuple[int, int, str, int]:
+            if r.lb_ip not in parsed:
+                ip = ipaddress.ip_address(r.lb_ip)
+                parsed[r.lb_ip] = (ip.version, int(ip))
+            return (*parsed[r.lb_ip], r.protocol, r.port)
+
+        return tuple(sorted(self.lb_redirects(), key=order))
+
+    def lb_redirects(self) -> list[LbRedirect]:
+        """Every LoadBalancer IP port sent to a ClusterIP (``--lb-to-clusterip``)."""
+        return [
+            LbRedirect(lb, proto, port, cluster_ip, ObjectRef("Service", *owner))
+            for (lb, proto, port), (owner, cluster_ip) in self._lb_winners.items()
+        ]
+
+
+_LbKey = tuple[str, str, int]
+"""(LoadBalancer IP as canonical text, protocol, port)."""
+
+
+class _LbClaims(NamedTuple):
+    """What one LoadBalancer Service claims (``--lb-to-clusterip``)."""
+
+    age: tuple[int, str, str]
+    entries: tuple[tuple[_LbKey, str], ...]
+    """(key, ClusterIP of the key's family) for each port of each LoadBalancer IP."""
 
 
 def _stamp(seconds: int) -> str:

@@ -105,6 +105,19 @@ class Mapping1to1:
     outside the cluster is admitted (fail closed), as if its ranges held nobody."""
 
 
+@dataclass(frozen=True, slots=True)
+class LbRedirect:
+    """One port of a LoadBalancer IP of a Service wholeip does not map 1:1, sent to that
+    Service's ClusterIP of the same family, port unchanged (``--lb-to-clusterip``). Addresses
+    as canonical text: the elements hold them so."""
+
+    lb_ip: str
+    protocol: str
+    port: int
+    cluster_ip: str
+    service: ObjectRef
+
+
 class ProblemSource(Protocol):
     """What reports problems: a ClusterState, or the agent's live index."""
 
@@ -124,6 +137,10 @@ class ClusterState:
     cluster_networks: tuple[IPNetwork, ...]
     problems: tuple[Problem, ...]
     managed_services: tuple[ObjectRef, ...]
+    lb_redirects: tuple[LbRedirect, ...] = ()
+    """``--lb-to-clusterip``: every LoadBalancer IP port sent to a ClusterIP, in address order."""
+    local_pod_networks: tuple[IPNetwork, ...] = ()
+    """``--lb-to-clusterip``: this node's pod CIDRs, the pods whose traffic is redirected."""
 
     def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
         """A scan of every mapping: for tools and tests. The agent asks its index."""

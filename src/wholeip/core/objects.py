@@ -381,3 +381,81 @@ def node_networks(nodes: Iterable[RawObject], problems: list[Problem]) -> tuple[
                         # The guards compare addresses as IPv4 where an IPv6 one spells one.
                         node_ips.append(normalised(ip))
     return pod_cidrs, node_ips
+
+
+# --------------------------------------------------------------------------- LoadBalancer IP -> ClusterIP
+
+
+@dataclass(frozen=True, slots=True)
+class LbServiceInfo:
+    """What ``--lb-to-clusterip`` reads of any LoadBalancer Service: its LoadBalancer IPs,
+    ClusterIPs and ports. Such a Service is not ours, so what cannot be used is skipped
+    quietly (no Problem, no Event on somebody else's Service)."""
+
+    ref: ObjectRef
+    created: str
+    lb_ips: tuple[IPAddress, ...]
+    """``status.loadBalancer.ingress[].ip`` (never ``spec.externalIPs``: anyone who may
+    create a Service may write those, CVE-2020-8554)."""
+    cluster_ips: tuple[IPAddress, ...]
+    """``spec.clusterIPs`` (or ``spec.clusterIP``), at most one per family."""
+    ports: tuple[tuple[str, int], ...]
+    """(protocol, port) of ``spec.ports``, protocol in lower case."""
+
+    @property
+    def age_key(self) -> tuple[int, str, str]:
+        return (created_seconds(self.created), self.ref.namespace, self.ref.name)
+
+
+def parse_lb_service(obj: RawObject) -> LbServiceInfo | None:
+    """A ``type: LoadBalancer`` Service with at least one usable LoadBalancer IP, ClusterIP
+    and port; None for anything else."""
+    ref = _ref(obj, "Service")
+    spec = _dict(obj.get("spec"))
+    if not ref.name or spec.get("type") != "LoadBalancer":
+        return None
+    lb_ips: list[IPAddress] = []
+    for entry in _list(_dict(_dict(obj.get("status")).get("loadBalancer")).get("ingress")):
+        ip = parse_ip(_dict(entry).get("ip"))
+        if ip is not None and ip not in lb_ips:
+            lb_ips.append(ip)
+    raw_cluster_ips = _list(spec.get("clusterIPs")) or [spec.get("clusterIP")]
+    cluster_ips: list[IPAddress] = []
+    for raw in raw_cluster_ips:
+        ip = parse_ip(raw)  # "None" (headless) is no address
+        if ip is not None and all(c.version != ip.version for c in cluster_ips):
+            cluster_ips.append(ip)
+    ports: list[tuple[str, int]] = []
+    for raw in _list(spec.get("ports")):
+        entry = _dict(raw)
+        protocol = _str(entry.get("protocol") or "TCP")
+        port = entry.get("port")
+        # bool is an int to Python: "port: true" is no port.
+        if protocol not in ("TCP", "UDP", "SCTP") or not isinstance(port, int) or isinstance(port, bool):
+            continue
+        if 0 < port < 65536 and (protocol.lower(), port) not in ports:
+            ports.append((protocol.lower(), port))
+    if not (lb_ips and cluster_ips and ports):
+        return None
+    return LbServiceInfo(
+        ref=ref,
+        created=_str(_dict(obj.get("metadata")).get("creationTimestamp")),
+        lb_ips=tuple(lb_ips),
+        cluster_ips=tuple(cluster_ips),
+        ports=tuple(ports),
+    )
+
+
+def own_pod_cidrs(nodes: Iterable[RawObject], node_name: str) -> list[IPNetwork]:
+    """The pod CIDRs (``spec.podCIDRs``, else ``spec.podCIDR``) of the Node named ``node_name``;
+    malformed entries are skipped (:func:`node_networks` reports them)."""
+    out: list[IPNetwork] = []
+    for node in nodes:
+        if _ref(node, "Node").name != node_name:
+            continue
+        spec = _dict(node.get("spec"))
+        for raw in _list(spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
+            net = parse_network(raw)
+            if net is not None and net not in out:
+                out.append(net)
+    return out

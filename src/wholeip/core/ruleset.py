@@ -140,6 +140,8 @@ from wholeip.names import (
     ICMPFIX4,
     ICMPGUARD6,
     INGRESS,
+    LB_CLUSTER_IP,
+    LOCAL_PODS,
     PER_PORT,
     PORTS,
     RANGED,
@@ -427,6 +429,7 @@ def _prerouting_rules() -> list[Rule]:
             # The source test has to come first (nothing after the rewrite could undo
             # it); the map lookup then fails for any other destination, ending the rule.
             Rule(RAW_PREROUTING, (outside, rewrite, {"notrack": None}, {"accept": None})),
+            _lb_keep_tracked(v, proto),
             Rule(
                 RAW_PREROUTING,
                 (
@@ -475,6 +478,87 @@ def _prerouting_rules() -> list[Rule]:
     return rules
 
 
+# --------------------------------------------------------------------------- LoadBalancer IP -> ClusterIP
+#
+# ``--lb-to-clusterip`` (docs/datapath.md row 20): a pod of this node or the node itself
+# that addresses the LoadBalancer IP of a Service we do not map 1:1 reaches the Service's
+# ClusterIP instead, port unchanged, for proxies that leave that traffic unserved
+# (kube-proxy's IPVS mode with externalTrafficPolicy Local, kubernetes issue 75262). One
+# map per family, ``lbclusterip4/6`` (LB IP . protocol . port -> ClusterIP), and
+# ``localpods4/6`` (this node's pod CIDRs); the rules are always there and inert while the
+# maps are empty (the flag off): one skeleton whatever the flags, so turning the flag on or
+# off changes elements only, never a declaration or a rule.
+#
+# * nat prerouting (``hairpin_prerouting``, after the external-IP DNAT, which ends the chain
+#   for our own external IPs): from this node's pods only (``localpods``), so traffic from
+#   outside the cluster, and from other nodes, is never touched.
+# * nat output (``hairpin_output``): the node's own processes (host-network pods).
+# * nat postrouting (``hairpin_postrouting``): the node's own connections among them are
+#   masqueraded. Their source is a node address, often not one the endpoint's reply finds
+#   its way back with: with IPVS the LoadBalancer IP itself is bound to kube-ipvs0 on every
+#   node, so the kernel picks it as the source, and the reply to it from a remote endpoint
+#   ends on the endpoint's node. Pods are not masqueraded: the endpoint replies to the pod
+#   IP, which routes through the pod's node, where conntrack (and the proxy) turn the reply
+#   back, whether the endpoint is on this node or another; the pod keeps its address for
+#   the server's NetworkPolicy. A pod that the proxy sends back to itself is the proxy's own
+#   ClusterIP hairpin, which it masquerades for ClusterIP traffic anyway (IPVS: KUBE-LOOP-BACK).
+#   ipvs-node-controller masquerades pods too; we keep their address.
+# * raw prerouting: a managed pod's packet to outside the cluster networks is made
+#   untracked before the NAT hooks could see it; one to a redirected LB IP port is
+#   accepted just before, so it stays tracked and takes the redirect like any pod's.
+
+
+LB_PROTOCOLS = ("tcp", "udp", "sctp")
+"""The protocols of Service ports, the ones ``lbclusterip4/6`` is keyed by."""
+
+
+def _lb_key(proto: str, v: int) -> JSONObj:
+    return _concat(_payload(proto, "daddr"), _meta("l4proto"), _payload("th", "dport"))
+
+
+def _lb_keep_tracked(v: int, proto: str) -> Rule:
+    """``raw_prerouting``, before a managed pod's packets to the outside are made untracked."""
+    return Rule(
+        RAW_PREROUTING,
+        (
+            _match(_payload(proto, "saddr"), f"@{EGRESS[v]}"),
+            _match(_lb_key(proto, v), f"@{LB_CLUSTER_IP[v]}"),
+            {"accept": None},
+        ),
+    )
+
+
+def _lb_to_clusterip_rules() -> list[Rule]:
+    """The DNATs and the masquerade of ``--lb-to-clusterip`` (see above)."""
+    rules: list[Rule] = []
+    for v, proto, _ in _FAMILIES:
+        redirect = {"dnat": {"family": proto, "addr": _map_lookup(_lb_key(proto, v), LB_CLUSTER_IP[v])}}
+        rules.append(Rule(HAIRPIN_PREROUTING, (_match(_payload(proto, "saddr"), f"@{LOCAL_PODS[v]}"), redirect)))
+        rules.append(Rule(HAIRPIN_OUTPUT, (redirect,)))
+        original = _concat(
+            {"ct": {"key": f"{proto} daddr", "dir": "original"}},
+            _meta("l4proto"),
+            {"ct": {"key": "proto-dst", "dir": "original"}},
+        )
+        # The connection's original port, not the packet's: the proxy may have translated
+        # it (targetPort). nftables 1.0.6 gives ``ct original proto-dst`` a type only under
+        # one protocol, hence a rule per protocol.
+        rules += [
+            Rule(
+                HAIRPIN_POSTROUTING,
+                (
+                    _ct_dnat(),
+                    _match(_meta("l4proto"), l4),
+                    _match({"fib": {"result": "type", "flags": ["saddr"]}}, "local"),
+                    _match(original, f"@{LB_CLUSTER_IP[v]}"),
+                    {"masquerade": None},
+                ),
+            )
+            for l4 in LB_PROTOCOLS
+        ]
+    return rules
+
+
 # --------------------------------------------------------------------------- skeleton
 
 
@@ -492,6 +576,8 @@ def skeleton() -> Skeleton:
             SetDecl(ARRIVE[v], (addr_type,), data="verdict"),
             ICMP_FIX[v],
             SetDecl(FILTERED[v], (addr_type,)),
+            SetDecl(LB_CLUSTER_IP[v], (addr_type, "inet_proto", "inet_service"), data=addr_type),
+            SetDecl(LOCAL_PODS[v], (addr_type,), flags=("interval",)),
             SetDecl(PORTS[v], (addr_type, "inet_proto", "inet_service")),
             SetDecl(ICMP[v], (addr_type,)),
             SetDecl(RANGED[v], (addr_type,)),
@@ -558,6 +644,7 @@ def skeleton() -> Skeleton:
         # After the rewrite, keyed by the external IP: every packet from a filtered external
         # IP, also one another node rewrote (see the module docstring).
         rules.append(Rule(STATELESS_POSTROUTING, remember))
+    rules += _lb_to_clusterip_rules()
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
 
 
