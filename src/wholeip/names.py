@@ -28,6 +28,8 @@ PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
 """The label that delegates a Service to a proxy other than kube-proxy."""
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 """The label that ties an EndpointSlice to its Service."""
+API_SERVER_SERVICE: Final = ("default", "kubernetes")
+"""(namespace, name) of the Service whose endpoints are the API server's addresses."""
 
 # --------------------------------------------------------------------------- nftables
 

@@ -48,6 +48,13 @@ class ModelSettings:
     """Also take ``spec.externalIPs`` as external IPs. Off by default: anyone who can edit a
     Service could claim any address (CVE-2020-8554)."""
 
+    control_plane_ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    """Addresses this node reaches the API server at (``--control-plane-ips``; ``wholeip run``
+    adds the server of its kubeconfig, resolved at start when it is a name, or the in-cluster
+    ``KUBERNETES_SERVICE_HOST``). Never an external IP: mapping one would send the node's own
+    traffic to the control plane to a pod. The endpoints of the ``default/kubernetes``
+    Service are refused as well, from the cluster's EndpointSlices."""
+
     lb_to_clusterip: bool = False
     """Send traffic from this node's pods and from the node itself to the LoadBalancer IP of
     any Service wholeip does not map 1:1 to that Service's ClusterIP (``--lb-to-clusterip``),
@@ -83,6 +90,11 @@ class Settings:
 
     health_timeout: float = 60.0
     """``/healthz`` fails when a change has waited longer than this for a commit."""
+
+    api_liveness_timeout: float = 300.0
+    """``/healthz`` also fails when the API server has been unreachable (every informer
+    failing) for longer than this, so that the kubelet restarts an agent that can no longer
+    see the cluster (``--api-liveness-timeout``; 0: never)."""
 
     bind_address: str = "127.0.0.1"
     """Address the probe and metrics server binds to."""

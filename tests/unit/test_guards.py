@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.unit.test_properties import props
 
-from wholeip.core.index import build_state_from_objects
+from wholeip.core.index import ClusterIndex, build_state_from_objects
 from wholeip.core.model import IPAddress, normalised, refusal
 from wholeip.settings import ModelSettings
 
@@ -206,3 +206,90 @@ def test_a_class_e_pod_address_is_still_a_backend() -> None:
     state = build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
     assert [str(m.pod_ip) for m in state.mappings] == ["240.1.0.10"]
 
+
+# --------------------------------------------------------------------------- the control plane (issue 15 item 1)
+
+
+def _api_slice(family: str, *addresses: str, name: str = "kubernetes") -> dict[str, Any]:
+    """The EndpointSlice the API server keeps for the ``default/kubernetes`` Service."""
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {"namespace": "default", "name": name, "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": family,
+        "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+    }
+
+
+def _dual(v4: str, v6: str) -> list[dict[str, Any]]:
+    svc = _svc(v4)
+    svc["status"]["loadBalancer"]["ingress"].append({"ip": v6})
+    return [svc, _slice("IPv4", "10.244.1.10"), _slice("IPv6", "fd00:10:244:1::10")]
+
+
+@pytest.mark.parametrize(("v4", "v6"), [("198.51.100.7", "2001:db8:5::7")])
+def test_the_configured_api_server_address_is_refused_in_both_families(v4: str, v6: str) -> None:
+    settings = ModelSettings(control_plane_ips=(ipaddress.ip_address(v4), ipaddress.ip_address(v6)))
+    state = build_state_from_objects([_node("192.0.2.11"), *_dual(v4, v6)], node_name="n1", settings=settings)
+    assert state.mappings == ()
+    assert sorted(p.message for p in state.problems) == [
+        f"external IP refused: {ip} is the API server's address (the API server address the agent is configured with)"
+        for ip in sorted((v4, v6))
+    ]
+    assert {p.reason for p in state.problems} == {"ExternalIPRefused"}
+    # Without the setting the same addresses map: nothing else refuses them.
+    assert (
+        len(
+            build_state_from_objects(
+                [_node("192.0.2.11"), *_dual(v4, v6)], node_name="n1", settings=ModelSettings()
+            ).mappings
+        )
+        == 2
+    )
+
+
+def test_the_endpoints_of_the_kubernetes_service_are_refused_in_both_families() -> None:
+    objs = [
+        _node("192.0.2.11"),
+        *_dual("198.51.100.7", "2001:db8:5::7"),
+        _api_slice("IPv4", "198.51.100.7", "198.51.100.8"),
+        _api_slice("IPv6", "2001:db8:5::7", name="kubernetes-v6"),
+    ]
+    state = build_state_from_objects(objs, node_name="n1", settings=ModelSettings())
+    assert state.mappings == ()
+    assert sorted(p.message for p in state.problems) == [
+        f"external IP refused: {ip} is the API server's address (an endpoint of the Service default/kubernetes)"
+        for ip in ("198.51.100.7", "2001:db8:5::7")
+    ]
+
+
+def test_an_ipv6_spelling_of_the_api_servers_address_says_whose_it_is() -> None:
+    api = ipaddress.ip_address("198.51.100.7")
+    why = refusal(
+        ipaddress.ip_address("::ffff:198.51.100.7"),
+        cluster=(),
+        node_ips=frozenset(),
+        control_plane={api: "the API server address the agent is configured with"},
+    )
+    assert why is not None
+    assert why.endswith(
+        "(of 198.51.100.7, the API server's address (the API server address the agent is configured with))"
+    )
+
+
+def test_the_kubernetes_services_endpoints_are_followed_one_change_at_a_time() -> None:
+    """The agent's index: a mapping made before the API server moved onto its address is
+    taken away when the default/kubernetes slice says so, and given back when it no longer does."""
+    index = ClusterIndex(settings=ModelSettings(), node_name="n1", nodes=[_node("192.0.2.11")])
+    svc = _svc("198.51.100.7")
+    index.update(services={("default", "s"): [svc]}, slices={"default/s-IPv4": _slice("IPv4", "10.244.1.10")})
+    assert [str(m.external_ip) for m in index.mappings()] == ["198.51.100.7"]
+    touched = index.update(slices={"default/kubernetes": _api_slice("IPv4", "198.51.100.7")})
+    assert index.mappings() == []
+    assert ("198.51.100.7", "10.244.1.10") in touched["ingress4"]
+    assert [p.reason for p in index.problems] == ["ExternalIPRefused"]
+    index.update(slices={"default/kubernetes": _api_slice("IPv4", "198.51.100.9")})
+    assert [str(m.external_ip) for m in index.mappings()] == ["198.51.100.7"]
+    index.update(slices={"default/kubernetes": None})
+    assert [str(m.external_ip) for m in index.mappings()] == ["198.51.100.7"]
+    assert index.problems == []

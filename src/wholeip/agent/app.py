@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry
 
 from wholeip import __version__
 from wholeip.agent import log as logsetup
+from wholeip.agent.controlplane import with_control_plane
 from wholeip.agent.health import Health
 from wholeip.agent.metrics import Metrics
 from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
@@ -121,6 +122,8 @@ class Agent:
             raise RuntimeError("agent already started")
         s = self.settings
         cfg = self._kube_config or await load_kube_config(s.kubeconfig)
+        # The API server's own addresses are never external IPs (issue 15).
+        model = await with_control_plane(s.model, str(cfg.host))
         # Three long-lived watches, list pages and Event writes share the pool.
         cfg.connection_pool_maxsize = max(int(cfg.connection_pool_maxsize or 0), 16)
         api = self.api = client.ApiClient(cfg)
@@ -160,7 +163,7 @@ class Agent:
             engine=self.engine,
             snapshot=self._snapshot,
             node_name=s.node_name,
-            model=s.model,
+            model=model,
             table=s.table,
             metrics=self.metrics,
             on_state=self._on_state,
@@ -174,7 +177,13 @@ class Agent:
             ),
         )
         self.metrics.track_informers(tracked)
-        self.health = Health(informers=(*informers, cidrs), loop=reconciler, timeout=s.health_timeout)
+        self.health = Health(
+            informers=(*informers, cidrs),
+            loop=reconciler,
+            timeout=s.health_timeout,
+            api_timeout=s.api_liveness_timeout,
+            api_informers=informers,
+        )
         self.web = WebServer(
             host=s.bind_address,
             port=s.port,

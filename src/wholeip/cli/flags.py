@@ -61,6 +61,19 @@ def parse_cidrs(text: str) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
+def parse_ips(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_address(part))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not an IP address: {part!r}") from exc
+    return tuple(out)
+
+
 def parse_names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -114,6 +127,17 @@ def add_model_flags(p: EnvDefaults) -> None:
         type=parse_bool,
         metavar="BOOL",
         help="also use spec.externalIPs (off: CVE-2020-8554)",
+    )
+    p.env_option(
+        "--control-plane-ips",
+        default=(),
+        convert=parse_ips,
+        type=parse_ips,
+        metavar="IP[,IP]",
+        help=(
+            "addresses this node reaches the API server at: never external IPs (run adds its"
+            " kubeconfig's server; the default/kubernetes Service's endpoints are refused too)"
+        ),
     )
     p.env_option(
         "--lb-to-clusterip",
@@ -171,5 +195,6 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         allowed_external_cidrs=tuple(args.allowed_external_cidrs),
         allowed_namespaces=frozenset(args.allowed_namespaces),
         allow_spec_external_ips=bool(args.allow_spec_external_ips),
+        control_plane_ips=tuple(args.control_plane_ips),
         lb_to_clusterip=bool(args.lb_to_clusterip),
     )

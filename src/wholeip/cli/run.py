@@ -54,6 +54,14 @@ def add_run_parser(p: flags.EnvDefaults) -> None:
         help="/healthz fails when a change waited longer than this",
     )
     p.env_option(
+        "--api-liveness-timeout",
+        default=defaults.api_liveness_timeout,
+        convert=float,
+        type=float,
+        metavar="SECONDS",
+        help="/healthz fails when the API server has been unreachable longer than this (0: never)",
+    )
+    p.env_option(
         "--bind-address",
         default=defaults.bind_address,
         help="address of the probes and metrics server",
@@ -84,6 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         sync_burst=args.sync_burst,
         max_sync_interval=args.max_sync_interval,
         health_timeout=args.health_timeout,
+        api_liveness_timeout=args.api_liveness_timeout,
         bind_address=args.bind_address,
         port=args.port,
         log_format=args.log_format,

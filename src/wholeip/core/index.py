@@ -77,6 +77,7 @@ from wholeip.core.elements import (
 from wholeip.core.gcpause import gc_paused
 from wholeip.core.model import (
     ClusterState,
+    IPAddress,
     LbRedirect,
     Mapping1to1,
     Mode,
@@ -85,6 +86,7 @@ from wholeip.core.model import (
     Problem,
     RawPort,
     collapse,
+    normalised,
     refusal,
     resolve_ports,
 )
@@ -100,7 +102,7 @@ from wholeip.core.objects import (
     parse_service,
     parse_slice,
 )
-from wholeip.names import TABLE
+from wholeip.names import API_SERVER_SERVICE, TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
 
@@ -257,6 +259,14 @@ class ClusterIndex:
         self._pod_nets = {v: tuple(n for n in pod_nets if n.version == v) for v in (4, 6)}
         """Where a backend may live, per family (empty: that family's pod networks are unknown)."""
         self._node_ips = frozenset(node_ips)
+        self._configured_api = {
+            normalised(ip): "the API server address the agent is configured with" for ip in settings.control_plane_ips
+        }
+        self._api_slices: dict[str, tuple[str, ...]] = {}
+        """Slices of the ``default/kubernetes`` Service -> their addresses (ready or not,
+        inside the pod networks or not): the API server as the cluster publishes it."""
+        self._control_plane: dict[IPAddress, str] = dict(self._configured_api)
+        """Where this node reaches the API server: never an external IP (see :func:`refusal`)."""
         self._node_problems = tuple(node_problems)
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         # EndpointSlices, and which ones each Service has (one key, or a list of several).
@@ -295,13 +305,17 @@ class ClusterIndex:
         slice key -> the slice now (None: deleted).
         """
         dirty: set[ServiceKey] = set(services)
+        api_before = set(self._control_plane)
         for skey, obj in slices.items():
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
+            self._api_slices.pop(skey, None)
             if old is not None:
                 discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
             new = self._ingest_slice(skey, obj) if obj is not None else None
+            if new is not None and new.service == API_SERVER_SERVICE:
+                self._api_slices[skey] = (*pod_ips(new.ready), *new.outside)
             if new is not None:
                 view = self._views.get(new.service)
                 if view is not None:
@@ -311,6 +325,15 @@ class ClusterIndex:
                 dirty.add(new.service)
         parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
         affected: set[str] = set()
+        if slices:
+            # The API server's published addresses decide the guard of those addresses only.
+            self._control_plane = dict(self._configured_api)
+            for addresses in self._api_slices.values():
+                for text in addresses:
+                    self._control_plane.setdefault(
+                        normalised(ipaddress.ip_address(text)), "an endpoint of the Service default/kubernetes"
+                    )
+            affected.update(str(ip) for ip in api_before ^ set(self._control_plane))
         for key in dirty:
             old_view = self._views.pop(key, None)
             self._view_problems.pop(key, None)
@@ -537,6 +560,7 @@ class ClusterIndex:
                 cluster=self._guard_nets,
                 node_ips=self._node_ips,
                 allowed=self.settings.allowed_external_cidrs,
+                control_plane=self._control_plane,
             )
             if claimants
             else None
