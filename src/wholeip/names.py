@@ -28,6 +28,9 @@ PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
 """The label that delegates a Service to a proxy other than kube-proxy."""
 SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 """The label that ties an EndpointSlice to its Service."""
+PODNAT_ANNOTATION: Final = "bln.space/podnat"
+"""podnat-controller's Pod annotation (JSON ``entries``): ports of the pod published on its
+node's address. The default of ``--podnat-annotation``."""
 API_SERVER_SERVICE: Final = ("default", "kubernetes")
 """(namespace, name) of the Service whose endpoints are the API server's addresses."""
 
@@ -92,6 +95,15 @@ LB_CLUSTER_IP: Final = PerFamily("lbclusterip")
 (``--lb-to-clusterip``)."""
 LOCAL_PODS: Final = PerFamily("localpods")
 """Interval set: this node's pod CIDRs (whose traffic ``lbclusterip`` redirects)."""
+
+PODNAT_ADDR: Final = PerFamily("podnat")
+"""Map (node address, protocol, port) -> pod IP: a pod's published port (podnat annotation)."""
+PODNAT_PORT: Final = PerFamily("podnatport")
+"""Map (node address, protocol, port) -> the pod's port, beside ``podnat4/6`` (nftables 1.0.6
+cannot declare a map with concatenated data in JSON, so address and port are two lookups)."""
+PODNAT_SELF: Final = PerFamily("podnatself")
+"""Set of (pod, pod): pods with published ports, masqueraded when they reach themselves
+through the node's address."""
 
 # Chains.
 RAW_PREROUTING: Final = "raw_prerouting"

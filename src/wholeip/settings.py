@@ -11,6 +11,36 @@ import ipaddress
 from dataclasses import dataclass, field
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class PodNatSettings:
+    """Pod ports on the node's address (podnat-controller's annotation), and what the agent
+    read of this node's own addresses (I/O done by the agent or the CLI, passed in)."""
+
+    annotation: str = "bln.space/podnat"
+    """The Pod annotation read (``--podnat-annotation``, podnat's ``-annotationkey``)."""
+
+    restricted_ports: frozenset[int] = frozenset({22, 53, 6443})
+    """Ports never published on the node's address (``--podnat-restricted-ports``; the
+    agent adds its own port); an entry asking for one is refused with an Event."""
+
+    include_cidrs: tuple[IPNetwork, ...] = ()
+    """``ifaceAuto``: when set, only addresses inside these networks are chosen
+    (``--podnat-include-cidrs``, podnat's ``-inclfilternet``)."""
+
+    exclude_cidrs: tuple[IPNetwork, ...] = ()
+    """``ifaceAuto``: addresses inside these networks are never chosen
+    (``--podnat-exclude-cidrs``, podnat's ``-exclfilternet``)."""
+
+    default_sources: tuple[IPAddr, ...] = ()
+    """The source address of this node's default route, per family (read by the agent):
+    ``ifaceAuto``'s choice when the Node object has no ExternalIP of the family."""
+
+    host_addresses: frozenset[IPAddr] = frozenset()
+    """This node's own addresses (read by the agent): an explicit ``srcIP`` must be one of
+    them or of the Node object's addresses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +77,9 @@ class ModelSettings:
     allow_spec_external_ips: bool = False
     """Also take ``spec.externalIPs`` as external IPs. Off by default: anyone who can edit a
     Service could claim any address (CVE-2020-8554)."""
+
+    podnat: PodNatSettings = field(default_factory=PodNatSettings)
+    """Pod ports published on this node's address (the podnat annotation)."""
 
     control_plane_ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
     """Addresses this node reaches the API server at (``--control-plane-ips``; ``wholeip run``

@@ -148,11 +148,13 @@ def exchange(
     port: int | None = None,
     sport: int = 0,
     timeout: float = 2.0,
+    server_port: int | None = None,
 ) -> Exchange:
-    """Client in ``client`` sends to ``addr`` (which should lead to ``server``)."""
+    """Client in ``client`` sends to ``addr`` (which should lead to ``server``); the server
+    listens on ``server_port`` (default: the same port, for a NAT that translates ports)."""
     port = port or random_port()
     family = family_of(addr)
-    srv = start_server(topo, server, proto=proto, family=family, port=port, timeout=timeout + 1.0)
+    srv = start_server(topo, server, proto=proto, family=family, port=server_port or port, timeout=timeout + 1.0)
     cli = topo.exec(
         client,
         _probe_argv(

@@ -55,6 +55,8 @@ LEAST_PRIVILEGE = {
     ("discovery.k8s.io", "endpointslices", "watch"),
     ("", "nodes", "list"),
     ("", "nodes", "watch"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
     ("", "events", "create"),
     ("", "events", "patch"),
     ("networking.k8s.io", "servicecidrs", "list"),

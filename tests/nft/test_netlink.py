@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +28,7 @@ from wholeip.nft.diff import diff
 from wholeip.nft.doc import SetDecl, TableDoc
 from wholeip.nft.libnft import LibnftBackend
 from wholeip.nft.listing import parse_listing
-from wholeip.settings import ModelSettings
+from wholeip.settings import ModelSettings, PodNatSettings
 from wholeip_testkit import synth
 from wholeip_testkit.netns import Netns, NetnsBackend
 
@@ -46,6 +47,9 @@ NETLINK_SETS = {
         "ports",
         "icmp",
         "ranged",
+        "podnat",
+        "podnatport",
+        "podnatself",
     )
 } | {"icmpfix4", "icmpguard6"}
 """The sets a full sync reads over netlink (the others are interval or dynamic sets)."""
@@ -79,8 +83,28 @@ def _varied_state() -> model.ClusterState:
                 "2001:db8:5::/48",
                 "2001:db8:9::1/128",
             ]
+    # Pods publishing ports on n1's address (podnat): TCP, UDP, SCTP, both families, the
+    # highest port (the ``inet_service`` data of ``podnatport``).
+    entries = [
+        {"srcPort": 2525, "dstPort": 25},
+        {"srcPort": 5353, "dstPort": 5353, "proto": "udp"},
+        {"srcPort": 65535, "dstPort": 65535, "proto": "sctp"},
+    ]
+    objects += [
+        {
+            "kind": "Pod",
+            "metadata": {"namespace": "ns", "name": f"pod{k}", "annotations": {"bln.space/podnat": json.dumps(
+                {"entries": [{**e, "srcPort": e["srcPort"] - k} for e in entries]})}},
+            "spec": {"nodeName": "n1"},
+            "status": {"phase": "Running", "podIPs": [{"ip": f"10.128.200.{k}"}, {"ip": f"fd00:10:128::c8:{k}"}]},
+        }
+        for k in range(1, 4)
+    ]  # fmt: skip
     settings = ModelSettings(
         service_cidrs=(ipaddress.ip_network("10.96.0.0/12"), ipaddress.ip_network("fd00:10:96::/112")),
+        podnat=PodNatSettings(
+            default_sources=(ipaddress.ip_address("192.0.2.11"), ipaddress.ip_address("2001:db8:2::11"))
+        ),
     )
     # LoadBalancer Services nobody manages, for --lb-to-clusterip's maps.
     objects += [

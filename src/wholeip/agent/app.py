@@ -44,6 +44,7 @@ from wholeip import __version__
 from wholeip.agent import log as logsetup
 from wholeip.agent.controlplane import with_control_plane
 from wholeip.agent.health import Health
+from wholeip.agent.hostaddr import read_host
 from wholeip.agent.metrics import Metrics
 from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
 from wholeip.agent.servicecidrs import ServiceCIDRSource
@@ -54,6 +55,7 @@ from wholeip.kube.api import Obj
 from wholeip.kube.events import EventRecorder
 from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.k8s import client, config
+from wholeip.kube.pods import build_pod_informer
 from wholeip.kube.resources import build_informers
 from wholeip.settings import Settings
 
@@ -106,6 +108,8 @@ class Agent:
         self.informers: tuple[Informer, Informer, Informer] | None = None
         self.service_cidrs: ServiceCIDRSource | None = None
         """Where the Service networks come from (discovery, then the ServiceCIDR informer)."""
+        self.pod_informer: Informer | None = None
+        """This node's Pods (the podnat annotation)."""
         self.reconciler: Reconciler | None = None
         self.syncer: Syncer | None = None
         self.events: EventRecorder | None = None
@@ -148,6 +152,14 @@ class Agent:
             on_informer=tracked.append,
             options=self._watch_options,
         )
+        pod_informer = self.pod_informer = build_pod_informer(
+            api,
+            node_name=s.node_name,
+            annotation=s.model.podnat.annotation,
+            on_change=reconciler.notify,
+            on_key=changes.record,
+            options=self._watch_options,
+        )
         self.events = EventRecorder(
             core=client.CoreV1Api(api),
             node_name=s.node_name,
@@ -163,7 +175,8 @@ class Agent:
             engine=self.engine,
             snapshot=self._snapshot,
             node_name=s.node_name,
-            model=model,
+            # pyroute2's synchronous socket must not run on the event loop: a thread of its own.
+            model=await asyncio.to_thread(read_host, model, _warn_addresses),
             table=s.table,
             metrics=self.metrics,
             on_state=self._on_state,
@@ -176,9 +189,10 @@ class Agent:
                 else None
             ),
         )
+        tracked.append(pod_informer)
         self.metrics.track_informers(tracked)
         self.health = Health(
-            informers=(*informers, cidrs),
+            informers=(*informers, pod_informer, cidrs),
             loop=reconciler,
             timeout=s.health_timeout,
             api_timeout=s.api_liveness_timeout,
@@ -214,6 +228,8 @@ class Agent:
                 group.create_task(informer.run(), name=f"informer-{informer.resource}")
             if self.service_cidrs is not None:
                 group.create_task(self.service_cidrs.run(), name="servicecidrs")
+            if self.pod_informer is not None:
+                group.create_task(self.pod_informer.run(), name="informer-pods")
             group.create_task(self.reconciler.run(), name="reconcile")
             group.create_task(self.events.run(), name="events")
 
@@ -263,6 +279,8 @@ class Agent:
     async def _wait_synced(self) -> None:
         assert self.informers is not None
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        if self.pod_informer is not None:
+            await self.pod_informer.synced.wait()
         if self.service_cidrs is not None:
             await self.service_cidrs.wait_synced()
         log.info("informers synced", objects={i.resource: len(i.cache) for i in self.informers})
@@ -274,12 +292,15 @@ class Agent:
             services=services.iterate(),
             endpoint_slices=slices.iterate(),
             nodes=nodes.snapshot(),
+            pods=self.pod_informer.iterate() if self.pod_informer is not None else (),
             service_cidrs=self.service_cidrs.objects() if self.service_cidrs is not None else None,
         )
 
     def _lookup(self, resource: str, key: str) -> Obj | None:
         assert self.informers is not None
         services, slices, _ = self.informers
+        if resource == "pods":
+            return self.pod_informer.cache.get(key) if self.pod_informer is not None else None
         return (services if resource == "services" else slices).cache.get(key)
 
     async def _sync(self, full: bool) -> None:
@@ -303,6 +324,10 @@ class Agent:
         self._problems = current
         if self.events is not None:
             self.events.observe(state, nodes)
+
+
+def _warn_addresses(error: str) -> None:
+    log.warning("could not read this node's addresses; podnat's ifaceAuto uses ExternalIPs only", error=error)
 
 
 # --------------------------------------------------------------------------- process entry

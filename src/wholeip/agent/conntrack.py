@@ -98,7 +98,7 @@ from typing import Any, Protocol
 import structlog
 
 from wholeip.core.model import IPAddress
-from wholeip.names import EGRESS, INGRESS
+from wholeip.names import EGRESS, INGRESS, PODNAT_ADDR
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import Elem
 
@@ -149,6 +149,16 @@ def stale_pairs(removed: Mapping[str, AbstractSet[Elem]]) -> frozenset[Pair]:
         out |= {Pair(ext, pod) for ext, pod in _pairs(removed.get(name, ()))}
     for name in EGRESS.both:
         out |= {Pair(ext, pod, egress=True) for pod, ext in _pairs(removed.get(name, ()))}
+    # A pod's published port on the node's address (``podnat4/6``: ``(address, proto, port)
+    # -> pod``): the flows DNATed from that address to that pod. By address, as every rule
+    # here: the pod's other published ports on the same address lose their entries too, and
+    # conntrack picks those flows up again through the maps (docs/design.md).
+    for name in PODNAT_ADDR.both:
+        keyed: list[Elem] = []
+        for elem in removed.get(name, ()):
+            if isinstance(elem, tuple) and len(elem) == 2 and isinstance(elem[0], tuple) and elem[0]:
+                keyed.append((elem[0][0], elem[1]))
+        out |= {Pair(addr, pod) for addr, pod in _pairs(keyed)}
     return frozenset(out)
 
 

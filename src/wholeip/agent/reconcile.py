@@ -46,6 +46,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -228,6 +229,8 @@ class Snapshot:
     services: Iterable[dict[str, Any]]
     endpoint_slices: Iterable[dict[str, Any]]
     nodes: Sequence[dict[str, Any]]
+    pods: Iterable[dict[str, Any]] = ()
+    """This node's Pods (the podnat annotation)."""
     service_cidrs: Sequence[dict[str, Any]] | None = None
     """The ServiceCIDR objects; None where the server has no such API (or the flag wins)."""
 
@@ -255,6 +258,8 @@ class Pending:
     slices: set[str]
     since: float | None
     """When the oldest of these changes arrived (None: nothing was reported)."""
+    pods: AbstractSet[str] = frozenset()
+    """Keys (namespace/name) of this node's Pods that changed."""
 
 
 EVERYTHING = Pending(everything=True, services=set(), slices=set(), since=None)
@@ -272,6 +277,7 @@ class Changes:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.services: set[str] = set()
         self.slices: set[str] = set()
+        self.pods: set[str] = set()
         self.everything = True
         self.since: float | None = None
         """When the oldest change not taken yet arrived."""
@@ -280,16 +286,21 @@ class Changes:
     def record(self, resource: str, key: str | None) -> None:
         if self.since is None:
             self.since = self.clock()
-        if key is None or resource not in ("services", "endpointslices"):
+        if key is None or resource not in ("services", "endpointslices", "pods"):
             self.everything = True
+        elif resource == "pods":
+            self.pods.add(key)
         elif resource == "services":
             self.services.add(key)
         else:
             self.slices.add(key)
 
     def take(self) -> Pending:
-        out = Pending(everything=self.everything, services=self.services, slices=self.slices, since=self.since)
+        out = Pending(
+            everything=self.everything, services=self.services, slices=self.slices, since=self.since, pods=self.pods
+        )
         self.everything, self.services, self.slices, self.since = False, set(), set(), None
+        self.pods = set()
         return out
 
 
@@ -441,6 +452,7 @@ class Syncer:
             # either is a rebuild (Changes marks everything for any resource but two).
             settings=effective_model(self.model, snap.service_cidrs),
             table=self.table,
+            pods=snap.pods,
         )
         # What exists now (caches, index) lives long: keep it out of every future
         # collection, so that a sync's garbage costs a sync's size to collect.
@@ -485,9 +497,10 @@ class Syncer:
                 obj = mode.lookup("services", key)
                 services[_split_key(key)] = [obj] if obj is not None else []
             slices = {key: mode.lookup("endpointslices", key) for key in pending.slices}
+            pods = {_split_key(key): mode.lookup("pods", key) for key in pending.pods}
             nodes = mode.nodes()
             self.index = None  # until the update is known to have completed
-            touched = await self._offload(lambda: index.update(services=services, slices=slices))
+            touched = await self._offload(lambda: index.update(services=services, slices=slices, pod_objects=pods))
             if full:
                 touched = None  # compare the whole table with the kernel
         else:

@@ -23,7 +23,7 @@ import yaml
 # libyaml's safe loader when PyYAML was built with it; the pure one otherwise.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-USED_KINDS = frozenset({"Service", "EndpointSlice", "Node", "ServiceCIDR"})
+USED_KINDS = frozenset({"Service", "EndpointSlice", "Node", "ServiceCIDR", "Pod"})
 
 
 class InputError(Exception):
@@ -91,7 +91,8 @@ def parse_text(text: str, *, name: str = "<input>") -> Parsed:
                 out.objects.append(obj)
             else:
                 out.notes.append(
-                    f"{where}: skipping kind {obj['kind']} (only Service, EndpointSlice, Node and ServiceCIDR are used)"
+                    f"{where}: skipping kind {obj['kind']}"
+                    " (only Service, EndpointSlice, Node, ServiceCIDR and Pod are used)"
                 )
     return out
 

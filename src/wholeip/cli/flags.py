@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from wholeip.settings import IPNetwork, ModelSettings
+from wholeip.settings import IPNetwork, ModelSettings, PodNatSettings
 
 
 class EnvDefaults(argparse.ArgumentParser):
@@ -150,7 +150,64 @@ def add_model_flags(p: EnvDefaults) -> None:
             " LoadBalancer IP they address (for kube-proxy IPVS mode; off by default)"
         ),
     )
+    add_podnat_flags(p)
     p.env_option("--table", default="wholeip", help="name of our own inet table")
+
+
+def parse_ports(text: str) -> frozenset[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or not 1 <= int(part) <= 65535:
+            raise argparse.ArgumentTypeError(f"not a port: {part!r}")
+        out.add(int(part))
+    return frozenset(out)
+
+
+def add_podnat_flags(p: EnvDefaults) -> None:
+    """Pod ports on the node's address (podnat-controller's annotation and flags)."""
+    p.env_option(
+        "--podnat-annotation",
+        default=PodNatSettings().annotation,
+        help="the Pod annotation that publishes pod ports on the node's address (podnat's -annotationkey)",
+    )
+    p.env_option(
+        "--podnat-restricted-ports",
+        default=PodNatSettings().restricted_ports,
+        convert=parse_ports,
+        type=parse_ports,
+        metavar="PORT[,PORT]",
+        help="ports never published on the node's address, besides the agent's own --port (podnat's -restrictedports)",
+    )
+    p.env_option(
+        "--podnat-include-cidrs",
+        default=(),
+        convert=parse_cidrs,
+        type=parse_cidrs,
+        metavar="CIDR[,CIDR]",
+        help="ifaceAuto chooses only addresses inside these networks (podnat's -inclfilternet)",
+    )
+    p.env_option(
+        "--podnat-exclude-cidrs",
+        default=(),
+        convert=parse_cidrs,
+        type=parse_cidrs,
+        metavar="CIDR[,CIDR]",
+        help="ifaceAuto never chooses addresses inside these networks (podnat's -exclfilternet)",
+    )
+
+
+def podnat_settings(args: argparse.Namespace) -> PodNatSettings:
+    """The podnat flags; the agent's own port (``--port`` of ``run``) is always restricted."""
+    own = getattr(args, "port", None)
+    return PodNatSettings(
+        annotation=args.podnat_annotation,
+        restricted_ports=frozenset(args.podnat_restricted_ports) | ({own} if isinstance(own, int) else set()),
+        include_cidrs=tuple(args.podnat_include_cidrs),
+        exclude_cidrs=tuple(args.podnat_exclude_cidrs),
+    )
 
 
 def add_node_flag(p: EnvDefaults, *, required: bool) -> None:
@@ -195,6 +252,7 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         allowed_external_cidrs=tuple(args.allowed_external_cidrs),
         allowed_namespaces=frozenset(args.allowed_namespaces),
         allow_spec_external_ips=bool(args.allow_spec_external_ips),
+        podnat=podnat_settings(args),
         control_plane_ips=tuple(args.control_plane_ips),
         lb_to_clusterip=bool(args.lb_to_clusterip),
     )

@@ -45,13 +45,19 @@ def desired_table(args: argparse.Namespace) -> Any:
     return compile_table(state, node_name=args.node_name, table=args.table)
 
 
+def _warn_addresses(error: str) -> None:
+    say(f"warning: cannot read this node's addresses (podnat's ifaceAuto uses ExternalIPs only): {error}")
+
+
 def model_of(loaded: Parsed, args: argparse.Namespace) -> Any:
     """The model settings, with the Service networks of the file's ServiceCIDR objects (where
     it has none, the flag's fallback; an explicit flag wins): as the agent reads the API."""
+    from wholeip.agent.hostaddr import read_host
     from wholeip.core.servicecidr import KIND, effective_model
 
     cidrs = [o for o in loaded.objects if o.get("kind") == KIND]
-    return effective_model(flags.model_settings(args), cidrs or None)
+    # This namespace's own addresses, for the Pods' published ports (podnat's ifaceAuto).
+    return effective_model(read_host(flags.model_settings(args), _warn_addresses), cidrs or None)
 
 
 _EMPTY_WOULD = {

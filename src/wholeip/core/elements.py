@@ -30,6 +30,7 @@ from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
 from wholeip.core.model import ClusterState, IPAddress, LbRedirect, Mapping1to1, Mode, PortSpec
+from wholeip.core.podnat import pod_port_elements
 from wholeip.core.ruleset import AT_POD_PROTOCOLS, SKELETON, icmp4_compensation
 from wholeip.names import (
     ARRIVE,
@@ -279,6 +280,8 @@ def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem
         for name, elem in mapping_elements(m, node_name=node_name, at_pod=at_pod.get(m.pod_ip)):
             out[name].add(elem)
     for name, elem in lb_elements(state.lb_redirects, state.local_pod_networks):
+        out[name].add(elem)
+    for name, elem in pod_port_elements(state.pod_ports, state.podnat_pods):
         out[name].add(elem)
     return {name: frozenset(elems) for name, elems in out.items()}
 

@@ -102,6 +102,7 @@ from wholeip.core.objects import (
     parse_service,
     parse_slice,
 )
+from wholeip.core.podnat import PodKey, PodNatIndex
 from wholeip.names import API_SERVER_SERVICE, TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
@@ -288,6 +289,14 @@ class ClusterIndex:
         """Live sets: the table's elements as of the last update (read only outside)."""
         for name, elem in network_elements(self.cluster_networks):
             self.elements[name].add(elem)
+        self.podnat = PodNatIndex(
+            settings=settings.podnat,
+            node_name=node_name,
+            nodes=nodes,
+            elements=self.elements,
+            managed=lambda pod: pod in self._pods,
+        )
+        """Ports this node's pods publish on its address (the podnat annotation)."""
         self._init_lb(nodes)
 
     # ------------------------------------------------------------------ input
@@ -297,12 +306,14 @@ class ClusterIndex:
         *,
         services: Mapping[ServiceKey, Sequence[RawObject]] = {},
         slices: Mapping[str, RawObject | None] = {},
+        pod_objects: Mapping[PodKey, RawObject | None] = {},
     ) -> Touched:
         """Apply changed objects; return the elements that changed.
 
         ``services``: key -> the Service objects now under that key (none: deleted;
         more than one only in a flat list with duplicates). ``slices``: any unique
-        slice key -> the slice now (None: deleted).
+        slice key -> the slice now (None: deleted). ``pod_objects``: (namespace, name) -> the
+        Pod now (None: deleted), for the ports they publish on this node's address.
         """
         dirty: set[ServiceKey] = set(services)
         api_before = set(self._control_plane)
@@ -402,6 +413,10 @@ class ClusterIndex:
                 touched.setdefault(name, set()).add(elem)
         if self.settings.lb_to_clusterip:
             self._update_lb(services, parsed, touched)
+        # A pod may publish ports only while it is no whole-IP backend: recheck those whose
+        # mappings changed.
+        if pod_objects or (pods and self.podnat.has_pods):
+            self.podnat.update(pod_objects, touched, recheck=pods)
         return touched
 
     def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:
@@ -648,6 +663,7 @@ class ClusterIndex:
             self._view_problems.values(),
             self._ip_problems.values(),
             self._pod_problems.values(),
+            (tuple(self.podnat.problems),),
         )
         for group in groups:
             for problems in group:
@@ -711,6 +727,8 @@ class ClusterIndex:
             managed_services=tuple(sorted(v.ref for v in self._views.values())),
             lb_redirects=self._lb_sorted(),
             local_pod_networks=self.local_pod_networks,
+            pod_ports=tuple(self.podnat.pod_ports()),
+            podnat_pods=tuple(self.podnat.self_pods()),
         )
 
     # ------------------------------------------------------------------ LoadBalancer IP -> ClusterIP
@@ -860,6 +878,7 @@ def load(
     node_name: str,
     settings: ModelSettings,
     table: str = TABLE,
+    pods: Iterable[RawObject] = (),
 ) -> ClusterIndex:
     """An index holding every given object (duplicates allowed, as in a flat list).
 
@@ -868,7 +887,7 @@ def load(
     of them again (a third of the time at 100,000 Services).
     """
     with gc_paused():
-        return _load(services, endpoint_slices, nodes, node_name, settings, table)
+        return _load(services, endpoint_slices, nodes, node_name, settings, table, pods)
 
 
 def load_unique(
@@ -880,6 +899,7 @@ def load_unique(
     settings: ModelSettings,
     table: str = TABLE,
     batch: int = 2000,
+    pods: Iterable[RawObject] = (),
 ) -> ClusterIndex:
     """An index of objects with unique keys (an informer's cache), read as a stream.
 
@@ -904,6 +924,7 @@ def load_unique(
                 index.update(services=grouped)
                 grouped = {}
         index.update(services=grouped)
+        index.update(pod_objects={service_key(obj): obj for obj in pods})
         index.compact()
         return index
 
@@ -915,6 +936,7 @@ def _load(
     node_name: str,
     settings: ModelSettings,
     table: str,
+    pods: Iterable[RawObject] = (),
 ) -> ClusterIndex:
     index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
     grouped: dict[ServiceKey, list[RawObject]] = {}
@@ -934,9 +956,17 @@ def _load(
                 n += 1
                 key = f"{base}#{n}"
             slices[key] = obj
-    index.update(services=grouped, slices=slices)
+    index.update(services=grouped, slices=slices, pod_objects=_unique_pods(pods))
     index.compact()
     return index
+
+
+def _unique_pods(pods: Iterable[RawObject]) -> dict[PodKey, RawObject]:
+    """One Pod per key from a flat list: a duplicate is decided by content, not input order."""
+    out: dict[PodKey, RawObject] = {}
+    for obj in sorted(pods, key=repr):
+        out.setdefault(service_key(obj), obj)
+    return out
 
 
 # --------------------------------------------------------------------------- the state at once
@@ -946,6 +976,7 @@ def _split_kinds(objects: Iterable[RawObject]) -> tuple[list[RawObject], ...]:
     services: list[RawObject] = []
     slices: list[RawObject] = []
     nodes: list[RawObject] = []
+    pods: list[RawObject] = []
     for obj in objects:
         kind = obj.get("kind")
         if kind == "Service":
@@ -954,18 +985,21 @@ def _split_kinds(objects: Iterable[RawObject]) -> tuple[list[RawObject], ...]:
             slices.append(obj)
         elif kind == "Node":
             nodes.append(obj)
-    return services, slices, nodes
+        elif kind == "Pod":
+            pods.append(obj)
+    return services, slices, nodes, pods
 
 
 def build_state_from_objects(objects: Iterable[RawObject], *, node_name: str, settings: ModelSettings) -> ClusterState:
     """Like :func:`build_state`, for a flat list of objects of any kind (others are ignored)."""
-    services, slices, nodes = _split_kinds(objects)
+    services, slices, nodes, pods = _split_kinds(objects)
     return build_state(
         services=services,
         endpoint_slices=slices,
         nodes=nodes,
         node_name=node_name,
         settings=settings,
+        pods=pods,
     )
 
 
@@ -976,6 +1010,7 @@ def build_state(
     nodes: Iterable[RawObject],
     node_name: str,
     settings: ModelSettings,
+    pods: Iterable[RawObject] = (),
 ) -> ClusterState:
     """The ClusterState for the given raw objects, seen from node ``node_name``.
 
@@ -984,5 +1019,10 @@ def build_state(
     object); this is the same index filled at once.
     """
     return load(
-        services=services, endpoint_slices=endpoint_slices, nodes=nodes, node_name=node_name, settings=settings
+        services=services,
+        endpoint_slices=endpoint_slices,
+        nodes=nodes,
+        node_name=node_name,
+        settings=settings,
+        pods=pods,
     ).state()

@@ -118,6 +118,24 @@ class LbRedirect:
     service: ObjectRef
 
 
+@dataclass(frozen=True, slots=True)
+class PodPort:
+    """One port a pod publishes on this node's address (the podnat annotation): conntrack
+    DNAT from (address, protocol, port) to (pod IP, pod port). Addresses as canonical text."""
+
+    address: str
+    protocol: str
+    port: int
+    pod_ip: str
+    pod_port: int
+    pod: ObjectRef
+
+    @property
+    def order(self) -> tuple[int, int, str, int]:
+        ip = ipaddress.ip_address(self.address)
+        return (ip.version, int(ip), self.protocol, self.port)
+
+
 class ProblemSource(Protocol):
     """What reports problems: a ClusterState, or the agent's live index."""
 
@@ -140,7 +158,11 @@ class ClusterState:
     lb_redirects: tuple[LbRedirect, ...] = ()
     """``--lb-to-clusterip``: every LoadBalancer IP port sent to a ClusterIP, in address order."""
     local_pod_networks: tuple[IPNetwork, ...] = ()
-    """``--lb-to-clusterip``: this node's pod CIDRs, the pods whose traffic is redirected."""
+    managed_services: tuple[ObjectRef, ...]
+    pod_ports: tuple[PodPort, ...] = ()
+    """Ports this node's pods publish on its address (the podnat annotation), in address order."""
+    podnat_pods: tuple[str, ...] = ()
+    """Pod IPs with published ports (masqueraded when they reach themselves that way)."""
 
     def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
         """A scan of every mapping: for tools and tests. The agent asks its index."""

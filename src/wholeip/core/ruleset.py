@@ -143,6 +143,9 @@ from wholeip.names import (
     LB_CLUSTER_IP,
     LOCAL_PODS,
     PER_PORT,
+    PODNAT_ADDR,
+    PODNAT_PORT,
+    PODNAT_SELF,
     PORTS,
     RANGED,
     RAW_PREROUTING,
@@ -559,6 +562,63 @@ def _lb_to_clusterip_rules() -> list[Rule]:
     return rules
 
 
+# --------------------------------------------------------------------------- pod ports on the node's address
+#
+# The podnat annotation (docs/datapath.md row 19, :mod:`wholeip.core.podnat`): a pod of this
+# node publishes ``(node address, protocol, port)`` as ``(pod IP, pod port)``. Unlike an
+# external IP this is conntrack NAT, as podnat-controller does it: the node's address is
+# shared with the node's own services, so only the published ports are taken, and the
+# replies leave with the node's address because conntrack turns them back.
+#
+# * nat prerouting (``hairpin_prerouting``) and nat output (``hairpin_output``): ``dnat`` to
+#   the pod through two maps keyed by ``daddr . l4proto . dport``: ``podnat4/6`` gives the
+#   pod IP, ``podnatport4/6`` its port (nftables 1.0.6 cannot declare a map with
+#   concatenated data in JSON; the lookups run for a connection's first packet only). A
+#   port not in the maps fails the lookup and the packet goes on untouched: the node's own
+#   services keep every port nobody published.
+# * nat postrouting (``hairpin_postrouting``): a pod reaching its own published port
+#   through the node's address comes back to itself; masqueraded (``podnatself4/6``) so its
+#   reply has a peer other than itself.
+# * the stateless path leaves these flows alone: a packet to a node address is not to an
+#   external IP (the guards refuse node addresses as external IPs), so ``raw_prerouting``
+#   neither rewrites nor untracks it; the reply from the pod stays tracked because a pod
+#   with published ports is never a whole-IP backend on the same family (the model
+#   withdraws its entries, ``PodNATOnManagedPod``): a managed pod's packets to the outside
+#   are untracked and would leave with its external IP.
+
+PODNAT_PROTOCOLS = ("tcp", "udp", "sctp")
+"""The protocols a published port may have (podnat: tcp, udp; we add sctp)."""
+
+
+def _podnat_rules() -> list[Rule]:
+    """The DNATs and the self-hairpin masquerade of the published pod ports (see above)."""
+    rules: list[Rule] = []
+    for v, proto, _ in _FAMILIES:
+        key = _concat(_payload(proto, "daddr"), _meta("l4proto"), _payload("th", "dport"))
+        publish = (
+            _match(_meta("l4proto"), {"set": list(PODNAT_PROTOCOLS)}),
+            {
+                "dnat": {
+                    "family": proto,
+                    "addr": _map_lookup(key, PODNAT_ADDR[v]),
+                    "port": _map_lookup(key, PODNAT_PORT[v]),
+                }
+            },
+        )
+        rules += [Rule(HAIRPIN_PREROUTING, publish), Rule(HAIRPIN_OUTPUT, publish)]
+        rules.append(
+            Rule(
+                HAIRPIN_POSTROUTING,
+                (
+                    _ct_dnat(),
+                    _match(_concat(_payload(proto, "saddr"), _payload(proto, "daddr")), f"@{PODNAT_SELF[v]}"),
+                    {"masquerade": None},
+                ),
+            )
+        )
+    return rules
+
+
 # --------------------------------------------------------------------------- skeleton
 
 
@@ -571,6 +631,9 @@ def skeleton() -> Skeleton:
             SetDecl(INGRESS[v], (addr_type,), data=addr_type),
             SetDecl(EGRESS[v], (addr_type,), data=addr_type),
             SetDecl(SELF_HAIRPIN[v], (addr_type, addr_type)),
+            SetDecl(PODNAT_ADDR[v], (addr_type, "inet_proto", "inet_service"), data=addr_type),
+            SetDecl(PODNAT_PORT[v], (addr_type, "inet_proto", "inet_service"), data="inet_service"),
+            SetDecl(PODNAT_SELF[v], (addr_type, addr_type)),
             SetDecl(DISPATCH[v], (addr_type,), data="verdict"),
             SetDecl(AWAY[v], (addr_type,)),
             SetDecl(ARRIVE[v], (addr_type,), data="verdict"),
@@ -605,6 +668,7 @@ def skeleton() -> Skeleton:
     rules = _prerouting_rules()
     rules += _filter_rules()
     rules += _icmp_error_rules()
+    rules += _podnat_rules()
     for chain in (HAIRPIN_PREROUTING, HAIRPIN_OUTPUT):
         for v, proto, _ in _FAMILIES:
             daddr = _payload(proto, "daddr")

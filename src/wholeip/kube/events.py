@@ -10,6 +10,9 @@ Exactly one node reports a Service's problems (:func:`reporting_node`):
 2. otherwise (no ready backend, no external IP yet ...) the lexicographically
    smallest name among the Ready Nodes, or among all Nodes when none is Ready.
 
+A Pod's problems (the podnat annotation, :mod:`wholeip.core.podnat`) are reported
+by the pod's own node, the only agent that watches that pod.
+
 All agents compute this from the same cache, so they agree without talking to
 each other. (A node that runs no agent, e.g. a tainted control-plane node the
 DaemonSet does not tolerate, can be chosen by rule 2; its problems then go
@@ -142,7 +145,11 @@ class EventRecorder:
         owned: dict[Key, Problem] = {}
         for problem in state.problems:
             ref = problem.ref
-            if ref.kind != "Service" or ownership.node_for(ref) != self.node_name:
+            # A Pod's problems (the podnat annotation) are its own node's: the only one that
+            # reads it.
+            if ref.kind == "Pod":
+                pass
+            elif ref.kind != "Service" or ownership.node_for(ref) != self.node_name:
                 continue
             owned[(ref.uid or f"{ref.namespace}/{ref.name}", problem.reason, problem.message)] = problem
         for key in [k for k in self._records if k not in owned]:
@@ -232,7 +239,7 @@ class EventRecorder:
 
     def _event(self, problem: Problem, now: str) -> Obj:
         ref = problem.ref
-        involved: Obj = {"apiVersion": "v1", "kind": "Service", "namespace": ref.namespace, "name": ref.name}
+        involved: Obj = {"apiVersion": "v1", "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
         if ref.uid:
             involved["uid"] = ref.uid
         return {
