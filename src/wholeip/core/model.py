@@ -158,7 +158,7 @@ class ClusterState:
     lb_redirects: tuple[LbRedirect, ...] = ()
     """``--lb-to-clusterip``: every LoadBalancer IP port sent to a ClusterIP, in address order."""
     local_pod_networks: tuple[IPNetwork, ...] = ()
-    managed_services: tuple[ObjectRef, ...]
+    """``--lb-to-clusterip``: this node's pod CIDRs, the pods whose traffic is redirected."""
     pod_ports: tuple[PodPort, ...] = ()
     """Ports this node's pods publish on its address (the podnat annotation), in address order."""
     podnat_pods: tuple[str, ...] = ()
