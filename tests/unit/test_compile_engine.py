@@ -89,8 +89,10 @@ def test_restarted_engine_commits_only_the_difference() -> None:
     result = restarted.sync(desired(100, pod_offset=1))
     # Every pod moves one slot: all 200 ingress values, all 100 local egress values and
     # all 100 IPv4 ICMP compensations change; the self-hairpin sets (pod . pod) lose one
-    # pod and gain one per family; the IPv6 ICMP guard (external IP only) stays.
-    assert (result.plan.added, result.plan.deleted) == (402, 402)
+    # pod and gain one per family; the IPv6 ICMP guard (external IP only) stays. The 100
+    # local egress mappings' row 15 elements (external IP . pod IP, icmpfix4/icmpguard6)
+    # change keys.
+    assert (result.plan.added, result.plan.deleted) == (502, 502)
     assert not result.plan.rebuilt
 
 

@@ -757,7 +757,13 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
         assert by_pod["icmp"] == set()
         assert el[f"flows{v}"] == frozenset()
     fix4 = dict(el["icmpfix4"])
-    assert set(fix4) == {(ext, int(ipaddress.ip_address(ext))) for ext, _ in el["ingress4"]}
+    # Row 15: the pod's own errors, keyed external IP . pod IP, on the pod's node only.
+    back4 = {(ext, int(ipaddress.ip_address(pod))): (pod, ext) for pod, ext in el["egress4"]}
+    assert set(fix4) == {(ext, int(ipaddress.ip_address(ext))) for ext, _ in el["ingress4"]} | set(back4)
+    for key, (pod, ext) in back4.items():
+        e, p = ipaddress.ip_address(ext), ipaddress.ip_address(pod)
+        assert (fix4[key] + _word_sum(e) - _word_sum(p)) % 0xFFFF == 0
+        assert fix4[key] == icmp4_compensation(p, e)
     for ext, pod in el["ingress4"]:
         comp = fix4[(ext, int(ipaddress.ip_address(ext)))]
         assert 0 <= comp <= 0xFFFF
@@ -765,7 +771,9 @@ def check_doc(state: ClusterState, doc: TableDoc, node_name: str) -> None:
         # Writing comp into a zero word and replacing ext by pod leaves the ones'-complement sum alone.
         assert (comp + _word_sum(p) - _word_sum(e)) % 0xFFFF == 0
         assert comp == icmp4_compensation(e, p)
-    assert el["icmpguard6"] == {(ext, int(ipaddress.ip_address(ext))) for ext, _ in el["ingress6"]}
+    assert el["icmpguard6"] == {(ext, int(ipaddress.ip_address(ext))) for ext, _ in el["ingress6"]} | {
+        (ext, int(ipaddress.ip_address(pod))) for pod, ext in el["egress6"]
+    }
 
 
 def check_lb(c: Cluster, doc: TableDoc) -> None:

@@ -191,6 +191,12 @@ def entry_elements(
     if egress_here:
         out.append((EGRESS[v], (pod, ext)))
         out.append((SELF_HAIRPIN[v], (pod, pod)))
+        # Errors the pod sends about what came in through ``ext`` (docs/datapath.md row 15),
+        # keyed after the source rewrite: ``ext`` outside, the pod IP embedded.
+        if v == 4:
+            out.append((ICMPFIX4, ((ext, int(pod_ip)), icmp4_compensation(pod_ip, ext_ip))))
+        else:
+            out.append((ICMPGUARD6, (ext, int(pod_ip))))
     out += _filter_elements(
         ext, v, DISPATCH, mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges, closed=closed
     )

@@ -40,7 +40,10 @@ that when the layout changed; the filter at the pod's node came later).
   3. an ICMP packet from outside the cluster networks jumps to ``icmp_errors``;
   4. from outside the cluster networks to an external IP: the destination
      becomes the pod IP, ``notrack``, ``accept``, in one rule; the ``ingress4``
-     lookup fails for every other destination, which ends the rule;
+     lookup fails for every other destination, which ends the rule. Not when the
+     packet's TTL / hop limit ends at this node: then ``notrack``, ``accept``
+     alone, so the "time exceeded" this node sends quotes the external IP the
+     client sent to (docs/datapath.md row 15);
   5. from a local managed pod to outside the cluster networks: ``notrack``,
      ``goto untracked4``;
   6. UDP/SCTP from outside (not from an external IP) to a local filtered pod:
@@ -80,7 +83,11 @@ that when the layout changed; the filter at the pod's node came later).
   filtered external IP are remembered in ``flows4/6`` (below). That rule looks
   at every packet, not only at the ones just rewritten: a pod on another node
   sending to an external IP arrives here already from its own external IP, and
-  its replies must pass this node's filter.
+  its replies must pass this node's filter. Last, an untracked ICMP error from a
+  local managed pod, now from its external IP, gets that external IP back as the
+  destination of the packet it quotes (the inbound rewrite had put the pod IP
+  there), checksum-neutrally like the errors of ``icmp_errors``, so the outside
+  client matches it to its socket (docs/datapath.md row 15).
 
 Filtering (per-port mode and ``loadBalancerSourceRanges``) happens before any
 address is rewritten, as the first rule of ``raw_prerouting``: one
@@ -231,8 +238,20 @@ def _raw(base: str, offset: int, length: int) -> JSONObj:
 # only match the error to its socket once that source is the pod IP again. nft raw
 # payload writes never update checksums, hence a compensation (see
 # hack/datapath-lab/FINDINGS.md).
+# Row 15 is the same the other way round: an error the pod sends about a packet that
+# came in through the external IP quotes the pod IP as that packet's destination (the
+# inbound rewrite put it there); the outside client matches the error to its socket
+# only once that destination is the external IP again. The same two maps hold both
+# directions, told apart by their keys: ``external IP . external IP`` (inbound errors,
+# keyed by the outer destination and the embedded source) and ``external IP . pod IP``
+# (the pod's errors after the source rewrite, keyed by the outer source and the
+# embedded destination); an external IP is never a pod IP, so they never meet.
 INNER_SADDR4 = _raw("th", 160, 32)  # ICMP header (8) + IPv4 saddr offset (12), in bits
 INNER_SADDR6 = _raw("th", 128, 128)  # ICMPv6 header (8) + IPv6 saddr offset (8)
+INNER_DADDR4 = _raw("th", 192, 32)  # ICMP header (8) + IPv4 daddr offset (16)
+INNER_DADDR6 = _raw("th", 256, 128)  # ICMPv6 header (8) + IPv6 daddr offset (24)
+OUTER_SADDR4 = _raw("nh", 96, 32)
+OUTER_SADDR6 = _raw("nh", 64, 128)
 OUTER_DADDR4 = _raw("nh", 128, 32)
 OUTER_DADDR6 = _raw("nh", 192, 128)
 ICMP_FIX = {
@@ -248,8 +267,9 @@ ICMP_FIX = {
 
 def icmp4_compensation(ext: IPAddress, pod: IPAddress) -> int:
     """The 16-bit word that, written into a zero word of an ICMPv4 error, keeps its checksum
-    right when the embedded source changes from ``ext`` to ``pod``: the ones'-complement sum
-    of ext's words minus pod's words."""
+    right when an embedded address changes from ``ext`` to ``pod``: the ones'-complement sum
+    of ext's words minus pod's words. (Row 15's errors change the embedded destination from
+    the pod IP to the external IP: ``icmp4_compensation(pod, ext)``.)"""
     total = 0
     for word in _words(ext.packed):
         total = _ones_add(total, word)
@@ -267,6 +287,81 @@ def _ones_add(a: int, b: int) -> int:
     return (total & 0xFFFF) + (total >> 16)
 
 
+_ICMP4_ERRORS = ("destination-unreachable", "time-exceeded", "parameter-problem")
+_ICMP6_ERRORS = ("destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem")
+
+
+def _icmp4_compensated(
+    chain: str, key: JSONObj, rewrite: tuple[JSONObj, ...], *, only: tuple[JSONObj, ...] = ()
+) -> list[Rule]:
+    """ICMPv4 errors (that also match ``only``) whose ``key`` is in ``icmpfix4``: the
+    compensation found there goes into the error's zero word, then ``rewrite`` makes the
+    address changes it pays for. One rule
+    per place of that word: frag-needed keeps the next-hop MTU in bytes 6-7, so the zero
+    word is at offset 4; the other errors leave 4-7 zero but octet 5 may carry an RFC 4884
+    length. A word that is not zero (an error already compensated once) is left alone."""
+    rules = []
+    for types, zero_word in (
+        (
+            (
+                _match(_payload("icmp", "type"), "destination-unreachable"),
+                _match(_payload("icmp", "code"), "frag-needed"),
+            ),
+            32,
+        ),
+        ((_match(_payload("icmp", "type"), {"set": list(_ICMP4_ERRORS)}),), 48),
+    ):
+        word = _raw("th", zero_word, 16)
+        rules.append(
+            Rule(
+                chain,
+                (
+                    *types,
+                    *only,
+                    _match(key, f"@{ICMPFIX4}"),
+                    _match(word, 0),
+                    {"mangle": {"key": word, "value": _map_lookup(key, ICMPFIX4)}},
+                    *rewrite,
+                ),
+            )
+        )
+    return rules
+
+
+def _inbound_error_rules() -> list[Rule]:
+    """``stateless_postrouting``, after the source rewrite (docs/datapath.md row 15): an
+    untracked ICMP error from a local managed pod now leaves from its external IP; the
+    packet it quotes came in through that external IP and was rewritten to the pod IP, so
+    its destination gets the external IP back. IPv4: the compensation of ``icmpfix4``
+    (keyed ``external IP . pod IP``) and a raw copy of the outer source. IPv6: as in
+    ``icmp_errors``, the outer source is charged twice by typed rewrites around a raw copy
+    (back to the pod IP, again to the external IP), which pays for the raw copy of the
+    external IP into the embedded destination."""
+    saddr4, saddr6 = _payload("ip", "saddr"), _payload("ip6", "saddr")
+    # Only what the stateless path rewrote: a tracked error is conntrack's to translate.
+    untracked = (_ct_untracked(),)
+    rules = _icmp4_compensated(
+        STATELESS_POSTROUTING,
+        _concat(saddr4, INNER_DADDR4),
+        ({"mangle": {"key": INNER_DADDR4, "value": OUTER_SADDR4}},),
+        only=untracked,
+    )
+    rules.append(
+        Rule(
+            STATELESS_POSTROUTING,
+            (
+                _match(_payload("icmpv6", "type"), {"set": list(_ICMP6_ERRORS)}),
+                *untracked,
+                _match(_concat(saddr6, INNER_DADDR6), f"@{ICMPGUARD6}"),
+                {"mangle": {"key": OUTER_SADDR6, "value": INNER_DADDR6}},
+                {"mangle": {"key": saddr6, "value": _map_lookup(saddr6, EGRESS[6])}},
+                {"mangle": {"key": INNER_DADDR6, "value": OUTER_SADDR6}},
+            ),
+        )
+    )
+    return rules
+
+
 def _icmp_error_rules() -> list[Rule]:
     """The ``icmp_errors`` chain: every rule that matches also ends the packet's prerouting
     work. Neighbour discovery is accepted as it is; an ICMP error has its destination
@@ -281,49 +376,17 @@ def _icmp_error_rules() -> list[Rule]:
     # reach the node that answers for the address, not the pod, or the router's entry
     # fails every reachable time. Conntrack does not track ND, so a plain accept.
     rules = [Rule(ICMP_ERRORS, (_match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}), {"accept": None}))]
-    # frag-needed keeps the next-hop MTU in bytes 6-7: the zero word is at offset 4;
-    # the other errors leave 4-7 zero but octet 5 may carry an RFC 4884 length.
-    for types, zero_word in (
-        (
-            (
-                _match(_payload("icmp", "type"), "destination-unreachable"),
-                _match(_payload("icmp", "code"), "frag-needed"),
-            ),
-            32,
-        ),
-        (
-            (
-                _match(
-                    _payload("icmp", "type"), {"set": ["destination-unreachable", "time-exceeded", "parameter-problem"]}
-                ),
-            ),
-            48,
-        ),
-    ):
-        word = _raw("th", zero_word, 16)
-        rules.append(
-            Rule(
-                ICMP_ERRORS,
-                (
-                    *types,
-                    _match(fix_key, f"@{ICMPFIX4}"),
-                    _match(word, 0),
-                    {"mangle": {"key": word, "value": _map_lookup(fix_key, ICMPFIX4)}},
-                    rewrite4,
-                    {"mangle": {"key": INNER_SADDR4, "value": OUTER_DADDR4}},
-                    *done,
-                ),
-            )
-        )
+    rules += _icmp4_compensated(
+        ICMP_ERRORS, fix_key, (rewrite4, {"mangle": {"key": INNER_SADDR4, "value": OUTER_DADDR4}}, *done)
+    )
     # ICMPv6's checksum covers the pseudo-header, so a typed rewrite of the outer
     # destination updates it. Rewrite, copy the old address back raw, rewrite again:
     # the checksum is charged twice, which pays for the raw copy into the inner source.
-    errors6 = ["destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem"]
     rules.append(
         Rule(
             ICMP_ERRORS,
             (
-                _match(_payload("icmpv6", "type"), {"set": errors6}),
+                _match(_payload("icmpv6", "type"), {"set": list(_ICMP6_ERRORS)}),
                 _match(_concat(daddr6, INNER_SADDR6), f"@{ICMPGUARD6}"),
                 rewrite6,
                 {"mangle": {"key": OUTER_DADDR6, "value": INNER_SADDR6}},
@@ -422,6 +485,7 @@ def _prerouting_rules() -> list[Rule]:
         saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
         icmp = "icmp" if v == 4 else "ipv6-icmp"
         outside = _match(saddr, f"@{CLUSTER[v]}", op="!=")
+        hops = _payload(proto, "ttl" if v == 4 else "hoplimit")
         rewrite = {"mangle": {"key": daddr, "value": _map_lookup(daddr, INGRESS[v])}}
         rules += [
             Rule(
@@ -431,7 +495,20 @@ def _prerouting_rules() -> list[Rule]:
             # The common case first and in one rule: from the outside to an external IP.
             # The source test has to come first (nothing after the rewrite could undo
             # it); the map lookup then fails for any other destination, ending the rule.
-            Rule(RAW_PREROUTING, (outside, rewrite, {"notrack": None}, {"accept": None})),
+            # A packet whose hop limit ends at this node is not rewritten (next rule): the
+            # "time exceeded" this node sends then quotes the external IP the client sent
+            # to, not the pod IP (docs/datapath.md row 15; traceroute).
+            Rule(RAW_PREROUTING, (outside, _match(hops, 1, op=">"), rewrite, {"notrack": None}, {"accept": None})),
+            Rule(
+                RAW_PREROUTING,
+                (
+                    _match(hops, 1, op="<="),
+                    outside,
+                    _match(daddr, f"@{INGRESS[v]}"),
+                    {"notrack": None},
+                    {"accept": None},
+                ),
+            ),
             _lb_keep_tracked(v, proto),
             Rule(
                 RAW_PREROUTING,
@@ -708,6 +785,7 @@ def skeleton() -> Skeleton:
         # After the rewrite, keyed by the external IP: every packet from a filtered external
         # IP, also one another node rewrote (see the module docstring).
         rules.append(Rule(STATELESS_POSTROUTING, remember))
+    rules += _inbound_error_rules()
     rules += _lb_to_clusterip_rules()
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
 
