@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cleanup", "delete wholeip's table from this network namespace (nothing else is touched)")
     p.env_option("--table", default="wholeip", help="name of our own inet table")
 
+    from wholeip.cli import status
+
+    status.add_status_parser(
+        add(
+            "status",
+            "what this node does now, read from the kernel's table, and its drift from what the cluster"
+            " says (exit 0 in sync, 1 drift, 2 error, 3 API unreachable)",
+        )
+    )
+
     from wholeip.cli import run as runner
 
     runner.add_run_parser(add("run", "run the agent: watch the cluster and keep this node's table right"))
@@ -52,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from wholeip.cli import status
     from wholeip.cli.clusterfile import InputError
     from wholeip.nft.backend import NftError
 
@@ -71,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cleanup": offline.cmd_cleanup,
     }
     try:
+        if args.command == "status":
+            return status.cmd_status(args)
         if args.command == "run":
             from wholeip.cli import run as runner
 

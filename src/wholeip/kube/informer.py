@@ -299,6 +299,18 @@ class Informer:
             return (PackedCache.unpack(b) for b in raw)
         return iter(list(self.cache.values()))
 
+    async def list_once(self, *, attempts: int = 3) -> None:
+        """One consistent list into the cache and no watch, for tools that need the cluster
+        at one moment (``wholeip status``). A list whose ``continue`` token expired halfway
+        is started again, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            try:
+                await self._list(consistent=True)
+                return
+            except (_Expired, _TooLarge):
+                if attempt == attempts - 1:
+                    raise RuntimeError(f"listing {self.resource}: the list kept expiring") from None
+
     # --------------------------------------------------------------- running
 
     async def run(self) -> None:
