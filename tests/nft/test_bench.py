@@ -56,3 +56,16 @@ def test_one_change_inside_the_running_agent(kernel_ok: None, tmp_path: Path) ->
     assert r["observe_as_agent_s"] > 0, r
     assert r["observe_libnftables_listing_s"] > 0, r
     assert r["agent_rss_mib"] <= r["agent_peak_rss_mib"], r
+
+
+def test_cluster_file_yaml_against_json(tmp_path: Path) -> None:
+    """The YAML-against-JSON benchmark runs at a small N and reports sane numbers."""
+    rows = _run(tmp_path, "clusterfile", "--services", "50", "--repeat", "1")
+    assert [r["services"] for r in rows] == [50]
+    r = rows[0]
+    assert r["objects"] > 50, r
+    assert r["yaml_bytes"] > 0, r
+    assert r["json_bytes"] > 0, r
+    for key in ("parse_json_s", "parse_yaml_s", "parse_pyyaml_s", "render_json_s", "render_yaml_s", "render_pyyaml_s"):
+        assert r[key] > 0, (key, r)
+    assert r["render_ratio"] == pytest.approx(r["render_yaml_s"] / r["render_json_s"])

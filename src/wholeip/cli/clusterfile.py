@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from wholeip.cli import kubeyaml
+
 # libyaml's safe loader when PyYAML was built with it; the pure one otherwise.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -78,6 +80,13 @@ def parse_text(text: str, *, name: str = "<input>") -> Parsed:
             docs = [json.loads(text)]
         except ValueError:
             docs = None  # YAML flow style also starts with a brace; let YAML decide
+    if docs is None:
+        try:
+            # kubectl -o yaml output: read by kubeyaml in one pass over the lines; PyYAML
+            # (libyaml's parser where installed) reads what kubeyaml leaves to it.
+            docs = kubeyaml.load_all(text)
+        except kubeyaml.Unsupported:
+            docs = None
     if docs is None:
         try:
             docs = list(yaml.load_all(text, Loader=_Loader))
