@@ -40,6 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from wholeip_bench import write_results
 from wholeip_testkit.netns import Netns
 from wholeip_testkit.sandbox import wait_for
 from wholeip_testkit.stats import percentile
@@ -322,10 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  ready in {r['agent_ready_s']:.1f}s",
             flush=True,
         )
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2))
-    print(f"written to {path}")
+    write_results(args.out, rows)
     return 0
 
 

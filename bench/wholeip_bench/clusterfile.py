@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from wholeip.cli import clusterfile, kubeyaml
+from wholeip_bench import write_results
 from wholeip_testkit import synth
 
 _PYYAML_ONLY = (
@@ -115,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             f" {r['parse_ratio']:>6.2f} {r['render_json_s']:>12.2f} {r['render_yaml_s']:>7.2f}"
             f" {r['render_pyyaml_s']:>7.2f} {r['render_ratio']:>6.2f} {r['render_ratio_pyyaml']:>7.2f}"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"written to {out}")
+    write_results(args.out, rows)
     return 0
 
 

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wholeip_bench import write_results
 from wholeip_testkit.netns import Netns
 
 
@@ -162,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  rss={r['rss_mib']:.0f} MiB",
                 flush=True,
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
-    print(f"written to {out}")
+    write_results(args.out, rows)
     return 0
 
 

@@ -116,6 +116,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wholeip_bench import write_results
 from wholeip_testkit.stats import percentile
 
 if TYPE_CHECKING:
@@ -1138,10 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     result["wall_s"] = time.perf_counter() - started
     print_tables(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"written to {out} ({result['wall_s']:.0f} s)")
+    write_results(args.out, result, note=f" ({result['wall_s']:.0f} s)")
     return 0
 
 

@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wholeip_bench import write_results
 from wholeip_testkit.stats import percentile
 
 NODE = "n1"
@@ -1227,10 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(Soak(cfg, workdir).run())
     report["workdir"] = str(workdir)
     print_report(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str))
-    print(f"written to {out}")
+    write_results(args.out, report)
     if report["ok"] and not args.keep:  # a failed run keeps its logs; the report names the directory
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if report["ok"] else 1
