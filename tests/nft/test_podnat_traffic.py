@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from tests.nft.test_datapath import EXT_A
+from tests.nft.test_datapath import cluster as whole_ip_cluster
 
 from wholeip.agent.conntrack import ConntrackCleaner
 from wholeip.core.elements import compile_table
@@ -28,14 +30,12 @@ from wholeip.names import PODNAT_ANNOTATION
 from wholeip.nft.diff import Plan
 from wholeip.settings import ModelSettings, PodNatSettings
 from wholeip_testkit.netns import NetnsBackend, _setns
-from wholeip_testkit.sandbox import Sandbox
 from wholeip_testkit.topology import Topology
 from wholeip_testkit.traffic import exchange
 
 pytestmark = pytest.mark.kernel
 
 T = TypeVar("T")
-EXT_A = {4: "203.0.113.10", 6: "2001:db8:100::10"}
 FAMILIES = (4, 6)
 # (proto, srcPort on the node's address, dstPort on the pod)
 TCP = ("tcp", 18080, 8080)
@@ -69,20 +69,10 @@ def pod(name: str, role: str, node: str, entries: Any, *, created: str = "2026-0
 
 
 def cluster(*pods: dict[str, Any]) -> dict[str, Any]:
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": "a",
-            "namespace": "default",
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-            "annotations": {"networking.cozystack.io/wholeIP": "true"},
-        },
-        "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 1}]},
-        "status": {"loadBalancer": {"ingress": [{"ip": EXT_A[4]}, {"ip": EXT_A[6]}]}},
-    }
-    items = [*Sandbox.nodes_manifest(), service, *Sandbox.slices_manifest("a", "pod_a"), *pods]
-    return {"apiVersion": "v1", "kind": "List", "items": items}
+    """The datapath tests' cluster (whole-IP Service ``a`` on pod_a) and these Pods."""
+    doc = whole_ip_cluster()
+    doc["items"] += pods
+    return doc
 
 
 def apply(topo: Topology, doc: dict[str, Any], tmp: Path) -> dict[str, str]:
