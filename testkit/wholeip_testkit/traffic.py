@@ -99,6 +99,13 @@ def _read_json_line(proc: subprocess.Popen[str], deadline: float) -> dict[str, A
                 return parsed
 
 
+def _await_ready(proc: subprocess.Popen[str], what: str) -> None:
+    """Wait (10 s at most) for a probe's ``ready`` line; raise ProbeError, naming ``what``, otherwise."""
+    ready = _read_json_line(proc, time.monotonic() + 10.0)
+    if ready.get("event") != "ready":
+        raise ProbeError(f"{what}: {ready}")
+
+
 def _parse_last(stdout: str, what: str) -> dict[str, Any]:
     lines = [line for line in stdout.splitlines() if line.strip()]
     if not lines:
@@ -131,10 +138,11 @@ def start_server(
             f"--timeout={timeout}",
         ),
     )
-    ready = _read_json_line(proc, time.monotonic() + 10.0)
-    if ready.get("event") != "ready":
+    try:
+        _await_ready(proc, f"server in {role} not ready")
+    except ProbeError:
         proc.kill()
-        raise ProbeError(f"server in {role} not ready: {ready}")
+        raise
     return proc
 
 
@@ -239,10 +247,11 @@ def bulk(
             f"--timeout={timeout}",
         ),
     )
-    ready = _read_json_line(lproc, time.monotonic() + 10.0)
-    if ready.get("event") != "ready":
+    try:
+        _await_ready(lproc, f"bulk listener in {listener} not ready")
+    except ProbeError:
         lproc.kill()
-        raise ProbeError(f"bulk listener in {listener} not ready: {ready}")
+        raise
     cproc = topo.exec(
         connector,
         _probe_argv(
@@ -364,9 +373,7 @@ class Stream:
         )
         self._client: subprocess.Popen[str] | None = None
         try:
-            ready = _read_json_line(self._server, time.monotonic() + 10.0)
-            if ready.get("event") != "ready":
-                raise ProbeError(f"stream server in {server} not ready: {ready}")
+            _await_ready(self._server, f"stream server in {server} not ready")
             self._client = topo.popen(
                 client,
                 _probe_argv(
@@ -380,9 +387,7 @@ class Stream:
                 ),
                 stdin=subprocess.PIPE,
             )
-            ready = _read_json_line(self._client, time.monotonic() + 10.0)
-            if ready.get("event") != "ready":
-                raise ProbeError(f"stream client in {client} did not start: {ready}")
+            _await_ready(self._client, f"stream client in {client} did not start")
         except BaseException:
             self._kill()
             raise
