@@ -96,6 +96,26 @@ class ModelSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressSettings:
+    """Where egress steering lives in the packet mark, the rule list and the routing tables
+    (:class:`wholeip.core.steering.SteeringConfig` is built from this; docs/operations.md,
+    "Egress steering", says why these defaults)."""
+
+    mark_mask: int = 0x0000007F
+    """The mark bits that carry a holder's slot (``--egress-mark-mask``): contiguous and
+    non-zero; ``2**bits - 1`` holders at most. Bits 0-6 by default: set by none of
+    kube-proxy, Calico (default mask), Cilium's magic, portmap, the AWS VPC CNI, Weave,
+    Tailscale or MetalEG."""
+
+    rule_priority: int = 2000
+    """The ``ip rule`` priority of the steering rules (``--egress-rule-priority``), 1-32765:
+    after the local table (0, or 100 under Cilium) and the CNIs' own rules, before main."""
+
+    table_base: int = 300000
+    """Slot ``s`` routes through table ``table_base + s`` (``--egress-table-base``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``wholeip run`` needs."""
 
@@ -140,3 +160,6 @@ class Settings:
 
     log_level: str = "info"
     """``debug``, ``info``, ``warning`` or ``error``."""
+
+    egress: EgressSettings = field(default_factory=EgressSettings)
+    """Egress steering: mark bits, rule priority and routing tables."""

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from wholeip.settings import IPNetwork, ModelSettings, PodNatSettings
+from wholeip.settings import EgressSettings, IPNetwork, ModelSettings, PodNatSettings
 
 
 class EnvDefaults(argparse.ArgumentParser):
@@ -35,7 +35,10 @@ class EnvDefaults(argparse.ArgumentParser):
         value = default
         for name in names:
             if os.environ.get(name):
-                value = convert(os.environ[name])
+                try:
+                    value = convert(os.environ[name])
+                except (argparse.ArgumentTypeError, ValueError) as exc:
+                    self.error(f"{name}={os.environ[name]!r}: {exc}")  # exits 2, with the usage
                 break
         self.add_argument(*flags, dest=dest, default=value, help=f"{help} [env {' or '.join(names)}]", **kwargs)
 
@@ -208,6 +211,85 @@ def podnat_settings(args: argparse.Namespace) -> PodNatSettings:
         include_cidrs=tuple(args.podnat_include_cidrs),
         exclude_cidrs=tuple(args.podnat_exclude_cidrs),
     )
+
+
+def parse_mark_mask(text: str) -> int:
+    """A mark mask: an integer (``0x7f``, ``127``) whose set bits are one contiguous run."""
+    from wholeip.core.steering import MaskError, parse_mask
+
+    try:
+        return parse_mask(text)
+    except MaskError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _int_between(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}: not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}-{high}, not {value}")
+        return value
+
+    return parse
+
+
+parse_rule_priority = _int_between(1, 32765, "rule priority")
+parse_table_base = _int_between(255, 0xFFFFFFFE, "table base")
+
+
+def add_egress_flags(p: EnvDefaults) -> None:
+    """Egress steering: the mark bits, ``ip rule`` priority and routing tables of ours
+    (docs/operations.md, "Egress steering"). ``run`` and ``cleanup`` must agree on them:
+    cleanup finds our rules and routes by these three values."""
+    defaults = EgressSettings()
+    p.env_option(
+        "--egress-mark-mask",
+        default=defaults.mark_mask,
+        convert=parse_mark_mask,
+        type=parse_mark_mask,
+        metavar="MASK",
+        help=(
+            f"packet mark bits (contiguous) that carry the holder node of steered egress"
+            f" (default {defaults.mark_mask:#x}: no bit kube-proxy, Calico's default mask or Cilium sets)"
+        ),
+    )
+    p.env_option(
+        "--egress-rule-priority",
+        default=defaults.rule_priority,
+        convert=parse_rule_priority,
+        type=parse_rule_priority,
+        metavar="N",
+        help=f"ip rule priority of the egress steering rules, both families (default {defaults.rule_priority})",
+    )
+    p.env_option(
+        "--egress-table-base",
+        default=defaults.table_base,
+        convert=parse_table_base,
+        type=parse_table_base,
+        metavar="N",
+        help=(f"egress steering routes through tables BASE+1 .. BASE+2**maskbits-1 (default {defaults.table_base})"),
+    )
+
+
+def egress_settings(args: argparse.Namespace) -> EgressSettings:
+    """The egress flags; :class:`~wholeip.cli.clusterfile.InputError` when they do not fit
+    together (a table range past 2**32-2)."""
+    from wholeip.cli.clusterfile import InputError
+    from wholeip.core.steering import SteeringConfig
+
+    settings = EgressSettings(
+        mark_mask=args.egress_mark_mask,
+        rule_priority=args.egress_rule_priority,
+        table_base=args.egress_table_base,
+    )
+    try:
+        SteeringConfig.from_settings(settings)
+    except ValueError as exc:
+        raise InputError(f"egress steering flags: {exc}") from None
+    return settings
 
 
 def add_node_flag(p: EnvDefaults, *, required: bool) -> None:

@@ -42,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         flags.add_file_flag(p)
         flags.add_node_flag(p, required=True)
         flags.add_model_flags(p)
-    p = add("cleanup", "delete wholeip's table from this network namespace (nothing else is touched)")
+    p = add(
+        "cleanup",
+        "delete wholeip's table and its egress steering rules and routes from this network namespace"
+        " (nothing else is touched)",
+    )
     p.env_option("--table", default="wholeip", help="name of our own inet table")
+    flags.add_egress_flags(p)
 
     from wholeip.cli import status
 

@@ -4,7 +4,7 @@
 * ``diff``    what ``apply`` would change in this network namespace (exit 1 when
   something would change, 0 when nothing, 2 on errors, like diff(1));
 * ``apply``   make the kernel match the cluster file, in one transaction;
-* ``cleanup`` delete our table, and nothing else.
+* ``cleanup`` delete our table and our egress steering rules and routes, and nothing else.
 """
 
 from __future__ import annotations
@@ -126,6 +126,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Our table, then our egress steering rules and routes (found by the egress flags'
+    priority, mask and table range, and our route protocol): nothing else."""
+    from wholeip.agent.policyroute import PolicyRouter
+    from wholeip.core.steering import SteeringConfig
+
     removed = engine(args).cleanup()
     print(f"removed table inet {args.table}" if removed else f"no table inet {args.table}: nothing to do")
+    try:
+        router = PolicyRouter(SteeringConfig.from_settings(flags.egress_settings(args)))
+        report = router.remove_all()
+    except (ValueError, OSError, ImportError) as exc:
+        say(f"error: egress steering rules and routes: {exc}")
+        return EXIT_ERROR
+    if report.errors:
+        for line in report.errors:
+            say(f"error: {line}")
+        return EXIT_ERROR
+    if report.changed:
+        print(f"removed {report.rules_removed} egress steering rule(s) and {report.routes_removed} route(s)")
+    else:
+        print("no egress steering rules or routes: nothing to do")
     return EXIT_OK

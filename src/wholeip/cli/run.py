@@ -15,6 +15,7 @@ from wholeip.settings import Settings
 def add_run_parser(p: flags.EnvDefaults) -> None:
     flags.add_node_flag(p, required=True)
     flags.add_model_flags(p)
+    flags.add_egress_flags(p)
     defaults = Settings(node_name="")
     p.env_option(
         "--kubeconfig",
@@ -97,6 +98,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         port=args.port,
         log_format=args.log_format,
         log_level=args.log_level,
+        egress=flags.egress_settings(args),
     )
 
 

@@ -1,0 +1,429 @@
+"""Egress steering's routing state: one ``ip rule`` and one routing table per holder slot.
+
+On a node that does not hold an egress Service's LoadBalancer IP, our table marks the
+member pods' outbound packets with the slot of the node that does (the holder, see
+:mod:`wholeip.core.steering`). This module keeps the routing side equal to what the
+caller asks for, in both families:
+
+* a rule ``fwmark <slot mark>/<mask> lookup <table_base + slot> priority <priority>``
+  per slot, ``proto 87``;
+* in that table a default route via the holder's node address, on the device that
+  reaches it on-link (``proto 87``).
+
+**Ownership.** A rule is ours when its priority is ours, its mask is ours and its
+table is in our range (``table_base + 1 .. table_base + capacity``); a route is ours
+when it is in our table range and carries our protocol, 87. Nothing else is ever
+changed or deleted: a foreign rule at our priority with another mask or table, a
+foreign route in one of our tables (another destination, or a default route of
+another protocol) stay as they are. A foreign default route in a table we want is a
+*conflict*: the slot is not steered in that family (reported), since our rule would
+send the marked packets to it.
+
+**Reconciling.** :meth:`PolicyRouter.apply` reads ours from the kernel every time and
+compares with what is wanted, so it is idempotent and repairs drift (a rule or route
+deleted by hand comes back, one pointing elsewhere is put right, one no longer wanted
+goes). Routes are put in place before their rule and removed after it, so a rule never
+points at an empty table of ours for longer than a netlink round trip (a packet that
+meets an empty table falls through to the next rule: it leaves normally, never lost).
+
+**On-link.** A holder is steered to only when this node reaches its address without a
+gateway (``ip route get`` in this namespace: a connected route, the nodes share a
+link). Otherwise it is skipped and reported in ``not_on_link``, and its slot has no
+rule here: the marked packets take the normal route. A holder whose address is this
+node's own is skipped as ``local`` (the caller should not steer to itself).
+
+Blocking calls (pyroute2's synchronous :class:`~pyroute2.IPRoute`, one socket per
+call, opened in the calling thread's network namespace): the agent runs them with
+:func:`asyncio.to_thread`, tests in a namespace's thread. Per-item netlink failures are
+collected in the report (and logged), never raised; only a socket that cannot be
+opened at all raises.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from wholeip.core.steering import ROUTE_PROTOCOL, Holder, SteeringConfig
+
+log = structlog.get_logger(__name__)
+
+FAMILIES: tuple[tuple[int, int], ...] = ((4, socket.AF_INET), (6, socket.AF_INET6))
+"""(IP version, address family) of both families."""
+
+_FR_ACT_TO_TBL = 1
+_RTN_UNICAST = 1
+_RTN_LOCAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RouteReport:
+    """What one :meth:`PolicyRouter.apply` found and did."""
+
+    rules_added: int = 0
+    rules_removed: int = 0
+    routes_added: int = 0
+    """Routes added, or replaced because they pointed elsewhere."""
+    routes_removed: int = 0
+    steered: frozenset[tuple[str, int]] = frozenset()
+    """(node, IP version) steered now: the rule and the route are in place."""
+    not_on_link: frozenset[str] = frozenset()
+    """Holders with an address (of either family) this node does not reach on-link: that
+    family is not steered to them."""
+    local: frozenset[str] = frozenset()
+    """Holders whose address is this node's own: not steered (a node does not steer to itself)."""
+    conflicts: frozenset[int] = frozenset()
+    """Tables of our range that hold a default route that is not ours: their slot is not
+    steered in that family."""
+    errors: tuple[str, ...] = ()
+    """Netlink operations that failed, and addresses that are not addresses, one line each."""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.rules_added or self.rules_removed or self.routes_added or self.routes_removed)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSeen:
+    """A rule of ours as the kernel lists it."""
+
+    family: int
+    fwmark: int
+    table: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSeen:
+    """A route of ours as the kernel lists it."""
+
+    family: int
+    table: int
+    dst: str | None
+    dst_len: int
+    gateway: str | None
+    oif: int | None
+    priority: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """The route one slot's table must hold in one family."""
+
+    node: str
+    table: int
+    fwmark: int
+    gateway: str
+    oif: int
+
+
+@dataclass
+class _Tally:
+    rules_added: int = 0
+    rules_removed: int = 0
+    routes_added: int = 0
+    routes_removed: int = 0
+    steered: set[tuple[str, int]] = field(default_factory=set)
+    not_on_link: set[str] = field(default_factory=set)
+    local: set[str] = field(default_factory=set)
+    conflicts: set[int] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        log.warning("egress steering: netlink operation failed", detail=message)
+        self.errors.append(message)
+
+    def report(self) -> RouteReport:
+        return RouteReport(
+            rules_added=self.rules_added,
+            rules_removed=self.rules_removed,
+            routes_added=self.routes_added,
+            routes_removed=self.routes_removed,
+            steered=frozenset(self.steered),
+            not_on_link=frozenset(self.not_on_link),
+            local=frozenset(self.local),
+            conflicts=frozenset(self.conflicts),
+            errors=tuple(self.errors),
+        )
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) else None
+
+
+class PolicyRouter:
+    """Keeps this network namespace's steering rules and routes equal to the slots asked for."""
+
+    def __init__(self, config: SteeringConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+
+    # -- reading -----------------------------------------------------------------
+
+    def _is_our_rule(self, msg: Any) -> bool:
+        table = _attr(msg, "FRA_TABLE") or msg["table"]
+        return (
+            msg["action"] == _FR_ACT_TO_TBL
+            and _attr(msg, "FRA_PRIORITY") == self.config.priority
+            and _attr(msg, "FRA_FWMASK") == self.config.mark_mask
+            and self.config.slot_of_table(int(table)) is not None
+        )
+
+    def rules(self, ipr: Any) -> list[RuleSeen]:
+        """Our rules, both families (duplicates included)."""
+        out: list[RuleSeen] = []
+        for _version, family in FAMILIES:
+            for msg in ipr.get_rules(family=family):
+                if self._is_our_rule(msg):
+                    table = int(_attr(msg, "FRA_TABLE") or msg["table"])
+                    out.append(RuleSeen(family, int(_attr(msg, "FRA_FWMARK") or 0), table))
+        return out
+
+    def routes(self, ipr: Any) -> list[RouteSeen]:
+        """Our routes, both families: our protocol, in our table range."""
+        out: list[RouteSeen] = []
+        for _version, family in FAMILIES:
+            for msg in ipr.route("dump", family=family):
+                table = int(_attr(msg, "RTA_TABLE") or msg["table"])
+                if msg["proto"] != ROUTE_PROTOCOL or self.config.slot_of_table(table) is None:
+                    continue
+                out.append(
+                    RouteSeen(
+                        family=family,
+                        table=table,
+                        dst=_attr(msg, "RTA_DST"),
+                        dst_len=int(msg["dst_len"]),
+                        gateway=_attr(msg, "RTA_GATEWAY"),
+                        oif=_attr(msg, "RTA_OIF"),
+                        priority=_attr(msg, "RTA_PRIORITY"),
+                    )
+                )
+        return out
+
+    # -- resolving holders ---------------------------------------------------------
+
+    def _resolve(self, ipr: Any, routes: Mapping[int, Holder], tally: _Tally) -> dict[int, dict[int, Wanted]]:
+        """family -> table -> the route wanted there, for every holder reached on-link."""
+        wanted: dict[int, dict[int, Wanted]] = {family: {} for _v, family in FAMILIES}
+        for slot, holder in sorted(routes.items()):
+            if self.config.slot_of_table(self.config.table_base + slot) is None:
+                tally.errors.append(f"holder {holder.node}: slot {slot} outside 1..{self.config.capacity}")
+                continue
+            for version, family in FAMILIES:
+                text = holder.address4 if version == 4 else holder.address6
+                if text is None:
+                    continue
+                try:
+                    address = ipaddress.ip_address(text)
+                except ValueError:
+                    tally.errors.append(f"holder {holder.node}: {text!r} is not an IP address")
+                    continue
+                if address.version != version:
+                    tally.errors.append(f"holder {holder.node}: {text!r} is not an IPv{version} address")
+                    continue
+                try:
+                    found = ipr.route("get", dst=str(address), family=family)
+                except Exception as exc:  # no route at all (ENETUNREACH): not on-link
+                    if _code(exc) is None:
+                        raise
+                    tally.not_on_link.add(holder.node)
+                    continue
+                first = found[0] if found else None
+                if first is None or first["type"] not in (_RTN_UNICAST, _RTN_LOCAL):
+                    tally.not_on_link.add(holder.node)
+                elif first["type"] == _RTN_LOCAL:
+                    tally.local.add(holder.node)
+                elif _attr(first, "RTA_GATEWAY") is not None or _attr(first, "RTA_OIF") is None:
+                    tally.not_on_link.add(holder.node)
+                else:
+                    table = self.config.table(slot)
+                    wanted[family][table] = Wanted(
+                        holder.node, table, self.config.mark(slot), str(address), int(_attr(first, "RTA_OIF"))
+                    )
+        return wanted
+
+    # -- writing -------------------------------------------------------------------
+
+    def _route_args(self, family: int, want: Wanted) -> dict[str, Any]:
+        return {
+            "family": family,
+            "dst": "0.0.0.0/0" if family == socket.AF_INET else "::/0",
+            "table": want.table,
+            "gateway": want.gateway,
+            "oif": want.oif,
+            "proto": ROUTE_PROTOCOL,
+        }
+
+    def _rule_args(self, family: int, fwmark: int, table: int) -> dict[str, Any]:
+        return {
+            "family": family,
+            "priority": self.config.priority,
+            "fwmark": fwmark,
+            "fwmask": self.config.mark_mask,
+            "table": table,
+            "action": "FR_ACT_TO_TBL",
+        }
+
+    def _delete_route(self, ipr: Any, route: RouteSeen, tally: _Tally) -> None:
+        args: dict[str, Any] = {
+            "family": route.family,
+            "table": route.table,
+            "dst": f"{route.dst or ('0.0.0.0' if route.family == socket.AF_INET else '::')}/{route.dst_len}",
+            "proto": ROUTE_PROTOCOL,
+        }
+        if route.gateway is not None:
+            args["gateway"] = route.gateway
+        if route.oif is not None:
+            args["oif"] = route.oif
+        if route.priority is not None:
+            args["priority"] = route.priority
+        try:
+            ipr.route("del", **args)
+            tally.routes_removed += 1
+        except Exception as exc:
+            if _code(exc) is None:
+                raise
+            if _code(exc) != errno.ESRCH:  # gone meanwhile: what we wanted
+                tally.error(f"delete route {args}: {exc}")
+
+    def _delete_rule(self, ipr: Any, rule: RuleSeen, tally: _Tally) -> None:
+        args = self._rule_args(rule.family, rule.fwmark, rule.table)
+        try:
+            ipr.rule("del", **args)
+            tally.rules_removed += 1
+        except Exception as exc:
+            if _code(exc) is None:
+                raise
+            if _code(exc) not in (errno.ENOENT, errno.ESRCH):
+                tally.error(f"delete rule {args}: {exc}")
+
+    def _sync_family(
+        self,
+        ipr: Any,
+        version: int,
+        family: int,
+        wanted: Mapping[int, Wanted],
+        rules: list[RuleSeen],
+        routes: list[RouteSeen],
+        tally: _Tally,
+    ) -> None:
+        by_table: dict[int, list[RouteSeen]] = {}
+        for route in routes:
+            by_table.setdefault(route.table, []).append(route)
+        placed: dict[int, Wanted] = {}
+        # 1. Routes first, so that no rule of ours ever points at a table we are filling.
+        for table, want in sorted(wanted.items()):
+            ours = by_table.pop(table, [])
+            defaults = [r for r in ours if r.dst_len == 0]
+            good = [r for r in defaults if r.gateway == want.gateway and r.oif == want.oif]
+            if good:
+                placed[table] = want
+                # Anything else of ours in the table (a second default, another prefix) goes.
+                for route in ours:
+                    if route is not good[0]:
+                        self._delete_route(ipr, route, tally)
+                continue
+            args = self._route_args(family, want)
+            try:
+                ipr.route("replace" if defaults else "add", **args)
+                tally.routes_added += 1
+                placed[table] = want
+            except Exception as exc:
+                if _code(exc) is None:
+                    raise
+                if _code(exc) == errno.EEXIST:
+                    tally.conflicts.add(table)
+                    log.warning(
+                        "egress steering: a default route that is not ours holds one of our tables;"
+                        " that holder is not steered",
+                        table=table,
+                        node=want.node,
+                        family=f"IPv{version}",
+                    )
+                else:
+                    tally.error(f"add route {args}: {exc}")
+            for route in ours:
+                if route.dst_len != 0:
+                    self._delete_route(ipr, route, tally)
+        # 2. Rules: the wanted ones whose route is in place, each once; every other of ours goes.
+        want_rules = {(w.fwmark, w.table): w for w in placed.values()}
+        seen = Counter((r.fwmark, r.table) for r in rules if r.family == family)
+        for key, want in sorted(want_rules.items()):
+            if seen[key]:
+                tally.steered.add((want.node, version))
+                continue
+            args = self._rule_args(family, *key)
+            try:
+                ipr.rule("add", **args, protocol=ROUTE_PROTOCOL)
+                tally.rules_added += 1
+                tally.steered.add((want.node, version))
+            except Exception as exc:
+                if _code(exc) is None:
+                    raise
+                tally.error(f"add rule {args}: {exc}")
+        for key, count in sorted(seen.items()):
+            surplus = count - (1 if key in want_rules else 0)
+            for _ in range(surplus):
+                self._delete_rule(ipr, RuleSeen(family, *key), tally)
+        # 3. Routes of ours in tables no longer wanted, after their rules are gone.
+        for table in sorted(by_table):
+            for route in by_table[table]:
+                self._delete_route(ipr, route, tally)
+
+    def apply(self, routes: Mapping[int, Holder]) -> RouteReport:
+        """Make this namespace's rules and routes of ours equal to ``routes`` (slot -> holder),
+        both families; remove every other rule and route of ours. Idempotent."""
+        from pyroute2 import IPRoute
+
+        tally = _Tally()
+        with self._lock, IPRoute() as ipr:
+            wanted = self._resolve(ipr, routes, tally)
+            rules = self.rules(ipr)
+            seen_routes = self.routes(ipr)
+            for version, family in FAMILIES:
+                self._sync_family(
+                    ipr,
+                    version,
+                    family,
+                    wanted[family],
+                    [r for r in rules if r.family == family],
+                    [r for r in seen_routes if r.family == family],
+                    tally,
+                )
+        report = tally.report()
+        if report.changed:
+            log.info(
+                "egress steering changed",
+                rules_added=report.rules_added,
+                rules_removed=report.rules_removed,
+                routes_added=report.routes_added,
+                routes_removed=report.routes_removed,
+            )
+        return report
+
+    def cleanup(self) -> None:
+        """Remove every rule and route of ours, both families, and nothing else."""
+        self.remove_all()
+
+    def remove_all(self) -> RouteReport:
+        """:meth:`cleanup`, with its report (what ``wholeip cleanup`` prints)."""
+        return self.apply({})
+
+    def snapshot(self) -> tuple[list[RuleSeen], list[RouteSeen]]:
+        """Our rules and routes as the kernel holds them now (for status and tests)."""
+        from pyroute2 import IPRoute
+
+        with self._lock, IPRoute() as ipr:
+            return self.rules(ipr), self.routes(ipr)
