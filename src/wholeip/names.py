@@ -31,6 +31,19 @@ SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 PODNAT_ANNOTATION: Final = "bln.space/podnat"
 """podnat-controller's Pod annotation (JSON ``entries``): ports of the pod published on its
 node's address. The default of ``--podnat-annotation``."""
+EGRESS_IP_ANNOTATION: Final = "networking.cozystack.io/egressIP"
+"""``"true"`` on a Service: every ready endpoint pod leaves the cluster with the Service's
+LoadBalancer IP (egress IP), from any node."""
+METALEG_LABEL: Final = "metaleg.de/rewriteSrcIP"
+"""MetalEG's Service label, read like :data:`EGRESS_IP_ANNOTATION` (MetalEG users switch
+without editing their Services)."""
+EGRESS_NODE_ANNOTATION: Final = "networking.cozystack.io/egressNode"
+"""The node that holds an egress Service's IP, where no MetalLB ServiceL2Status says it."""
+L2_STATUS_GROUP: Final = "metallb.io"
+L2_STATUS_VERSION: Final = "v1beta1"
+L2_STATUS_RESOURCE: Final = "servicel2statuses"
+L2_STATUS_KIND: Final = "ServiceL2Status"
+"""MetalLB's record of the node that announces a Service's IP in layer-2 mode."""
 API_SERVER_SERVICE: Final = ("default", "kubernetes")
 """(namespace, name) of the Service whose endpoints are the API server's addresses."""
 
@@ -105,7 +118,25 @@ PODNAT_SELF: Final = PerFamily("podnatself")
 """Set of (pod, pod): pods with published ports, masqueraded when they reach themselves
 through the node's address."""
 
+EGRESS_SNAT: Final = PerFamily("egresssnat")
+"""Map pod IP -> the egress IP (an egress Service's LoadBalancer IP) its new flows to the
+outside are SNATed to, on the node that holds that IP (every member, wherever it runs)."""
+EGRESS_STEER: Final = PerFamily("egresssteer")
+"""Verdict map pod IP -> ``goto steer_slot_<n>``: this node's egress members whose IP is held
+by another node; the chain marks the packet for that holder's routing table."""
+
 # Chains.
+EGRESS_STEER_CHAIN: Final = "egress_steer"
+"""Base chain (filter prerouting, after dstnat): marks the members' packets to the outside."""
+STEER_SLOT_PREFIX: Final = "steer_slot_"
+"""``steer_slot_<n>``: sets the mark of holder slot ``n`` (see :mod:`wholeip.core.steering`)."""
+
+
+def steer_slot_chain(slot: int) -> str:
+    """The chain that marks a packet for holder slot ``slot`` (1 and up)."""
+    return f"{STEER_SLOT_PREFIX}{slot}"
+
+
 RAW_PREROUTING: Final = "raw_prerouting"
 ICMP_ERRORS: Final = "icmp_errors"
 CT_DECIDED: Final = "ct_decided"

@@ -88,6 +88,11 @@ class ModelSettings:
     traffic to the control plane to a pod. The endpoints of the ``default/kubernetes``
     Service are refused as well, from the cluster's EndpointSlices."""
 
+    egress_mark_mask: int = 0x0000007F
+    """The packet mark bits egress IP steering uses (``--egress-mark-mask``, one contiguous
+    run of bits): the value in them names the holder's slot on this node. Must match the
+    policy routing's (:class:`wholeip.core.steering.SteeringConfig`)."""
+
     lb_to_clusterip: bool = False
     """Send traffic from this node's pods and from the node itself to the LoadBalancer IP of
     any Service wholeip does not map 1:1 to that Service's ClusterIP (``--lb-to-clusterip``),

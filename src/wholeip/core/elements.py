@@ -31,12 +31,14 @@ from typing import NamedTuple
 
 from wholeip.core.model import ClusterState, IPAddress, LbRedirect, Mapping1to1, Mode, PortSpec
 from wholeip.core.podnat import pod_port_elements
-from wholeip.core.ruleset import AT_POD_PROTOCOLS, SKELETON, icmp4_compensation
+from wholeip.core.ruleset import AT_POD_PROTOCOLS, SKELETON, icmp4_compensation, skeleton_for
 from wholeip.names import (
     ARRIVE,
     AWAY,
     DISPATCH,
     EGRESS,
+    EGRESS_SNAT,
+    EGRESS_STEER,
     FAMILY,
     FILTERED,
     ICMP,
@@ -53,6 +55,7 @@ from wholeip.names import (
     TABLE,
     WHOLE_IP,
     PerFamily,
+    steer_slot_chain,
 )
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork
@@ -289,7 +292,16 @@ def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem
         out[name].add(elem)
     for name, elem in pod_port_elements(state.pod_ports, state.podnat_pods):
         out[name].add(elem)
+    for name, elem in egress_ip_elements(state.egress_snat, state.egress_steer):
+        out[name].add(elem)
     return {name: frozenset(elems) for name, elems in out.items()}
+
+
+def egress_ip_elements(snat: Iterable[tuple[str, str]], steer: Iterable[tuple[str, int]]) -> list[tuple[str, Elem]]:
+    """The egress IP elements of a state (the index's are the same, pod by pod)."""
+    out: list[tuple[str, Elem]] = [(EGRESS_SNAT[6 if ":" in pod else 4], (pod, ip)) for pod, ip in snat]
+    out += [(EGRESS_STEER[6 if ":" in pod else 4], (pod, f"goto {steer_slot_chain(slot)}")) for pod, slot in steer]
+    return out
 
 
 def _host_or_net(net: IPNetwork) -> str:
@@ -297,16 +309,19 @@ def _host_or_net(net: IPNetwork) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
-def table_doc(elements: Mapping[str, AbstractSet[Elem]], *, table: str = TABLE) -> TableDoc:
+def table_doc(
+    elements: Mapping[str, AbstractSet[Elem]], *, table: str = TABLE, mark_mask: int | None = None
+) -> TableDoc:
     """The table: the one skeleton (built once, :data:`~wholeip.core.ruleset.SKELETON`) and
     these elements. Both ways to the elements (:func:`elements` from a ClusterState, the
     agent's index object by object) end here."""
-    return TableDoc(family=FAMILY, name=table, skeleton=SKELETON, elements=elements)
+    skeleton = SKELETON if mark_mask is None else skeleton_for(mark_mask)
+    return TableDoc(family=FAMILY, name=table, skeleton=skeleton, elements=elements)
 
 
-def compile_table(state: ClusterState, *, node_name: str, table: str = TABLE) -> TableDoc:
+def compile_table(state: ClusterState, *, node_name: str, table: str = TABLE, mark_mask: int | None = None) -> TableDoc:
     """The complete table node ``node_name`` must hold."""
-    return table_doc(elements(state, node_name=node_name), table=table)
+    return table_doc(elements(state, node_name=node_name), table=table, mark_mask=mark_mask)
 
 
 def count_mappings(doc: TableDoc) -> dict[str, int]:

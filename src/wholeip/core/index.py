@@ -63,6 +63,7 @@ from wholeip.core.compact import (
     unpack_uid,
 )
 from wholeip.core.compact import ServiceKey as ServiceKey  # the agent files changes under it
+from wholeip.core.egressip import EgressIndex
 from wholeip.core.elements import (
     PodFilter,
     empty_elements,
@@ -103,7 +104,8 @@ from wholeip.core.objects import (
     parse_slice,
 )
 from wholeip.core.podnat import PodKey, PodNatIndex
-from wholeip.names import API_SERVER_SERVICE, TABLE
+from wholeip.core.ruleset import steer_slots
+from wholeip.names import API_SERVER_SERVICE, L2_STATUS_KIND, TABLE
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
 
@@ -297,6 +299,16 @@ class ClusterIndex:
             managed=lambda pod: pod in self._pods,
         )
         """Ports this node's pods publish on its address (the podnat annotation)."""
+        self.egress = EgressIndex(
+            node_name=node_name,
+            nodes=nodes,
+            elements=self.elements,
+            endpoints=self._service_endpoints,
+            whole_ip=lambda pod: pod in self._pods,
+            external=lambda ip: ip in self._winners,
+            slot_capacity=steer_slots(settings.egress_mark_mask),
+        )
+        """Egress Services: their holders and members (the egressIP annotation)."""
         self._init_lb(nodes)
 
     # ------------------------------------------------------------------ input
@@ -307,6 +319,7 @@ class ClusterIndex:
         services: Mapping[ServiceKey, Sequence[RawObject]] = {},
         slices: Mapping[str, RawObject | None] = {},
         pod_objects: Mapping[PodKey, RawObject | None] = {},
+        l2_statuses: Mapping[str, RawObject | None] = {},
     ) -> Touched:
         """Apply changed objects; return the elements that changed.
 
@@ -417,7 +430,19 @@ class ClusterIndex:
         # mappings changed.
         if pod_objects or (pods and self.podnat.has_pods):
             self.podnat.update(pod_objects, touched, recheck=pods)
+        self.egress.update(
+            touched, services=services, endpoints_of=dirty, statuses=l2_statuses, pods=pods, external_ips=affected
+        )
         return touched
+
+    def _service_endpoints(self, key: ServiceKey) -> dict[int, list[tuple[str, str | None]]]:
+        """A Service's ready endpoints per family, inside the pod networks (a later slice's
+        entry for the same address wins)."""
+        merged: dict[int, dict[str, str | None]] = {4: {}, 6: {}}
+        for skey in sorted(all_of(self._slices_of.get(key))):
+            sl = self._slices[skey]
+            merged[sl.family].update(endpoints(sl.ready))
+        return {v: list(d.items()) for v, d in merged.items()}
 
     def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:
         """The filter the pod's node applies for every mapping of the pod (see
@@ -651,7 +676,7 @@ class ClusterIndex:
 
     def doc(self) -> TableDoc:
         """The table, over the live sets (valid until the next update)."""
-        return table_doc(self.elements, table=self.table)
+        return table_doc(self.elements, table=self.table, mark_mask=self.settings.egress_mark_mask)
 
     @property
     def problems(self) -> list[Problem]:
@@ -664,6 +689,7 @@ class ClusterIndex:
             self._ip_problems.values(),
             self._pod_problems.values(),
             (tuple(self.podnat.problems),),
+            (tuple(self.egress.problems),),
         )
         for group in groups:
             for problems in group:
@@ -729,6 +755,9 @@ class ClusterIndex:
             local_pod_networks=self.local_pod_networks,
             pod_ports=tuple(self.podnat.pod_ports()),
             podnat_pods=tuple(self.podnat.self_pods()),
+            egress_snat=tuple(self.egress.snat()),
+            egress_steer=tuple(self.egress.steer()),
+            egress_services=self.egress.served(),
         )
 
     # ------------------------------------------------------------------ LoadBalancer IP -> ClusterIP
@@ -879,6 +908,7 @@ def load(
     settings: ModelSettings,
     table: str = TABLE,
     pods: Iterable[RawObject] = (),
+    l2_statuses: Iterable[RawObject] = (),
 ) -> ClusterIndex:
     """An index holding every given object (duplicates allowed, as in a flat list).
 
@@ -887,7 +917,7 @@ def load(
     of them again (a third of the time at 100,000 Services).
     """
     with gc_paused():
-        return _load(services, endpoint_slices, nodes, node_name, settings, table, pods)
+        return _load(services, endpoint_slices, nodes, node_name, settings, table, pods, l2_statuses)
 
 
 def load_unique(
@@ -900,6 +930,7 @@ def load_unique(
     table: str = TABLE,
     batch: int = 2000,
     pods: Iterable[RawObject] = (),
+    l2_statuses: Iterable[RawObject] = (),
 ) -> ClusterIndex:
     """An index of objects with unique keys (an informer's cache), read as a stream.
 
@@ -925,6 +956,7 @@ def load_unique(
                 grouped = {}
         index.update(services=grouped)
         index.update(pod_objects={service_key(obj): obj for obj in pods})
+        index.update(l2_statuses=_keyed(l2_statuses))
         index.compact()
         return index
 
@@ -937,6 +969,7 @@ def _load(
     settings: ModelSettings,
     table: str,
     pods: Iterable[RawObject] = (),
+    l2_statuses: Iterable[RawObject] = (),
 ) -> ClusterIndex:
     index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
     grouped: dict[ServiceKey, list[RawObject]] = {}
@@ -956,9 +989,18 @@ def _load(
                 n += 1
                 key = f"{base}#{n}"
             slices[key] = obj
-    index.update(services=grouped, slices=slices, pod_objects=_unique_pods(pods))
+    index.update(services=grouped, slices=slices, pod_objects=_unique_pods(pods), l2_statuses=_keyed(l2_statuses))
     index.compact()
     return index
+
+
+def _keyed(objs: Iterable[RawObject]) -> dict[str, RawObject]:
+    """Objects under their ``namespace/name`` (a duplicate: the one first in content order)."""
+    out: dict[str, RawObject] = {}
+    for obj in sorted(objs, key=repr):
+        ns, name = service_key(obj)
+        out.setdefault(f"{ns}/{name}", obj)
+    return out
 
 
 def _unique_pods(pods: Iterable[RawObject]) -> dict[PodKey, RawObject]:
@@ -977,6 +1019,7 @@ def _split_kinds(objects: Iterable[RawObject]) -> tuple[list[RawObject], ...]:
     slices: list[RawObject] = []
     nodes: list[RawObject] = []
     pods: list[RawObject] = []
+    l2: list[RawObject] = []
     for obj in objects:
         kind = obj.get("kind")
         if kind == "Service":
@@ -987,12 +1030,14 @@ def _split_kinds(objects: Iterable[RawObject]) -> tuple[list[RawObject], ...]:
             nodes.append(obj)
         elif kind == "Pod":
             pods.append(obj)
-    return services, slices, nodes, pods
+        elif kind == L2_STATUS_KIND:
+            l2.append(obj)
+    return services, slices, nodes, pods, l2
 
 
 def build_state_from_objects(objects: Iterable[RawObject], *, node_name: str, settings: ModelSettings) -> ClusterState:
     """Like :func:`build_state`, for a flat list of objects of any kind (others are ignored)."""
-    services, slices, nodes, pods = _split_kinds(objects)
+    services, slices, nodes, pods, l2 = _split_kinds(objects)
     return build_state(
         services=services,
         endpoint_slices=slices,
@@ -1000,6 +1045,7 @@ def build_state_from_objects(objects: Iterable[RawObject], *, node_name: str, se
         node_name=node_name,
         settings=settings,
         pods=pods,
+        l2_statuses=l2,
     )
 
 
@@ -1011,6 +1057,7 @@ def build_state(
     node_name: str,
     settings: ModelSettings,
     pods: Iterable[RawObject] = (),
+    l2_statuses: Iterable[RawObject] = (),
 ) -> ClusterState:
     """The ClusterState for the given raw objects, seen from node ``node_name``.
 
@@ -1025,4 +1072,5 @@ def build_state(
         node_name=node_name,
         settings=settings,
         pods=pods,
+        l2_statuses=l2_statuses,
     ).state()

@@ -163,6 +163,12 @@ class ClusterState:
     """Ports this node's pods publish on its address (the podnat annotation), in address order."""
     podnat_pods: tuple[str, ...] = ()
     """Pod IPs with published ports (masqueraded when they reach themselves that way)."""
+    egress_snat: tuple[tuple[str, str], ...] = ()
+    """Egress IP, on the node that holds it: (pod IP, egress IP) of every member."""
+    egress_steer: tuple[tuple[str, int], ...] = ()
+    """Egress IP, on another node: (pod IP, holder slot) of this node's members."""
+    egress_services: int = 0
+    """Egress Services served (a holder and at least one member)."""
 
     def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
         """A scan of every mapping: for tools and tests. The agent asks its index."""

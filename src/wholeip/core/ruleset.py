@@ -127,9 +127,11 @@ The output is deterministic: the same state gives byte-identical JSON.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 from wholeip.core.model import IPAddress
+from wholeip.core.steering import SteeringConfig, slot_capacity, slot_mark
 from wholeip.names import (
     ARRIVE,
     AWAY,
@@ -137,6 +139,9 @@ from wholeip.names import (
     CT_DECIDED,
     DISPATCH,
     EGRESS,
+    EGRESS_SNAT,
+    EGRESS_STEER,
+    EGRESS_STEER_CHAIN,
     FILTERED,
     FLOWS,
     HAIRPIN_OUTPUT,
@@ -161,6 +166,7 @@ from wholeip.names import (
     STATELESS_POSTROUTING,
     UNTRACKED,
     WHOLE_IP,
+    steer_slot_chain,
 )
 from wholeip.nft.doc import ChainDecl, JSONObj, Rule, SetDecl, Skeleton
 
@@ -696,11 +702,65 @@ def _podnat_rules() -> list[Rule]:
     return rules
 
 
+# --------------------------------------------------------------------------- egress IP
+#
+# An egress Service's members (docs/datapath.md row 17, :mod:`wholeip.core.egressip`) leave
+# with its LoadBalancer IP, which one node holds (announces). Both halves are conntrack,
+# not the stateless path: many pods share one address, so source ports must be allocated,
+# and the replies find their pod through conntrack.
+#
+# * nat postrouting (``hairpin_postrouting``, srcnat-1, before a CNI's masquerade, which
+#   then no longer runs for the connection): on the holder, a member's new flow to outside
+#   the cluster networks is SNATed to the IP (``egresssnat4/6``: pod IP -> egress IP, every
+#   member wherever it runs); no port range, so the kernel keeps the source port when it is
+#   free. On another node, a member steered to the holder (below) gets a NAT binding to its
+#   own address, so that a CNI's masquerade cannot give it the node's address on the way.
+# * filter prerouting (``egress_steer``, dstnat+10, after a proxy's DNAT, so a flow to a
+#   Service that became a flow to a pod is not steered): a packet from a member of this
+#   node whose IP another node holds, to outside the cluster networks, goes through
+#   ``egresssteer4/6`` (pod IP -> ``goto steer_slot_<n>``); chain ``steer_slot_<n>`` sets the
+#   holder's slot into the mark bits (``--egress-mark-mask``) and keeps every other bit, so
+#   the policy routing (:mod:`wholeip.agent.policyroute`) sends the packet to the holder.
+#   nftables 1.0.6 cannot OR a map's value into the mark, hence one chain per slot: the
+#   skeleton depends on the mask (:func:`skeleton_for`), never on the cluster.
+
+PRIO_STEER = PRIO_DSTNAT + 10
+STEER_SLOTS_MAX = 255
+"""Most holder slots the skeleton has chains for (a wider mask has more values)."""
+
+
+def steer_slots(mark_mask: int) -> int:
+    """How many holder slots the table can mark with ``mark_mask``."""
+    return min(slot_capacity(mark_mask), STEER_SLOTS_MAX)
+
+
+def _egress_ip_rules(mark_mask: int) -> list[Rule]:
+    rules: list[Rule] = []
+    for v, proto, _ in _FAMILIES:
+        saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
+        outside = _match(daddr, f"@{CLUSTER[v]}", op="!=")
+        rules.append(Rule(EGRESS_STEER_CHAIN, (outside, {"vmap": {"key": saddr, "data": f"@{EGRESS_STEER[v]}"}})))
+        snat = {"snat": {"family": proto, "addr": _map_lookup(saddr, EGRESS_SNAT[v])}}
+        rules.append(Rule(HAIRPIN_POSTROUTING, (outside, snat)))
+        rules.append(
+            Rule(
+                HAIRPIN_POSTROUTING,
+                (outside, _match(saddr, f"@{EGRESS_STEER[v]}"), {"snat": {"family": proto, "addr": saddr}}),
+            )
+        )
+    keep = ~mark_mask & 0xFFFFFFFF
+    for slot in range(1, steer_slots(mark_mask) + 1):
+        value = {"|": [{"&": [_meta("mark"), keep]}, slot_mark(slot, mark_mask)]}
+        rules.append(Rule(steer_slot_chain(slot), ({"mangle": {"key": _meta("mark"), "value": value}},)))
+    return rules
+
+
 # --------------------------------------------------------------------------- skeleton
 
 
-def skeleton() -> Skeleton:
-    """The fixed part of the table (independent of the cluster)."""
+def skeleton(mark_mask: int = SteeringConfig().mark_mask) -> Skeleton:
+    """The fixed part of the table (independent of the cluster; the egress mark bits decide
+    the chains of the holder slots)."""
     sets: list[SetDecl] = []
     for v, _, addr_type in _FAMILIES:
         sets += [
@@ -718,6 +778,8 @@ def skeleton() -> Skeleton:
             SetDecl(FILTERED[v], (addr_type,)),
             SetDecl(LB_CLUSTER_IP[v], (addr_type, "inet_proto", "inet_service"), data=addr_type),
             SetDecl(LOCAL_PODS[v], (addr_type,), flags=("interval",)),
+            SetDecl(EGRESS_SNAT[v], (addr_type,), data=addr_type),
+            SetDecl(EGRESS_STEER[v], (addr_type,), data="verdict"),
             SetDecl(PORTS[v], (addr_type, "inet_proto", "inet_service")),
             SetDecl(ICMP[v], (addr_type,)),
             SetDecl(RANGED[v], (addr_type,)),
@@ -741,6 +803,8 @@ def skeleton() -> Skeleton:
         ChainDecl(HAIRPIN_OUTPUT, "nat", "output", PRIO_DSTNAT, "accept"),
         ChainDecl(HAIRPIN_POSTROUTING, "nat", "postrouting", PRIO_SRCNAT - 1, "accept"),
         ChainDecl(STATELESS_POSTROUTING, "filter", "postrouting", PRIO_SRCNAT + 1, "accept"),
+        ChainDecl(EGRESS_STEER_CHAIN, "filter", "prerouting", PRIO_STEER, "accept"),
+        *(ChainDecl(steer_slot_chain(n)) for n in range(1, steer_slots(mark_mask) + 1)),
     )
     rules = _prerouting_rules()
     rules += _filter_rules()
@@ -787,8 +851,12 @@ def skeleton() -> Skeleton:
         rules.append(Rule(STATELESS_POSTROUTING, remember))
     rules += _inbound_error_rules()
     rules += _lb_to_clusterip_rules()
+    rules += _egress_ip_rules(mark_mask)
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
 
 
-SKELETON: Final = skeleton()
-"""The skeleton, built once: every table of the process shares it."""
+skeleton_for: Final = functools.lru_cache(maxsize=4)(skeleton)
+"""The skeleton of a mark mask, built once per mask: every table of the process shares it."""
+
+SKELETON: Final = skeleton_for(SteeringConfig().mark_mask)
+"""The skeleton with the default egress mark bits (the sets are the same for every mask)."""
