@@ -3,8 +3,9 @@
 A real :class:`~wholeip.agent.app.Agent` (FakeBackend for the kernel) runs against the
 API server double through a scenario that reaches every API call in its code:
 
-* start: discovery of the ServiceCIDR API, the first list of Services,
-  EndpointSlices, Nodes and ServiceCIDRs (several pages each), and their watches;
+* start: discovery of the ServiceCIDR and ServiceL2Status APIs, the first list of
+  Services, EndpointSlices, Nodes, ServiceCIDRs and MetalLB's ServiceL2Statuses (a CRD
+  here; several pages each), and their watches;
 * a watch whose resourceVersion was compacted away: ``410 Gone``, then a relist;
 * a Service with a problem: an Event is created, re-emitted by patching its
   count, and created anew when the server has expired it (the patch gets 404);
@@ -39,7 +40,7 @@ from wholeip.kube.informer import WatchOptions
 from wholeip.names import WHOLE_IP_ANNOTATION
 from wholeip.nft.fake import FakeBackend
 from wholeip.settings import Settings
-from wholeip_testkit.apiserver import ApiServer
+from wholeip_testkit.apiserver import SERVICE_L2_STATUS_CRD, ApiServer
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
@@ -264,6 +265,15 @@ async def _run_scenario(api: RecordingApiServer, kube_config: client.Configurati
     """Drive the agent through every call it can make; the audit log over the double's HTTP endpoint."""
     for i in range(3):
         api.store.create(_node(f"n{i + 1}", f"192.0.2.{11 + i}", f"10.244.{i + 1}.0/24"))
+    api.store.create(yaml.safe_load(SERVICE_L2_STATUS_CRD.read_text()))
+    api.store.create(
+        {
+            "apiVersion": "metallb.io/v1beta1",
+            "kind": "ServiceL2Status",
+            "metadata": {"name": "l2-web0", "namespace": "default"},
+            "status": {"node": "n2", "serviceName": "web0", "serviceNamespace": "default"},
+        }
+    )
     for i in range(3):
         _service(api, f"web{i}", f"198.51.100.{10 + i}")
         _slice(api, f"web{i}", f"10.244.1.{10 + i}", "n1")
@@ -290,7 +300,7 @@ async def _run_scenario(api: RecordingApiServer, kube_config: client.Configurati
         await agent.wait_ready(within=10)
         assert agent.informers is not None
         assert all(i.lists == 1 for i in agent.informers)
-        await api.wait_for_watches(4)  # and the ServiceCIDRs'
+        await api.wait_for_watches(5)  # and the ServiceCIDRs' and ServiceL2Statuses'
 
         # Events: created, then the persisting problem patches the same one's count.
         (first,) = await eventually(lambda: _events(api, "lonely"), what="an Event for the problem")
@@ -318,7 +328,7 @@ async def _run_scenario(api: RecordingApiServer, kube_config: client.Configurati
             what="every informer relisted after 410",
         )
         await eventually(lambda: ("198.51.100.20", "10.244.1.30") in _ingress(agent), what="the relist in the table")
-        await api.wait_for_watches(4)
+        await api.wait_for_watches(5)
         task = agent.task
     # Shutdown is part of the scenario (it must not need any call either).
     assert task is not None

@@ -75,7 +75,8 @@ def test_objects_of_unused_kinds_count_but_are_not_used() -> None:
     assert parsed.total == 2
     assert [o["kind"] for o in parsed.objects] == ["Service"]
     assert parsed.notes == [
-        "f document 1: skipping kind ConfigMap (only Service, EndpointSlice, Node, ServiceCIDR and Pod are used)"
+        "f document 1: skipping kind ConfigMap"
+        " (only Service, EndpointSlice, Node, ServiceCIDR, Pod and ServiceL2Status are used)"
     ]
 
 

@@ -45,6 +45,7 @@ from wholeip.agent import log as logsetup
 from wholeip.agent.controlplane import with_control_plane
 from wholeip.agent.health import Health
 from wholeip.agent.hostaddr import read_host
+from wholeip.agent.l2statuses import L2StatusSource
 from wholeip.agent.metrics import Metrics
 from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
 from wholeip.agent.servicecidrs import ServiceCIDRSource
@@ -57,6 +58,7 @@ from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.k8s import client, config
 from wholeip.kube.pods import build_pod_informer
 from wholeip.kube.resources import build_informers
+from wholeip.names import L2_STATUS_RESOURCE
 from wholeip.settings import Settings
 
 if TYPE_CHECKING:
@@ -110,6 +112,8 @@ class Agent:
         """Where the Service networks come from (discovery, then the ServiceCIDR informer)."""
         self.pod_informer: Informer | None = None
         """This node's Pods (the podnat annotation)."""
+        self.l2_statuses: L2StatusSource | None = None
+        """Who holds egress IPs (discovery, then MetalLB's ServiceL2Status informer)."""
         self.reconciler: Reconciler | None = None
         self.syncer: Syncer | None = None
         self.events: EventRecorder | None = None
@@ -147,6 +151,14 @@ class Agent:
         cidrs = self.service_cidrs = ServiceCIDRSource(
             api,
             enabled=not s.model.service_cidrs_given,
+            on_change=reconciler.notify,
+            on_key=changes.record,
+            on_informer=tracked.append,
+            options=self._watch_options,
+        )
+        l2 = self.l2_statuses = L2StatusSource(
+            api,
+            enabled=True,
             on_change=reconciler.notify,
             on_key=changes.record,
             on_informer=tracked.append,
@@ -192,7 +204,7 @@ class Agent:
         tracked.append(pod_informer)
         self.metrics.track_informers(tracked)
         self.health = Health(
-            informers=(*informers, pod_informer, cidrs),
+            informers=(*informers, pod_informer, cidrs, l2),
             loop=reconciler,
             timeout=s.health_timeout,
             api_timeout=s.api_liveness_timeout,
@@ -228,6 +240,8 @@ class Agent:
                 group.create_task(informer.run(), name=f"informer-{informer.resource}")
             if self.service_cidrs is not None:
                 group.create_task(self.service_cidrs.run(), name="servicecidrs")
+            if self.l2_statuses is not None:
+                group.create_task(self.l2_statuses.run(), name="servicel2statuses")
             if self.pod_informer is not None:
                 group.create_task(self.pod_informer.run(), name="informer-pods")
             group.create_task(self.reconciler.run(), name="reconcile")
@@ -283,6 +297,8 @@ class Agent:
             await self.pod_informer.synced.wait()
         if self.service_cidrs is not None:
             await self.service_cidrs.wait_synced()
+        if self.l2_statuses is not None:
+            await self.l2_statuses.wait_synced()
         log.info("informers synced", objects={i.resource: len(i.cache) for i in self.informers})
 
     def _snapshot(self) -> Snapshot:
@@ -294,6 +310,7 @@ class Agent:
             nodes=nodes.snapshot(),
             pods=self.pod_informer.iterate() if self.pod_informer is not None else (),
             service_cidrs=self.service_cidrs.objects() if self.service_cidrs is not None else None,
+            l2_statuses=(self.l2_statuses.objects() or ()) if self.l2_statuses is not None else (),
         )
 
     def _lookup(self, resource: str, key: str) -> Obj | None:
@@ -301,6 +318,9 @@ class Agent:
         services, slices, _ = self.informers
         if resource == "pods":
             return self.pod_informer.cache.get(key) if self.pod_informer is not None else None
+        if resource == L2_STATUS_RESOURCE:
+            informer = self.l2_statuses.informer if self.l2_statuses is not None else None
+            return informer.cache.get(key) if informer is not None else None
         return (services if resource == "services" else slices).cache.get(key)
 
     async def _sync(self, full: bool) -> None:

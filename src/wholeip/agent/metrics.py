@@ -14,6 +14,9 @@ Names (all prefixed ``wholeip_``):
 * ``change_to_commit_seconds``                        histogram, watch event -> committed transaction
 * ``syncs_total{result="success|noop|error"}``        counter
 * ``mappings{direction="ingress|egress",ip_family="ipv4|ipv6"}``  gauge, map elements on this node
+* ``egress_services``                                 gauge, egress IP Services served (a holder and a member)
+* ``egress_pods{role="steered|snat"}``                gauge, this node's members steered to another
+  node's egress IP, and members (of any node) SNATed here because this node holds their IP
 * ``last_successful_sync_timestamp_seconds``          gauge, Unix time
 * ``drift_repairs_total``                             counter, full syncs that found our table changed behind our back
 * ``conntrack_deleted_total``                         counter, conntrack entries of old mappings deleted
@@ -98,6 +101,20 @@ class Metrics:
         )
         for direction, family in _MAPS.values():
             self.mappings.labels(direction, family)
+        self.egress_services = Gauge(
+            "wholeip_egress_services",
+            "Egress IP Services served: a holder node is known and at least one member pod leaves with its IP.",
+            registry=r,
+        )
+        self.egress_pods = Gauge(
+            "wholeip_egress_pods",
+            "Egress IP member pod addresses: steered (this node's members sent to the holder of their IP)"
+            " and snat (members SNATed to an IP this node holds).",
+            ["role"],
+            registry=r,
+        )
+        for role in ("steered", "snat"):
+            self.egress_pods.labels(role)
         self.last_success = Gauge(
             "wholeip_last_successful_sync_timestamp_seconds",
             "Unix time of the last sync that committed (or found nothing to commit).",
@@ -137,6 +154,11 @@ class Metrics:
     def set_mappings(self, counts: Mapping[str, int]) -> None:
         for name, (direction, family) in _MAPS.items():
             self.mappings.labels(direction, family).set(counts.get(name, 0))
+
+    def set_egress(self, services: int, steered: int, snat: int) -> None:
+        self.egress_services.set(services)
+        self.egress_pods.labels("steered").set(steered)
+        self.egress_pods.labels("snat").set(snat)
 
     def set_problems(self, reasons: Iterable[str]) -> None:
         counts: dict[str, int] = {}

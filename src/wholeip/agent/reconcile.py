@@ -45,10 +45,10 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -57,7 +57,9 @@ from wholeip.core.elements import count_mappings
 from wholeip.core.index import ClusterIndex, ServiceKey, Touched, load_unique
 from wholeip.core.model import ObjectRef, Problem, ProblemSource
 from wholeip.core.servicecidr import effective_model
+from wholeip.core.steering import Holder
 from wholeip.engine import Engine, Rejection, SyncResult
+from wholeip.names import L2_STATUS_RESOURCE
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import TableDoc
 from wholeip.settings import ModelSettings
@@ -233,9 +235,24 @@ class Snapshot:
     """This node's Pods (the podnat annotation)."""
     service_cidrs: Sequence[dict[str, Any]] | None = None
     """The ServiceCIDR objects; None where the server has no such API (or the flag wins)."""
+    l2_statuses: Iterable[dict[str, Any]] = ()
+    """MetalLB's ServiceL2Status objects (none where the server has no such API)."""
 
 
 Offload = Callable[..., Awaitable[Any]]
+
+
+class RouteReportLike(Protocol):
+    @property
+    def not_on_link(self) -> AbstractSet[str]: ...
+
+
+class Router(Protocol):
+    """What the sync needs of :class:`wholeip.agent.policyroute.PolicyRouter`."""
+
+    def apply(self, routes: Mapping[int, Holder]) -> RouteReportLike: ...
+
+
 Lookup = Callable[[str, str], "dict[str, Any] | None"]
 """(resource, key) -> the cached object now, or None when it is gone."""
 
@@ -260,6 +277,8 @@ class Pending:
     """When the oldest of these changes arrived (None: nothing was reported)."""
     pods: AbstractSet[str] = frozenset()
     """Keys (namespace/name) of this node's Pods that changed."""
+    l2_statuses: AbstractSet[str] = frozenset()
+    """Keys (namespace/name) of ServiceL2Status objects that changed."""
 
 
 EVERYTHING = Pending(everything=True, services=set(), slices=set(), since=None)
@@ -278,6 +297,7 @@ class Changes:
         self.services: set[str] = set()
         self.slices: set[str] = set()
         self.pods: set[str] = set()
+        self.l2_statuses: set[str] = set()
         self.everything = True
         self.since: float | None = None
         """When the oldest change not taken yet arrived."""
@@ -286,10 +306,12 @@ class Changes:
     def record(self, resource: str, key: str | None) -> None:
         if self.since is None:
             self.since = self.clock()
-        if key is None or resource not in ("services", "endpointslices", "pods"):
+        if key is None or resource not in ("services", "endpointslices", "pods", L2_STATUS_RESOURCE):
             self.everything = True
         elif resource == "pods":
             self.pods.add(key)
+        elif resource == L2_STATUS_RESOURCE:
+            self.l2_statuses.add(key)
         elif resource == "services":
             self.services.add(key)
         else:
@@ -297,10 +319,16 @@ class Changes:
 
     def take(self) -> Pending:
         out = Pending(
-            everything=self.everything, services=self.services, slices=self.slices, since=self.since, pods=self.pods
+            everything=self.everything,
+            services=self.services,
+            slices=self.slices,
+            since=self.since,
+            pods=self.pods,
+            l2_statuses=self.l2_statuses,
         )
         self.everything, self.services, self.slices, self.since = False, set(), set(), None
         self.pods = set()
+        self.l2_statuses = set()
         return out
 
 
@@ -421,8 +449,12 @@ class Syncer:
         after_commit: Callable[[Plan], None] | None = None,
         offload: Offload = asyncio.to_thread,
         wall_clock: Callable[[], float] = time.time,
+        router: Router | None = None,
     ) -> None:
         self.engine = engine
+        self.router = router
+        """The egress steering's policy routing (None: not programmed, e.g. a fake backend);
+        applied before every commit, so a deleted rule or route is back within one sync."""
         self._snapshot = snapshot
         self.node_name = node_name
         self.model = model
@@ -453,12 +485,28 @@ class Syncer:
             settings=effective_model(self.model, snap.service_cidrs),
             table=self.table,
             pods=snap.pods,
+            l2_statuses=snap.l2_statuses,
         )
         # What exists now (caches, index) lives long: keep it out of every future
         # collection, so that a sync's garbage costs a sync's size to collect.
         gc.freeze()
         _trim_heap()
         return index
+
+    async def _steer(self, index: ClusterIndex, touched: Touched | None) -> None:
+        """The policy routing for the holders this node steers to, before the marks that use
+        it are committed; holders not on-link keep this node's pods out of the steering."""
+        if self.router is None:
+            return
+        routes = index.egress.routes()
+        try:
+            report = await asyncio.to_thread(self.router.apply, routes)
+        except Exception as exc:  # the table goes on; the next sync tries again
+            log.warning("egress policy routing failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        for line in getattr(report, "errors", ()):
+            log.warning("egress policy routing", error=line)
+        index.egress.set_not_on_link(report.not_on_link, touched if touched is not None else {})
 
     def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
         result = self.engine.sync(doc, full=full, touched=touched)
@@ -498,15 +546,20 @@ class Syncer:
                 services[_split_key(key)] = [obj] if obj is not None else []
             slices = {key: mode.lookup("endpointslices", key) for key in pending.slices}
             pods = {_split_key(key): mode.lookup("pods", key) for key in pending.pods}
+            l2 = {key: mode.lookup(L2_STATUS_RESOURCE, key) for key in pending.l2_statuses}
             nodes = mode.nodes()
             self.index = None  # until the update is known to have completed
-            touched = await self._offload(lambda: index.update(services=services, slices=slices, pod_objects=pods))
+            touched = await self._offload(
+                lambda: index.update(services=services, slices=slices, pod_objects=pods, l2_statuses=l2)
+            )
+            await self._steer(index, touched)
             if full:
                 touched = None  # compare the whole table with the kernel
         else:
             self.index = None
             snap = self._snapshot()
             index = await self._offload(self._rebuild, snap)
+            await self._steer(index, {})
             nodes = snap.nodes
             self.rebuilds += 1
         self.index = index
@@ -539,6 +592,7 @@ class Syncer:
                 self.metrics.change_to_commit.observe(waited)
         counts = count_mappings(doc)
         if self.metrics is not None:
+            self.metrics.set_egress(index.egress.served(), len(index.egress.steer()), len(index.egress.snat()))
             self.metrics.syncs.labels("noop" if result.plan.empty else "success").inc()
             self.metrics.set_mappings(counts)
             self.metrics.last_success.set(self._wall_clock())

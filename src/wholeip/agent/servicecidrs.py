@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 class _Both:
     """Set when discovery is done and, if there is an informer, it has synced."""
 
-    def __init__(self, source: ServiceCIDRSource) -> None:
+    def __init__(self, source: DiscoveredSource) -> None:
         self._source = source
 
     def is_set(self) -> bool:
@@ -43,10 +43,15 @@ class _Both:
         return s.decided.is_set() and (s.informer is None or s.informer.synced.is_set())
 
 
-class ServiceCIDRSource:
-    """Discovery, then the ServiceCIDR informer where the API exists (see the module docstring)."""
+class DiscoveredSource:
+    """Discovery, then an informer where the API exists (see the module docstring); the
+    subclasses say which API."""
 
-    resource = RESOURCE
+    resource: str
+    group_version: str
+    disabled_message = "not read"
+    absent_message = "the server has no such API"
+    present_message = "watching"
 
     def __init__(
         self,
@@ -96,12 +101,12 @@ class ServiceCIDRSource:
         """Discover, then watch (if there is anything to watch); returns only by cancellation
         or when there is nothing to watch."""
         if not self.enabled:
-            log.info("service networks from --service-cidr (given explicitly); ServiceCIDR objects not read")
+            log.info(self.disabled_message)
             return
         failures = 0
         while True:
             try:
-                present = await has_api(self._api, request_timeout=self._options.list_timeout)
+                present = await self._discover(self._options.list_timeout)
                 break
             except asyncio.CancelledError:
                 raise
@@ -114,25 +119,54 @@ class ServiceCIDRSource:
                 )
                 log.warning(
                     "API discovery failed; retrying",
-                    group_version=GROUP_VERSION,
+                    group_version=self.group_version,
                     error=f"{type(exc).__name__}: {exc}",
                     delay=round(delay, 3),
                 )
                 await self._sleep(delay)
         self._failing_since = None
         if not present:
-            log.info(
-                "the server has no ServiceCIDR API; service networks from --service-cidr's fallback",
-                group_version=GROUP_VERSION,
-            )
+            log.info(self.absent_message, group_version=self.group_version)
             self.decided.set()
             self._on_change()
             return
-        informer = self.informer = service_cidr_informer(
-            self._api, on_change=self._on_change, on_key=self._on_key, options=self._options
-        )
+        informer = self.informer = self._new_informer(self._api, self._on_change, self._on_key, self._options)
         if self._on_informer is not None:
             self._on_informer(informer)
         self.decided.set()
-        log.info("service networks from ServiceCIDR objects", group_version=GROUP_VERSION)
+        log.info(self.present_message, group_version=self.group_version)
         await informer.run()
+
+    async def _discover(self, request_timeout: float) -> bool:
+        raise NotImplementedError
+
+    def _new_informer(
+        self,
+        api: client.ApiClient,
+        on_change: Callable[[], None],
+        on_key: Callable[[str, str | None], None] | None,
+        options: WatchOptions,
+    ) -> Informer:
+        raise NotImplementedError
+
+
+class ServiceCIDRSource(DiscoveredSource):
+    """Discovery, then the ServiceCIDR informer where the API exists (see the module docstring)."""
+
+    resource = RESOURCE
+    group_version = GROUP_VERSION
+    disabled_message = "service networks from --service-cidr (given explicitly); ServiceCIDR objects not read"
+    absent_message = "the server has no ServiceCIDR API; service networks from --service-cidr's fallback"
+    present_message = "service networks from ServiceCIDR objects"
+
+    async def _discover(self, request_timeout: float) -> bool:
+        return await has_api(self._api, request_timeout=request_timeout)
+
+    def _new_informer(
+        self,
+        api: client.ApiClient,
+        on_change: Callable[[], None],
+        on_key: Callable[[str, str | None], None] | None,
+        options: WatchOptions,
+    ) -> Informer:
+        return service_cidr_informer(api, on_change=on_change, on_key=on_key, options=options)

@@ -25,7 +25,7 @@ from wholeip.cli import kubeyaml
 # libyaml's safe loader when PyYAML was built with it; the pure one otherwise.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-USED_KINDS = frozenset({"Service", "EndpointSlice", "Node", "ServiceCIDR", "Pod"})
+USED_KINDS = frozenset({"Service", "EndpointSlice", "Node", "ServiceCIDR", "Pod", "ServiceL2Status"})
 
 
 class InputError(Exception):
@@ -101,7 +101,7 @@ def parse_text(text: str, *, name: str = "<input>") -> Parsed:
             else:
                 out.notes.append(
                     f"{where}: skipping kind {obj['kind']}"
-                    " (only Service, EndpointSlice, Node, ServiceCIDR and Pod are used)"
+                    " (only Service, EndpointSlice, Node, ServiceCIDR, Pod and ServiceL2Status are used)"
                 )
     return out
 

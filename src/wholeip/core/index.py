@@ -1037,13 +1037,21 @@ def _split_kinds(objects: Iterable[RawObject]) -> tuple[list[RawObject], ...]:
 
 def build_state_from_objects(objects: Iterable[RawObject], *, node_name: str, settings: ModelSettings) -> ClusterState:
     """Like :func:`build_state`, for a flat list of objects of any kind (others are ignored)."""
+    return load_objects(objects, node_name=node_name, settings=settings).state()
+
+
+def load_objects(
+    objects: Iterable[RawObject], *, node_name: str, settings: ModelSettings, table: str = TABLE
+) -> ClusterIndex:
+    """Like :func:`load`, for a flat list of objects of any kind (others are ignored)."""
     services, slices, nodes, pods, l2 = _split_kinds(objects)
-    return build_state(
+    return load(
         services=services,
         endpoint_slices=slices,
         nodes=nodes,
         node_name=node_name,
         settings=settings,
+        table=table,
         pods=pods,
         l2_statuses=l2,
     )

@@ -1,0 +1,251 @@
+"""Egress IP (docs/datapath.md row 17) with real traffic, IPv4 and IPv6.
+
+``wholeip apply`` programs both nodes from a cluster file: the egress Service ``mail``
+(LoadBalancer IPs ``EGRESS_IP``) whose endpoint pods are pod A (n1) and pod B (n2), and a
+MetalLB ServiceL2Status saying which node announces the IP (the holder). The router
+sends the egress IP to the holder, as the holder's ARP/NDP answers would. On the holder
+the members' new flows to the outside are SNATed to the egress IP; on the other node
+``apply`` also programs the policy routing (:mod:`wholeip.agent.policyroute`) that takes
+the marked packets of its members to the holder. The outside host sees the egress IP as
+the source of both pods' TCP and UDP flows, and its replies reach the right pod.
+
+Each assertion fails without the part it is about: without the SNAT the outside host
+sees the pod address and its reply has no way back (the router has no pod routes);
+without the mark, rule or route pod B's packets leave n2 directly with its own address;
+with a CNI's masquerade on n2 (this test installs one, as Calico's ``natOutgoing`` or
+flannel would) pod B would reach the holder with n2's address, were its flow not bound
+to its own address first.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.nft.test_datapath import EXT_A
+
+from wholeip.names import EGRESS_IP_ANNOTATION
+from wholeip_testkit.sandbox import Sandbox
+from wholeip_testkit.topology import Topology
+from wholeip_testkit.traffic import exchange
+
+pytestmark = pytest.mark.kernel
+
+FAMILIES = (4, 6)
+EGRESS_IP = {4: "203.0.113.50", 6: "2001:db8:100::50"}
+CLUSTER_IP = {4: "10.96.0.50", 6: "fd00:10:96::50"}
+"""A stand-in ClusterIP: an address of pod A, routed to it from both nodes."""
+POD_NODE = {"pod_a": "n1", "pod_b": "n2"}
+POD_IFACE = {"pod_a": "vpa", "pod_b": "vpb"}
+MASQ_TABLE = "e17cni"
+
+
+def addr(role: str, family: int) -> str:
+    return Topology.addr(role, family)  # type: ignore[arg-type]
+
+
+def egress_service(name: str = "mail", *, created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": f"uid-{name}",
+            "creationTimestamp": created,
+            "annotations": {EGRESS_IP_ANNOTATION: "true"},
+        },
+        "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack", "ports": [{"port": 25}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": EGRESS_IP[4]}, {"ip": EGRESS_IP[6]}]}},
+    }
+
+
+def slices(service: str, pods: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{service}-ipv{v}",
+                "namespace": "default",
+                "labels": {"kubernetes.io/service-name": service},
+            },
+            "addressType": f"IPv{v}",
+            "endpoints": [
+                {"addresses": [addr(p, v)], "nodeName": POD_NODE[p], "conditions": {"ready": True}} for p in pods
+            ],
+        }
+        for v in FAMILIES
+    ]
+
+
+def l2_status(service: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "metallb.io/v1beta1",
+        "kind": "ServiceL2Status",
+        "metadata": {"name": f"l2-{service}", "namespace": "metallb-system"},
+        "status": {"node": node, "serviceName": service, "serviceNamespace": "default", "interfaces": [{"name": "eth0"}]},
+    }
+
+
+def cluster(*, holder: str = "n1", members: tuple[str, ...] = ("pod_a", "pod_b"), whole_ip: bool = False) -> Any:
+    items: list[dict[str, Any]] = [*Sandbox.nodes_manifest(), egress_service(), *slices("mail", members)]
+    items.append(l2_status("mail", holder))
+    if whole_ip:
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "a",
+                    "namespace": "default",
+                    "creationTimestamp": "2026-01-01T00:00:00Z",
+                    "annotations": {"networking.cozystack.io/wholeIP": "true"},
+                },
+                "spec": {"type": "LoadBalancer", "ports": [{"port": 1}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": EXT_A[4]}, {"ip": EXT_A[6]}]}},
+            }
+        )
+        items += Sandbox.slices_manifest("a", "pod_a")
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def wholeip(topo: Topology, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return topo.exec(node, [sys.executable, "-m", "wholeip", *args])  # type: ignore[arg-type]
+
+
+def apply(topo: Topology, doc: Any, tmp: Path, *, holder: str = "n1") -> dict[str, str]:
+    """``wholeip apply`` on both nodes (their stderr), and the router sends the egress IP
+    to the holder."""
+    path = tmp / "cluster.json"
+    path.write_text(json.dumps(doc))
+    out = {}
+    for node in ("n1", "n2"):
+        r = wholeip(topo, node, "apply", "-f", str(path), "--node-name", node, "--service-cidr", "10.96.0.0/12,fd00:10:96::/112")
+        assert r.returncode == 0, r.stderr
+        out[node] = r.stderr
+    for v in FAMILIES:
+        topo.route_external(EGRESS_IP[v], holder)  # type: ignore[arg-type]
+    return out
+
+
+def _ip(topo: Topology, role: str, *args: str) -> None:
+    result = topo.exec(role, ["ip", *args])  # type: ignore[arg-type]
+    assert result.returncode == 0, (role, args, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def stand_in(topo: Topology) -> Iterator[Topology]:
+    """A ClusterIP on pod A (routed there from both nodes, as a proxy's DNAT would bring
+    it), and a CNI's masquerade of pod traffic leaving the pod networks on both nodes."""
+    _ip(topo, "pod_a", "addr", "add", f"{CLUSTER_IP[4]}/32", "dev", "lo")
+    _ip(topo, "pod_a", "addr", "add", f"{CLUSTER_IP[6]}/128", "dev", "lo", "nodad")
+    for v in FAMILIES:
+        _ip(topo, "n1", f"-{v}", "route", "add", CLUSTER_IP[v], "via", addr("pod_a", v), "dev", "vpa")
+        _ip(topo, "n2", f"-{v}", "route", "add", CLUSTER_IP[v], "via", addr("n1", v))
+    for node in ("n1", "n2"):
+        topo.nft(
+            node,  # type: ignore[arg-type]
+            "-f",
+            "-",
+            input=f"""table inet {MASQ_TABLE} {{
+  chain post {{ type nat hook postrouting priority srcnat; policy accept;
+    ip saddr 10.244.0.0/16 ip daddr != 10.0.0.0/8 oifname "eth0" masquerade
+    ip6 saddr fd00:10:244::/48 ip6 daddr != fd00::/8 oifname "eth0" masquerade
+  }}
+}}""",
+        )
+    yield topo
+    for node in ("n1", "n2"):
+        topo.nft(node, "delete", "table", "inet", MASQ_TABLE)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def served(stand_in: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """Both pods members, n1 the holder."""
+    apply(stand_in, cluster(), tmp_path_factory.mktemp("egress"))
+    yield stand_in
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("pod", ["pod_a", "pod_b"], ids=["on-holder", "on-other-node"])
+def test_row_17_members_leave_with_the_egress_ip_and_get_their_replies(
+    served: Topology, pod: str, proto: str, family: int
+) -> None:
+    r = exchange(served, client=pod, server="ext", addr=addr("ext", family), proto=proto)  # type: ignore[arg-type]
+    assert r.ok, r.error
+    assert r.server_peer == EGRESS_IP[family]
+    assert r.client_local == addr(pod, family)
+    assert r.client_reply_from == addr("ext", family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_17_the_source_port_is_kept_when_free(served: Topology, family: int) -> None:
+    for pod in ("pod_a", "pod_b"):
+        r = exchange(served, client=pod, server="ext", addr=addr("ext", family), proto="udp", sport=40017)  # type: ignore[arg-type]
+        assert r.ok, r.error
+        assert r.server.get("peer_port") == 40017, r.server
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_17_cluster_traffic_keeps_the_pod_address(served: Topology, family: int) -> None:
+    r = exchange(served, client="pod_b", server="pod_a", addr=addr("pod_a", family))
+    assert r.ok, r.error
+    assert r.server_peer == addr("pod_b", family)
+    r = exchange(served, client="pod_b", server="pod_a", addr=CLUSTER_IP[family])
+    assert r.ok, r.error
+    assert r.server_peer == addr("pod_b", family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_17_a_pod_that_is_no_member_keeps_its_normal_egress(
+    stand_in: Topology, tmp_path: Path, family: int
+) -> None:
+    apply(stand_in, cluster(members=("pod_a",)), tmp_path)
+    try:
+        r = exchange(stand_in, client="pod_b", server="ext", addr=addr("ext", family), proto="udp")
+        # The stand-in CNI masquerades it to its node's address, as before.
+        assert r.ok, r.error
+        assert r.server_peer == addr("n2", family)
+        r = exchange(stand_in, client="pod_a", server="ext", addr=addr("ext", family), proto="udp")
+        assert r.ok, r.error
+        assert r.server_peer == EGRESS_IP[family]
+    finally:
+        apply(stand_in, cluster(), tmp_path)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_17_a_whole_ip_pod_keeps_its_whole_ip(stand_in: Topology, tmp_path: Path, family: int) -> None:
+    stderr = apply(stand_in, cluster(whole_ip=True), tmp_path)
+    try:
+        assert "Service default/mail: EgressPodHasWholeIP" in stderr["n1"]
+        r = exchange(stand_in, client="pod_a", server="ext", addr=addr("ext", family))
+        assert r.ok, r.error
+        assert r.server_peer == EXT_A[family]
+        r = exchange(stand_in, client="pod_b", server="ext", addr=addr("ext", family))
+        assert r.ok, r.error
+        assert r.server_peer == EGRESS_IP[family]
+    finally:
+        apply(stand_in, cluster(), tmp_path)
+
+
+def test_row_17_the_egress_follows_the_holder(stand_in: Topology, tmp_path: Path) -> None:
+    apply(stand_in, cluster(holder="n2"), tmp_path, holder="n2")
+    try:
+        for family in FAMILIES:
+            for pod in ("pod_a", "pod_b"):
+                for proto in ("tcp", "udp"):
+                    r = exchange(stand_in, client=pod, server="ext", addr=addr("ext", family), proto=proto)  # type: ignore[arg-type]
+                    assert r.ok, (pod, proto, family, r.error)
+                    assert r.server_peer == EGRESS_IP[family]
+    finally:
+        apply(stand_in, cluster(), tmp_path)
+    r = exchange(stand_in, client="pod_a", server="ext", addr=addr("ext", 4))
+    assert r.ok, r.error
+    assert r.server_peer == EGRESS_IP[4]
