@@ -89,7 +89,12 @@ def l2_status(service: str, node: str) -> dict[str, Any]:
         "apiVersion": "metallb.io/v1beta1",
         "kind": "ServiceL2Status",
         "metadata": {"name": f"l2-{service}", "namespace": "metallb-system"},
-        "status": {"node": node, "serviceName": service, "serviceNamespace": "default", "interfaces": [{"name": "eth0"}]},
+        "status": {
+            "node": node,
+            "serviceName": service,
+            "serviceNamespace": "default",
+            "interfaces": [{"name": "eth0"}],
+        },
     }
 
 
@@ -126,7 +131,9 @@ def apply(topo: Topology, doc: Any, tmp: Path, *, holder: str = "n1") -> dict[st
     path.write_text(json.dumps(doc))
     out = {}
     for node in ("n1", "n2"):
-        r = wholeip(topo, node, "apply", "-f", str(path), "--node-name", node, "--service-cidr", "10.96.0.0/12,fd00:10:96::/112")
+        r = wholeip(
+            topo, node, "apply", "-f", str(path), "--node-name", node, "--service-cidr", "10.96.0.0/12,fd00:10:96::/112"
+        )
         assert r.returncode == 0, r.stderr
         out[node] = r.stderr
     for v in FAMILIES:
@@ -166,10 +173,10 @@ def stand_in(topo: Topology) -> Iterator[Topology]:
 
 
 @pytest.fixture(scope="module")
-def served(stand_in: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+def served(stand_in: Topology, tmp_path_factory: pytest.TempPathFactory) -> Topology:
     """Both pods members, n1 the holder."""
     apply(stand_in, cluster(), tmp_path_factory.mktemp("egress"))
-    yield stand_in
+    return stand_in
 
 
 @pytest.mark.parametrize("family", FAMILIES)

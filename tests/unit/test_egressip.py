@@ -209,12 +209,12 @@ def test_not_on_link_holders_leave_the_pods_alone_with_an_event() -> None:
     assert {h.node for h in index.egress.routes().values()} == {"n1"}
     assert index.elements[EGRESS_STEER[4]]
     touched: dict[str, set[Any]] = {}
-    index.egress.set_not_on_link({"n1"}, touched)
+    index.egress.set_routing({"n1"}, touched)
     assert not index.elements[EGRESS_STEER[4]]
     assert not index.elements[EGRESS_STEER[6]]
     assert touched[EGRESS_STEER[4]] == {("10.244.2.20", "goto steer_slot_1")}
     assert [p.reason for p in index.egress.problems] == ["EgressNodeNotOnLink"]
-    index.egress.set_not_on_link((), touched)
+    index.egress.set_routing((), touched)
     assert index.elements[EGRESS_STEER[4]]
 
 
@@ -332,14 +332,14 @@ def test_incremental_equals_fresh_with_egress_services(changes: list[tuple[str, 
         else:
             not_on_link = set(arg)
             touched = {}
-            index.egress.set_not_on_link(not_on_link, touched)
+            index.egress.set_routing(not_on_link, touched)
         fresh_index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
         fresh_index.update(
             services={("ns", k): [v] for k, v in services.items()},
             slices={f"ns/{k}": v for k, v in slices.items()},
             l2_statuses=dict(statuses),
         )
-        fresh_index.egress.set_not_on_link(not_on_link, {})
+        fresh_index.egress.set_routing(not_on_link, {})
         fresh = fresh_index.state()
         if not not_on_link:
             assert fresh == build_state(

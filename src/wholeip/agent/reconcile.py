@@ -246,6 +246,12 @@ class RouteReportLike(Protocol):
     @property
     def not_on_link(self) -> AbstractSet[str]: ...
 
+    @property
+    def steered(self) -> AbstractSet[tuple[str, int]]: ...
+
+    @property
+    def errors(self) -> Sequence[str]: ...
+
 
 class Router(Protocol):
     """What the sync needs of :class:`wholeip.agent.policyroute.PolicyRouter`."""
@@ -504,9 +510,9 @@ class Syncer:
         except Exception as exc:  # the table goes on; the next sync tries again
             log.warning("egress policy routing failed", error=f"{type(exc).__name__}: {exc}")
             return
-        for line in getattr(report, "errors", ()):
+        for line in report.errors:
             log.warning("egress policy routing", error=line)
-        index.egress.set_not_on_link(report.not_on_link, touched if touched is not None else {})
+        index.egress.set_routing(report.not_on_link, touched if touched is not None else {}, steered=report.steered)
 
     def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
         result = self.engine.sync(doc, full=full, touched=touched)

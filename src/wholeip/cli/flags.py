@@ -337,4 +337,6 @@ def model_settings(args: argparse.Namespace) -> ModelSettings:
         podnat=podnat_settings(args),
         control_plane_ips=tuple(args.control_plane_ips),
         lb_to_clusterip=bool(args.lb_to_clusterip),
+        # The egress flags, where the command has them (not ``status``): the slot chains' bits.
+        egress_mark_mask=getattr(args, "egress_mark_mask", EgressSettings().mark_mask),
     )

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         flags.add_file_flag(p)
         flags.add_node_flag(p, required=True)
         flags.add_model_flags(p)
+        flags.add_egress_flags(p)
     p = add(
         "cleanup",
         "delete wholeip's table and its egress steering rules and routes from this network namespace"

@@ -29,20 +29,42 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def desired_table(args: argparse.Namespace) -> Any:
+def desired_table(args: argparse.Namespace, *, route: bool = False) -> Any:
+    """The table the cluster file says this node must hold. ``route`` (``apply``): program
+    the egress steering's policy routing first, so that holders it cannot reach on-link
+    are left out of the steering (as the agent does)."""
     from wholeip.cli import clusterfile
     from wholeip.core import index
-    from wholeip.core.elements import compile_table
 
     loaded = clusterfile.load(args.filename)
     for note in loaded.notes:
         say(f"note: {note}")
     check_not_empty(loaded, args)
-    state = index.build_state_from_objects(loaded.objects, node_name=args.node_name, settings=model_of(loaded, args))
-    for problem in state.problems:
+    idx = index.load_objects(
+        loaded.objects, node_name=args.node_name, settings=model_of(loaded, args), table=args.table
+    )
+    if route:
+        steer(idx, args)
+    for problem in sorted(idx.problems, key=lambda p: (p.ref, p.reason, p.message)):
         level = "warning" if problem.warning else "note"
         say(f"{level}: {problem.ref}: {problem.reason}: {problem.message}")
-    return compile_table(state, node_name=args.node_name, table=args.table)
+    return idx.doc()
+
+
+def steer(idx: Any, args: argparse.Namespace) -> None:
+    """The policy routing for the holders this node steers to (none: ours removed)."""
+    from wholeip.agent.policyroute import PolicyRouter
+    from wholeip.core.steering import SteeringConfig
+
+    report = PolicyRouter(SteeringConfig.from_settings(flags.egress_settings(args))).apply(idx.egress.routes())
+    for line in report.errors:
+        say(f"warning: egress steering: {line}")
+    idx.egress.set_routing(report.not_on_link, {}, steered=report.steered)
+    if report.changed:
+        say(
+            f"note: egress steering: {report.rules_added} rule(s) and {report.routes_added} route(s) added,"
+            f" {report.rules_removed} rule(s) and {report.routes_removed} route(s) removed"
+        )
 
 
 def _warn_addresses(error: str) -> None:
@@ -118,7 +140,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    desired = desired_table(args)
+    desired = desired_table(args, route=True)
     started = time.perf_counter()
     result = engine(args).sync(desired, full=True)
     print(f"applied: {result.plan.summary()} in {time.perf_counter() - started:.3f}s")

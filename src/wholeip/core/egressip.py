@@ -25,8 +25,10 @@ such IP: that family's egress is unchanged). Decisions, each a
   whose stateless path would take its replies): ``EgressIPIsExternalIP``, that family not
   served;
 * on a node whose members must be steered: the holder is not on-link from this node
-  (``EgressNodeNotOnLink``), has no address of the family (``EgressNodeNoAddress``), or
-  every mark value is in use (``EgressNoSlot``): this node leaves its pods' egress alone.
+  (``EgressNodeNotOnLink``), has no address of the family (``EgressNodeNoAddress``),
+  every mark value is in use (``EgressNoSlot``), or its rule or route could not be put in
+  place (``EgressNotRouted``): this node leaves its pods' egress alone. These are this
+  node's own findings (:data:`NODE_REASONS`): each node reports its own.
 
 What each node programs (:mod:`wholeip.core.ruleset`, "egress IP"):
 
@@ -64,6 +66,9 @@ from wholeip.names import (
 from wholeip.nft.doc import Elem
 
 ServiceKey = tuple[str, str]
+NODE_REASONS = frozenset({"EgressNodeNotOnLink", "EgressNodeNoAddress", "EgressNoSlot", "EgressNotRouted"})
+"""Problems a node finds about its own steering: each node reports its own (the messages
+name the node), not only the node that reports the Service's other problems."""
 Endpoints = Mapping[int, Iterable[tuple[str, str | None]]]
 """Family -> the Service's ready endpoints (pod IP, node) inside the pod networks."""
 
@@ -224,6 +229,8 @@ class EgressIndex:
         self._pod_problems: dict[str, tuple[Problem, ...]] = {}
         self._slots: dict[str, int] = {}
         self._not_on_link: frozenset[str] = frozenset()
+        self._steered: frozenset[tuple[str, int]] | None = None
+        """(holder, IP version) with routing in place; None: not known (assumed)."""
         self._steer_problems: tuple[Problem, ...] = ()
 
     # ------------------------------------------------------------------ input
@@ -287,12 +294,21 @@ class EgressIndex:
             self._resolve_pod(pod)
         self._refresh(dirty_pods, touched)
 
-    def set_not_on_link(self, nodes: Iterable[str], touched: dict[str, set[Elem]]) -> None:
-        """The holders the policy routing found not on-link from this node: its pods whose
-        IP they hold keep their own egress."""
-        new = frozenset(nodes)
-        if new != self._not_on_link:
+    def set_routing(
+        self,
+        not_on_link: Iterable[str],
+        touched: dict[str, set[Elem]],
+        *,
+        steered: Iterable[tuple[str, int]] | None = None,
+    ) -> None:
+        """What the policy routing found: the holders not on-link from this node, and (when
+        known) the (holder, IP version) pairs whose rule and route are in place. A member
+        whose holder's routing is not in place keeps its own egress."""
+        new = frozenset(not_on_link)
+        routed = frozenset(steered) if steered is not None else None
+        if new != self._not_on_link or routed != self._steered:
             self._not_on_link = new
+            self._steered = routed
             self._refresh(set(), touched, everything=True)
 
     def _resolve_service(self, key: ServiceKey, svc: EgressService) -> None:
@@ -416,9 +432,10 @@ class EgressIndex:
 
     def _slot(self, holder: str, pod: str) -> int:
         """The slot this node's packets from ``pod`` are marked with for ``holder`` (0: not steered)."""
-        if holder in self._not_on_link:
+        v = _version(pod)
+        if holder in self._not_on_link or self._address(holder, v) is None:
             return 0
-        if self._address(holder, _version(pod)) is None:
+        if self._steered is not None and (holder, v) not in self._steered:
             return 0
         return self._slots.get(holder, 0)
 
@@ -438,8 +455,8 @@ class EgressIndex:
                     Problem(
                         ref,
                         "EgressNodeNotOnLink",
-                        f"the holder {holder} is not on-link from node {self.node_name}; this node's pods of the"
-                        " Service keep their own egress",
+                        f"the holder {holder} is not on-link from node {self.node_name} (the nodes must share a"
+                        " link); this node's pods of the Service keep their own egress",
                     )
                 )
             elif not self._slots.get(holder):
@@ -457,8 +474,27 @@ class EgressIndex:
                     Problem(
                         ref,
                         "EgressNodeNoAddress",
-                        f"the holder {holder} has no IPv{missing[0]} address in its Node object; this node's pods"
-                        f" keep their own IPv{missing[0]} egress",
+                        f"node {self.node_name}: the holder {holder} has no IPv{missing[0]} address in its Node"
+                        f" object; this node's pods keep their own IPv{missing[0]} egress",
+                    )
+                )
+            unrouted = [
+                v
+                for v in (4, 6)
+                if self._services[key].ip(v)
+                and v not in missing
+                and self._slots.get(holder)
+                and holder not in self._not_on_link
+                and self._steered is not None
+                and (holder, v) not in self._steered
+            ]
+            if unrouted:
+                out.append(
+                    Problem(
+                        ref,
+                        "EgressNotRouted",
+                        f"node {self.node_name}: the policy routing to the holder {holder} (IPv{unrouted[0]}) is not"
+                        " in place (see the agent's log); this node's pods keep their own egress meanwhile",
                     )
                 )
         return tuple(out)

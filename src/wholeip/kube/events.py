@@ -11,7 +11,9 @@ Exactly one node reports a Service's problems (:func:`reporting_node`):
    smallest name among the Ready Nodes, or among all Nodes when none is Ready.
 
 A Pod's problems (the podnat annotation, :mod:`wholeip.core.podnat`) are reported
-by the pod's own node, the only agent that watches that pod.
+by the pod's own node, the only agent that watches that pod. So are a node's findings
+about its own egress steering (:data:`wholeip.core.egressip.NODE_REASONS`, such as
+``EgressNodeNotOnLink``): only that node knows them, and their messages name it.
 
 All agents compute this from the same cache, so they agree without talking to
 each other. (A node that runs no agent, e.g. a tainted control-plane node the
@@ -42,6 +44,7 @@ from typing import Any
 
 import structlog
 
+from wholeip.core.egressip import NODE_REASONS
 from wholeip.core.model import ObjectRef, Problem, ProblemSource
 from wholeip.kube.api import NotFound, Obj, read_json
 
@@ -147,7 +150,7 @@ class EventRecorder:
             ref = problem.ref
             # A Pod's problems (the podnat annotation) are its own node's: the only one that
             # reads it.
-            if ref.kind == "Pod":
+            if ref.kind == "Pod" or problem.reason in NODE_REASONS:
                 pass
             elif ref.kind != "Service" or ownership.node_for(ref) != self.node_name:
                 continue
