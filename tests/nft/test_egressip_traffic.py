@@ -256,3 +256,40 @@ def test_row_17_the_egress_follows_the_holder(stand_in: Topology, tmp_path: Path
     r = exchange(stand_in, client="pod_a", server="ext", addr=addr("ext", 4))
     assert r.ok, r.error
     assert r.server_peer == EGRESS_IP[4]
+
+
+def _ip_state(topo: Topology, node: str) -> dict[str, str]:
+    out = {}
+    for v in FAMILIES:
+        out[f"rules{v}"] = topo.exec(node, ["ip", f"-{v}", "rule", "show"]).stdout  # type: ignore[arg-type]
+        out[f"routes{v}"] = topo.exec(node, ["ip", f"-{v}", "route", "show", "table", "all"]).stdout  # type: ignore[arg-type]
+    out["tables"] = topo.nft(node, "list", "tables")  # type: ignore[arg-type]
+    return out
+
+
+def test_row_17_cleanup_removes_table_rules_and_routes_and_nothing_else(stand_in: Topology, tmp_path: Path) -> None:
+    apply(stand_in, cluster(), tmp_path)
+    # Someone else's rule and route in a table beside ours, to be left alone.
+    _ip(stand_in, "n2", "rule", "add", "fwmark", "0x1000/0xf000", "lookup", "300200", "priority", "2000")
+    _ip(stand_in, "n2", "route", "add", "198.51.100.0/24", "via", addr("rtr", 4), "table", "300200")
+    before = _ip_state(stand_in, "n2")
+    assert "lookup 300001" in before["rules4"]
+    assert "table 300001" in before["routes6"]
+    try:
+        r = wholeip(stand_in, "n2", "cleanup")
+        assert r.returncode == 0, r.stderr
+        after = _ip_state(stand_in, "n2")
+        assert "300001" not in after["rules4"] + after["rules6"] + after["routes4"] + after["routes6"]
+        assert "inet wholeip" not in after["tables"]
+        assert f"inet {MASQ_TABLE}" in after["tables"]
+        # Everything else is as it was: the other rules and routes, line for line.
+        for key in ("rules4", "rules6", "routes4", "routes6"):
+            assert [line for line in before[key].splitlines() if "300001" not in line] == after[key].splitlines()
+        assert "lookup 300200" in after["rules4"]
+        # The pod's egress is its own again (the stand-in CNI masquerades it).
+        r2 = exchange(stand_in, client="pod_b", server="ext", addr=addr("ext", 4), proto="udp")
+        assert r2.server_peer == addr("n2", 4)
+    finally:
+        _ip(stand_in, "n2", "rule", "del", "fwmark", "0x1000/0xf000", "lookup", "300200", "priority", "2000")
+        _ip(stand_in, "n2", "route", "flush", "table", "300200")
+        apply(stand_in, cluster(), tmp_path)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import Sequence
@@ -130,8 +131,11 @@ class Agent:
             raise RuntimeError("agent already started")
         s = self.settings
         cfg = self._kube_config or await load_kube_config(s.kubeconfig)
-        # The API server's own addresses are never external IPs (issue 15).
-        model = await with_control_plane(s.model, str(cfg.host))
+        # The API server's own addresses are never external IPs (issue 15). The slot chains
+        # of egress steering use the mark bits of the egress settings.
+        model = await with_control_plane(
+            dataclasses.replace(s.model, egress_mark_mask=s.egress.mark_mask), str(cfg.host)
+        )
         # Three long-lived watches, list pages and Event writes share the pool.
         cfg.connection_pool_maxsize = max(int(cfg.connection_pool_maxsize or 0), 16)
         api = self.api = client.ApiClient(cfg)
@@ -181,7 +185,13 @@ class Agent:
             on_result=self.metrics.count_event,
         )
         from wholeip.agent.conntrack import ConntrackCleaner
+        from wholeip.agent.policyroute import PolicyRouter
+        from wholeip.core.steering import SteeringConfig
         from wholeip.nft.libnft import LibnftBackend
+
+        # Like conntrack, the policy routing lives next to the table: programmed only when
+        # the table is this network namespace's own.
+        real = isinstance(self.backend, LibnftBackend)
 
         self.syncer = Syncer(
             engine=self.engine,
@@ -195,11 +205,8 @@ class Agent:
             mode=Incremental(changes=changes, lookup=self._lookup, nodes=lambda: informers[2].snapshot()),
             # Stale conntrack entries live next to the table: only when the table is this
             # process's own network namespace's (not with a fake or another namespace's backend).
-            after_commit=(
-                ConntrackCleaner(on_deleted=self.metrics.conntrack_deleted.inc)
-                if isinstance(self.backend, LibnftBackend)
-                else None
-            ),
+            after_commit=ConntrackCleaner(on_deleted=self.metrics.conntrack_deleted.inc) if real else None,
+            router=PolicyRouter(SteeringConfig.from_settings(s.egress)) if real else None,
         )
         tracked.append(pod_informer)
         self.metrics.track_informers(tracked)
