@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from wholeip.agent.policyroute import PolicyRouter, RouteReport
+from wholeip.agent.policyroute import PolicyRouter, RouteReport, dump_routes
 from wholeip.core.steering import Holder, SteeringConfig
 from wholeip_testkit.netns import Netns
 
@@ -296,3 +297,19 @@ def test_bad_egress_flags_are_refused_with_a_reason(node: Netns, flag: str, valu
     assert from_env.returncode == 2
     assert message in from_env.stderr
     assert "Traceback" not in from_env.stderr
+
+
+def test_our_protocol_outside_our_tables_is_not_ours(node: Netns) -> None:
+    # Protocol 87 is only half of what makes a route ours; the table range is the other.
+    ip(node, "-4", "route", "add", "10.77.0.0/16", "via", "10.9.0.2", "proto", "87")
+    ip(node, "-6", "route", "add", "fd00:77::/64", "via", "fd00:9::2", "table", "299999", "proto", "87")
+    for number in range(300):  # the kernel filters the dump by protocol; these never reach us
+        ip(node, "-4", "route", "add", f"10.{100 + number // 250}.{number % 250}.0/24", "via", "10.9.0.2")
+    listed = node.call(dump_routes, socket.AF_INET, 87)
+    assert [(r.dst, r.dst_len, r.table, r.gateway) for r in listed] == [("10.77.0.0", 16, 254, "10.9.0.2")]
+    apply(node, {1: N1})
+    node.call(PolicyRouter(CONFIG).cleanup)
+    assert "10.77.0.0/16 via 10.9.0.2 dev d0 proto 87" in ip(node, "-4", "route")
+    assert "fd00:77::/64 via fd00:9::2 dev d0 proto 87" in ip(node, "-6", "route", "show", "table", "299999")
+    rules_seen, routes_seen = node.call(PolicyRouter(CONFIG).snapshot)
+    assert (rules_seen, routes_seen) == ([], [])

@@ -35,26 +35,26 @@ node's own is skipped as ``local`` (the caller should not steer to itself).
 Blocking calls (pyroute2's synchronous :class:`~pyroute2.IPRoute`, one socket per
 call, opened in the calling thread's network namespace): the agent runs them with
 :func:`asyncio.to_thread`, tests in a namespace's thread. Per-item netlink failures are
-collected in the report (and logged), never raised; only a socket that cannot be
-opened at all raises.
+collected in the report, never raised; only a socket that cannot be opened at all
+raises. Nothing is logged here: the caller logs the report (the agent as structured
+lines, ``wholeip cleanup`` as text), and raises Events for ``not_on_link``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
+import os
 import socket
+import struct
 import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from wholeip.core.steering import ROUTE_PROTOCOL, Holder, SteeringConfig
-
-log = structlog.get_logger(__name__)
 
 FAMILIES: tuple[tuple[int, int], ...] = ((4, socket.AF_INET), (6, socket.AF_INET6))
 """(IP version, address family) of both families."""
@@ -137,7 +137,6 @@ class _Tally:
     errors: list[str] = field(default_factory=list)
 
     def error(self, message: str) -> None:
-        log.warning("egress steering: netlink operation failed", detail=message)
         self.errors.append(message)
 
     def report(self) -> RouteReport:
@@ -152,6 +151,84 @@ class _Tally:
             conflicts=frozenset(self.conflicts),
             errors=tuple(self.errors),
         )
+
+
+# --------------------------------------------------------------------------- route dumps
+
+_NLMSG = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTA = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
+_RTM_GETROUTE = 26
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_SOL_NETLINK, _NETLINK_GET_STRICT_CHK = 270, 12
+_RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_PRIORITY, _RTA_TABLE = 1, 4, 5, 6, 15
+
+
+def dump_routes(family: int, protocol: int) -> list[RouteSeen]:
+    """Every route of ``family`` with ``protocol``, all tables, in this thread's namespace.
+
+    Asked of the kernel with strict checking (Linux 4.20+), so the kernel sends only the
+    routes of that protocol: a node's main table can hold thousands of routes (a CNI's
+    per-node blocks, BGP), which pyroute2 would dump and decode whole on every sync. An
+    older kernel ignores the filter and sends them all; they are filtered here as well."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        with contextlib.suppress(OSError):
+            sock.setsockopt(_SOL_NETLINK, _NETLINK_GET_STRICT_CHK, 1)
+        body = _RTMSG.pack(family, 0, 0, 0, 0, protocol, 0, 0, 0)
+        sock.send(_NLMSG.pack(_NLMSG.size + len(body), _RTM_GETROUTE, _NLM_F_REQUEST_DUMP, 1, 0) + body)
+        out: list[RouteSeen] = []
+        while True:
+            data = sock.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSG.size <= len(data):
+                length, kind, _flags, seq, _pid = _NLMSG.unpack_from(data, offset)
+                if length < _NLMSG.size:
+                    raise OSError(errno.EPROTO, "short netlink message")
+                if seq == 1:
+                    if kind == _NLMSG_DONE:
+                        return out
+                    if kind == _NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", data, offset + _NLMSG.size)
+                        raise OSError(-code, f"route dump: {os.strerror(-code)}")
+                    route = _route(family, protocol, data, offset + _NLMSG.size, offset + length)
+                    if route is not None:
+                        out.append(route)
+                offset += (length + 3) & ~3
+
+
+def _route(family: int, protocol: int, data: bytes, start: int, end: int) -> RouteSeen | None:
+    fam, dst_len, _src_len, _tos, table, proto, _scope, _type, _flags = _RTMSG.unpack_from(data, start)
+    if fam != family or proto != protocol:
+        return None
+    attrs: dict[int, bytes] = {}
+    pos = start + _RTMSG.size
+    while pos + _RTA.size <= end:
+        rta_len, rta_type = _RTA.unpack_from(data, pos)
+        if rta_len < _RTA.size:
+            break
+        attrs[rta_type] = data[pos + _RTA.size : pos + rta_len]
+        pos += (rta_len + 3) & ~3
+
+    def address(kind: int) -> str | None:
+        raw = attrs.get(kind)
+        return None if raw is None else socket.inet_ntop(family, raw)
+
+    def number(kind: int) -> int | None:
+        raw = attrs.get(kind)
+        return None if raw is None else int(_U32.unpack(raw[:4])[0])
+
+    return RouteSeen(
+        family=family,
+        table=number(_RTA_TABLE) or table,
+        dst=address(_RTA_DST),
+        dst_len=dst_len,
+        gateway=address(_RTA_GATEWAY),
+        oif=number(_RTA_OIF),
+        priority=number(_RTA_PRIORITY),
+    )
 
 
 def _attr(msg: Any, name: str) -> Any:
@@ -191,26 +268,14 @@ class PolicyRouter:
                     out.append(RuleSeen(family, int(_attr(msg, "FRA_FWMARK") or 0), table))
         return out
 
-    def routes(self, ipr: Any) -> list[RouteSeen]:
+    def routes(self) -> list[RouteSeen]:
         """Our routes, both families: our protocol, in our table range."""
-        out: list[RouteSeen] = []
-        for _version, family in FAMILIES:
-            for msg in ipr.route("dump", family=family):
-                table = int(_attr(msg, "RTA_TABLE") or msg["table"])
-                if msg["proto"] != ROUTE_PROTOCOL or self.config.slot_of_table(table) is None:
-                    continue
-                out.append(
-                    RouteSeen(
-                        family=family,
-                        table=table,
-                        dst=_attr(msg, "RTA_DST"),
-                        dst_len=int(msg["dst_len"]),
-                        gateway=_attr(msg, "RTA_GATEWAY"),
-                        oif=_attr(msg, "RTA_OIF"),
-                        priority=_attr(msg, "RTA_PRIORITY"),
-                    )
-                )
-        return out
+        return [
+            route
+            for _version, family in FAMILIES
+            for route in dump_routes(family, ROUTE_PROTOCOL)
+            if self.config.slot_of_table(route.table) is not None
+        ]
 
     # -- resolving holders ---------------------------------------------------------
 
@@ -345,13 +410,6 @@ class PolicyRouter:
                     raise
                 if _code(exc) == errno.EEXIST:
                     tally.conflicts.add(table)
-                    log.warning(
-                        "egress steering: a default route that is not ours holds one of our tables;"
-                        " that holder is not steered",
-                        table=table,
-                        node=want.node,
-                        family=f"IPv{version}",
-                    )
                 else:
                     tally.error(f"add route {args}: {exc}")
             for route in ours:
@@ -391,7 +449,7 @@ class PolicyRouter:
         with self._lock, IPRoute() as ipr:
             wanted = self._resolve(ipr, routes, tally)
             rules = self.rules(ipr)
-            seen_routes = self.routes(ipr)
+            seen_routes = self.routes()
             for version, family in FAMILIES:
                 self._sync_family(
                     ipr,
@@ -402,16 +460,7 @@ class PolicyRouter:
                     [r for r in seen_routes if r.family == family],
                     tally,
                 )
-        report = tally.report()
-        if report.changed:
-            log.info(
-                "egress steering changed",
-                rules_added=report.rules_added,
-                rules_removed=report.rules_removed,
-                routes_added=report.routes_added,
-                routes_removed=report.routes_removed,
-            )
-        return report
+        return tally.report()
 
     def cleanup(self) -> None:
         """Remove every rule and route of ours, both families, and nothing else."""
@@ -426,4 +475,4 @@ class PolicyRouter:
         from pyroute2 import IPRoute
 
         with self._lock, IPRoute() as ipr:
-            return self.rules(ipr), self.routes(ipr)
+            return self.rules(ipr), self.routes()
