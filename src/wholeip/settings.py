@@ -114,7 +114,8 @@ class EgressSettings:
 
     rule_priority: int = 2000
     """The ``ip rule`` priority of the steering rules (``--egress-rule-priority``), 1-32765:
-    after the local table (0, or 100 under Cilium) and the CNIs' own rules, before main."""
+    after the local table (0, or 100 under Cilium) and the CNIs' own rules, before main's
+    (32766)."""
 
     table_base: int = 300000
     """Slot ``s`` routes through table ``table_base + s`` (``--egress-table-base``)."""

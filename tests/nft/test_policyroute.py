@@ -71,8 +71,16 @@ def our_rule(slot: int) -> dict[str, Any]:
         "fwmark": hex(CONFIG.mark(slot)),
         "fwmask": hex(CONFIG.mark_mask),
         "table": str(CONFIG.table(slot)),
-        "protocol": "87",
     }
+
+
+def is_ours(rule: dict[str, Any]) -> bool:
+    """By the definition of ownership: our priority, our mask, a table of our range."""
+    return (
+        rule.get("priority") == CONFIG.priority
+        and rule.get("fwmask") == hex(CONFIG.mark_mask)
+        and CONFIG.slot_of_table(int(rule.get("table", "0"))) is not None
+    )
 
 
 def default_via(ns: Netns, version: int, table: int) -> list[tuple[str, str]]:
@@ -95,7 +103,7 @@ def test_apply_creates_a_rule_and_a_route_per_slot_in_both_families(node: Netns)
     assert default_via(node, 6, 300001) == [("fd00:9::2", "d0")]
     assert default_via(node, 4, 300002) == [("10.9.0.3", "d0")]
     assert default_via(node, 6, 300002) == [("fd00:9::3", "d0")]
-    assert all(r["protocol"] == "87" for r in routes(node, 4, 300001) + routes(node, 6, 300002))
+    assert all(r["protocol"] == "kernel" for r in routes(node, 4, 300001) + routes(node, 6, 300002))
 
 
 def test_a_second_apply_changes_nothing(node: Netns) -> None:
@@ -121,7 +129,7 @@ def test_a_deleted_rule_or_route_comes_back_on_the_next_apply(node: Netns) -> No
 
 def test_a_route_or_rule_changed_by_hand_is_put_right(node: Netns) -> None:
     apply(node, {1: N1})
-    ip(node, "-4", "route", "replace", "default", "via", "10.9.0.99", "table", "300001", "proto", "87")
+    ip(node, "-4", "route", "replace", "default", "via", "10.9.0.99", "table", "300001", "proto", "kernel")
     # A second copy of our rule, as a careless script would add it.
     ip(node, "-6", "rule", "add", "priority", "2000", "fwmark", "0x1/0x7f", "table", "300001")
     report = apply(node, {1: N1})
@@ -198,10 +206,10 @@ def foreign(ns: Netns) -> dict[str, Any]:
 
 def snapshot(ns: Netns) -> dict[str, Any]:
     return {
-        "rules4": [r for r in rules(ns, 4) if r.get("protocol") != "87"],
-        "rules6": [r for r in rules(ns, 6) if r.get("protocol") != "87"],
+        "rules4": [r for r in rules(ns, 4) if not is_ours(r)],
+        "rules6": [r for r in rules(ns, 6) if not is_ours(r)],
         "routes": {
-            (v, t): [r for r in routes(ns, v, t) if r.get("protocol") != "87"]
+            (v, t): [r for r in routes(ns, v, t) if r.get("protocol") != "kernel"]
             for v in (4, 6)
             for t in (300001, 300002, 300005)
         },
@@ -225,7 +233,7 @@ def test_rules_and_routes_that_are_not_ours_stay_untouched(node: Netns) -> None:
     assert snapshot(node) == before
     node.call(PolicyRouter(CONFIG).cleanup)
     assert snapshot(node) == before
-    assert all(r.get("protocol") != "87" for v in (4, 6) for r in rules(node, v))
+    assert not any(is_ours(r) for v in (4, 6) for r in rules(node, v))
 
 
 def test_cleanup_removes_ours_only(node: Netns) -> None:
@@ -234,9 +242,9 @@ def test_cleanup_removes_ours_only(node: Netns) -> None:
     node.call(PolicyRouter(CONFIG).cleanup)
     assert snapshot(node) == before
     for version in (4, 6):
-        assert [r for r in rules(node, version) if r.get("protocol") == "87"] == []
+        assert [r for r in rules(node, version) if is_ours(r)] == []
         for table in (300001, 300002, 300003):
-            assert [r for r in routes(node, version, table) if r.get("protocol") == "87"] == []
+            assert [r for r in routes(node, version, table) if r.get("protocol") == "kernel"] == []
     assert not node.call(PolicyRouter(CONFIG).remove_all).changed
 
 
@@ -300,16 +308,16 @@ def test_bad_egress_flags_are_refused_with_a_reason(node: Netns, flag: str, valu
 
 
 def test_our_protocol_outside_our_tables_is_not_ours(node: Netns) -> None:
-    # Protocol 87 is only half of what makes a route ours; the table range is the other.
-    ip(node, "-4", "route", "add", "10.77.0.0/16", "via", "10.9.0.2", "proto", "87")
-    ip(node, "-6", "route", "add", "fd00:77::/64", "via", "fd00:9::2", "table", "299999", "proto", "87")
+    # The protocol is only half of what makes a route ours; the table range is the other.
+    ip(node, "-6", "route", "add", "fd00:77::/64", "via", "fd00:9::2", "table", "299999", "proto", "kernel")
     for number in range(300):  # the kernel filters the dump by protocol; these never reach us
         ip(node, "-4", "route", "add", f"10.{100 + number // 250}.{number % 250}.0/24", "via", "10.9.0.2")
-    listed = node.call(dump_routes, socket.AF_INET, 87)
-    assert [(r.dst, r.dst_len, r.table, r.gateway) for r in listed] == [("10.77.0.0", 16, 254, "10.9.0.2")]
+    listed = node.call(dump_routes, socket.AF_INET, 2)  # kernel: the connected and local routes
+    assert {(r.dst, r.dst_len, r.table) for r in listed} >= {("10.9.0.0", 24, 254), ("10.9.0.1", 32, 255)}
+    assert all(r.gateway is None for r in listed)  # none of the 300 routes via 10.9.0.2 (boot)
+    assert [r.dst for r in node.call(dump_routes, socket.AF_INET6, 2) if r.table == 299999] == ["fd00:77::"]
     apply(node, {1: N1})
     node.call(PolicyRouter(CONFIG).cleanup)
-    assert "10.77.0.0/16 via 10.9.0.2 dev d0 proto 87" in ip(node, "-4", "route")
-    assert "fd00:77::/64 via fd00:9::2 dev d0 proto 87" in ip(node, "-6", "route", "show", "table", "299999")
+    assert "fd00:77::/64 via fd00:9::2 dev d0 proto kernel" in ip(node, "-6", "route", "show", "table", "299999")
     rules_seen, routes_seen = node.call(PolicyRouter(CONFIG).snapshot)
     assert (rules_seen, routes_seen) == ([], [])

@@ -6,13 +6,14 @@ member pods' outbound packets with the slot of the node that does (the holder, s
 caller asks for, in both families:
 
 * a rule ``fwmark <slot mark>/<mask> lookup <table_base + slot> priority <priority>``
-  per slot, ``proto 87``;
+  per slot, ``proto kernel``;
 * in that table a default route via the holder's node address, on the device that
-  reaches it on-link (``proto 87``).
+  reaches it on-link (``proto kernel``: see :data:`~wholeip.core.steering.ROUTE_PROTOCOL`
+  for why).
 
 **Ownership.** A rule is ours when its priority is ours, its mask is ours and its
 table is in our range (``table_base + 1 .. table_base + capacity``); a route is ours
-when it is in our table range and carries our protocol, 87. Nothing else is ever
+when it is in our table range and carries our protocol, ``kernel``. Nothing else is ever
 changed or deleted: a foreign rule at our priority with another mask or table, a
 foreign route in one of our tables (another destination, or a default route of
 another protocol) stay as they are. A foreign default route in a table we want is a

@@ -34,19 +34,23 @@ portmap plugin 0x2000, the AWS VPC CNI 0x80, Weave 0x60000, Tailscale 0xC0000, M
 0x00F00000). 127 holder nodes. docs/operations.md lists the overlaps that remain."""
 
 DEFAULT_RULE_PRIORITY = _DEFAULTS.rule_priority
-"""2000: after the local table (0, or 100 where Cilium moves it), Cilium's (9-112),
-Calico's (99, 100) and the AWS VPC CNI's (512-1536) rules; before Tailscale's
-(5210-5270) and the main table (32766)."""
+"""2000: after the local table (priority 0, or 100 where Cilium moves it, so that local
+destinations stay local), Cilium's rules (1-112) and Calico's WireGuard rule (99);
+before Tailscale's (5210-5270) and the main table (32766)."""
 
 DEFAULT_TABLE_BASE = _DEFAULTS.table_base
-"""300000, so tables 300001 and up: clear of Calico (1-250), Cilium (its 200-2099 and
-per-interface tables), the AWS VPC CNI (per-ENI tables from 2), kube-router (77-79),
-Tailscale (52), wg-quick (51820) and MetalEG (100000 and up)."""
+"""300000, so tables 300001 and up: clear of Calico's route tables (1-250), Cilium's (200-202,
+10 + an interface's index, 300 + an ENI's index), kube-router's (77-79), Tailscale's (52),
+wg-quick's (51820) and MetalEG's (100000 and up)."""
 
-ROUTE_PROTOCOL = 87
-"""The ``proto`` of our routes and rules (``rtm_protocol``, ``FRA_PROTOCOL``), unused by
-the kernel's and iproute2's list; it marks a route in our tables as ours, so that a
-route someone else put into one of those tables is never touched."""
+ROUTE_PROTOCOL = 2
+"""The ``proto`` of our routes and rules (``rtm_protocol``, ``FRA_PROTOCOL``): ``kernel``,
+as Cilium does for its own, because systemd-networkd (Ubuntu, Flatcar) deletes every
+rule and route of another protocol that its ``.network`` files do not name when it
+starts (``ManageForeignRoutingPolicyRules=``, ``ManageForeignRoutes=``, on by default).
+In our table range it also tells our routes from a route someone else put there
+(``ip route add`` writes ``boot``), which is never touched. The kernel itself puts
+no route into those tables."""
 
 
 class MaskError(ValueError):
