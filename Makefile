@@ -45,6 +45,7 @@ bench: bootstrap
 	$(PY) -m wholeip_bench.commit --out bench-results/bench.json
 	$(PY) -m wholeip_bench.change --out bench-results/change.json
 	$(PY) -m wholeip_bench.clusterfile --out bench-results/clusterfile.json
+	$(PY) -m wholeip_bench.egressip --out bench-results/egressip.json
 	$(PY) -m wholeip_bench.datapath --out bench-results/datapath.json
 
 ## Packet path and conntrack pressure through a node, in network namespaces (minutes).

@@ -69,3 +69,19 @@ def test_cluster_file_yaml_against_json(tmp_path: Path) -> None:
     for key in ("parse_json_s", "parse_yaml_s", "parse_pyyaml_s", "render_json_s", "render_yaml_s", "render_pyyaml_s"):
         assert r[key] > 0, (key, r)
     assert r["render_ratio"] == pytest.approx(r["render_yaml_s"] / r["render_json_s"])
+
+
+def test_egress_ip_services_against_whole_ip(kernel_ok: None, tmp_path: Path) -> None:
+    """The egress IP benchmark at a small N: every member is SNATed here or steered from
+    here as the layout says, and the numbers are there with their baseline."""
+    r = _run(tmp_path, "egressip", "--services", "40", "--pods", "5", "--nodes", "4", "--changes", "10")
+    e, b = r["egress"], r["baseline_whole_ip"]
+    # n1 holds every fourth Service's IP (its 5 members SNATed); of the other 30 Services'
+    # 150 members, spread over the 4 nodes round robin, 30 run on n1 and are steered.
+    assert e["snat"] == 10 * 5, e
+    assert e["steer"] == 30, e
+    assert b["snat"] == b["steer"] == 0, b
+    for side in (e, b):
+        assert side["cold_commit_s"] > 0, side
+        assert 0 < side["one_change_commit"]["p50_ms"] <= side["one_change_commit"]["p99_ms"], side
+    assert r["ratio"]["cold_commit"] == pytest.approx(e["cold_commit_s"] / b["cold_commit_s"], abs=0.01)

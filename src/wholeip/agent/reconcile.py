@@ -598,7 +598,7 @@ class Syncer:
                 self.metrics.change_to_commit.observe(waited)
         counts = count_mappings(doc)
         if self.metrics is not None:
-            self.metrics.set_egress(index.egress.served(), len(index.egress.steer()), len(index.egress.snat()))
+            self.metrics.set_egress(index.egress.served(), *index.egress.counts())
             self.metrics.syncs.labels("noop" if result.plan.empty else "success").inc()
             self.metrics.set_mappings(counts)
             self.metrics.last_success.set(self._wall_clock())

@@ -232,6 +232,13 @@ class EgressIndex:
         self._steered: frozenset[tuple[str, int]] | None = None
         """(holder, IP version) with routing in place; None: not known (assumed)."""
         self._steer_problems: tuple[Problem, ...] = ()
+        self._served: dict[ServiceKey, int] = {}
+        """Service -> how many pods leave with its IP."""
+        self._local_holder: dict[str, str] = {}
+        """This node's members whose IP another node holds -> that holder."""
+        self._wanted: dict[tuple[str, int], int] = {}
+        """(holder, IP version) -> how many of this node's members of that family it holds the
+        IP of (those holders get slots)."""
 
     # ------------------------------------------------------------------ input
 
@@ -361,7 +368,11 @@ class EgressIndex:
             self._service_problems[key] = tuple(problems)
 
     def _resolve_pod(self, pod: str) -> None:
-        self._members.pop(pod, None)
+        old = self._members.pop(pod, None)
+        if old is not None:
+            self._served[old.service] -= 1
+            if not self._served[old.service]:
+                del self._served[old.service]
         self._pod_problems.pop(pod, None)
         keys = sorted(self._claims.get(pod, ()), key=lambda k: (self._services[k].age, self._services[k].ref.uid))
         if not keys:
@@ -383,6 +394,7 @@ class EgressIndex:
             egress_ip = winner.ip(_version(pod))
             assert egress_ip is not None  # a candidate has an egress IP of its family
             self._members[pod] = Member(keys[0], egress_ip, node)
+            self._served[keys[0]] = self._served.get(keys[0], 0) + 1
             problems += [
                 Problem(
                     self._services[k].ref,
@@ -398,11 +410,21 @@ class EgressIndex:
     def _refresh(self, pods: set[str], touched: dict[str, set[Elem]], *, everything: bool = False) -> None:
         """Re-assign the slots, then re-derive the elements of ``pods`` (all of them when a
         slot or the on-link verdicts changed) and write the difference."""
-        wanted = {
-            holder
-            for m in self._members.values()
-            if m.node == self.node_name and (holder := self._holders[m.service]) != self.node_name
-        }
+        for pod in pods:
+            old_holder = self._local_holder.pop(pod, None)
+            if old_holder is not None:
+                key = (old_holder, _version(pod))
+                self._wanted[key] -= 1
+                if not self._wanted[key]:
+                    del self._wanted[key]
+            member = self._members.get(pod)
+            if member is not None and member.node == self.node_name:
+                holder = self._holders[member.service]
+                if holder != self.node_name:
+                    self._local_holder[pod] = holder
+                    key = (holder, _version(pod))
+                    self._wanted[key] = self._wanted.get(key, 0) + 1
+        wanted = {holder for holder, _ in self._wanted}
         slots = assign_slots(wanted, self._slots, self._capacity) if wanted else {}
         if slots != self._slots:
             self._slots = slots
@@ -443,13 +465,28 @@ class EgressIndex:
         four, six = self.addresses.get(node, (None, None))
         return four if version == 4 else six
 
+    def _troubled(self, holder: str, version: int) -> bool:
+        """Whether steering a family to ``holder`` falls short in any way (a problem to report)."""
+        return (
+            holder in self._not_on_link
+            or not self._slots.get(holder)
+            or self._address(holder, version) is None
+            or (self._steered is not None and (holder, version) not in self._steered)
+        )
+
     def _steering_problems(self) -> tuple[Problem, ...]:
+        troubled = {hv for hv in self._wanted if self._troubled(*hv)}
+        if not troubled:
+            return ()
+        families: dict[ServiceKey, set[int]] = {}
+        for pod, holder in self._local_holder.items():
+            if (holder, _version(pod)) in troubled:
+                families.setdefault(self._members[pod].service, set()).add(_version(pod))
         out: list[Problem] = []
-        for key in sorted({m.service for m in self._members.values() if m.node == self.node_name}):
+        for key in sorted(families):
             holder = self._holders[key]
-            if holder == self.node_name:
-                continue
             ref = self._services[key].ref
+            versions = sorted(families[key])
             if holder in self._not_on_link:
                 out.append(
                     Problem(
@@ -459,17 +496,19 @@ class EgressIndex:
                         " link); this node's pods of the Service keep their own egress",
                     )
                 )
-            elif not self._slots.get(holder):
+                continue
+            if not self._slots.get(holder):
                 out.append(
                     Problem(
                         ref,
                         "EgressNoSlot",
                         f"node {self.node_name} steers to {self._capacity} holders already (the mark bits allow no"
-                        f" more); this node's pods of the Service keep their own egress",
+                        " more); this node's pods of the Service keep their own egress",
                     )
                 )
-            missing = [v for v in (4, 6) if self._services[key].ip(v) and self._address(holder, v) is None]
-            if missing and holder not in self._not_on_link:
+                continue
+            missing = [v for v in versions if self._address(holder, v) is None]
+            if missing:
                 out.append(
                     Problem(
                         ref,
@@ -478,16 +517,7 @@ class EgressIndex:
                         f" object; this node's pods keep their own IPv{missing[0]} egress",
                     )
                 )
-            unrouted = [
-                v
-                for v in (4, 6)
-                if self._services[key].ip(v)
-                and v not in missing
-                and self._slots.get(holder)
-                and holder not in self._not_on_link
-                and self._steered is not None
-                and (holder, v) not in self._steered
-            ]
+            unrouted = [v for v in versions if v not in missing]
             if unrouted:
                 out.append(
                     Problem(
@@ -517,7 +547,14 @@ class EgressIndex:
 
     def served(self) -> int:
         """Egress Services with a holder and at least one member."""
-        return len({m.service for m in self._members.values()})
+        return len(self._served)
+
+    def counts(self) -> tuple[int, int]:
+        """(steered, SNATed) member addresses on this node: the elements of each kind."""
+        return (
+            sum(len(self._elements[n]) for n in EGRESS_STEER.both),
+            sum(len(self._elements[n]) for n in EGRESS_SNAT.both),
+        )
 
     def snat(self) -> list[tuple[str, str]]:
         """(pod IP, egress IP) of the ``egresssnat`` elements."""
