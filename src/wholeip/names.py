@@ -147,3 +147,42 @@ HAIRPIN_PREROUTING: Final = "hairpin_prerouting"
 HAIRPIN_OUTPUT: Final = "hairpin_output"
 HAIRPIN_POSTROUTING: Final = "hairpin_postrouting"
 STATELESS_POSTROUTING: Final = "stateless_postrouting"
+
+# Delegated Services (labelled for us): their ClusterIPs and NodePorts, load-balanced.
+SVC: Final = PerFamily("svc")
+"""Verdict map (ClusterIP, protocol, port) -> ``goto`` the class chain of its slot count."""
+SVC_ADDR: Final = PerFamily("svcaddr")
+"""Map (ClusterIP, protocol, port, slot) -> endpoint address."""
+SVC_PORT: Final = PerFamily("svcport")
+"""Map (ClusterIP, protocol, port, slot) -> endpoint port (beside ``svcaddr``: nftables 1.0.6
+cannot declare concatenated data in JSON)."""
+NODEPORT: Final = PerFamily("nodeport")
+"""Verdict map (protocol, nodePort) -> ``goto`` the class chain, on this node's addresses."""
+NP_ADDR: Final = PerFamily("npaddr")
+"""Map (protocol, nodePort, slot) -> endpoint address (this node's choice: Local or Cluster)."""
+NP_PORT: Final = PerFamily("npport")
+"""Map (protocol, nodePort, slot) -> endpoint port."""
+NP_MASQ: Final = PerFamily("npmasq")
+"""Set of (protocol, nodePort) with externalTrafficPolicy Cluster: masqueraded."""
+SVC_REFUSE: Final = PerFamily("svcrefuse")
+"""Verdict map (ClusterIP, protocol, port) -> ``goto refuse`` (no endpoint) or ``drop``
+(internalTrafficPolicy Local and no endpoint on this node)."""
+NP_REFUSE: Final = PerFamily("nprefuse")
+"""Verdict map (protocol, nodePort) -> ``goto refuse`` or ``drop`` (Local, none here)."""
+SVC_SELF: Final = PerFamily("svcself")
+"""Set of (endpoint, endpoint) of this node: a pod reaching itself through its Service is
+masqueraded (hairpin)."""
+LB_CHAIN: Final = "lb_"
+"""Prefix of the class chains ``lb_<slots>``: an endpoint by a hash of the flow."""
+AFF_CHAIN: Final = "aff_"
+"""Prefix of the class chains ``aff_<slots>``: an endpoint by a hash of the client address
+(sessionAffinity ClientIP)."""
+REFUSE: Final = "refuse"
+"""Regular chain: TCP reset, else ICMP port unreachable."""
+SVC_FILTER_PREROUTING: Final = "svc_filter_prerouting"
+SVC_FILTER_OUTPUT: Final = "svc_filter_output"
+MASQ_MARK: Final = 0x4000
+"""The packet mark bit that asks for masquerade (kube-proxy's own bit)."""
+HOST_ORDER_KEYS: Final = frozenset((*SVC_ADDR.both, *SVC_PORT.both, *NP_ADDR.both, *NP_PORT.both))
+"""Maps whose keys end in a hash (an integer in host byte order, not a payload's network
+order): the kernel's listing does not say so, the netlink reader must know."""

@@ -50,6 +50,16 @@ NETLINK_SETS = {
         "podnat",
         "podnatport",
         "podnatself",
+        "svc",
+        "svcaddr",
+        "svcport",
+        "nodeport",
+        "npaddr",
+        "npport",
+        "npmasq",
+        "svcrefuse",
+        "nprefuse",
+        "svcself",
     )
 } | {"icmpfix4", "icmpguard6"}
 """The sets a full sync reads over netlink (the others are interval or dynamic sets)."""
@@ -120,8 +130,63 @@ def _varied_state() -> model.ClusterState:
         }
         for k in range(1, 4)
     ]
+    objects += delegated_objects()
     settings = dataclasses.replace(settings, lb_to_clusterip=True)
     return index.build_state_from_objects(objects, node_name="n1", settings=settings)
+
+
+def delegated_objects() -> list[dict[str, Any]]:
+    """Delegated Services (labelled for us): one with endpoints on n1 and n2 behind its
+    ClusterIPs and NodePorts (TCP, UDP, SCTP, a named targetPort), one with none."""
+    out: list[dict[str, Any]] = []
+    for k, with_endpoints in ((1, True), (2, False)):
+        out.append(
+            {
+                "kind": "Service",
+                "metadata": {
+                    "namespace": "dlg",
+                    "name": f"d{k}",
+                    "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
+                },
+                "spec": {
+                    "type": "NodePort",
+                    "clusterIPs": [f"10.96.2.{k}", f"fd00:10:96::2:{k}"],
+                    "sessionAffinity": "ClientIP" if k == 2 else "None",
+                    "externalTrafficPolicy": "Cluster" if with_endpoints else "Local",
+                    "ports": [
+                        {"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP", "nodePort": 30080 + k},
+                        {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP", "nodePort": 30053 + k},
+                        {"name": "sctp", "port": 3868, "protocol": "SCTP"},
+                    ],
+                },
+            }
+        )
+        if not with_endpoints:
+            continue
+        for family, pods in (
+            ("IPv4", ("10.244.1.5", "10.244.2.5", "10.244.2.6")),
+            ("IPv6", ("fd00:10:244:1::5", "fd00:10:244:2::5")),
+        ):
+            out.append(
+                {
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "namespace": "dlg",
+                        "name": f"d{k}-{family}",
+                        "labels": {"kubernetes.io/service-name": f"d{k}"},
+                    },
+                    "addressType": family,
+                    "ports": [
+                        {"name": "http", "port": 8080, "protocol": "TCP"},
+                        {"name": "dns", "port": 5353, "protocol": "UDP"},
+                        {"name": "sctp", "port": 3868, "protocol": "SCTP"},
+                    ],
+                    "endpoints": [
+                        {"addresses": [a], "nodeName": "n1" if ":1::" in a or ".1." in a else "n2"} for a in pods
+                    ],
+                }
+            )
+    return out
 
 
 @pytest.fixture

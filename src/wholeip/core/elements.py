@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
+from wholeip.core.delegated import delegated_elements
 from wholeip.core.model import ClusterState, IPAddress, LbRedirect, Mapping1to1, Mode, PortSpec
 from wholeip.core.podnat import pod_port_elements
 from wholeip.core.ruleset import AT_POD_PROTOCOLS, SKELETON, icmp4_compensation, skeleton_for
@@ -293,6 +294,8 @@ def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem
     for name, elem in pod_port_elements(state.pod_ports, state.podnat_pods):
         out[name].add(elem)
     for name, elem in egress_ip_elements(state.egress_snat, state.egress_steer):
+        out[name].add(elem)
+    for name, elem in delegated_elements(state.frontends):
         out[name].add(elem)
     return {name: frozenset(elems) for name, elems in out.items()}
 

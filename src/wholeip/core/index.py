@@ -63,6 +63,7 @@ from wholeip.core.compact import (
     unpack_uid,
 )
 from wholeip.core.compact import ServiceKey as ServiceKey  # the agent files changes under it
+from wholeip.core.delegated import DelegatedIndex
 from wholeip.core.egressip import EgressIndex
 from wholeip.core.elements import (
     PodFilter,
@@ -309,6 +310,8 @@ class ClusterIndex:
             slot_capacity=steer_slots(settings.egress_mark_mask),
         )
         """Egress Services: their holders and members (the egressIP annotation)."""
+        self.delegated = DelegatedIndex(settings=settings, node_name=node_name, elements=self.elements)
+        """The ClusterIPs and NodePorts of Services labelled for us."""
         self._init_lb(nodes)
 
     # ------------------------------------------------------------------ input
@@ -426,6 +429,8 @@ class ClusterIndex:
                 touched.setdefault(name, set()).add(elem)
         if self.settings.lb_to_clusterip:
             self._update_lb(services, parsed, touched)
+        if services or slices:
+            self.delegated.update(services, slices, touched)
         # A pod may publish ports only while it is no whole-IP backend: recheck those whose
         # mappings changed.
         if pod_objects or (pods and self.podnat.has_pods):
@@ -690,6 +695,7 @@ class ClusterIndex:
             self._pod_problems.values(),
             (tuple(self.podnat.problems),),
             (tuple(self.egress.problems),),
+            (tuple(self.delegated.problems),),
         )
         for group in groups:
             for problems in group:
@@ -758,6 +764,8 @@ class ClusterIndex:
             egress_snat=tuple(self.egress.snat()),
             egress_steer=tuple(self.egress.steer()),
             egress_services=self.egress.served(),
+            frontends=tuple(self.delegated.frontends()),
+            health_checks=tuple(self.delegated.health_checks()),
         )
 
     # ------------------------------------------------------------------ LoadBalancer IP -> ClusterIP

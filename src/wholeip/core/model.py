@@ -136,6 +136,39 @@ class PodPort:
         return (ip.version, int(ip), self.protocol, self.port)
 
 
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    """One front-end of a delegated Service on this node (a ClusterIP port, or a NodePort),
+    with the endpoints this node sends it to. Addresses as canonical text."""
+
+    service: ObjectRef
+    family: int
+    address: str | None
+    """The ClusterIP; None for a NodePort (every address of this node)."""
+    protocol: str
+    port: int
+    endpoints: tuple[tuple[str, int], ...]
+    """(address, port) in address order; empty: refused (``closed``) or dropped."""
+    affinity: bool = False
+    """sessionAffinity ClientIP: the endpoint follows the client's address."""
+    masquerade: bool = False
+    """A NodePort with externalTrafficPolicy Cluster: the source becomes this node's."""
+    local: bool = False
+    """Only this node's endpoints (internal/externalTrafficPolicy Local): none here drops."""
+    local_endpoints: tuple[str, ...] = ()
+    """The endpoints on this node (a pod reaching itself through the Service is masqueraded)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class HealthCheck:
+    """``spec.healthCheckNodePort`` of a Service with externalTrafficPolicy Local: answered on
+    this node with the number of its local endpoints (200), or 503 with none."""
+
+    port: int
+    service: ObjectRef
+    local_endpoints: int
+
+
 class ProblemSource(Protocol):
     """What reports problems: a ClusterState, or the agent's live index."""
 
@@ -169,6 +202,10 @@ class ClusterState:
     """Egress IP, on another node: (pod IP, holder slot) of this node's members."""
     egress_services: int = 0
     """Egress Services served (a holder and at least one member)."""
+    frontends: tuple[Frontend, ...] = ()
+    """Delegated Services' ClusterIP ports and NodePorts, in a deterministic order."""
+    health_checks: tuple[HealthCheck, ...] = ()
+    """healthCheckNodePorts this node answers, by port."""
 
     def backend_nodes(self, namespace: str, name: str) -> Sequence[str | None]:
         """A scan of every mapping: for tools and tests. The agent asks its index."""

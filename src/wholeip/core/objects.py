@@ -459,3 +459,171 @@ def own_pod_cidrs(nodes: Iterable[RawObject], node_name: str) -> list[IPNetwork]
             if net is not None and net not in out:
                 out.append(net)
     return out
+
+
+# --------------------------------------------------------------------------- delegated Services
+
+
+@dataclass(frozen=True, slots=True)
+class DelegatedPort:
+    """One ``spec.ports`` entry of a delegated Service."""
+
+    name: str
+    protocol: str
+    port: int
+    target: int | str
+    node_port: int | None
+
+
+AFFINITY_DEFAULT = 10800
+"""``sessionAffinityConfig.clientIP.timeoutSeconds`` when unset (Kubernetes' default)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DelegatedInfo:
+    """What a Service labelled for us says about its ClusterIPs and NodePorts."""
+
+    ref: ObjectRef
+    created: str
+    cluster_ips: tuple[IPAddress, ...]
+    """``spec.clusterIPs`` (or ``spec.clusterIP``), at most one per family; none when headless."""
+    ports: tuple[DelegatedPort, ...]
+    external_local: bool
+    """externalTrafficPolicy Local (NodePorts: this node's endpoints only, client kept)."""
+    internal_local: bool
+    """internalTrafficPolicy Local (the ClusterIP: this node's endpoints only)."""
+    affinity: bool
+    affinity_timeout: int
+    health_check_port: int | None
+
+    @property
+    def age_key(self) -> tuple[int, str, str]:
+        return (created_seconds(self.created), self.ref.namespace, self.ref.name)
+
+
+def _port_number(value: Any) -> int | None:
+    if type(value) is not int or not 0 < value < 65536:
+        return None
+    return value
+
+
+def parse_delegated_service(obj: RawObject, settings: ModelSettings, problems: list[Problem]) -> DelegatedInfo | None:
+    """A Service whose ``service.kubernetes.io/service-proxy-name`` label names us, or None.
+
+    Problems of its own (an unusable port) are reported by :func:`parse_service`; a
+    ``targetPort`` per-port mode refuses is fine here: the ClusterIP translates it."""
+    ref = _ref(obj, "Service")
+    meta = _dict(obj.get("metadata"))
+    labels = _dict(meta.get("labels"))
+    if not ref.name or not settings.proxy_name or labels.get(PROXY_NAME_LABEL) != settings.proxy_name:
+        return None
+    if settings.allowed_namespaces and ref.namespace not in settings.allowed_namespaces:
+        return None
+    spec = _dict(obj.get("spec"))
+    if spec.get("type") == "ExternalName":
+        return None
+    cluster_ips: list[IPAddress] = []
+    for raw in _list(spec.get("clusterIPs")) or [spec.get("clusterIP")]:
+        ip = parse_ip(raw)  # "None" (headless) is no address
+        if ip is not None and all(c.version != ip.version for c in cluster_ips):
+            cluster_ips.append(ip)
+    ports: list[DelegatedPort] = []
+    for raw in _list(spec.get("ports")):
+        entry = _dict(raw)
+        protocol = _str(entry.get("protocol") or "TCP").upper()
+        port = _port_number(entry.get("port"))
+        if protocol not in ("TCP", "UDP", "SCTP") or port is None:
+            continue  # parse_service says so
+        target = entry.get("targetPort", port)
+        if isinstance(target, bool) or not isinstance(target, int | str) or target in ("", 0):
+            target = port
+        ports.append(
+            DelegatedPort(_str(entry.get("name")), protocol.lower(), port, target, _port_number(entry.get("nodePort")))
+        )
+    affinity = spec.get("sessionAffinity") == "ClientIP"
+    timeout = _dict(_dict(spec.get("sessionAffinityConfig")).get("clientIP")).get("timeoutSeconds")
+    if type(timeout) is not int or not 0 < timeout <= 86400:
+        if affinity and timeout is not None:
+            problems.append(
+                Problem(
+                    ref,
+                    "InvalidAffinityTimeout",
+                    f"sessionAffinityConfig.clientIP.timeoutSeconds {timeout!r} is not 1-86400;"
+                    f" using {AFFINITY_DEFAULT}",
+                )
+            )
+        timeout = AFFINITY_DEFAULT
+    external_local = spec.get("externalTrafficPolicy") == "Local"
+    return DelegatedInfo(
+        ref=ref,
+        created=_str(meta.get("creationTimestamp")),
+        cluster_ips=tuple(cluster_ips),
+        ports=tuple(ports),
+        external_local=external_local,
+        internal_local=spec.get("internalTrafficPolicy") == "Local",
+        affinity=affinity,
+        affinity_timeout=timeout,
+        health_check_port=_port_number(spec.get("healthCheckNodePort")) if external_local else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEndpoint:
+    """One endpoint of an EndpointSlice, with its conditions."""
+
+    address: str
+    """Canonical text."""
+    node: str | None
+    ready: bool
+    serving: bool
+    terminating: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointsInfo:
+    """Every endpoint of one EndpointSlice (ready or not), for delegated Services."""
+
+    service: tuple[str, str]
+    family: int
+    endpoints: tuple[SliceEndpoint, ...]
+    ports: tuple[tuple[tuple[str, str], int], ...]
+    """((port name, protocol), pod port) pairs."""
+
+
+def parse_endpoints(eps: RawObject) -> EndpointsInfo | None:
+    """An EndpointSlice's endpoints with their conditions (problems are :func:`parse_slice`'s
+    to report); None when it names no Service or carries no pod addresses."""
+    service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
+    address_type = eps.get("addressType")
+    if not service or address_type not in ("IPv4", "IPv6"):
+        return None
+    family = 4 if address_type == "IPv4" else 6
+    ports: dict[tuple[str, str], int] = {}
+    for raw_port in _list(eps.get("ports")):
+        entry = _dict(raw_port)
+        number = _port_number(entry.get("port"))
+        if number is not None:
+            ports[(_str(entry.get("name")), _str(entry.get("protocol") or "TCP").lower())] = number
+    out: dict[str, SliceEndpoint] = {}
+    for raw in _list(eps.get("endpoints")):
+        endpoint = _dict(raw)
+        addresses = _list(endpoint.get("addresses"))
+        ip = parse_ip(addresses[0]) if addresses else None
+        if ip is None or ip.version != family or endpoint_refusal(ip) is not None:
+            continue
+        conditions = _dict(endpoint.get("conditions"))
+        node = endpoint.get("nodeName")
+        out[str(ip)] = SliceEndpoint(
+            address=str(ip),
+            node=node if isinstance(node, str) and node else None,
+            # The API: a nil "ready" or "serving" means true, a nil "terminating" false.
+            ready=conditions.get("ready") is not False,
+            serving=conditions.get("serving", conditions.get("ready")) is not False,
+            terminating=conditions.get("terminating") is True,
+        )
+    return EndpointsInfo(
+        service=(_ref(eps, "EndpointSlice").namespace, service),
+        family=family,
+        endpoints=tuple(out.values()),
+        ports=tuple(sorted(ports.items())),
+    )

@@ -133,6 +133,7 @@ from typing import Any, Final
 from wholeip.core.model import IPAddress
 from wholeip.core.steering import SteeringConfig, slot_capacity, slot_mark
 from wholeip.names import (
+    AFF_CHAIN,
     ARRIVE,
     AWAY,
     CLUSTER,
@@ -152,8 +153,15 @@ from wholeip.names import (
     ICMPFIX4,
     ICMPGUARD6,
     INGRESS,
+    LB_CHAIN,
     LB_CLUSTER_IP,
     LOCAL_PODS,
+    MASQ_MARK,
+    NODEPORT,
+    NP_ADDR,
+    NP_MASQ,
+    NP_PORT,
+    NP_REFUSE,
     PER_PORT,
     PODNAT_ADDR,
     PODNAT_PORT,
@@ -161,9 +169,17 @@ from wholeip.names import (
     PORTS,
     RANGED,
     RAW_PREROUTING,
+    REFUSE,
     SELF_HAIRPIN,
     SOURCES,
     STATELESS_POSTROUTING,
+    SVC,
+    SVC_ADDR,
+    SVC_FILTER_OUTPUT,
+    SVC_FILTER_PREROUTING,
+    SVC_PORT,
+    SVC_REFUSE,
+    SVC_SELF,
     UNTRACKED,
     WHOLE_IP,
     steer_slot_chain,
@@ -755,6 +771,224 @@ def _egress_ip_rules(mark_mask: int) -> list[Rule]:
     return rules
 
 
+# --------------------------------------------------------------------------- delegated Services
+#
+# Services labelled ``service.kubernetes.io/service-proxy-name: <ours>`` are ignored by
+# kube-proxy; their ClusterIPs and NodePorts are served here (docs/datapath.md row 16),
+# with conntrack NAT as kube-proxy does, and without a rule per Service or endpoint:
+#
+# * a front-end (ClusterIP . protocol . port, or protocol . nodePort on this node's
+#   addresses) is looked up in a verdict map (``svc4/6``, ``nodeport4/6``) that says
+#   ``goto lb_<N>`` (or ``aff_<N>`` with sessionAffinity ClientIP): N is the front-end's
+#   number of endpoint *slots*, one of the fixed :data:`SLOT_CLASSES`;
+# * the class chain DNATs to ``front . hash mod N`` looked up in the slot maps
+#   (``svcaddr``/``svcport``, ``npaddr``/``npport``: address and port in two maps, as
+#   nftables 1.0.6 cannot declare concatenated data in JSON; both lookups hash the same
+#   packet the same way, so they agree). ``lb_<N>`` hashes the flow (``symhash``: every
+#   connection on its own), ``aff_<N>`` the client address (``jhash``): one client, one
+#   endpoint while the front-end's endpoints stay the same;
+# * slot i holds endpoint i mod n of the n endpoints in address order; up to 8 endpoints
+#   N = n, beyond that N is the smallest class of at least 8n slots (so no endpoint gets
+#   more than 9/8 of another's share, up to 512 endpoints);
+# * a front-end with no endpoint is in ``svcrefuse``/``nprefuse`` instead: ``goto refuse``
+#   (TCP reset, ICMP port unreachable: refused at once), or ``drop`` for a Local policy
+#   whose endpoints are all on other nodes; looked up before the DNAT (filter, dstnat-10),
+#   for new connections only;
+# * masquerade: NodePorts with externalTrafficPolicy Cluster (``npmasq``) and ClusterIP
+#   traffic from outside the cluster networks get kube-proxy's mark bit, masqueraded in
+#   ``hairpin_postrouting`` after the DNAT; a pod that its Service sends back to itself
+#   (``svcself``) is masqueraded too.
+
+SLOT_CLASSES = (1, 2, 3, 4, 5, 6, 7, 8, 64, 128, 256, 512, 1024, 4096)
+"""The numbers of endpoint slots a front-end may have: one class chain each. ``nft``'s
+``mod`` takes a constant, so a front-end's slot count chooses its chain."""
+
+_SVC_PROTOCOLS = ("tcp", "udp", "sctp")
+_HASH_SEED = 0x77686970
+
+
+def slot_count(endpoints: int) -> int:
+    """How many slots a front-end with ``endpoints`` endpoints gets (see above)."""
+    if endpoints <= 8:
+        return endpoints
+    return next((c for c in SLOT_CLASSES if c >= 8 * endpoints), SLOT_CLASSES[-1])
+
+
+def _front_key(v: int, proto: str, *, nodeport: bool) -> list[JSONObj]:
+    parts: list[JSONObj] = [] if nodeport else [_payload(proto, "daddr")]
+    return [*parts, _meta("l4proto"), _payload("th", "dport")]
+
+
+def _slot_typeof(v: int, *, nodeport: bool, data: str) -> str:
+    proto = "ip" if v == 4 else "ip6"
+    front = "meta l4proto . th dport" if nodeport else f"{proto} daddr . meta l4proto . th dport"
+    value = f"{proto} daddr" if data == "addr" else "th dport"
+    return f"{front} . numgen random mod 2 : {value}"
+
+
+def _slot_decls(v: int, addr_type: str) -> list[SetDecl]:
+    out = []
+    for nodeport, addr_name, port_name in ((False, SVC_ADDR, SVC_PORT), (True, NP_ADDR, NP_PORT)):
+        key = (
+            ("inet_proto", "inet_service", "integer")
+            if nodeport
+            else (addr_type, "inet_proto", "inet_service", "integer")
+        )
+        out.append(SetDecl(addr_name[v], key, data=addr_type, typeof=_slot_typeof(v, nodeport=nodeport, data="addr")))
+        out.append(
+            SetDecl(port_name[v], key, data="inet_service", typeof=_slot_typeof(v, nodeport=nodeport, data="port"))
+        )
+    return out
+
+
+def _local_address(v: int, proto: str) -> tuple[JSONObj, ...]:
+    """This node's address, not loopback (kube-proxy serves NodePorts on localhost only
+    with route_localnet)."""
+    loopback = {"prefix": {"addr": "127.0.0.0", "len": 8}} if v == 4 else "::1"
+    return (
+        _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+        _match(_payload(proto, "daddr"), loopback, op="!="),
+    )
+
+
+def _is_service_protocol() -> JSONObj:
+    return _match(_meta("l4proto"), {"set": list(_SVC_PROTOCOLS)})
+
+
+def _class_rules() -> tuple[list[ChainDecl], list[Rule]]:
+    chains: list[ChainDecl] = []
+    rules: list[Rule] = []
+    for prefix in (LB_CHAIN, AFF_CHAIN):
+        for n in SLOT_CLASSES:
+            chain = f"{prefix}{n}"
+            chains.append(ChainDecl(chain))
+            for nodeport, addr_map, port_map in ((False, SVC_ADDR, SVC_PORT), (True, NP_ADDR, NP_PORT)):
+                for v, proto, _ in _FAMILIES:
+                    if prefix == LB_CHAIN or (v == 6 and not nodeport):
+                        # An IPv6 ClusterIP key and a hash of the IPv6 client address take more
+                        # registers than nftables 1.0.6 has for one statement with two lookups
+                        # ("BUG: register reg_low 16 invalid"): no affinity there (README).
+                        spread: JSONObj = {"symhash": {"mod": n}}
+                    else:
+                        spread = {"jhash": {"mod": n, "seed": _HASH_SEED, "expr": _payload(proto, "saddr")}}
+                    key = _concat(*_front_key(v, proto, nodeport=nodeport), spread)
+                    rules.append(
+                        Rule(
+                            chain,
+                            (
+                                {
+                                    "dnat": {
+                                        "family": proto,
+                                        "addr": _map_lookup(key, addr_map[v]),
+                                        "port": _map_lookup(key, port_map[v]),
+                                    }
+                                },
+                            ),
+                        )
+                    )
+    return chains, rules
+
+
+def _mark_masquerade() -> JSONObj:
+    mark = _meta("mark")
+    return {"mangle": {"key": mark, "value": {"|": [mark, MASQ_MARK]}}}
+
+
+def _delegated_rules() -> tuple[list[ChainDecl], list[Rule]]:
+    chains, rules = _class_rules()
+    chains += [
+        ChainDecl(REFUSE),
+        ChainDecl(SVC_FILTER_PREROUTING, "filter", "prerouting", PRIO_DSTNAT - 10, "accept"),
+        ChainDecl(SVC_FILTER_OUTPUT, "filter", "output", PRIO_DSTNAT - 10, "accept"),
+    ]
+    rules += [
+        Rule(REFUSE, (_match(_meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}})),
+        Rule(REFUSE, ({"reject": {"type": "icmpx", "expr": "port-unreachable"}},)),
+    ]
+    new = _match(_ct_state(), "new", op="in")
+    for chain in (SVC_FILTER_PREROUTING, SVC_FILTER_OUTPUT):
+        for v, proto, _ in _FAMILIES:
+            front = _concat(*_front_key(v, proto, nodeport=False))
+            rules.append(
+                Rule(chain, (new, _is_service_protocol(), {"vmap": {"key": front, "data": f"@{SVC_REFUSE[v]}"}}))
+            )
+            port = _concat(*_front_key(v, proto, nodeport=True))
+            rules.append(
+                Rule(
+                    chain,
+                    (
+                        new,
+                        _is_service_protocol(),
+                        *_local_address(v, proto),
+                        {"vmap": {"key": port, "data": f"@{NP_REFUSE[v]}"}},
+                    ),
+                )
+            )
+    for chain in (HAIRPIN_PREROUTING, HAIRPIN_OUTPUT):
+        for v, proto, _ in _FAMILIES:
+            front = _concat(*_front_key(v, proto, nodeport=False))
+            port = _concat(*_front_key(v, proto, nodeport=True))
+            if chain == HAIRPIN_PREROUTING:
+                # From outside the cluster networks to a ClusterIP: masqueraded, as kube-proxy
+                # does (the endpoint's reply must come back through this node).
+                rules.append(
+                    Rule(
+                        chain,
+                        (
+                            _is_service_protocol(),
+                            _match(_payload(proto, "saddr"), f"@{CLUSTER[v]}", op="!="),
+                            _match(front, f"@{SVC[v]}"),
+                            _mark_masquerade(),
+                        ),
+                    )
+                )
+            rules.append(Rule(chain, (_is_service_protocol(), {"vmap": {"key": front, "data": f"@{SVC[v]}"}})))
+            local = _local_address(v, proto)
+            if chain == HAIRPIN_PREROUTING:
+                rules.append(
+                    Rule(chain, (_is_service_protocol(), *local, _match(port, f"@{NP_MASQ[v]}"), _mark_masquerade()))
+                )
+            rules.append(
+                Rule(chain, (_is_service_protocol(), *local, {"vmap": {"key": port, "data": f"@{NODEPORT[v]}"}}))
+            )
+    for v, proto, _ in _FAMILIES:
+        rules.append(
+            Rule(
+                HAIRPIN_POSTROUTING,
+                (
+                    _ct_dnat(),
+                    _match(_concat(_payload(proto, "saddr"), _payload(proto, "daddr")), f"@{SVC_SELF[v]}"),
+                    {"masquerade": None},
+                ),
+            )
+        )
+    rules.append(
+        Rule(
+            HAIRPIN_POSTROUTING,
+            (
+                _ct_dnat(),
+                _match({"&": [_meta("mark"), MASQ_MARK]}, MASQ_MARK),
+                {"masquerade": None},
+            ),
+        )
+    )
+    return chains, rules
+
+
+def _delegated_sets(v: int, addr_type: str) -> list[SetDecl]:
+    front = (addr_type, "inet_proto", "inet_service")
+    port = ("inet_proto", "inet_service")
+    return [
+        SetDecl(SVC[v], front, data="verdict"),
+        SetDecl(NODEPORT[v], port, data="verdict"),
+        *_slot_decls(v, addr_type),
+        SetDecl(NP_MASQ[v], port),
+        SetDecl(SVC_REFUSE[v], front, data="verdict"),
+        SetDecl(NP_REFUSE[v], port, data="verdict"),
+        SetDecl(SVC_SELF[v], (addr_type, addr_type)),
+    ]
+
+
 # --------------------------------------------------------------------------- skeleton
 
 
@@ -791,7 +1025,9 @@ def skeleton(mark_mask: int = SteeringConfig().mark_mask) -> Skeleton:
                 timeout=FLOW_TIMEOUT,
                 size=FLOW_CAPACITY,
             ),
+            *_delegated_sets(v, addr_type),
         ]
+    delegated_chains, delegated_rules = _delegated_rules()
     chains = (
         ChainDecl(RAW_PREROUTING, "filter", "prerouting", PRIO_RAW, "accept"),
         ChainDecl(ICMP_ERRORS),
@@ -805,6 +1041,7 @@ def skeleton(mark_mask: int = SteeringConfig().mark_mask) -> Skeleton:
         ChainDecl(STATELESS_POSTROUTING, "filter", "postrouting", PRIO_SRCNAT + 1, "accept"),
         ChainDecl(EGRESS_STEER_CHAIN, "filter", "prerouting", PRIO_STEER, "accept"),
         *(ChainDecl(steer_slot_chain(n)) for n in range(1, steer_slots(mark_mask) + 1)),
+        *delegated_chains,
     )
     rules = _prerouting_rules()
     rules += _filter_rules()
@@ -852,6 +1089,7 @@ def skeleton(mark_mask: int = SteeringConfig().mark_mask) -> Skeleton:
     rules += _inbound_error_rules()
     rules += _lb_to_clusterip_rules()
     rules += _egress_ip_rules(mark_mask)
+    rules += delegated_rules
     return Skeleton(sets=tuple(sets), chains=chains, rules=tuple(rules))
 
 

@@ -314,7 +314,16 @@ def _typeof_type(expr: str) -> str:
     expr = expr.strip()
     if expr.startswith("@"):
         return "integer"  # raw payload
-    known = {"ip daddr": "ipv4_addr", "ip saddr": "ipv4_addr", "ip6 daddr": "ipv6_addr", "ip6 saddr": "ipv6_addr"}
+    if expr.startswith(("numgen ", "jhash ", "symhash ")):
+        return "integer"  # a hash or a counter: host byte order, 32 bits
+    known = {
+        "ip daddr": "ipv4_addr",
+        "ip saddr": "ipv4_addr",
+        "ip6 daddr": "ipv6_addr",
+        "ip6 saddr": "ipv6_addr",
+        "meta l4proto": "inet_proto",
+        "th dport": "inet_service",
+    }
     if expr not in known:
         raise Rejected("unsupported typeof expression", detail=expr)
     return known[expr]

@@ -30,9 +30,11 @@ import ipaddress
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from wholeip.names import HOST_ORDER_KEYS
 from wholeip.nft.doc import Elem, Key, SetDecl
 
 NETLINK_NETFILTER = 12
@@ -336,19 +338,23 @@ def _verdict(buf: memoryview, start: int, end: int) -> tuple[int, str] | None:
 FieldDecoder = Callable[[bytes], str | int]
 
 
-def _field_decoder(typ: str) -> FieldDecoder | None:
+def _field_decoder(typ: str, *, host_order: bool = False) -> FieldDecoder | None:
     if typ == "ipv4_addr":
         return functools.partial(socket.inet_ntop, socket.AF_INET)
     if typ == "ipv6_addr":
         return lambda b: str(ipaddress.IPv6Address(b))
     if typ == "inet_proto":
         return lambda b: PROTOCOLS.get(b[0], b[0])
+    if typ == "integer" and host_order:
+        return lambda b: int.from_bytes(b, sys.byteorder)
     if typ in ("inet_service", "integer"):
         return lambda b: int.from_bytes(b, "big")
     return None
 
 
-def _key_decoder(types: tuple[str, ...], key_len: int, fields: tuple[int, ...]) -> Callable[[bytes], Key] | None:
+def _key_decoder(
+    types: tuple[str, ...], key_len: int, fields: tuple[int, ...], *, host_order: bool = False
+) -> Callable[[bytes], Key] | None:
     widths: list[int]
     if len(types) == 1:
         widths = [key_len]
@@ -368,7 +374,7 @@ def _key_decoder(types: tuple[str, ...], key_len: int, fields: tuple[int, ...]) 
     parts: list[tuple[int, int, FieldDecoder]] = []
     offset = 0
     for typ, width in zip(types, widths, strict=True):
-        decode = _field_decoder(typ)
+        decode = _field_decoder(typ, host_order=host_order)
         if decode is None or (typ in _FIELD_WIDTH and _FIELD_WIDTH[typ] != width):
             return None
         parts.append((offset, offset + width, decode))
@@ -386,7 +392,10 @@ def decoder(decl: SetDecl, layout: Layout) -> Callable[[RawElem], Elem] | None:
     does not decode such a set (interval or dynamic sets, unknown types)."""
     if decl.interval or decl.dynamic or layout.flags & (NFT_SET_INTERVAL | NFT_SET_TIMEOUT):
         return None
-    key = _key_decoder(decl.type, layout.key_len, layout.fields)
+    # A hash or a counter in a ``typeof`` key (the slots of delegated Services) is an
+    # integer in host byte order, not a payload's network order.
+    host_order = decl.name in HOST_ORDER_KEYS
+    key = _key_decoder(decl.type, layout.key_len, layout.fields, host_order=host_order)
     if key is None:
         return None
     if decl.data is None:

@@ -1,0 +1,362 @@
+"""Delegated Services: the ClusterIPs and NodePorts of Services labelled for us (pure).
+
+kube-proxy (and every replacement that follows the convention) ignores a Service that
+carries ``service.kubernetes.io/service-proxy-name``; when the label names us
+(``--proxy-name``), its ClusterIPs and NodePorts are ours to serve. A Service's
+*front-ends* (:class:`~wholeip.core.model.Frontend`) are, per family of its ClusterIPs,
+every port of the ClusterIP and every allocated NodePort; each gets the endpoints this
+node sends it to:
+
+* the endpoints of the Service's EndpointSlices of that family whose port resolves (the
+  slice's port of the Service port's name and protocol, else a numeric ``targetPort``);
+* all ready ones; with none ready, the serving and terminating ones (as kube-proxy);
+* for the ClusterIP with ``internalTrafficPolicy: Local`` and for NodePorts with
+  ``externalTrafficPolicy: Local``: those on this node only (the same fallback among them).
+
+The elements (:func:`frontend_elements`) are the data of the fixed skeleton's delegated
+part (:mod:`wholeip.core.ruleset`, "delegated Services"): a verdict-map entry naming the
+slot-count class, and the slots. Each front-end's elements are a pure function of it;
+the only elements two front-ends can share are ``svcself`` pairs (a local endpoint of
+several ports), which :class:`DelegatedIndex` counts.
+
+A front-end two Services claim (hand-written objects: the API server allocates
+ClusterIPs and NodePorts uniquely) goes to the older Service; the other is told
+(``FrontendConflict``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from wholeip.core.model import Frontend, HealthCheck, ObjectRef, Problem
+from wholeip.core.objects import (
+    DelegatedInfo,
+    EndpointsInfo,
+    RawObject,
+    SliceEndpoint,
+    namespaced_name,
+    parse_delegated_service,
+    parse_endpoints,
+)
+from wholeip.core.ruleset import slot_count
+from wholeip.names import (
+    AFF_CHAIN,
+    LB_CHAIN,
+    NODEPORT,
+    NP_ADDR,
+    NP_MASQ,
+    NP_PORT,
+    NP_REFUSE,
+    REFUSE,
+    SVC,
+    SVC_ADDR,
+    SVC_PORT,
+    SVC_REFUSE,
+    SVC_SELF,
+)
+from wholeip.nft.doc import Elem
+from wholeip.settings import ModelSettings
+
+ServiceKey = tuple[str, str]
+FrontKey = tuple[int, str | None, str, int]
+"""(family, ClusterIP or None for a NodePort, protocol, port)."""
+
+MAX_ENDPOINTS = 4096
+"""Endpoints beyond this many (in address order) get no slot."""
+
+
+def frontend_elements(f: Frontend) -> list[tuple[str, Elem]]:
+    """The (set, element) pairs of one front-end."""
+    v = f.family
+    out: list[tuple[str, Elem]] = [(SVC_SELF[v], (a, a)) for a in f.local_endpoints]
+    if f.address is None:
+        key: tuple[str | int, ...] = (f.protocol, f.port)
+        front, addr_map, port_map, refuse = NODEPORT[v], NP_ADDR[v], NP_PORT[v], NP_REFUSE[v]
+    else:
+        key = (f.address, f.protocol, f.port)
+        front, addr_map, port_map, refuse = SVC[v], SVC_ADDR[v], SVC_PORT[v], SVC_REFUSE[v]
+    if not f.endpoints:
+        out.append((refuse, (key, "drop" if f.local else f"goto {REFUSE}")))
+        return out
+    eps = f.endpoints[:MAX_ENDPOINTS]
+    slots = slot_count(len(eps))
+    out.append((front, (key, f"goto {AFF_CHAIN if f.affinity else LB_CHAIN}{slots}")))
+    for i in range(slots):
+        address, port = eps[i % len(eps)]
+        out.append((addr_map, ((*key, i), address)))
+        out.append((port_map, ((*key, i), port)))
+    if f.masquerade:
+        out.append((NP_MASQ[v], key))
+    return out
+
+
+def _order(address: str) -> tuple[int, int]:
+    return (0, int(ipaddress.ip_address(address)))
+
+
+def _choose(candidates: Sequence[tuple[SliceEndpoint, int]]) -> tuple[tuple[str, int], ...]:
+    """The ready endpoints, else the serving and terminating ones (kube-proxy's fallback)."""
+    ready = [(e.address, p) for e, p in candidates if e.ready]
+    if not ready:
+        ready = [(e.address, p) for e, p in candidates if e.serving and e.terminating]
+    return tuple(sorted(set(ready), key=lambda ep: (_order(ep[0]), ep[1])))
+
+
+def frontends(
+    info: DelegatedInfo, slices: Iterable[EndpointsInfo], node_name: str
+) -> tuple[list[Frontend], HealthCheck | None]:
+    """A delegated Service's front-ends on node ``node_name``, and its health check."""
+    slices = list(slices)
+    out: list[Frontend] = []
+    local_count = 0
+    for ip in info.cluster_ips:
+        v = ip.version
+        family = [s for s in slices if s.family == v]
+        for p in info.ports:
+            candidates: dict[str, tuple[SliceEndpoint, int]] = {}
+            for sl in family:  # a later slice's entry for the same address wins
+                ports = dict(sl.ports)
+                number = ports.get((p.name, p.protocol))
+                if number is None and isinstance(p.target, int):
+                    number = p.target
+                if number is None:
+                    continue  # a named targetPort this slice's pods do not have
+                for e in sl.endpoints:
+                    candidates[e.address] = (e, number)
+            every = list(candidates.values())
+            cluster = _choose(every)
+            local = _choose([c for c in every if c[0].node == node_name])
+            local_addrs = tuple(a for a, _ in local)
+            internal = local if info.internal_local else cluster
+            out.append(
+                Frontend(
+                    service=info.ref,
+                    family=v,
+                    address=str(ip),
+                    protocol=p.protocol,
+                    port=p.port,
+                    endpoints=internal,
+                    affinity=info.affinity,
+                    local=info.internal_local and bool(cluster),
+                    local_endpoints=tuple(sorted({a for a, _ in internal} & set(local_addrs), key=_order)),
+                )
+            )
+            if p.node_port is not None:
+                external = local if info.external_local else cluster
+                out.append(
+                    Frontend(
+                        service=info.ref,
+                        family=v,
+                        address=None,
+                        protocol=p.protocol,
+                        port=p.node_port,
+                        endpoints=external,
+                        affinity=info.affinity,
+                        masquerade=not info.external_local,
+                        local=info.external_local and bool(cluster),
+                        local_endpoints=tuple(sorted({a for a, _ in external} & set(local_addrs), key=_order)),
+                    )
+                )
+            local_count = max(local_count, len(local_addrs))
+    health = None
+    if info.health_check_port is not None and info.cluster_ips:
+        health = HealthCheck(info.health_check_port, info.ref, local_count)
+    return out, health
+
+
+def front_key(f: Frontend) -> FrontKey:
+    return (f.family, f.address, f.protocol, f.port)
+
+
+class _Service(NamedTuple):
+    info: DelegatedInfo
+    fronts: tuple[Frontend, ...]
+    health: HealthCheck | None
+
+
+class DelegatedIndex:
+    """The delegated Services of the cluster, their front-ends on this node and their
+    elements, kept current one object at a time (a full build is the same index filled
+    at once)."""
+
+    def __init__(self, *, settings: ModelSettings, node_name: str, elements: dict[str, set[Elem]]) -> None:
+        self.settings = settings
+        self.node_name = node_name
+        self.elements = elements
+        self._services: dict[ServiceKey, _Service] = {}
+        self._slices: dict[str, EndpointsInfo] = {}
+        self._slices_of: dict[ServiceKey, set[str]] = {}
+        self._claims: dict[FrontKey, set[ServiceKey]] = {}
+        self._winners: dict[FrontKey, Frontend] = {}
+        self._counts: dict[tuple[str, Elem], int] = {}
+        self._problems: dict[ServiceKey, tuple[Problem, ...]] = {}
+        self._health: dict[int, set[ServiceKey]] = {}
+
+    def update(
+        self,
+        services: Mapping[ServiceKey, Sequence[RawObject]],
+        slices: Mapping[str, RawObject | None],
+        touched: dict[str, set[Elem]],
+    ) -> None:
+        dirty: set[ServiceKey] = set()
+        for skey, obj in slices.items():
+            old = self._slices.pop(skey, None)
+            if old is not None:
+                self._slices_of.get(old.service, set()).discard(skey)
+                dirty.add(old.service)
+            new = parse_endpoints(obj) if obj is not None else None
+            if new is not None:
+                self._slices[skey] = new
+                self._slices_of.setdefault(new.service, set()).add(skey)
+                dirty.add(new.service)
+        infos: dict[ServiceKey, DelegatedInfo | None] = {}
+        for key, objs in services.items():
+            parsed = [i for i in (parse_delegated_service(o, self.settings, []) for o in objs) if i is not None]
+            parsed.sort(key=lambda i: (i.age_key, i.ref.uid, repr(i)))
+            infos[key] = parsed[0] if parsed else None
+            dirty.add(key)
+        changed: set[FrontKey] = set()
+        ports: set[int] = set()
+        for key in dirty:
+            old_svc = self._services.pop(key, None)
+            info = infos.get(key, old_svc.info if old_svc is not None else None)
+            if old_svc is not None:
+                for f in old_svc.fronts:
+                    self._claims[front_key(f)].discard(key)
+                    changed.add(front_key(f))
+                if old_svc.health is not None:
+                    self._health[old_svc.health.port].discard(key)
+                    ports.add(old_svc.health.port)
+            if not self._slices_of.get(key):
+                self._slices_of.pop(key, None)
+            if info is None:
+                continue
+            fronts, health = frontends(
+                info, (self._slices[s] for s in sorted(self._slices_of.get(key, ()))), self.node_name
+            )
+            self._services[key] = _Service(info, tuple(fronts), health)
+            for f in fronts:
+                self._claims.setdefault(front_key(f), set()).add(key)
+                changed.add(front_key(f))
+            if health is not None:
+                self._health.setdefault(health.port, set()).add(key)
+        problem_keys: set[ServiceKey] = set(dirty)
+        for fk in changed:
+            was = self._winners.pop(fk, None)
+            claimants = sorted(self._claims.get(fk, ()), key=lambda k: self._services[k].info.age_key)
+            if not claimants:
+                self._claims.pop(fk, None)
+            now = None
+            if claimants:
+                owner = claimants[0]
+                now = next(f for f in self._services[owner].fronts if front_key(f) == fk)
+                self._winners[fk] = now
+                problem_keys.update(claimants)
+            if was == now:
+                continue
+            for name, elem in frontend_elements(was) if was is not None else ():
+                self._count(name, elem, -1, touched)
+            for name, elem in frontend_elements(now) if now is not None else ():
+                self._count(name, elem, +1, touched)
+        for port in ports:
+            if not self._health.get(port):
+                self._health.pop(port, None)
+        for key in problem_keys:
+            self._reproblem(key)
+
+    def _count(self, name: str, elem: Elem, delta: int, touched: dict[str, set[Elem]]) -> None:
+        item = (name, elem)
+        n = self._counts.get(item, 0) + delta
+        if n > 0:
+            self._counts[item] = n
+        else:
+            self._counts.pop(item, None)
+        if (n > 0) != (n - delta > 0):
+            if n > 0:
+                self.elements[name].add(elem)
+            else:
+                self.elements[name].discard(elem)
+            touched.setdefault(name, set()).add(elem)
+
+    def _reproblem(self, key: ServiceKey) -> None:
+        svc = self._services.get(key)
+        if svc is None:
+            self._problems.pop(key, None)
+            return
+        problems = []
+        for f in svc.fronts:
+            win = self._winners.get(front_key(f))
+            if win is not None and win.service != f.service:
+                what = f"ClusterIP {f.address} port" if f.address else "NodePort"
+                problems.append(
+                    Problem(
+                        f.service,
+                        "FrontendConflict",
+                        f"{what} {f.protocol.upper()}/{f.port} is claimed by the older Service"
+                        f" {win.service.namespace}/{win.service.name}; not served for this one",
+                    )
+                )
+        if svc.info.affinity and svc.info.affinity_timeout != 10800:
+            problems.append(
+                Problem(
+                    svc.info.ref,
+                    "AffinityTimeoutIgnored",
+                    "sessionAffinity ClientIP follows the client's address while the endpoints stay the same;"
+                    f" timeoutSeconds {svc.info.affinity_timeout} is not applied (see the README)",
+                    warning=False,
+                )
+            )
+        if problems:
+            self._problems[key] = tuple(problems)
+        else:
+            self._problems.pop(key, None)
+
+    # ------------------------------------------------------------------ output
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for ps in self._problems.values() for p in ps]
+
+    def frontends(self) -> list[Frontend]:
+        """Every served front-end, in a deterministic order."""
+        return sorted(self._winners.values(), key=_frontend_order)
+
+    def health_checks(self) -> list[HealthCheck]:
+        """One health check per port (the oldest Service's), by port."""
+        out = []
+        for keys in self._health.values():
+            owner = min(keys, key=lambda k: self._services[k].info.age_key)
+            health = self._services[owner].health
+            if health is not None:
+                out.append(health)
+        return sorted(out)
+
+    def endpoints_of(self, ref: ObjectRef) -> list[tuple[str, int]]:
+        """The (address, port) pairs a Service's front-ends send to on this node."""
+        svc = self._services.get((ref.namespace, ref.name))
+        return sorted({ep for f in svc.fronts for ep in f.endpoints}) if svc is not None else []
+
+    def frontend_count(self) -> int:
+        return len(self._winners)
+
+    def owner(self, address: str) -> ObjectRef | None:
+        for f in self._winners.values():
+            if f.address == address:
+                return f.service
+        return None
+
+
+def _frontend_order(f: Frontend) -> tuple[int, tuple[int, int], str, int]:
+    return (f.family, _order(f.address) if f.address else (-1, 0), f.protocol, f.port)
+
+
+def delegated_elements(fronts: Iterable[Frontend]) -> list[tuple[str, Elem]]:
+    """Every front-end's elements (a full build)."""
+    return [item for f in fronts for item in frontend_elements(f)]
+
+
+def slice_key(obj: RawObject) -> str:
+    ns, name = namespaced_name(obj)
+    return f"{ns}/{name}" if ns else name
