@@ -110,3 +110,85 @@ def cluster(n: int, *, nodes: int = 2, dual_stack: bool = False, pod_offset: int
 
 def as_list(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "List", "items": objects}
+
+
+SERVICE4 = ipaddress.IPv4Network("10.96.0.0/12")
+SERVICE6 = ipaddress.IPv6Network("fd00:10:96::/108")
+
+
+def delegated(
+    i: int,
+    *,
+    endpoints: int = 3,
+    namespace: str = "default",
+    nodes: int = 2,
+    node_port: bool = False,
+    generation: int = 0,
+    dual_stack: bool = False,
+) -> list[dict[str, Any]]:
+    """Delegated Service ``dlg-i`` (labelled for wholeip: its ClusterIP is ours to serve),
+    TCP port 80 -> the named targetPort ``http`` (8080), with ``endpoints`` ready pods spread
+    over the nodes. ``generation`` moves its first endpoint to another address (a pod
+    replaced)."""
+    name = f"dlg-{i}"
+    ips = [str(SERVICE4.network_address + 1 + i)]
+    if dual_stack:
+        ips.append(str(SERVICE6.network_address + 1 + i))
+    port: dict[str, Any] = {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    if node_port:
+        port["nodePort"] = 30000 + i % 2768
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(uuid.UUID(int=(1 << 64) + i)),
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
+            },
+            "spec": {
+                "type": "NodePort" if node_port else "ClusterIP",
+                "clusterIP": ips[0],
+                "clusterIPs": ips,
+                "ports": [port],
+            },
+        }
+    ]
+    families = (("IPv4", _pod_cidr4), ("IPv6", _pod_cidr6)) if dual_stack else (("IPv4", _pod_cidr4),)
+    for family, cidr in families:
+        eps = []
+        for k in range(endpoints):
+            node_index = (i + k) % nodes
+            slot = 10 + ((i * endpoints + k + (generation if k == 0 else 0) * 7919) % 65000)
+            eps.append(
+                {
+                    "addresses": [str(cidr(node_index).network_address + slot)],
+                    "nodeName": f"n{node_index + 1}",
+                    "conditions": {"ready": True},
+                }
+            )
+        objects.append(
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": f"{name}-{family.lower()}",
+                    "namespace": namespace,
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": family,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": eps,
+            }
+        )
+    return objects
+
+
+def delegated_cluster(n: int, *, endpoints: int = 3, nodes: int = 2, dual_stack: bool = False) -> list[dict[str, Any]]:
+    """``nodes`` Nodes plus ``n`` delegated Services (see :func:`delegated`)."""
+    objects = [node(f"n{k + 1}", k, dual_stack=dual_stack) for k in range(nodes)]
+    for i in range(n):
+        objects += delegated(i, endpoints=endpoints, nodes=nodes, dual_stack=dual_stack)
+    return objects

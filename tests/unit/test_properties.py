@@ -259,6 +259,9 @@ def service_port(draw: st.DrawFn) -> dict[str, Any]:
     )
     if draw(st.booleans()):
         entry["name"] = draw(st.sampled_from(PORT_NAMES))
+    node_port = draw(st.sampled_from((None, None, None, 30080, 30081, "30080")))
+    if node_port is not None:  # delegated Services serve NodePorts (two Services may collide)
+        entry["nodePort"] = node_port
     target = draw(st.sampled_from(("same", "same", "absent", "other", "named")))
     if target == "same":
         entry["targetPort"] = entry["port"]
@@ -267,6 +270,21 @@ def service_port(draw: st.DrawFn) -> dict[str, Any]:
     elif target == "named":
         entry["targetPort"] = draw(st.sampled_from(("http", "dns")))
     return entry
+
+
+DELEGATED_SPECS: tuple[dict[str, Any], ...] = (
+    {},
+    {},
+    {"externalTrafficPolicy": "Local", "healthCheckNodePort": 32000},
+    {"externalTrafficPolicy": "Local", "healthCheckNodePort": 32000, "internalTrafficPolicy": "Local"},
+    {"externalTrafficPolicy": "Cluster", "healthCheckNodePort": 32001},
+    {"internalTrafficPolicy": "Local", "sessionAffinity": "ClientIP"},
+    {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}},
+    {"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": "x"}}},
+    {"externalTrafficPolicy": "local", "healthCheckNodePort": 0},
+)
+"""What delegated Services (labelled) read besides ports: traffic policies, affinity, the
+health check, some of it malformed."""
 
 
 @st.composite
@@ -297,6 +315,7 @@ def service(draw: st.DrawFn) -> dict[str, Any]:
     spec["ports"] = draw(st.lists(service_port(), max_size=3))
     if draw(st.integers(0, 3)) > 0:  # --lb-to-clusterip sends the LoadBalancer IPs there
         _maybe(draw, draw(st.sampled_from(CLUSTER_IPS)), "clusterIPs", spec)
+    spec.update(draw(st.sampled_from(DELEGATED_SPECS)))  # one draw: the examples' entropy is bounded
     if draw(st.integers(0, 3)) == 0:
         spec["loadBalancerSourceRanges"] = draw(st.lists(source_range, min_size=1, max_size=3))
     if draw(st.integers(0, 4)) == 0:
@@ -995,6 +1014,8 @@ def test_examples_reach_the_compiler_with_real_mappings() -> None:
         seen["shared pod"] += any(not m.egress for m in state.mappings)
         seen["garbage"] += any(p.reason.startswith("Invalid") for p in state.problems)
         seen["lb-to-clusterip"] += bool(state.lb_redirects)
+        seen["delegated"] += any(f.endpoints for f in state.frontends)
+        seen["node port"] += any(f.address is None for f in state.frontends)
 
     sample()
     n = seen["examples"]
@@ -1002,5 +1023,5 @@ def test_examples_reach_the_compiler_with_real_mappings() -> None:
     assert seen["mappings"] >= 0.5 * n, seen
     for what in ("several mappings", "per-port", "IPv6", "ranges", "local egress", "conflict", "refused"):
         assert seen[what] >= 0.05 * n, (what, seen)
-    for what in ("shared pod", "garbage", "lb-to-clusterip"):
+    for what in ("shared pod", "garbage", "lb-to-clusterip", "delegated", "node port"):
         assert seen[what] >= 0.02 * n, (what, seen)

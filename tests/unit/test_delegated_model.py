@@ -1,0 +1,202 @@
+"""Delegated Services in the model: which endpoints each front-end gets on a node, the
+elements, and a skeleton that does not grow with them (docs/datapath.md row 16)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from wholeip.core.delegated import frontend_elements
+from wholeip.core.elements import compile_table
+from wholeip.core.index import build_state, load
+from wholeip.core.model import Frontend, ObjectRef
+from wholeip.core.ruleset import SKELETON, SLOT_CLASSES, slot_count
+from wholeip.settings import ModelSettings
+from wholeip_testkit import synth
+
+SETTINGS = ModelSettings(service_cidrs=(ipaddress.ip_network("10.96.0.0/12"), ipaddress.ip_network("fd00:10:96::/108")))
+LABEL = {"service.kubernetes.io/service-proxy-name": "wholeip"}
+
+
+def svc(name: str = "s", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "type": "ClusterIP",
+        "clusterIPs": ["10.96.0.10", "fd00:10:96::10"],
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+    }
+    base.update(spec)
+    return {
+        "kind": "Service",
+        "metadata": {"namespace": "ns", "name": name, "labels": LABEL, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": base,
+    }
+
+
+def eps(
+    name: str, family: int, endpoints: list[dict[str, Any]], ports: dict[str, int] | None = None, *, tag: str = ""
+) -> dict[str, Any]:
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {
+            "namespace": "ns",
+            "name": f"{name}-{family}{tag}",
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": f"IPv{family}",
+        "ports": [{"name": k, "port": v, "protocol": "TCP"} for k, v in (ports or {"http": 8080}).items()],
+        "endpoints": endpoints,
+    }
+
+
+def ep(address: str, node: str = "n1", **conditions: bool) -> dict[str, Any]:
+    return {"addresses": [address], "nodeName": node, "conditions": conditions}
+
+
+def fronts(objects: list[dict[str, Any]], node: str = "n1") -> list[Frontend]:
+    state = build_state(
+        services=[o for o in objects if o["kind"] == "Service"],
+        endpoint_slices=[o for o in objects if o["kind"] == "EndpointSlice"],
+        nodes=synth.cluster(0, dual_stack=True),
+        node_name=node,
+        settings=SETTINGS,
+    )
+    return list(state.frontends)
+
+
+def by_key(fs: list[Frontend]) -> dict[tuple[int, str | None, int], Frontend]:
+    return {(f.family, f.address, f.port): f for f in fs}
+
+
+def test_ready_endpoints_with_the_named_target_port_of_their_own_slice() -> None:
+    objects = [
+        svc(),
+        eps("s", 4, [ep("10.128.0.2"), ep("10.128.0.1", "n2")], {"http": 8080}),
+        # another slice (a rolling update): its pods call the named port 9090
+        eps("s", 4, [ep("10.128.0.3", "n2")], {"http": 9090}, tag="b"),
+    ]
+    f = by_key(fronts(objects))[(4, "10.96.0.10", 80)]
+    assert f.endpoints == (("10.128.0.1", 8080), ("10.128.0.2", 8080), ("10.128.0.3", 9090))
+    assert f.local_endpoints == ("10.128.0.2",)
+    # no IPv6 slice: the IPv6 ClusterIP has no endpoint and refuses
+    six = by_key(fronts(objects))[(6, "fd00:10:96::10", 80)]
+    assert six.endpoints == ()
+    assert ("svcrefuse6", (("fd00:10:96::10", "tcp", 80), "goto refuse")) in frontend_elements(six)
+
+
+def test_a_named_target_port_a_slice_lacks_leaves_its_endpoints_out() -> None:
+    objects = [svc(), eps("s", 4, [ep("10.128.0.1")], {"other": 1})]
+    assert by_key(fronts(objects))[(4, "10.96.0.10", 80)].endpoints == ()
+
+
+def test_unready_endpoints_are_left_out_and_terminating_ones_used_only_when_nothing_is_ready() -> None:
+    ready = ep("10.128.0.1")
+    unready = ep("10.128.0.2", ready=False)
+    terminating = ep("10.128.0.3", ready=False, serving=True, terminating=True)
+    f = by_key(fronts([svc(), eps("s", 4, [ready, unready, terminating])]))[(4, "10.96.0.10", 80)]
+    assert [a for a, _ in f.endpoints] == ["10.128.0.1"]
+    f = by_key(fronts([svc(), eps("s", 4, [unready, terminating])]))[(4, "10.96.0.10", 80)]
+    assert [a for a, _ in f.endpoints] == ["10.128.0.3"]
+
+
+def test_internal_traffic_policy_local_keeps_this_nodes_endpoints_and_drops_without() -> None:
+    objects = [svc(internalTrafficPolicy="Local"), eps("s", 4, [ep("10.128.0.1", "n1"), ep("10.128.0.2", "n2")])]
+    assert by_key(fronts(objects, "n1"))[(4, "10.96.0.10", 80)].endpoints == (("10.128.0.1", 8080),)
+    objects = [svc(internalTrafficPolicy="Local"), eps("s", 4, [ep("10.128.0.2", "n2")])]
+    f = by_key(fronts(objects, "n1"))[(4, "10.96.0.10", 80)]
+    assert f.endpoints == ()
+    assert ("svcrefuse4", (("10.96.0.10", "tcp", 80), "drop")) in frontend_elements(f)
+
+
+def test_node_ports_by_traffic_policy_and_the_health_check() -> None:
+    port = {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "nodePort": 30080}
+    objects = [
+        svc(type="NodePort", ports=[port], externalTrafficPolicy="Local", healthCheckNodePort=32000),
+        eps("s", 4, [ep("10.128.0.1", "n1"), ep("10.128.0.2", "n2"), ep("10.128.0.3", "n2")]),
+    ]
+    state = build_state(
+        services=objects[:1], endpoint_slices=objects[1:], nodes=synth.cluster(0), node_name="n2", settings=SETTINGS
+    )
+    np4 = by_key(list(state.frontends))[(4, None, 30080)]
+    assert np4.endpoints == (("10.128.0.2", 8080), ("10.128.0.3", 8080))
+    assert not np4.masquerade
+    (health,) = state.health_checks
+    assert (health.port, health.local_endpoints) == (32000, 2)
+    cluster = [svc(type="NodePort", ports=[port]), objects[1]]
+    np4 = by_key(fronts(cluster, "n2"))[(4, None, 30080)]
+    assert len(np4.endpoints) == 3
+    assert np4.masquerade
+    names = {name for name, _ in frontend_elements(np4)}
+    assert names == {"nodeport4", "npaddr4", "npport4", "npmasq4", "svcself4"}
+
+
+def test_affinity_takes_the_client_hash_chain() -> None:
+    objects = [svc(sessionAffinity="ClientIP"), eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.2")])]
+    f = by_key(fronts(objects))[(4, "10.96.0.10", 80)]
+    assert ("svc4", (("10.96.0.10", "tcp", 80), "goto aff_2")) in frontend_elements(f)
+
+
+def test_unlabelled_and_annotation_only_services_are_not_delegated() -> None:
+    plain = svc()
+    plain["metadata"]["labels"] = {}
+    annotated = svc("w")
+    annotated["metadata"]["labels"] = {}
+    annotated["metadata"]["annotations"] = {"networking.cozystack.io/wholeIP": "true"}
+    other = svc("o")
+    other["metadata"]["labels"] = {"service.kubernetes.io/service-proxy-name": "someone-else"}
+    assert fronts([plain, annotated, other]) == []
+
+
+def test_a_cluster_ip_claimed_twice_goes_to_the_older_service() -> None:
+    old, new = svc("old"), svc("new")
+    new["metadata"]["creationTimestamp"] = "2026-02-01T00:00:00Z"
+    objects = [new, old, eps("old", 4, [ep("10.128.0.1")]), eps("new", 4, [ep("10.128.0.9")])]
+    f = by_key(fronts(objects))[(4, "10.96.0.10", 80)]
+    assert f.service.name == "old"
+    index = load(
+        services=[new, old],
+        endpoint_slices=objects[2:],
+        nodes=synth.cluster(0),
+        node_name="n1",
+        settings=SETTINGS,
+    )
+    assert any(p.reason == "FrontendConflict" and p.ref.name == "new" for p in index.problems)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 16, 17, 100, 512, 600, 5000])
+def test_slots_are_a_class_and_share_out_evenly(n: int) -> None:
+    slots = slot_count(n)
+    assert slots in SLOT_CLASSES
+    if n <= 512:
+        share = Counter(i % n for i in range(slots))
+        assert len(share) == n
+        assert max(share.values()) / min(share.values()) <= 9 / 8 or n <= 8
+
+
+def test_ten_thousand_delegated_services_cost_the_rules_of_one() -> None:
+    one = compile_table(
+        build_state(
+            services=[o for o in synth.delegated_cluster(1) if o["kind"] == "Service"],
+            endpoint_slices=[o for o in synth.delegated_cluster(1) if o["kind"] == "EndpointSlice"],
+            nodes=synth.cluster(0),
+            node_name="n1",
+            settings=SETTINGS,
+        ),
+        node_name="n1",
+    )
+    objects = synth.delegated_cluster(10_000, endpoints=3)
+    state = build_state(
+        services=[o for o in objects if o["kind"] == "Service"],
+        endpoint_slices=[o for o in objects if o["kind"] == "EndpointSlice"],
+        nodes=[o for o in objects if o["kind"] == "Node"],
+        node_name="n1",
+        settings=SETTINGS,
+    )
+    many = compile_table(state, node_name="n1")
+    assert len(many.skeleton.rules) == len(one.skeleton.rules) == len(SKELETON.rules)
+    assert len(many.skeleton.chains) == len(one.skeleton.chains)
+    assert len(many.elements["svc4"]) == 10_000
+    assert len(many.elements["svcaddr4"]) == 30_000
+    assert ObjectRef("Service", "default", "dlg-9999") in {f.service for f in state.frontends}
