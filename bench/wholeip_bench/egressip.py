@@ -1,4 +1,4 @@
-"""Egress IP at scale (docs/datapath.md row 17): 1,000 egress Services of 10 pods each.
+"""Egress IP at scale (docs/datapath.md row 18): 1,000 egress Services of 10 pods each.
 
 ``python -m wholeip_bench.egressip [--services N] [--pods P] [--nodes K] [--changes C]``:
 N egress Services, P ready pods each spread over K nodes, each Service's IP held by one

@@ -1,4 +1,4 @@
-"""Egress IP end to end (docs/datapath.md row 17): real agents (``wholeip run``) in the node
+"""Egress IP end to end (docs/datapath.md row 18): real agents (``wholeip run``) in the node
 namespaces, the API server double serving MetalLB's ServiceL2Status as a custom resource
 (created with a real kubectl from MetalLB's CRD), real traffic.
 

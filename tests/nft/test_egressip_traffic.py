@@ -1,4 +1,4 @@
-"""Egress IP (docs/datapath.md row 17) with real traffic, IPv4 and IPv6.
+"""Egress IP (docs/datapath.md row 18) with real traffic, IPv4 and IPv6.
 
 ``wholeip apply`` programs both nodes from a cluster file: the egress Service ``mail``
 (LoadBalancer IPs ``EGRESS_IP``) whose endpoint pods are pod A (n1) and pod B (n2), and a
@@ -182,7 +182,7 @@ def served(stand_in: Topology, tmp_path_factory: pytest.TempPathFactory) -> Topo
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 @pytest.mark.parametrize("pod", ["pod_a", "pod_b"], ids=["on-holder", "on-other-node"])
-def test_row_17_members_leave_with_the_egress_ip_and_get_their_replies(
+def test_row_18_members_leave_with_the_egress_ip_and_get_their_replies(
     served: Topology, pod: str, proto: str, family: int
 ) -> None:
     r = exchange(served, client=pod, server="ext", addr=addr("ext", family), proto=proto)  # type: ignore[arg-type]
@@ -193,7 +193,7 @@ def test_row_17_members_leave_with_the_egress_ip_and_get_their_replies(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_17_the_source_port_is_kept_when_free(served: Topology, family: int) -> None:
+def test_row_18_the_source_port_is_kept_when_free(served: Topology, family: int) -> None:
     for pod in ("pod_a", "pod_b"):
         r = exchange(served, client=pod, server="ext", addr=addr("ext", family), proto="udp", sport=40017)  # type: ignore[arg-type]
         assert r.ok, r.error
@@ -201,7 +201,7 @@ def test_row_17_the_source_port_is_kept_when_free(served: Topology, family: int)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_17_cluster_traffic_keeps_the_pod_address(served: Topology, family: int) -> None:
+def test_row_18_cluster_traffic_keeps_the_pod_address(served: Topology, family: int) -> None:
     r = exchange(served, client="pod_b", server="pod_a", addr=addr("pod_a", family))
     assert r.ok, r.error
     assert r.server_peer == addr("pod_b", family)
@@ -211,7 +211,7 @@ def test_row_17_cluster_traffic_keeps_the_pod_address(served: Topology, family: 
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_17_a_pod_that_is_no_member_keeps_its_normal_egress(
+def test_row_18_a_pod_that_is_no_member_keeps_its_normal_egress(
     stand_in: Topology, tmp_path: Path, family: int
 ) -> None:
     apply(stand_in, cluster(members=("pod_a",)), tmp_path)
@@ -228,7 +228,7 @@ def test_row_17_a_pod_that_is_no_member_keeps_its_normal_egress(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_17_a_whole_ip_pod_keeps_its_whole_ip(stand_in: Topology, tmp_path: Path, family: int) -> None:
+def test_row_18_a_whole_ip_pod_keeps_its_whole_ip(stand_in: Topology, tmp_path: Path, family: int) -> None:
     stderr = apply(stand_in, cluster(whole_ip=True), tmp_path)
     try:
         assert "Service default/mail: EgressPodHasWholeIP" in stderr["n1"]
@@ -242,7 +242,7 @@ def test_row_17_a_whole_ip_pod_keeps_its_whole_ip(stand_in: Topology, tmp_path: 
         apply(stand_in, cluster(), tmp_path)
 
 
-def test_row_17_the_egress_follows_the_holder(stand_in: Topology, tmp_path: Path) -> None:
+def test_row_18_the_egress_follows_the_holder(stand_in: Topology, tmp_path: Path) -> None:
     apply(stand_in, cluster(holder="n2"), tmp_path, holder="n2")
     try:
         for family in FAMILIES:
@@ -267,7 +267,7 @@ def _ip_state(topo: Topology, node: str) -> dict[str, str]:
     return out
 
 
-def test_row_17_cleanup_removes_table_rules_and_routes_and_nothing_else(stand_in: Topology, tmp_path: Path) -> None:
+def test_row_18_cleanup_removes_table_rules_and_routes_and_nothing_else(stand_in: Topology, tmp_path: Path) -> None:
     apply(stand_in, cluster(), tmp_path)
     # Someone else's rule and route in a table beside ours, to be left alone.
     _ip(stand_in, "n2", "rule", "add", "fwmark", "0x1000/0xf000", "lookup", "300200", "priority", "2000")

@@ -1,4 +1,4 @@
-"""Egress IP in the model (docs/datapath.md row 17): selection, holder, members, elements.
+"""Egress IP in the model (docs/datapath.md row 18): selection, holder, members, elements.
 
 The datapath is tested with real traffic in tests/nft/test_egressip_traffic.py; here the
 decisions, and that the incremental index equals a fresh build after any changes.

@@ -720,7 +720,7 @@ def _podnat_rules() -> list[Rule]:
 
 # --------------------------------------------------------------------------- egress IP
 #
-# An egress Service's members (docs/datapath.md row 17, :mod:`wholeip.core.egressip`) leave
+# An egress Service's members (docs/datapath.md row 18, :mod:`wholeip.core.egressip`) leave
 # with its LoadBalancer IP, which one node holds (announces). Both halves are conntrack,
 # not the stateless path: many pods share one address, so source ports must be allocated,
 # and the replies find their pod through conntrack.
