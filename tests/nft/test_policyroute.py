@@ -139,6 +139,18 @@ def test_a_route_or_rule_changed_by_hand_is_put_right(node: Netns) -> None:
     assert len(rules(node, 6)) == 1
 
 
+def test_a_second_default_route_of_ours_goes_in_one_apply(node: Netns) -> None:
+    apply(node, {1: N1})
+    ip(node, "-4", "route", "replace", "default", "via", "10.9.0.99", "table", "300001", "proto", "kernel")
+    ip(node, "-4", "route", "add", "default", "via", "10.9.0.98", "table", "300001", "proto", "kernel", "metric", "7")
+    ip(node, "-6", "route", "add", "default", "via", "fd00:9::98", "table", "300001", "proto", "kernel", "metric", "7")
+    report = apply(node, {1: N1})
+    assert (report.routes_added, report.routes_removed) == (1, 2)
+    assert default_via(node, 4, 300001) == [("10.9.0.2", "d0")]
+    assert default_via(node, 6, 300001) == [("fd00:9::2", "d0")]
+    assert not apply(node, {1: N1}).changed
+
+
 def test_a_holder_that_moves_slot_or_leaves_takes_its_rule_and_route_along(node: Netns) -> None:
     apply(node, {1: N1, 2: N2})
     report = apply(node, {3: N2})

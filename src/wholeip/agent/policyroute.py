@@ -389,11 +389,16 @@ class PolicyRouter:
         for route in routes:
             by_table.setdefault(route.table, []).append(route)
         placed: dict[int, Wanted] = {}
+        # The metric the kernel gives a route added without one: what "replace" replaces.
+        standard = {None, 0} if family == socket.AF_INET else {1024}
         # 1. Routes first, so that no rule of ours ever points at a table we are filling.
         for table, want in sorted(wanted.items()):
             ours = by_table.pop(table, [])
             defaults = [r for r in ours if r.dst_len == 0]
-            good = [r for r in defaults if r.gateway == want.gateway and r.oif == want.oif]
+            good = sorted(
+                (r for r in defaults if r.gateway == want.gateway and r.oif == want.oif),
+                key=lambda r: r.priority not in standard,
+            )
             if good:
                 placed[table] = want
                 # Anything else of ours in the table (a second default, another prefix) goes.
@@ -403,7 +408,7 @@ class PolicyRouter:
                 continue
             args = self._route_args(family, want)
             try:
-                ipr.route("replace" if defaults else "add", **args)
+                ipr.route("replace" if any(r.priority in standard for r in defaults) else "add", **args)
                 tally.routes_added += 1
                 placed[table] = want
             except Exception as exc:
@@ -413,8 +418,9 @@ class PolicyRouter:
                     tally.conflicts.add(table)
                 else:
                     tally.error(f"add route {args}: {exc}")
+            # What was not replaced: other prefixes, and defaults of ours with another metric.
             for route in ours:
-                if route.dst_len != 0:
+                if route.dst_len != 0 or route.priority not in standard:
                     self._delete_route(ipr, route, tally)
         # 2. Rules: the wanted ones whose route is in place, each once; every other of ours goes.
         want_rules = {(w.fwmark, w.table): w for w in placed.values()}
