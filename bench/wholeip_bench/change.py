@@ -29,6 +29,7 @@ Prints a table and writes JSON. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -53,6 +54,15 @@ def _http(method: str, url: str, body: Any = None, ctype: str = "application/jso
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"null")
+
+
+def _cpu_ms(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far, from the scheduler (ns resolution)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e6
 
 
 def _rss_mib(pid: int) -> tuple[float, float]:
@@ -82,7 +92,7 @@ class _Log:
         return out
 
 
-def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
+def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, Any]:
     """Inside the namespace: double + agent, then the measurements."""
     from wholeip.core import index
     from wholeip.core.elements import compile_table
@@ -165,10 +175,17 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
         time.sleep(1.0)  # let the allocator settle before reading RSS (no condition to wait on)
         rss, hwm = _rss_mib(agent.pid)
 
+        def committed() -> dict[str, Any] | None:
+            for line in log.lines():
+                if line.get("event") == "synced" and line.get("change_ms") is not None:
+                    return line
+            return None
+
         # Benchmark 2: one change at a time.
         latencies: list[float] = []
         commits: list[float] = []
         elements: list[int] = []
+        service_cpu: list[float] = []
         for k in range(changes):
             i = (k * 7919) % n
             # A free address in n1's pod CIDR (10.128.0.0/16; synth's pods end below
@@ -176,6 +193,7 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             # change would only delete the mapping.
             pod = f"10.128.{200 + ((k >> 8) % 56)}.{k & 255}"
             name = f"svc-{i}-ipv4"
+            cpu = _cpu_ms(agent.pid)
             _http(
                 "PATCH",
                 f"{url}/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/{name}",
@@ -183,19 +201,39 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
                 "application/merge-patch+json",
             )
 
-            def committed(pod: str = pod) -> dict[str, Any] | None:
-                for line in log.lines():
-                    if line.get("event") == "synced" and line.get("change_ms") is not None:
-                        return line
-                return None
-
             line = wait_for(committed, within=60, what=f"change {k} committed", interval=0.002)
+            service_cpu.append(_cpu_ms(agent.pid) - cpu)
             latencies.append(float(line["change_ms"]))
             commits.append(float(line["commit_ms"]))
             elements.append(int(str(line["changes"]).split(" elements added")[0].split()[-1]))
             if not elements[-1]:
                 raise RuntimeError(f"change {k} added no element (was the pod refused?): {line}")
         rss_after, hwm_after = _rss_mib(agent.pid)
+
+        # Node changes: a Node joins (created, then its addresses written), changes its
+        # address, and leaves; the agent's CPU time from the request to the committed sync.
+        node_cpu: list[float] = []
+        node_ms: list[float] = []
+        node_elements: list[int] = []
+        for k in range(node_cycles):
+            name = f"n{3 + k}"
+            spec = synth.node(name, 2 + k)
+            status = spec.pop("status")
+            moved = {"addresses": [{"type": "InternalIP", "address": f"198.51.100.{k + 1}"}]}
+            steps: list[tuple[str, str, Any, str]] = [
+                ("POST", f"{url}/api/v1/nodes", spec, "application/json"),
+                ("PATCH", f"{url}/api/v1/nodes/{name}/status", {"status": status}, "application/merge-patch+json"),
+                ("PATCH", f"{url}/api/v1/nodes/{name}/status", {"status": moved}, "application/merge-patch+json"),
+                ("DELETE", f"{url}/api/v1/nodes/{name}", None, "application/json"),
+            ]
+            for method, where, body, ctype in steps:
+                cpu = _cpu_ms(agent.pid)
+                _http(method, where, body, ctype)
+                line = wait_for(committed, within=120, what=f"node change {method} {where}", interval=0.002)
+                node_cpu.append(_cpu_ms(agent.pid) - cpu)
+                node_ms.append(float(line["change_ms"]))
+                counts = str(line["changes"]).split(" elements added, ")
+                node_elements.append(int(counts[0].split()[-1]) + int(counts[1].split()[0]))
 
         # Floors: one element, by nft (a process) and by libnftables (warm, in-process).
         backend = LibnftBackend()
@@ -225,7 +263,10 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             lib_ms.append((time.perf_counter() - t0) * 1000)
 
         # Benchmark 3: observe = list + parse + compare, as a full sync does.
+        cpu = time.process_time()
         state = index.build_state_from_objects(objects, node_name="n1", settings=ModelSettings())
+        # What a Node change cost before it updated the index: a rebuild (here: the model at once).
+        rebuild_cpu = (time.process_time() - cpu) * 1000
         desired = compile_table(state, node_name="n1")
         engine = Engine(backend=backend)
         observe: list[float] = []
@@ -264,6 +305,13 @@ def child(n: int, changes: int, workdir: Path) -> dict[str, Any]:
             "change_to_commit_p99_ms": percentile(latencies, 0.99),
             "commit_p50_ms": percentile(commits, 0.5),
             "elements_added_per_change": statistics.median(elements),
+            "service_change_cpu_p50_ms": percentile(service_cpu, 0.5),
+            "node_changes": len(node_cpu),
+            "node_change_cpu_p50_ms": percentile(node_cpu, 0.5),
+            "node_change_cpu_max_ms": max(node_cpu),
+            "node_change_to_commit_p50_ms": percentile(node_ms, 0.5),
+            "node_change_elements_max": max(node_elements),
+            "rebuild_cpu_ms": rebuild_cpu,
             "floor_nft_add_element_p50_ms": percentile(nft_ms, 0.5),
             "floor_nft_add_element_p99_ms": percentile(nft_ms, 0.99),
             "floor_libnft_one_element_p50_ms": percentile(lib_ms, 0.5),
@@ -290,12 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wholeip_bench.change", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated N")
     parser.add_argument("--changes", type=int, default=200, help="changes per N")
+    parser.add_argument("--node-cycles", type=int, default=5, help="Nodes that join, move and leave (4 changes each)")
     parser.add_argument("--out", default="bench-results/change.json", help="where the JSON table goes")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.changes, Path(args.workdir))), flush=True)
+        print(json.dumps(child(args.child, args.changes, args.node_cycles, Path(args.workdir))), flush=True)
         return 0
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces)", file=sys.stderr)
@@ -304,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(x) for x in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp, Netns() as ns:
             argv_child = [sys.executable, "-m", "wholeip_bench.change", "--child", str(n)]
-            out = ns.run([*argv_child, "--changes", str(args.changes), "--workdir", tmp])
+            out = ns.run(
+                [*argv_child, "--changes", str(args.changes), "--node-cycles", str(args.node_cycles), "--workdir", tmp]
+            )
             if out.returncode != 0:
                 log = Path(tmp, "agent.log")
                 tail = log.read_text()[-3000:] if log.exists() else ""
@@ -321,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
             f" {r['observe_libnftables_listing_s']:.2f}s)"
             f"  agent rss={r['agent_rss_mib']:.0f} MiB (peak {r['agent_peak_rss_mib']:.0f})"
             f"  ready in {r['agent_ready_s']:.1f}s",
+            flush=True,
+        )
+        print(
+            f"N={n:>7}  node change: agent CPU p50={r['node_change_cpu_p50_ms']:.1f}ms"
+            f" max={r['node_change_cpu_max_ms']:.1f}ms over {r['node_changes']} changes,"
+            f" change->commit p50={r['node_change_to_commit_p50_ms']:.1f}ms,"
+            f" at most {r['node_change_elements_max']} elements per transaction;"
+            f" one Service change: CPU p50={r['service_change_cpu_p50_ms']:.1f}ms;"
+            f" a rebuild (the model at once, as a Node change cost before): {r['rebuild_cpu_ms']:.0f}ms CPU",
             flush=True,
         )
     write_results(args.out, rows)

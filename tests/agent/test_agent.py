@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from agentkit import FAST, cluster, endpoint_slice, eventually, service, set_lb_ip
+from agentkit import FAST, cluster, endpoint_slice, eventually, node, service, set_lb_ip
 from kubernetes_asyncio import client
 
 from wholeip.agent.app import Agent
@@ -127,6 +127,26 @@ async def test_pod_change_swaps_the_element(api: ApiServer, start_agent: AgentFa
     assert agent.syncer.last_result is not None
     # Five deleted since docs/datapath.md row 15: the pod's egress carries one more element (its ICMP fix).
     assert (agent.syncer.last_result.plan.added, agent.syncer.last_result.plan.deleted) == (2, 5)
+
+
+async def test_a_node_joining_updates_the_index_in_place(api: ApiServer, start_agent: AgentFactory) -> None:
+    managed_web(api)
+    agent = await start_agent("n1")
+    await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.1.10")})
+    assert agent.syncer is not None
+    rebuilds = agent.syncer.rebuilds
+    api.store.create(node("n3", "192.0.2.13", "10.244.3.0/24"))
+    # Its pod CIDR and address merge with n2's: two elements replace two.
+    await eventually(lambda: "10.244.2.0/23" in table(agent, "cluster4"), what="the new Node's pod CIDR")
+    assert table(agent, "cluster4") == {
+        "10.244.1.0/24",
+        "10.244.2.0/23",
+        "10.96.0.0/12",
+        "192.0.2.11/32",
+        "192.0.2.12/31",
+    }
+    assert table(agent) == {("198.51.100.10", "10.244.1.10")}
+    assert agent.syncer.rebuilds == rebuilds  # no snapshot of the whole cluster: an update of the index
 
 
 async def test_de_annotated_service_loses_its_mapping(api: ApiServer, start_agent: AgentFactory) -> None:

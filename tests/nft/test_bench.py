@@ -45,7 +45,7 @@ def test_cold_commit_against_the_nft_f_floor(kernel_ok: None, tmp_path: Path) ->
 
 
 def test_one_change_inside_the_running_agent(kernel_ok: None, tmp_path: Path) -> None:
-    (r,) = _run(tmp_path, "change", "--sizes", "300", "--changes", "20")
+    (r,) = _run(tmp_path, "change", "--sizes", "300", "--changes", "20", "--node-cycles", "2")
     assert r["services"] == 300
     assert r["changes"] == 20
     # Each change moved a pod within the node's pod network: elements were added, not only deleted.
@@ -56,6 +56,13 @@ def test_one_change_inside_the_running_agent(kernel_ok: None, tmp_path: Path) ->
     assert r["observe_as_agent_s"] > 0, r
     assert r["observe_libnftables_listing_s"] > 0, r
     assert r["agent_rss_mib"] <= r["agent_peak_rss_mib"], r
+    # A Node joined, moved and left twice: each change committed the cluster networks (an
+    # interval set is flushed and refilled: a handful of elements), never the mappings.
+    assert r["node_changes"] == 8, r
+    assert 0 < r["node_change_cpu_p50_ms"] <= r["node_change_cpu_max_ms"], r
+    assert 1 <= r["node_change_elements_max"] <= 16, r
+    assert r["service_change_cpu_p50_ms"] > 0, r
+    assert r["rebuild_cpu_ms"] > 0, r
 
 
 def test_cluster_file_yaml_against_json(tmp_path: Path) -> None:

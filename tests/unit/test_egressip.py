@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from wholeip.core.elements import compile_table
@@ -287,6 +287,11 @@ change = st.one_of(
     st.tuples(st.just("l2"), st.builds(l2, st.sampled_from(SERVICES), st.sampled_from(["n1", "n2", "n3"]))),
     st.tuples(st.just("del-l2"), st.sampled_from(SERVICES)),
     st.tuples(st.just("link"), st.sets(st.sampled_from(["n2", "n3"]))),
+    # A holder's Node loses an address family, or gets another address.
+    st.tuples(
+        st.just("node"),
+        st.tuples(st.sampled_from(["n2", "n3"]), st.sampled_from([["192.0.2.22"], ["2001:db8:2::22"], []])),
+    ),
 )
 
 
@@ -294,8 +299,19 @@ def _by_holder(index_or_state: Any, steer: tuple[tuple[str, int], ...], routes: 
     return {(pod, routes[slot].node) for pod, slot in steer}
 
 
+# n1's pod leaves through n2, which then loses its IPv4 address and gets one back.
+HOLDER_READDRESSED = [
+    ("svc", svc("s0", ["203.0.113.50"])),
+    ("slice", eps("s0", 4, [("10.244.1.10", "n1")])),
+    ("l2", l2("s0", "n2")),
+    ("node", ("n2", ["2001:db8:2::22"])),
+    ("node", ("n2", ["192.0.2.22"])),
+]
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(change, min_size=10, max_size=40))
+@example(HOLDER_READDRESSED)
 def test_incremental_equals_fresh_with_egress_services(changes: list[tuple[str, Any]]) -> None:
     """Random Services, slices and ServiceL2Status objects (shared pods, holders moving,
     whole-IP backends, on-link verdicts) into the index one at a time: its state equals a
@@ -306,6 +322,7 @@ def test_incremental_equals_fresh_with_egress_services(changes: list[tuple[str, 
     slices: dict[str, dict[str, Any]] = {}
     statuses: dict[str, dict[str, Any]] = {}
     not_on_link: set[str] = set()
+    nodes = {n["metadata"]["name"]: n for n in NODES}
     index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
     engine = Engine(backend=FakeBackend())
     engine.sync(index.doc())
@@ -329,11 +346,16 @@ def test_incremental_equals_fresh_with_egress_services(changes: list[tuple[str, 
         elif kind == "del-l2":
             statuses.pop(arg, None)
             touched = index.update(l2_statuses={arg: None})
+        elif kind == "node":
+            name, addresses = arg
+            status = {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]}
+            nodes[name] = {**nodes[name], "status": status}
+            touched = index.update(nodes=list(nodes.values()))
         else:
             not_on_link = set(arg)
             touched = {}
             index.egress.set_routing(not_on_link, touched)
-        fresh_index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
+        fresh_index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=list(nodes.values()))
         fresh_index.update(
             services={("ns", k): [v] for k, v in services.items()},
             slices={f"ns/{k}": v for k, v in slices.items()},
@@ -345,7 +367,7 @@ def test_incremental_equals_fresh_with_egress_services(changes: list[tuple[str, 
             assert fresh == build_state(
                 services=services.values(),
                 endpoint_slices=slices.values(),
-                nodes=NODES,
+                nodes=list(nodes.values()),
                 node_name="n1",
                 settings=SETTINGS,
                 l2_statuses=statuses.values(),

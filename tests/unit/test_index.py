@@ -9,6 +9,8 @@ kernel holding exactly the fresh table.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from typing import Any
 
 from hypothesis import example, given, settings
@@ -30,7 +32,7 @@ NODES = [
     )
 ]
 SERVICES = ["s0", "s1", "s2"]
-EXT = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "2001:db8::1", "2001:db8::2", "10.244.1.99"]
+EXT = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "2001:db8::1", "2001:db8::2", "10.244.1.99", "::ffff:192.0.2.13"]
 PODS4 = ["10.244.1.10", "10.244.1.11", "10.244.2.20"]
 PODS6 = ["fd00::10", "fd00::20"]
 
@@ -95,6 +97,32 @@ slice_change = st.one_of(
     ),
 )
 
+POD_CIDRS = ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "10.244.0.0/16", "fd00::/64", "fd00::/120",
+             "203.0.113.0/30", "2001:db8::/127", "bad"]  # fmt: skip
+"""Pod CIDRs a Node may declare: the pods' (merging with their neighbours' or not), wider,
+narrower, over external IPs, malformed."""
+NODE_IPS = ["192.0.2.11", "192.0.2.12", "192.0.2.13", "203.0.113.2", "2001:db8::2", "10.244.1.11", "::ffff:203.0.113.1"]
+
+node_obj = st.builds(
+    lambda name, cidrs, addresses: {
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"podCIDRs": cidrs},
+        "status": {"addresses": [{"type": t, "address": a} for t, a in addresses]},
+    },
+    st.sampled_from(["n1", "n2", "n3"]),
+    st.lists(st.sampled_from(POD_CIDRS), max_size=2),
+    st.lists(
+        st.tuples(st.sampled_from(["InternalIP", "ExternalIP", "Hostname"]), st.sampled_from(NODE_IPS)), max_size=2
+    ),
+)
+SERVICE_CIDRS = [
+    ("10.96.0.0/12",),
+    ("10.96.0.0/12", "203.0.113.2/32"),
+    ("2001:db8::/64",),
+    ("10.244.0.0/16", "fd00::/64"),
+]
+
 change = st.one_of(
     st.tuples(st.just("svc"), service_obj),
     st.tuples(st.just("del-svc"), st.sampled_from(SERVICES)),
@@ -102,6 +130,9 @@ change = st.one_of(
     st.tuples(st.just("slice"), slice_change),
     st.tuples(st.just("svc"), service_obj),
     st.tuples(st.just("del-slice"), st.sampled_from([f"{s}-{i}" for s in SERVICES for i in range(4)])),
+    st.tuples(st.just("node"), node_obj),
+    st.tuples(st.just("del-node"), st.sampled_from(["n1", "n2", "n3"])),
+    st.tuples(st.just("service-cidrs"), st.sampled_from(SERVICE_CIDRS)),
 )
 
 
@@ -130,9 +161,38 @@ EGRESS_MOVES = [
 ]
 
 
+def _node(name: str, cidrs: list[str], addresses: list[str]) -> dict[str, Any]:
+    return {
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"podCIDRs": cidrs},
+        "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]},
+    }
+
+
+# A Node address comes that an external IP spells in IPv6: the guard's message names it.
+SPELLED_NODE = [
+    ("svc", _svc("s0", "2026-01-01T00:00:00Z", ["::ffff:192.0.2.13"])),
+    ("node", _node("n3", [], ["192.0.2.13"])),
+    ("del-node", "n3"),
+]
+# No Node has pod CIDRs (every endpoint counts), then one has: the others no longer count.
+FIRST_POD_CIDR = [
+    ("del-node", "n1"),
+    ("del-node", "n2"),
+    ("slice", slice_obj("s0", 4, [("10.244.2.20", True, "n2")], 0)),
+    ("svc", _svc("s0", "2026-01-01T00:00:00Z", ["203.0.113.1"])),
+    ("node", _node("n1", ["10.244.1.0/24"], ["192.0.2.11"])),
+    ("node", _node("n2", ["10.244.2.0/24"], ["192.0.2.12"])),
+    ("node", _node("n2", ["10.244.3.0/24"], ["192.0.2.12"])),
+]
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(change, min_size=10, max_size=40))
 @example(EGRESS_MOVES)
+@example(SPELLED_NODE)
+@example(FIRST_POD_CIDR)
 def test_incremental_equals_fresh(changes: list[tuple[str, Any]]) -> None:
     _replay(changes, SETTINGS)
 
@@ -142,6 +202,7 @@ def _replay(changes: list[tuple[str, Any]], settings: ModelSettings) -> None:
     engine fed the touched elements only leaves the fake kernel holding the fresh table."""
     services: dict[str, dict[str, Any]] = {}
     slices: dict[str, dict[str, Any]] = {}
+    nodes = {n["metadata"]["name"]: n for n in NODES}
     index = ClusterIndex(settings=settings, node_name="n1", nodes=NODES)
     backend = FakeBackend()
     engine = Engine(backend=backend)
@@ -158,13 +219,23 @@ def _replay(changes: list[tuple[str, Any]], settings: ModelSettings) -> None:
             name = arg["metadata"]["name"]
             slices[name] = arg
             touched = index.update(slices={f"ns/{name}": arg})
-        else:
+        elif kind == "del-slice":
             slices.pop(arg, None)
             touched = index.update(slices={f"ns/{arg}": None})
+        elif kind == "node":
+            nodes[arg["metadata"]["name"]] = arg
+            touched = index.update(nodes=list(nodes.values()))
+        elif kind == "del-node":
+            nodes.pop(arg, None)
+            touched = index.update(nodes=list(nodes.values()))
+        else:
+            nets = tuple(ipaddress.ip_network(n) for n in arg)
+            settings = dataclasses.replace(settings, service_cidrs=nets)
+            touched = index.update(settings=settings)
         fresh_state = build_state(
             services=services.values(),
             endpoint_slices=slices.values(),
-            nodes=NODES,
+            nodes=list(nodes.values()),
             node_name="n1",
             settings=settings,
         )
@@ -323,6 +394,8 @@ lb_change = st.one_of(
     st.tuples(st.just("svc"), service_obj),
     st.tuples(st.just("del-svc"), st.sampled_from(SERVICES)),
     st.tuples(st.just("slice"), slice_change),
+    st.tuples(st.just("node"), node_obj),
+    st.tuples(st.just("service-cidrs"), st.sampled_from(SERVICE_CIDRS)),
 )
 
 

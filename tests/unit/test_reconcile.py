@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from wholeip.agent.metrics import Metrics
-from wholeip.agent.reconcile import Rebuild, Reconciler, Snapshot, Syncer
+from wholeip.agent.reconcile import Changes, Rebuild, Reconciler, Snapshot, Syncer
 from wholeip.engine import Engine
 from wholeip.names import WHOLE_IP_ANNOTATION
 from wholeip.nft.backend import Rejected
@@ -444,3 +444,15 @@ async def test_a_rejected_element_becomes_a_problem_of_its_service_and_others_la
     doc = engine.observe()
     assert doc is not None
     assert {str(e[0]) for e in doc.elements["ingress4"] if isinstance(e, tuple)} == {"198.51.100.1", "198.51.100.3"}
+
+
+def test_node_and_service_cidr_changes_are_updates_and_a_list_of_services_a_rebuild() -> None:
+    changes = Changes(clock=lambda: 0.0)
+    changes.take()  # the first sync rebuilds
+    changes.record("nodes", "n3")
+    changes.record("servicecidrs", None)
+    pending = changes.take()
+    assert (pending.everything, pending.networks) == (False, True)
+    assert not changes.take().networks
+    changes.record("services", None)
+    assert changes.take().everything

@@ -202,7 +202,12 @@ class Agent:
             table=s.table,
             metrics=self.metrics,
             on_state=self._on_state,
-            mode=Incremental(changes=changes, lookup=self._lookup, nodes=lambda: informers[2].snapshot()),
+            mode=Incremental(
+                changes=changes,
+                lookup=self._lookup,
+                nodes=lambda: informers[2].snapshot(),
+                service_cidrs=lambda: cidrs.objects(),
+            ),
             # Stale conntrack entries live next to the table: only when the table is this
             # process's own network namespace's (not with a fake or another namespace's backend).
             after_commit=ConntrackCleaner(on_deleted=self.metrics.conntrack_deleted.inc) if real else None,

@@ -276,7 +276,7 @@ class Pending:
     """The changes one sync takes: everything, or the keys of what changed."""
 
     everything: bool
-    """Rebuild the index from a snapshot (a list, a Node change, or no incremental mode)."""
+    """Rebuild the index from a snapshot (a list of Services or slices, or no incremental mode)."""
     services: set[str]
     slices: set[str]
     since: float | None
@@ -285,9 +285,14 @@ class Pending:
     """Keys (namespace/name) of this node's Pods that changed."""
     l2_statuses: AbstractSet[str] = frozenset()
     """Keys (namespace/name) of ServiceL2Status objects that changed."""
+    networks: bool = False
+    """A Node or a ServiceCIDR changed (or was listed): the index re-reads them all."""
 
 
 EVERYTHING = Pending(everything=True, services=set(), slices=set(), since=None)
+
+NETWORK_RESOURCES = ("nodes", "servicecidrs")
+"""What decides the cluster networks: a change is an update of the index, not a rebuild."""
 
 
 class Changes:
@@ -295,8 +300,9 @@ class Changes:
 
     Only keys: the objects are read from the caches when the sync runs, so this
     stays level-triggered (a key reported ten times is read once, as it is then).
-    A list (after 410 or at start-up), any Node or ServiceCIDR change marks
-    *everything*: the next sync rebuilds the index from a snapshot.
+    A list of Services, slices or Pods (after 410 or at start-up) marks *everything*:
+    the next sync rebuilds the index from a snapshot. Nodes and ServiceCIDRs are few
+    and always read whole: any change or list of them marks *networks*.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -305,6 +311,7 @@ class Changes:
         self.pods: set[str] = set()
         self.l2_statuses: set[str] = set()
         self.everything = True
+        self.networks = False
         self.since: float | None = None
         """When the oldest change not taken yet arrived."""
         self.clock = clock
@@ -312,7 +319,9 @@ class Changes:
     def record(self, resource: str, key: str | None) -> None:
         if self.since is None:
             self.since = self.clock()
-        if key is None or resource not in ("services", "endpointslices", "pods", L2_STATUS_RESOURCE):
+        if resource in NETWORK_RESOURCES:
+            self.networks = True
+        elif key is None or resource not in ("services", "endpointslices", "pods", L2_STATUS_RESOURCE):
             self.everything = True
         elif resource == "pods":
             self.pods.add(key)
@@ -331,9 +340,10 @@ class Changes:
             since=self.since,
             pods=self.pods,
             l2_statuses=self.l2_statuses,
+            networks=self.networks,
         )
         self.everything, self.services, self.slices, self.since = False, set(), set(), None
-        self.pods = set()
+        self.pods, self.networks = set(), False
         self.l2_statuses = set()
         return out
 
@@ -353,12 +363,14 @@ class Incremental:
     """Mode: a sync re-reads only the keys the informers reported (the agent).
 
     Everything it needs beyond a snapshot, together: the keys (``changes``, fed by
-    the informers), the caches as they are now (``lookup``), and the Nodes, which
-    the Events of a sync that did not rebuild still need."""
+    the informers), the caches as they are now (``lookup``), the Nodes (read whole
+    after a Node change, and for the Events of every sync) and the ServiceCIDR
+    objects (None: no such API)."""
 
     changes: Changes
     lookup: Lookup
     nodes: Callable[[], Sequence[dict[str, Any]]]
+    service_cidrs: Callable[[], Sequence[dict[str, Any]] | None] = lambda: None
 
     def take(self) -> Pending:
         return self.changes.take()
@@ -419,14 +431,14 @@ class Syncer:
 
     Two ways to a desired table:
 
-    * **rebuild** (start-up, after a list or a Node change, after an update of the
+    * **rebuild** (start-up, after a list of Services or slices, after an update of the
       index failed, and every sync in the :class:`Rebuild` mode): a new
       :class:`~wholeip.core.index.ClusterIndex` from a snapshot of every cache,
       O(cluster);
     * **update** (every other change, in the :class:`Incremental` mode): the index
-      re-reads only the keys the informers reported and tells the engine which
-      elements it touched, so the model, the diff and the transaction all cost the
-      size of the change.
+      re-reads only the keys the informers reported (and every Node and ServiceCIDR
+      after a change of one) and tells the engine which elements it touched, so the
+      model, the diff and the transaction all cost the size of the change.
 
     The mode is one argument, ``mode``; the incremental mode's inputs come together
     in :class:`Incremental`, so no combination of missing arguments selects a path.
@@ -486,8 +498,6 @@ class Syncer:
             endpoint_slices=snap.endpoint_slices,
             nodes=snap.nodes,
             node_name=self.node_name,
-            # The Service ranges decide the cluster networks, like the Nodes: a change of
-            # either is a rebuild (Changes marks everything for any resource but two).
             settings=effective_model(self.model, snap.service_cidrs),
             table=self.table,
             pods=snap.pods,
@@ -554,9 +564,19 @@ class Syncer:
             pods = {_split_key(key): mode.lookup("pods", key) for key in pending.pods}
             l2 = {key: mode.lookup(L2_STATUS_RESOURCE, key) for key in pending.l2_statuses}
             nodes = mode.nodes()
+            # A Node or ServiceCIDR change re-reads them all (they are few) and updates what
+            # they decide in place: at 100,000 Services a Node joining is a few elements.
+            networks = (nodes, effective_model(self.model, mode.service_cidrs())) if pending.networks else None
             self.index = None  # until the update is known to have completed
             touched = await self._offload(
-                lambda: index.update(services=services, slices=slices, pod_objects=pods, l2_statuses=l2)
+                lambda: index.update(
+                    services=services,
+                    slices=slices,
+                    pod_objects=pods,
+                    l2_statuses=l2,
+                    nodes=networks[0] if networks else None,
+                    settings=networks[1] if networks else None,
+                )
             )
             await self._steer(index, touched)
             if full:

@@ -148,3 +148,73 @@ SlicePorts: TypeAlias = tuple[tuple[tuple[str, str], int], ...]
 same few, so the index keeps one copy of each list and every slice shares it."""
 
 NO_PORTS: SlicePorts = ()
+
+
+# --------------------------------------------------------------------------- addresses by network
+
+
+class AddressBook:
+    """Addresses (canonical text), each with its values (a :data:`OneOrMany` of strings),
+    filed by their /24 (IPv4) or /64 (IPv6): to find the few that lie inside a network
+    without parsing all of them. The index asks it which external IPs or endpoints a
+    Node change can concern (those inside the networks that changed).
+
+    An IPv4 address is filed under its text up to the last dot, so filing one costs no
+    parsing; an IPv6 address is parsed once, to its /64. Only a network longer than the
+    bucket parses the addresses of its one bucket."""
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: dict[str | int, dict[str, OneOrMany[str]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._buckets.values())
+
+    @staticmethod
+    def _bucket(address: str) -> str | int:
+        if ":" in address:
+            return int(ipaddress.IPv6Address(address)) >> 64
+        return address[: address.rindex(".")]
+
+    def add(self, address: str, value: str) -> None:
+        add_to(self._buckets.setdefault(self._bucket(address), {}), address, value)
+
+    def discard(self, address: str, value: str) -> None:
+        key = self._bucket(address)
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            discard_from(bucket, address, value)
+            if not bucket:
+                del self._buckets[key]
+
+    def within(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[tuple[str, list[str]]]:
+        """Every address inside ``net`` with its values."""
+        out: list[tuple[str, list[str]]] = []
+        v6 = net.version == 6
+        width = 64 if v6 else 8  # the bits below a bucket
+        first = int(net.network_address) >> width
+        span = 1 << max(0, net.max_prefixlen - width - net.prefixlen)
+        if span <= len(self._buckets):
+            keys: list[str | int] = [b if v6 else _v4_bucket(b) for b in range(first, first + span)]
+        else:
+            keys = [k for k in self._buckets if isinstance(k, int) == v6 and first <= _bucket_number(k) < first + span]
+        for key in keys:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                continue
+            partial = net.prefixlen > net.max_prefixlen - width
+            out += [(a, all_of(v)) for a, v in bucket.items() if not partial or ipaddress.ip_address(a) in net]
+        return out
+
+
+def _v4_bucket(number: int) -> str:
+    """The bucket of the /24 with this number (its first 24 bits)."""
+    return f"{number >> 16}.{(number >> 8) & 255}.{number & 255}"
+
+
+def _bucket_number(key: str | int) -> int:
+    if isinstance(key, int):
+        return key
+    a, b, c = key.split(".")
+    return (int(a) << 16) | (int(b) << 8) | int(c)

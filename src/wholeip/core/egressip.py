@@ -301,6 +301,14 @@ class EgressIndex:
             self._resolve_pod(pod)
         self._refresh(dirty_pods, touched)
 
+    def set_nodes(self, nodes: Iterable[RawObject], touched: dict[str, set[Elem]]) -> None:
+        """The Nodes changed: where each holder is reached (every member is re-derived when
+        an address changed)."""
+        addresses = node_addresses(nodes)
+        if addresses != self.addresses:
+            self.addresses = addresses
+            self._refresh(set(), touched, everything=True)
+
     def set_routing(
         self,
         not_on_link: Iterable[str],

@@ -14,8 +14,12 @@ re-resolves only what they can affect:
 * a mapping changes -> its own elements (every element belongs to exactly one
   mapping, see :func:`wholeip.core.elements.mapping_elements`).
 
-Nodes and settings decide the cluster networks and the guards for every
-external IP at once; a change to them builds a new index.
+Nodes and the Service networks decide the cluster networks, the pod networks
+and the guards for every external IP at once, yet a change to them updates the
+index too (:meth:`ClusterIndex._renetwork`): the cluster networks' elements, the
+external IPs inside a network that changed (found by address, not by a scan),
+and the Services with endpoints inside pod networks that went away or outside
+those that came.
 
 The decisions themselves are the model's (one implementation):
 :func:`build_state` *is* an index filled with every object, so the
@@ -35,6 +39,7 @@ functions that read them in :mod:`wholeip.core.compact`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import sys
@@ -44,6 +49,7 @@ from typing import NamedTuple
 from wholeip.core.compact import (
     NO_ENDPOINTS,
     NO_PORTS,
+    AddressBook,
     Endpoint,
     OneOrMany,
     PackedUid,
@@ -94,6 +100,7 @@ from wholeip.core.model import (
 )
 from wholeip.core.objects import (
     NEWEST,
+    LbServiceInfo,
     RawObject,
     created_seconds,
     namespaced_name,
@@ -104,7 +111,7 @@ from wholeip.core.objects import (
     parse_service,
     parse_slice,
 )
-from wholeip.core.podnat import PodKey, PodNatIndex
+from wholeip.core.podnat import NodeAddresses, PodKey, PodNatIndex, node_addresses
 from wholeip.core.ruleset import steer_slots
 from wholeip.names import API_SERVER_SERVICE, L2_STATUS_KIND, TABLE
 from wholeip.nft.doc import Elem, TableDoc
@@ -133,7 +140,7 @@ class _Slice(NamedTuple):
     family: int
     ready: Ready
     """Ready endpoints inside the family's pod networks."""
-    outside: tuple[str, ...]
+    outside: Ready
     """Ready endpoints outside them (ignored, reported on the Service)."""
     ports: SlicePorts
     """((port name, protocol), pod port) pairs."""
@@ -234,6 +241,62 @@ def _version(address: str) -> int:
     return 6 if ":" in address else 4
 
 
+class _Networks(NamedTuple):
+    """What the Nodes and the Service networks decide for the whole index."""
+
+    cluster: tuple[IPNetwork, ...]
+    """The cluster networks (the ``cluster`` sets)."""
+    guard: tuple[IPNetwork, ...]
+    """Where no external IP may lie (see :func:`~wholeip.core.model.refusal`)."""
+    pod: dict[int, tuple[IPNetwork, ...]]
+    """Where a backend may live, per family (empty: that family's pod networks are unknown)."""
+    node_ips: frozenset[IPAddress]
+    problems: tuple[Problem, ...]
+    local_pods: tuple[IPNetwork, ...]
+    """This node's pod CIDRs, with ``--lb-to-clusterip`` (the pods it redirects)."""
+
+
+def _networks(nodes: Sequence[RawObject], settings: ModelSettings, node_name: str) -> _Networks:
+    problems: list[Problem] = []
+    pod_cidrs, node_ips = node_networks(nodes, problems)
+    pod_nets = collapse(settings.cluster_cidrs or pod_cidrs)
+    local: tuple[IPNetwork, ...] = ()
+    if settings.lb_to_clusterip:
+        local = collapse(own_pod_cidrs(nodes, node_name))
+        if not local:
+            problems.append(
+                Problem(
+                    ObjectRef("Node", "", node_name),
+                    "NoPodCIDR",
+                    f"--lb-to-clusterip: Node {node_name} has no spec.podCIDRs, so its pods are not"
+                    " redirected to ClusterIPs (its own processes are)",
+                )
+            )
+    return _Networks(
+        cluster=collapse(
+            [
+                *(settings.cluster_cidrs or pod_cidrs),
+                *settings.service_cidrs,
+                *(ipaddress.ip_network(ip) for ip in node_ips),
+            ]
+        ),
+        guard=collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs]),
+        pod={v: tuple(n for n in pod_nets if n.version == v) for v in (4, 6)},
+        node_ips=frozenset(node_ips),
+        problems=tuple(problems),
+        local_pods=local,
+    )
+
+
+_CARRIERS = (
+    ipaddress.IPv6Network("::ffff:0:0/96"),
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("64:ff9b::/96"),
+)
+"""Where an IPv6 address spells an IPv4 one (:func:`~wholeip.core.model.embedded_ipv4`):
+its guard answers for that IPv4 address too."""
+
+
 class ClusterIndex:
     """The model and the elements of one node's table, updated object by object."""
 
@@ -249,20 +312,9 @@ class ClusterIndex:
         self.settings = settings
         self.node_name = node_name
         self.table = table
-        node_problems: list[Problem] = []
-        pod_cidrs, node_ips = node_networks(nodes, node_problems)
-        self.cluster_networks = collapse(
-            [
-                *(settings.cluster_cidrs or pod_cidrs),
-                *settings.service_cidrs,
-                *(ipaddress.ip_network(ip) for ip in node_ips),
-            ]
-        )
-        self._guard_nets = collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs])
-        pod_nets = collapse(settings.cluster_cidrs or pod_cidrs)
-        self._pod_nets = {v: tuple(n for n in pod_nets if n.version == v) for v in (4, 6)}
-        """Where a backend may live, per family (empty: that family's pod networks are unknown)."""
-        self._node_ips = frozenset(node_ips)
+        self._nodes = nodes
+        self._net = _networks(nodes, settings, node_name)
+        """What the Nodes and the Service networks decide (see :meth:`_renetwork`)."""
         self._configured_api = {
             normalised(ip): "the API server address the agent is configured with" for ip in settings.control_plane_ips
         }
@@ -271,10 +323,14 @@ class ClusterIndex:
         inside the pod networks or not): the API server as the cluster publishes it."""
         self._control_plane: dict[IPAddress, str] = dict(self._configured_api)
         """Where this node reaches the API server: never an external IP (see :func:`refusal`)."""
-        self._node_problems = tuple(node_problems)
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         # EndpointSlices, and which ones each Service has (one key, or a list of several).
         self._slices: dict[str, _Slice] = {}
+        self._endpoints = AddressBook()
+        """Ready endpoint address -> the keys of the slices that list it (a Node change
+        re-reads the endpoints inside the pod networks it took away)."""
+        self._outside: set[str] = set()
+        """Keys of the slices with endpoints outside the pod networks (few: a mistake)."""
         self._slices_of: dict[ServiceKey, OneOrMany[str]] = {}
         self._slice_problems: dict[str, tuple[Problem, ...]] = {}
         self._port_shapes: dict[SlicePorts, SlicePorts] = {}
@@ -282,6 +338,9 @@ class ClusterIndex:
         self._views: dict[ServiceKey, _View] = {}
         self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         self._claims: dict[str, OneOrMany[ServiceKey]] = {}
+        self._claimed = AddressBook()
+        """The external IPs of ``_claims``, by network (a Node change re-resolves those
+        inside the networks it changed)."""
         self._ip_problems: dict[str, tuple[Problem, ...]] = {}
         self._winners: dict[str, _View] = {}
         """External IP -> the Service that won it (the mapping, see :func:`_backend`)."""
@@ -290,7 +349,7 @@ class ClusterIndex:
         self._pod_problems: dict[str, tuple[Problem, ...]] = {}
         self.elements: dict[str, set[Elem]] = empty_elements()
         """Live sets: the table's elements as of the last update (read only outside)."""
-        for name, elem in network_elements(self.cluster_networks):
+        for name, elem in network_elements(self._net.cluster):
             self.elements[name].add(elem)
         self.podnat = PodNatIndex(
             settings=settings.podnat,
@@ -312,7 +371,16 @@ class ClusterIndex:
         """Egress Services: their holders and members (the egressIP annotation)."""
         self.delegated = DelegatedIndex(settings=settings, node_name=node_name, elements=self.elements)
         """The ClusterIPs and NodePorts of Services labelled for us."""
-        self._init_lb(nodes)
+        self._init_lb()
+
+    @property
+    def cluster_networks(self) -> tuple[IPNetwork, ...]:
+        return self._net.cluster
+
+    @property
+    def local_pod_networks(self) -> tuple[IPNetwork, ...]:
+        """This node's pod CIDRs, with ``--lb-to-clusterip`` (the pods it redirects)."""
+        return self._net.local_pods
 
     # ------------------------------------------------------------------ input
 
@@ -323,6 +391,8 @@ class ClusterIndex:
         slices: Mapping[str, RawObject | None] = {},
         pod_objects: Mapping[PodKey, RawObject | None] = {},
         l2_statuses: Mapping[str, RawObject | None] = {},
+        nodes: Iterable[RawObject] | None = None,
+        settings: ModelSettings | None = None,
     ) -> Touched:
         """Apply changed objects; return the elements that changed.
 
@@ -330,28 +400,38 @@ class ClusterIndex:
         more than one only in a flat list with duplicates). ``slices``: any unique
         slice key -> the slice now (None: deleted). ``pod_objects``: (namespace, name) -> the
         Pod now (None: deleted), for the ports they publish on this node's address.
+        ``nodes``: every Node now, when any changed; ``settings``: the settings now, when the
+        Service networks changed (nothing else of them may: ValueError).
         """
+        touched: Touched = {}
         dirty: set[ServiceKey] = set(services)
+        affected: set[str] = set()
+        readdress = None
+        if nodes is not None or settings is not None:
+            readdress = self._renetwork(
+                self._nodes if nodes is None else tuple(nodes), settings or self.settings, dirty, affected, touched
+            )
         api_before = set(self._control_plane)
         for skey, obj in slices.items():
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
             self._api_slices.pop(skey, None)
             if old is not None:
+                self._unfile(skey, old)
                 discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
             new = self._ingest_slice(skey, obj) if obj is not None else None
             if new is not None and new.service == API_SERVER_SERVICE:
-                self._api_slices[skey] = (*pod_ips(new.ready), *new.outside)
+                self._api_slices[skey] = (*pod_ips(new.ready), *pod_ips(new.outside))
             if new is not None:
                 view = self._views.get(new.service)
                 if view is not None:
                     new = new._replace(service=view.key)  # one key object per Service
                 self._slices[skey] = new
+                self._file(skey, new)
                 add_to(self._slices_of, new.service, skey)
                 dirty.add(new.service)
         parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
-        affected: set[str] = set()
         if slices:
             # The API server's published addresses decide the guard of those addresses only.
             self._control_plane = dict(self._configured_api)
@@ -378,6 +458,11 @@ class ClusterIndex:
                     add_to(self._claims, ip, view.key)
                 self._share_key(view.key)
                 affected.update(svc.exts)
+        for ip in affected:
+            if ip in self._claims:
+                self._claimed.add(ip, ip)
+            else:
+                self._claimed.discard(ip, ip)
         # Resolve the external IPs, remembering how each one's mapping looked before.
         before: dict[str, _View | None] = {}
         pods: set[str] = set()
@@ -417,7 +502,6 @@ class ClusterIndex:
                 changed.append((ip, was_side, now_side))
         # Every removal before any addition: while a pod's egress moves from one mapping
         # to another, both contribute the same self-hairpin element.
-        touched: Touched = {}
         for ip, was_side, _ in changed:
             # A mapping's elements are a pure function of it: recomputed, not stored.
             for name, elem in self._elements_of(ip, was_side) if was_side is not None else ():
@@ -427,14 +511,20 @@ class ClusterIndex:
             for name, elem in self._elements_of(ip, now_side) if now_side is not None else ():
                 self.elements[name].add(elem)
                 touched.setdefault(name, set()).add(elem)
-        if self.settings.lb_to_clusterip:
-            self._update_lb(services, parsed, touched)
+        if self.settings.lb_to_clusterip and services:
+            # A Service we map 1:1 is left out: its external IPs work in the cluster already.
+            self._update_lb(
+                {key: self._lb_info_of(objs) if parsed.get(key) is None else None for key, objs in services.items()},
+                touched,
+            )
         if services or slices:
             self.delegated.update(services, slices, touched)
         # A pod may publish ports only while it is no whole-IP backend: recheck those whose
         # mappings changed.
-        if pod_objects or (pods and self.podnat.has_pods):
-            self.podnat.update(pod_objects, touched, recheck=pods)
+        if pod_objects or readdress is not None or (pods and self.podnat.has_pods):
+            self.podnat.update(pod_objects, touched, recheck=pods, addresses=readdress)
+        if nodes is not None:
+            self.egress.set_nodes(self._nodes, touched)
         self.egress.update(
             touched, services=services, endpoints_of=dirty, statuses=l2_statuses, pods=pods, external_ips=affected
         )
@@ -448,6 +538,81 @@ class ClusterIndex:
             sl = self._slices[skey]
             merged[sl.family].update(endpoints(sl.ready))
         return {v: list(d.items()) for v, d in merged.items()}
+
+    def _file(self, skey: str, sl: _Slice) -> None:
+        for address in pod_ips(sl.ready):
+            self._endpoints.add(address, skey)
+        if sl.outside:
+            self._outside.add(skey)
+
+    def _unfile(self, skey: str, sl: _Slice) -> None:
+        for address in pod_ips(sl.ready):
+            self._endpoints.discard(address, skey)
+        self._outside.discard(skey)
+
+    def _renetwork(
+        self,
+        nodes: tuple[RawObject, ...],
+        settings: ModelSettings,
+        dirty: set[ServiceKey],
+        affected: set[str],
+        touched: Touched,
+    ) -> NodeAddresses | None:
+        """The Nodes or the Service networks changed: recompute what they decide and find
+        what that can change, nothing more (at 100,000 Services a Node joining is a few
+        elements, not a rebuild). Into ``dirty``: the Services whose endpoints moved in or
+        out of the pod networks (or whose problem names those networks); into ``affected``:
+        the external IPs whose guard may answer otherwise (those inside a network that
+        changed, a Node address that came or went, or spelling an IPv4 address in IPv6).
+        Returns this node's addresses for podnat when they changed."""
+        if dataclasses.replace(settings, service_cidrs=self.settings.service_cidrs) != self.settings:
+            raise ValueError("only the Service networks of the settings may change in an update")
+        old = self._net
+        new = self._net = _networks(nodes, settings, self.node_name)
+        self.settings = self.delegated.settings = settings
+        self._nodes = nodes
+        before = {*network_elements(old.cluster), *lb_elements((), old.local_pods)}
+        after = {*network_elements(new.cluster), *lb_elements((), new.local_pods)}
+        for add, items in ((False, before - after), (True, after - before)):
+            for name, elem in items:
+                (self.elements[name].add if add else self.elements[name].discard)(elem)
+                touched.setdefault(name, set()).add(elem)
+        # The guards: refusal() reads the guard networks (naming the one an address is in)
+        # and the Node addresses, of the address or of the IPv4 address it spells.
+        regions: list[IPNetwork] = [*(set(old.guard) ^ set(new.guard))]
+        regions += (ipaddress.ip_network(ip) for ip in old.node_ips ^ new.node_ips)
+        if regions:
+            for net in (*regions, *_CARRIERS):
+                affected.update(address for address, _ in self._claimed.within(net))
+            if self.settings.lb_to_clusterip:
+                self._update_lb(
+                    {
+                        key: info
+                        for key, info in self._lb_info.items()
+                        if any(x in net for ip in info.lb_ips for x in {ip, normalised(ip)} for net in regions)
+                    },
+                    touched,
+                )
+        # The pod networks: which endpoints count, and the problem that names them.
+        for family in (4, 6):
+            if old.pod[family] == new.pod[family]:
+                continue
+            resplit = {k for k in self._outside if self._slices[k].family == family}
+            if not old.pod[family]:  # every endpoint counted: now some may not
+                resplit.update(k for k, sl in self._slices.items() if sl.family == family)
+            for net in set(old.pod[family]) - set(new.pod[family]):
+                for _, skeys in self._endpoints.within(net):
+                    resplit.update(skeys)
+            for skey in resplit:
+                sl = self._slices[skey]
+                self._unfile(skey, sl)
+                found = ((a, n, None) for a, n in (*endpoints(sl.ready), *endpoints(sl.outside)))
+                ready, outside = self._split(family, found)
+                sl = self._slices[skey] = sl._replace(ready=ready, outside=outside)
+                self._file(skey, sl)
+                dirty.add(sl.service)
+        addresses = node_addresses(nodes, self.node_name, settings.podnat)
+        return addresses if addresses != self.podnat.addresses else None
 
     def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:
         """The filter the pod's node applies for every mapping of the pod (see
@@ -497,23 +662,30 @@ class ClusterIndex:
             return None
         if info.problems:
             self._slice_problems[skey] = info.problems
-        nets = self._pod_nets[info.family]
-        ready: list[tuple[str, str | None]] = []
-        outside: list[str] = []
-        for address, node in info.ready.items():
-            if nets and not any(address in n for n in nets):
-                # A hand-written EndpointSlice must not point a whole IP at another
-                # tenant's address or a node (the CVE-2021-25740 pattern).
-                outside.append(str(address))
-            else:
-                ready.append((str(address), sys.intern(node) if node is not None else None))
+        ready, outside = self._split(info.family, ((str(a), n, a) for a, n in info.ready.items()))
         return _Slice(
             service=(sys.intern(info.service[0]), info.service[1]),
             family=info.family,
-            ready=ready_of(ready),
-            outside=tuple(outside),
+            ready=ready,
+            outside=outside,
             ports=self._shared_ports(tuple(info.ports.items())),
         )
+
+    def _split(self, family: int, found: Iterable[tuple[str, str | None, IPAddress | None]]) -> tuple[Ready, Ready]:
+        """Ready endpoints (address, node, the address parsed if at hand) inside the
+        family's pod networks, and those outside them."""
+        nets = self._net.pod[family]
+        ready: list[Endpoint] = []
+        outside: list[Endpoint] = []
+        for address, node, ip in found:
+            node = sys.intern(node) if node is not None else None
+            if nets and not any((ip or ipaddress.ip_address(address)) in n for n in nets):
+                # A hand-written EndpointSlice must not point a whole IP at another
+                # tenant's address or a node (the CVE-2021-25740 pattern).
+                outside.append((address, node))
+            else:
+                ready.append((address, node))
+        return ready_of(ready), ready_of(outside) if outside else NO_ENDPOINTS
 
     def _shared_ports(self, ports: SlicePorts) -> SlicePorts:
         # Most slices list the same few ports: keep one copy of each list (bounded).
@@ -561,7 +733,7 @@ class ClusterIndex:
         merged: dict[int, dict[str, str | None]] = {}
         slices = [self._slices[skey] for skey in sorted(all_of(self._slices_of.get(svc.key)))]
         for sl in slices:
-            outside[sl.family].update(sl.outside)
+            outside[sl.family].update(pod_ips(sl.outside))
             if not ready[sl.family]:
                 # One slice per family (the usual case): share its endpoints, copy nothing.
                 ready[sl.family] = sl.ready
@@ -572,7 +744,7 @@ class ClusterIndex:
                 ready[sl.family] = ready_of(into.items())
         problems: list[Problem] = []
         for family in (4, 6):
-            nets = self._pod_nets[family]
+            nets = self._net.pod[family]
             problems += [
                 Problem(
                     svc.ref,
@@ -602,8 +774,8 @@ class ClusterIndex:
         why = (
             refusal(
                 ipaddress.ip_address(ip),
-                cluster=self._guard_nets,
-                node_ips=self._node_ips,
+                cluster=self._net.guard,
+                node_ips=self._net.node_ips,
                 allowed=self.settings.allowed_external_cidrs,
                 control_plane=self._control_plane,
             )
@@ -686,7 +858,7 @@ class ClusterIndex:
     @property
     def problems(self) -> list[Problem]:
         """Every problem, in no particular order (a :class:`~wholeip.core.model.ProblemSource`)."""
-        out: list[Problem] = [*self._node_problems]
+        out: list[Problem] = [*self._net.problems]
         groups: tuple[Iterable[tuple[Problem, ...]], ...] = (
             self._parse_problems.values(),
             self._slice_problems.values(),
@@ -754,11 +926,11 @@ class ClusterIndex:
         """The whole model as one immutable ClusterState (costs O(Services))."""
         return ClusterState(
             mappings=tuple(sorted(self.mappings(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
-            cluster_networks=self.cluster_networks,
+            cluster_networks=self._net.cluster,
             problems=tuple(sorted(self.problems, key=_problem_order)),
             managed_services=tuple(sorted(v.ref for v in self._views.values())),
             lb_redirects=self._lb_sorted(),
-            local_pod_networks=self.local_pod_networks,
+            local_pod_networks=self._net.local_pods,
             pod_ports=tuple(self.podnat.pod_ports()),
             podnat_pods=tuple(self.podnat.self_pods()),
             egress_snat=tuple(self.egress.snat()),
@@ -776,53 +948,45 @@ class ClusterIndex:
     # LB IP, the same port: a mistake, shared IPs use other ports) goes to the oldest, as an
     # external IP does. Nothing here is reported: these Services are not ours.
 
-    def _init_lb(self, nodes: Sequence[RawObject]) -> None:
+    def _init_lb(self) -> None:
+        self._lb_info: dict[ServiceKey, LbServiceInfo] = {}
+        """Every unmanaged LoadBalancer Service's own say (a Node change re-weighs the
+        guards on their LoadBalancer IPs)."""
         self._lb_of: dict[ServiceKey, _LbClaims] = {}
         self._lb_claims: dict[_LbKey, OneOrMany[ServiceKey]] = {}
         self._lb_winners: dict[_LbKey, tuple[ServiceKey, str]] = {}
         """Key -> (the Service that won it, its ClusterIP): the ``lbclusterip`` elements."""
-        self.local_pod_networks: tuple[IPNetwork, ...] = ()
-        """This node's pod CIDRs, with ``--lb-to-clusterip`` (the pods it redirects)."""
-        if not self.settings.lb_to_clusterip:
-            return
-        self.local_pod_networks = collapse(own_pod_cidrs(nodes, self.node_name))
-        for name, elem in lb_elements((), self.local_pod_networks):
+        for name, elem in lb_elements((), self._net.local_pods):
             self.elements[name].add(elem)
-        if not self.local_pod_networks:
-            self._node_problems += (
-                Problem(
-                    ObjectRef("Node", "", self.node_name),
-                    "NoPodCIDR",
-                    f"--lb-to-clusterip: Node {self.node_name} has no spec.podCIDRs, so its pods are not"
-                    " redirected to ClusterIPs (its own processes are)",
-                ),
-            )
 
-    def _lb_claims_of(self, objs: Sequence[RawObject]) -> _LbClaims | None:
+    @staticmethod
+    def _lb_info_of(objs: Sequence[RawObject]) -> LbServiceInfo | None:
         infos = [i for i in map(parse_lb_service, objs) if i is not None]
-        if not infos:
-            return None
-        info = min(infos, key=lambda i: (i.age_key, i.ref.uid, repr(i)))
+        return min(infos, key=lambda i: (i.age_key, i.ref.uid, repr(i))) if infos else None
+
+    def _lb_claims_of(self, info: LbServiceInfo) -> _LbClaims | None:
         cluster = {ip.version: str(ip) for ip in info.cluster_ips}
         entries = tuple(
             ((str(ip), proto, port), cluster[ip.version])
             for ip in info.lb_ips
-            if ip.version in cluster and refusal(ip, cluster=self._guard_nets, node_ips=self._node_ips) is None
+            if ip.version in cluster and refusal(ip, cluster=self._net.guard, node_ips=self._net.node_ips) is None
             for proto, port in info.ports
         )
         return _LbClaims(info.age_key, entries) if entries else None
 
-    def _update_lb(
-        self, services: Mapping[ServiceKey, Sequence[RawObject]], parsed: Mapping[ServiceKey, object], touched: Touched
-    ) -> None:
+    def _update_lb(self, infos: Mapping[ServiceKey, LbServiceInfo | None], touched: Touched) -> None:
+        """Re-weigh the claims of these Services (None: no unmanaged LoadBalancer Service)."""
         dirty: set[_LbKey] = set()
-        for key, objs in services.items():
+        for key, info in infos.items():
             old = self._lb_of.pop(key, None)
             for lb_key, _ in old.entries if old is not None else ():
                 discard_from(self._lb_claims, lb_key, key)
                 dirty.add(lb_key)
-            # A Service we map 1:1 is left out: its external IPs work in the cluster already.
-            new = self._lb_claims_of(objs) if parsed.get(key) is None else None
+            self._lb_info.pop(key, None)
+            if info is None:
+                continue
+            self._lb_info[key] = info
+            new = self._lb_claims_of(info)
             if new is not None:
                 self._lb_of[key] = new
                 for lb_key, _ in new.entries:

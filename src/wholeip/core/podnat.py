@@ -291,10 +291,15 @@ class PodNatIndex:
         touched: dict[str, set[Elem]],
         *,
         recheck: Iterable[str] = (),
+        addresses: NodeAddresses | None = None,
     ) -> None:
         """Apply changed pods (None: gone); ``recheck``: pod IPs whose whole-IP mappings
-        changed (a pod may publish ports only while it has none)."""
+        changed (a pod may publish ports only while it has none); ``addresses``: this node's
+        addresses, when they changed (every pod claims again)."""
         dirty_pods = set(pods)
+        if addresses is not None:
+            self.addresses = addresses
+            dirty_pods.update(self._infos)
         for ip in recheck:
             dirty_pods.update(all_of(self._by_ip.get(ip)))
         dirty: set[RouteKey] = set()

@@ -20,8 +20,9 @@ let ClusterIPs through as external IPs, the one mistake this guards against.
 
 The result is a :class:`~wholeip.settings.ModelSettings` with the Service networks
 filled in; the index takes it as it takes the flag, and a change of the ranges is
-a rebuild, like a Node change (they decide the cluster networks and the guard of
-every external IP).
+an update of the index, like a Node change (they decide the cluster networks and
+the guard of every external IP; the index re-weighs only the addresses inside
+ranges that changed).
 """
 
 from __future__ import annotations
