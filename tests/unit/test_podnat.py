@@ -269,6 +269,14 @@ change = st.one_of(
     st.tuples(st.just("del-pod"), st.sampled_from(POD_NAMES)),
     st.tuples(st.just("svc"), st.tuples(st.sampled_from(["s0", "s1"]), st.sampled_from(POD_IPS))),
     st.tuples(st.just("del-svc"), st.sampled_from(["s0", "s1"])),
+    # This node's addresses change: its ExternalIP (the automatic address), an explicit srcIP's.
+    st.tuples(
+        st.just("node"),
+        st.lists(
+            st.tuples(st.sampled_from(["InternalIP", "ExternalIP"]), st.sampled_from(["192.0.2.12", "198.18.0.1"])),
+            max_size=2,
+        ),
+    ),
 )
 
 
@@ -279,6 +287,7 @@ def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> N
     an engine fed only the touched elements leaves the fake kernel holding the fresh table."""
     pods: dict[str, dict[str, Any]] = {}
     services: dict[str, list[dict[str, Any]]] = {}
+    nodes = NODES
     index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
     engine = Engine(backend=FakeBackend())
     engine.sync(index.doc())
@@ -295,13 +304,17 @@ def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> N
             svc, sl = whole_ip(name, "203.0.113.1" if name == "s0" else "2001:db8:100::1", pod_ip)
             services[name] = [svc, sl]
             touched = index.update(services={("ns", name): [svc]}, slices={f"ns/{name}-1": sl})
-        else:
+        elif kind == "del-svc":
             services.pop(arg, None)
             touched = index.update(services={("ns", arg): []}, slices={f"ns/{arg}-1": None})
+        else:
+            addresses = [{"type": t, "address": a} for t, a in arg]
+            nodes = [{**NODES[0], "status": {"addresses": addresses}}, NODES[1]]
+            touched = index.update(nodes=nodes)
         fresh_state = build_state(
             services=[objs[0] for objs in services.values()],
             endpoint_slices=[objs[1] for objs in services.values()],
-            nodes=NODES,
+            nodes=nodes,
             node_name="n1",
             settings=SETTINGS,
             pods=pods.values(),
