@@ -191,6 +191,8 @@ class Engine:
                 self._memory[name] -= gone
             for name, came in plan.inserted.items():
                 self._memory[name] |= came
+            for name in plan.refilled:
+                self._memory[name] = set(desired.elements.get(name, ()))
         elif not isolated:
             # Our own copy: the caller may keep changing its sets (the agent's index does).
             self._memory = {name: set(elems) for name, elems in desired.elements.items()}

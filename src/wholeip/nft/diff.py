@@ -67,6 +67,11 @@ class Plan:
     """Set by :meth:`light` (its commands are gone)."""
 
     @property
+    def refilled(self) -> tuple[str, ...]:
+        """The sets this plan flushes and fills again (one-field interval sets)."""
+        return tuple(c.obj.name for c in self.commands if isinstance(c, Flush) and isinstance(c.obj, SetDecl))
+
+    @property
     def empty(self) -> bool:
         if self.was_empty is not None:
             return self.was_empty
@@ -207,8 +212,9 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
 
     For a caller that knows which elements can have changed since ``current`` (the
     agent's index reports them): the cost is the size of the change, not of the table.
-    None when the skeletons differ or a touched set must be compared as a whole
-    (one-field interval sets, dynamic sets): use :func:`diff`.
+    A touched one-field interval set (the cluster networks: a few elements) is compared
+    and refilled as a whole, as :func:`diff` does. None when the skeletons differ or a
+    dynamic set is touched: use :func:`diff`.
     """
     if desired.skeleton is not current.skeleton and desired.skeleton != current.skeleton:
         return None
@@ -217,10 +223,15 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
         elems = touched.get(decl.name)
         if not elems:
             continue
-        if decl.cover_compared or decl.dynamic:
+        if decl.dynamic:
             return None
         want = desired.elements.get(decl.name, frozenset())
         have = current.elements.get(decl.name, frozenset())
+        if decl.cover_compared:
+            if not elements_equal(decl, want, have):
+                changes.flush(decl, have)
+                changes.elements(decl, frozenset(), want, listed=False)
+            continue
         changes.elements(
             decl,
             frozenset(e for e in elems if e in have and e not in want),
