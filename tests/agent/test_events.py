@@ -209,6 +209,19 @@ async def test_only_the_owner_reports_and_only_services(recorder: tuple[EventRec
     assert core.created == []
 
 
+async def test_a_nodes_own_egress_steering_findings_are_its_own_to_report(
+    recorder: tuple[EventRecorder, FakeCore, Clock],
+) -> None:
+    """``EgressNodeNotOnLink`` is what this node (n2) found about its own steering: it is
+    written here even though n3 hosts the Service's backend (and reports the rest)."""
+    rec, core, _ = recorder
+    mine = Problem(WEB, "EgressNodeNotOnLink", "the holder n9 is not on-link from node n2")
+    rec.observe(state(NO_ENDPOINT, mine, mappings=(mapping("198.51.100.1", "10.244.3.5", "n3"),)), NODES)
+    await eventually(lambda: len(core.created) == 1)
+    assert core.created[0]["reason"] == "EgressNodeNotOnLink"
+    assert "node n2" in core.created[0]["message"]
+
+
 async def test_api_failures_are_retried_later_and_never_raise(recorder: tuple[EventRecorder, FakeCore, Clock]) -> None:
     rec, core, clock = recorder
     core.fail = 1

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tests.apiserver.conftest import KUBECTL
 
 from wholeip_testkit.apiserver import SERVICE_L2_STATUS_CRD, ApiServer
 
@@ -176,3 +177,32 @@ async def test_custom_objects_follow_namespaces_and_restores(api: ApiServer) -> 
         code, listed = await call(s, "GET", "/apis/metallb.io/v1beta1/servicel2statuses")
         assert code == 200
         assert [i["metadata"]["uid"] for i in listed["items"]] == [created["metadata"]["uid"]]
+
+
+async def test_kubectl_watches_service_l2_statuses_as_the_agent_does(
+    api: ApiServer, kubectl: Kubectl, kubectl_env: dict[str, str]
+) -> None:
+    """``kubectl get -w`` on the custom resource: the status moves to another node and the
+    watch says so (the agent's informer relies on the same list + watch)."""
+    await kubectl("apply", "-f", str(SERVICE_L2_STATUS_CRD))
+    await kubectl("wait", "--for=condition=Established", "--timeout=10s", "crd/servicel2statuses.metallb.io")
+    await kubectl("apply", "-f", "-", stdin=STATUS)
+    columns = "NAME:.metadata.name,NODE:.status.node"
+    proc = await asyncio.create_subprocess_exec(
+        str(KUBECTL), "get", "servicel2statuses", "-A", "--watch", "-o", f"custom-columns={columns}", "--no-headers",
+        env=kubectl_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        first = await asyncio.wait_for(proc.stdout.readline(), 10)
+        assert first.decode().split() == ["l2-web", "<none>"]
+        for node in ("n1", "n2"):
+            status = {"status": {"node": node, "serviceName": "web", "serviceNamespace": "default"}}
+            await kubectl(
+                "patch", "servicel2status", "l2-web", "--subresource=status", "--type=merge", "-p", json.dumps(status)
+            )
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert line.decode().split() == ["l2-web", node]
+    finally:
+        proc.kill()
+        await proc.wait()

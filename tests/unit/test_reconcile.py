@@ -20,7 +20,7 @@ import structlog
 from wholeip.agent.metrics import Metrics
 from wholeip.agent.reconcile import Changes, Rebuild, Reconciler, Snapshot, Syncer
 from wholeip.engine import Engine
-from wholeip.names import WHOLE_IP_ANNOTATION
+from wholeip.names import EGRESS_IP_ANNOTATION, WHOLE_IP_ANNOTATION
 from wholeip.nft.backend import Rejected
 from wholeip.nft.fake import FakeBackend
 from wholeip.settings import ModelSettings
@@ -456,3 +456,74 @@ def test_node_and_service_cidr_changes_are_updates_and_a_list_of_services_a_rebu
     assert not changes.take().networks
     changes.record("services", None)
     assert changes.take().everything
+
+
+class _Router:
+    """Stands in for the policy routing: records what each sync asks for, answers with
+    ``not_on_link``; the table must not be committed before it was asked."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.not_on_link: frozenset[str] = frozenset()
+        self.calls: list[tuple[dict[int, str], bool]] = []
+
+    def apply(self, routes: Any) -> Any:
+        committed = self.engine.observe() is not None
+        self.calls.append(({slot: h.node for slot, h in routes.items()}, committed))
+        return _Report(self.not_on_link, frozenset((h.node, v) for h in routes.values() for v in (4, 6)))
+
+
+class _Report:
+    def __init__(self, not_on_link: frozenset[str], steered: frozenset[tuple[str, int]]) -> None:
+        self.not_on_link = not_on_link
+        self.steered = steered
+        self.errors: tuple[str, ...] = ()
+
+
+async def test_every_sync_applies_the_egress_routing_before_its_marks_are_committed() -> None:
+    nodes = [
+        {"kind": "Node", "metadata": {"name": n}, "spec": {"podCIDRs": [c]},
+         "status": {"addresses": [{"type": "InternalIP", "address": a}]}}
+        for n, c, a in (("n1", "10.244.1.0/24", "192.0.2.11"), ("n2", "10.244.2.0/24", "192.0.2.12"))
+    ]  # fmt: skip
+    egress = {
+        "kind": "Service",
+        "metadata": {
+            "namespace": "default",
+            "name": "mail",
+            "annotations": {EGRESS_IP_ANNOTATION: "true"},
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.50"}]}},
+    }
+    l2 = {"kind": "ServiceL2Status", "metadata": {"namespace": "m", "name": "l2"},
+          "status": {"node": "n2", "serviceName": "mail", "serviceNamespace": "default"}}  # fmt: skip
+    engine = Engine(backend=FakeBackend())
+    router = _Router(engine)
+    metrics = Metrics()
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(
+            services=[egress], endpoint_slices=[_slice("mail", "10.244.1.10")], nodes=nodes, l2_statuses=[l2]
+        ),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Rebuild(),
+        metrics=metrics,
+        offload=_inline,
+        router=router,
+    )
+    await syncer(True)
+    assert router.calls == [({1: "n2"}, False)]
+    doc = engine.observe()
+    assert doc is not None
+    assert doc.elements["egresssteer4"] == {("10.244.1.10", "goto steer_slot_1")}
+    assert metrics.egress_pods.labels("steered")._value.get() == 1
+    # The routing finds n2 not on-link: the pod is left alone, and the sync says why.
+    router.not_on_link = frozenset({"n2"})
+    await syncer(True)
+    doc = engine.observe()
+    assert doc is not None
+    assert not doc.elements["egresssteer4"]
+    assert syncer.index is not None
+    assert [p.reason for p in syncer.index.problems if p.reason.startswith("Egress")] == ["EgressNodeNotOnLink"]
