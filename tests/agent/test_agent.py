@@ -198,6 +198,9 @@ async def test_stop_leaves_the_rules_and_a_successor_takes_over_without_changes(
     managed_web(api)
     backend = FakeBackend()  # the same "kernel" for the old and the new agent
     old = await start_agent("n1", backend=backend)
+    # The first commit done: a new table goes in as several transactions (skeleton, elements,
+    # the rules that use typeof sets), and its elements show before the last one.
+    await old.wait_ready()
     await eventually(lambda: table(old) == {("198.51.100.10", "10.244.1.10")})
     await old.stop()
     assert table(old) == {("198.51.100.10", "10.244.1.10")}  # rules stay: traffic keeps flowing

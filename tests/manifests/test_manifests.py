@@ -63,6 +63,10 @@ LEAST_PRIVILEGE = {
     ("networking.k8s.io", "servicecidrs", "watch"),
     # Discovery of the ServiceCIDR API, one exact path (nonResourceURLs, no wildcard).
     ("", "nonResourceURL:/apis/networking.k8s.io/v1", "get"),
+    # MetalLB's record of who announces an egress IP, and the discovery of its API.
+    ("metallb.io", "servicel2statuses", "list"),
+    ("metallb.io", "servicel2statuses", "watch"),
+    ("", "nonResourceURL:/apis/metallb.io/v1beta1", "get"),
 }
 
 Obj = dict[str, Any]

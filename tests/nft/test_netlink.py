@@ -21,7 +21,7 @@ import pytest
 from wholeip.core import index, model
 from wholeip.core.elements import compile_table
 from wholeip.engine import Engine, apply_plan
-from wholeip.names import ALLOW_ICMP_ANNOTATION, WHOLE_IP_ANNOTATION
+from wholeip.names import ALLOW_ICMP_ANNOTATION, EGRESS_IP_ANNOTATION, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
 from wholeip.nft import netlink
 from wholeip.nft.backend import Backend
 from wholeip.nft.diff import diff
@@ -60,6 +60,8 @@ NETLINK_SETS = {
         "svcrefuse",
         "nprefuse",
         "svcself",
+        "egresssnat",
+        "egresssteer",
     )
 } | {"icmpfix4", "icmpguard6"}
 """The sets a full sync reads over netlink (the others are interval or dynamic sets)."""
@@ -131,8 +133,53 @@ def _varied_state() -> model.ClusterState:
         for k in range(1, 4)
     ]
     objects += delegated_objects()
+    objects = egress_objects(objects)
     settings = dataclasses.replace(settings, lb_to_clusterip=True)
     return index.build_state_from_objects(objects, node_name="n1", settings=settings)
+
+
+def egress_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Egress IP Services (both families): one whose IP n1 holds (its members SNATed here),
+    one whose IP n2 holds (n1's member steered there; n2 given an IPv6 address for that)."""
+    out = [dict(o) for o in objects]
+    for o in out:
+        if o["kind"] == "Node" and o["metadata"]["name"] == "n2":
+            o["status"] = {
+                "addresses": [*o["status"]["addresses"], {"type": "InternalIP", "address": "2001:db8:2::12"}]
+            }
+    for k, (holder, pods) in enumerate(
+        (("n1", (("n1", "10.128.250.1", "fd00:10:244::fa:1"), ("n2", "10.129.250.1", "fd00:10:244:1::fa:1"))),
+         ("n2", (("n1", "10.128.250.2", "fd00:10:244::fa:2"),))),
+    ):  # fmt: skip
+        name = f"egress{k}"
+        out.append(
+            {
+                "kind": "Service",
+                "metadata": {"namespace": "eg", "name": name, "annotations": {EGRESS_IP_ANNOTATION: "true"}},
+                "spec": {"type": "LoadBalancer"},
+                "status": {"loadBalancer": {"ingress": [{"ip": f"198.18.9.{k + 1}"}, {"ip": f"2001:db8:19::{k + 1}"}]}},
+            }
+        )
+        for v in (4, 6):
+            out.append(
+                {
+                    "kind": "EndpointSlice",
+                    "metadata": {"namespace": "eg", "name": f"{name}-{v}", "labels": {SERVICE_NAME_LABEL: name}},
+                    "addressType": f"IPv{v}",
+                    "endpoints": [
+                        {"addresses": [p[1 if v == 4 else 2]], "nodeName": p[0], "conditions": {"ready": True}}
+                        for p in pods
+                    ],
+                }
+            )
+        out.append(
+            {
+                "kind": "ServiceL2Status",
+                "metadata": {"namespace": "metallb-system", "name": f"l2-{name}"},
+                "status": {"node": holder, "serviceName": name, "serviceNamespace": "eg"},
+            }
+        )
+    return out
 
 
 def delegated_objects() -> list[dict[str, Any]]:
