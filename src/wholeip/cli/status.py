@@ -47,6 +47,7 @@ EXIT_API_UNREACHABLE = 3
 def add_status_parser(p: flags.EnvDefaults) -> None:
     flags.add_node_flag(p, required=False)
     flags.add_model_flags(p)
+    flags.add_egress_flags(p)
     p.env_option("--kubeconfig", env=("KUBECONFIG",), help="kubeconfig path (default: in-cluster configuration)")
     p.add_argument(
         "--no-api",
@@ -84,6 +85,8 @@ async def fetch_desired(*, node_name: str, model: ModelSettings, table: str, kub
     from wholeip.core.servicecidr import effective_model, source
     from wholeip.kube.informer import WatchOptions
     from wholeip.kube.k8s import client
+    from wholeip.kube.l2status import has_api as has_l2_api
+    from wholeip.kube.l2status import l2_status_informer
     from wholeip.kube.resources import build_informers
     from wholeip.kube.servicecidr import has_api, service_cidr_informer
 
@@ -98,6 +101,11 @@ async def fetch_desired(*, node_name: str, model: ModelSettings, table: str, kub
             cidr_informer = service_cidr_informer(api, on_change=lambda: None, options=options)
             await cidr_informer.list_once()
             cidrs = cidr_informer.snapshot()
+        l2: list[dict[str, Any]] = []
+        if await has_l2_api(api):
+            l2_informer = l2_status_informer(api, on_change=lambda: None, options=options)
+            await l2_informer.list_once()
+            l2 = list(l2_informer.snapshot())
         for informer in informers:
             await informer.list_once()
         services, slices, nodes = informers
@@ -109,6 +117,7 @@ async def fetch_desired(*, node_name: str, model: ModelSettings, table: str, kub
             node_name=node_name,
             settings=effective,
             table=table,
+            l2_statuses=l2,
         )
         return Desired(
             doc=index.doc(),
