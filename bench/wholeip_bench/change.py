@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import statistics
@@ -54,6 +55,11 @@ def _http(method: str, url: str, body: Any = None, ctype: str = "application/jso
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": ctype})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"null")
+
+
+def _stamp(text: str) -> float:
+    """A log line's ISO timestamp (UTC, "Z") as seconds since the epoch."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _cpu_ms(pid: int) -> float:
@@ -139,6 +145,7 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, An
             raise RuntimeError("the API double did not start")
         log_path = workdir / "agent.log"
         started = time.perf_counter()
+        wall_started = time.time()
         with log_path.open("wb") as log_file:
             agent = subprocess.Popen(
                 [
@@ -171,7 +178,12 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, An
 
         wait_for(ready, within=600, what="the agent to be ready", interval=0.005)
         ready_s = time.perf_counter() - started
-        log.lines()
+        # Where start-up went, from the agent's own log: listing (process start included)
+        # until "informers synced", then the first sync's index and commit.
+        startup = log.lines()
+        informed = next(line for line in startup if line.get("event") == "informers synced")
+        first = next(line for line in startup if line.get("event") == "synced")
+        list_s = _stamp(informed["timestamp"]) - wall_started
         time.sleep(1.0)  # let the allocator settle before reading RSS (no condition to wait on)
         rss, hwm = _rss_mib(agent.pid)
 
@@ -297,6 +309,9 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, An
         return {
             "services": n,
             "agent_ready_s": ready_s,
+            "startup_list_s": list_s,
+            "startup_index_s": float(first["index_ms"]) / 1000,
+            "startup_commit_s": (float(first["observe_ms"]) + float(first["commit_ms"])) / 1000,
             "agent_rss_mib": rss,
             "agent_peak_rss_mib": max(hwm, hwm_after),
             "agent_rss_after_changes_mib": rss_after,
@@ -372,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
             f" {r['observe_libnftables_listing_s']:.2f}s)"
             f"  agent rss={r['agent_rss_mib']:.0f} MiB (peak {r['agent_peak_rss_mib']:.0f})"
             f"  ready in {r['agent_ready_s']:.1f}s",
+            flush=True,
+        )
+        print(
+            f"N={n:>7}  start to ready {r['agent_ready_s']:.1f}s: listing (process start included)"
+            f" {r['startup_list_s']:.1f}s, index {r['startup_index_s']:.2f}s, commit {r['startup_commit_s']:.2f}s;"
+            f" the agent's own part (index + commit) {r['startup_index_s'] + r['startup_commit_s']:.2f}s",
             flush=True,
         )
         print(

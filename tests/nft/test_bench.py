@@ -59,6 +59,8 @@ def test_one_change_inside_the_running_agent(kernel_ok: None, tmp_path: Path) ->
     # A Node joined, moved and left twice: each change committed the cluster networks (an
     # interval set is flushed and refilled: a handful of elements), never the mappings.
     assert r["node_changes"] == 8, r
+    assert 0 < r["startup_list_s"] < r["agent_ready_s"], r
+    assert 0 < r["startup_index_s"] + r["startup_commit_s"] < r["agent_ready_s"], r
     assert 0 < r["node_change_cpu_p50_ms"] <= r["node_change_cpu_max_ms"], r
     assert 1 <= r["node_change_elements_max"] <= 16, r
     assert r["service_change_cpu_p50_ms"] > 0, r

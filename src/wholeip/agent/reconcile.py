@@ -568,6 +568,7 @@ class Syncer:
             # they decide in place: at 100,000 Services a Node joining is a few elements.
             networks = (nodes, effective_model(self.model, mode.service_cidrs())) if pending.networks else None
             self.index = None  # until the update is known to have completed
+            indexing = time.perf_counter()
             touched = await self._offload(
                 lambda: index.update(
                     services=services,
@@ -578,13 +579,16 @@ class Syncer:
                     settings=networks[1] if networks else None,
                 )
             )
+            index_seconds = time.perf_counter() - indexing
             await self._steer(index, touched)
             if full:
                 touched = None  # compare the whole table with the kernel
         else:
             self.index = None
             snap = self._snapshot()
+            indexing = time.perf_counter()
             index = await self._offload(self._rebuild, snap)
+            index_seconds = time.perf_counter() - indexing
             await self._steer(index, {})
             nodes = snap.nodes
             self.rebuilds += 1
@@ -630,6 +634,7 @@ class Syncer:
             "changes": result.plan.summary(),
             "mappings": sum(counts.values()),
             "problems": len(problems),
+            "index_ms": round(index_seconds * 1000, 2),
             "observe_ms": round(result.observe_seconds * 1000, 2),
             "commit_ms": round(result.commit_seconds * 1000, 2),
             "change_ms": change_ms,

@@ -214,7 +214,8 @@ class DelegatedIndex:
         infos: dict[ServiceKey, DelegatedInfo | None] = {}
         for key, objs in services.items():
             parsed = [i for i in (parse_delegated_service(o, self.settings, []) for o in objs) if i is not None]
-            parsed.sort(key=lambda i: (i.age_key, i.ref.uid, repr(i)))
+            if len(parsed) > 1:
+                parsed.sort(key=lambda i: (i.age_key, i.ref.uid, repr(i)))
             infos[key] = parsed[0] if parsed else None
             dirty.add(key)
         changed: set[FrontKey] = set()

@@ -56,6 +56,7 @@ from wholeip.core.compact import (
     Ready,
     SlicePorts,
     add_to,
+    address_of,
     all_of,
     chosen,
     discard_from,
@@ -438,7 +439,7 @@ class ClusterIndex:
             for addresses in self._api_slices.values():
                 for text in addresses:
                     self._control_plane.setdefault(
-                        normalised(ipaddress.ip_address(text)), "an endpoint of the Service default/kubernetes"
+                        normalised(address_of(text)), "an endpoint of the Service default/kubernetes"
                     )
             affected.update(str(ip) for ip in api_before ^ set(self._control_plane))
         for key in dirty:
@@ -679,7 +680,7 @@ class ClusterIndex:
         outside: list[Endpoint] = []
         for address, node, ip in found:
             node = sys.intern(node) if node is not None else None
-            if nets and not any((ip or ipaddress.ip_address(address)) in n for n in nets):
+            if nets and not any((ip or address_of(address)) in n for n in nets):
                 # A hand-written EndpointSlice must not point a whole IP at another
                 # tenant's address or a node (the CVE-2021-25740 pattern).
                 outside.append((address, node))
@@ -701,8 +702,9 @@ class ClusterIndex:
     def _put_service(self, key: ServiceKey, objs: Sequence[RawObject]) -> _View | None:
         problems: list[Problem] = []
         parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
-        # Same-age duplicates (a flat list holding one Service twice): content decides, not input order.
-        parsed.sort(key=lambda s: (s.age_key, s.ref.uid, repr(s)))
+        if len(parsed) > 1:
+            # Same-age duplicates (a flat list holding one Service twice): content decides, not input order.
+            parsed.sort(key=lambda s: (s.age_key, s.ref.uid, repr(s)))
         for dup in parsed[1:]:
             problems.append(
                 Problem(dup.ref, "DuplicateObject", "the same Service appears twice; the first one is used")
@@ -773,7 +775,7 @@ class ClusterIndex:
         winner: _View | None = None
         why = (
             refusal(
-                ipaddress.ip_address(ip),
+                address_of(ip),
                 cluster=self._net.guard,
                 node_ips=self._net.node_ips,
                 allowed=self.settings.allowed_external_cidrs,
@@ -901,16 +903,17 @@ class ClusterIndex:
             if w is not None and w.key == view.key  # a lost claim is the winner's mapping
         ]
 
-    def mappings(self) -> list[Mapping1to1]:
-        """Every mapping, as the model's type (built on demand: the index keeps text)."""
+    def mappings(self, refs: Mapping[ServiceKey, ObjectRef] | None = None) -> list[Mapping1to1]:
+        """Every mapping, as the model's type (built on demand: the index keeps text);
+        ``refs``: the Services' references, when the caller made them already."""
         out = []
         for ext, win in self._winners.items():
             pod, node = _backend(win, ext)
             out.append(
                 Mapping1to1(
-                    service=win.ref,
-                    external_ip=ipaddress.ip_address(ext),
-                    pod_ip=ipaddress.ip_address(pod),
+                    service=refs[win.key] if refs is not None else win.ref,
+                    external_ip=address_of(ext),
+                    pod_ip=address_of(pod),
                     node_name=node,
                     mode=win.mode,
                     allow_icmp=win.allow_icmp,
@@ -924,11 +927,14 @@ class ClusterIndex:
 
     def state(self) -> ClusterState:
         """The whole model as one immutable ClusterState (costs O(Services))."""
+        # One reference per Service, in order: a Service's is (kind, namespace, name), the
+        # kind is the same for all and the key is (namespace, name).
+        refs = {key: self._views[key].ref for key in sorted(self._views)}
         return ClusterState(
-            mappings=tuple(sorted(self.mappings(), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
+            mappings=tuple(sorted(self.mappings(refs), key=lambda m: (m.external_ip.version, int(m.external_ip)))),
             cluster_networks=self._net.cluster,
             problems=tuple(sorted(self.problems, key=_problem_order)),
-            managed_services=tuple(sorted(v.ref for v in self._views.values())),
+            managed_services=tuple(refs.values()),
             lb_redirects=self._lb_sorted(),
             local_pod_networks=self._net.local_pods,
             pod_ports=tuple(self.podnat.pod_ports()),
@@ -1017,7 +1023,7 @@ class ClusterIndex:
 
         def order(r: LbRedirect) -> tuple[int, int, str, int]:
             if r.lb_ip not in parsed:
-                ip = ipaddress.ip_address(r.lb_ip)
+                ip = address_of(r.lb_ip)
                 parsed[r.lb_ip] = (ip.version, int(ip))
             return (*parsed[r.lb_ip], r.protocol, r.port)
 

@@ -296,6 +296,10 @@ _SPECIAL: tuple[tuple[IPNetwork, str], ...] = (
 ``is_*`` properties are not used: what they say about IPv4-mapped addresses changed
 between Python versions (3.13 answers for the embedded IPv4 address)."""
 
+_V4_SPECIAL_FIRST_OCTETS = frozenset({0, 127, 169, *range(224, 256)})
+"""The first octets of every IPv4 range of ``_SPECIAL``; IPv6's start with 0, 0x64 or
+0xfe80 and above (checked in :func:`special`)."""
+
 _CARRIES_IPV4: tuple[IPNetwork, ...] = (_V6("::ffff:0:0/96"), _V6("::/96"), _V6("64:ff9b::/96"))
 """IPv6 spellings whose last 32 bits are an IPv4 address: mapped, compatible, NAT64."""
 
@@ -304,6 +308,12 @@ def special(ip: IPAddress) -> str | None:
     """What kind of special address ``ip`` is (a noun phrase: "a loopback address"), or None
     for an ordinary unicast address. Every guard on addresses starts here, so an IPv4
     address cannot slip past one in an IPv6 spelling (``::ffff:127.0.0.1``)."""
+    # Most addresses are ordinary: ruled out by their first bits, without the loop.
+    if ip.version == 4:
+        if int(ip) >> 24 not in _V4_SPECIAL_FIRST_OCTETS:
+            return None
+    elif 0 < int(ip) >> 112 < 0xFE80 and int(ip) >> 112 != 0x64:
+        return None
     for net, kind in _SPECIAL:
         if ip.version == net.version and ip in net:
             return kind

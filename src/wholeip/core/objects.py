@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from wholeip.core.compact import address_of
 from wholeip.core.model import (
     IPAddress,
     Mode,
@@ -77,7 +78,7 @@ def parse_ip(value: Any) -> IPAddress | None:
     if not isinstance(value, str) or "%" in value:
         return None
     try:
-        return ipaddress.ip_address(value)
+        return address_of(value)
     except ValueError:
         return None
 
@@ -512,10 +513,12 @@ def parse_delegated_service(obj: RawObject, settings: ModelSettings, problems: l
 
     Problems of its own (an unusable port) are reported by :func:`parse_service`; a
     ``targetPort`` per-port mode refuses is fine here: the ClusterIP translates it."""
-    ref = _ref(obj, "Service")
     meta = _dict(obj.get("metadata"))
     labels = _dict(meta.get("labels"))
-    if not ref.name or not settings.proxy_name or labels.get(PROXY_NAME_LABEL) != settings.proxy_name:
+    if not settings.proxy_name or labels.get(PROXY_NAME_LABEL) != settings.proxy_name:
+        return None  # most Services: decided before anything else is read
+    ref = _ref(obj, "Service")
+    if not ref.name:
         return None
     if settings.allowed_namespaces and ref.namespace not in settings.allowed_namespaces:
         return None
