@@ -224,6 +224,60 @@ def test_hairpin_udp_flow_follows_a_moved_mapping_at_once(kube: Cluster, family:
     assert one(flows, d_sport, d_port) == Flow(17, node, pod_a, d_sport, d_port, pod_a, node)
 
 
+DELEGATED_IP = {4: "10.96.0.70", 6: "fd00:10:96::70"}
+
+
+def delegated(pod: str, *, tcp_port: int, udp_port: int) -> list[dict[str, Any]]:
+    """Delegated Service ``d`` (labelled for us): its ClusterIP's UDP and TCP ports on ``pod``."""
+    ports = [
+        {"name": "u", "port": udp_port, "protocol": "UDP"},
+        {"name": "t", "port": tcp_port, "protocol": "TCP"},
+    ]
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "d",
+            "namespace": "default",
+            "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
+        },
+        "spec": {"type": "ClusterIP", "clusterIPs": [DELEGATED_IP[4], DELEGATED_IP[6]], "ports": ports},
+    }
+    slices = Sandbox.slices_manifest("d", pod)
+    for sl in slices:
+        sl["ports"] = ports
+    return [svc, *slices]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_delegated_udp_flow_leaves_a_gone_endpoint_tcp_stays(kube: Cluster, family: int) -> None:
+    """Row 16g: when a delegated Service's endpoint goes, its UDP entries to the ClusterIP
+    are deleted (the next datagram picks a live endpoint); TCP entries are left to finish,
+    as kube-proxy does."""
+    topo, n2 = kube.topo, kube.nodes["n2"]
+    cip = DELEGATED_IP[family]
+    sport, port = ports()
+    t_sport, t_port = ports()
+    kube.sync([*cluster(), *delegated("pod_a", tcp_port=t_port, udp_port=port)])
+    first = exchange(topo, client="pod_b", server="pod_a", addr=cip, proto="udp", port=port, sport=sport)
+    assert first.ok, first.error
+    tcp = exchange(topo, client="pod_b", server="pod_a", addr=cip, proto="tcp", port=t_port, sport=t_sport)
+    assert tcp.ok, tcp.error
+    assert one(n2.flows(family), sport, port).reply_src == addr("pod_a", family)
+
+    plans = kube.sync([*cluster(), *delegated("pod_b", tcp_port=t_port, udp_port=port)])
+    stuck = exchange(topo, client="pod_b", server="pod_b", addr=cip, proto="udp", port=port, sport=sport, timeout=1.0)
+    assert not stuck.ok  # conntrack still replays the old DNAT to pod A
+
+    assert kube.clean(plans) == {"n1": 0, "n2": 1}
+    moved = exchange(topo, client="pod_b", server="pod_b", addr=cip, proto="udp", port=port, sport=sport)
+    assert moved.ok, moved.error
+    assert moved.client_reply_from == cip
+    flows = n2.flows(family)
+    assert one(flows, sport, port).reply_src == addr("pod_b", family)
+    assert [f for f in flows if f.sport == t_sport and f.proto == socket.IPPROTO_TCP]  # TCP left alone
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_background_cleaner_in_the_nodes_namespace(kube: Cluster, family: int) -> None:
     """The same move seen from n1's own processes (pod A is local there), cleaned by the

@@ -98,7 +98,7 @@ from typing import Any, Protocol
 import structlog
 
 from wholeip.core.model import IPAddress
-from wholeip.names import EGRESS, INGRESS, PODNAT_ADDR
+from wholeip.names import EGRESS, INGRESS, PODNAT_ADDR, SVC_ADDR
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import Elem
 
@@ -162,6 +162,34 @@ def stale_pairs(removed: Mapping[str, AbstractSet[Elem]]) -> frozenset[Pair]:
     return frozenset(out)
 
 
+_DATAGRAM_PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": 132}
+"""What kube-proxy deletes the entries of when an endpoint goes: a TCP connection to a
+gone endpoint is reset by the kernel anyway, one to a terminating pod may finish."""
+
+
+def _slot_endpoints(elems: Iterable[Elem]) -> set[tuple[IPAddress, int, IPAddress]]:
+    """(ClusterIP, protocol number, endpoint) of ``svcaddr4/6`` slot elements
+    ``((ClusterIP, protocol, port, slot), endpoint)`` of UDP and SCTP ports."""
+    out: set[tuple[IPAddress, int, IPAddress]] = set()
+    for elem in elems:
+        if not (isinstance(elem, tuple) and len(elem) == 2 and isinstance(elem[0], tuple) and len(elem[0]) == 4):
+            continue
+        proto = _DATAGRAM_PROTOCOLS.get(str(elem[0][1]))
+        front, endpoint = _addr(elem[0][0]), _addr(elem[1])
+        if proto is not None and front is not None and endpoint is not None:
+            out.add((front, proto, endpoint))
+    return out
+
+
+def stale_endpoints(plan: Plan) -> frozenset[tuple[IPAddress, int, IPAddress]]:
+    """Delegated Services (docs/datapath.md row 16): the UDP/SCTP endpoints a ClusterIP port
+    no longer sends to, as kube-proxy cleans them. A slot element the plan removed names an
+    endpoint that is gone unless the plan wrote it into another slot of the same port."""
+    removed = _slot_endpoints(e for name in SVC_ADDR.both for e in plan.removed.get(name, ()))
+    kept = _slot_endpoints(e for name in SVC_ADDR.both for e in plan.inserted.get(name, ()))
+    return frozenset(removed - kept)
+
+
 def _now(inserted: Mapping[str, AbstractSet[Elem]], names: tuple[str, ...]) -> dict[IPAddress, IPAddress]:
     """Key -> value of the map elements a plan added one by one (``Plan.inserted``)."""
     return {key: value for name in names for key, value in _pairs(inserted.get(name, ()))}
@@ -176,10 +204,12 @@ class Stale:
     """External IPs the plans (re)mapped, and their pod now."""
     egress_now: Mapping[IPAddress, IPAddress] = field(default_factory=dict)
     """Pods whose egress IP the plans set, and that IP (only to merge plans)."""
+    endpoints: frozenset[tuple[IPAddress, int, IPAddress]] = frozenset()
+    """(ClusterIP, protocol number, endpoint) a delegated Service's port no longer sends to."""
 
     @property
     def empty(self) -> bool:
-        return not (self.pairs or self.mapped)
+        return not (self.pairs or self.mapped or self.endpoints)
 
     @classmethod
     def of(cls, plan: Plan) -> Stale:
@@ -189,7 +219,7 @@ class Stale:
         # anew): then only what the plan removed counts.
         ingress_now = _now(plan.inserted, INGRESS.both)
         egress_now = _now(plan.inserted, EGRESS.both)
-        return cls(pairs, ingress_now, egress_now).settled()
+        return cls(pairs, ingress_now, egress_now, stale_endpoints(plan)).settled()
 
     def settled(self) -> Stale:
         """Without the old pairs that are current again (a mapping that went and came back)."""
@@ -199,7 +229,7 @@ class Stale:
             if (self.egress_now.get(p.pod) if p.egress else self.mapped.get(p.external))
             != (p.external if p.egress else p.pod)
         )
-        return self if pairs == self.pairs else Stale(pairs, self.mapped, self.egress_now)
+        return self if pairs == self.pairs else Stale(pairs, self.mapped, self.egress_now, self.endpoints)
 
     def then(self, later: Stale) -> Stale:
         """``self`` followed by ``later``, as one: what both made stale, as of ``later``."""
@@ -207,11 +237,13 @@ class Stale:
         gone_egress = {p.pod for p in later.pairs if p.egress} - later.egress_now.keys()
         mapped = {e: p for e, p in self.mapped.items() if e not in gone} | dict(later.mapped)
         egress_now = {p: e for p, e in self.egress_now.items() if p not in gone_egress} | dict(later.egress_now)
-        return Stale(self.pairs | later.pairs, mapped, egress_now).settled()
+        return Stale(self.pairs | later.pairs, mapped, egress_now, self.endpoints | later.endpoints).settled()
 
     def matches(self, entry: Tuples) -> bool:
         """True when the conntrack entry ``entry`` belongs to an old mapping."""
         if Pair(entry.orig_dst, entry.reply_src) in self.pairs:
+            return True
+        if (entry.orig_dst, entry.proto, entry.reply_src) in self.endpoints:
             return True
         now = self.mapped.get(entry.orig_dst)
         if now is not None and entry.reply_src != now:
@@ -221,6 +253,7 @@ class Stale:
     def queries(self) -> list[Query]:
         """The kernel-filtered dumps that find every entry :meth:`matches` can accept."""
         externals = {p.external for p in self.pairs if not p.egress} | set(self.mapped)
+        externals |= {front for front, _, _ in self.endpoints}
         out = [Query(orig_dst=e) for e in externals]
         # P's self-hairpin flows: from P, DNATed back to P (the reply destination E is
         # checked here, see Query).
@@ -229,7 +262,8 @@ class Stale:
 
     def describe(self) -> list[str]:
         pairs = sorted(str(p) for p in self.pairs)
-        return pairs + sorted(f"{e}=>{p}" for e, p in self.mapped.items())
+        gone = sorted(f"{front}/{proto}-x->{ep}" for front, proto, ep in self.endpoints)
+        return pairs + sorted(f"{e}=>{p}" for e, p in self.mapped.items()) + gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +274,8 @@ class Tuples:
     orig_dst: IPAddress
     reply_src: IPAddress
     reply_dst: IPAddress
+    proto: int = 0
+    """The IP protocol number (0: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +424,9 @@ def _entry(msg: Any, version: int) -> Entry | None:
     ]
     if any(a is None for a in addrs):
         return None
-    tuples = Tuples(*addrs)  # type: ignore[arg-type]
+    proto_attr = orig.get_attr("CTA_TUPLE_PROTO")
+    proto = proto_attr.get_attr("CTA_PROTO_NUM") if proto_attr is not None else None
+    tuples = Tuples(*addrs, proto=proto if isinstance(proto, int) else 0)  # type: ignore[arg-type,misc]
     raw = {"attrs": _plain(orig["attrs"])}
     zone, ct_id = msg.get_attr("CTA_ZONE"), msg.get_attr("CTA_ID")
     return Entry(tuples, ident=(version, zone, ct_id, repr(raw)), handle=(raw, zone, ct_id))
