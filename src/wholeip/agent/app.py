@@ -45,13 +45,14 @@ from wholeip import __version__
 from wholeip.agent import log as logsetup
 from wholeip.agent.controlplane import with_control_plane
 from wholeip.agent.health import Health
+from wholeip.agent.healthcheck import HealthCheckServers
 from wholeip.agent.hostaddr import read_host
 from wholeip.agent.l2statuses import L2StatusSource
 from wholeip.agent.metrics import Metrics
 from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
 from wholeip.agent.servicecidrs import ServiceCIDRSource
 from wholeip.agent.web import WebServer
-from wholeip.core.model import Problem, ProblemSource
+from wholeip.core.model import HealthCheck, Problem, ProblemSource
 from wholeip.engine import Engine
 from wholeip.kube.api import Obj
 from wholeip.kube.events import EventRecorder
@@ -120,6 +121,8 @@ class Agent:
         self.events: EventRecorder | None = None
         self.health: Health | None = None
         self.web: WebServer | None = None
+        self.health_checks: HealthCheckServers | None = None
+        """The healthCheckNodePorts of delegated Services with externalTrafficPolicy Local."""
         self._task: asyncio.Task[None] | None = None
         self._problems: set[Problem] = set()
 
@@ -212,7 +215,10 @@ class Agent:
             # process's own network namespace's (not with a fake or another namespace's backend).
             after_commit=ConntrackCleaner(on_deleted=self.metrics.conntrack_deleted.inc) if real else None,
             router=PolicyRouter(SteeringConfig.from_settings(s.egress)) if real else None,
+            # The ports are this network namespace's: only with the real table, as above.
+            on_health=self._on_health if real else None,
         )
+        self.health_checks = HealthCheckServers() if real else None
         tracked.append(pod_informer)
         self.metrics.track_informers(tracked)
         self.health = Health(
@@ -268,6 +274,8 @@ class Agent:
                 await task
         if self.web is not None:
             await self.web.stop()
+        if self.health_checks is not None:
+            await self.health_checks.stop()
         if self.api is not None:
             await self.api.close()
             self.api = None
@@ -338,6 +346,10 @@ class Agent:
     async def _sync(self, full: bool) -> None:
         assert self.syncer is not None
         await self.syncer(full)
+
+    def _on_health(self, checks: Sequence[HealthCheck]) -> None:
+        if self.health_checks is not None:
+            self.health_checks.update(checks)
 
     def _on_state(self, state: ProblemSource, nodes: Sequence[Obj]) -> None:
         # Every node logs what appeared and what went away (only one node writes

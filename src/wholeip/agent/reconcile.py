@@ -55,7 +55,7 @@ import structlog
 from wholeip.backoff import backoff_delay
 from wholeip.core.elements import count_mappings
 from wholeip.core.index import ClusterIndex, ServiceKey, Touched, load_unique
-from wholeip.core.model import ObjectRef, Problem, ProblemSource
+from wholeip.core.model import HealthCheck, ObjectRef, Problem, ProblemSource
 from wholeip.core.servicecidr import effective_model
 from wholeip.core.steering import Holder
 from wholeip.engine import Engine, Rejection, SyncResult
@@ -468,8 +468,12 @@ class Syncer:
         offload: Offload = asyncio.to_thread,
         wall_clock: Callable[[], float] = time.time,
         router: Router | None = None,
+        on_health: Callable[[Sequence[HealthCheck]], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_health = on_health
+        """Called on the event loop after every sync with the healthCheckNodePorts of the
+        delegated Services (the health-check servers)."""
         self.router = router
         """The egress steering's policy routing (None: not programmed, e.g. a fake backend);
         applied before every commit, so a deleted rule or route is back within one sync."""
@@ -609,6 +613,11 @@ class Syncer:
             )
         if self.metrics is not None:
             self.metrics.set_problems(p.reason for p in problems)
+        if self.on_health is not None:
+            try:
+                self.on_health(index.delegated.health_checks())
+            except Exception as exc:  # the health checks never cost a sync
+                log.warning("health check update failed", error=f"{type(exc).__name__}: {exc}")
         if self.on_state is not None:
             try:
                 self.on_state(reported, nodes)
