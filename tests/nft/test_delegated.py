@@ -38,7 +38,12 @@ CLUSTER_IP = {
     "loc": {4: "10.96.0.61", 6: "fd00:10:96::61"},
     "none": {4: "10.96.0.62", 6: "fd00:10:96::62"},
     "half": {4: "10.96.0.63", 6: "fd00:10:96::63"},
+    "self": {4: "10.96.0.64", 6: "fd00:10:96::64"},
+    "itp": {4: "10.96.0.65", 6: "fd00:10:96::65"},
+    "aff": {4: "10.96.0.66", 6: "fd00:10:96::66"},
+    "a": {4: "10.96.0.67", 6: "fd00:10:96::67"},
 }
+EXT_A = {4: "203.0.113.10", 6: "2001:db8:100::10"}
 POD_IP = {
     "pod_a": {4: "10.244.1.10", 6: "fd00:10:244:1::10"},
     "pod_b": {4: "10.244.2.20", 6: "fd00:10:244:2::20"},
@@ -47,14 +52,16 @@ POD_NODE = {"pod_a": "n1", "pod_b": "n2"}
 NODE_IP = {"n1": {4: "192.0.2.11", 6: "2001:db8:2::11"}, "n2": {4: "192.0.2.12", 6: "2001:db8:2::12"}}
 
 
-def service(name: str, *, node_ports: bool = False, local: bool = False, **spec: Any) -> dict[str, Any]:
+def service(
+    name: str, *, node_ports: bool = False, local: bool = False, affinity: bool = False, **spec: Any
+) -> dict[str, Any]:
     ports: list[dict[str, Any]] = [
         {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
         {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"},
     ]
     if node_ports:
-        ports[0]["nodePort"] = 30081 if local else 30080
-        ports[1]["nodePort"] = 30054 if local else 30053
+        ports[0]["nodePort"] = 30082 if affinity else 30081 if local else 30080
+        ports[1]["nodePort"] = 30055 if affinity else 30054 if local else 30053
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -105,6 +112,12 @@ def cluster(*, half_ready: bool = False) -> dict[str, Any]:
         service("none"),
         service("half"),
         *slices("half", {"pod_a": True, "pod_b": not half_ready}),
+        service("self"),
+        *slices("self", {"pod_a": True}),
+        service("itp", internalTrafficPolicy="Local"),
+        *slices("itp", {"pod_a": True, "pod_b": True}),
+        service("aff", node_ports=True, affinity=True, sessionAffinity="ClientIP"),
+        *slices("aff", {"pod_a": True, "pod_b": True}),
     ]
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
@@ -232,3 +245,73 @@ def test_the_skeleton_does_not_grow_with_delegated_services(programmed: Topology
         line for line in programmed.nft("n1", "list", "table", "inet", "wholeip").splitlines() if 'comment "wh:' in line
     ]
     assert len(rules) == len(SKELETON.rules)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("client", ["n1", "n2"])
+def test_row_16a_from_the_host_network_of_either_node(programmed: Topology, family: int, client: str) -> None:
+    served, _, ok = spread(programmed, client, CLUSTER_IP["web"][family], 80, n=20)
+    assert ok == 20, served
+    assert set(served) == {"pod_a", "pod_b"}, served
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_16f_a_pod_reaching_itself_through_its_service_is_masqueraded(programmed: Topology, family: int) -> None:
+    served, peers, ok = spread(programmed, "pod_a", CLUSTER_IP["self"][family], 80, n=3)
+    assert ok == 3
+    assert served == Counter({"pod_a": 3})
+    assert POD_IP["pod_a"][family] not in peers, peers  # its own address could not answer itself
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_16c_internal_traffic_policy_local_stays_on_the_node(programmed: Topology, family: int) -> None:
+    for client in ("pod_a", "pod_b"):
+        served, _, ok = spread(programmed, client, CLUSTER_IP["itp"][family], 80, n=10)
+        assert ok == 10
+        assert served == Counter({client: 10}), (client, served)
+
+
+def test_row_16d_affinity_pins_a_client(programmed: Topology) -> None:
+    """IPv4 ClusterIP (IPv6 ClusterIPs spread per flow, see the README) and NodePorts of
+    both families: every connection of one client reaches the same endpoint."""
+    for client, addr, port in (
+        ("pod_b", CLUSTER_IP["aff"][4], 80),
+        ("n1", CLUSTER_IP["aff"][4], 80),
+        ("ext", NODE_IP["n1"][4], 30082),
+        ("ext", NODE_IP["n2"][6], 30082),
+    ):
+        served, _, ok = spread(programmed, client, addr, port, n=10)
+        assert ok == 10
+        assert len(served) == 1, (client, addr, served)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_row_16h_a_labelled_whole_ip_services_cluster_ip_works_with_its_whole_ip(
+    programmed: Topology, family: int, tmp_path: Path
+) -> None:
+    whole = service("a")
+    whole["metadata"]["annotations"] = {"networking.cozystack.io/wholeIP": "true"}
+    whole["spec"]["type"] = "LoadBalancer"
+    whole["status"] = {"loadBalancer": {"ingress": [{"ip": EXT_A[4]}, {"ip": EXT_A[6]}]}}
+    whole["spec"]["externalTrafficPolicy"] = "Local"
+    whole["spec"]["ports"][0]["nodePort"] = 30083
+    doc = cluster()
+    doc["items"] += [whole, *slices("a", {"pod_a": True})]
+    apply(programmed, doc, tmp_path)
+    try:
+        served, peers, ok = spread(programmed, "pod_b", CLUSTER_IP["a"][family], 80, n=3)
+        assert ok == 3
+        assert served == Counter({"pod_a": 3})
+        assert set(peers) == {POD_IP["pod_b"][family]}
+        served, peers, ok = spread(programmed, "ext", EXT_A[family], 8080, n=3)  # the whole IP, 1:1
+        assert ok == 3
+        assert served == Counter({"pod_a": 3})
+        assert set(peers) == {Topology.addr("ext", family)}  # type: ignore[arg-type]
+        # Its NodePort, Local: masqueraded (a whole-IP pod's packets to the outside are
+        # stateless, from its external IP: the reply must come back through the node).
+        served, peers, ok = spread(programmed, "ext", NODE_IP["n1"][family], 30083, n=3)
+        assert ok == 3
+        assert served == Counter({"pod_a": 3})
+        assert Topology.addr("ext", family) not in peers  # type: ignore[arg-type]
+    finally:
+        apply(programmed, cluster(), tmp_path)

@@ -962,6 +962,22 @@ def _delegated_rules() -> tuple[list[ChainDecl], list[Rule]]:
                 ),
             )
         )
+        # An outside client DNATed to a local whole-IP (or per-port) pod: the pod's packets
+        # to the outside are untracked and leave from its external IP (the stateless path),
+        # so its reply would never be turned back into the NodePort's. Masqueraded, its
+        # reply goes to this node, tracked (externalTrafficPolicy Local then loses the
+        # client's address for such a pod; README).
+        rules.append(
+            Rule(
+                HAIRPIN_POSTROUTING,
+                (
+                    _ct_dnat(),
+                    _match(_payload(proto, "saddr"), f"@{CLUSTER[v]}", op="!="),
+                    _match(_payload(proto, "daddr"), f"@{EGRESS[v]}"),
+                    {"masquerade": None},
+                ),
+            )
+        )
     rules.append(
         Rule(
             HAIRPIN_POSTROUTING,
