@@ -135,7 +135,7 @@ def test_node_ports_by_traffic_policy_and_the_health_check() -> None:
 def test_affinity_takes_the_client_hash_chain() -> None:
     objects = [svc(sessionAffinity="ClientIP"), eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.2")])]
     f = by_key(fronts(objects))[(4, "10.96.0.10", 80)]
-    assert ("svc4", (("10.96.0.10", "tcp", 80), "goto aff_2")) in frontend_elements(f)
+    assert ("svc4", (("10.96.0.10", "tcp", 80), "goto aff_256")) in frontend_elements(f)
 
 
 def test_unlabelled_and_annotation_only_services_are_not_delegated() -> None:

@@ -26,6 +26,7 @@ ClusterIPs and NodePorts uniquely) goes to the older Service; the other is told
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
@@ -81,15 +82,55 @@ def frontend_elements(f: Frontend) -> list[tuple[str, Elem]]:
         out.append((refuse, (key, "drop" if f.local else f"goto {REFUSE}")))
         return out
     eps = f.endpoints[:MAX_ENDPOINTS]
-    slots = slot_count(len(eps))
-    out.append((front, (key, f"goto {AFF_CHAIN if f.affinity else LB_CHAIN}{slots}")))
-    for i in range(slots):
-        address, port = eps[i % len(eps)]
+    table = maglev(eps) if f.affinity else [eps[i % len(eps)] for i in range(slot_count(len(eps)))]
+    out.append((front, (key, f"goto {AFF_CHAIN if f.affinity else LB_CHAIN}{len(table)}")))
+    for i, (address, port) in enumerate(table):
         out.append((addr_map, ((*key, i), address)))
         out.append((port_map, ((*key, i), port)))
     if f.masquerade:
         out.append((NP_MASQ[v], key))
     return out
+
+
+AFFINITY_SLOTS = 256
+"""The fewest slots of a front-end with sessionAffinity ClientIP: enough for an endpoint
+change to move only about 1/n of the clients (see :func:`maglev`)."""
+
+
+def _hash64(text: str, salt: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=salt).digest(), "big")
+
+
+def maglev(endpoints: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The slots of a front-end with affinity, filled as Maglev does (Eisenbud et al.,
+    NSDI 2016): each endpoint has its own order of preferred slots (from a hash of itself)
+    and the endpoints take turns claiming their next free preference. Every endpoint gets
+    floor or ceil of slots/n slots, and an endpoint that comes or goes moves little more
+    than its own share of the clients (the others keep most of their slots), while the
+    table stays a pure function of the endpoints (the incremental index and a fresh build
+    agree). Slots: :data:`AFFINITY_SLOTS`, or the class for 8n when that is larger; a power
+    of two, so an odd step visits every slot."""
+    size = slot_count(len(endpoints)) if len(endpoints) > 8 else AFFINITY_SLOTS
+    size = max(size, AFFINITY_SLOTS)
+    prefs = []
+    for address, port in endpoints:
+        name = f"{address}:{port}"
+        prefs.append((_hash64(name, b"offset") % size, (_hash64(name, b"skip") % (size // 2)) * 2 + 1))
+    table: list[tuple[str, int] | None] = [None] * size
+    nexts = [0] * len(endpoints)
+    filled = 0
+    while filled < size:
+        for i, (offset, skip) in enumerate(prefs):
+            while True:
+                slot = (offset + nexts[i] * skip) % size
+                nexts[i] += 1
+                if table[slot] is None:
+                    break
+            table[slot] = endpoints[i]
+            filled += 1
+            if filled == size:
+                break
+    return [t for t in table if t is not None]
 
 
 def _order(address: str) -> tuple[int, int]:
