@@ -44,6 +44,9 @@ bench: bootstrap
 	@hack/bootstrap.sh bench
 	$(PY) -m wholeip_bench.commit --out bench-results/bench.json
 	$(PY) -m wholeip_bench.change --out bench-results/change.json
+	$(PY) -m wholeip_bench.commit --delegated --sizes 10000,100000 --out bench-results/commit-delegated.json
+	$(PY) -m wholeip_bench.change --delegated --out bench-results/change-delegated.json
+	$(PY) -m wholeip_bench.delegated --out bench-results/delegated-slots.json
 	$(PY) -m wholeip_bench.clusterfile --out bench-results/clusterfile.json
 	$(PY) -m wholeip_bench.egressip --out bench-results/egressip.json
 	$(PY) -m wholeip_bench.datapath --out bench-results/datapath.json

@@ -23,6 +23,9 @@ For each N, in a fresh network namespace of its own:
 
 The agent runs with ``--min-sync-interval 0`` so that the rate limiter, which
 exists to bound a storm, does not add its wait to a lone change.
+``--delegated``: N delegated Services of three endpoints each; a change replaces one
+Service's first endpoint (docs/datapath.md row 16).
+
 Prints a table and writes JSON. Not part of the test suite.
 """
 
@@ -98,8 +101,10 @@ class _Log:
         return out
 
 
-def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, Any]:
-    """Inside the namespace: double + agent, then the measurements."""
+def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: bool = False) -> dict[str, Any]:
+    """Inside the namespace: double + agent, then the measurements. ``delegated``: N
+    delegated Services of 3 endpoints each instead of whole-IP Services, and a change
+    replaces one Service's first endpoint (docs/datapath.md row 16)."""
     from wholeip.core import index
     from wholeip.core.elements import compile_table
     from wholeip.engine import Engine
@@ -110,10 +115,10 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, An
     from wholeip_testkit import synth
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    objects = synth.cluster(n)
+    objects = synth.delegated_cluster(n) if delegated else synth.cluster(n)
     services = 0
     for obj in objects:
-        if obj["kind"] == "Service":
+        if obj["kind"] == "Service" and not delegated:  # delegated ones carry their ClusterIPs
             # Preassigned ClusterIPs: the double's allocator is not what is measured.
             # Numbered from 10.96.0.1: the network address is not a Service's (a real server refuses it).
             services += 1
@@ -205,11 +210,17 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, An
             # change would only delete the mapping.
             pod = f"10.128.{200 + ((k >> 8) % 56)}.{k & 255}"
             name = f"svc-{i}-ipv4"
+            endpoints = [{"addresses": [pod], "nodeName": "n1", "conditions": {"ready": True}}]
+            if delegated:
+                # One of the Service's three endpoints replaced by a new pod.
+                name = f"dlg-{i}-ipv4"
+                endpoints = synth.delegated(i, generation=k + 1)[1]["endpoints"]
+                pod = endpoints[0]["addresses"][0]
             cpu = _cpu_ms(agent.pid)
             _http(
                 "PATCH",
                 f"{url}/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/{name}",
-                {"endpoints": [{"addresses": [pod], "nodeName": "n1", "conditions": {"ready": True}}]},
+                {"endpoints": endpoints},
                 "application/merge-patch+json",
             )
 
@@ -308,6 +319,7 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path) -> dict[str, An
             del listed
         return {
             "services": n,
+            "kind": "delegated" if delegated else "whole-ip",
             "agent_ready_s": ready_s,
             "startup_list_s": list_s,
             "startup_index_s": float(first["index_ms"]) / 1000,
@@ -355,11 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=200, help="changes per N")
     parser.add_argument("--node-cycles", type=int, default=5, help="Nodes that join, move and leave (4 changes each)")
     parser.add_argument("--out", default="bench-results/change.json", help="where the JSON table goes")
+    parser.add_argument(
+        "--delegated", action="store_true", help="delegated Services (3 endpoints each) instead of whole-IP ones"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.changes, args.node_cycles, Path(args.workdir))), flush=True)
+        result = child(args.child, args.changes, args.node_cycles, Path(args.workdir), delegated=args.delegated)
+        print(json.dumps(result), flush=True)
         return 0
     if os.geteuid() != 0:
         print("the benchmark needs root (network namespaces)", file=sys.stderr)
@@ -368,8 +384,18 @@ def main(argv: list[str] | None = None) -> int:
     for n in (int(x) for x in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp, Netns() as ns:
             argv_child = [sys.executable, "-m", "wholeip_bench.change", "--child", str(n)]
+            extra = ["--delegated"] if args.delegated else []
             out = ns.run(
-                [*argv_child, "--changes", str(args.changes), "--node-cycles", str(args.node_cycles), "--workdir", tmp]
+                [
+                    *argv_child,
+                    "--changes",
+                    str(args.changes),
+                    "--node-cycles",
+                    str(args.node_cycles),
+                    "--workdir",
+                    tmp,
+                    *extra,
+                ]
             )
             if out.returncode != 0:
                 log = Path(tmp, "agent.log")
@@ -378,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(
-            f"N={n:>7}  change->commit p50={r['change_to_commit_p50_ms']:.1f}ms"
+            f"{r['kind']} N={n:>7}  change->commit p50={r['change_to_commit_p50_ms']:.1f}ms"
             f" p99={r['change_to_commit_p99_ms']:.1f}ms (commit p50 {r['commit_p50_ms']:.1f}ms)"
             f"  floor: nft add element p50={r['floor_nft_add_element_p50_ms']:.1f}ms"
             f" libnft 1 elem p50={r['floor_libnft_one_element_p50_ms']:.2f}ms"

@@ -15,6 +15,9 @@ For each N, in fresh network namespaces on this machine, side by side:
 It prints a table and writes it as JSON. Ratios are what to read: these
 machines are noisy, absolute times are context. Not part of the test suite.
 
+``--delegated`` measures N delegated Services (labelled for us, 3 endpoints each: their
+ClusterIP's slots, docs/datapath.md row 16) instead of whole-IP ones.
+
 ``--lb-services M`` adds M LoadBalancer Services nobody manages (one IPv4
 LoadBalancer IP, one ClusterIP, two ports each) and runs with ``--lb-to-clusterip``:
 the cost of that flag's ``lbclusterip4`` elements (two per Service) in the same
@@ -98,11 +101,12 @@ def _icmp_fix_rule(line: str) -> bool:
     return text.startswith(("icmp type", "icmpv6 type")) and "@th," in text and " set " in text
 
 
-def measure(n: int, workdir: Path, *, lb: int = 0) -> dict[str, Any]:
+def measure(n: int, workdir: Path, *, lb: int = 0, delegated: bool = False) -> dict[str, Any]:
     from wholeip_testkit import synth
 
     cluster = workdir / f"cluster-{n}.json"
-    cluster.write_text(json.dumps(synth.as_list(synth.cluster(n) + lb_services(lb))))
+    objects = synth.delegated_cluster(n) if delegated else synth.cluster(n)
+    cluster.write_text(json.dumps(synth.as_list(objects + lb_services(lb))))
     with Netns() as ours:
         started = time.perf_counter()
         argv = [sys.executable, "-m", "wholeip_bench.commit", "--child", str(cluster)]
@@ -126,6 +130,7 @@ def measure(n: int, workdir: Path, *, lb: int = 0) -> dict[str, Any]:
             raise RuntimeError(result.stderr)
     return {
         "services": n,
+        "kind": "delegated" if delegated else "whole-ip",
         "lb_services": lb,
         **stats,
         "ours_process_s": wall,
@@ -146,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="M",
         help="also M unmanaged LoadBalancer Services, with --lb-to-clusterip",
     )
+    parser.add_argument(
+        "--delegated", action="store_true", help="delegated Services (3 endpoints each) instead of whole-IP ones"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -157,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
-            rows.append(measure(n, Path(tmp), lb=args.lb_services))
+            rows.append(measure(n, Path(tmp), lb=args.lb_services, delegated=args.delegated))
             r = rows[-1]
             print(
-                f"N={n:>7}  elements={r['elements']:>7}  commit={r['commit_s']:.3f}s"
+                f"{r['kind']} N={n:>7}  elements={r['elements']:>7}  commit={r['commit_s']:.3f}s"
                 f"  floor(nft -f)={r['floor_nft_f_s']:.3f}s"
                 f"  commit/floor={r['commit_over_floor']:.2f}  process={r['ours_process_s']:.2f}s"
                 f"  (load {r['load_s']:.2f} model {r['model_s']:.2f} = {r['model_us_per_service']:.0f} us/Service"

@@ -94,3 +94,26 @@ def test_egress_ip_services_against_whole_ip(kernel_ok: None, tmp_path: Path) ->
         assert side["cold_commit_s"] > 0, side
         assert 0 < side["one_change_commit"]["p50_ms"] <= side["one_change_commit"]["p99_ms"], side
     assert r["ratio"]["cold_commit"] == pytest.approx(e["cold_commit_s"] / b["cold_commit_s"], abs=0.01)
+
+
+def test_delegated_services_cold_commit_and_one_change(kernel_ok: None, tmp_path: Path) -> None:
+    """Row 16's benchmarks at a small N: delegated Services of three endpoints each."""
+    rows = _run(tmp_path, "commit", "--delegated", "--sizes", "200")
+    (r,) = rows
+    assert r["kind"] == "delegated"
+    # Per Service: the verdict-map entry and 3 slots of address and port, and a hairpin
+    # pair per endpoint on this node (n1 of two nodes: one or two of the three).
+    assert 7 * 200 + 200 <= r["elements"] <= 7 * 200 + 2 * 200 + 16, r
+    assert r["floor_nft_f_s"] > 0, r
+    (c,) = _run(tmp_path, "change", "--delegated", "--sizes", "200", "--changes", "10")
+    assert c["kind"] == "delegated"
+    assert c["elements_added_per_change"] >= 1, c
+    assert 0 < c["change_to_commit_p50_ms"] <= c["change_to_commit_p99_ms"] < 5000, c
+
+
+def test_delegated_slot_fills(tmp_path: Path) -> None:
+    rows = _run(tmp_path, "delegated", "--endpoints", "3,16")
+    by = {(r["endpoints"], r["fill"]): r for r in rows}
+    # Removing one of 3 endpoints moves its own third; Maglev beats modulo beyond 8 endpoints.
+    assert by[(3, "modulo")]["remove_moved_needlessly"] == 0.0
+    assert by[(16, "maglev")]["add_moved"] < by[(16, "modulo")]["add_moved"]

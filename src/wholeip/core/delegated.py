@@ -82,7 +82,11 @@ def frontend_elements(f: Frontend) -> list[tuple[str, Elem]]:
         out.append((refuse, (key, "drop" if f.local else f"goto {REFUSE}")))
         return out
     eps = f.endpoints[:MAX_ENDPOINTS]
-    table = maglev(eps) if f.affinity else [eps[i % len(eps)] for i in range(slot_count(len(eps)))]
+    # Up to 8 endpoints without affinity: n slots, endpoint i in slot i (the fewest elements,
+    # and what moves is only new flows' choice: conntrack keeps established flows). Else
+    # Maglev: an endpoint change rewrites and moves about its own share of the slots,
+    # where a modulo fill would move nearly all (bench/wholeip_bench/delegated.py).
+    table = maglev(eps) if f.affinity or len(eps) > 8 else list(eps)
     out.append((front, (key, f"goto {AFF_CHAIN if f.affinity else LB_CHAIN}{len(table)}")))
     for i, (address, port) in enumerate(table):
         out.append((addr_map, ((*key, i), address)))
@@ -102,7 +106,7 @@ def _hash64(text: str, salt: bytes) -> int:
 
 
 def maglev(endpoints: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
-    """The slots of a front-end with affinity, filled as Maglev does (Eisenbud et al.,
+    """The slots of a front-end with affinity or more than 8 endpoints, filled as Maglev does (Eisenbud et al.,
     NSDI 2016): each endpoint has its own order of preferred slots (from a hash of itself)
     and the endpoints take turns claiming their next free preference. Every endpoint gets
     floor or ceil of slots/n slots, and an endpoint that comes or goes moves little more

@@ -227,6 +227,10 @@ def parse_service(obj: RawObject, settings: ModelSettings, problems: list[Proble
             problems.append(Problem(ref, "InvalidExternalIP", f"{source}: {raw_ip!r} is not an IP address"))
         elif ip not in ips:
             ips.append(ip)
+    if not ips and mode is Mode.PER_PORT and spec.get("type") != "LoadBalancer":
+        # Labelled, but no LoadBalancer: a ClusterIP or NodePort Service delegated to us
+        # (:mod:`wholeip.core.delegated` serves those), with no external IP to wait for.
+        return None
     ranges: list[IPNetwork] = []
     raw_ranges = _list(spec.get("loadBalancerSourceRanges"))
     invalid: list[Any] = []

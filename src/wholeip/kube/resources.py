@@ -75,6 +75,22 @@ def _meta(meta: Any, *, labels: tuple[str, ...] | None = None, annotations: bool
     return out
 
 
+_SERVICE_SPEC = (
+    "ports",
+    "externalIPs",
+    "loadBalancerSourceRanges",
+    # --lb-to-clusterip, and the ClusterIPs and NodePorts of delegated Services:
+    "type",
+    "clusterIP",
+    "clusterIPs",
+    "externalTrafficPolicy",
+    "internalTrafficPolicy",
+    "sessionAffinity",
+    "sessionAffinityConfig",
+    "healthCheckNodePort",
+)
+
+
 def trim_service(obj: Obj) -> Obj:
     """Keep only what the model reads of a Service: at 100,000 Services the cache is most
     of the agent's memory, and a change to anything else wakes nothing."""
@@ -83,7 +99,7 @@ def trim_service(obj: Obj) -> Obj:
     out: dict[str, Any] = {
         "kind": obj.get("kind", "Service"),
         "metadata": _meta(obj.get("metadata"), annotations=True),
-        "spec": {k: spec[k] for k in ("ports", "externalIPs", "loadBalancerSourceRanges") if k in spec},
+        "spec": {k: spec[k] for k in _SERVICE_SPEC if k in spec},
     }
     if "loadBalancer" in status:
         out["status"] = {"loadBalancer": status["loadBalancer"]}
@@ -99,8 +115,11 @@ def trim_slice(obj: Obj) -> Obj:
             continue
         ep: dict[str, Any] = {k: raw[k] for k in ("addresses", "nodeName") if k in raw}
         conditions = raw.get("conditions")
-        if isinstance(conditions, dict) and "ready" in conditions:
-            ep["conditions"] = {"ready": conditions["ready"]}
+        if isinstance(conditions, dict):
+            # serving and terminating: a delegated Service falls back to terminating endpoints.
+            kept = {k: conditions[k] for k in ("ready", "serving", "terminating") if k in conditions}
+            if kept:
+                ep["conditions"] = kept
         endpoints.append(ep)
     out: dict[str, Any] = {
         "kind": obj.get("kind", "EndpointSlice"),
