@@ -251,7 +251,7 @@ def delegated(pod: str, *, tcp_port: int, udp_port: int) -> list[dict[str, Any]]
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_delegated_udp_flow_leaves_a_gone_endpoint_tcp_stays(kube: Cluster, family: int) -> None:
-    """Row 16g: when a delegated Service's endpoint goes, its UDP entries to the ClusterIP
+    """Row 16: when a delegated Service's endpoint goes, its UDP entries to the ClusterIP
     are deleted (the next datagram picks a live endpoint); TCP entries are left to finish,
     as kube-proxy does."""
     topo, n2 = kube.topo, kube.nodes["n2"]

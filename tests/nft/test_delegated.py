@@ -1,4 +1,4 @@
-"""Delegated Services (docs/datapath.md rows 16a-16f) with real traffic, IPv4 and IPv6.
+"""Delegated Services (docs/datapath.md rows 16 and 17) with real traffic, IPv4 and IPv6.
 
 Services labelled ``service.kubernetes.io/service-proxy-name: wholeip`` are ignored by
 kube-proxy; here nobody but wholeip serves their ClusterIPs and NodePorts. ``wholeip
@@ -182,7 +182,7 @@ def spread(
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("client", ["pod_a", "pod_b", "n1"])
-def test_row_16a_cluster_ip_spreads_over_both_endpoints(programmed: Topology, family: int, client: str) -> None:
+def test_row_16_cluster_ip_spreads_over_both_endpoints(programmed: Topology, family: int, client: str) -> None:
     served, _, ok = spread(programmed, client, CLUSTER_IP["web"][family], 80, n=50)
     assert ok == 50, served
     assert sum(served.values()) == 50
@@ -191,14 +191,14 @@ def test_row_16a_cluster_ip_spreads_over_both_endpoints(programmed: Topology, fa
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_16a_udp_target_port_by_number(programmed: Topology, family: int) -> None:
+def test_row_16_udp_target_port_by_number(programmed: Topology, family: int) -> None:
     served, _, ok = spread(programmed, "pod_a", CLUSTER_IP["web"][family], 53, n=20, proto="udp", target=5353)
     assert ok == 20, served
     assert set(served) == {"pod_a", "pod_b"}, served
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_16b_no_endpoints_is_refused_at_once(programmed: Topology, family: int) -> None:
+def test_row_16_no_endpoints_is_refused_at_once(programmed: Topology, family: int) -> None:
     started = time.monotonic()
     result = _client(programmed, "pod_b", CLUSTER_IP["none"][family], 80, timeout=5.0)
     assert not result.get("ok")
@@ -207,7 +207,7 @@ def test_row_16b_no_endpoints_is_refused_at_once(programmed: Topology, family: i
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_16b_unready_endpoint_gets_no_new_connections(programmed: Topology, family: int, tmp_path: Path) -> None:
+def test_row_16_unready_endpoint_gets_no_new_connections(programmed: Topology, family: int, tmp_path: Path) -> None:
     apply(programmed, cluster(half_ready=True), tmp_path)
     try:
         served, _, ok = spread(programmed, "n2", CLUSTER_IP["half"][family], 80, n=20)
@@ -219,7 +219,7 @@ def test_row_16b_unready_endpoint_gets_no_new_connections(programmed: Topology, 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("node", ["n1", "n2"])
-def test_row_16c_node_port_cluster_policy_from_outside_is_masqueraded(
+def test_row_17_node_port_cluster_policy_from_outside_is_masqueraded(
     programmed: Topology, family: int, node: str
 ) -> None:
     served, peers, ok = spread(programmed, "ext", NODE_IP[node][family], 30080, n=20)
@@ -229,7 +229,7 @@ def test_row_16c_node_port_cluster_policy_from_outside_is_masqueraded(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_16d_node_port_local_policy_keeps_the_client(programmed: Topology, family: int) -> None:
+def test_row_17_node_port_local_policy_keeps_the_client(programmed: Topology, family: int) -> None:
     served, peers, ok = spread(programmed, "ext", NODE_IP["n2"][family], 30081, n=5)
     assert ok == 5
     assert served == Counter({"pod_b": 5})
@@ -249,14 +249,14 @@ def test_the_skeleton_does_not_grow_with_delegated_services(programmed: Topology
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("client", ["n1", "n2"])
-def test_row_16a_from_the_host_network_of_either_node(programmed: Topology, family: int, client: str) -> None:
+def test_row_16_from_the_host_network_of_either_node(programmed: Topology, family: int, client: str) -> None:
     served, _, ok = spread(programmed, client, CLUSTER_IP["web"][family], 80, n=20)
     assert ok == 20, served
     assert set(served) == {"pod_a", "pod_b"}, served
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_16f_a_pod_reaching_itself_through_its_service_is_masqueraded(programmed: Topology, family: int) -> None:
+def test_row_16_a_pod_reaching_itself_through_its_service_is_masqueraded(programmed: Topology, family: int) -> None:
     served, peers, ok = spread(programmed, "pod_a", CLUSTER_IP["self"][family], 80, n=3)
     assert ok == 3
     assert served == Counter({"pod_a": 3})
@@ -264,14 +264,14 @@ def test_row_16f_a_pod_reaching_itself_through_its_service_is_masqueraded(progra
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_16c_internal_traffic_policy_local_stays_on_the_node(programmed: Topology, family: int) -> None:
+def test_row_16_internal_traffic_policy_local_stays_on_the_node(programmed: Topology, family: int) -> None:
     for client in ("pod_a", "pod_b"):
         served, _, ok = spread(programmed, client, CLUSTER_IP["itp"][family], 80, n=10)
         assert ok == 10
         assert served == Counter({client: 10}), (client, served)
 
 
-def test_row_16d_affinity_pins_a_client(programmed: Topology) -> None:
+def test_rows_16_17_affinity_pins_a_client(programmed: Topology) -> None:
     """IPv4 ClusterIP (IPv6 ClusterIPs spread per flow, see the README) and NodePorts of
     both families: every connection of one client reaches the same endpoint."""
     for client, addr, port in (
@@ -286,7 +286,7 @@ def test_row_16d_affinity_pins_a_client(programmed: Topology) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_row_16h_a_labelled_whole_ip_services_cluster_ip_works_with_its_whole_ip(
+def test_rows_16_17_a_labelled_whole_ip_services_cluster_ip_works_with_its_whole_ip(
     programmed: Topology, family: int, tmp_path: Path
 ) -> None:
     whole = service("a")

@@ -1,5 +1,5 @@
 """The healthCheckNodePort servers of delegated Services over real HTTP on 127.0.0.1
-(docs/datapath.md row 16e): 200 with the local endpoint count, 503 with none, the port
+(docs/datapath.md row 17): 200 with the local endpoint count, 503 with none, the port
 closed once the Service has no health check any more."""
 
 from __future__ import annotations

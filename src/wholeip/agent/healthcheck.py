@@ -1,4 +1,4 @@
-"""The ``healthCheckNodePort`` servers of delegated Services (docs/datapath.md row 16e).
+"""The ``healthCheckNodePort`` servers of delegated Services (docs/datapath.md row 17).
 
 A Service with ``externalTrafficPolicy: Local`` gets a ``spec.healthCheckNodePort``; an
 outside load balancer asks every node on that port whether to send it traffic. kube-proxy

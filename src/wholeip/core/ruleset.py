@@ -774,30 +774,39 @@ def _egress_ip_rules(mark_mask: int) -> list[Rule]:
 # --------------------------------------------------------------------------- delegated Services
 #
 # Services labelled ``service.kubernetes.io/service-proxy-name: <ours>`` are ignored by
-# kube-proxy; their ClusterIPs and NodePorts are served here (docs/datapath.md row 16),
-# with conntrack NAT as kube-proxy does, and without a rule per Service or endpoint:
+# kube-proxy; their ClusterIPs and NodePorts are served here (docs/datapath.md rows 16 and
+# 17, :mod:`wholeip.core.delegated`), with conntrack NAT as kube-proxy does, and without a
+# rule per Service or endpoint:
 #
-# * a front-end (ClusterIP . protocol . port, or protocol . nodePort on this node's
-#   addresses) is looked up in a verdict map (``svc4/6``, ``nodeport4/6``) that says
-#   ``goto lb_<N>`` (or ``aff_<N>`` with sessionAffinity ClientIP): N is the front-end's
-#   number of endpoint *slots*, one of the fixed :data:`SLOT_CLASSES`;
+# * a front-end (ClusterIP . protocol . port, or protocol . nodePort on this node's own
+#   addresses, loopback excepted) is looked up in a verdict map (``svc4/6``,
+#   ``nodeport4/6``, in ``hairpin_prerouting`` and ``hairpin_output``, after our other
+#   DNATs) that says ``goto lb_<N>`` (or ``aff_<N>`` with sessionAffinity ClientIP): N is
+#   the front-end's number of endpoint *slots*, one of the fixed :data:`SLOT_CLASSES`
+#   (``nft``'s ``mod`` takes a constant, so the slot count chooses the chain);
 # * the class chain DNATs to ``front . hash mod N`` looked up in the slot maps
 #   (``svcaddr``/``svcport``, ``npaddr``/``npport``: address and port in two maps, as
 #   nftables 1.0.6 cannot declare concatenated data in JSON; both lookups hash the same
-#   packet the same way, so they agree). ``lb_<N>`` hashes the flow (``symhash``: every
-#   connection on its own), ``aff_<N>`` the client address (``jhash``): one client, one
-#   endpoint while the front-end's endpoints stay the same;
-# * slot i holds endpoint i mod n of the n endpoints in address order; up to 8 endpoints
-#   N = n, beyond that N is the smallest class of at least 8n slots (so no endpoint gets
-#   more than 9/8 of another's share, up to 512 endpoints);
+#   packet the same way, so they agree). ``lb_<N>`` hashes the flow (``symhash``: each
+#   connection on its own), ``aff_<N>`` the client's address (``jhash``: one client, one
+#   endpoint). An IPv6 ClusterIP key and an IPv6 client hash take more registers than one
+#   nftables 1.0.6 statement with two lookups has ("BUG: register reg_low 16 invalid"), so
+#   ``aff_<N>`` hashes the flow for IPv6 ClusterIPs (no affinity there; README);
+# * the slots (:func:`wholeip.core.delegated.frontend_elements`): up to 8 endpoints
+#   without affinity, slot i is endpoint i; otherwise at least 256 slots (the class of 8n
+#   beyond 32 endpoints) filled as Maglev does, so an endpoint change moves about its own
+#   share of the clients (bench/wholeip_bench/delegated.py);
 # * a front-end with no endpoint is in ``svcrefuse``/``nprefuse`` instead: ``goto refuse``
 #   (TCP reset, ICMP port unreachable: refused at once), or ``drop`` for a Local policy
-#   whose endpoints are all on other nodes; looked up before the DNAT (filter, dstnat-10),
-#   for new connections only;
-# * masquerade: NodePorts with externalTrafficPolicy Cluster (``npmasq``) and ClusterIP
-#   traffic from outside the cluster networks get kube-proxy's mark bit, masqueraded in
-#   ``hairpin_postrouting`` after the DNAT; a pod that its Service sends back to itself
-#   (``svcself``) is masqueraded too.
+#   whose endpoints are all on other nodes; looked up before the DNAT (filter base chains
+#   at dstnat-10 in prerouting and output), for new connections only;
+# * masquerade (``hairpin_postrouting``): NodePorts with externalTrafficPolicy Cluster
+#   (``npmasq``) and ClusterIP traffic from outside the cluster networks get kube-proxy's
+#   mark bit (0x4000) before the DNAT and are masqueraded after it; a pod that its Service
+#   sends back to itself (``svcself``) is masqueraded; and so is a flow from outside
+#   DNATed to a local whole-IP or per-port pod (``egress4/6``): that pod's packets to the
+#   outside are untracked and leave from its external IP, so its reply would never be
+#   turned back into the NodePort's.
 
 SLOT_CLASSES = (1, 2, 3, 4, 5, 6, 7, 8, 64, 128, 256, 512, 1024, 4096)
 """The numbers of endpoint slots a front-end may have: one class chain each. ``nft``'s
