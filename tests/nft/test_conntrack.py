@@ -279,6 +279,46 @@ def test_delegated_udp_flow_leaves_a_gone_endpoint_tcp_stays(kube: Cluster, fami
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_delegated_node_port_udp_flow_leaves_a_gone_endpoint(kube: Cluster, family: int) -> None:
+    """Row 17: the same for a NodePort (the flow's destination is the node's address)."""
+    topo, n1 = kube.topo, kube.nodes["n1"]
+    node_port = random.randint(30000, 32767)
+    sport, port = ports()
+
+    def objects(pod: str) -> list[dict[str, Any]]:
+        objs = delegated(pod, tcp_port=port + 1, udp_port=port)
+        objs[0]["spec"]["type"] = "NodePort"
+        objs[0]["spec"]["ports"][0]["nodePort"] = node_port
+        return [*cluster(), *objs]
+
+    kube.sync(objects("pod_a"))
+    node = addr("n1", family)
+    first = exchange(
+        topo, client="ext", server="pod_a", addr=node, proto="udp", port=node_port, sport=sport, server_port=port
+    )
+    assert first.ok, first.error
+    plans = kube.sync(objects("pod_b"))
+    stuck = exchange(
+        topo,
+        client="ext",
+        server="pod_b",
+        addr=node,
+        proto="udp",
+        port=node_port,
+        sport=sport,
+        server_port=port,
+        timeout=1.0,
+    )
+    assert not stuck.ok  # conntrack still replays the old DNAT to pod A
+    assert kube.clean(plans) == {"n1": 1, "n2": 0}
+    moved = exchange(
+        topo, client="ext", server="pod_b", addr=node, proto="udp", port=node_port, sport=sport, server_port=port
+    )
+    assert moved.ok, moved.error
+    assert one(n1.flows(family), sport, node_port).reply_src == addr("pod_b", family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_background_cleaner_in_the_nodes_namespace(kube: Cluster, family: int) -> None:
     """The same move seen from n1's own processes (pod A is local there), cleaned by the
     cleaner's own thread, as in the agent: started from n1's thread, it works in n1's

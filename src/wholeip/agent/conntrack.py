@@ -98,7 +98,7 @@ from typing import Any, Protocol
 import structlog
 
 from wholeip.core.model import IPAddress
-from wholeip.names import EGRESS, INGRESS, PODNAT_ADDR, SVC_ADDR
+from wholeip.names import EGRESS, INGRESS, NP_ADDR, PODNAT_ADDR, SVC_ADDR
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import Elem
 
@@ -190,6 +190,28 @@ def stale_endpoints(plan: Plan) -> frozenset[tuple[IPAddress, int, IPAddress]]:
     return frozenset(removed - kept)
 
 
+def _node_port_endpoints(elems: Iterable[Elem]) -> set[tuple[int, int, IPAddress]]:
+    """(protocol number, NodePort, endpoint) of ``npaddr4/6`` slot elements
+    ``((protocol, NodePort, slot), endpoint)`` of UDP and SCTP NodePorts."""
+    out: set[tuple[int, int, IPAddress]] = set()
+    for elem in elems:
+        if not (isinstance(elem, tuple) and len(elem) == 2 and isinstance(elem[0], tuple) and len(elem[0]) == 3):
+            continue
+        proto = _DATAGRAM_PROTOCOLS.get(str(elem[0][0]))
+        port, endpoint = elem[0][1], _addr(elem[1])
+        if proto is not None and isinstance(port, int) and endpoint is not None:
+            out.add((proto, port, endpoint))
+    return out
+
+
+def stale_node_ports(plan: Plan) -> frozenset[tuple[int, int, IPAddress]]:
+    """The same for NodePorts: (protocol number, NodePort, endpoint) a NodePort of this
+    node no longer sends to (the flows' destination is any address of this node)."""
+    removed = _node_port_endpoints(e for name in NP_ADDR.both for e in plan.removed.get(name, ()))
+    kept = _node_port_endpoints(e for name in NP_ADDR.both for e in plan.inserted.get(name, ()))
+    return frozenset(removed - kept)
+
+
 def _now(inserted: Mapping[str, AbstractSet[Elem]], names: tuple[str, ...]) -> dict[IPAddress, IPAddress]:
     """Key -> value of the map elements a plan added one by one (``Plan.inserted``)."""
     return {key: value for name in names for key, value in _pairs(inserted.get(name, ()))}
@@ -206,10 +228,12 @@ class Stale:
     """Pods whose egress IP the plans set, and that IP (only to merge plans)."""
     endpoints: frozenset[tuple[IPAddress, int, IPAddress]] = frozenset()
     """(ClusterIP, protocol number, endpoint) a delegated Service's port no longer sends to."""
+    node_ports: frozenset[tuple[int, int, IPAddress]] = frozenset()
+    """(protocol number, NodePort, endpoint) a delegated Service's NodePort no longer sends to."""
 
     @property
     def empty(self) -> bool:
-        return not (self.pairs or self.mapped or self.endpoints)
+        return not (self.pairs or self.mapped or self.endpoints or self.node_ports)
 
     @classmethod
     def of(cls, plan: Plan) -> Stale:
@@ -219,7 +243,7 @@ class Stale:
         # anew): then only what the plan removed counts.
         ingress_now = _now(plan.inserted, INGRESS.both)
         egress_now = _now(plan.inserted, EGRESS.both)
-        return cls(pairs, ingress_now, egress_now, stale_endpoints(plan)).settled()
+        return cls(pairs, ingress_now, egress_now, stale_endpoints(plan), stale_node_ports(plan)).settled()
 
     def settled(self) -> Stale:
         """Without the old pairs that are current again (a mapping that went and came back)."""
@@ -229,7 +253,9 @@ class Stale:
             if (self.egress_now.get(p.pod) if p.egress else self.mapped.get(p.external))
             != (p.external if p.egress else p.pod)
         )
-        return self if pairs == self.pairs else Stale(pairs, self.mapped, self.egress_now, self.endpoints)
+        if pairs == self.pairs:
+            return self
+        return Stale(pairs, self.mapped, self.egress_now, self.endpoints, self.node_ports)
 
     def then(self, later: Stale) -> Stale:
         """``self`` followed by ``later``, as one: what both made stale, as of ``later``."""
@@ -237,7 +263,13 @@ class Stale:
         gone_egress = {p.pod for p in later.pairs if p.egress} - later.egress_now.keys()
         mapped = {e: p for e, p in self.mapped.items() if e not in gone} | dict(later.mapped)
         egress_now = {p: e for p, e in self.egress_now.items() if p not in gone_egress} | dict(later.egress_now)
-        return Stale(self.pairs | later.pairs, mapped, egress_now, self.endpoints | later.endpoints).settled()
+        return Stale(
+            self.pairs | later.pairs,
+            mapped,
+            egress_now,
+            self.endpoints | later.endpoints,
+            self.node_ports | later.node_ports,
+        ).settled()
 
     def matches(self, entry: Tuples) -> bool:
         """True when the conntrack entry ``entry`` belongs to an old mapping."""
@@ -245,6 +277,8 @@ class Stale:
             return True
         if (entry.orig_dst, entry.proto, entry.reply_src) in self.endpoints:
             return True
+        if entry.orig_dst != entry.reply_src and (entry.proto, entry.dport, entry.reply_src) in self.node_ports:
+            return True  # DNATed from a NodePort (on any address of this node) to a gone endpoint
         now = self.mapped.get(entry.orig_dst)
         if now is not None and entry.reply_src != now:
             return True
@@ -258,11 +292,15 @@ class Stale:
         # P's self-hairpin flows: from P, DNATed back to P (the reply destination E is
         # checked here, see Query).
         out += [Query(orig_src=p.pod, reply_src=p.pod) for p in self.pairs if p.egress]
+        # NodePorts: the flows' destination is any address of this node; by the endpoint
+        # that answers them.
+        out += [Query(reply_src=endpoint) for _, _, endpoint in self.node_ports]
         return sorted(set(out), key=Query.sort_key)
 
     def describe(self) -> list[str]:
         pairs = sorted(str(p) for p in self.pairs)
         gone = sorted(f"{front}/{proto}-x->{ep}" for front, proto, ep in self.endpoints)
+        gone += sorted(f"nodeport {port}/{proto}-x->{ep}" for proto, port, ep in self.node_ports)
         return pairs + sorted(f"{e}=>{p}" for e, p in self.mapped.items()) + gone
 
 
@@ -276,6 +314,8 @@ class Tuples:
     reply_dst: IPAddress
     proto: int = 0
     """The IP protocol number (0: unknown)."""
+    dport: int = 0
+    """The orig tuple's destination port (0: none, or unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +466,18 @@ def _entry(msg: Any, version: int) -> Entry | None:
         return None
     proto_attr = orig.get_attr("CTA_TUPLE_PROTO")
     proto = proto_attr.get_attr("CTA_PROTO_NUM") if proto_attr is not None else None
-    tuples = Tuples(*addrs, proto=proto if isinstance(proto, int) else 0)  # type: ignore[arg-type,misc]
+    dport = proto_attr.get_attr("CTA_PROTO_DST_PORT") if proto_attr is not None else None
+    o_src, o_dst, r_src, r_dst = addrs
+    if o_src is None or o_dst is None or r_src is None or r_dst is None:
+        return None
+    tuples = Tuples(
+        o_src,
+        o_dst,
+        r_src,
+        r_dst,
+        proto=proto if isinstance(proto, int) else 0,
+        dport=dport if isinstance(dport, int) else 0,
+    )
     raw = {"attrs": _plain(orig["attrs"])}
     zone, ct_id = msg.get_attr("CTA_ZONE"), msg.get_attr("CTA_ID")
     return Entry(tuples, ident=(version, zone, ct_id, repr(raw)), handle=(raw, zone, ct_id))
