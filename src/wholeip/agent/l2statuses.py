@@ -10,12 +10,8 @@ nothing and then everything a moment later.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from wholeip.agent.servicecidrs import DiscoveredSource
-from wholeip.kube.informer import Informer, WatchOptions
-from wholeip.kube.k8s import client
-from wholeip.kube.l2status import GROUP_VERSION, RESOURCE, has_api, l2_status_informer
+from wholeip.kube.l2status import GROUP_VERSION, RESOURCE, l2_status_informer
 
 
 class L2StatusSource(DiscoveredSource):
@@ -29,15 +25,4 @@ class L2StatusSource(DiscoveredSource):
         " egress IP holders from the egressNode annotation"
     )
     present_message = "egress IP holders from MetalLB's ServiceL2Status objects"
-
-    async def _discover(self, request_timeout: float) -> bool:
-        return await has_api(self._api, request_timeout=request_timeout)
-
-    def _new_informer(
-        self,
-        api: client.ApiClient,
-        on_change: Callable[[], None],
-        on_key: Callable[[str, str | None], None] | None,
-        options: WatchOptions,
-    ) -> Informer:
-        return l2_status_informer(api, on_change=on_change, on_key=on_key, options=options)
+    make_informer = staticmethod(l2_status_informer)

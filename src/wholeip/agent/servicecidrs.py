@@ -20,16 +20,30 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import structlog
 
 from wholeip.backoff import backoff_delay
-from wholeip.kube.api import Obj
+from wholeip.kube.api import Obj, serves_resource
 from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.k8s import client
-from wholeip.kube.servicecidr import GROUP_VERSION, RESOURCE, has_api, service_cidr_informer
+from wholeip.kube.servicecidr import GROUP_VERSION, RESOURCE, service_cidr_informer
 
 log = structlog.get_logger(__name__)
+
+
+class InformerFactory(Protocol):
+    """How a discovered source makes its informer."""
+
+    def __call__(
+        self,
+        api: client.ApiClient,
+        *,
+        on_change: Callable[[], None],
+        on_key: Callable[[str, str | None], None] | None = None,
+        options: WatchOptions | None = None,
+    ) -> Informer: ...
 
 
 class _Both:
@@ -52,6 +66,8 @@ class DiscoveredSource:
     disabled_message = "not read"
     absent_message = "the server has no such API"
     present_message = "watching"
+    make_informer: InformerFactory
+    """The informer of the resource (a module function of :mod:`wholeip.kube`)."""
 
     def __init__(
         self,
@@ -106,7 +122,9 @@ class DiscoveredSource:
         failures = 0
         while True:
             try:
-                present = await self._discover(self._options.list_timeout)
+                present = await serves_resource(
+                    self._api, self.group_version, self.resource, request_timeout=self._options.list_timeout
+                )
                 break
             except asyncio.CancelledError:
                 raise
@@ -130,24 +148,14 @@ class DiscoveredSource:
             self.decided.set()
             self._on_change()
             return
-        informer = self.informer = self._new_informer(self._api, self._on_change, self._on_key, self._options)
+        informer = self.informer = self.make_informer(
+            self._api, on_change=self._on_change, on_key=self._on_key, options=self._options
+        )
         if self._on_informer is not None:
             self._on_informer(informer)
         self.decided.set()
         log.info(self.present_message, group_version=self.group_version)
         await informer.run()
-
-    async def _discover(self, request_timeout: float) -> bool:
-        raise NotImplementedError
-
-    def _new_informer(
-        self,
-        api: client.ApiClient,
-        on_change: Callable[[], None],
-        on_key: Callable[[str, str | None], None] | None,
-        options: WatchOptions,
-    ) -> Informer:
-        raise NotImplementedError
 
 
 class ServiceCIDRSource(DiscoveredSource):
@@ -158,15 +166,4 @@ class ServiceCIDRSource(DiscoveredSource):
     disabled_message = "service networks from --service-cidr (given explicitly); ServiceCIDR objects not read"
     absent_message = "the server has no ServiceCIDR API; service networks from --service-cidr's fallback"
     present_message = "service networks from ServiceCIDR objects"
-
-    async def _discover(self, request_timeout: float) -> bool:
-        return await has_api(self._api, request_timeout=request_timeout)
-
-    def _new_informer(
-        self,
-        api: client.ApiClient,
-        on_change: Callable[[], None],
-        on_key: Callable[[str, str | None], None] | None,
-        options: WatchOptions,
-    ) -> Informer:
-        return service_cidr_informer(api, on_change=on_change, on_key=on_key, options=options)
+    make_informer = staticmethod(service_cidr_informer)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import aiohttp
+
 Obj = dict[str, Any]
 """A Kubernetes object as decoded JSON."""
 
@@ -83,3 +85,29 @@ async def read_json(response: Any) -> Obj:
     if not isinstance(body, dict):
         raise ApiError(status, f"expected a JSON object, got {type(body).__name__}")
     return body
+
+
+async def serves_resource(api: Any, group_version: str, resource: str, *, request_timeout: float = 10.0) -> bool:
+    """Whether the server serves ``resource`` in ``group_version`` (discovery, as kubectl asks).
+
+    ``GET /apis/<group_version>`` (without the trailing slash the generated client
+    adds: the path RBAC sees and grants); a 404 or a list without the resource means
+    no. Any other error raises: the caller retries. ``api`` is a kubernetes_asyncio
+    ``ApiClient``.
+    """
+    try:
+        response = await api.call_api(
+            f"/apis/{group_version}",
+            "GET",
+            {},
+            [],
+            {"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=aiohttp.ClientTimeout(total=request_timeout),
+        )
+        body = await read_json(response)
+    except NotFound:
+        return False
+    resources = body.get("resources")
+    return any(isinstance(r, dict) and r.get("name") == resource for r in resources or [])

@@ -18,36 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
-from wholeip.kube.api import NotFound, Obj, read_json
+from wholeip.kube.api import Obj, serves_resource
 from wholeip.kube.informer import Informer, WatchOptions
 from wholeip.kube.k8s import client
 
 GROUP_VERSION = "networking.k8s.io/v1"
 RESOURCE = "servicecidrs"
-DISCOVERY_PATH = f"/apis/{GROUP_VERSION}"
-"""Asked without the trailing slash the generated client adds: the path RBAC sees (and grants)."""
 
 
 async def has_api(api: client.ApiClient, *, request_timeout: float = 10.0) -> bool:
     """Whether the server serves ServiceCIDR objects (discovery; raises on any other error)."""
-    try:
-        response = await api.call_api(
-            DISCOVERY_PATH,
-            "GET",
-            {},
-            [],
-            {"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=aiohttp.ClientTimeout(total=request_timeout),
-        )
-        body = await read_json(response)
-    except NotFound:
-        return False
-    resources = body.get("resources")
-    return any(isinstance(r, dict) and r.get("name") == RESOURCE for r in resources or [])
+    return await serves_resource(api, GROUP_VERSION, RESOURCE, request_timeout=request_timeout)
 
 
 def trim_service_cidr(obj: Obj) -> Obj:
