@@ -37,7 +37,6 @@ from wholeip.core.objects import (
     EndpointsInfo,
     RawObject,
     SliceEndpoint,
-    endpoints_service,
     namespaced_name,
     parse_delegated_service,
     parse_endpoints,
@@ -232,9 +231,7 @@ class DelegatedIndex:
         self.node_name = node_name
         self.elements = elements
         self._services: dict[ServiceKey, _Service] = {}
-        self._slices: dict[str, RawObject] = {}
-        """Every EndpointSlice of pod addresses, as the caller's object: parsed only when
-        its Service is delegated and changes (most slices belong to other Services)."""
+        self._slices: dict[str, EndpointsInfo] = {}
         self._slices_of: dict[ServiceKey, set[str]] = {}
         self._claims: dict[FrontKey, set[ServiceKey]] = {}
         self._winners: dict[FrontKey, Frontend] = {}
@@ -251,15 +248,14 @@ class DelegatedIndex:
         dirty: set[ServiceKey] = set()
         for skey, obj in slices.items():
             old = self._slices.pop(skey, None)
-            old_service = endpoints_service(old) if old is not None else None
-            if old_service is not None:
-                self._slices_of.get(old_service, set()).discard(skey)
-                dirty.add(old_service)
-            service = endpoints_service(obj) if obj is not None else None
-            if obj is not None and service is not None:
-                self._slices[skey] = obj
-                self._slices_of.setdefault(service, set()).add(skey)
-                dirty.add(service)
+            if old is not None:
+                self._slices_of.get(old.service, set()).discard(skey)
+                dirty.add(old.service)
+            new = parse_endpoints(obj) if obj is not None else None
+            if new is not None:
+                self._slices[skey] = new
+                self._slices_of.setdefault(new.service, set()).add(skey)
+                dirty.add(new.service)
         infos: dict[ServiceKey, DelegatedInfo | None] = {}
         for key, objs in services.items():
             parsed = [i for i in (parse_delegated_service(o, self.settings, []) for o in objs) if i is not None]
@@ -283,8 +279,9 @@ class DelegatedIndex:
                 self._slices_of.pop(key, None)
             if info is None:
                 continue
-            slice_infos = (parse_endpoints(self._slices[s]) for s in sorted(self._slices_of.get(key, ())))
-            fronts, health = frontends(info, (p for p in slice_infos if p is not None), self.node_name)
+            fronts, health = frontends(
+                info, (self._slices[s] for s in sorted(self._slices_of.get(key, ()))), self.node_name
+            )
             self._services[key] = _Service(info, tuple(fronts), health)
             for f in fronts:
                 self._claims.setdefault(front_key(f), set()).add(key)

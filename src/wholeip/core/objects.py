@@ -597,22 +597,14 @@ class EndpointsInfo:
     """((port name, protocol), pod port) pairs."""
 
 
-def endpoints_service(eps: RawObject) -> tuple[str, str] | None:
-    """The (namespace, Service name) an EndpointSlice of pod addresses belongs to, read
-    without parsing the rest; None exactly where :func:`parse_endpoints` gives None."""
-    service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
-    if not service or eps.get("addressType") not in ("IPv4", "IPv6"):
-        return None
-    return (_ref(eps, "EndpointSlice").namespace, service)
-
-
 def parse_endpoints(eps: RawObject) -> EndpointsInfo | None:
     """An EndpointSlice's endpoints with their conditions (problems are :func:`parse_slice`'s
     to report); None when it names no Service or carries no pod addresses."""
-    service = endpoints_service(eps)
-    if service is None:
+    service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
+    address_type = eps.get("addressType")
+    if not service or address_type not in ("IPv4", "IPv6"):
         return None
-    family = 4 if eps.get("addressType") == "IPv4" else 6
+    family = 4 if address_type == "IPv4" else 6
     ports: dict[tuple[str, str], int] = {}
     for raw_port in _list(eps.get("ports")):
         entry = _dict(raw_port)
@@ -637,7 +629,7 @@ def parse_endpoints(eps: RawObject) -> EndpointsInfo | None:
             terminating=conditions.get("terminating") is True,
         )
     return EndpointsInfo(
-        service=service,
+        service=(_ref(eps, "EndpointSlice").namespace, service),
         family=family,
         endpoints=tuple(out.values()),
         ports=tuple(sorted(ports.items())),
