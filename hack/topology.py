@@ -22,8 +22,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("src", "t
 
 from wholeip_testkit.topology import (  # noqa: E402 (after the path set-up)
     ADDRESSES,
+    ALL_ROLES,
     EXTERNAL_IPS,
-    ROLES,
     Topology,
     list_namespaces,
     teardown_prefix,
@@ -36,19 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="create a topology and leave it running")
     up.add_argument("--prefix")
     up.add_argument("--ext-mtu", type=int)
+    up.add_argument("--pod-c", action="store_true", help="add the third pod, pod_c on n1")
     down = sub.add_parser("down", help="delete a topology")
     down.add_argument("prefix")
     ex = sub.add_parser("exec", help="run a command inside a role's namespace")
     ex.add_argument("prefix")
-    ex.add_argument("role", choices=ROLES)
+    ex.add_argument("role", choices=ALL_ROLES)
     ex.add_argument("argv", nargs=argparse.REMAINDER)
     sub.add_parser("list", help="prefixes of existing topologies")
     args = parser.parse_args(argv)
 
     if args.cmd == "up":
-        topo = Topology.create(prefix=args.prefix, ext_mtu=args.ext_mtu)
+        topo = Topology.create(prefix=args.prefix, ext_mtu=args.ext_mtu, pod_c=args.pod_c)
         print(f"prefix {topo.prefix}")
-        for role in ROLES:
+        for role in topo.roles:
             addrs = ", ".join(ADDRESSES[role].values())
             print(f"  {role:6} {topo.ns(role):20} {addrs}")
         for node, ips in EXTERNAL_IPS.items():

@@ -1,6 +1,7 @@
 """A two-node cluster in network namespaces, for real-kernel tests of the datapath.
 
-The topology is the one of ``docs/datapath.md``::
+The topology is the one of ``docs/datapath.md`` (``pod_c`` only with
+``Topology.create(pod_c=True)``)::
 
     ext (198.51.100.2, 2001:db8:1::2)
      |  eth0 <-> rtr:ext0                       (optionally a small MTU: docs/datapath.md row 13)
@@ -9,6 +10,8 @@ The topology is the one of ``docs/datapath.md``::
     n1 (192.0.2.11, 2001:db8:2::11)            n2 (192.0.2.12, 2001:db8:2::12)
      |  n1:vpa <-> pod_a:eth0                    |  n2:vpb <-> pod_b:eth0
     pod_a 10.244.1.10, fd00:10:244:1::10        pod_b 10.244.2.20, fd00:10:244:2::20
+     |  n1:vpc <-> pod_c:eth0   (optional)
+    pod_c 10.244.1.30, fd00:10:244:1::30
 
 Design choices, and why:
 
@@ -41,6 +44,10 @@ Design choices, and why:
   present). A veth marks locally generated packets ``CHECKSUM_UNNECESSARY``,
   which would make every receiver skip checksum verification, so a NAT rule
   that forgets to fix a checksum would pass here and fail on real NICs.
+* **A third pod is optional.** ``pod_c`` sits on n1 beside pod_a, wired exactly
+  like it, so a test can have a pod client that is not an endpoint of the
+  Service it calls (docs/datapath.md row 16). Only the topologies that ask for
+  it (``pod_c=True``) pay for the extra namespace.
 * Every wait is a condition with a deadline (addresses no longer tentative,
   bridge ports forwarding), never a fixed sleep.
 * Teardown is idempotent and runs on any failure during set-up, so a failed
@@ -62,11 +69,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal
 
-Role = Literal["ext", "rtr", "n1", "n2", "pod_a", "pod_b"]
+Role = Literal["ext", "rtr", "n1", "n2", "pod_a", "pod_b", "pod_c"]
 Family = Literal[4, 6]
 Node = Literal["n1", "n2"]
 
+#: The roles of every topology; ``pod_c`` is added by ``Topology.create(pod_c=True)``.
 ROLES: Final[tuple[Role, ...]] = ("ext", "rtr", "n1", "n2", "pod_a", "pod_b")
+ALL_ROLES: Final[tuple[Role, ...]] = (*ROLES, "pod_c")
 NODES: Final[tuple[Node, ...]] = ("n1", "n2")
 
 #: Every address of every role, per family. Nodes are listed with the address
@@ -78,6 +87,7 @@ ADDRESSES: Final[Mapping[Role, Mapping[Family, str]]] = {
     "n2": {4: "192.0.2.12", 6: "2001:db8:2::12"},
     "pod_a": {4: "10.244.1.10", 6: "fd00:10:244:1::10"},
     "pod_b": {4: "10.244.2.20", 6: "fd00:10:244:2::20"},
+    "pod_c": {4: "10.244.1.30", 6: "fd00:10:244:1::30"},
 }
 #: The router's address on the ext link (ext's default gateway).
 RTR_EXT_ADDRESSES: Final[Mapping[Family, str]] = {4: "198.51.100.1", 6: "2001:db8:1::1"}
@@ -92,8 +102,8 @@ EXTERNAL_IPS: Final[Mapping[Node, Mapping[Family, str]]] = {
     "n2": {4: "203.0.113.20", 6: "2001:db8:100::20"},
 }
 #: The node each pod runs on, and the node-side name of its veth.
-POD_NODE: Final[Mapping[Role, Node]] = {"pod_a": "n1", "pod_b": "n2"}
-POD_HOST_IFACE: Final[Mapping[Role, str]] = {"pod_a": "vpa", "pod_b": "vpb"}
+POD_NODE: Final[Mapping[Role, Node]] = {"pod_a": "n1", "pod_b": "n2", "pod_c": "n1"}
+POD_HOST_IFACE: Final[Mapping[Role, str]] = {"pod_a": "vpa", "pod_b": "vpb", "pod_c": "vpc"}
 #: The link-local gateways pods route through (Calico's choice for IPv4).
 POD_GATEWAY: Final[Mapping[Family, str]] = {4: "169.254.1.1", 6: "fe80::1"}
 
@@ -170,24 +180,27 @@ class Topology:
     """A live topology. Build it with :meth:`create`; use it as a context manager.
 
     ``addr(role, family)`` gives every address; ``external[node][family]`` the
-    external IP the router sends to that node at start-up.
+    external IP the router sends to that node at start-up. ``pod_c``: whether
+    the optional third pod (on n1) exists.
     """
 
     prefix: str
     ext_mtu: int | None = None
+    pod_c: bool = False
     _procs: list[subprocess.Popen[str]] = field(default_factory=list, repr=False)
     _closed: bool = field(default=False, repr=False)
 
     # -- construction ------------------------------------------------------------
 
     @classmethod
-    def create(cls, *, prefix: str | None = None, ext_mtu: int | None = None) -> Topology:
+    def create(cls, *, prefix: str | None = None, ext_mtu: int | None = None, pod_c: bool = False) -> Topology:
         """Build the whole topology and wait until it forwards.
 
         ``prefix``: namespace prefix (random when None). ``ext_mtu``: MTU of the
-        ext<->rtr link (for row 13; IPv6 needs at least 1280).
+        ext<->rtr link (for row 13; IPv6 needs at least 1280). ``pod_c``: add
+        the third pod, on n1 (10.244.1.30, fd00:10:244:1::30).
         """
-        topo = cls(prefix=prefix or new_prefix(), ext_mtu=ext_mtu)
+        topo = cls(prefix=prefix or new_prefix(), ext_mtu=ext_mtu, pod_c=pod_c)
         try:
             topo._build()
             topo._wait_ready()
@@ -243,7 +256,13 @@ class Topology:
 
     @property
     def roles(self) -> tuple[Role, ...]:
-        return ROLES
+        """The roles this topology has (``pod_c`` only when asked for)."""
+        return ALL_ROLES if self.pod_c else ROLES
+
+    @property
+    def pods(self) -> tuple[Role, ...]:
+        """The pods this topology has."""
+        return tuple(role for role in self.roles if role in POD_NODE)
 
     # -- running things inside -----------------------------------------------------
 
@@ -348,12 +367,12 @@ class Topology:
         )
 
     def _build(self) -> None:
-        for role in ROLES:
+        for role in self.roles:
             _run(["ip", "netns", "add", self.ns(role)])
             # IPv4 settings of a new namespace are inherited from the host's,
             # so everything that matters is set explicitly. DAD is off so IPv6
             # addresses are usable at once (the wait below still checks).
-            forwarding = 0 if role in ("ext", "pod_a", "pod_b") else 1
+            forwarding = 0 if role == "ext" or role in POD_NODE else 1
             self._sysctl(
                 role,
                 {
@@ -371,8 +390,8 @@ class Topology:
         self._veth("ext", "eth0", "rtr", "ext0")
         self._veth("rtr", "n1p", "n1", "eth0")
         self._veth("rtr", "n2p", "n2", "eth0")
-        self._veth("n1", "vpa", "pod_a", "eth0")
-        self._veth("n2", "vpb", "pod_b", "eth0")
+        for pod in self.pods:
+            self._veth(POD_NODE[pod], POD_HOST_IFACE[pod], pod, "eth0")
 
         mtu = [] if self.ext_mtu is None else [f"link set dev eth0 mtu {self.ext_mtu}"]
         rtr_mtu = [] if self.ext_mtu is None else [f"link set dev ext0 mtu {self.ext_mtu}"]
@@ -434,7 +453,8 @@ class Topology:
                 ],
             )
 
-        for pod, node in POD_NODE.items():
+        for pod in self.pods:
+            node = POD_NODE[pod]
             host_if = POD_HOST_IFACE[pod]
             self._batch(
                 node,
@@ -471,18 +491,17 @@ class Topology:
             )
 
         if shutil.which("ethtool"):
-            for role, iface in (
+            veths: list[tuple[Role, str]] = [
                 ("ext", "eth0"),
                 ("rtr", "ext0"),
                 ("rtr", "n1p"),
                 ("rtr", "n2p"),
                 ("n1", "eth0"),
                 ("n2", "eth0"),
-                ("n1", "vpa"),
-                ("n2", "vpb"),
-                ("pod_a", "eth0"),
-                ("pod_b", "eth0"),
-            ):
+            ]
+            for pod in self.pods:
+                veths += [(POD_NODE[pod], POD_HOST_IFACE[pod]), (pod, "eth0")]
+            for role, iface in veths:
                 self.exec(role, ["ethtool", "-K", iface, "rx", "off", "tx", "off"], check=True)
 
     def _wait_ready(self, timeout: float = _READY_TIMEOUT) -> None:
@@ -490,7 +509,7 @@ class Topology:
         deadline = time.monotonic() + timeout
         while True:
             pending = [
-                role for role in ROLES if self.exec(role, ["ip", "-6", "addr", "show", "tentative"]).stdout.strip()
+                role for role in self.roles if self.exec(role, ["ip", "-6", "addr", "show", "tentative"]).stdout.strip()
             ]
             bridge = self.exec("rtr", ["bridge", "link", "show"]).stdout
             ports_ok = bridge.count("state forwarding") >= 2
@@ -502,9 +521,9 @@ class Topology:
 
 
 @contextlib.contextmanager
-def topology(*, prefix: str | None = None, ext_mtu: int | None = None) -> Iterator[Topology]:
+def topology(*, prefix: str | None = None, ext_mtu: int | None = None, pod_c: bool = False) -> Iterator[Topology]:
     """``with topology() as topo:`` -- :meth:`Topology.create` as a context manager."""
-    topo = Topology.create(prefix=prefix, ext_mtu=ext_mtu)
+    topo = Topology.create(prefix=prefix, ext_mtu=ext_mtu, pod_c=pod_c)
     try:
         yield topo
     finally:

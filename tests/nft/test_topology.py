@@ -67,3 +67,21 @@ def test_teardown_removes_everything(kernel_ok: None) -> None:
         prefix = t.prefix
         assert sum(ns.startswith(f"{prefix}-") for ns in list_namespaces()) == 6
     assert not [ns for ns in list_namespaces() if ns.startswith(f"{prefix}-")]
+
+
+def test_the_third_pod_only_when_asked_for_and_wired_like_pod_a(kernel_ok: None) -> None:
+    """``pod_c=True`` adds a seventh namespace: pod_c on n1, which reaches its neighbour
+    pod_a and pod_b across the nodes in both families, and whose veth on n1 has the
+    strict ``rp_filter`` and proxy ARP of pod_a's."""
+    with Topology.create(pod_c=True) as t:
+        prefix = t.prefix
+        assert sum(ns.startswith(f"{prefix}-") for ns in list_namespaces()) == 7
+        for family in FAMILIES:
+            for server in ("pod_a", "pod_b"):
+                r = exchange(t, client="pod_c", server=server, addr=ADDRESSES[server][family])  # type: ignore[arg-type]
+                assert r.ok, (family, server, r)
+                assert r.server_peer == ADDRESSES["pod_c"][family]
+                assert r.client_reply_from == ADDRESSES[server][family]  # type: ignore[index]
+        sysctl = t.exec("n1", ["sysctl", "-n", "net.ipv4.conf.vpc.rp_filter", "net.ipv4.conf.vpc.proxy_arp"])
+        assert sysctl.stdout.split() == ["1", "1"], sysctl
+    assert not [ns for ns in list_namespaces() if ns.startswith(f"{prefix}-")]
