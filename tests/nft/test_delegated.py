@@ -3,7 +3,8 @@
 Services labelled ``service.kubernetes.io/service-proxy-name: wholeip`` are ignored by
 kube-proxy; here nobody but wholeip serves their ClusterIPs and NodePorts. ``wholeip
 apply`` programs both nodes of the two-node topology from a cluster file, then real
-sockets check:
+sockets check. The topology has its third pod, ``pod_c`` on n1, which is no endpoint of
+any Service here: a client that only ever calls.
 
 * ``web``: ClusterIPs (dual stack), TCP port 80 -> the named targetPort ``http`` (8080
   in the slices), UDP 53 -> 5353 by number; NodePorts 30080/30053 with
@@ -19,6 +20,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,8 @@ POD_IP = {
     "pod_b": {4: "10.244.2.20", 6: "fd00:10:244:2::20"},
 }
 POD_NODE = {"pod_a": "n1", "pod_b": "n2"}
+#: The third pod (on n1): a client, never an endpoint.
+POD_C = {4: "10.244.1.30", 6: "fd00:10:244:1::30"}
 NODE_IP = {"n1": {4: "192.0.2.11", 6: "2001:db8:2::11"}, "n2": {4: "192.0.2.12", 6: "2001:db8:2::12"}}
 
 
@@ -132,6 +136,13 @@ def apply(topo: Topology, doc: dict[str, Any], tmp: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def topo(kernel_ok: None) -> Iterator[Topology]:
+    """The two-node topology plus ``pod_c`` (this module's own, overriding conftest's)."""
+    with Topology.create(pod_c=True) as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
 def programmed(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Topology:
     apply(topo, cluster(), tmp_path_factory.mktemp("delegated"))
     return topo
@@ -181,13 +192,18 @@ def spread(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("client", ["pod_a", "pod_b", "n1"])
+@pytest.mark.parametrize("client", ["pod_a", "pod_b", "pod_c", "n1"])
 def test_row_16_cluster_ip_spreads_over_both_endpoints(programmed: Topology, family: int, client: str) -> None:
-    served, _, ok = spread(programmed, client, CLUSTER_IP["web"][family], 80, n=50)
+    """pod_a and pod_b are endpoints themselves; pod_c is not (its neighbour pod_a on n1
+    and pod_b across the nodes both serve it); n1 is a node's host network."""
+    served, peers, ok = spread(programmed, client, CLUSTER_IP["web"][family], 80, n=50)
     assert ok == 50, served
     assert sum(served.values()) == 50
     assert served["pod_a"] >= 5, served
     assert served["pod_b"] >= 5, served
+    if client == "pod_c":
+        # A pod of the cluster network calling another pod: not masqueraded, on either node.
+        assert set(peers) == {POD_C[family]}, peers
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -223,6 +239,19 @@ def test_row_17_node_port_cluster_policy_from_outside_is_masqueraded(
     programmed: Topology, family: int, node: str
 ) -> None:
     served, peers, ok = spread(programmed, "ext", NODE_IP[node][family], 30080, n=20)
+    assert ok == 20, served
+    assert set(served) == {"pod_a", "pod_b"}, served
+    assert set(peers) <= {NODE_IP["n1"][family], NODE_IP["n2"][family]}, peers
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("node", ["n1", "n2"])
+def test_row_17_node_port_cluster_policy_from_a_pod_that_is_no_endpoint(
+    programmed: Topology, family: int, node: str
+) -> None:
+    """pod_c (on n1) to the NodePort of its own node and of the other one: both endpoints
+    used, every reply back, masqueraded to a node address as from outside."""
+    served, peers, ok = spread(programmed, "pod_c", NODE_IP[node][family], 30080, n=20)
     assert ok == 20, served
     assert set(served) == {"pod_a", "pod_b"}, served
     assert set(peers) <= {NODE_IP["n1"][family], NODE_IP["n2"][family]}, peers
@@ -276,6 +305,7 @@ def test_rows_16_17_affinity_pins_a_client(programmed: Topology) -> None:
     both families: every connection of one client reaches the same endpoint."""
     for client, addr, port in (
         ("pod_b", CLUSTER_IP["aff"][4], 80),
+        ("pod_c", CLUSTER_IP["aff"][4], 80),
         ("n1", CLUSTER_IP["aff"][4], 80),
         ("ext", NODE_IP["n1"][4], 30082),
         ("ext", NODE_IP["n2"][6], 30082),
