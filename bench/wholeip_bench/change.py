@@ -361,11 +361,20 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
                     proc.kill()
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (every row needs a sample), not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wholeip_bench.change", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated N")
-    parser.add_argument("--changes", type=int, default=200, help="changes per N")
-    parser.add_argument("--node-cycles", type=int, default=5, help="Nodes that join, move and leave (4 changes each)")
+    parser.add_argument("--changes", type=_at_least_one, default=200, help="changes per N")
+    parser.add_argument(
+        "--node-cycles", type=_at_least_one, default=5, help="Nodes that join, move and leave (4 changes each)"
+    )
     parser.add_argument("--out", default="bench-results/change.json", help="where the JSON table goes")
     parser.add_argument(
         "--delegated", action="store_true", help="delegated Services (3 endpoints each) instead of whole-IP ones"
