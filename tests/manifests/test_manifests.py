@@ -369,7 +369,7 @@ def test_image_args_and_resources(agent: Obj) -> None:
     assert agent["image"] == IMAGE
     assert agent["args"] == ["run"]
     assert "command" not in agent  # the image's ENTRYPOINT is `wholeip`
-    assert agent["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "384Mi"}}
+    assert agent["resources"] == {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
 
 
 def test_no_other_host_access(daemonset: Obj) -> None:
