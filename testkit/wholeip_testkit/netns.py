@@ -35,18 +35,29 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
-class Netns:
+class NetnsThread:
+    """One thread living in the network namespace at ``path``: :meth:`call` runs a function
+    there (netlink sockets, libnftables contexts opened in it belong to that namespace)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, initializer=_setns, initargs=(path,))
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` in the namespace's thread and return its result."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class Netns(NetnsThread):
     """A named network namespace (``ip netns add``), removed on close."""
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"wip-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", self.name], check=True)
-        self.path = f"/var/run/netns/{self.name}"
-        self._pool = ThreadPoolExecutor(max_workers=1, initializer=_setns, initargs=(self.path,))
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` in the namespace's thread and return its result."""
-        return self._pool.submit(fn, *args, **kwargs).result()
+        super().__init__(f"/var/run/netns/{self.name}")
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace."""
@@ -55,7 +66,7 @@ class Netns:
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], check=False, **kwargs)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        super().close()
         subprocess.run(["ip", "netns", "del", self.name], check=False)
 
     def __enter__(self) -> Netns:
@@ -68,7 +79,7 @@ class Netns:
 class NetnsBackend:
     """A :class:`~wholeip.nft.libnft.LibnftBackend` living in ``netns``'s thread."""
 
-    def __init__(self, netns: Netns) -> None:
+    def __init__(self, netns: NetnsThread) -> None:
         from wholeip.nft.libnft import LibnftBackend
 
         self._ns = netns

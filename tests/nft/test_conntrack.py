@@ -17,8 +17,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,7 +29,7 @@ from wholeip.core.index import build_state_from_objects
 from wholeip.engine import Engine
 from wholeip.nft.diff import Plan
 from wholeip.settings import ModelSettings
-from wholeip_testkit.netns import NetnsBackend, _setns
+from wholeip_testkit.netns import NetnsBackend, NetnsThread
 from wholeip_testkit.sandbox import POD_IP, Sandbox, wait_for
 from wholeip_testkit.topology import Topology
 from wholeip_testkit.traffic import exchange
@@ -87,17 +86,14 @@ class Flow:
     reply_dst: str
 
 
-class Node:
+class Node(NetnsThread):
     """One node of the topology driven from here: a thread inside its namespace, an engine."""
 
     def __init__(self, topo: Topology, name: str) -> None:
+        super().__init__(topo.netns_path(name))  # type: ignore[arg-type]
         self.name = name
-        self._pool = ThreadPoolExecutor(max_workers=1, initializer=_setns, initargs=(topo.netns_path(name),))  # type: ignore[arg-type]
-        self.engine = Engine(backend=NetnsBackend(self))  # type: ignore[arg-type]
+        self.engine = Engine(backend=NetnsBackend(self))
         self.cleaner = ConntrackCleaner(background=False)
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._pool.submit(fn, *args, **kwargs).result()
 
     def sync(self, objects: list[dict[str, Any]]) -> Plan:
         state = build_state_from_objects(objects, node_name=self.name, settings=SETTINGS)
@@ -115,9 +111,6 @@ class Node:
 
     def flush(self) -> None:
         self.call(_flush)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
 
 
 def _flows(family: int) -> list[Flow]:

@@ -14,7 +14,6 @@ import json
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +28,7 @@ from wholeip.engine import Engine
 from wholeip.names import PODNAT_ANNOTATION
 from wholeip.nft.diff import Plan
 from wholeip.settings import ModelSettings, PodNatSettings
-from wholeip_testkit.netns import NetnsBackend, _setns
+from wholeip_testkit.netns import NetnsBackend, NetnsThread
 from wholeip_testkit.topology import Topology
 from wholeip_testkit.traffic import exchange
 
@@ -218,17 +217,14 @@ SETTINGS = ModelSettings(
 )
 
 
-class Node:
+class Node(NetnsThread):
     """Node n2 driven from here (as tests/nft/test_conntrack.py does): a thread in its
     namespace, an engine, and the agent's conntrack cleaner."""
 
     def __init__(self, topo: Topology) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, initializer=_setns, initargs=(topo.netns_path("n2"),))
-        self.engine = Engine(backend=NetnsBackend(self))  # type: ignore[arg-type]
+        super().__init__(topo.netns_path("n2"))
+        self.engine = Engine(backend=NetnsBackend(self))
         self.cleaner = ConntrackCleaner(background=False)
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._pool.submit(fn, *args, **kwargs).result()
 
     def sync(self, doc: dict[str, Any]) -> Plan:
         state = build_state_from_objects(doc["items"], node_name="n2", settings=SETTINGS)
