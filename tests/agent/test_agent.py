@@ -114,6 +114,9 @@ async def test_pod_change_swaps_the_element(api: ApiServer, start_agent: AgentFa
     managed_web(api)
     agent = await start_agent("n1")
     await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.1.10")})
+    # The first commit done: a new table goes in as several transactions, and its elements
+    # show before the last one (whose plan would otherwise be the last result read below).
+    await agent.wait_ready()
 
     assert agent.syncer is not None
     rebuilds = agent.syncer.rebuilds
@@ -133,6 +136,7 @@ async def test_a_node_joining_updates_the_index_in_place(api: ApiServer, start_a
     managed_web(api)
     agent = await start_agent("n1")
     await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.1.10")})
+    await agent.wait_ready()  # the first commit done (see above)
     assert agent.syncer is not None
     rebuilds = agent.syncer.rebuilds
     api.store.create(node("n3", "192.0.2.13", "10.244.3.0/24"))
