@@ -156,6 +156,11 @@ SVC_ADDR: Final = PerFamily("svcaddr")
 SVC_PORT: Final = PerFamily("svcport")
 """Map (ClusterIP, protocol, port, slot) -> endpoint port (beside ``svcaddr``: nftables 1.0.6
 cannot declare concatenated data in JSON)."""
+SVC_UPORT6: Final = "svcuport6"
+"""Map (IPv6 ClusterIP, protocol, port) -> the one endpoint port of a front-end with
+sessionAffinity ClientIP whose endpoints all listen on the same port: its class chain picks
+the address by a hash of the client and the port here (a second hashed lookup would need
+more registers than nftables 1.0.6 has for an IPv6 key)."""
 NODEPORT: Final = PerFamily("nodeport")
 """Verdict map (protocol, nodePort) -> ``goto`` the class chain, on this node's addresses."""
 NP_ADDR: Final = PerFamily("npaddr")

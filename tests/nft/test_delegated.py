@@ -301,12 +301,15 @@ def test_row_16_internal_traffic_policy_local_stays_on_the_node(programmed: Topo
 
 
 def test_rows_16_17_affinity_pins_a_client(programmed: Topology) -> None:
-    """IPv4 ClusterIP (IPv6 ClusterIPs spread per flow, see the README) and NodePorts of
-    both families: every connection of one client reaches the same endpoint."""
+    """ClusterIPs and NodePorts of both families: every connection of one client reaches the
+    same endpoint (an IPv6 ClusterIP through ``svcuport6``: its endpoints share port 8080)."""
     for client, addr, port in (
         ("pod_b", CLUSTER_IP["aff"][4], 80),
         ("pod_c", CLUSTER_IP["aff"][4], 80),
         ("n1", CLUSTER_IP["aff"][4], 80),
+        ("pod_b", CLUSTER_IP["aff"][6], 80),
+        ("pod_c", CLUSTER_IP["aff"][6], 80),
+        ("n2", CLUSTER_IP["aff"][6], 80),
         ("ext", NODE_IP["n1"][4], 30082),
         ("ext", NODE_IP["n2"][6], 30082),
     ):

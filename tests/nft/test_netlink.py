@@ -63,7 +63,7 @@ NETLINK_SETS = {
         "egresssnat",
         "egresssteer",
     )
-} | {"icmpfix4", "icmpguard6"}
+} | {"icmpfix4", "icmpguard6", "svcuport6"}
 """The sets a full sync reads over netlink (the others are interval or dynamic sets)."""
 
 
@@ -184,9 +184,10 @@ def egress_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def delegated_objects() -> list[dict[str, Any]]:
     """Delegated Services (labelled for us): one with endpoints on n1 and n2 behind its
-    ClusterIPs and NodePorts (TCP, UDP, SCTP, a named targetPort), one with none."""
+    ClusterIPs and NodePorts (TCP, UDP, SCTP, a named targetPort), one with none, and one
+    with endpoints and sessionAffinity ClientIP (Maglev slots, ``svcuport6``)."""
     out: list[dict[str, Any]] = []
-    for k, with_endpoints in ((1, True), (2, False)):
+    for k, with_endpoints in ((1, True), (2, False), (3, True)):
         out.append(
             {
                 "kind": "Service",
@@ -198,7 +199,7 @@ def delegated_objects() -> list[dict[str, Any]]:
                 "spec": {
                     "type": "NodePort",
                     "clusterIPs": [f"10.96.2.{k}", f"fd00:10:96::2:{k}"],
-                    "sessionAffinity": "ClientIP" if k == 2 else "None",
+                    "sessionAffinity": "ClientIP" if k != 1 else "None",
                     "externalTrafficPolicy": "Cluster" if with_endpoints else "Local",
                     "ports": [
                         {"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP", "nodePort": 30080 + k},

@@ -138,6 +138,36 @@ def test_affinity_takes_the_client_hash_chain() -> None:
     assert ("svc4", (("10.96.0.10", "tcp", 80), "goto aff_256")) in frontend_elements(f)
 
 
+def test_ipv6_affinity_takes_the_port_of_endpoints_that_share_one() -> None:
+    objects = [svc(sessionAffinity="ClientIP"), eps("s", 6, [ep("fd00:10:244::1"), ep("fd00:10:244::2")])]
+    f = by_key(fronts(objects))[(6, "fd00:10:96::10", 80)]
+    assert ("svcuport6", (("fd00:10:96::10", "tcp", 80), 8080)) in frontend_elements(f)
+    index = load(
+        services=objects[:1], endpoint_slices=objects[1:], nodes=synth.cluster(0), node_name="n1", settings=SETTINGS
+    )
+    assert not [p for p in index.problems if p.reason == "AffinityPerFlow"]
+
+
+def test_ipv6_affinity_over_endpoints_on_different_ports_spreads_per_flow_and_says_so() -> None:
+    objects = [
+        svc(sessionAffinity="ClientIP"),
+        eps("s", 6, [ep("fd00:10:244::1")], {"http": 8080}, tag="a"),
+        eps("s", 6, [ep("fd00:10:244::2")], {"http": 9090}, tag="b"),
+        eps("s", 4, [ep("10.128.0.1")], {"http": 8080}, tag="a"),
+        eps("s", 4, [ep("10.128.0.2")], {"http": 9090}, tag="b"),
+    ]
+    by = by_key(fronts(objects))
+    assert not [e for name, e in frontend_elements(by[(6, "fd00:10:96::10", 80)]) if name == "svcuport6"]
+    index = load(
+        services=objects[:1], endpoint_slices=objects[1:], nodes=synth.cluster(0), node_name="n1", settings=SETTINGS
+    )
+    (problem,) = [p for p in index.problems if p.reason == "AffinityPerFlow"]
+    assert "fd00:10:96::10" in problem.message
+    assert not problem.warning
+    # IPv4 keeps its affinity whatever the ports: no problem about it.
+    assert "10.96.0.10" not in problem.message
+
+
 def test_unlabelled_and_annotation_only_services_are_not_delegated() -> None:
     plain = svc()
     plain["metadata"]["labels"] = {}

@@ -56,6 +56,7 @@ from wholeip.names import (
     SVC_PORT,
     SVC_REFUSE,
     SVC_SELF,
+    SVC_UPORT6,
 )
 from wholeip.nft.doc import Elem
 from wholeip.settings import ModelSettings
@@ -91,6 +92,8 @@ def frontend_elements(f: Frontend) -> list[tuple[str, Elem]]:
     for i, (address, port) in enumerate(table):
         out.append((addr_map, ((*key, i), address)))
         out.append((port_map, ((*key, i), port)))
+    if f.affinity and v == 6 and f.address is not None and len({port for _, port in eps}) == 1:
+        out.append((SVC_UPORT6, (key, eps[0][1])))
     if f.masquerade:
         out.append((NP_MASQ[v], key))
     return out
@@ -342,6 +345,18 @@ class DelegatedIndex:
                         "FrontendConflict",
                         f"{what} {f.protocol.upper()}/{f.port} is claimed by the older Service"
                         f" {win.service.namespace}/{win.service.name}; not served for this one",
+                    )
+                )
+        for f in svc.fronts:
+            if f.affinity and f.family == 6 and f.address and len({p for _, p in f.endpoints[:MAX_ENDPOINTS]}) > 1:
+                problems.append(
+                    Problem(
+                        f.service,
+                        "AffinityPerFlow",
+                        f"ClusterIP {f.address} port {f.protocol.upper()}/{f.port}: its endpoints listen on"
+                        " different ports, so on IPv6 its connections spread per flow without sessionAffinity"
+                        " (see the README)",
+                        warning=False,
                     )
                 )
         if svc.info.affinity and svc.info.affinity_timeout != 10800:

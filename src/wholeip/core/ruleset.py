@@ -180,6 +180,7 @@ from wholeip.names import (
     SVC_PORT,
     SVC_REFUSE,
     SVC_SELF,
+    SVC_UPORT6,
     UNTRACKED,
     WHOLE_IP,
     steer_slot_chain,
@@ -789,9 +790,10 @@ def _egress_ip_rules(mark_mask: int) -> list[Rule]:
 #   nftables 1.0.6 cannot declare concatenated data in JSON; both lookups hash the same
 #   packet the same way, so they agree). ``lb_<N>`` hashes the flow (``symhash``: each
 #   connection on its own), ``aff_<N>`` the client's address (``jhash``: one client, one
-#   endpoint). An IPv6 ClusterIP key and an IPv6 client hash take more registers than one
-#   nftables 1.0.6 statement with two lookups has ("BUG: register reg_low 16 invalid"), so
-#   ``aff_<N>`` hashes the flow for IPv6 ClusterIPs (no affinity there; README);
+#   endpoint). An IPv6 ClusterIP key and an IPv6 client hash, looked up twice, take more
+#   registers than one nftables 1.0.6 statement has ("BUG: register reg_low 16 invalid"),
+#   so ``aff_<N>`` takes an IPv6 ClusterIP's port from ``svcuport6`` (front-ends whose
+#   endpoints share one port) and hashes the flow for the others (no affinity; README);
 # * the slots (:func:`wholeip.core.delegated.frontend_elements`): up to 8 endpoints
 #   without affinity, slot i is endpoint i; otherwise at least 256 slots (the class of 8n
 #   beyond 32 endpoints) filled as Maglev does, so an endpoint change moves about its own
@@ -847,6 +849,8 @@ def _slot_decls(v: int, addr_type: str) -> list[SetDecl]:
         out.append(
             SetDecl(port_name[v], key, data="inet_service", typeof=_slot_typeof(v, nodeport=nodeport, data="port"))
         )
+    if v == 6:
+        out.append(SetDecl(SVC_UPORT6, (addr_type, "inet_proto", "inet_service"), data="inet_service"))
     return out
 
 
@@ -873,14 +877,31 @@ def _class_rules() -> tuple[list[ChainDecl], list[Rule]]:
             chains.append(ChainDecl(chain))
             for nodeport, addr_map, port_map in ((False, SVC_ADDR, SVC_PORT), (True, NP_ADDR, NP_PORT)):
                 for v, proto, _ in _FAMILIES:
-                    if prefix == LB_CHAIN or (v == 6 and not nodeport):
-                        # An IPv6 ClusterIP key and a hash of the IPv6 client address take more
-                        # registers than nftables 1.0.6 has for one statement with two lookups
-                        # ("BUG: register reg_low 16 invalid"): no affinity there (README).
-                        spread: JSONObj = {"symhash": {"mod": n}}
-                    else:
-                        spread = {"jhash": {"mod": n, "seed": _HASH_SEED, "expr": _payload(proto, "saddr")}}
-                    key = _concat(*_front_key(v, proto, nodeport=nodeport), spread)
+                    front = _front_key(v, proto, nodeport=nodeport)
+                    client: JSONObj = {"jhash": {"mod": n, "seed": _HASH_SEED, "expr": _payload(proto, "saddr")}}
+                    if prefix == AFF_CHAIN and v == 6 and not nodeport:
+                        # An IPv6 ClusterIP key and a hash of the IPv6 client address, looked up
+                        # twice, take more registers than nftables 1.0.6 has for one statement
+                        # ("BUG: register reg_low 16 invalid"): the address comes from the slots
+                        # by the client's hash and the port from ``svcuport6``, which holds the
+                        # front-ends whose endpoints share one port. The others miss it and fall
+                        # through to the next rule: a hash of the flow (no affinity, README).
+                        rules.append(
+                            Rule(
+                                chain,
+                                (
+                                    {
+                                        "dnat": {
+                                            "family": proto,
+                                            "addr": _map_lookup(_concat(*front, client), addr_map[v]),
+                                            "port": _map_lookup(_concat(*front), SVC_UPORT6),
+                                        }
+                                    },
+                                ),
+                            )
+                        )
+                    spread = client if prefix == AFF_CHAIN and (nodeport or v == 4) else {"symhash": {"mod": n}}
+                    key = _concat(*front, spread)
                     rules.append(
                         Rule(
                             chain,
