@@ -2,7 +2,7 @@
 namespaces, the API server double serving MetalLB's ServiceL2Status as a custom resource
 (created with a real kubectl from MetalLB's CRD), real traffic.
 
-The agents start after the CRD exists (they discover the API once, at start). Then:
+The agents start after the CRD exists (installing it later works too, see tests/agent/test_discovery_agent.py). Then:
 the holder named by the ServiceL2Status SNATs, the other node steers its member there;
 the agents report it in their metrics; a deleted ip rule and a deleted route of the
 steering are back within one resync; the status moves to the other node and the egress

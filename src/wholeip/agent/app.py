@@ -161,6 +161,7 @@ class Agent:
             on_change=reconciler.notify,
             on_key=changes.record,
             on_informer=tracked.append,
+            on_informer_gone=tracked.remove,
             options=self._watch_options,
         )
         l2 = self.l2_statuses = L2StatusSource(
@@ -169,6 +170,7 @@ class Agent:
             on_change=reconciler.notify,
             on_key=changes.record,
             on_informer=tracked.append,
+            on_informer_gone=tracked.remove,
             options=self._watch_options,
         )
         pod_informer = self.pod_informer = build_pod_informer(

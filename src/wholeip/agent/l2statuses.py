@@ -1,9 +1,11 @@
 """The agent's source of egress IP holders: discovery, then the ServiceL2Status informer.
 
 Like the Service networks (:class:`~wholeip.agent.servicecidrs.ServiceCIDRSource`): the
-agent asks once, at start, whether the server serves MetalLB's ServiceL2Status objects
+agent asks whether the server serves MetalLB's ServiceL2Status objects
 (:mod:`wholeip.kube.l2status`), then watches them where it does; where it does not, every
-egress Service's holder comes from its ``networking.cozystack.io/egressNode`` annotation.
+egress Service's holder comes from its ``networking.cozystack.io/egressNode`` annotation,
+and it asks again every ``rediscover_interval`` (MetalLB installed later is picked up; one
+uninstalled is let go).
 The readiness gate waits for it: a table built before the holders are known would steer
 nothing and then everything a moment later.
 """

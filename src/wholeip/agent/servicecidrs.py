@@ -4,10 +4,14 @@ At start the agent does not know whether the server serves ServiceCIDR objects
 (:mod:`wholeip.kube.servicecidr`). :class:`ServiceCIDRSource` is one task of the
 agent that asks (discovery, retried with the watches' backoff while the server
 cannot be reached, so an agent started during a control-plane outage waits
-instead of exiting), then runs the informer when the API exists, and for ever
-after answers :meth:`objects`: the cached ServiceCIDRs, or None where the API does
-not exist and the ``--service-cidr`` fallback applies. With ``--service-cidr``
-given explicitly it asks nothing at all: the flag wins.
+instead of exiting), then runs the informer when the API exists, and answers
+:meth:`objects`: the cached ServiceCIDRs, or None where the API does not exist and
+the ``--service-cidr`` fallback applies. It keeps asking (``rediscover_interval``)
+while the API is absent, so an API that appears later (a control-plane upgrade,
+MetalLB installed after wholeip) is watched without a restart, and while the
+informer fails, so an API that was removed is let go (back to the fallback)
+instead of failing the probes. With ``--service-cidr`` given explicitly it asks
+nothing at all: the flag wins.
 
 It looks like an informer to the readiness probe (``resource``, ``synced``,
 ``failing_for``): the agent is not ready before the Service networks are known,
@@ -77,6 +81,7 @@ class DiscoveredSource:
         on_change: Callable[[], None],
         on_key: Callable[[str, str | None], None] | None = None,
         on_informer: Callable[[Informer], None] | None = None,
+        on_informer_gone: Callable[[Informer], None] | None = None,
         options: WatchOptions | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -86,6 +91,7 @@ class DiscoveredSource:
         self._on_change = on_change
         self._on_key = on_key
         self._on_informer = on_informer
+        self._on_informer_gone = on_informer_gone
         self._options = options or WatchOptions()
         self._sleep = sleep
         self.decided = asyncio.Event()
@@ -114,18 +120,61 @@ class DiscoveredSource:
             await self.informer.synced.wait()
 
     async def run(self) -> None:
-        """Discover, then watch (if there is anything to watch); returns only by cancellation
-        or when there is nothing to watch."""
+        """Discover, then watch where the API exists; returns only by cancellation (or at
+        once when not enabled). Where the API is absent it asks again every
+        ``rediscover_interval``, and while the informer fails it asks whether the API
+        still exists: an API installed later is watched, one removed is let go."""
         if not self.enabled:
             log.info(self.disabled_message)
             return
+        task: asyncio.Task[None] | None = None
+        try:
+            while True:
+                present = await self._discover()
+                if present and self.informer is None:
+                    informer = self.informer = self.make_informer(
+                        self._api, on_change=self._on_change, on_key=self._on_key, options=self._options
+                    )
+                    if self._on_informer is not None:
+                        self._on_informer(informer)
+                    task = asyncio.create_task(informer.run(), name=f"informer-{self.resource}")
+                    log.info(self.present_message, group_version=self.group_version)
+                    self.decided.set()
+                elif not present and (self.informer is not None or not self.decided.is_set()):
+                    if self.informer is not None:
+                        log.warning("the API is gone; " + self.absent_message, group_version=self.group_version)
+                        if task is not None:
+                            task.cancel()
+                            await asyncio.gather(task, return_exceptions=True)
+                            task = None
+                        if self._on_informer_gone is not None:
+                            self._on_informer_gone(self.informer)
+                        self.informer = None
+                    else:
+                        log.info(self.absent_message, group_version=self.group_version)
+                    self.decided.set()
+                    if self._on_key is not None:
+                        self._on_key(self.resource, None)  # read whole at the next sync
+                    self._on_change()
+                # Until the next question: while absent, the interval; while watching, as
+                # long as the informer works (a task that ended is asked about at once).
+                while True:
+                    await self._sleep(self._options.rediscover_interval)
+                    if self.informer is None or task is None or task.done() or self.informer.failing_for() > 0:
+                        break
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _discover(self) -> bool:
+        """Whether the server serves the API: asked until it answers, with the watches' backoff."""
         failures = 0
         while True:
             try:
                 present = await serves_resource(
                     self._api, self.group_version, self.resource, request_timeout=self._options.list_timeout
                 )
-                break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -142,20 +191,9 @@ class DiscoveredSource:
                     delay=round(delay, 3),
                 )
                 await self._sleep(delay)
-        self._failing_since = None
-        if not present:
-            log.info(self.absent_message, group_version=self.group_version)
-            self.decided.set()
-            self._on_change()
-            return
-        informer = self.informer = self.make_informer(
-            self._api, on_change=self._on_change, on_key=self._on_key, options=self._options
-        )
-        if self._on_informer is not None:
-            self._on_informer(informer)
-        self.decided.set()
-        log.info(self.present_message, group_version=self.group_version)
-        await informer.run()
+                continue
+            self._failing_since = None
+            return present
 
 
 class ServiceCIDRSource(DiscoveredSource):

@@ -109,6 +109,12 @@ class WatchOptions:
     page_size: int = 500
     """Objects per list page (ignored by a real server for ``resourceVersion=0`` lists)."""
 
+    rediscover_interval: float = 60.0
+    """For an optional API (ServiceCIDR, MetalLB's ServiceL2Status): seconds between two
+    discovery requests while the server does not serve it (installed later, it is picked
+    up), and between two checks that it still exists while its informer fails (removed,
+    the agent goes back to the fallback instead of failing its probes)."""
+
 
 class _Expired(Exception):
     """Our resourceVersion is gone from the server's history: relist."""
