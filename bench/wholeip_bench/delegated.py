@@ -29,8 +29,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from wholeip.core.delegated import maglev
+from wholeip.core.delegated import GENERATION_SETS, maglev
+from wholeip.core.index import load
 from wholeip.core.ruleset import slot_count
+from wholeip.settings import ModelSettings
 from wholeip_bench import write_results
 
 Endpoint = tuple[str, int]
@@ -100,6 +102,62 @@ def row(n: int, fill_name: str) -> dict[str, Any]:
     }
 
 
+def _affinity_objects(n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    service = {
+        "kind": "Service",
+        "metadata": {
+            "namespace": "b",
+            "name": "s",
+            "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIPs": ["10.96.0.10"],
+            "sessionAffinity": "ClientIP",
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    }
+    return service, _slice(n)
+
+
+def _slice(n: int) -> dict[str, Any]:
+    return {
+        "kind": "EndpointSlice",
+        "metadata": {"namespace": "b", "name": "s-1", "labels": {"kubernetes.io/service-name": "s"}},
+        "addressType": "IPv4",
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [a], "nodeName": "n1"} for a, _ in _endpoints(n)],
+    }
+
+
+def generation_row(n: int) -> dict[str, Any]:
+    """An endpoint joining a front-end with affinity, through the agent's index: the
+    elements the change writes (slots, and the previous table its recent clients keep)
+    and the index's time for it; every recent client keeps its endpoint by construction."""
+    service, before = _affinity_objects(n)
+    grown = _slice(n)
+    grown["endpoints"].append({"addresses": ["10.130.0.1"], "nodeName": "n1"})
+    node = {"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.128.0.0/16"]}}
+    times = []
+    slots = history = 0
+    for _ in range(5):
+        idx = load(services=[service], endpoint_slices=[before], nodes=[node], node_name="n1", settings=ModelSettings())
+        had = {k: set(idx.elements[k]) for k in ("svcaddr4", "svcport4", *GENERATION_SETS)}
+        t0 = time.perf_counter()
+        idx.update(slices={"b/s-1": grown})
+        times.append(time.perf_counter() - t0)
+        slots = sum(len(idx.elements[k] - had[k]) for k in ("svcaddr4", "svcport4"))
+        history = sum(len(idx.elements[k] - had[k]) for k in GENERATION_SETS)
+    return {
+        "endpoints": n,
+        "fill": "maglev, affinity generation",
+        "slot_elements": slots,
+        "generation_elements": history,
+        "update_us": round(min(times) * 1e6),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wholeip_bench.delegated", description=__doc__.split("\n")[0])
     parser.add_argument("--endpoints", default="2,3,5,8,16,50,200", help="comma-separated n")
@@ -117,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
                 f" {r['add_elements']} elements)  fill {r['fill_us']:.0f} us",
                 flush=True,
             )
+    for n in (int(x) for x in args.endpoints.split(",")):
+        g = generation_row(n)
+        rows.append(g)
+        print(
+            f"n={n:>4} affinity, one endpoint joins: {g['slot_elements']} slot elements written"
+            f" + {g['generation_elements']} for the generation (the previous table, the records' chains),"
+            f" index {g['update_us']} us",
+            flush=True,
+        )
     write_results(args.out, rows)
     return 0
 

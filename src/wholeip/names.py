@@ -182,12 +182,46 @@ LB_CHAIN: Final = "lb_"
 AFF_CHAIN: Final = "aff_"
 """Prefix of the class chains ``aff_<slots>``: an endpoint by a hash of the client address
 (sessionAffinity ClientIP)."""
+AFF_OLD_CHAIN: Final = "affo_"
+"""Prefix of the class chains ``affo_<slots>``: a client that used a front-end's previous
+slots within its affinity timeout keeps them (``svcold*``/``npold*``)."""
+REC_CHAIN: Final = "rec_"
+"""Prefix of the chains ``rec_<seconds>_<a|b>``: a client's use of a front-end recorded in
+``recent<a|b>4/6`` for that many seconds (one chain per timeout class and generation)."""
+RECENT: Final = {p: PerFamily(f"recent{p}") for p in "ab"}
+"""Dynamic sets (client, front-end) the packet path fills, one per generation ``a``/``b``:
+who used the front-end within its affinity timeout, and which of its two slot tables."""
+SVC_GEN_B: Final = PerFamily("svcgenb")
+"""Set of the ClusterIP front-ends (with affinity) whose current generation is ``b``."""
+NP_GEN_B: Final = PerFamily("npgenb")
+"""Set of the NodePorts (protocol, port) with affinity whose current generation is ``b``."""
+SVC_AFF_TIME: Final = {"cur": PerFamily("svcafftime"), "old": PerFamily("svcafftimeold")}
+"""Verdict maps ClusterIP front-end -> ``jump rec_<timeout class>_<generation>``: the current
+generation's chain (``cur``) and the previous one's (``old``)."""
+NP_AFF_TIME: Final = {"cur": PerFamily("npafftime"), "old": PerFamily("npafftimeold")}
+"""The same for NodePorts (protocol, port)."""
+SVC_OLD_ADDR: Final = PerFamily("svcoldaddr")
+"""Map (ClusterIP, protocol, port, slot) -> endpoint address of the previous slot table."""
+SVC_OLD_PORT: Final = PerFamily("svcoldport")
+NP_OLD_ADDR: Final = PerFamily("npoldaddr")
+NP_OLD_PORT: Final = PerFamily("npoldport")
 REFUSE: Final = "refuse"
 """Regular chain: TCP reset, else ICMP port unreachable."""
 SVC_FILTER_PREROUTING: Final = "svc_filter_prerouting"
 SVC_FILTER_OUTPUT: Final = "svc_filter_output"
 MASQ_MARK: Final = 0x4000
 """The packet mark bit that asks for masquerade (kube-proxy's own bit)."""
-HOST_ORDER_KEYS: Final = frozenset((*SVC_ADDR.both, *SVC_PORT.both, *NP_ADDR.both, *NP_PORT.both))
+HOST_ORDER_KEYS: Final = frozenset(
+    (
+        *SVC_ADDR.both,
+        *SVC_PORT.both,
+        *NP_ADDR.both,
+        *NP_PORT.both,
+        *SVC_OLD_ADDR.both,
+        *SVC_OLD_PORT.both,
+        *NP_OLD_ADDR.both,
+        *NP_OLD_PORT.both,
+    )
+)
 """Maps whose keys end in a hash (an integer in host byte order, not a payload's network
 order): the kernel's listing does not say so, the netlink reader must know."""

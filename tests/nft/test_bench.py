@@ -117,3 +117,7 @@ def test_delegated_slot_fills(tmp_path: Path) -> None:
     # Removing one of 3 endpoints moves its own third; Maglev beats modulo beyond 8 endpoints.
     assert by[(3, "modulo")]["remove_moved_needlessly"] == 0.0
     assert by[(16, "maglev")]["add_moved"] < by[(16, "modulo")]["add_moved"]
+    # An endpoint joining a front-end with affinity writes the previous table's slots that
+    # differ: address and port of each, and the generation's three verdict-map entries.
+    gen = by[(16, "maglev, affinity generation")]
+    assert gen["generation_elements"] == 2 * gen["slot_elements"] + 3, gen

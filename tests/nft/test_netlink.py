@@ -64,6 +64,22 @@ NETLINK_SETS = {
         "egresssteer",
     )
 } | {"icmpfix4", "icmpguard6", "svcuport6"}
+NETLINK_SETS |= {
+    f"{kind}{v}"
+    for v in (4, 6)
+    for kind in (
+        "svcgenb",
+        "npgenb",
+        "svcafftime",
+        "svcafftimeold",
+        "npafftime",
+        "npafftimeold",
+        "svcoldaddr",
+        "svcoldport",
+        "npoldaddr",
+        "npoldport",
+    )
+}
 """The sets a full sync reads over netlink (the others are interval or dynamic sets)."""
 
 
@@ -71,7 +87,7 @@ def _state_of(n: int) -> model.ClusterState:
     return index.build_state_from_objects(synth.cluster(n), node_name="n1", settings=ModelSettings())
 
 
-def _varied_state() -> model.ClusterState:
+def _varied_index() -> index.ClusterIndex:
     """Dual-stack Services in every mode: whole IP, per port (TCP, UDP, SCTP; some with
     ICMP echo), with source ranges (networks and single hosts, both families)."""
     objects = synth.cluster(24, dual_stack=True)
@@ -135,7 +151,17 @@ def _varied_state() -> model.ClusterState:
     objects += delegated_objects()
     objects = egress_objects(objects)
     settings = dataclasses.replace(settings, lb_to_clusterip=True)
-    return index.build_state_from_objects(objects, node_name="n1", settings=settings)
+    return index.load_objects(objects, node_name="n1", settings=settings)
+
+
+def _varied_doc() -> TableDoc:
+    """The table of :func:`_varied_index` after the affinity Service ``dlg/d3`` got a third
+    endpoint: its front-ends in their second generation (the previous slot tables)."""
+    idx = _varied_index()
+    idx.update(slices={f"dlg/{s['metadata']['name']}": s for s in delegated_slices(3, extra=True)})
+    assert idx.elements["svcgenb4"]
+    assert idx.elements["npoldaddr6"]
+    return idx.doc()
 
 
 def egress_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -182,6 +208,35 @@ def egress_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def delegated_slices(k: int, *, extra: bool = False) -> list[dict[str, Any]]:
+    """The slices of Service ``dlg/d<k>``: endpoints on n1 and n2 (``extra``: one more on n1)."""
+    out = []
+    for family, pods in (
+        ("IPv4", ("10.244.1.5", "10.244.2.5", "10.244.2.6", *(("10.244.1.7",) if extra else ()))),
+        ("IPv6", ("fd00:10:244:1::5", "fd00:10:244:2::5", *(("fd00:10:244:1::7",) if extra else ()))),
+    ):
+        out.append(
+            {
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "namespace": "dlg",
+                    "name": f"d{k}-{family}",
+                    "labels": {"kubernetes.io/service-name": f"d{k}"},
+                },
+                "addressType": family,
+                "ports": [
+                    {"name": "http", "port": 8080, "protocol": "TCP"},
+                    {"name": "dns", "port": 5353, "protocol": "UDP"},
+                    {"name": "sctp", "port": 3868, "protocol": "SCTP"},
+                ],
+                "endpoints": [
+                    {"addresses": [a], "nodeName": "n1" if ":1::" in a or ".1." in a else "n2"} for a in pods
+                ],
+            }
+        )
+    return out
+
+
 def delegated_objects() -> list[dict[str, Any]]:
     """Delegated Services (labelled for us): one with endpoints on n1 and n2 behind its
     ClusterIPs and NodePorts (TCP, UDP, SCTP, a named targetPort), one with none, and one
@@ -211,29 +266,7 @@ def delegated_objects() -> list[dict[str, Any]]:
         )
         if not with_endpoints:
             continue
-        for family, pods in (
-            ("IPv4", ("10.244.1.5", "10.244.2.5", "10.244.2.6")),
-            ("IPv6", ("fd00:10:244:1::5", "fd00:10:244:2::5")),
-        ):
-            out.append(
-                {
-                    "kind": "EndpointSlice",
-                    "metadata": {
-                        "namespace": "dlg",
-                        "name": f"d{k}-{family}",
-                        "labels": {"kubernetes.io/service-name": f"d{k}"},
-                    },
-                    "addressType": family,
-                    "ports": [
-                        {"name": "http", "port": 8080, "protocol": "TCP"},
-                        {"name": "dns", "port": 5353, "protocol": "UDP"},
-                        {"name": "sctp", "port": 3868, "protocol": "SCTP"},
-                    ],
-                    "endpoints": [
-                        {"addresses": [a], "nodeName": "n1" if ":1::" in a or ".1." in a else "n2"} for a in pods
-                    ],
-                }
-            )
+        out += delegated_slices(k)
     return out
 
 
@@ -257,7 +290,7 @@ def _listed(backend: Backend) -> TableDoc:
 
 def test_every_set_reads_as_libnftables_lists_it(kernel: tuple[Netns, NetnsBackend]) -> None:
     ns, backend = kernel
-    desired = compile_table(_varied_state(), node_name="n1")
+    desired = _varied_doc()
     apply_plan(backend, diff(desired, None))
     read = backend.read_table("inet", "wholeip")
     listed = _listed(backend)
@@ -281,7 +314,7 @@ def test_every_set_reads_as_libnftables_lists_it(kernel: tuple[Netns, NetnsBacke
 def test_reading_sees_what_someone_else_changed(kernel: tuple[Netns, NetnsBackend]) -> None:
     """Drift in elements, over netlink, is seen by the engine's full sync and repaired."""
     _ns, backend = kernel
-    desired = compile_table(_varied_state(), node_name="n1")
+    desired = _varied_doc()
     engine = Engine(backend=backend)
     engine.sync(desired)
     T = {"family": "inet", "table": "wholeip"}
@@ -315,7 +348,7 @@ def test_sets_held_exactly_come_back_as_the_known_objects(kernel: tuple[Netns, N
     """A full sync passes its memory: a set the kernel holds exactly is that very object
     (no second copy of 100,000 elements); a set that differs is read as it is."""
     _ns, backend = kernel
-    desired = compile_table(_varied_state(), node_name="n1")
+    desired = _varied_doc()
     apply_plan(backend, diff(desired, None))
     known = {name: set(elems) for name, elems in desired.elements.items()}
     read = backend.read_table("inet", "wholeip", known=known)
@@ -340,7 +373,7 @@ def test_an_element_that_does_not_decode_falls_back_for_its_set_only(
     """The dump where one element fails is read to its end (a socket runs one dump at a time), the set
     is listed through libnftables, and the sets after it still come over netlink."""
     _ns, backend = kernel
-    desired = compile_table(_varied_state(), node_name="n1")
+    desired = _varied_doc()
     apply_plan(backend, diff(desired, None))
     real = netlink.decoder
     bad = ipaddress.ip_address(_mapping(desired, 7)[0]).packed
@@ -419,7 +452,7 @@ def test_an_interrupted_set_is_read_again_alone(
     kernel: tuple[Netns, NetnsBackend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _ns, backend = kernel
-    desired = compile_table(_varied_state(), node_name="n1")
+    desired = _varied_doc()
     apply_plan(backend, diff(desired, None))
     real_elements, real_list_set = netlink.Socket.elements, LibnftBackend._list_set
     dumps: list[str] = []

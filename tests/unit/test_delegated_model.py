@@ -168,6 +168,82 @@ def test_ipv6_affinity_over_endpoints_on_different_ports_spreads_per_flow_and_sa
     assert "10.96.0.10" not in problem.message
 
 
+def _affinity_index(*addresses: str, timeout: int | None = None) -> Any:
+    spec: dict[str, Any] = {"sessionAffinity": "ClientIP"}
+    if timeout is not None:
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": timeout}}
+    service = svc(**spec)
+    index = load(
+        services=[service],
+        endpoint_slices=[eps("s", 4, [ep(a) for a in addresses])],
+        nodes=synth.cluster(0),
+        node_name="n1",
+        settings=SETTINGS,
+    )
+    return index, service
+
+
+KEY4 = ("10.96.0.10", "tcp", 80)
+
+
+def test_an_endpoint_joining_starts_a_generation_that_keeps_the_previous_slots() -> None:
+    index, _ = _affinity_index("10.128.0.1", "10.128.0.2")
+    first = dict(index.elements["svcaddr4"])
+    assert index.elements["svcafftime4"] == {(KEY4, "jump rec_10800_a")}
+    assert index.elements["svcafftimeold4"] == {(KEY4, "jump rec_10800_b")}
+    assert not index.elements["svcgenb4"]
+    assert not index.elements["svcoldaddr4"]
+
+    index.update(slices={"ns/s-4": eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.2"), ep("10.128.0.3")])})
+    # Generation b: clients recorded in a keep the slots they used (the old table).
+    assert index.elements["svcgenb4"] == {KEY4}
+    assert index.elements["svcafftime4"] == {(KEY4, "jump rec_10800_b")}
+    assert index.elements["svcafftimeold4"] == {(KEY4, "jump rec_10800_a")}
+    now = dict(index.elements["svcaddr4"])
+    moved = {k for k in now if now[k] != first[k]}
+    assert moved, "the new endpoint took no slot"
+    assert "10.128.0.3" in {now[k] for k in moved}
+    # The previous table holds the slots that differ (the others fall through to the
+    # current table, which agrees).
+    assert dict(index.elements["svcoldaddr4"]) == {k: first[k] for k in moved}
+
+    # The newcomer goes again: generation a, the previous table is b's with its slots
+    # given back to the remaining endpoints (its clients are not sent to a gone pod).
+    index.update(slices={"ns/s-4": eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.2")])})
+    assert not index.elements["svcgenb4"]
+    assert index.elements["svcafftime4"] == {(KEY4, "jump rec_10800_a")}
+    old = dict(index.elements["svcoldaddr4"])
+    assert set(old.values()) <= {"10.128.0.1", "10.128.0.2"}
+
+
+def test_losing_affinity_or_the_service_leaves_no_generation_behind() -> None:
+    index, service = _affinity_index("10.128.0.1", "10.128.0.2")
+    index.update(slices={"ns/s-4": eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.2"), ep("10.128.0.3")])})
+    assert index.elements["svcoldaddr4"]
+    plain = svc()
+    index.update(services={("ns", "s"): [plain]})
+    for name in ("svcgenb4", "svcoldaddr4", "svcoldport4", "svcafftime4", "svcafftimeold4"):
+        assert not index.elements[name], name
+    index.update(services={("ns", "s"): [service]})
+    index.update(slices={"ns/s-4": eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.4"), ep("10.128.0.3")])})
+    assert index.elements["svcoldaddr4"]
+    index.update(services={("ns", "s"): []})
+    for name in ("svcgenb4", "svcoldaddr4", "svcoldport4", "svcafftime4", "svcafftimeold4", "svcaddr4"):
+        assert not index.elements[name], name
+
+
+@pytest.mark.parametrize(("seconds", "applied"), [(10800, 10800), (60, 60), (100, 120), (1, 1), (86400, 86400)])
+def test_the_timeout_is_the_nearest_class_and_an_event_says_when_rounded(seconds: int, applied: int) -> None:
+    index, _ = _affinity_index("10.128.0.1", timeout=seconds)
+    assert index.elements["svcafftime4"] == {(KEY4, f"jump rec_{applied}_a")}
+    rounded = [p for p in index.problems if p.reason == "AffinityTimeoutRounded"]
+    if seconds == applied:
+        assert not rounded
+    else:
+        (problem,) = rounded
+        assert f"timeoutSeconds {seconds} is applied as {applied}" in problem.message
+
+
 def test_unlabelled_and_annotation_only_services_are_not_delegated() -> None:
     plain = svc()
     plain["metadata"]["labels"] = {}

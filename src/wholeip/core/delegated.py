@@ -26,9 +26,10 @@ ClusterIPs and NodePorts uniquely) goes to the older Service; the other is told
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import NamedTuple
 
 from wholeip.core.model import Frontend, HealthCheck, ObjectRef, Problem
@@ -41,18 +42,26 @@ from wholeip.core.objects import (
     parse_delegated_service,
     parse_endpoints,
 )
-from wholeip.core.ruleset import slot_count
+from wholeip.core.ruleset import GENERATIONS, rec_chain, slot_count, timeout_class
 from wholeip.names import (
     AFF_CHAIN,
     LB_CHAIN,
     NODEPORT,
     NP_ADDR,
+    NP_AFF_TIME,
+    NP_GEN_B,
     NP_MASQ,
+    NP_OLD_ADDR,
+    NP_OLD_PORT,
     NP_PORT,
     NP_REFUSE,
     REFUSE,
     SVC,
     SVC_ADDR,
+    SVC_AFF_TIME,
+    SVC_GEN_B,
+    SVC_OLD_ADDR,
+    SVC_OLD_PORT,
     SVC_PORT,
     SVC_REFUSE,
     SVC_SELF,
@@ -69,8 +78,15 @@ MAX_ENDPOINTS = 4096
 """Endpoints beyond this many (in address order) get no slot."""
 
 
-def frontend_elements(f: Frontend) -> list[tuple[str, Elem]]:
-    """The (set, element) pairs of one front-end."""
+Generation = tuple[str, tuple[tuple[str, int], ...] | None]
+"""A front-end with affinity: its current generation (``a``/``b``) and its previous slot
+table, which the clients recorded in the other generation keep (None: no such table)."""
+
+FIRST: Generation = (GENERATIONS[0], None)
+
+
+def frontend_elements(f: Frontend, generation: Generation = FIRST) -> list[tuple[str, Elem]]:
+    """The (set, element) pairs of one front-end (with affinity, in ``generation``)."""
     v = f.family
     out: list[tuple[str, Elem]] = [(SVC_SELF[v], (a, a)) for a in f.local_endpoints]
     if f.address is None:
@@ -87,16 +103,89 @@ def frontend_elements(f: Frontend) -> list[tuple[str, Elem]]:
     # and what moves is only new flows' choice: conntrack keeps established flows). Else
     # Maglev: an endpoint change rewrites and moves about its own share of the slots,
     # where a modulo fill would move nearly all (bench/wholeip_bench/delegated.py).
-    table = maglev(eps) if f.affinity or len(eps) > 8 else list(eps)
+    table = slots_of(eps) if f.affinity or len(eps) > 8 else eps
     out.append((front, (key, f"goto {AFF_CHAIN if f.affinity else LB_CHAIN}{len(table)}")))
     for i, (address, port) in enumerate(table):
         out.append((addr_map, ((*key, i), address)))
         out.append((port_map, ((*key, i), port)))
     if f.affinity and v == 6 and f.address is not None and len({port for _, port in eps}) == 1:
         out.append((SVC_UPORT6, (key, eps[0][1])))
+    if f.affinity:
+        out += _generation_elements(f, key, generation, table)
     if f.masquerade:
         out.append((NP_MASQ[v], key))
     return out
+
+
+def _generation_elements(
+    f: Frontend, key: tuple[str | int, ...], generation: Generation, table: Sequence[tuple[str, int]]
+) -> list[tuple[str, Elem]]:
+    current, previous = generation
+    other = GENERATIONS[1] if current == GENERATIONS[0] else GENERATIONS[0]
+    v, nodeport = f.family, f.address is None
+    times, gen_b = (NP_AFF_TIME, NP_GEN_B) if nodeport else (SVC_AFF_TIME, SVC_GEN_B)
+    out: list[tuple[str, Elem]] = [
+        (times["cur"][v], (key, f"jump {rec_chain(f.affinity_timeout, current)}")),
+        (times["old"][v], (key, f"jump {rec_chain(f.affinity_timeout, other)}")),
+    ]
+    if current == GENERATIONS[1]:
+        out.append((gen_b[v], key))
+    if previous is not None:
+        # Only the slots where it differs: a slot the previous table lacks falls through to
+        # the current one (affo_N), so the commit writes about 1/n of the slots, not all.
+        addr_map, port_map = (NP_OLD_ADDR, NP_OLD_PORT) if nodeport else (SVC_OLD_ADDR, SVC_OLD_PORT)
+        for i, (was, now) in enumerate(zip(previous, table, strict=True)):
+            if was != now:
+                out.append((addr_map[v], ((*key, i), was[0])))
+                out.append((port_map[v], ((*key, i), was[1])))
+    return out
+
+
+def next_generation(was: Frontend | None, now: Frontend | None, generation: Generation) -> Generation:
+    """A front-end's generation after it changed from ``was`` to ``now``.
+
+    With affinity before and after, and endpoints both times, a change of its slots starts
+    a new generation whose previous table is the slots clients used until now (an
+    endpoint that is gone replaced by the new table's choice for that slot): the clients
+    recorded in the ending generation keep their endpoints within their timeout, the
+    others (and every client once its record expires) take the new slots. A change of the
+    slot count (a class of its own) or of the Service, losing affinity or every endpoint,
+    starts again from :data:`FIRST`. Anything else keeps the generation.
+    """
+    if now is None or was is None or not (now.affinity and was.affinity and now.endpoints and was.endpoints):
+        return FIRST
+    if was.service != now.service:
+        return FIRST
+    before, after = slots_of(was.endpoints[:MAX_ENDPOINTS]), slots_of(now.endpoints[:MAX_ENDPOINTS])
+    if before == after:
+        return generation
+    if len(before) != len(after):
+        return FIRST
+    live = set(after)
+    kept = tuple(b if b in live else a for b, a in zip(before, after, strict=True))
+    if kept == after:
+        return (generation[0], None)  # nobody's endpoint differs: no previous table needed
+    return (GENERATIONS[1] if generation[0] == GENERATIONS[0] else GENERATIONS[0], kept)
+
+
+GENERATION_SETS = frozenset(
+    (
+        *SVC_GEN_B.both,
+        *NP_GEN_B.both,
+        *SVC_OLD_ADDR.both,
+        *SVC_OLD_PORT.both,
+        *NP_OLD_ADDR.both,
+        *NP_OLD_PORT.both,
+        *(name for m in (SVC_AFF_TIME, NP_AFF_TIME) for which in ("cur", "old") for name in m[which].both),
+    )
+)
+"""The sets that hold the generations of front-ends with affinity: history, so an index
+that followed the changes and a fresh one differ there (and only there)."""
+
+
+def without_history(elements: Mapping[str, Set[Elem]]) -> dict[str, Set[Elem]]:
+    """``elements`` without :data:`GENERATION_SETS` (to compare an index with a fresh one)."""
+    return {k: v for k, v in elements.items() if k not in GENERATION_SETS}
 
 
 AFFINITY_SLOTS = 256
@@ -106,6 +195,13 @@ change to move only about 1/n of the clients (see :func:`maglev`)."""
 
 def _hash64(text: str, salt: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, key=salt).digest(), "big")
+
+
+@functools.lru_cache(maxsize=64)
+def slots_of(endpoints: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    """:func:`maglev`, remembered for the last front-ends (a change computes the table
+    before and after, and the elements of both)."""
+    return tuple(maglev(endpoints))
 
 
 def maglev(endpoints: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -187,6 +283,7 @@ def frontends(
                     port=p.port,
                     endpoints=internal,
                     affinity=info.affinity,
+                    affinity_timeout=timeout_class(info.affinity_timeout),
                     local=info.internal_local and bool(cluster),
                     local_endpoints=tuple(sorted({a for a, _ in internal} & set(local_addrs), key=_order)),
                 )
@@ -202,6 +299,7 @@ def frontends(
                         port=p.node_port,
                         endpoints=external,
                         affinity=info.affinity,
+                        affinity_timeout=timeout_class(info.affinity_timeout),
                         masquerade=not info.external_local,
                         local=info.external_local and bool(cluster),
                         local_endpoints=tuple(sorted({a for a, _ in external} & set(local_addrs), key=_order)),
@@ -238,6 +336,9 @@ class DelegatedIndex:
         self._slices_of: dict[ServiceKey, set[str]] = {}
         self._claims: dict[FrontKey, set[ServiceKey]] = {}
         self._winners: dict[FrontKey, Frontend] = {}
+        self._generations: dict[FrontKey, Generation] = {}
+        """Front-ends with affinity past their first generation (see :func:`next_generation`):
+        history, which a fresh index does not have (it starts every front-end afresh)."""
         self._counts: dict[tuple[str, Elem], int] = {}
         self._problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         self._health: dict[int, set[ServiceKey]] = {}
@@ -305,9 +406,13 @@ class DelegatedIndex:
                 problem_keys.update(claimants)
             if was == now:
                 continue
-            for name, elem in frontend_elements(was) if was is not None else ():
+            generation = self._generations.pop(fk, FIRST)
+            for name, elem in frontend_elements(was, generation) if was is not None else ():
                 self._count(name, elem, -1, touched)
-            for name, elem in frontend_elements(now) if now is not None else ():
+            generation = next_generation(was, now, generation)
+            if now is not None and generation != FIRST:
+                self._generations[fk] = generation
+            for name, elem in frontend_elements(now, generation) if now is not None else ():
                 self._count(name, elem, +1, touched)
         for port in ports:
             if not self._health.get(port):
@@ -359,13 +464,14 @@ class DelegatedIndex:
                         warning=False,
                     )
                 )
-        if svc.info.affinity and svc.info.affinity_timeout != 10800:
+        applied = timeout_class(svc.info.affinity_timeout)
+        if svc.info.affinity and applied != svc.info.affinity_timeout:
             problems.append(
                 Problem(
                     svc.info.ref,
-                    "AffinityTimeoutIgnored",
-                    "sessionAffinity ClientIP follows the client's address while the endpoints stay the same;"
-                    f" timeoutSeconds {svc.info.affinity_timeout} is not applied (see the README)",
+                    "AffinityTimeoutRounded",
+                    f"sessionAffinity timeoutSeconds {svc.info.affinity_timeout} is applied as {applied},"
+                    " the nearest of wholeip's fixed timeouts (see the README)",
                     warning=False,
                 )
             )

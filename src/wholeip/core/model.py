@@ -151,6 +151,8 @@ class Frontend:
     """(address, port) in address order; empty: refused (``closed``) or dropped."""
     affinity: bool = False
     """sessionAffinity ClientIP: the endpoint follows the client's address."""
+    affinity_timeout: int = 10800
+    """The timeout class applied (seconds, see :func:`wholeip.core.ruleset.timeout_class`)."""
     masquerade: bool = False
     """A NodePort with externalTrafficPolicy Cluster: the source becomes this node's."""
     local: bool = False

@@ -128,12 +128,14 @@ The output is deterministic: the same state gives byte-identical JSON.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Final
 
 from wholeip.core.model import IPAddress
 from wholeip.core.steering import SteeringConfig, slot_capacity, slot_mark
 from wholeip.names import (
     AFF_CHAIN,
+    AFF_OLD_CHAIN,
     ARRIVE,
     AWAY,
     CLUSTER,
@@ -159,7 +161,11 @@ from wholeip.names import (
     MASQ_MARK,
     NODEPORT,
     NP_ADDR,
+    NP_AFF_TIME,
+    NP_GEN_B,
     NP_MASQ,
+    NP_OLD_ADDR,
+    NP_OLD_PORT,
     NP_PORT,
     NP_REFUSE,
     PER_PORT,
@@ -169,14 +175,20 @@ from wholeip.names import (
     PORTS,
     RANGED,
     RAW_PREROUTING,
+    REC_CHAIN,
+    RECENT,
     REFUSE,
     SELF_HAIRPIN,
     SOURCES,
     STATELESS_POSTROUTING,
     SVC,
     SVC_ADDR,
+    SVC_AFF_TIME,
     SVC_FILTER_OUTPUT,
     SVC_FILTER_PREROUTING,
+    SVC_GEN_B,
+    SVC_OLD_ADDR,
+    SVC_OLD_PORT,
     SVC_PORT,
     SVC_REFUSE,
     SVC_SELF,
@@ -794,6 +806,14 @@ def _egress_ip_rules(mark_mask: int) -> list[Rule]:
 #   registers than one nftables 1.0.6 statement has ("BUG: register reg_low 16 invalid"),
 #   so ``aff_<N>`` takes an IPv6 ClusterIP's port from ``svcuport6`` (front-ends whose
 #   endpoints share one port) and hashes the flow for the others (no affinity; README);
+# * affinity across endpoint changes (:func:`wholeip.core.delegated.next_generation`):
+#   ``aff_<N>`` records each client (``recenta/b4/6``: client . front-end, for the
+#   Service's timeout, by the ``rec_<T>_<gen>`` chain its ``svcafftime``/``npafftime``
+#   element jumps to) in the front-end's current generation; a client found recorded in
+#   the other one (``svcgenb``/``npgenb`` say which is current) goes to ``affo_<N>``,
+#   which refreshes that record and DNATs through the previous slot table
+#   (``svcold*``/``npold*``, falling back to the current one): the clients of the last
+#   table keep their endpoints within their timeout, new ones take the new table;
 # * the slots (:func:`wholeip.core.delegated.frontend_elements`): up to 8 endpoints
 #   without affinity, slot i is endpoint i; otherwise at least 256 slots (the class of 8n
 #   beyond 32 endpoints) filled as Maglev does, so an endpoint change moves about its own
@@ -813,6 +833,23 @@ def _egress_ip_rules(mark_mask: int) -> list[Rule]:
 SLOT_CLASSES = (1, 2, 3, 4, 5, 6, 7, 8, 64, 128, 256, 512, 1024, 4096)
 """The numbers of endpoint slots a front-end may have: one class chain each. ``nft``'s
 ``mod`` takes a constant, so a front-end's slot count chooses its chain."""
+
+AFFINITY_CLASSES = tuple(c for c in SLOT_CLASSES if c >= 256)
+"""The slot counts of front-ends with sessionAffinity ClientIP (at least 256 slots,
+:data:`wholeip.core.delegated.AFFINITY_SLOTS`): ``aff_<N>`` and ``affo_<N>`` each."""
+
+TIMEOUT_CLASSES = (1, 2, 5, 10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+"""The affinity timeouts (seconds) the skeleton has a ``rec_`` chain for: an update's timeout
+is a constant of its rule, and the skeleton does not grow with the cluster. Any other
+``timeoutSeconds`` is applied as the nearest (:func:`timeout_class`)."""
+
+GENERATIONS = ("a", "b")
+"""A front-end with affinity alternates between two generations, one per endpoint change:
+clients recorded in the previous one keep its slot table (see above)."""
+
+RECENT_CAPACITY = 1 << 18
+"""Most (client, front-end) records per ``recent`` set; beyond, new clients are not recorded
+(they keep the current slot table, as unrecorded clients do)."""
 
 _SVC_PROTOCOLS = ("tcp", "udp", "sctp")
 _HASH_SEED = 0x77686970
@@ -839,7 +876,12 @@ def _slot_typeof(v: int, *, nodeport: bool, data: str) -> str:
 
 def _slot_decls(v: int, addr_type: str) -> list[SetDecl]:
     out = []
-    for nodeport, addr_name, port_name in ((False, SVC_ADDR, SVC_PORT), (True, NP_ADDR, NP_PORT)):
+    for nodeport, addr_name, port_name in (
+        (False, SVC_ADDR, SVC_PORT),
+        (True, NP_ADDR, NP_PORT),
+        (False, SVC_OLD_ADDR, SVC_OLD_PORT),
+        (True, NP_OLD_ADDR, NP_OLD_PORT),
+    ):
         key = (
             ("inet_proto", "inet_service", "integer")
             if nodeport
@@ -868,54 +910,134 @@ def _is_service_protocol() -> JSONObj:
     return _match(_meta("l4proto"), {"set": list(_SVC_PROTOCOLS)})
 
 
+def timeout_class(seconds: int) -> int:
+    """The affinity timeout applied for ``seconds``: the nearest of :data:`TIMEOUT_CLASSES`
+    by ratio (the larger on a tie)."""
+    return min(TIMEOUT_CLASSES, key=lambda c: (abs(math.log(c / max(seconds, 1))), -c))
+
+
+def rec_chain(timeout: int, generation: str) -> str:
+    """The chain that records a client's use of a front-end for ``timeout`` seconds in
+    ``recent<generation>4/6``."""
+    return f"{REC_CHAIN}{timeout}_{generation}"
+
+
+def _recent_key(v: int, proto: str) -> JSONObj:
+    """(client, front-end) as the ``recent`` sets hold it: the addresses, protocol and port;
+    for IPv6 a 32-bit hash of them (a key over 16 bytes does not fit one dynamic set update
+    in nftables 1.0.6; two pairs that collide share a record, which can only send a client
+    to the previous slot table of its own front-end, whose endpoints are all current)."""
+    parts = _concat(_payload(proto, "saddr"), _payload(proto, "daddr"), _meta("l4proto"), _payload("th", "dport"))
+    if v == 4:
+        return parts
+    return {"jhash": {"mod": 0xFFFFFFFF, "seed": _HASH_SEED, "expr": parts}}
+
+
+def _dnat(proto: str, addr: JSONObj, port: JSONObj) -> JSONObj:
+    return {"dnat": {"family": proto, "addr": addr, "port": port}}
+
+
+def _slot_rules(chain: str, n: int, *, affinity: bool, old: bool = False) -> list[Rule]:
+    """DNAT through a class chain's slot maps (``old``: the previous slot table's)."""
+    rules: list[Rule] = []
+    for nodeport in (False, True):
+        if old:
+            addr_map, port_map = (NP_OLD_ADDR, NP_OLD_PORT) if nodeport else (SVC_OLD_ADDR, SVC_OLD_PORT)
+        else:
+            addr_map, port_map = (NP_ADDR, NP_PORT) if nodeport else (SVC_ADDR, SVC_PORT)
+        for v, proto, _ in _FAMILIES:
+            front = _front_key(v, proto, nodeport=nodeport)
+            client: JSONObj = {"jhash": {"mod": n, "seed": _HASH_SEED, "expr": _payload(proto, "saddr")}}
+            if affinity and v == 6 and not nodeport:
+                # An IPv6 ClusterIP key and a hash of the IPv6 client address, looked up
+                # twice, take more registers than nftables 1.0.6 has for one statement
+                # ("BUG: register reg_low 16 invalid"): the address comes from the slots by
+                # the client's hash and the port from ``svcuport6``, which holds the
+                # front-ends whose endpoints share one port. The others miss it and fall
+                # through to the next rule: a hash of the flow (no affinity, README).
+                lookup = _map_lookup(_concat(*front, client), addr_map[v])
+                rules.append(Rule(chain, (_dnat(proto, lookup, _map_lookup(_concat(*front), SVC_UPORT6)),)))
+                if old:
+                    continue  # the current table's rules follow
+            spread = client if affinity and (nodeport or v == 4) else {"symhash": {"mod": n}}
+            key = _concat(*front, spread)
+            rules.append(Rule(chain, (_dnat(proto, _map_lookup(key, addr_map[v]), _map_lookup(key, port_map[v])),)))
+    return rules
+
+
+def _record_rules(chain: str, which: str) -> list[Rule]:
+    """Jump to the front-end's ``rec_`` chain of its timeout class: its current generation's
+    (``which="cur"``) or its previous one's (``"old"``)."""
+    rules: list[Rule] = []
+    for v, proto, _ in _FAMILIES:
+        front = _concat(*_front_key(v, proto, nodeport=False))
+        port = _concat(*_front_key(v, proto, nodeport=True))
+        rules.append(Rule(chain, ({"vmap": {"key": front, "data": f"@{SVC_AFF_TIME[which][v]}"}},)))
+        rules.append(
+            Rule(
+                chain,
+                (*_local_address(v, proto), {"vmap": {"key": port, "data": f"@{NP_AFF_TIME[which][v]}"}}),
+            )
+        )
+    return rules
+
+
 def _class_rules() -> tuple[list[ChainDecl], list[Rule]]:
     chains: list[ChainDecl] = []
     rules: list[Rule] = []
-    for prefix in (LB_CHAIN, AFF_CHAIN):
-        for n in SLOT_CLASSES:
-            chain = f"{prefix}{n}"
-            chains.append(ChainDecl(chain))
-            for nodeport, addr_map, port_map in ((False, SVC_ADDR, SVC_PORT), (True, NP_ADDR, NP_PORT)):
-                for v, proto, _ in _FAMILIES:
-                    front = _front_key(v, proto, nodeport=nodeport)
-                    client: JSONObj = {"jhash": {"mod": n, "seed": _HASH_SEED, "expr": _payload(proto, "saddr")}}
-                    if prefix == AFF_CHAIN and v == 6 and not nodeport:
-                        # An IPv6 ClusterIP key and a hash of the IPv6 client address, looked up
-                        # twice, take more registers than nftables 1.0.6 has for one statement
-                        # ("BUG: register reg_low 16 invalid"): the address comes from the slots
-                        # by the client's hash and the port from ``svcuport6``, which holds the
-                        # front-ends whose endpoints share one port. The others miss it and fall
-                        # through to the next rule: a hash of the flow (no affinity, README).
-                        rules.append(
-                            Rule(
-                                chain,
-                                (
-                                    {
-                                        "dnat": {
-                                            "family": proto,
-                                            "addr": _map_lookup(_concat(*front, client), addr_map[v]),
-                                            "port": _map_lookup(_concat(*front), SVC_UPORT6),
-                                        }
-                                    },
-                                ),
-                            )
-                        )
-                    spread = client if prefix == AFF_CHAIN and (nodeport or v == 4) else {"symhash": {"mod": n}}
-                    key = _concat(*front, spread)
-                    rules.append(
-                        Rule(
-                            chain,
-                            (
-                                {
-                                    "dnat": {
-                                        "family": proto,
-                                        "addr": _map_lookup(key, addr_map[v]),
-                                        "port": _map_lookup(key, port_map[v]),
-                                    }
-                                },
-                            ),
-                        )
+    for n in SLOT_CLASSES:
+        chains.append(ChainDecl(f"{LB_CHAIN}{n}"))
+        rules += _slot_rules(f"{LB_CHAIN}{n}", n, affinity=False)
+    for n in AFFINITY_CLASSES:
+        aff, old = f"{AFF_CHAIN}{n}", f"{AFF_OLD_CHAIN}{n}"
+        chains += [ChainDecl(aff), ChainDecl(old)]
+        # A client recorded in the generation before the front-end's current one used the
+        # previous slot table within its timeout: it keeps it (affo_N).
+        for v, proto, _ in _FAMILIES:
+            key = _recent_key(v, proto)
+            front = _concat(*_front_key(v, proto, nodeport=False))
+            port = _concat(*_front_key(v, proto, nodeport=True))
+            for previous, current_b in (("b", "!="), ("a", "==")):
+                seen = _match(key, f"@{RECENT[previous][v]}")
+                is_cluster_ip = _match(front, f"@{SVC_AFF_TIME['cur'][v]}")
+                rules.append(
+                    Rule(
+                        aff,
+                        (
+                            seen,
+                            is_cluster_ip,
+                            _match(front, f"@{SVC_GEN_B[v]}", op=current_b),
+                            {"goto": {"target": old}},
+                        ),
                     )
+                )
+                is_node_port = _match(port, f"@{NP_AFF_TIME['cur'][v]}")
+                rules.append(
+                    Rule(
+                        aff,
+                        (
+                            *_local_address(v, proto),
+                            seen,
+                            is_node_port,
+                            _match(port, f"@{NP_GEN_B[v]}", op=current_b),
+                            {"goto": {"target": old}},
+                        ),
+                    )
+                )
+        rules += _record_rules(aff, "cur")
+        rules += _slot_rules(aff, n, affinity=True)
+        rules += _record_rules(old, "old")
+        rules += _slot_rules(old, n, affinity=True, old=True)
+        rules += _slot_rules(old, n, affinity=True)
+    for timeout in TIMEOUT_CLASSES:
+        for generation in GENERATIONS:
+            chain = rec_chain(timeout, generation)
+            chains.append(ChainDecl(chain))
+            for v, proto, _ in _FAMILIES:
+                elem = {"elem": {"val": _recent_key(v, proto), "timeout": timeout}}
+                rules.append(
+                    Rule(chain, ({"set": {"op": "update", "elem": elem, "set": f"@{RECENT[generation][v]}"}},))
+                )
     return chains, rules
 
 
@@ -1021,6 +1143,35 @@ def _delegated_rules() -> tuple[list[ChainDecl], list[Rule]]:
     return chains, rules
 
 
+def _affinity_sets(v: int, addr_type: str) -> list[SetDecl]:
+    front = (addr_type, "inet_proto", "inet_service")
+    port = ("inet_proto", "inet_service")
+    out = []
+    for generation in GENERATIONS:
+        if v == 4:
+            key: tuple[str, ...] = (addr_type, addr_type, "inet_proto", "inet_service")
+            typeof = None
+        else:
+            key, typeof = ("integer",), "numgen random mod 2"  # a 32-bit hash, see _recent_key
+        out.append(
+            SetDecl(
+                RECENT[generation][v],
+                key,
+                flags=("timeout",),
+                timeout=TIMEOUT_CLASSES[-1],
+                size=RECENT_CAPACITY,
+                typeof=typeof,
+            )
+        )
+    out += [SetDecl(SVC_GEN_B[v], front), SetDecl(NP_GEN_B[v], port)]
+    for which in ("cur", "old"):
+        out += [
+            SetDecl(SVC_AFF_TIME[which][v], front, data="verdict"),
+            SetDecl(NP_AFF_TIME[which][v], port, data="verdict"),
+        ]
+    return out
+
+
 def _delegated_sets(v: int, addr_type: str) -> list[SetDecl]:
     front = (addr_type, "inet_proto", "inet_service")
     port = ("inet_proto", "inet_service")
@@ -1028,6 +1179,7 @@ def _delegated_sets(v: int, addr_type: str) -> list[SetDecl]:
         SetDecl(SVC[v], front, data="verdict"),
         SetDecl(NODEPORT[v], port, data="verdict"),
         *_slot_decls(v, addr_type),
+        *_affinity_sets(v, addr_type),
         SetDecl(NP_MASQ[v], port),
         SetDecl(SVC_REFUSE[v], front, data="verdict"),
         SetDecl(NP_REFUSE[v], port, data="verdict"),

@@ -120,7 +120,8 @@ class FakeBackend:
             self._apply(work, cmd)
 
     def declare(self, script: str) -> None:
-        """The nft text declarations wholeip sends: ``add set|map FAMILY TABLE NAME { typeof ...; }``.
+        """The nft text declarations wholeip sends: ``add set|map FAMILY TABLE NAME { typeof ...; }``,
+        with ``flags``, ``timeout`` and ``size`` when the declaration has them.
 
         Anything else is refused; the declared set lists as the kernel lists a
         ``typeof`` set (``integer`` for raw payload parts).
@@ -133,13 +134,20 @@ class FakeBackend:
         if rest:
             raise Rejected("syntax error", detail=rest)
         for m in _DECLARE.finditer(script):
-            kind, family, table, name, typeof = m.groups()
+            kind, family, table, name, typeof, flags, timeout, size = m.groups()
             key, _, data = typeof.partition(" : ")
             types = [_typeof_type(part) for part in key.split(" . ")]
             body: JSONObj = {"family": family, "table": table, "name": name}
             body["type"] = types[0] if len(types) == 1 else types
             if kind == "map":
                 body["map"] = _typeof_type(data)
+            # As the kernel lists them (see render.declare_text).
+            if size is not None:
+                body["size"] = int(size)
+            if flags is not None:
+                body["flags"] = flags.split(",")
+            if timeout is not None:
+                body["timeout"] = int(timeout)
             self._add_set(work, body, is_map=kind == "map")
         self.tables = work
 
@@ -307,7 +315,10 @@ class FakeBackend:
 # --------------------------------------------------------------------------- helpers
 
 
-_DECLARE = re.compile(r"add (set|map) (\w+) (\w+) (\w+) \{ typeof ([^;{}]+); \}")
+_DECLARE = re.compile(
+    r"add (set|map) (\w+) (\w+) (\w+) \{ typeof ([^;{}]+);"
+    r"(?: flags ([\w,]+);)?(?: timeout (\d+)s;)?(?: size (\d+);)? \}"
+)
 
 
 def _typeof_type(expr: str) -> str:

@@ -198,7 +198,14 @@ def _sort_key(elem: Elem) -> str:
 def declare_text(table: Table, decl: SetDecl) -> str:
     """The nft text command that declares a ``typeof`` set or map."""
     kind = "map" if decl.data is not None else "set"
-    return f"add {kind} {table.family} {table.name} {decl.name} {{ typeof {decl.typeof}; }}"
+    extra = "".join(
+        (
+            f" flags {','.join(decl.flags)};" if decl.flags else "",
+            f" timeout {decl.timeout}s;" if decl.timeout is not None else "",
+            f" size {decl.size};" if decl.size is not None else "",
+        )
+    )
+    return f"add {kind} {table.family} {table.name} {decl.name} {{ typeof {decl.typeof};{extra} }}"
 
 
 # --------------------------------------------------------------------------- a whole table
@@ -237,8 +244,10 @@ def creation(doc: TableDoc, *, ordered: bool = True) -> Creation:
         elems = doc.elements.get(decl.name, frozenset())
         if elems:
             (last if decl.typeof else first).append(Elements(decl, elems, ordered))
+    # A chain with a rule that needs a typeof set gets all its rules afterwards, in order.
+    late = {rule.chain for rule in doc.skeleton.rules if rule_uses(rule, typed)}
     for rule in doc.skeleton.rules:
-        (last if rule_uses(rule, typed) else first).append(rule)
+        (last if rule.chain in late else first).append(rule)
     return Creation(tuple(first), declarations(doc), tuple(last))
 
 
