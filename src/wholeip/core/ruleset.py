@@ -999,31 +999,14 @@ def _class_rules() -> tuple[list[ChainDecl], list[Rule]]:
             port = _concat(*_front_key(v, proto, nodeport=True))
             for previous, current_b in (("b", "!="), ("a", "==")):
                 seen = _match(key, f"@{RECENT[previous][v]}")
-                is_cluster_ip = _match(front, f"@{SVC_AFF_TIME['cur'][v]}")
-                rules.append(
-                    Rule(
-                        aff,
-                        (
-                            seen,
-                            is_cluster_ip,
-                            _match(front, f"@{SVC_GEN_B[v]}", op=current_b),
-                            {"goto": {"target": old}},
-                        ),
-                    )
-                )
-                is_node_port = _match(port, f"@{NP_AFF_TIME['cur'][v]}")
-                rules.append(
-                    Rule(
-                        aff,
-                        (
-                            *_local_address(v, proto),
-                            seen,
-                            is_node_port,
-                            _match(port, f"@{NP_GEN_B[v]}", op=current_b),
-                            {"goto": {"target": old}},
-                        ),
-                    )
-                )
+                # A ClusterIP front-end with affinity, then a NodePort one (this node's address).
+                for where, k, times, gen_b in (
+                    ((), front, SVC_AFF_TIME, SVC_GEN_B),
+                    (_local_address(v, proto), port, NP_AFF_TIME, NP_GEN_B),
+                ):
+                    is_front = _match(k, f"@{times['cur'][v]}")
+                    in_b = _match(k, f"@{gen_b[v]}", op=current_b)
+                    rules.append(Rule(aff, (*where, seen, is_front, in_b, {"goto": {"target": old}})))
         rules += _record_rules(aff, "cur")
         rules += _slot_rules(aff, n, affinity=True)
         rules += _record_rules(old, "old")
