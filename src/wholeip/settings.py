@@ -14,6 +14,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+DEFAULT_EGRESS_MARK_MASK = 0x0000007F
+"""The packet mark bits of egress steering unless ``--egress-mark-mask`` says otherwise (the
+model's and the policy routing's, which must agree; docs/operations.md)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PodNatSettings:
     """Pod ports on the node's address (podnat-controller's annotation), and what the agent
@@ -88,7 +93,7 @@ class ModelSettings:
     traffic to the control plane to a pod. The endpoints of the ``default/kubernetes``
     Service are refused as well, from the cluster's EndpointSlices."""
 
-    egress_mark_mask: int = 0x0000007F
+    egress_mark_mask: int = DEFAULT_EGRESS_MARK_MASK
     """The packet mark bits egress IP steering uses (``--egress-mark-mask``, one contiguous
     run of bits): the value in them names the holder's slot on this node. Must match the
     policy routing's (:class:`wholeip.core.steering.SteeringConfig`)."""
@@ -106,7 +111,7 @@ class EgressSettings:
     (:class:`wholeip.core.steering.SteeringConfig` is built from this; docs/operations.md,
     "Egress steering", says why these defaults)."""
 
-    mark_mask: int = 0x0000007F
+    mark_mask: int = DEFAULT_EGRESS_MARK_MASK
     """The mark bits that carry a holder's slot (``--egress-mark-mask``): contiguous and
     non-zero; ``2**bits - 1`` holders at most. Bits 0-6 by default: set by none of
     kube-proxy, Calico (default mask), Cilium's magic, portmap, the AWS VPC CNI, Weave,

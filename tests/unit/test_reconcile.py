@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from wholeip.agent.metrics import Metrics
 from wholeip.agent.reconcile import Changes, Rebuild, Reconciler, Snapshot, Syncer
@@ -405,10 +406,12 @@ async def test_retry_after_a_kernel_failure_repairs_the_table_with_a_full_sync(
     assert metrics.drift_repairs._value.get() == 1
 
 
-async def test_a_rejected_element_becomes_a_problem_of_its_service_and_others_land() -> None:
+def _poisoned(needle: str) -> FakeBackend:
+    """A backend whose kernel refuses every added element that mentions ``needle``."""
+
     class Poisoned(FakeBackend):
         def _refuse(self, commands: Sequence[dict[str, Any]]) -> None:
-            if any("198.51.100.2" in json.dumps(c) for c in commands if "add" in c):
+            if any(needle in json.dumps(c) for c in commands if "add" in c):
                 raise Rejected("Error: Could not process rule: Invalid argument")
 
         def transact(self, commands: Sequence[dict[str, Any]]) -> None:
@@ -419,7 +422,50 @@ async def test_a_rejected_element_becomes_a_problem_of_its_service_and_others_la
             self._refuse(commands)
             super().check(commands)
 
-    backend = Poisoned()
+    return Poisoned()
+
+
+async def test_a_refused_element_of_a_delegated_service_is_its_problem() -> None:
+    """Elements keyed by a ClusterIP (no external IP to tell the owner by): the front-end's
+    Service gets the RuleRejected, not the node."""
+    engine = Engine(backend=_poisoned("10.96.0.77"), table="wholeip")
+    service = {
+        "kind": "Service",
+        "metadata": {
+            "name": "d",
+            "namespace": "default",
+            "uid": "uid-d",
+            "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
+        },
+        "spec": {"type": "ClusterIP", "clusterIPs": ["10.96.0.77"], "ports": [{"port": 80, "protocol": "TCP"}]},
+    }
+    ok = {**service, "metadata": {**service["metadata"], "name": "ok", "uid": "uid-ok"}}
+    ok["spec"] = {**service["spec"], "clusterIPs": ["10.96.0.78"]}
+    seen: list[list[str]] = []
+    services: list[dict[str, Any]] = [ok]
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(services=list(services), endpoint_slices=[_slice("d", "10.244.1.10")], nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Rebuild(),
+        metrics=Metrics(),
+        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
+        offload=_inline,
+    )
+    await syncer(True)
+    services.append(service)
+    result = await syncer(False)
+    assert {r.set_name for r in result.rejected} == {"svc4", "svcaddr4", "svcport4"}
+    assert seen[-1].count("d:RuleRejected") == len(result.rejected), seen[-1]
+    doc = engine.observe()
+    assert doc is not None
+    assert (("10.96.0.78", "tcp", 80), "goto refuse") in doc.elements["svcrefuse4"]
+
+
+async def test_a_rejected_element_becomes_a_problem_of_its_service_and_others_land() -> None:
+    backend = _poisoned("198.51.100.2")
     engine = Engine(backend=backend, table="wholeip")
     services = [_service("a", "198.51.100.1")]
     slices = [_slice("a", "10.244.1.10")]
@@ -465,19 +511,24 @@ class _Router:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.not_on_link: frozenset[str] = frozenset()
+        self.conflicts: frozenset[int] = frozenset()
         self.calls: list[tuple[dict[int, str], bool]] = []
 
     def apply(self, routes: Any) -> Any:
         committed = self.engine.observe() is not None
         self.calls.append(({slot: h.node for slot, h in routes.items()}, committed))
-        return _Report(self.not_on_link, frozenset((h.node, v) for h in routes.values() for v in (4, 6)))
+        steered = frozenset((h.node, v) for h in routes.values() for v in (4, 6))
+        return _Report(self.not_on_link, steered, self.conflicts)
 
 
 class _Report:
-    def __init__(self, not_on_link: frozenset[str], steered: frozenset[tuple[str, int]]) -> None:
+    def __init__(
+        self, not_on_link: frozenset[str], steered: frozenset[tuple[str, int]], conflicts: frozenset[int]
+    ) -> None:
         self.not_on_link = not_on_link
         self.steered = steered
         self.errors: tuple[str, ...] = ()
+        self.conflicts = conflicts
 
 
 async def test_every_sync_applies_the_egress_routing_before_its_marks_are_committed() -> None:
@@ -527,3 +578,13 @@ async def test_every_sync_applies_the_egress_routing_before_its_marks_are_commit
     assert not doc.elements["egresssteer4"]
     assert syncer.index is not None
     assert [p.reason for p in syncer.index.problems if p.reason.startswith("Egress")] == ["EgressNodeNotOnLink"]
+    # Someone else's default route in one of our tables: said once, and once when it is gone.
+    router.conflicts = frozenset({300001})
+    with capture_logs() as logs:
+        await syncer(True)
+        await syncer(True)
+        router.conflicts = frozenset()
+        await syncer(True)
+        await syncer(True)
+    said = [e for e in logs if "routing tables of wholeip's range" in e["event"] or "foreign routes" in e["event"]]
+    assert [(e["log_level"], e.get("tables")) for e in said] == [("warning", [300001]), ("info", None)]

@@ -252,6 +252,9 @@ class RouteReportLike(Protocol):
     @property
     def errors(self) -> Sequence[str]: ...
 
+    @property
+    def conflicts(self) -> AbstractSet[int]: ...
+
 
 class Router(Protocol):
     """What the sync needs of :class:`wholeip.agent.policyroute.PolicyRouter`."""
@@ -415,9 +418,20 @@ def _first_address(value: Any) -> str | None:
     return None
 
 
+def _leaves(value: Any) -> list[Any]:
+    """The scalars of an element as sent, in order (a concatenation's parts, a map's key)."""
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [value]
+
+
 def _rejection_problem(r: Rejection, index: ClusterIndex, node_name: str) -> Problem:
     address = _first_address(r.element)
-    owner = index.owner(address) if address is not None else None
+    owner = index.delegated.owner(r.set_name, _leaves(r.element))
+    if owner is None and address is not None:
+        owner = index.owner(address)
     return Problem(
         owner or ObjectRef("Node", "", node_name),
         "RuleRejected",
@@ -475,6 +489,7 @@ class Syncer:
         """Called on the event loop after every sync with the healthCheckNodePorts of the
         delegated Services (the health-check servers)."""
         self.router = router
+        self._route_conflicts: frozenset[int] = frozenset()
         """The egress steering's policy routing (None: not programmed, e.g. a fake backend);
         applied before every commit, so a deleted rule or route is back within one sync."""
         self._snapshot = snapshot
@@ -526,6 +541,16 @@ class Syncer:
             return
         for line in report.errors:
             log.warning("egress policy routing", error=line)
+        if report.conflicts != self._route_conflicts:
+            if report.conflicts:
+                log.warning(
+                    "egress policy routing: routing tables of wholeip's range hold a default route"
+                    " that is not wholeip's; those slots are not steered (see --egress-table-base)",
+                    tables=sorted(report.conflicts),
+                )
+            else:
+                log.info("egress policy routing: no foreign routes in wholeip's tables any more")
+            self._route_conflicts = frozenset(report.conflicts)
         index.egress.set_routing(report.not_on_link, touched if touched is not None else {}, steered=report.steered)
 
     def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:

@@ -168,6 +168,21 @@ def next_generation(was: Frontend | None, now: Frontend | None, generation: Gene
     return (GENERATIONS[1] if generation[0] == GENERATIONS[0] else GENERATIONS[0], kept)
 
 
+FRONT_KEYED: dict[str, bool] = {
+    name: nodeport
+    for nodeport, names in (
+        (False, (SVC, SVC_ADDR, SVC_PORT, SVC_REFUSE, SVC_GEN_B, SVC_OLD_ADDR, SVC_OLD_PORT, *SVC_AFF_TIME.values())),
+        (
+            True,
+            (NODEPORT, NP_ADDR, NP_PORT, NP_REFUSE, NP_MASQ, NP_GEN_B, NP_OLD_ADDR, NP_OLD_PORT, *NP_AFF_TIME.values()),
+        ),
+    )
+    for per_family in names
+    for name in per_family.both
+} | {SVC_UPORT6: False}
+"""The sets keyed by a front-end (ClusterIP, protocol, port, ... or protocol, NodePort, ...):
+name -> whether by NodePort."""
+
 GENERATION_SETS = frozenset(
     (
         *SVC_GEN_B.both,
@@ -508,11 +523,19 @@ class DelegatedIndex:
     def frontend_count(self) -> int:
         return len(self._winners)
 
-    def owner(self, address: str) -> ObjectRef | None:
-        for f in self._winners.values():
-            if f.address == address:
-                return f.service
-        return None
+    def owner(self, set_name: str, leaves: Sequence[str | int]) -> ObjectRef | None:
+        """The Service of an element of a front-end's set (a kernel refusal is its
+        problem): ``leaves`` are the element's key parts in order, as sent."""
+        nodeport = FRONT_KEYED.get(set_name)
+        if nodeport is None:
+            return None
+        v = 6 if set_name.endswith("6") else 4
+        parts = list(leaves) if nodeport else list(leaves[1:])
+        if len(parts) < 2 or not isinstance(parts[0], str) or not isinstance(parts[1], int):
+            return None
+        address = None if nodeport else str(leaves[0]) if leaves else None
+        win = self._winners.get((v, address, parts[0], parts[1]))
+        return win.service if win is not None else None
 
 
 def _frontend_order(f: Frontend) -> tuple[int, tuple[int, int], str, int]:
