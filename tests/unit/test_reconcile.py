@@ -8,7 +8,9 @@ real, so the timing assertions are exact.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
+import ipaddress
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,7 +21,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from wholeip.agent.metrics import Metrics
-from wholeip.agent.reconcile import Changes, Rebuild, Reconciler, Snapshot, Syncer
+from wholeip.agent.reconcile import Changes, Incremental, Rebuild, Reconciler, Snapshot, Syncer
 from wholeip.engine import Engine
 from wholeip.names import EGRESS_IP_ANNOTATION, WHOLE_IP_ANNOTATION
 from wholeip.nft.backend import Rejected
@@ -588,3 +590,39 @@ async def test_every_sync_applies_the_egress_routing_before_its_marks_are_commit
         await syncer(True)
     said = [e for e in logs if "routing tables of wholeip's range" in e["event"] or "foreign routes" in e["event"]]
     assert [(e["log_level"], e.get("tables")) for e in said] == [("warning", [300001]), ("info", None)]
+
+
+async def test_a_full_sync_reads_the_hosts_addresses_again_and_a_change_rebuilds() -> None:
+    """podnat's ifaceAuto follows the node's default-route source without a restart."""
+    hosts = iter(["192.0.2.11", "192.0.2.11", "192.0.2.99"])
+
+    def rehost() -> ModelSettings:
+        source = ipaddress.ip_address(next(hosts))
+        podnat = dataclasses.replace(
+            ModelSettings().podnat, default_sources=(source,), host_addresses=frozenset({source})
+        )
+        return dataclasses.replace(ModelSettings(), podnat=podnat)
+
+    changes = Changes(clock=lambda: 0.0)
+    services = [_service("a", "198.51.100.1")]
+    slices = [_slice("a", "10.244.1.10")]
+    syncer = Syncer(
+        engine=Engine(backend=FakeBackend(), table="wholeip"),
+        snapshot=lambda: Snapshot(services=list(services), endpoint_slices=list(slices), nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Incremental(changes=changes, lookup=lambda resource, key: None, nodes=lambda: []),
+        offload=_inline,
+        rehost=rehost,
+    )
+    await syncer(True)  # the first: a rebuild anyway, with the host as read
+    assert syncer.rebuilds == 1
+    assert [str(a) for a in syncer.model.podnat.default_sources] == ["192.0.2.11"]
+    await syncer(True)  # nothing changed: the index is kept
+    assert syncer.rebuilds == 1
+    await syncer(True)  # the default route's source changed
+    assert syncer.rebuilds == 2
+    assert [str(a) for a in syncer.model.podnat.default_sources] == ["192.0.2.99"]
+    await syncer(False)  # a partial sync does not ask
+    assert syncer.rebuilds == 2

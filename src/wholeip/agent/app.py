@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 from collections.abc import Sequence
@@ -204,6 +205,7 @@ class Agent:
             node_name=s.node_name,
             # pyroute2's synchronous socket must not run on the event loop: a thread of its own.
             model=await asyncio.to_thread(read_host, model, _warn_addresses),
+            rehost=functools.partial(read_host, model, _warn_addresses) if real else None,
             table=s.table,
             metrics=self.metrics,
             on_state=self._on_state,

@@ -483,15 +483,19 @@ class Syncer:
         wall_clock: Callable[[], float] = time.time,
         router: Router | None = None,
         on_health: Callable[[Sequence[HealthCheck]], None] | None = None,
+        rehost: Callable[[], ModelSettings] | None = None,
     ) -> None:
         self.engine = engine
         self.on_health = on_health
         """Called on the event loop after every sync with the healthCheckNodePorts of the
         delegated Services (the health-check servers)."""
         self.router = router
-        self._route_conflicts: frozenset[int] = frozenset()
         """The egress steering's policy routing (None: not programmed, e.g. a fake backend);
         applied before every commit, so a deleted rule or route is back within one sync."""
+        self._route_conflicts: frozenset[int] = frozenset()
+        self.rehost = rehost
+        """Reads this node's addresses and default-route sources again (podnat's
+        ``ifaceAuto``); called at every full sync, a change rebuilds the index."""
         self._snapshot = snapshot
         self.node_name = node_name
         self.model = model
@@ -583,7 +587,23 @@ class Syncer:
         index = self.index
         touched: Touched | None = None
         nodes: Sequence[dict[str, Any]]
-        if isinstance(mode, Incremental) and not pending.everything and index is not None:
+        rebuild = False
+        if full and self.rehost is not None:
+            # The node's addresses and default route change rarely (a DHCP lease, a new
+            # uplink): looked at once per full sync; a change is a new model, so a rebuild.
+            try:
+                model = await asyncio.to_thread(self.rehost)
+            except Exception as exc:
+                log.warning("reading this node's addresses failed", error=f"{type(exc).__name__}: {exc}")
+                model = self.model
+            if model != self.model:
+                log.info(
+                    "this node's addresses or default-route sources changed; rebuilding the index",
+                    default_sources=[str(a) for a in model.podnat.default_sources],
+                )
+                self.model = model
+                rebuild = True
+        if isinstance(mode, Incremental) and not pending.everything and index is not None and not rebuild:
             # The caches are read here, on the loop, where they are consistent.
             services: dict[ServiceKey, list[dict[str, Any]]] = {}
             for key in pending.services:
