@@ -234,3 +234,29 @@ def test_undecodable_stdin_under_a_c_locale_is_one_line() -> None:
     result = subprocess.run(argv, input=b"\xff\xfe", capture_output=True, env=env, timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.decode().splitlines() == ["error: -: not UTF-8 text"]
+
+
+@pytest.mark.kernel
+def test_diff_after_apply_is_empty_where_an_egress_holder_is_not_on_link(netns: Netns, tmp_path: Path) -> None:
+    """``apply`` leaves out of the steering a holder this node does not reach on-link (the
+    namespace has no route to n2); ``diff`` must see the same table, not the steering a
+    reachable holder would get."""
+    from tests.nft.test_netlink import egress_objects
+
+    path = tmp_path / "egress.json"
+    path.write_text(json.dumps(synth.as_list(egress_objects(synth.cluster(2, dual_stack=True)))))
+    f = ["-f", str(path), "--node-name", "n1"]
+    applied = run("apply", *f, ns=netns)
+    assert applied.returncode == 0, applied.stderr
+    assert "EgressNodeNotOnLink" in applied.stderr
+    after = run("diff", *f, ns=netns)
+    assert after.returncode == 0, after.stdout
+    assert after.stdout == ""
+    # render, which may run anywhere, still assumes every holder on-link.
+    rendered = json.loads(run("render", *f).stdout)
+    steer = [
+        o["add"]["element"]
+        for o in rendered["nftables"]
+        if o.get("add", {}).get("element", {}).get("name") == "egresssteer4"
+    ]
+    assert steer, "render left the steering out"

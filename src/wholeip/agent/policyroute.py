@@ -469,6 +469,19 @@ class PolicyRouter:
                 )
         return tally.report()
 
+    def reach(self, routes: Mapping[int, Holder]) -> RouteReport:
+        """Which holders this namespace reaches on-link, writing nothing: ``steered`` is what
+        :meth:`apply` would steer (``wholeip diff`` and ``status`` build the table as the
+        agent would on this node)."""
+        from pyroute2 import IPRoute
+
+        tally = _Tally()
+        with self._lock, IPRoute() as ipr:
+            wanted = self._resolve(ipr, routes, tally)
+        for version, family in FAMILIES:
+            tally.steered.update((w.node, version) for w in wanted[family].values())
+        return tally.report()
+
     def cleanup(self) -> None:
         """Remove every rule and route of ours, both families, and nothing else."""
         self.remove_all()

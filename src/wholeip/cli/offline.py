@@ -29,10 +29,12 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def desired_table(args: argparse.Namespace, *, route: bool = False) -> Any:
+def desired_table(args: argparse.Namespace, *, route: bool = False, reach: bool = False) -> Any:
     """The table the cluster file says this node must hold. ``route`` (``apply``): program
     the egress steering's policy routing first, so that holders it cannot reach on-link
-    are left out of the steering (as the agent does)."""
+    are left out of the steering (as the agent does); ``reach`` (``diff``): look which
+    holders are on-link, writing nothing. Neither (``render``): every holder is assumed
+    on-link."""
     from wholeip.cli import clusterfile
     from wholeip.core import index
 
@@ -45,6 +47,8 @@ def desired_table(args: argparse.Namespace, *, route: bool = False) -> Any:
     )
     if route:
         steer(idx, args)
+    elif reach:
+        reach_holders(idx, args)
     for problem in sorted(idx.problems, key=lambda p: (p.ref, p.reason, p.message)):
         level = "warning" if problem.warning else "note"
         say(f"{level}: {problem.ref}: {problem.reason}: {problem.message}")
@@ -65,6 +69,24 @@ def steer(idx: Any, args: argparse.Namespace) -> None:
             f"note: egress steering: {report.rules_added} rule(s) and {report.routes_added} route(s) added,"
             f" {report.rules_removed} rule(s) and {report.routes_removed} route(s) removed"
         )
+
+
+def reach_holders(idx: Any, args: argparse.Namespace) -> None:
+    """Leave out of the steering the holders this node does not reach on-link (read-only)."""
+    from wholeip.agent.policyroute import PolicyRouter
+    from wholeip.core.steering import SteeringConfig
+
+    routes = idx.egress.routes()
+    if not routes:
+        return
+    try:
+        report = PolicyRouter(SteeringConfig.from_settings(flags.egress_settings(args))).reach(routes)
+    except Exception as exc:  # no netlink here: as render, every holder on-link
+        say(f"warning: cannot tell which egress IP holders are on-link ({type(exc).__name__}: {exc})")
+        return
+    for line in report.errors:
+        say(f"warning: egress steering: {line}")
+    idx.egress.set_routing(report.not_on_link, {}, steered=report.steered)
 
 
 def _warn_addresses(error: str) -> None:
@@ -129,7 +151,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from wholeip.nft.commands import as_json
     from wholeip.nft.diff import diff
 
-    desired = desired_table(args)
+    desired = desired_table(args, reach=True)
     plan = diff(desired, engine(args).observe())
     if plan.empty:
         say("no changes")

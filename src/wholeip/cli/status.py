@@ -27,16 +27,21 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wholeip.cli import flags
+from wholeip.cli.offline import reach_holders
 from wholeip.core.decode import DecodedTable, TableMapping, decode
+from wholeip.core.delegated import GENERATION_SETS
 from wholeip.core.model import Mode, Problem
 from wholeip.nft.doc import Elem, SetDecl, TableDoc, elements_equal
 from wholeip.settings import IPNetwork, ModelSettings
+
+if TYPE_CHECKING:
+    from wholeip.core.index import ClusterIndex
 
 EXIT_IN_SYNC = 0
 EXIT_DRIFT = 1
@@ -77,8 +82,16 @@ class Desired:
     service_networks_from: str
 
 
-async def fetch_desired(*, node_name: str, model: ModelSettings, table: str, kubeconfig: str | None) -> Desired:
-    """List the cluster once and build the table the agent would build now."""
+async def fetch_desired(
+    *,
+    node_name: str,
+    model: ModelSettings,
+    table: str,
+    kubeconfig: str | None,
+    reach: Callable[[ClusterIndex], None] | None = None,
+) -> Desired:
+    """List the cluster once and build the table the agent would build now (``reach``: leaves
+    out of the steering the egress IP holders this node does not reach on-link)."""
     from wholeip import __version__
     from wholeip.agent.app import load_kube_config
     from wholeip.core.index import load_unique
@@ -119,6 +132,8 @@ async def fetch_desired(*, node_name: str, model: ModelSettings, table: str, kub
             table=table,
             l2_statuses=l2,
         )
+        if reach is not None:
+            await asyncio.to_thread(reach, index)
         return Desired(
             doc=index.doc(),
             problems=index.problems,
@@ -164,6 +179,8 @@ def compare(desired: TableDoc, current: TableDoc | None, *, node_name: str) -> D
     missing: dict[str, frozenset[Elem]] = {}
     extra: dict[str, frozenset[Elem]] = {}
     for decl in desired.skeleton.sets:
+        if decl.name in GENERATION_SETS:
+            continue  # the agent's history of affinity front-ends, which a listing cannot know
         d: AbstractSet[Elem] = desired.elements.get(decl.name, frozenset())
         c: AbstractSet[Elem] = current.elements.get(decl.name, frozenset())
         if _differs(decl, d, c):
@@ -427,6 +444,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                         model=flags.model_settings(args),
                         table=args.table,
                         kubeconfig=args.kubeconfig,
+                        reach=lambda index: reach_holders(index, args),
                     ),
                     args.api_timeout,
                 )
