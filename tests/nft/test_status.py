@@ -273,3 +273,21 @@ def test_status_without_a_kernel_table_reads_nothing_else(netns: Netns) -> None:
     code, out = status(netns, "--no-api")
     assert (code, out["kernel"]) == (0, {"table": False})
     assert netns.run(["nft", "list", "table", "inet", "other"]).returncode == 0
+
+
+def test_status_compares_with_a_cluster_file(node: tuple[Netns, Path], tmp_path: Path) -> None:
+    """``-f``: the cluster file instead of the API server (as ``diff`` reads it); the same
+    drift, found without a kubeconfig."""
+    ns, kubeconfig = node
+    apply_from_cluster(ns, kubeconfig, tmp_path)
+    path = tmp_path / "cluster.json"
+    code, out = status(ns, "-f", str(path))
+    assert (code, out["drift"]["inSync"]) == (0, True), out
+    deleted = ns.run(["nft", "delete", "element", "inet", "wholeip", "ingress4", "{ 198.51.100.10 }"])
+    assert deleted.returncode == 0, deleted.stderr
+    code, out = status(ns, "-f", str(path))
+    assert code == 1, out
+    assert out["drift"]["missing"] == {"ingress4": [["198.51.100.10", "10.244.1.10"]]}
+    both = wholeip(ns, "status", "--node-name", "n1", "-f", str(path), "--no-api")
+    assert both.returncode == 2
+    assert "give one" in both.stderr

@@ -66,6 +66,16 @@ def add_status_parser(p: flags.EnvDefaults) -> None:
         metavar="SECONDS",
         help="give up on the API server after this long (exit 3)",
     )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE",
+        help=(
+            "compare the kernel with this cluster file ('kubectl get -o yaml' output, '-' for stdin;"
+            " repeatable) instead of asking the API server"
+        ),
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
 
 
@@ -142,6 +152,26 @@ async def fetch_desired(
         )
     finally:
         await api.close()
+
+
+def file_desired(args: argparse.Namespace) -> Desired:
+    """The table a cluster file says this node must hold, as ``wholeip diff`` builds it."""
+    from wholeip.cli import clusterfile
+    from wholeip.cli.offline import model_of
+    from wholeip.core.index import load_objects
+    from wholeip.core.servicecidr import KIND
+
+    loaded = clusterfile.load(args.filename)
+    model = model_of(loaded, args)
+    index = load_objects(loaded.objects, node_name=args.node_name, settings=model, table=args.table)
+    reach_holders(index, args)
+    cidrs = [o for o in loaded.objects if o.get("kind") == KIND]
+    return Desired(
+        doc=index.doc(),
+        problems=index.problems,
+        service_networks=model.service_cidrs,
+        service_networks_from="the cluster file's ServiceCIDR objects" if cidrs else "--service-cidr",
+    )
 
 
 # --------------------------------------------------------------------------- drift
@@ -420,8 +450,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from wholeip.nft.libnft import LibnftBackend
 
     logsetup.configure(format="console", level="warning")  # logs to stderr, never into the output
-    if args.node_name is None and not args.no_api:
+    if args.node_name is None and (args.filename or not args.no_api):
         print("error: --node-name (or NODE_NAME) is required to ask the cluster (or give --no-api)", file=sys.stderr)
+        return EXIT_ERROR
+    if args.filename and args.no_api:
+        print("error: -f compares with a cluster file; --no-api reads the kernel only: give one", file=sys.stderr)
         return EXIT_ERROR
     try:
         kernel = Engine(backend=LibnftBackend(), table=args.table).observe()
@@ -435,7 +468,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         decoded=decode(kernel.elements, node_name=args.node_name or "") if kernel is not None else None,
         api_asked=not args.no_api,
     )
-    if not args.no_api:
+    if args.filename:
+        from wholeip.cli.clusterfile import InputError
+
+        try:
+            report.desired = file_desired(args)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        report.drift = compare(report.desired.doc, kernel, node_name=args.node_name)
+    elif not args.no_api:
         try:
             report.desired = asyncio.run(
                 asyncio.wait_for(
