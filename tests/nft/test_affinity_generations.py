@@ -2,9 +2,10 @@
 17, the README's "Delegated Services"): real traffic through the kernel.
 
 Each node runs what the agent runs: one index that follows the changes (so it knows the
-front-end's generations) and an engine that commits to the node's namespace. The client is
-the outside host with many source addresses, each a client of its own, to the Service's
-NodePort on n1 (both families); the endpoints answer with their own name.
+front-end's generations) and an engine that commits to the node's namespace. The clients are
+many source addresses, each a client of its own: on the outside host, to the Service's
+NodePort on n1, and on n1's host network, to its ClusterIP (both families; n2 routes the
+latter back to n1); the endpoints answer with their own name.
 
 * Every client keeps its endpoint when a third endpoint joins, while each of them used it
   within the timeout (the new slot table alone would move about a third of them);
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.nft.test_delegated import NODE_IP, POD_C, POD_IP, service, slices
+from tests.nft.test_delegated import CLUSTER_IP, NODE_IP, POD_C, POD_IP, service, slices
 
 from wholeip.core.index import ClusterIndex
 from wholeip.engine import Engine
@@ -80,10 +81,11 @@ print(json.dumps(out))
 """
 
 
-def sources(family: int) -> list[str]:
-    if family == 4:
-        return [f"198.51.100.{100 + i}" for i in range(CLIENTS)]
-    return [f"2001:db8:1::{0x100 + i:x}" for i in range(CLIENTS)]
+def sources(family: int, kind: str = "nodeport") -> list[str]:
+    """The clients: on ext for the NodePort, on n1's loopback for the ClusterIP."""
+    if kind == "nodeport":
+        return [f"198.51.100.{100 + i}" if family == 4 else f"2001:db8:1::{0x100 + i:x}" for i in range(CLIENTS)]
+    return [f"192.0.2.{100 + i}" if family == 4 else f"2001:db8:2::{0x100 + i:x}" for i in range(CLIENTS)]
 
 
 class Node(NetnsThread):
@@ -126,9 +128,14 @@ def topo(kernel_ok: None) -> Iterator[Topology]:
     with Topology.create(pod_c=True) as t:
         for family in (4, 6):
             plen = 24 if family == 4 else 64
+            extra = ["nodad"] if family == 6 else []
             for src in sources(family):
-                extra = ["nodad"] if family == 6 else []
                 t.exec("ext", ["ip", f"-{family}", "addr", "add", f"{src}/{plen}", "dev", "eth0", *extra])
+            for src in sources(family, "clusterip"):
+                t.exec("n1", ["ip", f"-{family}", "addr", "add", f"{src}/{32 if family == 4 else 128}", "dev", "lo"])
+            # n2 (and pod_b behind it) reach n1's extra addresses through n1.
+            block = "192.0.2.96/27" if family == 4 else "2001:db8:2::100/120"
+            t.exec("n2", ["ip", f"-{family}", "route", "add", block, "via", NODE_IP["n1"][family]])
         servers = []
         for pod in PODS:
             proc = t.popen(pod, ["python3", "-c", SERVER, pod])  # type: ignore[arg-type]
@@ -156,9 +163,13 @@ def nodes(topo: Topology) -> Iterator[dict[str, Node]]:
             node.close()
 
 
-def connect_all(topo: Topology, family: int) -> dict[str, str]:
-    addr = NODE_IP["n1"][family]
-    proc = topo.exec("ext", ["python3", "-c", CLIENT, addr, str(PORT), ",".join(sources(family))], timeout=120)
+def connect_all(topo: Topology, family: int, kind: str) -> dict[str, str]:
+    if kind == "nodeport":
+        role, addr, port = "ext", NODE_IP["n1"][family], PORT
+    else:
+        role, addr, port = "n1", CLUSTER_IP["aff"][family], 80
+    argv = ["python3", "-c", CLIENT, addr, str(port), ",".join(sources(family, kind))]
+    proc = topo.exec(role, argv, timeout=120)  # type: ignore[arg-type]
     assert proc.returncode == 0, proc.stderr
     served: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(v in PODS for v in served.values()), served
@@ -170,17 +181,27 @@ def change(nodes: dict[str, Node], pods: tuple[str, ...]) -> None:
         node.update(slices=endpoint_slices(pods))
 
 
-@pytest.mark.parametrize("family", [4, 6])
-def test_clients_keep_their_endpoint_when_one_joins_and_move_after_the_timeout(
-    topo: Topology, nodes: dict[str, Node], family: int
-) -> None:
-    before = connect_all(topo, family)
-    assert set(before.values()) == {"pod_a", "pod_b"}, before  # 24 clients over both endpoints
-    assert connect_all(topo, family) == before  # affinity without a change
+KINDS = [(4, "nodeport"), (6, "nodeport"), (4, "clusterip"), (6, "clusterip")]
 
+
+@pytest.mark.parametrize(("family", "kind"), KINDS)
+def test_clients_keep_their_endpoint_when_one_joins(
+    topo: Topology, nodes: dict[str, Node], family: int, kind: str
+) -> None:
+    before = connect_all(topo, family, kind)
+    assert set(before.values()) == {"pod_a", "pod_b"}, before  # 24 clients over both endpoints
+    assert connect_all(topo, family, kind) == before  # affinity without a change
+    change(nodes, ("pod_a", "pod_b", "pod_c"))
+    kept = connect_all(topo, family, kind)
+    assert kept == before, "a client that used its endpoint within the timeout was moved"
+
+
+@pytest.mark.parametrize(("family", "kind"), [(4, "nodeport"), (6, "clusterip")])
+def test_after_the_timeout_the_new_slots_apply(topo: Topology, nodes: dict[str, Node], family: int, kind: str) -> None:
+    before = connect_all(topo, family, kind)
     change(nodes, ("pod_a", "pod_b", "pod_c"))
     started = time.monotonic()
-    kept = connect_all(topo, family)
+    kept = connect_all(topo, family, kind)
     assert time.monotonic() - started < TIMEOUT
     assert kept == before, "a client that used its endpoint within the timeout was moved"
 
@@ -191,19 +212,21 @@ def test_clients_keep_their_endpoint_when_one_joins_and_move_after_the_timeout(
         time.sleep(1.0)
         if time.monotonic() - started < TIMEOUT + 1:
             continue
-        after = connect_all(topo, family)
+        after = connect_all(topo, family, kind)
         if "pod_c" in after.values() or time.monotonic() > deadline:
             break
     assert "pod_c" in after.values(), after
 
 
-@pytest.mark.parametrize("family", [4])
-def test_an_endpoint_that_goes_is_kept_for_nobody(topo: Topology, nodes: dict[str, Node], family: int) -> None:
+@pytest.mark.parametrize(("family", "kind"), [(4, "nodeport"), (4, "clusterip")])
+def test_an_endpoint_that_goes_is_kept_for_nobody(
+    topo: Topology, nodes: dict[str, Node], family: int, kind: str
+) -> None:
     change(nodes, ("pod_a", "pod_b", "pod_c"))
-    before = connect_all(topo, family)
+    before = connect_all(topo, family, kind)
     assert set(before.values()) == set(PODS), before
     change(nodes, ("pod_a", "pod_b"))
-    after = connect_all(topo, family)
+    after = connect_all(topo, family, kind)
     assert "pod_c" not in after.values()
     stayed = [src for src in before if before[src] != "pod_c"]
     assert all(after[src] == before[src] for src in stayed), (before, after)
