@@ -537,7 +537,7 @@ def expected(c: Cluster) -> Expected:
     for raw in c.slices:
         sl = objects.parse_slice(raw)
         if sl is not None:
-            ready.setdefault((sl.service, sl.family), set()).update(sl.ready)
+            ready.setdefault((sl.service, sl.family), set()).update(map(ipaddress.ip_address, sl.ready))
     pod_cidrs, node_ips = objects.node_networks(c.nodes, [])
     guard = model.collapse([*c.settings.cluster_cidrs, *pod_cidrs, *c.settings.service_cidrs])
     # Backends must lie in the pod networks of their family, when that family's are known.

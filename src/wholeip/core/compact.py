@@ -21,7 +21,6 @@ use, and so that each layout is read and written in one place: the functions her
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from collections.abc import Iterable
 from typing import NewType, TypeAlias, TypeVar, cast
 
@@ -133,13 +132,11 @@ def ipv4_number(text: str) -> int | None:
     None for any other text, which may still be an address :mod:`ipaddress` reads (IPv6).
     A fraction of the time of ``ipaddress.ip_address``, which every Service, slice and
     mapping of a cluster pays several times."""
-    parts = text.split(".")
-    if len(parts) != 4:
+    try:
+        a, b, c, d = text.split(".")
+        return _OCTETS[a] << 24 | _OCTETS[b] << 16 | _OCTETS[c] << 8 | _OCTETS[d]
+    except (ValueError, KeyError):  # not four parts; a part that is no octet
         return None
-    a, b, c, d = (_OCTETS.get(part) for part in parts)
-    if a is None or b is None or c is None or d is None:
-        return None
-    return a << 24 | b << 16 | c << 8 | d
 
 
 def address_of(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -156,12 +153,20 @@ other text as it is."""
 
 
 def pack_uid(uid: str) -> PackedUid:
-    """A UID as the index keeps it: 49 bytes of Python instead of 85 for a canonical one."""
+    """A UID as the index keeps it: 49 bytes of Python instead of 85 for a canonical one.
+
+    Canonical is what ``str(uuid.UUID(...))`` prints: 32 lower-case hex digits with dashes
+    after the 8th, 12th, 16th and 20th. Read without :mod:`uuid` (a third of the time):
+    the dashes in place, and the digits between them read back as the very same text
+    (``bytes.fromhex`` also takes upper case and spaces, which ``hex()`` does not print)."""
+    if len(uid) != 36 or not uid[8] == uid[13] == uid[18] == uid[23] == "-":
+        return uid
+    digits = uid[:8] + uid[9:13] + uid[14:18] + uid[19:23] + uid[24:]
     try:
-        packed = uuid.UUID(uid)
+        packed = bytes.fromhex(digits)
     except ValueError:
         return uid
-    return packed.bytes if str(packed) == uid else uid
+    return packed if packed.hex() == digits else uid
 
 
 def unpack_uid(uid: PackedUid) -> str:

@@ -40,7 +40,6 @@ from wholeip.core.objects import (
     SliceEndpoint,
     namespaced_name,
     parse_delegated_service,
-    parse_endpoints,
 )
 from wholeip.core.ruleset import GENERATIONS, rec_chain, slot_count, timeout_class
 from wholeip.names import (
@@ -361,16 +360,18 @@ class DelegatedIndex:
     def update(
         self,
         services: Mapping[ServiceKey, Sequence[RawObject]],
-        slices: Mapping[str, RawObject | None],
+        slices: Mapping[str, EndpointsInfo | None],
         touched: dict[str, set[Elem]],
     ) -> None:
+        """``slices``: changed slices as :func:`~wholeip.core.objects.parse_endpoints` reads
+        them (the cluster index reads each slice once for both; None: deleted, or no pod
+        addresses)."""
         dirty: set[ServiceKey] = set()
-        for skey, obj in slices.items():
+        for skey, new in slices.items():
             old = self._slices.pop(skey, None)
             if old is not None:
                 self._slices_of.get(old.service, set()).discard(skey)
                 dirty.add(old.service)
-            new = parse_endpoints(obj) if obj is not None else None
             if new is not None:
                 self._slices[skey] = new
                 self._slices_of.setdefault(new.service, set()).add(skey)

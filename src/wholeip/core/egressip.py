@@ -104,11 +104,14 @@ def parse_egress_service(obj: RawObject, problems: list[Problem]) -> EgressServi
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         return None
+    annotations, labels = _dict(meta.get("annotations")), _dict(meta.get("labels"))
+    if EGRESS_IP_ANNOTATION not in annotations and METALEG_LABEL not in labels:
+        return None  # most Services: decided before anything else is made
     ref = ObjectRef("Service", str(meta.get("namespace") or ""), name, str(meta.get("uid") or ""))
     selected = False
     for where, values, key in (
-        ("annotation", _dict(meta.get("annotations")), EGRESS_IP_ANNOTATION),
-        ("label", _dict(meta.get("labels")), METALEG_LABEL),
+        ("annotation", annotations, EGRESS_IP_ANNOTATION),
+        ("label", labels, METALEG_LABEL),
     ):
         if key not in values:
             continue
@@ -255,9 +258,10 @@ class EgressIndex:
         """Apply changed Services (none listed: deleted), Services whose endpoints changed,
         changed ServiceL2Status objects (None: deleted), pods whose whole-IP mappings
         changed, and external IPs whose mapping changed."""
-        dirty: set[ServiceKey] = set(endpoints_of) & (self._services.keys() | services.keys())
+        # Only an egress Service, now or before, has anything to re-resolve: what is kept
+        # per Service (candidates, holders, problems) is kept for those only.
+        dirty: set[ServiceKey] = set()
         for key, objs in services.items():
-            dirty.add(key)
             problems: list[Problem] = []
             parsed = [s for s in (parse_egress_service(o, problems) for o in objs) if s is not None]
             self._parse_problems.pop(key, None)
@@ -265,8 +269,10 @@ class EgressIndex:
                 self._parse_problems[key] = tuple(problems)
             if parsed:
                 self._services[key] = min(parsed, key=lambda s: (s.age, s.ref.uid))
-            else:
-                self._services.pop(key, None)
+                dirty.add(key)
+            elif self._services.pop(key, None) is not None:
+                dirty.add(key)
+        dirty.update(key for key in endpoints_of if key in self._services)
         for skey, obj in statuses.items():
             old = self._statuses.pop(skey, None)
             if old is not None:

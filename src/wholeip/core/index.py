@@ -63,6 +63,7 @@ from wholeip.core.compact import (
     endpoint_count,
     endpoints,
     first_of,
+    ipv4_number,
     numeric,
     pack_uid,
     pod_ips,
@@ -96,11 +97,13 @@ from wholeip.core.model import (
     RawPort,
     collapse,
     normalised,
+    ordinary_v4,
     refusal,
     resolve_ports,
 )
 from wholeip.core.objects import (
     NEWEST,
+    EndpointsInfo,
     LbServiceInfo,
     RawObject,
     created_seconds,
@@ -110,7 +113,8 @@ from wholeip.core.objects import (
     parse_ip,
     parse_lb_service,
     parse_service,
-    parse_slice,
+    read_service,
+    read_slice,
 )
 from wholeip.core.podnat import NodeAddresses, PodKey, PodNatIndex, node_addresses
 from wholeip.core.ruleset import steer_slots
@@ -186,6 +190,10 @@ class _View(NamedTuple):
         return (self.created, *self.key)
 
 
+_OWN_FIELDS = _View._fields.index("ready4")
+"""How many of a view's fields the Service says on its own (the rest its slices add)."""
+
+
 def _backend(view: _View, ip: str) -> Endpoint:
     """The (pod IP, node) external IP ``ip`` maps to when ``view`` won it: its only ready
     endpoint of the family, or the lowest address of several."""
@@ -255,6 +263,28 @@ class _Networks(NamedTuple):
     problems: tuple[Problem, ...]
     local_pods: tuple[IPNetwork, ...]
     """This node's pod CIDRs, with ``--lb-to-clusterip`` (the pods it redirects)."""
+    pod4: tuple[tuple[int, int], ...]
+    """``pod[4]`` as (network number, mask) pairs: a dotted address is tested without an
+    address object."""
+    guard4: tuple[tuple[int, int], ...]
+    """The IPv4 networks of ``guard``, likewise."""
+    node4: frozenset[int]
+    """The IPv4 addresses of ``node_ips``, as numbers."""
+    allowed4: tuple[tuple[int, int], ...]
+    """The IPv4 networks of ``--allowed-external-cidrs``, as ``pod4``."""
+
+
+def _v4_ranges(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
+    return tuple((int(n.network_address), int(n.netmask)) for n in networks if n.version == 4)
+
+
+def _v4_numbers(addresses: Iterable[IPAddress]) -> frozenset[int]:
+    return frozenset(int(ip) for ip in addresses if ip.version == 4)
+
+
+def _inside(number: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    """Whether the IPv4 address with this number lies in one of these :func:`_v4_ranges`."""
+    return any(number & mask == base for base, mask in ranges)
 
 
 def _networks(nodes: Sequence[RawObject], settings: ModelSettings, node_name: str) -> _Networks:
@@ -273,6 +303,7 @@ def _networks(nodes: Sequence[RawObject], settings: ModelSettings, node_name: st
                     " redirected to ClusterIPs (its own processes are)",
                 )
             )
+    guard = collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs])
     return _Networks(
         cluster=collapse(
             [
@@ -281,11 +312,15 @@ def _networks(nodes: Sequence[RawObject], settings: ModelSettings, node_name: st
                 *(ipaddress.ip_network(ip) for ip in node_ips),
             ]
         ),
-        guard=collapse([*settings.cluster_cidrs, *pod_cidrs, *settings.service_cidrs]),
+        guard=guard,
         pod={v: tuple(n for n in pod_nets if n.version == v) for v in (4, 6)},
         node_ips=frozenset(node_ips),
         problems=tuple(problems),
         local_pods=local,
+        pod4=_v4_ranges(pod_nets),
+        guard4=_v4_ranges(guard),
+        node4=_v4_numbers(node_ips),
+        allowed4=_v4_ranges(settings.allowed_external_cidrs),
     )
 
 
@@ -324,6 +359,8 @@ class ClusterIndex:
         inside the pod networks or not): the API server as the cluster publishes it."""
         self._control_plane: dict[IPAddress, str] = dict(self._configured_api)
         """Where this node reaches the API server: never an external IP (see :func:`refusal`)."""
+        self._control4 = _v4_numbers(self._control_plane)
+        """The IPv4 addresses of ``_control_plane``, as numbers (see :meth:`_refusal`)."""
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         # EndpointSlices, and which ones each Service has (one key, or a list of several).
         self._slices: dict[str, _Slice] = {}
@@ -413,6 +450,8 @@ class ClusterIndex:
                 self._nodes if nodes is None else tuple(nodes), settings or self.settings, dirty, affected, touched
             )
         api_before = set(self._control_plane)
+        delegated_slices: dict[str, EndpointsInfo | None] = {}
+        """The same slices as the delegated Services read them (each slice read once)."""
         for skey, obj in slices.items():
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
@@ -421,7 +460,7 @@ class ClusterIndex:
                 self._unfile(skey, old)
                 discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
-            new = self._ingest_slice(skey, obj) if obj is not None else None
+            new, delegated_slices[skey] = self._ingest_slice(skey, obj) if obj is not None else (None, None)
             if new is not None and new.service == API_SERVER_SERVICE:
                 self._api_slices[skey] = (*pod_ips(new.ready), *pod_ips(new.outside))
             if new is not None:
@@ -441,6 +480,7 @@ class ClusterIndex:
                     self._control_plane.setdefault(
                         normalised(address_of(text)), "an endpoint of the Service default/kubernetes"
                     )
+            self._control4 = _v4_numbers(self._control_plane)
             affected.update(str(ip) for ip in api_before ^ set(self._control_plane))
         for key in dirty:
             old_view = self._views.pop(key, None)
@@ -519,7 +559,7 @@ class ClusterIndex:
                 touched,
             )
         if services or slices:
-            self.delegated.update(services, slices, touched)
+            self.delegated.update(services, delegated_slices, touched)
         # A pod may publish ports only while it is no whole-IP backend: recheck those whose
         # mappings changed.
         if pod_objects or readdress is not None or (pods and self.podnat.has_pods):
@@ -607,8 +647,7 @@ class ClusterIndex:
             for skey in resplit:
                 sl = self._slices[skey]
                 self._unfile(skey, sl)
-                found = ((a, n, None) for a, n in (*endpoints(sl.ready), *endpoints(sl.outside)))
-                ready, outside = self._split(family, found)
+                ready, outside = self._split(family, (*endpoints(sl.ready), *endpoints(sl.outside)))
                 sl = self._slices[skey] = sl._replace(ready=ready, outside=outside)
                 self._file(skey, sl)
                 dirty.add(sl.service)
@@ -629,7 +668,10 @@ class ClusterIndex:
     def _share_key(self, key: ServiceKey) -> None:
         """File the Service's slices under the very key object its view holds (slices
         arrive first at start-up, each with a key tuple and name string of its own)."""
-        skeys = all_of(self._slices_of.get(key))
+        entry = self._slices_of.get(key)
+        if entry is None or (isinstance(entry, str) and self._slices[entry].service is key):
+            return  # (the usual cases: no slice, or one filed so already)
+        skeys = all_of(entry)
         if all(self._slices[skey].service is key for skey in skeys):
             return
         self._slices_of[key] = self._slices_of.pop(key)
@@ -657,30 +699,36 @@ class ClusterIndex:
             at_pod=side.at_pod,
         )
 
-    def _ingest_slice(self, skey: str, obj: RawObject) -> _Slice | None:
-        info = parse_slice(obj)
-        if info is None:
-            return None
+    def _ingest_slice(self, skey: str, obj: RawObject) -> tuple[_Slice | None, EndpointsInfo | None]:
+        both = read_slice(obj)
+        if both is None:
+            return None, None
+        info, every = both
         if info.problems:
             self._slice_problems[skey] = info.problems
-        ready, outside = self._split(info.family, ((str(a), n, a) for a, n in info.ready.items()))
+        ready, outside = self._split(info.family, info.ready.items())
         return _Slice(
-            service=(sys.intern(info.service[0]), info.service[1]),
-            family=info.family,
-            ready=ready,
-            outside=outside,
-            ports=self._shared_ports(tuple(info.ports.items())),
-        )
+            (sys.intern(info.service[0]), info.service[1]),
+            info.family,
+            ready,
+            outside,
+            self._shared_ports(tuple(info.ports.items())),
+        ), every
 
-    def _split(self, family: int, found: Iterable[tuple[str, str | None, IPAddress | None]]) -> tuple[Ready, Ready]:
-        """Ready endpoints (address, node, the address parsed if at hand) inside the
-        family's pod networks, and those outside them."""
+    def _split(self, family: int, found: Iterable[Endpoint]) -> tuple[Ready, Ready]:
+        """Ready endpoints (address, node) inside the family's pod networks, and those
+        outside them."""
         nets = self._net.pod[family]
         ready: list[Endpoint] = []
         outside: list[Endpoint] = []
-        for address, node, ip in found:
+        for address, node in found:
             node = sys.intern(node) if node is not None else None
-            if nets and not any((ip or address_of(address)) in n for n in nets):
+            number = ipv4_number(address) if family == 4 else None
+            if number is not None:
+                inside = not nets or _inside(number, self._net.pod4)
+            else:
+                inside = not nets or any(address_of(address) in n for n in nets)
+            if not inside:
                 # A hand-written EndpointSlice must not point a whole IP at another
                 # tenant's address or a node (the CVE-2021-25740 pattern).
                 outside.append((address, node))
@@ -700,6 +748,25 @@ class ClusterIndex:
         return shared
 
     def _put_service(self, key: ServiceKey, objs: Sequence[RawObject]) -> _View | None:
+        if len(objs) == 1:
+            read = read_service(objs[0], self.settings)
+            if read is None:
+                self._parse_problems.pop(key, None)
+                return None
+            if read is not False:
+                self._parse_problems.pop(key, None)
+                exts = read.external_ips
+                return _View(
+                    (sys.intern(read.namespace), read.name),
+                    pack_uid(read.uid),
+                    created_seconds(read.created),
+                    read.mode,
+                    read.allow_icmp,
+                    exts[0] if len(exts) == 1 else exts,
+                    read.ports,
+                    (),
+                    False,
+                )
         problems: list[Problem] = []
         parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
         if len(parsed) > 1:
@@ -731,11 +798,18 @@ class ClusterIndex:
 
     def _make_view(self, svc: _View) -> _View:
         ready: dict[int, Ready] = {4: NO_ENDPOINTS, 6: NO_ENDPOINTS}
-        outside: dict[int, set[str]] = {4: set(), 6: set()}
+        outside: dict[int, set[str]] = {}
         merged: dict[int, dict[str, str | None]] = {}
-        slices = [self._slices[skey] for skey in sorted(all_of(self._slices_of.get(svc.key)))]
+        skeys = self._slices_of.get(svc.key)
+        if skeys is None:
+            slices = []
+        elif isinstance(skeys, list):
+            slices = [self._slices[skey] for skey in sorted(skeys)]
+        else:
+            slices = [self._slices[skeys]]
         for sl in slices:
-            outside[sl.family].update(pod_ips(sl.outside))
+            if sl.outside:
+                outside.setdefault(sl.family, set()).update(pod_ips(sl.outside))
             if not ready[sl.family]:
                 # One slice per family (the usual case): share its endpoints, copy nothing.
                 ready[sl.family] = sl.ready
@@ -745,7 +819,7 @@ class ClusterIndex:
                 into.update(endpoints(sl.ready))
                 ready[sl.family] = ready_of(into.items())
         problems: list[Problem] = []
-        for family in (4, 6):
+        for family in (4, 6) if outside else ():
             nets = self._net.pod[family]
             problems += [
                 Problem(
@@ -753,7 +827,7 @@ class ClusterIndex:
                     "EndpointOutsidePodNetwork",
                     f"endpoint {a} lies outside the pod networks ({', '.join(map(str, nets))}); ignored",
                 )
-                for a in sorted(outside[family] - set(pod_ips(ready[family])), key=numeric)
+                for a in sorted(outside.get(family, set()) - set(pod_ips(ready[family])), key=numeric)
             ]
         if not svc.exts:
             problems.append(
@@ -764,26 +838,21 @@ class ClusterIndex:
             ports = resolve_ports(svc.ref, svc.raw_ports, _slice_ports(slices, ready), problems)
         else:
             ports = ()
-        return svc._replace(ready4=ready[4], ready6=ready[6], ports=ports, problems=tuple(problems))
+        # (The Service's own fields, then what its slices add: _replace, without its cost.)
+        return _View._make((*svc[:_OWN_FIELDS], ready[4], ready[6], ports, tuple(problems)))
 
     # ------------------------------------------------------------------ resolution
 
     def _resolve_ip(self, ip: str) -> _View | None:
         """The oldest claimant with a ready endpoint wins; everybody else learns why not."""
-        claimants = sorted((self._views[k] for k in all_of(self._claims.get(ip))), key=lambda v: v.age_key)
+        claims = self._claims.get(ip)
+        if isinstance(claims, list):
+            claimants = sorted((self._views[k] for k in claims), key=lambda v: v.age_key)
+        else:
+            claimants = [self._views[claims]] if claims is not None else []
         problems: list[Problem] = []
         winner: _View | None = None
-        why = (
-            refusal(
-                address_of(ip),
-                cluster=self._net.guard,
-                node_ips=self._net.node_ips,
-                allowed=self.settings.allowed_external_cidrs,
-                control_plane=self._control_plane,
-            )
-            if claimants
-            else None
-        )
+        why = self._refusal(ip) if claimants else None
         version = _version(ip)
         for view in claimants:
             svc = view
@@ -816,6 +885,31 @@ class ClusterIndex:
             self._ip_problems.pop(ip, None)
         return winner
 
+    def _refusal(self, ip: str) -> str | None:
+        """:func:`~wholeip.core.model.refusal` of an external IP (canonical text). An ordinary
+        dotted IPv4 address outside every guard, nobody's Node or API server address and
+        inside the allowed CIDRs (if any) is told apart by numbers, without an address
+        object (the answer for nearly every external IP of a cluster); anything else is
+        asked the long way."""
+        net = self._net
+        number = ipv4_number(ip)
+        if (
+            number is not None
+            and ordinary_v4(number)
+            and number not in net.node4
+            and number not in self._control4
+            and not _inside(number, net.guard4)
+            and (not self.settings.allowed_external_cidrs or _inside(number, net.allowed4))
+        ):
+            return None
+        return refusal(
+            address_of(ip),
+            cluster=net.guard,
+            node_ips=net.node_ips,
+            allowed=self.settings.allowed_external_cidrs,
+            control_plane=self._control_plane,
+        )
+
     def _egress_order(self, ext: str) -> tuple[tuple[int, str, str], int]:
         view = self._winners[ext]
         return view.age_key, view.exts.index(ext)
@@ -825,15 +919,17 @@ class ClusterIndex:
         external IPs that now map to the pod and may not have before. Returns the pod's
         external IPs, before and after."""
         before = all_of(self._pods.get(pod))
-        exts = sorted(
-            {*(e for e in before if (w := self._winners.get(e)) is not None and _backend(w, e)[0] == pod), *gained},
-            key=self._egress_order,
-        )
+        mine = {*(e for e in before if (w := self._winners.get(e)) is not None and _backend(w, e)[0] == pod), *gained}
+        exts = sorted(mine, key=self._egress_order) if len(mine) > 1 else list(mine)
         if not exts:
             self._pods.pop(pod, None)
             self._pod_problems.pop(pod, None)
             return tuple(before)
-        self._pods[pod] = exts[0] if len(exts) == 1 else exts
+        if len(exts) == 1:  # (nearly every pod: nobody else to tell)
+            self._pods[pod] = exts[0]
+            self._pod_problems.pop(pod, None)
+            return (*before, *exts)
+        self._pods[pod] = exts
         first = self._winners[exts[0]].ref
         problems = [
             Problem(

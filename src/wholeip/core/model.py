@@ -306,6 +306,13 @@ _CARRIES_IPV4: tuple[IPNetwork, ...] = (_V6("::ffff:0:0/96"), _V6("::/96"), _V6(
 """IPv6 spellings whose last 32 bits are an IPv4 address: mapped, compatible, NAT64."""
 
 
+def ordinary_v4(number: int) -> bool:
+    """Whether the IPv4 address with this number is certainly no special address (its first
+    octet starts no range of ``_SPECIAL``): :func:`special` would say None. False says
+    nothing: ask :func:`special`."""
+    return number >> 24 not in _V4_SPECIAL_FIRST_OCTETS
+
+
 def special(ip: IPAddress) -> str | None:
     """What kind of special address ``ip`` is (a noun phrase: "a loopback address"), or None
     for an ordinary unicast address. Every guard on addresses starts here, so an IPv4

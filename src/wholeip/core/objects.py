@@ -22,9 +22,9 @@ import datetime
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
-from wholeip.core.compact import address_of
+from wholeip.core.compact import address_of, ipv4_number
 from wholeip.core.model import (
     IPAddress,
     Mode,
@@ -34,6 +34,7 @@ from wholeip.core.model import (
     collapse,
     embedded_ipv4,
     normalised,
+    ordinary_v4,
     special,
 )
 from wholeip.names import ALLOW_ICMP_ANNOTATION, PROXY_NAME_LABEL, SERVICE_NAME_LABEL, WHOLE_IP_ANNOTATION
@@ -278,28 +279,149 @@ def parse_service(obj: RawObject, settings: ModelSettings, problems: list[Proble
     )
 
 
+class ServiceRead(NamedTuple):
+    """What :func:`read_service` reads of a managed Service: :class:`ServiceInfo` without
+    source ranges (it reads none), its external IPs as canonical text."""
+
+    namespace: str
+    name: str
+    uid: str
+    created: str
+    mode: Mode
+    allow_icmp: bool
+    external_ips: tuple[str, ...]
+    ports: tuple[RawPort, ...]
+
+
+def read_service(obj: RawObject, settings: ModelSettings) -> ServiceRead | Literal[False] | None:
+    """:func:`parse_service` for the Services nearly every cluster is made of, at a fraction
+    of its cost (no reference, no address objects, nothing to report): what it would return
+    (as a :class:`ServiceRead`), or None where it returns None, *when it would report no
+    problem*. False otherwise, and for a Service that lists source ranges: ask
+    :func:`parse_service`. It reads the same fields the same way, and gives up wherever
+    :func:`parse_service` would say something (tests/unit/test_fastparse.py holds the two
+    to the same answers on hostile objects)."""
+    meta = _dict(obj.get("metadata"))
+    name = _str(meta.get("name"))
+    if not name:
+        return False  # InvalidObject
+    namespace = _str(meta.get("namespace"))
+    annotations = _dict(meta.get("annotations"))
+    labels = _dict(meta.get("labels"))
+    labelled = labels.get(PROXY_NAME_LABEL) == settings.proxy_name and bool(settings.proxy_name)
+    if WHOLE_IP_ANNOTATION in annotations:
+        whole = annotations[WHOLE_IP_ANNOTATION]
+        if whole == "true":
+            mode = Mode.WHOLE_IP
+        elif whole == "false" and labelled:
+            mode = Mode.PER_PORT
+        elif whole == "false":
+            return None
+        else:
+            return False  # InvalidAnnotation
+    elif labelled:
+        mode = Mode.PER_PORT
+    else:
+        return None
+    if settings.allowed_namespaces and namespace not in settings.allowed_namespaces:
+        return False  # NamespaceNotAllowed
+    spec = _dict(obj.get("spec"))
+    ips: list[str] = []
+    candidates = [
+        ip
+        for i in _list(_dict(_dict(obj.get("status")).get("loadBalancer")).get("ingress"))
+        if (ip := _dict(i).get("ip")) is not None
+    ]
+    if settings.allow_spec_external_ips:
+        candidates += _list(spec.get("externalIPs"))
+    for raw_ip in candidates:
+        if type(raw_ip) is not str:
+            return False  # InvalidExternalIP
+        if ipv4_number(raw_ip) is not None:
+            text = raw_ip  # the octets ipv4_number takes are canonical
+        else:
+            ip = parse_ip(raw_ip)
+            if ip is None:
+                return False  # InvalidExternalIP
+            text = str(ip)
+        if text not in ips:
+            ips.append(text)
+    if not ips and mode is Mode.PER_PORT and spec.get("type") != "LoadBalancer":
+        return None
+    if _list(spec.get("loadBalancerSourceRanges")):
+        return False
+    allow_icmp = False
+    if ALLOW_ICMP_ANNOTATION in annotations:
+        icmp = annotations[ALLOW_ICMP_ANNOTATION]
+        if icmp == "true":
+            allow_icmp = True
+        elif icmp != "false":
+            return False  # InvalidAnnotation
+    ports: list[RawPort] = []
+    if mode is Mode.PER_PORT:
+        for raw in _list(spec.get("ports")):
+            entry = _dict(raw)
+            protocol = _str(entry.get("protocol") or "TCP").upper()
+            port = entry.get("port")
+            if protocol not in ("TCP", "UDP", "SCTP") or type(port) is not int or not 0 < port < 65536:
+                return False  # InvalidPort
+            target = entry.get("targetPort", port)
+            if not isinstance(target, int | str) or isinstance(target, bool):
+                target = port
+            ports.append(RawPort(_str(entry.get("name")), protocol.lower(), port, target))
+    return ServiceRead(
+        namespace=namespace,
+        name=name,
+        uid=_str(meta.get("uid")),
+        created=_str(meta.get("creationTimestamp")),
+        mode=mode,
+        allow_icmp=allow_icmp,
+        external_ips=tuple(ips),
+        ports=tuple(ports),
+    )
+
+
 # --------------------------------------------------------------------------- endpoints
 
 
-@dataclass(frozen=True, slots=True)
-class SliceInfo:
+class SliceInfo(NamedTuple):
     """What one EndpointSlice says about its Service: the ready addresses and the ports."""
 
-    ref: ObjectRef
     service: tuple[str, str]
     """(namespace, Service name), from the ``kubernetes.io/service-name`` label."""
     family: int
-    ready: Mapping[IPAddress, str | None]
-    """Ready address -> node name."""
-    ports: Mapping[tuple[str, str], int]
+    ready: dict[str, str | None]
+    """Ready address (canonical text) -> node name."""
+    ports: dict[tuple[str, str], int]
     """(port name, protocol) -> pod port."""
     problems: tuple[Problem, ...]
 
 
+def _endpoint_text(value: Any, family: int) -> str | None:
+    """An endpoint's address as canonical text when it is an ordinary IPv4 address of an
+    IPv4 slice (nearly all of them): no address object, and certainly no refusal (see
+    :func:`endpoint_refusal`). None: read it the long way."""
+    if family == 4 and type(value) is str:
+        number = ipv4_number(value)
+        if number is not None and ordinary_v4(number):
+            return value
+    return None
+
+
 def parse_slice(eps: RawObject) -> SliceInfo | None:
     """One EndpointSlice, or None when it names no Service or carries no pod addresses."""
-    ref = _ref(eps, "EndpointSlice")
-    service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
+    both = read_slice(eps)
+    return both[0] if both is not None else None
+
+
+def read_slice(eps: RawObject) -> tuple[SliceInfo, EndpointsInfo] | None:
+    """One EndpointSlice read once for both its readers: what the 1:1 mappings take of it
+    (:func:`parse_slice`: the ready endpoints, with a problem for each that cannot be a
+    backend) and what delegated Services take (:func:`parse_endpoints`: every usable
+    endpoint with its conditions). None when it names no Service or carries no pod
+    addresses."""
+    meta = _dict(eps.get("metadata"))
+    service = _str(_dict(meta.get("labels")).get(SERVICE_NAME_LABEL))
     if not service:
         return None
     address_type = eps.get("addressType")
@@ -307,42 +429,72 @@ def parse_slice(eps: RawObject) -> SliceInfo | None:
         return None  # FQDN slices carry no pod address
     family = 4 if address_type == "IPv4" else 6
     ports: dict[tuple[str, str], int] = {}
+    valid_ports: dict[tuple[str, str], int] = {}
     for raw_port in _list(eps.get("ports")):
         entry = _dict(raw_port)
         number = entry.get("port")
         if isinstance(number, int) and not isinstance(number, bool):
-            protocol = _str(entry.get("protocol") or "TCP").lower()
-            ports[(_str(entry.get("name")), protocol)] = number
-    ready: dict[IPAddress, str | None] = {}
+            key = (_str(entry.get("name")), _str(entry.get("protocol") or "TCP").lower())
+            ports[key] = number
+            if _port_number(number) is not None:
+                valid_ports[key] = number
+    ready: dict[str, str | None] = {}
+    every: dict[str, SliceEndpoint] = {}
     problems: list[Problem] = []
     for raw in _list(eps.get("endpoints")):
         endpoint = _dict(raw)
         conditions = _dict(endpoint.get("conditions"))
         # The API says a nil "ready" means ready; "serving and not terminating"
-        # would admit terminating pods, which a 1:1 NAT must not pick.
-        if conditions.get("ready") is False:
-            continue
+        # would admit terminating pods, which a 1:1 NAT must not pick. (Only a ready
+        # endpoint that cannot be used is a problem.)
+        is_ready = conditions.get("ready") is not False
         addresses = _list(endpoint.get("addresses"))
         if not addresses:
-            problems.append(Problem(ref, "EndpointWithoutAddress", "endpoint without addresses ignored"))
-            continue
-        ip = parse_ip(addresses[0])
-        if ip is None or ip.version != family:
-            problems.append(
-                Problem(
-                    ref,
-                    "InvalidEndpointAddress",
-                    f"endpoint address {addresses[0]!r} is not an {address_type} address",
+            if is_ready:
+                problems.append(
+                    Problem(_ref(eps, "EndpointSlice"), "EndpointWithoutAddress", "endpoint without addresses ignored")
                 )
-            )
             continue
-        why = endpoint_refusal(ip)
-        if why is not None:
-            problems.append(Problem(ref, "InvalidEndpointAddress", f"endpoint address {why}; ignored"))
-            continue
+        text = _endpoint_text(addresses[0], family)
+        if text is None:
+            ip = parse_ip(addresses[0])
+            if ip is None or ip.version != family:
+                if is_ready:
+                    problems.append(
+                        Problem(
+                            _ref(eps, "EndpointSlice"),
+                            "InvalidEndpointAddress",
+                            f"endpoint address {addresses[0]!r} is not an {address_type} address",
+                        )
+                    )
+                continue
+            why = endpoint_refusal(ip)
+            if why is not None:
+                if is_ready:
+                    problems.append(
+                        Problem(
+                            _ref(eps, "EndpointSlice"), "InvalidEndpointAddress", f"endpoint address {why}; ignored"
+                        )
+                    )
+                continue
+            text = str(ip)
         node = endpoint.get("nodeName")
-        ready[ip] = node if isinstance(node, str) and node else None
-    return SliceInfo(ref, (ref.namespace, service), family, ready, ports, tuple(problems))
+        node = node if isinstance(node, str) and node else None
+        if is_ready:
+            ready[text] = node
+        every[text] = SliceEndpoint(
+            text,
+            node,
+            is_ready,
+            # The API: a nil "ready" or "serving" means true, a nil "terminating" false.
+            conditions.get("serving", conditions.get("ready")) is not False,
+            conditions.get("terminating") is True,
+        )
+    key = (_str(meta.get("namespace")), service)
+    return (
+        SliceInfo(key, family, ready, ports, tuple(problems)),
+        EndpointsInfo(key, family, tuple(every.values()), tuple(sorted(valid_ports.items()))),
+    )
 
 
 _CLASS_E = ipaddress.IPv4Network("240.0.0.0/4")
@@ -574,8 +726,7 @@ def parse_delegated_service(obj: RawObject, settings: ModelSettings, problems: l
     )
 
 
-@dataclass(frozen=True, slots=True)
-class SliceEndpoint:
+class SliceEndpoint(NamedTuple):
     """One endpoint of an EndpointSlice, with its conditions."""
 
     address: str
@@ -586,8 +737,7 @@ class SliceEndpoint:
     terminating: bool
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointsInfo:
+class EndpointsInfo(NamedTuple):
     """Every endpoint of one EndpointSlice (ready or not), for delegated Services."""
 
     service: tuple[str, str]
@@ -600,37 +750,5 @@ class EndpointsInfo:
 def parse_endpoints(eps: RawObject) -> EndpointsInfo | None:
     """An EndpointSlice's endpoints with their conditions (problems are :func:`parse_slice`'s
     to report); None when it names no Service or carries no pod addresses."""
-    service = _str(_dict(_dict(eps.get("metadata")).get("labels")).get(SERVICE_NAME_LABEL))
-    address_type = eps.get("addressType")
-    if not service or address_type not in ("IPv4", "IPv6"):
-        return None
-    family = 4 if address_type == "IPv4" else 6
-    ports: dict[tuple[str, str], int] = {}
-    for raw_port in _list(eps.get("ports")):
-        entry = _dict(raw_port)
-        number = _port_number(entry.get("port"))
-        if number is not None:
-            ports[(_str(entry.get("name")), _str(entry.get("protocol") or "TCP").lower())] = number
-    out: dict[str, SliceEndpoint] = {}
-    for raw in _list(eps.get("endpoints")):
-        endpoint = _dict(raw)
-        addresses = _list(endpoint.get("addresses"))
-        ip = parse_ip(addresses[0]) if addresses else None
-        if ip is None or ip.version != family or endpoint_refusal(ip) is not None:
-            continue
-        conditions = _dict(endpoint.get("conditions"))
-        node = endpoint.get("nodeName")
-        out[str(ip)] = SliceEndpoint(
-            address=str(ip),
-            node=node if isinstance(node, str) and node else None,
-            # The API: a nil "ready" or "serving" means true, a nil "terminating" false.
-            ready=conditions.get("ready") is not False,
-            serving=conditions.get("serving", conditions.get("ready")) is not False,
-            terminating=conditions.get("terminating") is True,
-        )
-    return EndpointsInfo(
-        service=(_ref(eps, "EndpointSlice").namespace, service),
-        family=family,
-        endpoints=tuple(out.values()),
-        ports=tuple(sorted(ports.items())),
-    )
+    both = read_slice(eps)
+    return both[1] if both is not None else None
