@@ -449,6 +449,8 @@ class ClusterIndex:
             readdress = self._renetwork(
                 self._nodes if nodes is None else tuple(nodes), settings or self.settings, dirty, affected, touched
             )
+        # The Services first: a new slice is filed under its Service's very key object.
+        parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
         api_before = set(self._control_plane)
         delegated_slices: dict[str, EndpointsInfo | None] = {}
         """The same slices as the delegated Services read them (each slice read once)."""
@@ -460,18 +462,14 @@ class ClusterIndex:
                 self._unfile(skey, old)
                 discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
-            new, delegated_slices[skey] = self._ingest_slice(skey, obj) if obj is not None else (None, None)
+            new, delegated_slices[skey] = self._ingest_slice(skey, obj, parsed) if obj is not None else (None, None)
             if new is not None and new.service == API_SERVER_SERVICE:
                 self._api_slices[skey] = (*pod_ips(new.ready), *pod_ips(new.outside))
             if new is not None:
-                view = self._views.get(new.service)
-                if view is not None:
-                    new = new._replace(service=view.key)  # one key object per Service
                 self._slices[skey] = new
                 self._file(skey, new)
                 add_to(self._slices_of, new.service, skey)
                 dirty.add(new.service)
-        parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
         if slices:
             # The API server's published addresses decide the guard of those addresses only.
             self._control_plane = dict(self._configured_api)
@@ -551,7 +549,10 @@ class ClusterIndex:
         for ip, _, now_side in changed:
             for name, elem in self._elements_of(ip, now_side) if now_side is not None else ():
                 self.elements[name].add(elem)
-                touched.setdefault(name, set()).add(elem)
+                into = touched.get(name)
+                if into is None:  # (not setdefault: a cold start adds a million elements here)
+                    into = touched[name] = set()
+                into.add(elem)
         if self.settings.lb_to_clusterip and services:
             # A Service we map 1:1 is left out: its external IPs work in the cluster already.
             self._update_lb(
@@ -658,6 +659,8 @@ class ClusterIndex:
         """The filter the pod's node applies for every mapping of the pod (see
         :func:`wholeip.core.elements.pod_filter`); ``winner``: the mapping of an external IP
         (now, or as it was before an update)."""
+        if pod not in self._pods:
+            return None  # no mapping: nothing to filter
         filters = []
         for ext in all_of(self._pods.get(pod)):
             w = winner(ext)
@@ -699,7 +702,12 @@ class ClusterIndex:
             at_pod=side.at_pod,
         )
 
-    def _ingest_slice(self, skey: str, obj: RawObject) -> tuple[_Slice | None, EndpointsInfo | None]:
+    def _ingest_slice(
+        self, skey: str, obj: RawObject, parsed: Mapping[ServiceKey, _View | None]
+    ) -> tuple[_Slice | None, EndpointsInfo | None]:
+        """The slice as the index keeps it, and as the delegated Services read it. ``parsed``:
+        the Services of the same update (the slice is filed under its Service's very key
+        object, one per Service)."""
         both = read_slice(obj)
         if both is None:
             return None, None
@@ -707,8 +715,9 @@ class ClusterIndex:
         if info.problems:
             self._slice_problems[skey] = info.problems
         ready, outside = self._split(info.family, info.ready.items())
+        view = parsed.get(info.service) or self._views.get(info.service)
         return _Slice(
-            (sys.intern(info.service[0]), info.service[1]),
+            view.key if view is not None else (sys.intern(info.service[0]), info.service[1]),
             info.family,
             ready,
             outside,
@@ -868,8 +877,8 @@ class ClusterIndex:
                     Problem(svc.ref, "NoReadyEndpoint", f"no ready IPv{version} endpoint for external IP {ip}")
                 )
                 continue
-            pod, _ = _backend(view, ip)
             if endpoint_count(ready) > 1:
+                pod, _ = _backend(view, ip)
                 problems.append(
                     Problem(
                         svc.ref,
