@@ -16,15 +16,16 @@ latter back to n1); the endpoints answer with their own name.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 from tests.nft.test_delegated import CLUSTER_IP, NODE_IP, POD_C, POD_IP, service, slices
 
-from wholeip.core.index import ClusterIndex
+from wholeip.agent.reconcile import Changes, Incremental, Snapshot, Syncer
 from wholeip.engine import Engine
 from wholeip.settings import ModelSettings
 from wholeip_testkit.netns import NetnsBackend, NetnsThread
@@ -89,16 +90,50 @@ def sources(family: int, kind: str = "nodeport") -> list[str]:
 
 
 class Node(NetnsThread):
-    """One node: the agent's index (it follows the changes) and an engine in its namespace."""
+    """One node: the agent's sync (its index follows the changes, as the agent's does) with
+    an engine in the node's namespace."""
 
     def __init__(self, topo: Topology, name: str) -> None:
         super().__init__(topo.netns_path(name))  # type: ignore[arg-type]
-        self.index = ClusterIndex(settings=SETTINGS, node_name=name, nodes=Sandbox.nodes_manifest())
-        self.engine = Engine(backend=NetnsBackend(self))
+        self.name = name
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {"services": {}, "endpointslices": {}}
+        self.start()
 
-    def update(self, **changes: Any) -> None:
-        touched = self.index.update(**changes)
-        self.engine.sync(self.index.doc(), touched=touched)
+    def start(self) -> None:
+        """A (new) agent: a fresh index and engine, its first sync."""
+        self.changes = Changes()
+        self.syncer = Syncer(
+            engine=Engine(backend=NetnsBackend(self)),
+            snapshot=lambda: Snapshot(
+                services=list(self.objects["services"].values()),
+                endpoint_slices=list(self.objects["endpointslices"].values()),
+                nodes=Sandbox.nodes_manifest(),
+            ),
+            node_name=self.name,
+            model=SETTINGS,
+            table="wholeip",
+            mode=Incremental(
+                changes=self.changes,
+                lookup=lambda resource, key: self.objects[resource].get(key),
+                nodes=Sandbox.nodes_manifest,
+            ),
+            offload=_inline,
+        )
+        asyncio.run(self.syncer(True))
+
+    def update(self, *, services: Sequence[dict[str, Any]] = (), slices: Mapping[str, Any] = {}) -> None:
+        for svc in services:
+            key = f"{svc['metadata']['namespace']}/{svc['metadata']['name']}"
+            self.objects["services"][key] = svc
+            self.changes.record("services", key)
+        for key, obj in slices.items():
+            self.objects["endpointslices"][key] = obj
+            self.changes.record("endpointslices", key)
+        asyncio.run(self.syncer(False))
+
+
+async def _inline(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
 
 
 def affinity_service() -> dict[str, Any]:
@@ -155,11 +190,11 @@ def nodes(topo: Topology) -> Iterator[dict[str, Node]]:
     out = {name: Node(topo, name) for name in ("n1", "n2")}
     try:
         for node in out.values():
-            node.update(services={("default", "aff"): [affinity_service()]}, slices=endpoint_slices(("pod_a", "pod_b")))
+            node.update(services=[affinity_service()], slices=endpoint_slices(("pod_a", "pod_b")))
         yield out
     finally:
         for node in out.values():
-            node.engine.backend.transact([{"delete": {"table": {"family": "inet", "name": "wholeip"}}}])
+            node.syncer.engine.backend.transact([{"delete": {"table": {"family": "inet", "name": "wholeip"}}}])
             node.close()
 
 
@@ -194,6 +229,17 @@ def test_clients_keep_their_endpoint_when_one_joins(
     change(nodes, ("pod_a", "pod_b", "pod_c"))
     kept = connect_all(topo, family, kind)
     assert kept == before, "a client that used its endpoint within the timeout was moved"
+
+
+@pytest.mark.parametrize(("family", "kind"), [(4, "nodeport"), (6, "clusterip")])
+def test_a_restarted_agent_keeps_them(topo: Topology, nodes: dict[str, Node], family: int, kind: str) -> None:
+    """The agents restart after the change: they take the generations over from the kernel's
+    table (``Syncer`` at its first sync), so the recorded clients stay where they were."""
+    before = connect_all(topo, family, kind)
+    change(nodes, ("pod_a", "pod_b", "pod_c"))
+    for node in nodes.values():
+        node.start()
+    assert connect_all(topo, family, kind) == before
 
 
 @pytest.mark.parametrize(("family", "kind"), [(4, "nodeport"), (6, "clusterip")])

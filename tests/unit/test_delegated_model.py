@@ -216,6 +216,36 @@ def test_an_endpoint_joining_starts_a_generation_that_keeps_the_previous_slots()
     assert set(old.values()) <= {"10.128.0.1", "10.128.0.2"}
 
 
+def _three() -> list[dict[str, Any]]:
+    return [ep("10.128.0.1"), ep("10.128.0.2"), ep("10.128.0.3")]
+
+
+@pytest.mark.parametrize("later", [3, 4, 1])
+def test_a_restarted_index_takes_the_generations_over_from_the_kernel(later: int) -> None:
+    """The kernel's table, as the agent before the restart left it, gives a fresh index the
+    same generations that index would have now: equal elements, also when the endpoints
+    changed meanwhile (4: one more; 1: two gone)."""
+    before, _ = _affinity_index("10.128.0.1", "10.128.0.2")
+    before.update(slices={"ns/s-4": eps("s", 4, _three())})
+    kernel = {k: set(v) for k, v in before.elements.items()}
+    assert kernel["svcgenb4"]
+    now = [ep(f"10.128.0.{i}") for i in range(1, 5)] if later == 4 else _three()[:later]
+    before.update(slices={"ns/s-4": eps("s", 4, now)})  # what the old agent would have done
+    fresh, _ = _affinity_index(*(e["addresses"][0] for e in now))
+    adopted = fresh.delegated.adopt(kernel, {})
+    assert adopted == 1
+    assert fresh.elements == before.elements
+
+
+def test_a_kernel_without_generations_adopts_nothing() -> None:
+    index, _ = _affinity_index("10.128.0.1", "10.128.0.2")
+    kernel = {k: set(v) for k, v in index.elements.items()}
+    fresh, _ = _affinity_index("10.128.0.1", "10.128.0.2")
+    assert fresh.delegated.adopt(kernel, {}) == 0
+    assert fresh.delegated.adopt({}, {}) == 0
+    assert fresh.elements == index.elements
+
+
 def test_losing_affinity_or_the_service_leaves_no_generation_behind() -> None:
     index, service = _affinity_index("10.128.0.1", "10.128.0.2")
     index.update(slices={"ns/s-4": eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.2"), ep("10.128.0.3")])})

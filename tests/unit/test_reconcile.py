@@ -626,3 +626,54 @@ async def test_a_full_sync_reads_the_hosts_addresses_again_and_a_change_rebuilds
     assert [str(a) for a in syncer.model.podnat.default_sources] == ["192.0.2.99"]
     await syncer(False)  # a partial sync does not ask
     assert syncer.rebuilds == 2
+
+
+async def test_a_restarted_agent_keeps_the_affinity_generations_of_the_kernels_table() -> None:
+    """The second agent (a new Syncer and Engine on the same kernel) takes the generation of
+    a delegated front-end with affinity over instead of starting it afresh."""
+    service = {
+        "kind": "Service",
+        "metadata": {
+            "name": "d",
+            "namespace": "default",
+            "uid": "uid-d",
+            "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIPs": ["10.96.0.77"],
+            "sessionAffinity": "ClientIP",
+            "ports": [{"port": 80, "protocol": "TCP"}],
+        },
+    }
+    slices = {"default/d-x": _slice("d", "10.244.1.10")}
+    slices["default/d-x"]["endpoints"].append({"addresses": ["10.244.1.11"], "nodeName": "n1"})
+    backend = FakeBackend()
+
+    def agent() -> tuple[Syncer, Changes]:
+        changes = Changes(clock=lambda: 0.0)
+        syncer = Syncer(
+            engine=Engine(backend=backend, table="wholeip"),
+            snapshot=lambda: Snapshot(services=[service], endpoint_slices=list(slices.values()), nodes=[]),
+            node_name="n1",
+            model=ModelSettings(),
+            table="wholeip",
+            mode=Incremental(changes=changes, lookup=lambda r, k: slices.get(k), nodes=lambda: []),
+            offload=_inline,
+        )
+        return syncer, changes
+
+    first, changes = agent()
+    await first(True)
+    slices["default/d-x"] = {**slices["default/d-x"]}
+    slices["default/d-x"]["endpoints"] = [*slices["default/d-x"]["endpoints"], {"addresses": ["10.244.1.12"]}]
+    changes.record("endpointslices", "default/d-x")
+    await first(False)
+    doc = backend.read_table("inet", "wholeip")
+    assert doc is not None
+    assert doc.elements["svcgenb4"], "no second generation to keep"
+    second, _ = agent()
+    await second(True)
+    after = backend.read_table("inet", "wholeip")
+    assert after is not None
+    assert after.elements == doc.elements

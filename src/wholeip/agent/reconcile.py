@@ -557,6 +557,20 @@ class Syncer:
             self._route_conflicts = frozenset(report.conflicts)
         index.egress.set_routing(report.not_on_link, touched if touched is not None else {}, steered=report.steered)
 
+    async def _adopt(self, index: ClusterIndex) -> None:
+        """At start: the affinity generations a previous run left in the kernel (a restart
+        keeps the recorded clients of delegated Services on their endpoints)."""
+        try:
+            current = await self._offload(self.engine.observe)
+        except Exception as exc:  # the commit reads the kernel again and says what is wrong
+            log.warning("reading the table for the affinity generations failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if current is None:
+            return
+        adopted = index.delegated.adopt(current.elements, {})
+        if adopted:
+            log.info("affinity generations taken over from the table in the kernel", front_ends=adopted)
+
     def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
         result = self.engine.sync(doc, full=full, touched=touched)
         if full:
@@ -638,6 +652,8 @@ class Syncer:
             indexing = time.perf_counter()
             index = await self._offload(self._rebuild, snap)
             index_seconds = time.perf_counter() - indexing
+            if self.engine.last is None and index.delegated.has_affinity():
+                await self._adopt(index)
             await self._steer(index, {})
             nodes = snap.nodes
             self.rebuilds += 1

@@ -155,16 +155,61 @@ def next_generation(was: Frontend | None, now: Frontend | None, generation: Gene
         return FIRST
     if was.service != now.service:
         return FIRST
-    before, after = slots_of(was.endpoints[:MAX_ENDPOINTS]), slots_of(now.endpoints[:MAX_ENDPOINTS])
+    return _carry(slots_of(was.endpoints[:MAX_ENDPOINTS]), slots_of(now.endpoints[:MAX_ENDPOINTS]), generation)
+
+
+Slots = tuple[tuple[str, int], ...]
+
+
+def _carry(before: Slots, after: Slots, generation: Generation) -> Generation:
+    """The generation once the slots went from ``before`` to ``after`` (see above)."""
     if before == after:
         return generation
     if len(before) != len(after):
         return FIRST
-    live = set(after)
-    kept = tuple(b if b in live else a for b, a in zip(before, after, strict=True))
-    if kept == after:
+    kept = _live(before, after)
+    if kept is None:
         return (generation[0], None)  # nobody's endpoint differs: no previous table needed
     return (GENERATIONS[1] if generation[0] == GENERATIONS[0] else GENERATIONS[0], kept)
+
+
+def _live(previous: Slots, current: Slots) -> Slots | None:
+    """``previous`` with the endpoints ``current`` no longer has replaced by its choice;
+    None when that is ``current`` itself."""
+    live = set(current)
+    kept = tuple(p if p in live else c for p, c in zip(previous, current, strict=True))
+    return None if kept == current else kept
+
+
+def kernel_generation(f: Frontend, kernel: Mapping[str, Mapping[tuple[object, ...], object]]) -> Generation | None:
+    """The generation of front-end ``f`` as a previous run of the agent left it in the kernel
+    (``kernel``: per set, key -> value), carried to ``f``'s endpoints; None when the kernel
+    has no such front-end with affinity or its slots are incomplete."""
+    v, nodeport = f.family, f.address is None
+    key: tuple[object, ...] = (f.protocol, f.port) if nodeport else (f.address, f.protocol, f.port)
+    times, gen_b = (NP_AFF_TIME, NP_GEN_B) if nodeport else (SVC_AFF_TIME, SVC_GEN_B)
+    addr_map, port_map = (NP_ADDR, NP_PORT) if nodeport else (SVC_ADDR, SVC_PORT)
+    old_addr, old_port = (NP_OLD_ADDR, NP_OLD_PORT) if nodeport else (SVC_OLD_ADDR, SVC_OLD_PORT)
+    if key not in kernel.get(times["cur"][v], {}):
+        return None
+    current = GENERATIONS[1] if key in kernel.get(gen_b[v], {}) else GENERATIONS[0]
+    after = slots_of(f.endpoints[:MAX_ENDPOINTS])
+    slots = range(len(after))
+    addrs, ports = kernel.get(addr_map[v], {}), kernel.get(port_map[v], {})
+    try:
+        before = tuple((str(addrs[(*key, s)]), int(ports[(*key, s)])) for s in slots)  # type: ignore[call-overload]
+    except KeyError:
+        return None  # another slot count, or a table cut short: start afresh
+    olds, oldp = kernel.get(old_addr[v], {}), kernel.get(old_port[v], {})
+    previous = tuple(
+        (str(olds.get((*key, s), before[s][0])), int(oldp.get((*key, s), before[s][1])))  # type: ignore[call-overload]
+        for s in slots
+    )
+    if previous == before:
+        return _carry(before, after, (current, None))
+    if before == after:
+        return (current, _live(previous, after))
+    return _carry(before, after, (current, previous))
 
 
 FRONT_KEYED: dict[str, bool] = {
@@ -501,6 +546,38 @@ class DelegatedIndex:
     @property
     def problems(self) -> list[Problem]:
         return [p for ps in self._problems.values() for p in ps]
+
+    def adopt(self, kernel: Mapping[str, Set[Elem]], touched: dict[str, set[Elem]]) -> int:
+        """Take the generations of the front-ends with affinity from the table a previous run
+        of the agent left in the kernel (at start: a restart keeps the recorded clients on
+        their endpoints). Returns how many front-ends it took over."""
+        wanted = {name for name in GENERATION_SETS | set(FRONT_KEYED) if name in kernel}
+        grouped: dict[str, dict[tuple[object, ...], object]] = {}
+        for name in wanted:
+            table: dict[tuple[object, ...], object] = {}
+            for elem in kernel[name]:
+                if isinstance(elem, tuple) and len(elem) == 2 and isinstance(elem[0], tuple):
+                    table[elem[0]] = elem[1]  # a map: key -> value
+                elif isinstance(elem, tuple):
+                    table[elem] = True  # a set of keys
+            grouped[name] = table
+        adopted = 0
+        for fk, f in self._winners.items():
+            if not f.affinity or not f.endpoints or fk in self._generations:
+                continue
+            generation = kernel_generation(f, grouped)
+            if generation is None or generation == FIRST:
+                continue
+            for name, elem in frontend_elements(f):
+                self._count(name, elem, -1, touched)
+            self._generations[fk] = generation
+            for name, elem in frontend_elements(f, generation):
+                self._count(name, elem, +1, touched)
+            adopted += 1
+        return adopted
+
+    def has_affinity(self) -> bool:
+        return any(f.affinity for f in self._winners.values())
 
     def frontends(self) -> list[Frontend]:
         """Every served front-end, in a deterministic order."""
