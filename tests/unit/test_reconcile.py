@@ -313,15 +313,14 @@ async def test_a_failing_sync_counts_as_a_waiting_change(
 # --------------------------------------------------------------------------- with the engine and a fake kernel
 
 
+def _meta(name: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": "default", "uid": f"uid-{name}", **extra}
+
+
 def _service(name: str, ip: str) -> dict[str, Any]:
     return {
         "kind": "Service",
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "uid": f"uid-{name}",
-            "annotations": {WHOLE_IP_ANNOTATION: "true"},
-        },
+        "metadata": _meta(name, annotations={WHOLE_IP_ANNOTATION: "true"}),
         "spec": {"type": "LoadBalancer"},
         "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
     }
@@ -408,6 +407,30 @@ async def test_retry_after_a_kernel_failure_repairs_the_table_with_a_full_sync(
     assert metrics.drift_repairs._value.get() == 1
 
 
+def _delegated(name: str, cluster_ip: str, **spec: Any) -> dict[str, Any]:
+    """A Service labelled for wholeip (its ClusterIP served here), port 80/TCP."""
+    return {
+        "kind": "Service",
+        "metadata": _meta(name, labels={"service.kubernetes.io/service-proxy-name": "wholeip"}),
+        "spec": {"type": "ClusterIP", "clusterIPs": [cluster_ip], "ports": [{"port": 80, "protocol": "TCP"}], **spec},
+    }
+
+
+def _reporting(engine: Engine, snapshot: Callable[[], Snapshot], seen: list[list[str]]) -> Syncer:
+    """A rebuilding Syncer that appends each sync's problems (``name:reason``) to ``seen``."""
+    return Syncer(
+        engine=engine,
+        snapshot=snapshot,
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Rebuild(),
+        metrics=Metrics(),
+        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
+        offload=_inline,
+    )
+
+
 def _poisoned(needle: str) -> FakeBackend:
     """A backend whose kernel refuses every added element that mentions ``needle``."""
 
@@ -431,30 +454,15 @@ async def test_a_refused_element_of_a_delegated_service_is_its_problem() -> None
     """Elements keyed by a ClusterIP (no external IP to tell the owner by): the front-end's
     Service gets the RuleRejected, not the node."""
     engine = Engine(backend=_poisoned("10.96.0.77"), table="wholeip")
-    service = {
-        "kind": "Service",
-        "metadata": {
-            "name": "d",
-            "namespace": "default",
-            "uid": "uid-d",
-            "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
-        },
-        "spec": {"type": "ClusterIP", "clusterIPs": ["10.96.0.77"], "ports": [{"port": 80, "protocol": "TCP"}]},
-    }
+    service = _delegated("d", "10.96.0.77")
     ok = {**service, "metadata": {**service["metadata"], "name": "ok", "uid": "uid-ok"}}
     ok["spec"] = {**service["spec"], "clusterIPs": ["10.96.0.78"]}
     seen: list[list[str]] = []
     services: list[dict[str, Any]] = [ok]
-    syncer = Syncer(
-        engine=engine,
-        snapshot=lambda: Snapshot(services=list(services), endpoint_slices=[_slice("d", "10.244.1.10")], nodes=[]),
-        node_name="n1",
-        model=ModelSettings(),
-        table="wholeip",
-        mode=Rebuild(),
-        metrics=Metrics(),
-        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
-        offload=_inline,
+    syncer = _reporting(
+        engine,
+        lambda: Snapshot(services=list(services), endpoint_slices=[_slice("d", "10.244.1.10")], nodes=[]),
+        seen,
     )
     await syncer(True)
     services.append(service)
@@ -472,17 +480,7 @@ async def test_a_rejected_element_becomes_a_problem_of_its_service_and_others_la
     services = [_service("a", "198.51.100.1")]
     slices = [_slice("a", "10.244.1.10")]
     seen: list[list[str]] = []
-    syncer = Syncer(
-        engine=engine,
-        snapshot=lambda: Snapshot(services=list(services), endpoint_slices=list(slices), nodes=[]),
-        node_name="n1",
-        model=ModelSettings(),
-        table="wholeip",
-        mode=Rebuild(),
-        metrics=Metrics(),
-        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
-        offload=_inline,
-    )
+    syncer = _reporting(engine, lambda: Snapshot(services=list(services), endpoint_slices=list(slices), nodes=[]), seen)
     await syncer(True)
     services += [_service("b", "198.51.100.2"), _service("c", "198.51.100.3")]
     slices += [_slice("b", "10.244.1.11"), _slice("c", "10.244.1.12")]
@@ -631,21 +629,7 @@ async def test_a_full_sync_reads_the_hosts_addresses_again_and_a_change_rebuilds
 async def test_a_restarted_agent_keeps_the_affinity_generations_of_the_kernels_table() -> None:
     """The second agent (a new Syncer and Engine on the same kernel) takes the generation of
     a delegated front-end with affinity over instead of starting it afresh."""
-    service = {
-        "kind": "Service",
-        "metadata": {
-            "name": "d",
-            "namespace": "default",
-            "uid": "uid-d",
-            "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
-        },
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIPs": ["10.96.0.77"],
-            "sessionAffinity": "ClientIP",
-            "ports": [{"port": 80, "protocol": "TCP"}],
-        },
-    }
+    service = _delegated("d", "10.96.0.77", sessionAffinity="ClientIP")
     slices = {"default/d-x": _slice("d", "10.244.1.10")}
     slices["default/d-x"]["endpoints"].append({"addresses": ["10.244.1.11"], "nodeName": "n1"})
     backend = FakeBackend()
