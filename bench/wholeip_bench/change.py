@@ -323,6 +323,7 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
             "agent_ready_s": ready_s,
             "startup_list_s": list_s,
             "startup_index_s": float(first["index_ms"]) / 1000,
+            "startup_index_cpu_s": float(first["index_cpu_ms"]) / 1000,
             "startup_commit_s": (float(first["observe_ms"]) + float(first["commit_ms"])) / 1000,
             "agent_rss_mib": rss,
             "agent_peak_rss_mib": max(hwm, hwm_after),
@@ -426,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"N={n:>7}  start to ready {r['agent_ready_s']:.1f}s: listing (process start included)"
-            f" {r['startup_list_s']:.1f}s, index {r['startup_index_s']:.2f}s, commit {r['startup_commit_s']:.2f}s;"
+            f" {r['startup_list_s']:.1f}s, index {r['startup_index_s']:.2f}s ({r['startup_index_cpu_s']:.2f}s of its"
+            f" thread's CPU), commit {r['startup_commit_s']:.2f}s;"
             f" the agent's own part (index + commit) {r['startup_index_s'] + r['startup_commit_s']:.2f}s",
             flush=True,
         )
