@@ -374,3 +374,30 @@ def test_background_cleaner_merges_what_arrives_while_it_works() -> None:
     # One run for the first plan, one for the two merged ones.
     assert kernel.closed == 2
     assert cleaner.deleted_total == 2
+
+
+# --------------------------------------------------------------------------- delegated slots
+
+
+def _slots(front: tuple[str, str, int], endpoints: list[str]) -> set[Elem]:
+    return {((*front, i), e) for i, e in enumerate(endpoints)}
+
+
+def test_an_endpoint_that_keeps_other_slots_is_not_stale() -> None:
+    """Maglev gives a newcomer slots of endpoints that stay: only an endpoint that no slot of
+    the front-end holds any more is stale (its UDP entries deleted), also after a rebuild,
+    which lists nothing as inserted."""
+    udp = ("10.96.0.10", "udp", 53)
+    a, b, c = "10.244.1.10", "10.244.2.20", "10.244.3.30"
+    before = table(svcaddr4=_slots(udp, [a, b, a, b]))
+    joined = table(svcaddr4=_slots(udp, [a, b, c, b]))  # slot 2: a -> c; a keeps slot 0
+    assert Stale.of(plan(before, joined)).endpoints == frozenset()
+    left = table(svcaddr4=_slots(udp, [c, c, c, c]))  # a and b gone
+    assert Stale.of(plan(before, left)).endpoints == {(A("10.96.0.10"), 17, A(a)), (A("10.96.0.10"), 17, A(b))}
+    assert Stale.of(rebuild(joined, before)).endpoints == frozenset()
+    node_port = ("udp", 30053)
+    np_before = table(npaddr4=_slots(node_port, [a, b, a, b]))
+    np_joined = table(npaddr4=_slots(node_port, [a, b, c, b]))
+    assert Stale.of(plan(np_before, np_joined)).node_ports == frozenset()
+    np_left = table(npaddr4=_slots(node_port, [b, b, c, b]))
+    assert Stale.of(plan(np_before, np_left)).node_ports == {(17, 30053, A(a))}

@@ -98,6 +98,7 @@ from typing import Any, Protocol
 import structlog
 
 from wholeip.core.model import IPAddress
+from wholeip.core.ruleset import SLOT_CLASSES
 from wholeip.names import EGRESS, INGRESS, NP_ADDR, PODNAT_ADDR, SVC_ADDR
 from wholeip.nft.diff import Plan
 from wholeip.nft.doc import Elem
@@ -181,13 +182,40 @@ def _slot_endpoints(elems: Iterable[Elem]) -> set[tuple[IPAddress, int, IPAddres
     return out
 
 
+def _gone(plan: Plan, names: tuple[str, str]) -> list[Elem]:
+    """The slot elements ``((front..., slot), endpoint)`` the plan removed whose endpoint no
+    slot of the same front-end holds afterwards: the plan did not write it into another
+    slot, and the desired table has it in none of its slots (Maglev rewrites a few slots of
+    endpoints that stay; a rebuilt table lists nothing as inserted)."""
+    inserted = {_split(e) for name in names for e in plan.inserted.get(name, ()) if _is_slot(e)}
+    out: list[Elem] = []
+    for name in names:
+        desired = plan.desired.get(name, frozenset())
+        for e in plan.removed.get(name, ()):
+            if not _is_slot(e):
+                continue
+            front, endpoint = _split(e)
+            if (front, endpoint) in inserted:
+                continue
+            if desired and any(((*front, i), endpoint) in desired for i in range(SLOT_CLASSES[-1])):
+                continue
+            out.append(e)
+    return out
+
+
+def _is_slot(e: Elem) -> bool:
+    return isinstance(e, tuple) and len(e) == 2 and isinstance(e[0], tuple) and len(e[0]) >= 3
+
+
+def _split(e: Any) -> tuple[tuple[Any, ...], Any]:
+    """A slot element's front-end (its key without the slot) and endpoint."""
+    return e[0][:-1], e[1]
+
+
 def stale_endpoints(plan: Plan) -> frozenset[tuple[IPAddress, int, IPAddress]]:
     """Delegated Services (docs/datapath.md row 16): the UDP/SCTP endpoints a ClusterIP port
-    no longer sends to, as kube-proxy cleans them. A slot element the plan removed names an
-    endpoint that is gone unless the plan wrote it into another slot of the same port."""
-    removed = _slot_endpoints(e for name in SVC_ADDR.both for e in plan.removed.get(name, ()))
-    kept = _slot_endpoints(e for name in SVC_ADDR.both for e in plan.inserted.get(name, ()))
-    return frozenset(removed - kept)
+    no longer sends to, as kube-proxy cleans them (see :func:`_gone`)."""
+    return frozenset(_slot_endpoints(_gone(plan, SVC_ADDR.both)))
 
 
 def _node_port_endpoints(elems: Iterable[Elem]) -> set[tuple[int, int, IPAddress]]:
@@ -207,9 +235,7 @@ def _node_port_endpoints(elems: Iterable[Elem]) -> set[tuple[int, int, IPAddress
 def stale_node_ports(plan: Plan) -> frozenset[tuple[int, int, IPAddress]]:
     """The same for NodePorts: (protocol number, NodePort, endpoint) a NodePort of this
     node no longer sends to (the flows' destination is any address of this node)."""
-    removed = _node_port_endpoints(e for name in NP_ADDR.both for e in plan.removed.get(name, ()))
-    kept = _node_port_endpoints(e for name in NP_ADDR.both for e in plan.inserted.get(name, ()))
-    return frozenset(removed - kept)
+    return frozenset(_node_port_endpoints(_gone(plan, NP_ADDR.both)))
 
 
 def _now(inserted: Mapping[str, AbstractSet[Elem]], names: tuple[str, ...]) -> dict[IPAddress, IPAddress]:

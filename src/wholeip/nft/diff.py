@@ -65,6 +65,9 @@ class Plan:
     hundreds of MiB, in Python and again inside libnftables)."""
     was_empty: bool | None = None
     """Set by :meth:`light` (its commands are gone)."""
+    desired: Mapping[str, AbstractSet[Elem]] = field(default_factory=dict)
+    """The desired table's elements (a reference, not a copy): what the table holds once the
+    plan is committed, for what follows a commit (the conntrack cleaner)."""
 
     @property
     def refilled(self) -> tuple[str, ...]:
@@ -82,7 +85,15 @@ class Plan:
         committed (the commands hold the document's sets; the first plan at 100,000 Services
         renders to tens of MiB of JSON)."""
         return dataclasses.replace(
-            self, commands=(), declarations=(), after=(), fill=(), removed={}, inserted={}, was_empty=self.empty
+            self,
+            commands=(),
+            declarations=(),
+            after=(),
+            fill=(),
+            removed={},
+            inserted={},
+            desired={},
+            was_empty=self.empty,
         )
 
     def summary(self) -> str:
@@ -135,6 +146,7 @@ def create(desired: TableDoc) -> Plan:
         after=tuple(Add(table, rule) for rule in desired.skeleton.rules),
         created=True,
         added=sum(element_count(f) for f in fills),
+        desired=desired.elements,
     )
 
 
@@ -159,6 +171,7 @@ def rebuild(desired: TableDoc, current: TableDoc | None = None) -> Plan:
         rebuilt=True,
         added=element_count(cmds) + element_count(after),
         removed=removed,
+        desired=desired.elements,
     )
 
 
@@ -204,7 +217,7 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
         rebuilt.append(chain.name)
         cmds.append(Flush(changes.table, chain))
         cmds += [Add(changes.table, r) for r in desired.skeleton.rules if r.chain == chain.name]
-    return changes.plan(chains_rebuilt=tuple(rebuilt))
+    return changes.plan(desired, chains_rebuilt=tuple(rebuilt))
 
 
 def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, AbstractSet[Elem]]) -> Plan | None:
@@ -237,7 +250,7 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
             frozenset(e for e in elems if e in have and e not in want),
             frozenset(e for e in elems if e in want and e not in have),
         )
-    return changes.plan()
+    return changes.plan(desired)
 
 
 class _Changes:
@@ -267,7 +280,7 @@ class _Changes:
             if listed:
                 self.inserted[decl.name] = to_add
 
-    def plan(self, *, chains_rebuilt: tuple[str, ...] = ()) -> Plan:
+    def plan(self, desired: TableDoc, *, chains_rebuilt: tuple[str, ...] = ()) -> Plan:
         return Plan(
             commands=tuple(self.cmds),
             chains_rebuilt=chains_rebuilt,
@@ -275,4 +288,5 @@ class _Changes:
             deleted=self.deleted,
             removed=self.removed,
             inserted=self.inserted,
+            desired=desired.elements,
         )
