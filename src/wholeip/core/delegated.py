@@ -65,6 +65,7 @@ from wholeip.names import (
     SVC_REFUSE,
     SVC_SELF,
     SVC_UPORT6,
+    PerFamily,
 )
 from wholeip.nft.doc import Elem
 from wholeip.settings import ModelSettings
@@ -84,16 +85,43 @@ table, which the clients recorded in the other generation keep (None: no such ta
 FIRST: Generation = (GENERATIONS[0], None)
 
 
+class _Kind(NamedTuple):
+    """The sets of one kind of front-end (ClusterIP port, or NodePort), per family."""
+
+    front: PerFamily
+    addr: PerFamily
+    port: PerFamily
+    refuse: PerFamily
+    times: dict[str, PerFamily]
+    gen_b: PerFamily
+    old_addr: PerFamily
+    old_port: PerFamily
+
+
+_KINDS = {
+    False: _Kind(SVC, SVC_ADDR, SVC_PORT, SVC_REFUSE, SVC_AFF_TIME, SVC_GEN_B, SVC_OLD_ADDR, SVC_OLD_PORT),
+    True: _Kind(NODEPORT, NP_ADDR, NP_PORT, NP_REFUSE, NP_AFF_TIME, NP_GEN_B, NP_OLD_ADDR, NP_OLD_PORT),
+}
+"""By ``f.address is None`` (a NodePort)."""
+
+
+def _other(generation: str) -> str:
+    return GENERATIONS[1] if generation == GENERATIONS[0] else GENERATIONS[0]
+
+
+def _shared_port(f: Frontend) -> int | None:
+    """The one port every endpoint of ``f`` listens on, if they share one."""
+    ports = {port for _, port in f.endpoints[:MAX_ENDPOINTS]}
+    return next(iter(ports)) if len(ports) == 1 else None
+
+
 def frontend_elements(f: Frontend, generation: Generation = FIRST) -> list[tuple[str, Elem]]:
     """The (set, element) pairs of one front-end (with affinity, in ``generation``)."""
     v = f.family
     out: list[tuple[str, Elem]] = [(SVC_SELF[v], (a, a)) for a in f.local_endpoints]
-    if f.address is None:
-        key: tuple[str | int, ...] = (f.protocol, f.port)
-        front, addr_map, port_map, refuse = NODEPORT[v], NP_ADDR[v], NP_PORT[v], NP_REFUSE[v]
-    else:
-        key = (f.address, f.protocol, f.port)
-        front, addr_map, port_map, refuse = SVC[v], SVC_ADDR[v], SVC_PORT[v], SVC_REFUSE[v]
+    kind = _KINDS[f.address is None]
+    key: tuple[str | int, ...] = (f.protocol, f.port) if f.address is None else (f.address, f.protocol, f.port)
+    front, addr_map, port_map, refuse = kind.front[v], kind.addr[v], kind.port[v], kind.refuse[v]
     if not f.endpoints:
         out.append((refuse, (key, "drop" if f.local else f"goto {REFUSE}")))
         return out
@@ -107,8 +135,9 @@ def frontend_elements(f: Frontend, generation: Generation = FIRST) -> list[tuple
     for i, (address, port) in enumerate(table):
         out.append((addr_map, ((*key, i), address)))
         out.append((port_map, ((*key, i), port)))
-    if f.affinity and v == 6 and f.address is not None and len({port for _, port in eps}) == 1:
-        out.append((SVC_UPORT6, (key, eps[0][1])))
+    shared = _shared_port(f) if f.affinity and v == 6 and f.address is not None else None
+    if shared is not None:
+        out.append((SVC_UPORT6, (key, shared)))
     if f.affinity:
         out += _generation_elements(f, key, generation, table)
     if f.masquerade:
@@ -120,23 +149,20 @@ def _generation_elements(
     f: Frontend, key: tuple[str | int, ...], generation: Generation, table: Sequence[tuple[str, int]]
 ) -> list[tuple[str, Elem]]:
     current, previous = generation
-    other = GENERATIONS[1] if current == GENERATIONS[0] else GENERATIONS[0]
-    v, nodeport = f.family, f.address is None
-    times, gen_b = (NP_AFF_TIME, NP_GEN_B) if nodeport else (SVC_AFF_TIME, SVC_GEN_B)
+    v, kind = f.family, _KINDS[f.address is None]
     out: list[tuple[str, Elem]] = [
-        (times["cur"][v], (key, f"jump {rec_chain(f.affinity_timeout, current)}")),
-        (times["old"][v], (key, f"jump {rec_chain(f.affinity_timeout, other)}")),
+        (kind.times["cur"][v], (key, f"jump {rec_chain(f.affinity_timeout, current)}")),
+        (kind.times["old"][v], (key, f"jump {rec_chain(f.affinity_timeout, _other(current))}")),
     ]
     if current == GENERATIONS[1]:
-        out.append((gen_b[v], key))
+        out.append((kind.gen_b[v], key))
     if previous is not None:
         # Only the slots where it differs: a slot the previous table lacks falls through to
         # the current one (affo_N), so the commit writes about 1/n of the slots, not all.
-        addr_map, port_map = (NP_OLD_ADDR, NP_OLD_PORT) if nodeport else (SVC_OLD_ADDR, SVC_OLD_PORT)
         for i, (was, now) in enumerate(zip(previous, table, strict=True)):
             if was != now:
-                out.append((addr_map[v], ((*key, i), was[0])))
-                out.append((port_map[v], ((*key, i), was[1])))
+                out.append((kind.old_addr[v], ((*key, i), was[0])))
+                out.append((kind.old_port[v], ((*key, i), was[1])))
     return out
 
 
@@ -170,7 +196,7 @@ def _carry(before: Slots, after: Slots, generation: Generation) -> Generation:
     kept = _live(before, after)
     if kept is None:
         return (generation[0], None)  # nobody's endpoint differs: no previous table needed
-    return (GENERATIONS[1] if generation[0] == GENERATIONS[0] else GENERATIONS[0], kept)
+    return (_other(generation[0]), kept)
 
 
 def _live(previous: Slots, current: Slots) -> Slots | None:
@@ -185,41 +211,33 @@ def kernel_generation(f: Frontend, kernel: Mapping[str, Mapping[tuple[object, ..
     """The generation of front-end ``f`` as a previous run of the agent left it in the kernel
     (``kernel``: per set, key -> value), carried to ``f``'s endpoints; None when the kernel
     has no such front-end with affinity or its slots are incomplete."""
-    v, nodeport = f.family, f.address is None
-    key: tuple[object, ...] = (f.protocol, f.port) if nodeport else (f.address, f.protocol, f.port)
-    times, gen_b = (NP_AFF_TIME, NP_GEN_B) if nodeport else (SVC_AFF_TIME, SVC_GEN_B)
-    addr_map, port_map = (NP_ADDR, NP_PORT) if nodeport else (SVC_ADDR, SVC_PORT)
-    old_addr, old_port = (NP_OLD_ADDR, NP_OLD_PORT) if nodeport else (SVC_OLD_ADDR, SVC_OLD_PORT)
-    if key not in kernel.get(times["cur"][v], {}):
+    v, kind = f.family, _KINDS[f.address is None]
+    key: tuple[object, ...] = (f.protocol, f.port) if f.address is None else (f.address, f.protocol, f.port)
+    if key not in kernel.get(kind.times["cur"][v], {}):
         return None
-    current = GENERATIONS[1] if key in kernel.get(gen_b[v], {}) else GENERATIONS[0]
+    current = GENERATIONS[1] if key in kernel.get(kind.gen_b[v], {}) else GENERATIONS[0]
     after = slots_of(f.endpoints[:MAX_ENDPOINTS])
     slots = range(len(after))
-    addrs, ports = kernel.get(addr_map[v], {}), kernel.get(port_map[v], {})
+    addrs, ports = kernel.get(kind.addr[v], {}), kernel.get(kind.port[v], {})
     try:
         before = tuple((str(addrs[(*key, s)]), int(ports[(*key, s)])) for s in slots)  # type: ignore[call-overload]
     except KeyError:
         return None  # another slot count, or a table cut short: start afresh
-    olds, oldp = kernel.get(old_addr[v], {}), kernel.get(old_port[v], {})
+    olds, oldp = kernel.get(kind.old_addr[v], {}), kernel.get(kind.old_port[v], {})
     previous = tuple(
         (str(olds.get((*key, s), before[s][0])), int(oldp.get((*key, s), before[s][1])))  # type: ignore[call-overload]
         for s in slots
     )
-    if previous == before:
+    if before != after:  # the endpoints changed since: as a change would carry it
         return _carry(before, after, (current, None))
-    if before == after:
-        return (current, _live(previous, after))
-    return _carry(before, after, (current, previous))
+    return (current, _live(previous, after))
 
 
 FRONT_KEYED: dict[str, bool] = {
     name: nodeport
     for nodeport, names in (
-        (False, (SVC, SVC_ADDR, SVC_PORT, SVC_REFUSE, SVC_GEN_B, SVC_OLD_ADDR, SVC_OLD_PORT, *SVC_AFF_TIME.values())),
-        (
-            True,
-            (NODEPORT, NP_ADDR, NP_PORT, NP_REFUSE, NP_MASQ, NP_GEN_B, NP_OLD_ADDR, NP_OLD_PORT, *NP_AFF_TIME.values()),
-        ),
+        (nodeport, (*(s for s in kind if isinstance(s, PerFamily)), *kind.times.values(), *extra))
+        for (nodeport, kind), extra in zip(_KINDS.items(), ((), (NP_MASQ,)), strict=True)
     )
     for per_family in names
     for name in per_family.both
@@ -228,15 +246,10 @@ FRONT_KEYED: dict[str, bool] = {
 name -> whether by NodePort."""
 
 GENERATION_SETS = frozenset(
-    (
-        *SVC_GEN_B.both,
-        *NP_GEN_B.both,
-        *SVC_OLD_ADDR.both,
-        *SVC_OLD_PORT.both,
-        *NP_OLD_ADDR.both,
-        *NP_OLD_PORT.both,
-        *(name for m in (SVC_AFF_TIME, NP_AFF_TIME) for which in ("cur", "old") for name in m[which].both),
-    )
+    name
+    for kind in _KINDS.values()
+    for per_family in (kind.gen_b, kind.old_addr, kind.old_port, *kind.times.values())
+    for name in per_family.both
 )
 """The sets that hold the generations of front-ends with affinity: history, so an index
 that followed the changes and a fresh one differ there (and only there)."""
@@ -514,7 +527,7 @@ class DelegatedIndex:
                     )
                 )
         for f in svc.fronts:
-            if f.affinity and f.family == 6 and f.address and len({p for _, p in f.endpoints[:MAX_ENDPOINTS]}) > 1:
+            if f.affinity and f.family == 6 and f.address and f.endpoints and _shared_port(f) is None:
                 problems.append(
                     Problem(
                         f.service,
