@@ -195,8 +195,8 @@ def _gone(plan: Plan, names: tuple[str, str]) -> list[Elem]:
             if not _is_slot(e):
                 continue
             front, endpoint = _split(e)
-            if (front, endpoint) in inserted:
-                continue
+            if (front, endpoint) in inserted or not any(str(p) in _DATAGRAM_PROTOCOLS for p in front):
+                continue  # kept, or TCP (never cleaned): no need to look for it in the slots
             if desired and any(((*front, i), endpoint) in desired for i in range(SLOT_CLASSES[-1])):
                 continue
             out.append(e)
