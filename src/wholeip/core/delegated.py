@@ -494,6 +494,12 @@ class DelegatedIndex:
         for key in problem_keys:
             self._reproblem(key)
 
+    def file(self, skey: str, slice_: EndpointsInfo) -> None:
+        """Keep a new slice of a Service that is not delegated (:meth:`update` without its
+        work: nothing to resolve; the Service may become delegated later)."""
+        self._slices[skey] = slice_
+        self._slices_of.setdefault(slice_.service, set()).add(skey)
+
     def _count(self, name: str, elem: Elem, delta: int, touched: dict[str, set[Elem]]) -> None:
         item = (name, elem)
         n = self._counts.get(item, 0) + delta

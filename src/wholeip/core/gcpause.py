@@ -14,12 +14,22 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside (restored as it was on the way out)."""
+def gc_paused(*, long_lived: bool = False) -> Iterator[None]:
+    """No cyclic garbage collection inside (restored as it was on the way out).
+
+    ``long_lived``: what is made inside lives on (an index): on the way out every object
+    is moved into the oldest generation unscanned (``gc.freeze`` then ``gc.unfreeze``).
+    Otherwise the first collection after the pause scans every object made during it,
+    which at 100,000 Services is the first 0.4 s of the next thing done; in the oldest
+    generation they wait for the next full collection, which is rare.
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        if long_lived:
+            gc.freeze()
+            gc.unfreeze()
         if enabled:
             gc.enable()

@@ -43,8 +43,8 @@ import dataclasses
 import datetime
 import ipaddress
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple, cast
 
 from wholeip.core.compact import (
     NO_ENDPOINTS,
@@ -106,6 +106,9 @@ from wholeip.core.objects import (
     EndpointsInfo,
     LbServiceInfo,
     RawObject,
+    ServiceRead,
+    SliceInfo,
+    SliceRead,
     created_seconds,
     namespaced_name,
     node_networks,
@@ -118,7 +121,14 @@ from wholeip.core.objects import (
 )
 from wholeip.core.podnat import NodeAddresses, PodKey, PodNatIndex, node_addresses
 from wholeip.core.ruleset import steer_slots
-from wholeip.names import API_SERVER_SERVICE, L2_STATUS_KIND, TABLE
+from wholeip.names import (
+    API_SERVER_SERVICE,
+    EGRESS_IP_ANNOTATION,
+    L2_STATUS_KIND,
+    METALEG_LABEL,
+    PROXY_NAME_LABEL,
+    TABLE,
+)
 from wholeip.nft.doc import Elem, TableDoc
 from wholeip.settings import IPNetwork, ModelSettings
 
@@ -198,6 +208,45 @@ def _backend(view: _View, ip: str) -> Endpoint:
     """The (pod IP, node) external IP ``ip`` maps to when ``view`` won it: its only ready
     endpoint of the family, or the lowest address of several."""
     return chosen(view.ready4 if _version(ip) == 4 else view.ready6)
+
+
+class _PlainSlice(NamedTuple):
+    """A slice that can make a plain mapping (see :meth:`ClusterIndex.fill`), as it waits
+    for its Service."""
+
+    skey: str
+    ready: Ready
+    """Its one ready endpoint, inside the pod networks."""
+    ports: SlicePorts
+    every: EndpointsInfo
+
+    def read(self) -> SliceRead:
+        """The slice as :func:`~wholeip.core.objects.read_slice` read it."""
+        pod, node = chosen(self.ready)
+        return SliceInfo(self.every.service, 4, {pod: node}, dict(self.ports), ()), self.every
+
+
+def _plain_read(key: ServiceKey, objs: Sequence[RawObject], settings: ModelSettings) -> ServiceRead | None:
+    """The Service under ``key`` as a plain whole-IP mapping reads it: one object with one
+    ordinary-looking IPv4 external IP, nothing to report, and nobody but the 1:1 mappings
+    reading it (no egress selection, no proxy-name label of ours, not the API server's);
+    None otherwise."""
+    if len(objs) != 1 or key == API_SERVER_SERVICE:
+        return None
+    read = read_service(objs[0], settings)
+    if not read or read.mode is not Mode.WHOLE_IP or len(read.external_ips) != 1:
+        return None
+    if ipv4_number(read.external_ips[0]) is None:
+        return None
+    meta = objs[0]["metadata"]  # (a dict with a name: read_service read it)
+    annotations, labels = meta.get("annotations"), meta.get("labels")
+    if isinstance(annotations, dict) and EGRESS_IP_ANNOTATION in annotations:
+        return None
+    if isinstance(labels, dict) and (
+        METALEG_LABEL in labels or (settings.proxy_name and labels.get(PROXY_NAME_LABEL) == settings.proxy_name)
+    ):
+        return None
+    return read
 
 
 class _Side(NamedTuple):
@@ -431,6 +480,8 @@ class ClusterIndex:
         l2_statuses: Mapping[str, RawObject | None] = {},
         nodes: Iterable[RawObject] | None = None,
         settings: ModelSettings | None = None,
+        reads: Mapping[ServiceKey, ServiceRead] = {},
+        read_slices: Mapping[str, SliceRead | None] = {},
     ) -> Touched:
         """Apply changed objects; return the elements that changed.
 
@@ -439,9 +490,15 @@ class ClusterIndex:
         slice key -> the slice now (None: deleted). ``pod_objects``: (namespace, name) -> the
         Pod now (None: deleted), for the ports they publish on this node's address.
         ``nodes``: every Node now, when any changed; ``settings``: the settings now, when the
-        Service networks changed (nothing else of them may: ValueError).
+        Service networks changed (nothing else of them may: ValueError). ``reads`` and
+        ``read_slices``: Services and slices already read (:meth:`fill`): a Service as
+        :func:`_plain_read` gives it (one object, which no other reader selects), a slice
+        as :func:`~wholeip.core.objects.read_slice` gives it.
         """
         touched: Touched = {}
+        if reads:
+            # Only the 1:1 mappings read these: to the others, no Service of theirs.
+            services = {**services, **dict.fromkeys(reads, ())}
         dirty: set[ServiceKey] = set(services)
         affected: set[str] = set()
         readdress = None
@@ -450,11 +507,14 @@ class ClusterIndex:
                 self._nodes if nodes is None else tuple(nodes), settings or self.settings, dirty, affected, touched
             )
         # The Services first: a new slice is filed under its Service's very key object.
-        parsed: dict[ServiceKey, _View | None] = {key: self._put_service(key, objs) for key, objs in services.items()}
+        parsed: dict[ServiceKey, _View | None] = {
+            key: self._view_of_read(reads[key]) if key in reads else self._put_service(key, objs)
+            for key, objs in services.items()
+        }
         api_before = set(self._control_plane)
         delegated_slices: dict[str, EndpointsInfo | None] = {}
         """The same slices as the delegated Services read them (each slice read once)."""
-        for skey, obj in slices.items():
+        for skey, both in self._read_all(slices, read_slices):
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
             self._api_slices.pop(skey, None)
@@ -462,7 +522,7 @@ class ClusterIndex:
                 self._unfile(skey, old)
                 discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
-            new, delegated_slices[skey] = self._ingest_slice(skey, obj, parsed) if obj is not None else (None, None)
+            new, delegated_slices[skey] = self._ingest_slice(skey, both, parsed) if both is not None else (None, None)
             if new is not None and new.service == API_SERVER_SERVICE:
                 self._api_slices[skey] = (*pod_ips(new.ready), *pod_ips(new.outside))
             if new is not None:
@@ -470,7 +530,7 @@ class ClusterIndex:
                 self._file(skey, new)
                 add_to(self._slices_of, new.service, skey)
                 dirty.add(new.service)
-        if slices:
+        if slices or read_slices:
             # The API server's published addresses decide the guard of those addresses only.
             self._control_plane = dict(self._configured_api)
             for addresses in self._api_slices.values():
@@ -559,7 +619,7 @@ class ClusterIndex:
                 {key: self._lb_info_of(objs) if parsed.get(key) is None else None for key, objs in services.items()},
                 touched,
             )
-        if services or slices:
+        if services or delegated_slices:
             self.delegated.update(services, delegated_slices, touched)
         # A pod may publish ports only while it is no whole-IP backend: recheck those whose
         # mappings changed.
@@ -571,6 +631,125 @@ class ClusterIndex:
             touched, services=services, endpoints_of=dirty, statuses=l2_statuses, pods=pods, external_ips=affected
         )
         return touched
+
+    def fill(
+        self,
+        services: Iterable[tuple[ServiceKey, Sequence[RawObject]]],
+        slices: Iterable[tuple[str, RawObject]],
+        *,
+        batch: int = 2000,
+    ) -> None:
+        """Load Services (key -> its objects, each key once) and slices (unique keys) into
+        a new index: the index :meth:`update` would make of them, in a fraction of its time.
+
+        A Service that has one slice, and that the two make a plain whole-IP mapping of (one
+        IPv4 external IP nobody else claims, one ready endpoint inside the pod networks that
+        no other mapping uses, nothing to report, no other reader selecting the Service) is
+        written straight into the index: nothing before it to compare with, nobody else to
+        re-resolve. Everything else takes :meth:`update` (in batches of ``batch`` objects, so
+        that a stream is never held whole), and so does a plain pair that turns out to
+        share its external IP or pod. The two ways give the same index (a property test
+        holds a filled index to one updated object by object, also through later updates).
+        """
+        if self._views or self._slices or self._claims:
+            raise ValueError("fill: the index is not new")
+        single: dict[ServiceKey, _PlainSlice] = {}
+        """Service -> its one slice so far, when that slice can make a plain mapping."""
+        several: set[ServiceKey] = set()
+        """Services with a slice that cannot, or with more than one."""
+        pending: dict[str, SliceRead | None] = {}
+        for skey, obj in slices:
+            both = read_slice(obj)
+            if both is None:
+                continue  # (as update() files it: nothing)
+            key = both[0].service
+            plain = self._plain_slice(skey, both) if key not in several else None
+            if plain is None or key in single:
+                several.add(key)
+                first = single.pop(key, None)
+                if first is not None:
+                    pending[first.skey] = first.read()
+                pending[skey] = both
+                if len(pending) >= batch:
+                    self.update(read_slices=pending)
+                    pending = {}
+            else:
+                single[key] = plain
+        plain_pairs: list[tuple[ServiceRead, _PlainSlice]] = []
+        general: dict[ServiceKey, Sequence[RawObject]] = {}
+        for key, objs in services:
+            first = single.pop(key, None)
+            read = _plain_read(key, objs, self.settings) if first is not None else None
+            if read is not None and first is not None:
+                plain_pairs.append((read, first))
+                continue
+            general[key] = objs
+            if first is not None:
+                pending[first.skey] = first.read()
+            if len(general) + len(pending) >= batch:
+                self.update(services=general, read_slices=pending)
+                general, pending = {}, {}
+        pending.update((ps.skey, ps.read()) for ps in single.values())  # slices of no Service
+        single.clear()
+        self.update(services=general, read_slices=pending)
+        self._put_plain(plain_pairs)
+
+    def _plain_slice(self, skey: str, both: SliceRead) -> _PlainSlice | None:
+        """The slice as a plain mapping takes it: IPv4, one ready endpoint, inside the pod
+        networks, nothing to report; None otherwise."""
+        info, every = both
+        if info.family != 4 or info.problems or len(info.ready) != 1 or info.service == API_SERVER_SERVICE:
+            return None
+        ready, outside = self._split(4, info.ready.items())
+        if outside:
+            return None
+        return _PlainSlice(skey, ready, self._shared_ports(tuple(info.ports.items())), every)
+
+    def _put_plain(self, pairs: Sequence[tuple[ServiceRead, _PlainSlice]]) -> None:
+        """Write the plain mappings of :meth:`fill` (read, the index filled with everything
+        else); those that share an external IP or a pod take :meth:`update`."""
+        ips: dict[str, int] = {}
+        pods: dict[str | None, int] = {}
+        for read, ps in pairs:
+            ip, pod = read.external_ips[0], ps.ready[0]
+            ips[ip] = ips.get(ip, 0) + 1
+            pods[pod] = pods.get(pod, 0) + 1
+        at_pod = pod_filter([udp_filter(Mode.WHOLE_IP, (), (), closed=False)])
+        demoted: list[tuple[ServiceRead, _PlainSlice]] = []
+        written_pods: list[str] = []
+        written_ips: list[str] = []
+        elements = self.elements
+        for read, ps in pairs:
+            ip, pod = read.external_ips[0], cast(str, ps.ready[0])
+            if ips[ip] > 1 or pods[pod] > 1 or ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
+                demoted.append((read, ps))
+                continue
+            view = self._view_of_read(read)
+            key = view.key
+            view = _View._make((*view[:_OWN_FIELDS], ps.ready, NO_ENDPOINTS, (), ()))  # (what _make_view makes)
+            self._views[key] = view
+            self._slices[ps.skey] = _Slice(key, 4, ps.ready, NO_ENDPOINTS, ps.ports)
+            self._slices_of[key] = ps.skey
+            self._endpoints.add(pod, ps.skey)
+            self._claims[ip] = key
+            self._claimed.add(ip, ip)
+            self._winners[ip] = view
+            self._pods[pod] = ip
+            for name, elem in self._elements_of(ip, _Side(view, True, at_pod)):
+                elements[name].add(elem)
+            self.delegated.file(ps.skey, ps.every)
+            written_pods.append(pod)
+            written_ips.append(ip)
+        touched: Touched = {}  # (nobody to tell: the index is new)
+        if written_pods and self.podnat.has_pods:
+            self.podnat.update({}, touched, recheck=set(written_pods))
+        if written_pods:
+            self.egress.update(touched, pods=written_pods, external_ips=written_ips)
+        if demoted:
+            self.update(
+                reads={(read.namespace, read.name): read for read, _ in demoted},
+                read_slices={ps.skey: ps.read() for _, ps in demoted},
+            )
 
     def _service_endpoints(self, key: ServiceKey) -> dict[int, list[tuple[str, str | None]]]:
         """A Service's ready endpoints per family, inside the pod networks (a later slice's
@@ -702,15 +881,22 @@ class ClusterIndex:
             at_pod=side.at_pod,
         )
 
+    @staticmethod
+    def _read_all(
+        slices: Mapping[str, RawObject | None], read: Mapping[str, SliceRead | None]
+    ) -> Iterator[tuple[str, SliceRead | None]]:
+        """Every changed slice as :func:`~wholeip.core.objects.read_slice` reads it (None:
+        deleted, or nothing to read)."""
+        for skey, obj in slices.items():
+            yield skey, read_slice(obj) if obj is not None else None
+        yield from read.items()
+
     def _ingest_slice(
-        self, skey: str, obj: RawObject, parsed: Mapping[ServiceKey, _View | None]
-    ) -> tuple[_Slice | None, EndpointsInfo | None]:
+        self, skey: str, both: SliceRead, parsed: Mapping[ServiceKey, _View | None]
+    ) -> tuple[_Slice, EndpointsInfo]:
         """The slice as the index keeps it, and as the delegated Services read it. ``parsed``:
         the Services of the same update (the slice is filed under its Service's very key
         object, one per Service)."""
-        both = read_slice(obj)
-        if both is None:
-            return None, None
         info, every = both
         if info.problems:
             self._slice_problems[skey] = info.problems
@@ -763,19 +949,7 @@ class ClusterIndex:
                 self._parse_problems.pop(key, None)
                 return None
             if read is not False:
-                self._parse_problems.pop(key, None)
-                exts = read.external_ips
-                return _View(
-                    (sys.intern(read.namespace), read.name),
-                    pack_uid(read.uid),
-                    created_seconds(read.created),
-                    read.mode,
-                    read.allow_icmp,
-                    exts[0] if len(exts) == 1 else exts,
-                    read.ports,
-                    (),
-                    False,
-                )
+                return self._view_of_read(read)
         problems: list[Problem] = []
         parsed = [p for p in (parse_service(o, self.settings, problems) for o in objs) if p is not None]
         if len(parsed) > 1:
@@ -803,6 +977,23 @@ class ClusterIndex:
             raw_ports=info.ports,
             source_ranges=info.source_ranges,
             closed=info.closed,
+        )
+
+    def _view_of_read(self, read: ServiceRead) -> _View:
+        """The view of a Service :func:`~wholeip.core.objects.read_service` read (nothing to
+        report), before its slices."""
+        self._parse_problems.pop((read.namespace, read.name), None)
+        exts = read.external_ips
+        return _View(
+            (sys.intern(read.namespace), read.name),
+            pack_uid(read.uid),
+            created_seconds(read.created),
+            read.mode,
+            read.allow_icmp,
+            exts[0] if len(exts) == 1 else exts,
+            read.ports,
+            (),
+            False,
         )
 
     def _make_view(self, svc: _View) -> _View:
@@ -1199,7 +1390,7 @@ def load(
     of new, long-lived, acyclic objects, and every collection on the way would scan all
     of them again (a third of the time at 100,000 Services).
     """
-    with gc_paused():
+    with gc_paused(long_lived=True):
         return _load(services, endpoint_slices, nodes, node_name, settings, table, pods, l2_statuses)
 
 
@@ -1221,23 +1412,13 @@ def load_unique(
     decodes objects on the way (:class:`~wholeip.kube.informer.PackedCache`) is never
     held decoded as a whole. Slices go first, so each Service is resolved once.
     """
-    with gc_paused():
+    with gc_paused(long_lived=True):
         index = ClusterIndex(settings=settings, node_name=node_name, nodes=nodes, table=table)
-        pending: dict[str, RawObject | None] = {}
-        for obj in endpoint_slices:
-            ns, name = service_key(obj)
-            pending[f"{ns}/{name}" if ns else name] = obj
-            if len(pending) >= batch:
-                index.update(slices=pending)
-                pending = {}
-        index.update(slices=pending)
-        grouped: dict[ServiceKey, list[RawObject]] = {}
-        for obj in services:
-            grouped[service_key(obj)] = [obj]
-            if len(grouped) >= batch:
-                index.update(services=grouped)
-                grouped = {}
-        index.update(services=grouped)
+        index.fill(
+            ((service_key(obj), (obj,)) for obj in services),
+            ((_slice_key(obj), obj) for obj in endpoint_slices),
+            batch=batch,
+        )
         index.update(pod_objects={service_key(obj): obj for obj in pods})
         index.update(l2_statuses=_keyed(l2_statuses))
         index.compact()
@@ -1260,8 +1441,7 @@ def _load(
         grouped.setdefault(service_key(obj), []).append(obj)
     by_base: dict[str, list[RawObject]] = {}
     for obj in endpoint_slices:
-        ns, name = service_key(obj)
-        by_base.setdefault(f"{ns}/{name}" if ns else name, []).append(obj)  # the informers' cache key
+        by_base.setdefault(_slice_key(obj), []).append(obj)
     slices: dict[str, RawObject] = {}
     for base, objs in by_base.items():
         # Duplicates in a flat list: keep them all, numbered by content (a later slice's
@@ -1272,9 +1452,16 @@ def _load(
                 n += 1
                 key = f"{base}#{n}"
             slices[key] = obj
-    index.update(services=grouped, slices=slices, pod_objects=_unique_pods(pods), l2_statuses=_keyed(l2_statuses))
+    index.fill(grouped.items(), slices.items())
+    index.update(pod_objects=_unique_pods(pods), l2_statuses=_keyed(l2_statuses))
     index.compact()
     return index
+
+
+def _slice_key(obj: RawObject) -> str:
+    """A slice's key in the index: the informers' cache key."""
+    ns, name = service_key(obj)
+    return f"{ns}/{name}" if ns else name
 
 
 def _keyed(objs: Iterable[RawObject]) -> dict[str, RawObject]:

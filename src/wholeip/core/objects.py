@@ -414,7 +414,7 @@ def parse_slice(eps: RawObject) -> SliceInfo | None:
     return both[0] if both is not None else None
 
 
-def read_slice(eps: RawObject) -> tuple[SliceInfo, EndpointsInfo] | None:
+def read_slice(eps: RawObject) -> SliceRead | None:
     """One EndpointSlice read once for both its readers: what the 1:1 mappings take of it
     (:func:`parse_slice`: the ready endpoints, with a problem for each that cannot be a
     backend) and what delegated Services take (:func:`parse_endpoints`: every usable
@@ -745,6 +745,10 @@ class EndpointsInfo(NamedTuple):
     endpoints: tuple[SliceEndpoint, ...]
     ports: tuple[tuple[tuple[str, str], int], ...]
     """((port name, protocol), pod port) pairs."""
+
+
+SliceRead: TypeAlias = "tuple[SliceInfo, EndpointsInfo]"
+"""An EndpointSlice as :func:`read_slice` reads it for both its readers."""
 
 
 def parse_endpoints(eps: RawObject) -> EndpointsInfo | None:

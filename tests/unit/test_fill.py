@@ -1,0 +1,195 @@
+"""The bulk load (:meth:`ClusterIndex.fill`) against the index built object by object.
+
+``fill`` writes plain whole-IP mappings straight into a new index and sends
+everything else through ``update``. Both ways must leave the very same index:
+not only the same state and elements, but the same records inside (a Node change
+or a later update reads those), and an index loaded at once must go on as one
+built by updates. The clusters are ``test_properties``' (colliding names and
+addresses, shared pods, garbage spliced in), plus clusters where nearly every
+Service is plain, so that both ways of ``fill`` are taken.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+from hypothesis import event, given
+from hypothesis import strategies as st
+from tests.unit.test_properties import Cluster, _by_key, _slice_keys, clusters, props
+
+from wholeip.core.compact import AddressBook
+from wholeip.core.delegated import without_history
+from wholeip.core.index import ClusterIndex, load, load_unique
+from wholeip.names import EGRESS_IP_ANNOTATION, WHOLE_IP_ANNOTATION
+from wholeip.settings import ModelSettings
+
+_SKIP = {"settings", "podnat", "egress", "delegated", "elements", "_port_shapes", "_nodes"}
+"""Not records: the settings, the sub-indexes (compared on their own), the live sets
+(compared as such), a cache of shared port lists, the Nodes as given."""
+
+
+def _norm(value: Any) -> Any:
+    """A record in a form that ignores the order things were filed in."""
+    if isinstance(value, AddressBook):
+        return _norm(value._buckets)
+    if isinstance(value, dict):
+        return frozenset((k, _norm(v)) for k, v in value.items())
+    if isinstance(value, list | set | frozenset):
+        return frozenset(_norm(v) for v in value)
+    if isinstance(value, tuple):
+        return tuple(_norm(v) for v in value)
+    return value
+
+
+def _records(obj: object, skip: set[str] = _SKIP) -> dict[str, Any]:
+    return {k: _norm(v) for k, v in vars(obj).items() if k not in skip and not callable(v)}
+
+
+def _same(a: ClusterIndex, b: ClusterIndex) -> None:
+    assert _records(a) == _records(b)
+    for part in ("delegated", "egress", "podnat"):
+        assert _records(getattr(a, part), {"settings", "elements"}) == _records(
+            getattr(b, part), {"settings", "elements"}
+        ), part
+    assert without_history(a.elements) == without_history(b.elements)
+    assert a.state() == b.state()
+    assert sorted(map(repr, a.problems)) == sorted(map(repr, b.problems))
+
+
+def _by_updates(c: Cluster, services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> ClusterIndex:
+    index = ClusterIndex(settings=c.settings, node_name=c.node_name, nodes=c.nodes)
+    index.update(services=_by_key(services), slices=_slice_keys(slices))
+    return index
+
+
+def _loaded(c: Cluster, services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> ClusterIndex:
+    index = ClusterIndex(settings=c.settings, node_name=c.node_name, nodes=c.nodes)
+    index.fill(_by_key(services).items(), _slice_keys(slices).items(), batch=2)
+    return index
+
+
+def _plain_service(i: int, ip: str, pod: str, node: str, *, egress: bool = False) -> list[dict[str, Any]]:
+    annotations = {WHOLE_IP_ANNOTATION: "true"}
+    if egress:
+        annotations[EGRESS_IP_ANNOTATION] = "true"
+    name = f"p{i}"
+    return [
+        {
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "uid": str(uuid.UUID(int=i + 1)),
+                "creationTimestamp": f"2026-01-01T00:00:{i % 60:02d}Z",
+                "annotations": annotations,
+            },
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
+        },
+        {
+            "kind": "EndpointSlice",
+            "metadata": {"name": f"{name}-x", "namespace": "ns", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [pod], "nodeName": node, "conditions": {"ready": True}}],
+        },
+    ]
+
+
+@st.composite
+def plain_clusters(draw: st.DrawFn) -> Cluster:
+    """Mostly plain Services from small pools of external IPs and pods (so they collide),
+    some of them egress Services, over one of the property clusters."""
+    base = draw(clusters(max_services=3))
+    services, slices = list(base.services), list(base.slices)
+    for i in range(draw(st.integers(1, 12))):
+        ip = f"203.0.113.{draw(st.integers(1, 8))}"
+        pod = f"10.244.{draw(st.integers(0, 2))}.{draw(st.integers(1, 6))}"
+        svc, sl = _plain_service(
+            i, ip, pod, draw(st.sampled_from(("n1", "n2", "elsewhere"))), egress=draw(st.booleans())
+        )
+        services.append(svc)
+        if draw(st.integers(0, 5)):
+            slices.append(sl)
+    return Cluster(services, slices, base.nodes, base.settings, base.node_name)
+
+
+@props(150)
+@given(st.one_of(clusters(), plain_clusters()))
+def test_a_filled_index_is_the_index_updates_build(c: Cluster) -> None:
+    filled = _loaded(c, c.services, c.slices)
+    written = len(filled._views)
+    _same(filled, _by_updates(c, c.services, c.slices))
+    event(f"mappings: {'some' if written else 'none'}")
+
+
+@props(100)
+@given(st.one_of(clusters(), plain_clusters()), st.one_of(clusters(), plain_clusters()), st.data())
+def test_a_filled_index_goes_on_like_one_built_by_updates(a: Cluster, other: Cluster, data: st.DataObject) -> None:
+    """From A loaded at once and from A built by updates, the same changes to B (Services,
+    slices and the Nodes) leave the same index, equal to B loaded at once."""
+
+    def keep(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        mask = data.draw(st.lists(st.booleans(), min_size=len(objs), max_size=len(objs)))
+        return [o for o, k in zip(objs, mask, strict=True) if k]
+
+    b_services = keep(a.services) + other.services[:3]
+    b_slices = keep(a.slices) + other.slices[:4]
+    b_nodes = data.draw(st.sampled_from((a.nodes, other.nodes)))
+    was, now = _by_key(a.services), _by_key(b_services)
+    was_slices, now_slices = _slice_keys(a.slices), _slice_keys(b_slices)
+    change = {
+        "services": {k: now.get(k, []) for k in was.keys() | now.keys()},
+        "slices": {k: now_slices.get(k) for k in was_slices.keys() | now_slices.keys()},
+        "nodes": b_nodes,
+    }
+    filled, updated = _loaded(a, a.services, a.slices), _by_updates(a, a.services, a.slices)
+    assert filled.update(**change) == updated.update(**change)  # type: ignore[arg-type]
+    _same(filled, updated)
+    fresh = ClusterIndex(settings=a.settings, node_name=a.node_name, nodes=b_nodes)
+    fresh.fill(now.items(), now_slices.items())
+    assert fresh.state() == filled.state()
+    assert without_history(fresh.elements) == without_history(filled.elements)
+
+
+def test_plain_pairs_take_the_short_way_and_the_rest_the_long_one() -> None:
+    """What ``fill`` writes itself and what it sends through ``update``: counted, so that
+    a change that sent everything the long way (or nothing) fails here."""
+    objs: list[dict[str, Any]] = []
+    for i in range(6):
+        objs += _plain_service(i, f"203.0.113.{10 + i}", f"10.244.1.{10 + i}", "n1")
+    objs += _plain_service(6, "203.0.113.10", "10.244.1.99", "n1")  # p0's external IP, younger
+    objs += _plain_service(7, "203.0.113.30", "10.244.1.11", "n1")  # p1's pod
+    objs += _plain_service(8, "203.0.113.31", "10.244.1.40", "n1", egress=True)
+    nodes = [
+        {
+            "kind": "Node",
+            "metadata": {"name": "n1"},
+            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}]},
+        }
+    ]
+    calls: Counter[str] = Counter()
+
+    class Counting(ClusterIndex):
+        def update(self, **kwargs: Any) -> Any:  # type: ignore[override]
+            for what in ("services", "reads", "read_slices", "slices"):
+                calls[what] += len(kwargs.get(what, {}))
+            return super().update(**kwargs)
+
+    index = Counting(settings=ModelSettings(), node_name="n1", nodes=nodes)
+    services = [o for o in objs if o["kind"] == "Service"]
+    slices = [o for o in objs if o["kind"] == "EndpointSlice"]
+    index.fill(_by_key(services).items(), _slice_keys(slices).items())
+    # p2..p5 written; p0/p6 (one IP) and p1/p7 (one pod) demoted; p8 (egress) the long way.
+    assert +calls == {"services": 1, "reads": 4, "read_slices": 5}
+    _same(index, _by_updates(Cluster(services, slices, nodes, ModelSettings(), "n1"), services, slices))
+    streamed = load_unique(
+        services=services, endpoint_slices=slices, nodes=nodes, node_name="n1", settings=ModelSettings()
+    )
+    flat = load(services=services, endpoint_slices=slices, nodes=nodes, node_name="n1", settings=ModelSettings())
+    _same(streamed, flat)
+    assert {str(m.external_ip) for m in flat.state().mappings} == {
+        f"203.0.113.{i}" for i in (10, 11, 12, 13, 14, 15, 30, 31)
+    }
