@@ -724,9 +724,20 @@ class ClusterIndex:
             if ips[ip] > 1 or pods[pod] > 1 or ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
                 demoted.append((read, ps))
                 continue
-            view = self._view_of_read(read)
-            key = view.key
-            view = _View._make((*view[:_OWN_FIELDS], ps.ready, NO_ENDPOINTS, (), ()))  # (what _make_view makes)
+            key = (sys.intern(read.namespace), read.name)
+            # What _view_of_read and then _make_view make of it (no ports, no problems).
+            view = _View(
+                key,
+                pack_uid(read.uid),
+                created_seconds(read.created),
+                Mode.WHOLE_IP,
+                read.allow_icmp,
+                ip,
+                read.ports,
+                (),
+                False,
+                ps.ready,
+            )
             self._views[key] = view
             self._slices[ps.skey] = _Slice(key, 4, ps.ready, NO_ENDPOINTS, ps.ports)
             self._slices_of[key] = ps.skey
@@ -735,7 +746,18 @@ class ClusterIndex:
             self._claimed.add(ip, ip)
             self._winners[ip] = view
             self._pods[pod] = ip
-            for name, elem in self._elements_of(ip, _Side(view, True, at_pod)):
+            for name, elem in entry_elements(
+                ip,
+                pod,
+                egress=True,
+                pod_node=ps.ready[1],
+                node_name=self.node_name,
+                mode=Mode.WHOLE_IP,
+                allow_icmp=read.allow_icmp,
+                ports=(),
+                source_ranges=(),
+                at_pod=at_pod,
+            ):
                 elements[name].add(elem)
             self.delegated.file(ps.skey, ps.every)
             written_pods.append(pod)
