@@ -249,6 +249,10 @@ def _plain_read(key: ServiceKey, objs: Sequence[RawObject], settings: ModelSetti
     return read
 
 
+_PLAIN_AT_POD = pod_filter([udp_filter(Mode.WHOLE_IP, (), (), closed=False)])
+"""The filter at the pod's node of a pod whose one mapping is a plain whole IP."""
+
+
 class _Side(NamedTuple):
     """An external IP's mapping, before or after an update, as its elements see it."""
 
@@ -642,14 +646,17 @@ class ClusterIndex:
         """Load Services (key -> its objects, each key once) and slices (unique keys) into
         a new index: the index :meth:`update` would make of them, in a fraction of its time.
 
-        A Service that has one slice, and that the two make a plain whole-IP mapping of (one
-        IPv4 external IP nobody else claims, one ready endpoint inside the pod networks that
-        no other mapping uses, nothing to report, no other reader selecting the Service) is
-        written straight into the index: nothing before it to compare with, nobody else to
-        re-resolve. Everything else takes :meth:`update` (in batches of ``batch`` objects, so
-        that a stream is never held whole), and so does a plain pair that turns out to
-        share its external IP or pod. The two ways give the same index (a property test
-        holds a filled index to one updated object by object, also through later updates).
+        A Service with one slice that the two make a plain whole-IP mapping of (one IPv4
+        external IP, one ready endpoint inside the pod networks, nothing to report, no other
+        reader selecting the Service) is written straight into the index when its external
+        IP is nobody's claim yet, its pod nobody's backend and the IP not refused: the index
+        it leaves is the one :meth:`update` would leave, without the comparisons with what
+        was there before (nothing) and the re-resolution of others (none). Everything else
+        takes :meth:`update`, in batches of ``batch`` objects so that a stream is never held
+        whole. As the index is correct after every step, whatever comes later (a Service
+        claiming the same IP, the API server's addresses) is resolved by :meth:`update` as
+        for any change. A property test holds a filled index to one updated object by
+        object, also through later updates.
         """
         if self._views or self._slices or self._claims:
             raise ValueError("fill: the index is not new")
@@ -675,24 +682,35 @@ class ClusterIndex:
                     pending = {}
             else:
                 single[key] = plain
-        plain_pairs: list[tuple[ServiceRead, _PlainSlice]] = []
         general: dict[ServiceKey, Sequence[RawObject]] = {}
+        reads: dict[ServiceKey, ServiceRead] = {}
+        written: list[tuple[str, str]] = []
+        """The (external IP, pod) pairs written."""
         for key, objs in services:
             first = single.pop(key, None)
             read = _plain_read(key, objs, self.settings) if first is not None else None
             if read is not None and first is not None:
-                plain_pairs.append((read, first))
-                continue
-            general[key] = objs
+                if self._put_plain(read, first):
+                    written.append((read.external_ips[0], cast(str, first.ready[0])))
+                    continue
+                reads[key] = read
+            else:
+                general[key] = objs
             if first is not None:
                 pending[first.skey] = first.read()
-            if len(general) + len(pending) >= batch:
-                self.update(services=general, read_slices=pending)
-                general, pending = {}, {}
+            if len(general) + len(reads) + len(pending) >= batch:
+                self.update(services=general, reads=reads, read_slices=pending)
+                general, reads, pending = {}, {}, {}
         pending.update((ps.skey, ps.read()) for ps in single.values())  # slices of no Service
         single.clear()
-        self.update(services=general, read_slices=pending)
-        self._put_plain(plain_pairs)
+        self.update(services=general, reads=reads, read_slices=pending)
+        # The egress Services and the published ports of the written pods: as update() tells them.
+        if written:
+            pods = {pod for _, pod in written}
+            touched: Touched = {}  # (nobody to tell: the index is new)
+            if self.podnat.has_pods:
+                self.podnat.update({}, touched, recheck=pods)
+            self.egress.update(touched, pods=pods, external_ips=[ip for ip, _ in written])
 
     def _plain_slice(self, skey: str, both: SliceRead) -> _PlainSlice | None:
         """The slice as a plain mapping takes it: IPv4, one ready endpoint, inside the pod
@@ -705,73 +723,51 @@ class ClusterIndex:
             return None
         return _PlainSlice(skey, ready, self._shared_ports(tuple(info.ports.items())), every)
 
-    def _put_plain(self, pairs: Sequence[tuple[ServiceRead, _PlainSlice]]) -> None:
-        """Write the plain mappings of :meth:`fill` (read, the index filled with everything
-        else); those that share an external IP or a pod take :meth:`update`."""
-        ips: dict[str, int] = {}
-        pods: dict[str | None, int] = {}
-        for read, ps in pairs:
-            ip, pod = read.external_ips[0], ps.ready[0]
-            ips[ip] = ips.get(ip, 0) + 1
-            pods[pod] = pods.get(pod, 0) + 1
-        at_pod = pod_filter([udp_filter(Mode.WHOLE_IP, (), (), closed=False)])
-        demoted: list[tuple[ServiceRead, _PlainSlice]] = []
-        written_pods: list[str] = []
-        written_ips: list[str] = []
+    def _put_plain(self, read: ServiceRead, ps: _PlainSlice) -> bool:
+        """Write a plain mapping of :meth:`fill` as :meth:`update` would, if its external IP
+        is nobody's claim, its pod nobody's backend and the IP not refused; False otherwise
+        (nothing written)."""
+        ip, pod = read.external_ips[0], cast(str, ps.ready[0])
+        if ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
+            return False
+        key = (sys.intern(read.namespace), read.name)
+        # What _view_of_read and then _make_view make of it (no ports, no problems).
+        view = _View(
+            key,
+            pack_uid(read.uid),
+            created_seconds(read.created),
+            Mode.WHOLE_IP,
+            read.allow_icmp,
+            ip,
+            read.ports,
+            (),
+            False,
+            ps.ready,
+        )
+        self._views[key] = view
+        self._slices[ps.skey] = _Slice(key, 4, ps.ready, NO_ENDPOINTS, ps.ports)
+        self._slices_of[key] = ps.skey
+        self._endpoints.add(pod, ps.skey)
+        self._claims[ip] = key
+        self._claimed.add(ip, ip)
+        self._winners[ip] = view
+        self._pods[pod] = ip
         elements = self.elements
-        for read, ps in pairs:
-            ip, pod = read.external_ips[0], cast(str, ps.ready[0])
-            if ips[ip] > 1 or pods[pod] > 1 or ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
-                demoted.append((read, ps))
-                continue
-            key = (sys.intern(read.namespace), read.name)
-            # What _view_of_read and then _make_view make of it (no ports, no problems).
-            view = _View(
-                key,
-                pack_uid(read.uid),
-                created_seconds(read.created),
-                Mode.WHOLE_IP,
-                read.allow_icmp,
-                ip,
-                read.ports,
-                (),
-                False,
-                ps.ready,
-            )
-            self._views[key] = view
-            self._slices[ps.skey] = _Slice(key, 4, ps.ready, NO_ENDPOINTS, ps.ports)
-            self._slices_of[key] = ps.skey
-            self._endpoints.add(pod, ps.skey)
-            self._claims[ip] = key
-            self._claimed.add(ip, ip)
-            self._winners[ip] = view
-            self._pods[pod] = ip
-            for name, elem in entry_elements(
-                ip,
-                pod,
-                egress=True,
-                pod_node=ps.ready[1],
-                node_name=self.node_name,
-                mode=Mode.WHOLE_IP,
-                allow_icmp=read.allow_icmp,
-                ports=(),
-                source_ranges=(),
-                at_pod=at_pod,
-            ):
-                elements[name].add(elem)
-            self.delegated.file(ps.skey, ps.every)
-            written_pods.append(pod)
-            written_ips.append(ip)
-        touched: Touched = {}  # (nobody to tell: the index is new)
-        if written_pods and self.podnat.has_pods:
-            self.podnat.update({}, touched, recheck=set(written_pods))
-        if written_pods:
-            self.egress.update(touched, pods=written_pods, external_ips=written_ips)
-        if demoted:
-            self.update(
-                reads={(read.namespace, read.name): read for read, _ in demoted},
-                read_slices={ps.skey: ps.read() for _, ps in demoted},
-            )
+        for name, elem in entry_elements(
+            ip,
+            pod,
+            egress=True,
+            pod_node=ps.ready[1],
+            node_name=self.node_name,
+            mode=Mode.WHOLE_IP,
+            allow_icmp=read.allow_icmp,
+            ports=(),
+            source_ranges=(),
+            at_pod=_PLAIN_AT_POD,
+        ):
+            elements[name].add(elem)
+        self.delegated.file(ps.skey, ps.every)
+        return True
 
     def _service_endpoints(self, key: ServiceKey) -> dict[int, list[tuple[str, str | None]]]:
         """A Service's ready endpoints per family, inside the pod networks (a later slice's
