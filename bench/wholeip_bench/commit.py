@@ -27,6 +27,7 @@ cold commit.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import json
 import os
@@ -93,6 +94,7 @@ def child(path: str) -> None:
             }
         )
     )
+    gc.freeze()  # as the wholeip command ends (wholeip.cli.main.entry): exit leaves it to the OS
 
 
 def _icmp_fix_rule(line: str) -> bool:

@@ -1,5 +1,5 @@
 """``python -m wholeip`` is the ``wholeip`` command."""
 
-from wholeip.cli.main import main
+from wholeip.cli.main import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

@@ -8,6 +8,7 @@ error line, never a traceback. The commands run in-process through ``main``;
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import sys
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 
 from wholeip.cli import clusterfile, offline
-from wholeip.cli.main import build_parser, main
+from wholeip.cli.main import build_parser, entry, main
+from wholeip_testkit import synth
 
 SERVICE = {
     "apiVersion": "v1",
@@ -196,3 +198,24 @@ def test_stdin_that_cannot_be_read(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert main(["render", "-f", "-", "--node-name", "n1"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line == "error: -: cannot read standard input: Bad file descriptor"
+
+
+def test_the_command_leaves_what_it_made_to_the_os(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``wholeip`` as a process (``entry``) freezes what is left when the command returns,
+    so that the interpreter's last collection does not walk (and free) a 100,000-Service
+    index before exit; ``main``, which tests call, does not."""
+    cluster = tmp_path / "c.json"
+    cluster.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": synth.cluster(2)}))
+    argv = ["wholeip", "render", "-f", str(cluster), "--node-name", "n1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    gc.unfreeze()
+    assert main(argv[1:]) == 0
+    assert gc.get_freeze_count() == 0
+    try:
+        assert entry() == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert capsys.readouterr().out.count('"nftables"') == 2  # main, then entry
