@@ -32,6 +32,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import NamedTuple
 
+from wholeip.core.compact import OneOrMany, ServiceKey, add_to, all_of, discard_from
 from wholeip.core.model import Frontend, HealthCheck, ObjectRef, Problem
 from wholeip.core.objects import (
     DelegatedInfo,
@@ -70,7 +71,6 @@ from wholeip.names import (
 from wholeip.nft.doc import Elem
 from wholeip.settings import ModelSettings
 
-ServiceKey = tuple[str, str]
 FrontKey = tuple[int, str | None, str, int]
 """(family, ClusterIP or None for a NodePort, protocol, port)."""
 
@@ -405,7 +405,9 @@ class DelegatedIndex:
         self.elements = elements
         self._services: dict[ServiceKey, _Service] = {}
         self._slices: dict[str, EndpointsInfo] = {}
-        self._slices_of: dict[ServiceKey, set[str]] = {}
+        self._slices_of: dict[ServiceKey, OneOrMany[str]] = {}
+        """Service -> its slices (one as itself: every Service's slices are kept, delegated
+        or not, so that one that becomes delegated has them)."""
         self._claims: dict[FrontKey, set[ServiceKey]] = {}
         self._winners: dict[FrontKey, Frontend] = {}
         self._generations: dict[FrontKey, Generation] = {}
@@ -428,11 +430,11 @@ class DelegatedIndex:
         for skey, new in slices.items():
             old = self._slices.pop(skey, None)
             if old is not None:
-                self._slices_of.get(old.service, set()).discard(skey)
+                discard_from(self._slices_of, old.service, skey)
                 dirty.add(old.service)
             if new is not None:
                 self._slices[skey] = new
-                self._slices_of.setdefault(new.service, set()).add(skey)
+                add_to(self._slices_of, new.service, skey)
                 dirty.add(new.service)
         infos: dict[ServiceKey, DelegatedInfo | None] = {}
         for key, objs in services.items():
@@ -453,12 +455,10 @@ class DelegatedIndex:
                 if old_svc.health is not None:
                     self._health[old_svc.health.port].discard(key)
                     ports.add(old_svc.health.port)
-            if not self._slices_of.get(key):
-                self._slices_of.pop(key, None)
             if info is None:
                 continue
             fronts, health = frontends(
-                info, (self._slices[s] for s in sorted(self._slices_of.get(key, ()))), self.node_name
+                info, (self._slices[s] for s in sorted(all_of(self._slices_of.get(key)))), self.node_name
             )
             self._services[key] = _Service(info, tuple(fronts), health)
             for f in fronts:
@@ -498,7 +498,7 @@ class DelegatedIndex:
         """Keep a new slice of a Service that is not delegated (:meth:`update` without its
         work: nothing to resolve; the Service may become delegated later)."""
         self._slices[skey] = slice_
-        self._slices_of.setdefault(slice_.service, set()).add(skey)
+        add_to(self._slices_of, slice_.service, skey)
 
     def _count(self, name: str, elem: Elem, delta: int, touched: dict[str, set[Elem]]) -> None:
         item = (name, elem)

@@ -718,9 +718,12 @@ class ClusterIndex:
         info, every = both
         if info.family != 4 or info.problems or len(info.ready) != 1 or info.service == API_SERVER_SERVICE:
             return None
-        ready, outside = self._split(4, info.ready.items())
-        if outside:
+        ((pod, node),) = info.ready.items()
+        # What _split makes of one endpoint: inside the pod networks (or none known), the node interned.
+        number = ipv4_number(pod)
+        if number is None or (self._net.pod[4] and not _inside(number, self._net.pod4)):
             return None
+        ready = Ready((pod, sys.intern(node) if node is not None else None))
         return _PlainSlice(skey, ready, self._shared_ports(tuple(info.ports.items())), every)
 
     def _put_plain(self, read: ServiceRead, ps: _PlainSlice) -> bool:
