@@ -6,7 +6,9 @@ For each N, in fresh network namespaces on this machine, side by side:
   its elements as ``wholeip apply`` does (``index.load_objects``, then the
   table over the index's sets), commits with the engine (libnftables JSON),
   and reports the time of each stage (the model's also per Service) and its
-  peak RSS;
+  peak RSS; then, in the same process, the least Python can do to turn the same
+  objects into the same whole-IP elements (``python_floor``: no index, no checks),
+  the model's baseline;
 * **floor**: ``nft -f`` of the very same table (our table listed back in nft
   syntax, so the same sets, chains, rules and elements; only the three
   constant ICMP-error rules are left out, nft cannot parse its own listing of
@@ -81,6 +83,7 @@ def child(path: str) -> None:
     t3 = time.perf_counter()
     result = Engine(backend=LibnftBackend()).sync(doc)
     t4 = time.perf_counter()
+    loop_s = python_floor(objects, "n1")
     print(
         json.dumps(
             {
@@ -88,6 +91,8 @@ def child(path: str) -> None:
                 "model_s": t2 - t1,
                 "model_us_per_service": (t2 - t1) * 1e6 / max(1, sum(o.get("kind") == "Service" for o in objects)),
                 "compile_s": t3 - t2,
+                "python_floor_s": loop_s,
+                "model_over_python_floor": (t2 - t1) / loop_s,
                 "commit_s": t4 - t3,
                 "elements": result.plan.added,
                 "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -95,6 +100,54 @@ def child(path: str) -> None:
         )
     )
     gc.freeze()  # as the wholeip command ends (wholeip.cli.main.entry): exit leaves it to the OS
+
+
+_OCTETS = {str(i): i for i in range(256)}
+
+
+def python_floor(objects: list[dict[str, Any]], node: str) -> float:
+    """The model's baseline in the same process: seconds for the least a Python program
+    can do to turn these objects into the whole-IP elements, with the cyclic collector
+    paused as the model has it. It reads each Service's external IP and each slice's
+    first endpoint without checking anything, pairs them and adds the ingress, ICMP and
+    (for a pod on ``node``) egress and hairpin elements to sets; no index, no problems,
+    no other reader. Only the synthetic whole-IP clusters' shape is understood."""
+
+    def number(text: str) -> int:
+        a, b, c, d = text.split(".")
+        return _OCTETS[a] << 24 | _OCTETS[b] << 16 | _OCTETS[c] << 8 | _OCTETS[d]
+
+    was = gc.isenabled()
+    gc.disable()
+    started = time.perf_counter()
+    services: dict[tuple[str, str], str] = {}
+    pods: dict[tuple[str, str], tuple[str, str]] = {}
+    for obj in objects:
+        meta = obj["metadata"]
+        if obj["kind"] == "Service":
+            ingress = obj.get("status", {}).get("loadBalancer", {}).get("ingress")
+            if ingress and meta.get("annotations", {}).get("networking.cozystack.io/wholeIP") == "true":
+                services[(meta["namespace"], meta["name"])] = ingress[0]["ip"]
+        elif obj["kind"] == "EndpointSlice":
+            endpoint = obj["endpoints"][0]
+            key = (meta["namespace"], meta["labels"]["kubernetes.io/service-name"])
+            pods[key] = (endpoint["addresses"][0], endpoint.get("nodeName"))
+    sets: dict[str, set[Any]] = {name: set() for name in ("ingress", "icmp", "egress", "hairpin")}
+    for key, ext in services.items():
+        if key not in pods:
+            continue
+        pod, where = pods[key]
+        ext_n, pod_n = number(ext), number(pod)
+        sets["ingress"].add((ext, pod))
+        sets["icmp"].add(((ext, ext_n), (ext_n - pod_n) & 0xFFFF))
+        if where == node:
+            sets["egress"].add((pod, ext))
+            sets["hairpin"].add((pod, pod))
+            sets["icmp"].add(((ext, pod_n), (pod_n - ext_n) & 0xFFFF))
+    spent = time.perf_counter() - started
+    if was:
+        gc.enable()
+    return spent
 
 
 def _icmp_fix_rule(line: str) -> bool:
@@ -174,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  floor(nft -f)={r['floor_nft_f_s']:.3f}s"
                 f"  commit/floor={r['commit_over_floor']:.2f}  process={r['ours_process_s']:.2f}s"
                 f"  (load {r['load_s']:.2f} model {r['model_s']:.2f} = {r['model_us_per_service']:.0f} us/Service"
-                f" compile {r['compile_s']:.2f})  process/floor={r['process_over_floor']:.1f}"
+                f" compile {r['compile_s']:.2f}; a bare Python loop {r['python_floor_s']:.2f},"
+                f" model/loop={r['model_over_python_floor']:.1f})  process/floor={r['process_over_floor']:.1f}"
                 f"  rss={r['rss_mib']:.0f} MiB",
                 flush=True,
             )

@@ -42,6 +42,9 @@ def test_cold_commit_against_the_nft_f_floor(kernel_ok: None, tmp_path: Path) ->
         assert r["floor_nft_f_s"] > 0, r
         assert r["commit_over_floor"] == pytest.approx(r["commit_s"] / r["floor_nft_f_s"])
         assert 10 < r["rss_mib"] < 1024, r
+        # The model's baseline did the same pairing in its own loop, in less time than the model.
+        assert 0 < r["python_floor_s"] < r["model_s"], r
+        assert r["model_over_python_floor"] == pytest.approx(r["model_s"] / r["python_floor_s"])
 
 
 def test_one_change_inside_the_running_agent(kernel_ok: None, tmp_path: Path) -> None:
