@@ -322,6 +322,7 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
             "kind": "delegated" if delegated else "whole-ip",
             "agent_ready_s": ready_s,
             "startup_list_s": list_s,
+            "startup_list_cpu_s": float(informed.get("cpu_s", 0.0)),
             "startup_index_s": float(first["index_ms"]) / 1000,
             "startup_index_cpu_s": float(first["index_cpu_ms"]) / 1000,
             "startup_commit_s": (float(first["observe_ms"]) + float(first["commit_ms"])) / 1000,
@@ -427,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"N={n:>7}  start to ready {r['agent_ready_s']:.1f}s: listing (process start included)"
-            f" {r['startup_list_s']:.1f}s, index {r['startup_index_s']:.2f}s ({r['startup_index_cpu_s']:.2f}s of its"
+            f" {r['startup_list_s']:.1f}s ({r['startup_list_cpu_s']:.1f}s of the agent's CPU),"
+            f" index {r['startup_index_s']:.2f}s ({r['startup_index_cpu_s']:.2f}s of its"
             f" thread's CPU), commit {r['startup_commit_s']:.2f}s;"
             f" the agent's own part (index + commit) {r['startup_index_s'] + r['startup_commit_s']:.2f}s",
             flush=True,
