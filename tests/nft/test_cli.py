@@ -260,3 +260,44 @@ def test_diff_after_apply_is_empty_where_an_egress_holder_is_not_on_link(netns: 
         if o.get("add", {}).get("element", {}).get("name") == "egresssteer4"
     ]
     assert steer, "render left the steering out"
+
+
+def _affinity_cluster(tmp_path: Path, endpoints: int) -> list[str]:
+    """Two Nodes and one delegated Service with ClientIP affinity over ``endpoints`` pods
+    (the first three the same whatever the count), as a cluster file's arguments."""
+    objects = [synth.node("n1", 0), synth.node("n2", 1), *synth.delegated(0, endpoints=endpoints)]
+    objects[2]["spec"] |= {
+        "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+    }
+    path = tmp_path / f"affinity-{endpoints}.json"
+    path.write_text(json.dumps(synth.as_list(objects)))
+    return ["-f", str(path), "--node-name", "n1"]
+
+
+def _elements(ns: Netns, name: str, kind: str = "set") -> list[Any]:
+    listing = json.loads(ns.run(["nft", "-j", "list", kind, "inet", "wholeip", name]).stdout)
+    return [e for item in listing["nftables"] if kind in item for e in item[kind].get("elem", [])]
+
+
+@pytest.mark.kernel
+def test_apply_and_diff_take_the_affinity_generations_over_from_the_kernel(netns: Netns, tmp_path: Path) -> None:
+    """A hand-run ``apply`` carries a front-end's affinity generation across an endpoint
+    change as the agent does (the clients recorded keep the previous slot table), and
+    ``diff`` against the table it left says nothing: both read the generations the
+    kernel holds (docs/datapath.md row 16) instead of starting every front-end afresh."""
+    three, four = _affinity_cluster(tmp_path, 3), _affinity_cluster(tmp_path, 4)
+    assert run("apply", *three, ns=netns).returncode == 0
+    assert _elements(netns, "svcgenb4") == []  # the first generation: a
+    joined = run("apply", *four, ns=netns)
+    assert joined.returncode == 0, joined.stderr
+    assert "taken over from the table in the kernel" in joined.stderr
+    # The fourth endpoint started generation b; the third's slots, as they were, kept as
+    # the previous table for the clients already recorded.
+    assert _elements(netns, "svcgenb4") == [{"concat": ["10.96.0.1", "tcp", 80]}]
+    assert _elements(netns, "svcoldaddr4", "map")
+    same = run("diff", *four, ns=netns)
+    assert (same.returncode, same.stdout) == (0, ""), same.stdout + same.stderr
+    again = run("apply", *four, ns=netns)
+    assert again.stdout.startswith("applied: no changes"), again.stdout + again.stderr
+    assert _elements(netns, "svcgenb4") == [{"concat": ["10.96.0.1", "tcp", 80]}]

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wholeip.cli import flags
@@ -29,12 +30,22 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def desired_table(args: argparse.Namespace, *, route: bool = False, reach: bool = False) -> Any:
+def desired_table(
+    args: argparse.Namespace,
+    *,
+    route: bool = False,
+    reach: bool = False,
+    kernel: Callable[[], Any] | None = None,
+) -> Any:
     """The table the cluster file says this node must hold. ``route`` (``apply``): program
     the egress steering's policy routing first, so that holders it cannot reach on-link
     are left out of the steering (as the agent does); ``reach`` (``diff``): look which
     holders are on-link, writing nothing. Neither (``render``): every holder is assumed
-    on-link."""
+    on-link. ``kernel`` (``diff``, ``apply``): reads our table in the kernel, asked only
+    when a delegated front-end has affinity: its generations are taken over as a restarted
+    agent takes them (the recorded clients keep their endpoints; without it a hand-run
+    ``apply`` would start every such front-end afresh, and ``diff`` would show the agent's
+    generations as changes)."""
     from wholeip.cli import clusterfile
     from wholeip.core import index
 
@@ -45,6 +56,11 @@ def desired_table(args: argparse.Namespace, *, route: bool = False, reach: bool 
     idx = index.load_objects(
         loaded.objects, node_name=args.node_name, settings=model_of(loaded, args), table=args.table
     )
+    if kernel is not None and idx.delegated.has_affinity():
+        current = kernel()
+        adopted = idx.delegated.adopt(current.elements, {}) if current is not None else 0
+        if adopted:
+            say(f"note: affinity generations of {adopted} front-end(s) taken over from the table in the kernel")
     if route:
         steer(idx, args)
     elif reach:
@@ -151,8 +167,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from wholeip.nft.commands import as_json
     from wholeip.nft.diff import diff
 
-    desired = desired_table(args, reach=True)
-    plan = diff(desired, engine(args).observe())
+    eng = engine(args)
+    read: list[Any] = []
+
+    def current() -> Any:  # (read once: for the generations, when asked, and for the diff)
+        if not read:
+            read.append(eng.observe())
+        return read[0]
+
+    desired = desired_table(args, reach=True, kernel=current)
+    plan = diff(desired, current())
     if plan.empty:
         say("no changes")
         return EXIT_OK
@@ -162,9 +186,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    desired = desired_table(args, route=True)
+    eng = engine(args)
+    desired = desired_table(args, route=True, kernel=eng.observe)
     started = time.perf_counter()
-    result = engine(args).sync(desired, full=True)
+    result = eng.sync(desired, full=True)
     print(f"applied: {result.plan.summary()} in {time.perf_counter() - started:.3f}s")
     return EXIT_OK
 
