@@ -332,6 +332,8 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
             "changes": changes,
             "change_to_commit_p50_ms": percentile(latencies, 0.5),
             "change_to_commit_p99_ms": percentile(latencies, 0.99),
+            "change_to_commit_each_ms": latencies,
+            "service_change_cpu_each_ms": service_cpu,
             "commit_p50_ms": percentile(commits, 0.5),
             "elements_added_per_change": statistics.median(elements),
             "service_change_cpu_p50_ms": percentile(service_cpu, 0.5),
