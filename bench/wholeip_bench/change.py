@@ -181,7 +181,9 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
             except OSError:
                 return False
 
-        wait_for(ready, within=600, what="the agent to be ready", interval=0.005)
+        # Every 100 ms: a probe every 5 ms took a tenth of the agent's CPU while it listed
+        # (py-spy: aiohttp answering /readyz), which the split below would count as its own.
+        wait_for(ready, within=600, what="the agent to be ready", interval=0.1)
         ready_s = time.perf_counter() - started
         # Where start-up went, from the agent's own log: listing (process start included)
         # until "informers synced", then the first sync's index and commit.
