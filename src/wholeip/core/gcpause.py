@@ -21,7 +21,9 @@ def gc_paused(*, long_lived: bool = False) -> Iterator[None]:
     is moved into the oldest generation unscanned (``gc.freeze`` then ``gc.unfreeze``).
     Otherwise the first collection after the pause scans every object made during it,
     which at 100,000 Services is the first 0.4 s of the next thing done; in the oldest
-    generation they wait for the next full collection, which is rare.
+    generation they wait for the next full collection, which is rare. In a process that
+    has frozen what it keeps (the agent), they are frozen with it instead: unfreezing
+    would hand that back to the collector too.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -29,7 +31,9 @@ def gc_paused(*, long_lived: bool = False) -> Iterator[None]:
         yield
     finally:
         if long_lived:
+            frozen_before = gc.get_freeze_count()
             gc.freeze()
-            gc.unfreeze()
+            if not frozen_before:
+                gc.unfreeze()
         if enabled:
             gc.enable()
