@@ -167,12 +167,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from wholeip.nft.commands import as_json
     from wholeip.nft.diff import diff
 
-    eng = engine(args)
     read: list[Any] = []
 
     def current() -> Any:  # (read once: for the generations, when asked, and for the diff)
         if not read:
-            read.append(eng.observe())
+            read.append(engine(args).observe())
         return read[0]
 
     desired = desired_table(args, reach=True, kernel=current)
@@ -186,10 +185,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    eng = engine(args)
-    desired = desired_table(args, route=True, kernel=eng.observe)
+    # (The kernel is reached only once the input is read and accepted.)
+    desired = desired_table(args, route=True, kernel=lambda: engine(args).observe())
     started = time.perf_counter()
-    result = eng.sync(desired, full=True)
+    result = engine(args).sync(desired, full=True)
     print(f"applied: {result.plan.summary()} in {time.perf_counter() - started:.3f}s")
     return EXIT_OK
 
