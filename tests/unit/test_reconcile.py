@@ -661,3 +661,88 @@ async def test_a_restarted_agent_keeps_the_affinity_generations_of_the_kernels_t
     after = backend.read_table("inet", "wholeip")
     assert after is not None
     assert after.elements == doc.elements
+
+
+async def test_an_incremental_sync_leaves_the_egress_routing_when_its_routes_are_the_same() -> None:
+    """Opening netlink to read every rule and route cost each Service change 3-4 ms at
+    100,000 Services: an incremental sync asks the router only when the routes changed,
+    the last apply failed or said something went wrong; a full sync asks always."""
+    nodes = [
+        {"kind": "Node", "metadata": {"name": n}, "spec": {"podCIDRs": [c]},
+         "status": {"addresses": [{"type": "InternalIP", "address": a}]}}
+        for n, c, a in (("n1", "10.244.1.0/24", "192.0.2.11"), ("n2", "10.244.2.0/24", "192.0.2.12"),
+                        ("n3", "10.244.3.0/24", "192.0.2.13"))
+    ]  # fmt: skip
+    egress = {
+        "kind": "Service",
+        "metadata": {"namespace": "default", "name": "mail", "annotations": {EGRESS_IP_ANNOTATION: "true"}},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.50"}]}},
+    }
+    cache: dict[tuple[str, str], dict[str, Any]] = {
+        ("services", "default/mail"): egress,
+        ("services", "default/a"): _service("a", "198.51.100.1"),
+        ("endpointslices", "default/mail-x"): _slice("mail", "10.244.1.10"),
+        ("endpointslices", "default/a-x"): _slice("a", "10.244.1.20"),
+        ("servicel2statuses", "m/l2"): {
+            "kind": "ServiceL2Status",
+            "metadata": {"namespace": "m", "name": "l2"},
+            "status": {"node": "n2", "serviceName": "mail", "serviceNamespace": "default"},
+        },
+    }
+
+    def of(resource: str) -> list[dict[str, Any]]:
+        return [obj for (r, _), obj in cache.items() if r == resource]
+
+    engine = Engine(backend=FakeBackend())
+    router = _Router(engine)
+    changes = Changes(clock=lambda: 0.0)
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(
+            services=of("services"),
+            endpoint_slices=of("endpointslices"),
+            nodes=nodes,
+            l2_statuses=of("servicel2statuses"),
+        ),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Incremental(changes=changes, lookup=lambda r, k: cache.get((r, k)), nodes=lambda: nodes),
+        offload=_inline,
+        router=router,
+    )
+    await syncer(True)
+    assert [c for c, _ in router.calls] == [{1: "n2"}]
+    # Another Service's pod moves: the same routes, the router is not asked.
+    cache[("endpointslices", "default/a-x")] = _slice("a", "10.244.1.21")
+    changes.record("endpointslices", "default/a-x")
+    await syncer(False)
+    assert len(router.calls) == 1
+    doc = engine.observe()
+    assert doc is not None
+    assert ("198.51.100.1", "10.244.1.21") in doc.elements["ingress4"]
+    # The egress IP moves to n3: new routes, asked.
+    cache[("servicel2statuses", "m/l2")]["status"] = {
+        "node": "n3",
+        "serviceName": "mail",
+        "serviceNamespace": "default",
+    }
+    changes.record("servicel2statuses", "m/l2")
+    await syncer(False)
+    assert [c for c, _ in router.calls][-1] == {1: "n3"}
+    assert len(router.calls) == 2
+    # A full sync asks whatever changed; and after an apply that failed, the next sync asks.
+    await syncer(True)
+    assert len(router.calls) == 3
+    failing = router.apply
+
+    def broken(routes: Any) -> Any:
+        failing(routes)
+        raise OSError("netlink went away")
+
+    router.apply = broken  # type: ignore[method-assign]
+    await syncer(True)
+    router.apply = failing  # type: ignore[method-assign]
+    changes.record("endpointslices", "default/a-x")
+    await syncer(False)
+    assert len(router.calls) == 5
