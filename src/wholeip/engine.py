@@ -139,21 +139,32 @@ class Engine:
         return self.backend.read_table(self.family, self.table, known=known)
 
     def sync(
-        self, desired: TableDoc, *, full: bool = False, touched: Mapping[str, AbstractSet[Elem]] | None = None
+        self,
+        desired: TableDoc,
+        *,
+        full: bool = False,
+        touched: Mapping[str, AbstractSet[Elem]] | None = None,
+        already_read: TableDoc | None = None,
     ) -> SyncResult:
         """Make the kernel hold ``desired``, in one transaction.
 
         ``touched`` (optional) names every element that may differ from the last
         commit; the diff then costs the size of the change instead of the table's.
+        ``already_read``: our table as the caller has just read it (:meth:`observe`); the
+        sync is then full and compares with it instead of reading the kernel again.
         Raises the backend's errors; after an error the next sync is full.
         """
-        full = full or self.last is None
+        full = full or self.last is None or already_read is not None
         started = time.perf_counter()
         drift = False
         plan: Plan | None = None
         if full:
             # Sets the kernel holds unchanged come back as these objects: no second copy.
-            current = self.observe(self._memory if self.last is not None else desired.elements)
+            current = (
+                already_read
+                if already_read is not None
+                else self.observe(self._memory if self.last is not None else desired.elements)
+            )
             if self.last is not None:
                 drift = current is None or not diff(self.last, current).empty
         else:

@@ -657,7 +657,17 @@ async def test_a_restarted_agent_keeps_the_affinity_generations_of_the_kernels_t
     assert doc is not None
     assert doc.elements["svcgenb4"], "no second generation to keep"
     second, _ = agent()
+    reads: list[str] = []
+    read_table = backend.read_table
+
+    def counted(family: str, name: str, **kwargs: Any) -> Any:
+        reads.append(name)
+        return read_table(family, name, **kwargs)
+
+    backend.read_table = counted  # type: ignore[method-assign]
     await second(True)
+    backend.read_table = read_table  # type: ignore[method-assign]
+    assert reads == ["wholeip"]  # read once, for the take-over and the commit's comparison
     after = backend.read_table("inet", "wholeip")
     assert after is not None
     assert after.elements == doc.elements

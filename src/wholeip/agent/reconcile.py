@@ -584,22 +584,28 @@ class Syncer:
             self._route_conflicts = frozenset(report.conflicts)
         index.egress.set_routing(report.not_on_link, touched if touched is not None else {}, steered=report.steered)
 
-    async def _adopt(self, index: ClusterIndex) -> None:
+    async def _adopt(self, index: ClusterIndex) -> TableDoc | None:
         """At start: the affinity generations a previous run left in the kernel (a restart
-        keeps the recorded clients of delegated Services on their endpoints)."""
+        keeps the recorded clients of delegated Services on their endpoints). Returns the
+        table read, for the commit to compare with (not read twice)."""
         try:
-            current = await self._offload(self.engine.observe)
+            # (Not with the index's sets as the ones it probably holds: the kernel's would come
+            # back as those very objects, and taking the generations over changes them.)
+            current: TableDoc | None = await self._offload(self.engine.observe)
         except Exception as exc:  # the commit reads the kernel again and says what is wrong
             log.warning("reading the table for the affinity generations failed", error=f"{type(exc).__name__}: {exc}")
-            return
+            return None
         if current is None:
-            return
+            return None
         adopted = index.delegated.adopt(current.elements, {})
         if adopted:
             log.info("affinity generations taken over from the table in the kernel", front_ends=adopted)
+        return current
 
-    def _commit(self, doc: TableDoc, full: bool, touched: Touched | None = None) -> SyncResult:
-        result = self.engine.sync(doc, full=full, touched=touched)
+    def _commit(
+        self, doc: TableDoc, full: bool, touched: Touched | None = None, observed: TableDoc | None = None
+    ) -> SyncResult:
+        result = self.engine.sync(doc, full=full, touched=touched, already_read=observed)
         if full:
             _trim_heap()  # a full sync parsed the kernel's listing of the whole table
         if self.after_commit is not None and not result.plan.empty:
@@ -627,6 +633,8 @@ class Syncer:
         pending = mode.take()
         index = self.index
         touched: Touched | None = None
+        observed: TableDoc | None = None
+        """Our table, when this sync has read it already (the affinity generations' take-over)."""
         nodes: Sequence[dict[str, Any]]
         rebuild = False
         if full and self.rehost is not None:
@@ -681,13 +689,13 @@ class Syncer:
             index, index_cpu = await self._offload(_with_cpu, lambda: self._rebuild(snap))
             index_seconds = time.perf_counter() - indexing
             if self.engine.last is None and index.delegated.has_affinity():
-                await self._adopt(index)
+                observed = await self._adopt(index)
             await self._steer(index, {})
             nodes = snap.nodes
             self.rebuilds += 1
         self.index = index
         doc = index.doc()
-        result: SyncResult = await self._offload(self._commit, doc, full, touched)
+        result: SyncResult = await self._offload(self._commit, doc, full, touched, observed)
         # Kept for tests and tools: without the rendered commands, which would otherwise
         # live until the next sync.
         self.last_result = dataclasses.replace(result, plan=result.plan.light())
