@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -167,13 +168,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from wholeip.nft.commands import as_json
     from wholeip.nft.diff import diff
 
-    read: list[Any] = []
-
-    def current() -> Any:  # (read once: for the generations, when asked, and for the diff)
-        if not read:
-            read.append(engine(args).observe())
-        return read[0]
-
+    # (Read once: for the generations, when asked, and for the diff.)
+    current: Callable[[], Any] = functools.cache(lambda: engine(args).observe())
     desired = desired_table(args, reach=True, kernel=current)
     plan = diff(desired, current())
     if plan.empty:

@@ -105,6 +105,12 @@ _KINDS = {
 """By ``f.address is None`` (a NodePort)."""
 
 
+def _element_key(f: Frontend) -> tuple[str | int, ...]:
+    """What a front-end's elements are keyed by: (protocol, NodePort) or (ClusterIP,
+    protocol, port)."""
+    return (f.protocol, f.port) if f.address is None else (f.address, f.protocol, f.port)
+
+
 def _other(generation: str) -> str:
     return GENERATIONS[1] if generation == GENERATIONS[0] else GENERATIONS[0]
 
@@ -119,8 +125,7 @@ def frontend_elements(f: Frontend, generation: Generation = FIRST) -> list[tuple
     """The (set, element) pairs of one front-end (with affinity, in ``generation``)."""
     v = f.family
     out: list[tuple[str, Elem]] = [(SVC_SELF[v], (a, a)) for a in f.local_endpoints]
-    kind = _KINDS[f.address is None]
-    key: tuple[str | int, ...] = (f.protocol, f.port) if f.address is None else (f.address, f.protocol, f.port)
+    kind, key = _KINDS[f.address is None], _element_key(f)
     front, addr_map, port_map, refuse = kind.front[v], kind.addr[v], kind.port[v], kind.refuse[v]
     if not f.endpoints:
         out.append((refuse, (key, "drop" if f.local else f"goto {REFUSE}")))
@@ -211,8 +216,7 @@ def kernel_generation(f: Frontend, kernel: Mapping[str, Mapping[tuple[object, ..
     """The generation of front-end ``f`` as a previous run of the agent left it in the kernel
     (``kernel``: per set, key -> value), carried to ``f``'s endpoints; None when the kernel
     has no such front-end with affinity or its slots are incomplete."""
-    v, kind = f.family, _KINDS[f.address is None]
-    key: tuple[object, ...] = (f.protocol, f.port) if f.address is None else (f.address, f.protocol, f.port)
+    v, kind, key = f.family, _KINDS[f.address is None], _element_key(f)
     if key not in kernel.get(kind.times["cur"][v], {}):
         return None
     current = GENERATIONS[1] if key in kernel.get(kind.gen_b[v], {}) else GENERATIONS[0]

@@ -718,12 +718,9 @@ class ClusterIndex:
         info, every = both
         if info.family != 4 or info.problems or len(info.ready) != 1 or info.service == API_SERVER_SERVICE:
             return None
-        ((pod, node),) = info.ready.items()
-        # What _split makes of one endpoint: inside the pod networks (or none known), the node interned.
-        number = ipv4_number(pod)
-        if number is None or (self._net.pod[4] and not _inside(number, self._net.pod4)):
+        ready, outside = self._split(4, info.ready.items())
+        if outside:
             return None
-        ready = Ready((pod, sys.intern(node) if node is not None else None))
         return _PlainSlice(skey, ready, self._shared_ports(tuple(info.ports.items())), every)
 
     def _put_plain(self, read: ServiceRead, ps: _PlainSlice) -> bool:
@@ -733,20 +730,9 @@ class ClusterIndex:
         ip, pod = read.external_ips[0], cast(str, ps.ready[0])
         if ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
             return False
-        key = (sys.intern(read.namespace), read.name)
-        # What _view_of_read and then _make_view make of it (no ports, no problems).
-        view = _View(
-            key,
-            pack_uid(read.uid),
-            created_seconds(read.created),
-            Mode.WHOLE_IP,
-            read.allow_icmp,
-            ip,
-            read.ports,
-            (),
-            False,
-            ps.ready,
-        )
+        # What _make_view makes of it with this one slice: its endpoint, no ports, no problems.
+        view = self._view_of_read(read, ready4=ps.ready)
+        key = view.key
         self._views[key] = view
         self._slices[ps.skey] = _Slice(key, 4, ps.ready, NO_ENDPOINTS, ps.ports)
         self._slices_of[key] = ps.skey
@@ -755,20 +741,8 @@ class ClusterIndex:
         self._claimed.add(ip, ip)
         self._winners[ip] = view
         self._pods[pod] = ip
-        elements = self.elements
-        for name, elem in entry_elements(
-            ip,
-            pod,
-            egress=True,
-            pod_node=ps.ready[1],
-            node_name=self.node_name,
-            mode=Mode.WHOLE_IP,
-            allow_icmp=read.allow_icmp,
-            ports=(),
-            source_ranges=(),
-            at_pod=_PLAIN_AT_POD,
-        ):
-            elements[name].add(elem)
+        for name, elem in self._elements_of(ip, _Side(view, True, _PLAIN_AT_POD)):
+            self.elements[name].add(elem)
         self.delegated.file(ps.skey, ps.every)
         return True
 
@@ -1000,9 +974,10 @@ class ClusterIndex:
             closed=info.closed,
         )
 
-    def _view_of_read(self, read: ServiceRead) -> _View:
+    def _view_of_read(self, read: ServiceRead, *, ready4: Ready = NO_ENDPOINTS) -> _View:
         """The view of a Service :func:`~wholeip.core.objects.read_service` read (nothing to
-        report), before its slices."""
+        report), before its slices (``ready4``: or with the one IPv4 endpoint a plain
+        mapping's slice gives it, see :meth:`_put_plain`)."""
         self._parse_problems.pop((read.namespace, read.name), None)
         exts = read.external_ips
         return _View(
@@ -1015,6 +990,7 @@ class ClusterIndex:
             read.ports,
             (),
             False,
+            ready4,
         )
 
     def _make_view(self, svc: _View) -> _View:
