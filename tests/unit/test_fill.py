@@ -11,6 +11,7 @@ Service is plain, so that both ways of ``fill`` are taken.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections import Counter
 from typing import Any
@@ -21,7 +22,7 @@ from tests.unit.test_properties import Cluster, _by_key, _slice_keys, clusters, 
 
 from wholeip.core.compact import AddressBook
 from wholeip.core.delegated import without_history
-from wholeip.core.index import ClusterIndex, load, load_unique
+from wholeip.core.index import ClusterIndex, Filler, load, load_unique
 from wholeip.names import EGRESS_IP_ANNOTATION, WHOLE_IP_ANNOTATION
 from wholeip.settings import ModelSettings
 
@@ -122,6 +123,58 @@ def test_a_filled_index_is_the_index_updates_build(c: Cluster) -> None:
     written = len(filled._views)
     _same(filled, _by_updates(c, c.services, c.slices))
     event(f"mappings: {'some' if written else 'none'}")
+
+
+@props(150)
+@given(st.one_of(clusters(), plain_clusters()), st.data())
+def test_a_stream_in_any_order_fills_the_index_updates_build(c: Cluster, data: st.DataObject) -> None:
+    """Services and slices given to a :class:`Filler` in chunks, interleaved in any order
+    (as the agent's two lists deliver their pages), leave the index of updates."""
+    stream: list[tuple[str, list[Any]]] = []
+    services, slices = list(_by_key(c.services).items()), list(_slice_keys(c.slices).items())
+    while services or slices:
+        take_services = bool(services) and (not slices or data.draw(st.booleans()))
+        source = services if take_services else slices
+        n = data.draw(st.integers(1, 4))
+        stream.append(("services" if take_services else "slices", source[:n]))
+        del source[:n]
+    index = ClusterIndex(settings=c.settings, node_name=c.node_name, nodes=c.nodes)
+    filler = Filler(index, batch=data.draw(st.sampled_from((1, 3, 2000))))
+    for what, chunk in stream:
+        if what == "services":
+            filler.services(chunk)
+        else:
+            filler.slices(chunk)
+    filler.finish()
+    event(f"mappings: {'some' if index._views else 'none'}")
+    _same(index, _by_updates(c, c.services, c.slices))
+
+
+def test_every_order_of_a_service_with_a_plain_slice_and_another() -> None:
+    """A plain Service, a slice that is not plain (two endpoints) and a plain one, in every
+    order and flushed at once: the plain slice must never be written as the Service's only
+    one (the other is filed already, or still waits to be)."""
+    svc, plain = _plain_service(0, "203.0.113.1", "10.244.1.5", "n1")
+    other = {**plain, "metadata": {**plain["metadata"], "name": "p0-y"}}
+    other["endpoints"] = [
+        {"addresses": [a], "nodeName": "n1", "conditions": {"ready": True}} for a in ("10.244.1.6", "10.244.1.7")
+    ]
+    nodes = [{"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}]
+    c = Cluster([svc], [plain, other], nodes, ModelSettings(), "n1")
+    for order in itertools.permutations((svc, plain, other)):
+        for done in (False, True) if order[-1] is svc else (False,):  # (done: no slice comes after)
+            index = ClusterIndex(settings=c.settings, node_name="n1", nodes=nodes)
+            filler = Filler(index, batch=1)
+            for obj in order:
+                if obj is svc:
+                    if done:
+                        filler.slices_done()
+                    filler.services(_by_key([obj]).items())
+                else:
+                    filler.slices(_slice_keys([obj]).items())
+            filler.finish()
+            _same(index, _by_updates(c, c.services, c.slices))
+            assert len(index.state().mappings) == 1
 
 
 @props(100)

@@ -644,73 +644,13 @@ class ClusterIndex:
         batch: int = 2000,
     ) -> None:
         """Load Services (key -> its objects, each key once) and slices (unique keys) into
-        a new index: the index :meth:`update` would make of them, in a fraction of its time.
-
-        A Service with one slice that the two make a plain whole-IP mapping of (one IPv4
-        external IP, one ready endpoint inside the pod networks, nothing to report, no other
-        reader selecting the Service) is written straight into the index when its external
-        IP is nobody's claim yet, its pod nobody's backend and the IP not refused: the index
-        it leaves is the one :meth:`update` would leave, without the comparisons with what
-        was there before (nothing) and the re-resolution of others (none). Everything else
-        takes :meth:`update`, in batches of ``batch`` objects so that a stream is never held
-        whole. As the index is correct after every step, whatever comes later (a Service
-        claiming the same IP, the API server's addresses) is resolved by :meth:`update` as
-        for any change. A property test holds a filled index to one updated object by
-        object, also through later updates.
-        """
-        if self._views or self._slices or self._claims:
-            raise ValueError("fill: the index is not new")
-        single: dict[ServiceKey, _PlainSlice] = {}
-        """Service -> its one slice so far, when that slice can make a plain mapping."""
-        several: set[ServiceKey] = set()
-        """Services with a slice that cannot, or with more than one."""
-        pending: dict[str, SliceRead | None] = {}
-        for skey, obj in slices:
-            both = read_slice(obj)
-            if both is None:
-                continue  # (as update() files it: nothing)
-            key = both[0].service
-            plain = self._plain_slice(skey, both) if key not in several else None
-            if plain is None or key in single:
-                several.add(key)
-                first = single.pop(key, None)
-                if first is not None:
-                    pending[first.skey] = first.read()
-                pending[skey] = both
-                if len(pending) >= batch:
-                    self.update(read_slices=pending)
-                    pending = {}
-            else:
-                single[key] = plain
-        general: dict[ServiceKey, Sequence[RawObject]] = {}
-        reads: dict[ServiceKey, ServiceRead] = {}
-        written: list[tuple[str, str]] = []
-        """The (external IP, pod) pairs written."""
-        for key, objs in services:
-            first = single.pop(key, None)
-            read = _plain_read(key, objs, self.settings) if first is not None else None
-            if read is not None and first is not None:
-                if self._put_plain(read, first):
-                    written.append((read.external_ips[0], cast(str, first.ready[0])))
-                    continue
-                reads[key] = read
-            else:
-                general[key] = objs
-            if first is not None:
-                pending[first.skey] = first.read()
-            if len(general) + len(reads) + len(pending) >= batch:
-                self.update(services=general, reads=reads, read_slices=pending)
-                general, reads, pending = {}, {}, {}
-        pending.update((ps.skey, ps.read()) for ps in single.values())  # slices of no Service
-        single.clear()
-        self.update(services=general, reads=reads, read_slices=pending)
-        # The egress Services and the published ports of the written pods: as update() tells them.
-        if written:
-            pods = {pod for _, pod in written}
-            touched: Touched = {}  # (nobody to tell: the index is new)
-            if self.podnat.has_pods:
-                self.podnat.update({}, touched, recheck=pods)
-            self.egress.update(touched, pods=pods, external_ips=[ip for ip, _ in written])
+        a new index: the index :meth:`update` would make of them, in a fraction of its time
+        (a :class:`Filler` given every slice, then every Service)."""
+        filler = Filler(self, batch=batch)
+        filler.slices(slices)
+        filler.slices_done()
+        filler.services(services)
+        filler.finish()
 
     def _plain_slice(self, skey: str, both: SliceRead) -> _PlainSlice | None:
         """The slice as a plain mapping takes it: IPv4, one ready endpoint, inside the pod
@@ -1332,6 +1272,124 @@ class ClusterIndex:
 
 _LbKey = tuple[str, str, int]
 """(LoadBalancer IP as canonical text, protocol, port)."""
+
+
+class Filler:
+    """Services and slices streamed into a new index, in any order and interleaving: the
+    index :meth:`ClusterIndex.update` would make of them, in a fraction of its time.
+
+    A Service with one slice that the two make a plain whole-IP mapping of (one IPv4
+    external IP, one ready endpoint inside the pod networks, nothing to report, no other
+    reader selecting the Service) is written straight into the index as soon as both have
+    come, when its external IP is nobody's claim yet, its pod nobody's backend and the IP
+    not refused: the index it leaves is the one :meth:`~ClusterIndex.update` would leave,
+    without the comparisons with what was there before (nothing) and the re-resolution of
+    others (none). Until its partner comes, such a Service or slice waits as what was read
+    of it (not the object). Everything else takes :meth:`~ClusterIndex.update`, in batches
+    of ``batch`` objects, so that a stream is never held whole. The index is correct after
+    every step, so whatever comes later (a second slice of a written Service, a Service
+    claiming the same IP, the API server's addresses) is resolved as any change is;
+    :meth:`finish` sends what still waits. Every key comes once (each resource's own).
+
+    :meth:`ClusterIndex.fill` gives it every slice and then every Service; the agent gives
+    it the pages of its first lists as they arrive (see ``wholeip.agent.prefill``). A
+    property test holds a filled index to one updated object by object, in both orders and
+    through later updates.
+    """
+
+    def __init__(self, index: ClusterIndex, *, batch: int = 2000) -> None:
+        if index._views or index._slices or index._claims:
+            raise ValueError("fill: the index is not new")
+        self.index = index
+        self.batch = batch
+        self._single: dict[ServiceKey, _PlainSlice] = {}
+        """Service not come yet -> its one slice so far, when that slice can make a plain mapping."""
+        self._several: set[ServiceKey] = set()
+        """Services with a slice that cannot, or with more than one."""
+        self._waiting: dict[ServiceKey, ServiceRead] = {}
+        """Plain Services whose slice has not come (yet)."""
+        self._slices_done = False
+        """Every slice has come: a Service without a slice waits for none."""
+        self._general: dict[ServiceKey, Sequence[RawObject]] = {}
+        self._reads: dict[ServiceKey, ServiceRead] = {}
+        self._pending: dict[str, SliceRead | None] = {}
+        self._written: list[tuple[str, str]] = []
+        """The (external IP, pod) pairs written."""
+
+    def slices(self, slices: Iterable[tuple[str, RawObject]]) -> None:
+        """Take slices (their index keys, see :func:`_slice_key`)."""
+        index, single, several = self.index, self._single, self._several
+        for skey, obj in slices:
+            both = read_slice(obj)
+            if both is None:
+                continue  # (as update() files it: nothing)
+            key = both[0].service
+            plain = index._plain_slice(skey, both) if key not in several else None
+            if plain is not None and key not in single:
+                read = self._waiting.pop(key, None)
+                if read is None:
+                    single[key] = plain
+                else:
+                    self._pair(key, read, plain)
+                continue
+            several.add(key)
+            first = single.pop(key, None)
+            if first is not None:
+                self._pending[first.skey] = first.read()
+            self._pending[skey] = both
+            self._flush(full_only=True)
+
+    def slices_done(self) -> None:
+        """No slice comes any more: a plain Service that comes later has none to wait for."""
+        self._slices_done = True
+
+    def services(self, services: Iterable[tuple[ServiceKey, Sequence[RawObject]]]) -> None:
+        """Take Services (key -> the objects under it)."""
+        settings = self.index.settings
+        for key, objs in services:
+            first = self._single.pop(key, None)
+            read = None
+            if key not in self._several and (first is not None or not self._slices_done):
+                read = _plain_read(key, objs, settings)
+            if read is None:
+                self._general[key] = objs
+                if first is not None:
+                    self._pending[first.skey] = first.read()
+            elif first is not None:
+                self._pair(key, read, first)
+            else:
+                self._waiting[key] = read
+            self._flush(full_only=True)
+
+    def _pair(self, key: ServiceKey, read: ServiceRead, plain: _PlainSlice) -> None:
+        if self.index._put_plain(read, plain):
+            self._written.append((read.external_ips[0], cast(str, plain.ready[0])))
+        else:
+            self._reads[key] = read
+            self._pending[plain.skey] = plain.read()
+
+    def _flush(self, *, full_only: bool) -> None:
+        if full_only and len(self._general) + len(self._reads) + len(self._pending) < self.batch:
+            return
+        self.index.update(services=self._general, reads=self._reads, read_slices=self._pending)
+        self._general, self._reads, self._pending = {}, {}, {}
+
+    def finish(self) -> None:
+        """Send what still waits: plain Services without a slice, slices of no Service (yet)."""
+        self._pending.update((ps.skey, ps.read()) for ps in self._single.values())
+        self._reads.update(self._waiting)
+        self._single.clear()
+        self._waiting.clear()
+        self._flush(full_only=False)
+        # The egress Services and the published ports of the written pods: as update() tells them.
+        written, self._written = self._written, []
+        if written:
+            index = self.index
+            pods = {pod for _, pod in written}
+            touched: Touched = {}  # (nobody to tell: the index is new)
+            if index.podnat.has_pods:
+                index.podnat.update({}, touched, recheck=pods)
+            index.egress.update(touched, pods=pods, external_ips=[ip for ip, _ in written])
 
 
 class _LbClaims(NamedTuple):
