@@ -8,6 +8,7 @@ hold what the datapath needs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -194,6 +195,32 @@ async def test_nothing_is_written_until_the_informers_synced(api: ApiServer, sta
     await agent.wait_ready()
     await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.1.10")})
     assert (await http_get(agent.web.url + "/readyz"))[0] == 200
+
+
+async def test_the_start_up_index_follows_the_list_pages(api: ApiServer, start_agent: AgentFactory) -> None:
+    """The lists come in pages of 4: the first sync takes the index the prefill built from
+    them (every Service and slice listed) and commits every mapping; a Service changed and
+    one deleted afterwards are updates of that index, not rebuilds."""
+    cluster(api)
+    for i in range(12):
+        api.store.create(service(f"s{i}"))
+        set_lb_ip(api, f"s{i}", f"198.51.100.{10 + i}")
+        api.store.create(endpoint_slice(f"s{i}", f"10.244.1.{10 + i}", "n1"))
+    listed = len(api.store.list("services", None)) + len(api.store.list("endpointslices", None))
+    agent = await start_agent("n1", watch_options=dataclasses.replace(FAST, page_size=4))
+    await agent.wait_ready()
+    assert agent.syncer is not None
+    assert agent.syncer.prefilled == listed
+    assert agent.syncer.prefill is None  # taken
+    assert table(agent) == {(f"198.51.100.{10 + i}", f"10.244.1.{10 + i}") for i in range(12)}
+    rebuilds = agent.syncer.rebuilds
+    set_lb_ip(api, "s0", "198.51.100.99")
+    api.store.delete("services", "s1", "default")
+    expected = {(f"198.51.100.{10 + i}", f"10.244.1.{10 + i}") for i in range(2, 12)} | {
+        ("198.51.100.99", "10.244.1.10")
+    }
+    await eventually(lambda: table(agent) == expected)
+    assert agent.syncer.rebuilds == rebuilds
 
 
 async def test_stop_leaves_the_rules_and_a_successor_takes_over_without_changes(

@@ -37,7 +37,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -52,10 +52,13 @@ from wholeip.agent.healthcheck import HealthCheckServers
 from wholeip.agent.hostaddr import read_host
 from wholeip.agent.l2statuses import L2StatusSource
 from wholeip.agent.metrics import Metrics
+from wholeip.agent.prefill import RESOURCES as PREFILLED
+from wholeip.agent.prefill import Prefill
 from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
 from wholeip.agent.servicecidrs import ServiceCIDRSource
 from wholeip.agent.web import WebServer
 from wholeip.core.model import HealthCheck, Problem, ProblemSource
+from wholeip.core.servicecidr import effective_model
 from wholeip.engine import Engine
 from wholeip.kube.api import Obj
 from wholeip.kube.events import EventRecorder
@@ -201,7 +204,13 @@ class Agent:
         # the table is this network namespace's own.
         real = isinstance(self.backend, LibnftBackend)
 
+        # The start-up index follows the lists of Services and slices as their pages come.
+        prefill = Prefill(node_name=s.node_name, table=s.table, stored=self._stored, lookup=self._lookup)
+        for informer in informers:
+            if informer.resource in PREFILLED:
+                informer.on_page = functools.partial(prefill.page, informer.resource)
         self.syncer = Syncer(
+            prefill=prefill,
             engine=self.engine,
             snapshot=self._snapshot,
             node_name=s.node_name,
@@ -268,12 +277,15 @@ class Agent:
                 group.create_task(self.l2_statuses.run(), name="servicel2statuses")
             if self.pod_informer is not None:
                 group.create_task(self.pod_informer.run(), name="informer-pods")
+            group.create_task(self._begin_prefill(), name="prefill")
             group.create_task(self.reconciler.run(), name="reconcile")
             group.create_task(self.events.run(), name="events")
 
     async def stop(self) -> None:
         """Stop every task and close connections. The kernel's table is left as it is."""
         task, self._task = self._task, None
+        if self.syncer is not None and self.syncer.prefill is not None:
+            self.syncer.prefill.drop("the agent stopped")
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -331,6 +343,25 @@ class Agent:
             objects={i.resource: len(i.cache) for i in self.informers},
             cpu_s=round(time.process_time(), 2),
         )
+
+    async def _begin_prefill(self) -> None:
+        """Start the start-up index once the Nodes and the Service networks are known."""
+        assert self.informers is not None
+        assert self.syncer is not None
+        nodes = self.informers[2]
+        await nodes.synced.wait()
+        cidrs = None
+        if self.service_cidrs is not None:
+            await self.service_cidrs.wait_synced()
+            cidrs = self.service_cidrs.objects()
+        syncer = self.syncer
+        if syncer.prefill is not None:  # (not taken yet by the first sync)
+            syncer.prefill.begin(nodes=nodes.snapshot(), settings=effective_model(syncer.model, cidrs))
+
+    def _stored(self, resource: str) -> Mapping[str, object]:
+        assert self.informers is not None
+        services, slices, _ = self.informers
+        return (services if resource == "services" else slices).stored()
 
     def _snapshot(self) -> Snapshot:
         assert self.informers is not None

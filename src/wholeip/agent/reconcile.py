@@ -57,6 +57,7 @@ from wholeip.backoff import backoff_delay
 from wholeip.core.elements import count_mappings
 from wholeip.core.index import ClusterIndex, ServiceKey, Touched, load_unique
 from wholeip.core.model import HealthCheck, ObjectRef, Problem, ProblemSource
+from wholeip.core.objects import split_key
 from wholeip.core.servicecidr import effective_model
 from wholeip.core.steering import Holder
 from wholeip.engine import Engine, Rejection, SyncResult
@@ -67,6 +68,7 @@ from wholeip.settings import ModelSettings
 
 if TYPE_CHECKING:
     from wholeip.agent.metrics import Metrics
+    from wholeip.agent.prefill import Prefill, Taken
 
 log = structlog.get_logger(__name__)
 
@@ -278,6 +280,14 @@ def _with_cpu(work: Callable[[], _T]) -> tuple[_T, float]:
     return result, time.thread_time() - started
 
 
+def _keep_long() -> None:
+    """After a new index: what exists now (caches, index) lives long, so it is kept out of
+    every future collection (a sync's garbage then costs a sync's size to collect), and
+    the heap the build freed goes back to the system."""
+    gc.freeze()
+    _trim_heap()
+
+
 def _trim_heap() -> None:
     """Hand the C heap's free pages back to the system (glibc ``malloc_trim``): a
     rebuild decodes every cached object once, and without this the process keeps
@@ -394,11 +404,6 @@ class Incremental:
 Mode = Rebuild | Incremental
 
 
-def _split_key(key: str) -> ServiceKey:
-    namespace, _, name = key.rpartition("/")
-    return (namespace, name)
-
-
 @dataclass(frozen=True, slots=True)
 class _Reported:
     """The index's problems plus this sync's own (rejected element changes)."""
@@ -496,8 +501,12 @@ class Syncer:
         router: Router | None = None,
         on_health: Callable[[Sequence[HealthCheck]], None] | None = None,
         rehost: Callable[[], ModelSettings] | None = None,
+        prefill: Prefill | None = None,
     ) -> None:
         self.engine = engine
+        self.prefill = prefill
+        """The start-up index, followed while the informers list (see
+        :mod:`wholeip.agent.prefill`): taken by the first rebuild, if any."""
         self.on_health = on_health
         """Called on the event loop after every sync with the healthCheckNodePorts of the
         delegated Services (the health-check servers)."""
@@ -529,6 +538,32 @@ class Syncer:
         self.last_result: SyncResult | None = None
         self.rebuilds = 0
         """Syncs that built the index from a snapshot."""
+        self.prefilled: int | None = None
+        """Objects the start-up index followed as they were listed, when the first sync took
+        it (None: the index was built from the caches)."""
+
+    async def _take_prefill(self, snap: Snapshot) -> Taken | None:
+        """The index the prefill built while the informers listed, brought up to ``snap``'s
+        caches; None without one (given up, failed, or taken before)."""
+        prefill, self.prefill = self.prefill, None
+        if prefill is None:
+            return None
+        taken = await prefill.take(
+            nodes=snap.nodes,
+            settings=effective_model(self.model, snap.service_cidrs),
+            pods=snap.pods,
+            l2_statuses=snap.l2_statuses,
+        )
+        if taken is not None:
+            self.prefilled = taken.listed
+            log.info(
+                "start-up index followed the lists",
+                listed=taken.listed,
+                caught_up=taken.caught_up,
+                cpu_s=round(taken.cpu_s, 2),
+                catch_up_cpu_ms=round(taken.catch_up_cpu_s * 1000, 2),
+            )
+        return taken
 
     def _rebuild(self, snap: Snapshot) -> ClusterIndex:
         index = load_unique(
@@ -541,10 +576,7 @@ class Syncer:
             pods=snap.pods,
             l2_statuses=snap.l2_statuses,
         )
-        # What exists now (caches, index) lives long: keep it out of every future
-        # collection, so that a sync's garbage costs a sync's size to collect.
-        gc.freeze()
-        _trim_heap()
+        _keep_long()
         return index
 
     async def _steer(self, index: ClusterIndex, touched: Touched | None, *, full: bool = True) -> None:
@@ -657,9 +689,9 @@ class Syncer:
             services: dict[ServiceKey, list[dict[str, Any]]] = {}
             for key in pending.services:
                 obj = mode.lookup("services", key)
-                services[_split_key(key)] = [obj] if obj is not None else []
+                services[split_key(key)] = [obj] if obj is not None else []
             slices = {key: mode.lookup("endpointslices", key) for key in pending.slices}
-            pods = {_split_key(key): mode.lookup("pods", key) for key in pending.pods}
+            pods = {split_key(key): mode.lookup("pods", key) for key in pending.pods}
             l2 = {key: mode.lookup(L2_STATUS_RESOURCE, key) for key in pending.l2_statuses}
             nodes = mode.nodes()
             # A Node or ServiceCIDR change re-reads them all (they are few) and updates what
@@ -686,7 +718,13 @@ class Syncer:
             self.index = None
             snap = self._snapshot()
             indexing = time.perf_counter()
-            index, index_cpu = await self._offload(_with_cpu, lambda: self._rebuild(snap))
+            taken = await self._take_prefill(snap)
+            if taken is not None:
+                index, index_cpu = taken.index, taken.catch_up_cpu_s
+                await self._offload(_keep_long)
+            else:
+                snap = self._snapshot()  # (the prefill may have read some of the iterators)
+                index, index_cpu = await self._offload(_with_cpu, lambda: self._rebuild(snap))
             index_seconds = time.perf_counter() - indexing
             if self.engine.last is None and index.delegated.has_affinity():
                 observed = await self._adopt(index)

@@ -1474,10 +1474,16 @@ def load_unique(
             ((_slice_key(obj), obj) for obj in endpoint_slices),
             batch=batch,
         )
-        index.update(pod_objects={service_key(obj): obj for obj in pods})
-        index.update(l2_statuses=_keyed(l2_statuses))
-        index.compact()
+        finish_load(index, pods=pods, l2_statuses=l2_statuses)
         return index
+
+
+def finish_load(index: ClusterIndex, *, pods: Iterable[RawObject], l2_statuses: Iterable[RawObject]) -> None:
+    """What a load of unique keys (an informer's caches) adds after the Services and the
+    slices: this node's Pods and MetalLB's statuses; then the index is compacted."""
+    index.update(pod_objects={service_key(obj): obj for obj in pods})
+    index.update(l2_statuses=_keyed(l2_statuses))
+    index.compact()
 
 
 def _load(

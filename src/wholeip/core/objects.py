@@ -53,6 +53,12 @@ def namespaced_name(obj: RawObject) -> tuple[str, str]:
     return (ns if isinstance(ns, str) else "", name if isinstance(name, str) else "")
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """An informer's cache key (``namespace/name``, or ``name``) -> ``(namespace, name)``."""
+    namespace, _, name = key.rpartition("/")
+    return (namespace, name)
+
+
 # --------------------------------------------------------------------------- raw helpers
 
 

@@ -63,7 +63,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +267,11 @@ class Informer:
         """Called before ``on_change`` with the key of the object that changed, or None
         when a list replaced the cache (anything may have changed): for consumers that
         keep their own index of the cache and update only what changed."""
+        self.on_page: Callable[[Sequence[tuple[str, Obj, object]]], None] | None = None
+        """Called during every list with each page's objects as they went into the new
+        cache: (key, the object, what the cache holds for it, see :meth:`stored`). For a
+        consumer that follows a list as it comes (the agent's start-up index); the objects
+        must not be mutated. Before ``on_key(None)``, which follows the whole list."""
         self.options = options or WatchOptions()
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -296,6 +301,12 @@ class Informer:
     def snapshot(self) -> list[Obj]:
         """The cached objects now (a new list; the objects are shared and must not be mutated)."""
         return list(self.cache.values())
+
+    def stored(self) -> Mapping[str, object]:
+        """Key -> what the cache holds for it now (the packed bytes, or the object itself).
+        Replaced whenever the object is: equal to what :attr:`on_page` gave for the key
+        while the cache still holds the object listed then."""
+        return self.cache.raw if isinstance(self.cache, PackedCache) else self.cache
 
     def iterate(self) -> Iterator[Obj]:
         """The cached objects now, one at a time (a packed cache decodes each as it is reached,
@@ -444,10 +455,17 @@ class Informer:
             except TooLargeResourceVersion as exc:
                 raise _TooLarge from exc
             meta = page.get("metadata") or {}
+            listed: list[tuple[str, Obj, object]] | None = [] if self.on_page is not None else None
+            stored: Mapping[str, object] = items.raw if isinstance(items, PackedCache) else items
             for raw in page.get("items") or []:
                 if isinstance(raw, dict):
                     obj = self._prepare(raw)
-                    items[object_key(obj)] = obj
+                    key = object_key(obj)
+                    items[key] = obj
+                    if listed is not None:
+                        listed.append((key, obj, stored[key]))
+            if self.on_page is not None and listed:
+                self.on_page(listed)
             if not version:
                 version = str(meta.get("resourceVersion") or "")
             token = str(meta.get("continue") or "")
