@@ -7,14 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from wholeip.core.gcpause import gc_paused
+from wholeip.core.gcpause import freeze_kept, gc_paused, unfreeze_kept
 
 
 @pytest.fixture(autouse=True)
 def _nothing_frozen() -> Iterator[None]:
-    gc.unfreeze()
+    unfreeze_kept()
     yield
-    gc.unfreeze()
+    unfreeze_kept()
 
 
 def _generation_of(obj: object) -> int | None:
@@ -50,7 +50,7 @@ def test_in_a_process_that_froze_what_it_keeps_it_is_frozen_too() -> None:
     """The agent froze its modules and caches: a new index joins them, and what was frozen
     is not handed back to the collector."""
     before = [[1]]
-    gc.freeze()
+    freeze_kept()
     with gc_paused(long_lived=True):
         kept = [[2]]
     assert _generation_of(before) is None

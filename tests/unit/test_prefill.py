@@ -1,6 +1,6 @@
 """The start-up index that follows the informers' lists (:class:`~wholeip.agent.prefill.Prefill`).
 
-Pages of Services and slices come interleaved, the thread may begin before or after
+Pages of Services and slices come interleaved, the index may begin before or after
 some of them, and the caches go on changing (objects changed, replaced by equal
 copies, deleted, added; the Nodes changed) until the gate opens: what the first
 sync takes must be the index built from the caches at that moment, record by
@@ -71,7 +71,7 @@ def test_the_index_taken_is_the_one_built_from_the_caches_then(c: Cluster, other
     try:
         _follow(prefill, caches, c, other, data)
     finally:
-        prefill.drop("the test is over")  # (a no-op once taken; ends the thread otherwise)
+        prefill.drop("the test is over")  # (a no-op once taken)
 
 
 def _follow(prefill: Prefill, caches: _Caches, c: Cluster, other: Cluster, data: st.DataObject) -> None:
@@ -124,7 +124,7 @@ def _follow(prefill: Prefill, caches: _Caches, c: Cluster, other: Cluster, data:
 
 def test_a_key_listed_twice_gives_the_prefill_up() -> None:
     """A list that failed or expired halfway and started again: the first sync builds the
-    index from the caches (None), and the thread ends."""
+    index from the caches (None)."""
     c = Cluster(*_two_services())
     caches = _Caches(c)
     prefill = _prefill(caches, c)
@@ -134,9 +134,6 @@ def test_a_key_listed_twice_gives_the_prefill_up() -> None:
     prefill.page("services", first)  # the list again, from its first page
     assert prefill.dropped == "services: a list started again"
     assert _take(prefill, c, c.nodes) is None
-    assert prefill._thread is not None
-    prefill._thread.join(5)
-    assert not prefill._thread.is_alive()
 
 
 def test_other_settings_at_the_gate_give_the_prefill_up() -> None:
@@ -153,8 +150,8 @@ def test_other_settings_at_the_gate_give_the_prefill_up() -> None:
 
 
 def test_taken_without_a_beginning_it_begins_at_the_gate() -> None:
-    """The Nodes came last: the thread begins when the first sync takes the index, with
-    what the sync has, and every page already queued goes in."""
+    """The Nodes came last: the index begins when the first sync takes it, with what the
+    sync has, and every page listed before goes in."""
     c = Cluster(*_two_services())
     caches = _Caches(c)
     prefill = _prefill(caches, c)

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import gc
 import os
 import signal
 import time
@@ -57,6 +56,7 @@ from wholeip.agent.prefill import Prefill
 from wholeip.agent.reconcile import Changes, Incremental, Reconciler, Snapshot, Syncer
 from wholeip.agent.servicecidrs import ServiceCIDRSource
 from wholeip.agent.web import WebServer
+from wholeip.core.gcpause import freeze_kept
 from wholeip.core.model import HealthCheck, Problem, ProblemSource
 from wholeip.core.servicecidr import effective_model
 from wholeip.engine import Engine
@@ -425,7 +425,7 @@ def run(settings: Settings) -> int:
     # What the process has loaded (the modules: aiohttp, kubernetes_asyncio...) lives as long
     # as it: out of every collection. A full collection of it alone took 40-48 ms, and the
     # listing of 100,000 Services ran 19 of them; later the index is frozen too (reconcile).
-    gc.freeze()
+    freeze_kept()
     try:
         return asyncio.run(_main(settings))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

@@ -40,7 +40,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import gc
 import math
 import random
 import time
@@ -55,6 +54,7 @@ import structlog
 
 from wholeip.backoff import backoff_delay
 from wholeip.core.elements import count_mappings
+from wholeip.core.gcpause import freeze_kept
 from wholeip.core.index import ClusterIndex, ServiceKey, Touched, load_unique
 from wholeip.core.model import HealthCheck, ObjectRef, Problem, ProblemSource
 from wholeip.core.objects import split_key
@@ -284,7 +284,7 @@ def _keep_long() -> None:
     """After a new index: what exists now (caches, index) lives long, so it is kept out of
     every future collection (a sync's garbage then costs a sync's size to collect), and
     the heap the build freed goes back to the system."""
-    gc.freeze()
+    freeze_kept()
     _trim_heap()
 
 

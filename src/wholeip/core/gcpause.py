@@ -12,6 +12,25 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+_keeps_frozen = False
+"""Whether the process froze what it keeps (:func:`freeze_kept`)."""
+
+
+def freeze_kept() -> None:
+    """Freeze every object there is, for the life of the process (the agent's modules, then
+    its caches and index): out of every future collection. From then on what
+    ``gc_paused(long_lived=True)`` leaves is frozen too."""
+    global _keeps_frozen
+    _keeps_frozen = True
+    gc.freeze()
+
+
+def unfreeze_kept() -> None:
+    """Undo :func:`freeze_kept` (tests that run after an agent in the same process)."""
+    global _keeps_frozen
+    _keeps_frozen = False
+    gc.unfreeze()
+
 
 @contextlib.contextmanager
 def gc_paused(*, long_lived: bool = False) -> Iterator[None]:
@@ -22,8 +41,10 @@ def gc_paused(*, long_lived: bool = False) -> Iterator[None]:
     Otherwise the first collection after the pause scans every object made during it,
     which at 100,000 Services is the first 0.4 s of the next thing done; in the oldest
     generation they wait for the next full collection, which is rare. In a process that
-    has frozen what it keeps (the agent), they are frozen with it instead: unfreezing
-    would hand that back to the collector too.
+    has frozen what it keeps (:func:`freeze_kept`, the agent), they are frozen with it
+    instead: unfreezing would hand that back to the collector too. (Whether it has is a
+    flag: ``gc.get_freeze_count()`` walks every frozen object, and the agent's start-up
+    index pauses the collector once per list page.)
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -31,9 +52,8 @@ def gc_paused(*, long_lived: bool = False) -> Iterator[None]:
         yield
     finally:
         if long_lived:
-            frozen_before = gc.get_freeze_count()
             gc.freeze()
-            if not frozen_before:
+            if not _keeps_frozen:
                 gc.unfreeze()
         if enabled:
             gc.enable()
