@@ -32,7 +32,7 @@ from typing import Any
 from wholeip.core.gcpause import gc_paused
 from wholeip.nft import render
 from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailable
-from wholeip.nft.commands import Command, Delete, as_json, one_by_one
+from wholeip.nft.commands import Command, Delete, as_json, as_text, one_by_one
 from wholeip.nft.diff import Plan, diff, diff_touched
 from wholeip.nft.doc import Elem, JSONObj, TableDoc
 from wholeip.nft.render import Table
@@ -117,7 +117,7 @@ def apply_plan(backend: Backend, plan: Plan) -> None:
     if plan.declarations:
         backend.declare("; ".join(plan.declarations))
     for fill in plan.fill:
-        backend.transact(as_json(fill))
+        backend.transact_text(as_text(fill))
     if plan.after:
         backend.transact(as_json(plan.after))
 

@@ -96,6 +96,9 @@ class NetnsBackend:
     def transact(self, commands: Sequence[JSONObj]) -> None:
         self._ns.call(self._inner.transact, commands)
 
+    def transact_text(self, text: str) -> None:
+        self._ns.call(self._inner.transact_text, text)
+
     def check(self, commands: Sequence[JSONObj]) -> None:
         self._ns.call(self._inner.check, commands)
 

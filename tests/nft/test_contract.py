@@ -7,6 +7,7 @@ instead of hiding in the agent's unit tests.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from wholeip.core import index, model
 from wholeip.core.elements import compile_table
 from wholeip.engine import apply_plan
-from wholeip.nft.backend import Backend, Exists, NotFound, Rejected
+from wholeip.nft.backend import Backend, Exists, NftError, NotFound, Rejected
 from wholeip.nft.diff import diff
 from wholeip.nft.listing import parse_listing
 from wholeip.settings import ModelSettings
@@ -97,6 +98,34 @@ def test_transactions_are_atomic(backend: Backend) -> None:
             ]
         )
     assert _elems(backend, "m") == []
+
+
+def test_a_transaction_written_as_text_is_one_transaction(backend: Backend) -> None:
+    """``transact_text`` (a new table's fill) applies and refuses as ``transact`` does:
+    all or nothing, the same errors; text that is no JSON is refused."""
+    _map(backend)
+
+    def add(key: str, value: str) -> dict[str, Any]:
+        return {"add": {"element": {**T, "name": "m", "elem": [[key, value]]}}}
+
+    backend.transact_text(json.dumps({"nftables": [add("192.0.2.1", "10.0.0.1")]}))
+    assert len(_elems(backend, "m")) == 1
+    with pytest.raises(Exists):
+        backend.transact_text(json.dumps({"nftables": [add("192.0.2.2", "10.0.0.2"), add("192.0.2.1", "10.0.0.9")]}))
+    with pytest.raises(NotFound):
+        backend.transact_text(
+            json.dumps(
+                {
+                    "nftables": [
+                        add("192.0.2.3", "10.0.0.3"),
+                        {"add": {"element": {**T, "name": "missing", "elem": [["192.0.2.6", "10.0.0.6"]]}}},
+                    ]
+                }
+            )
+        )
+    with pytest.raises(NftError):
+        backend.transact_text('{"nftables": [{"add": ')
+    assert len(_elems(backend, "m")) == 1
 
 
 def test_overlapping_intervals_are_rejected(backend: Backend) -> None:

@@ -74,6 +74,12 @@ class Backend(Protocol):
         """Apply libnftables JSON commands as one transaction: all or nothing."""
         ...
 
+    def transact_text(self, text: str) -> None:
+        """:meth:`transact` of a transaction already written as libnftables JSON text
+        (``{"nftables": [...]}``): a new table's fill, 350,000 elements at 100,000 Services,
+        written without building the objects first (:func:`~wholeip.nft.commands.as_text`)."""
+        ...
+
     def check(self, commands: Sequence[JSONObj]) -> None:
         """Like :meth:`transact`, changing nothing (``nft --check``): raises what it would raise."""
         ...

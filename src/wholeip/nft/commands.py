@@ -17,6 +17,7 @@ pass. Only a refused transaction is split element by element
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -83,6 +84,17 @@ Command = Add | Delete | Flush
 def as_json(commands: Iterable[Command]) -> list[JSONObj]:
     """One transaction's commands as libnftables JSON, what a backend takes."""
     return [cmd.to_json() for cmd in commands]
+
+
+def as_text(commands: Iterable[Command]) -> str:
+    """One transaction as libnftables JSON text: ``json.dumps({"nftables": as_json(commands)})``
+    in meaning (equal once parsed), the elements written straight as text (see
+    :func:`~wholeip.nft.render.elements_text`)."""
+    parts = [
+        json.dumps(cmd.to_json()) if (els := cmd.elements) is None else render.elements_text(cmd.verb, cmd.table, els)
+        for cmd in commands
+    ]
+    return '{"nftables": [' + ", ".join(parts) + "]}"
 
 
 def element_count(commands: Iterable[Command]) -> int:

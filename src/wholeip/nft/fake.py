@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import itertools
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -112,6 +113,14 @@ class FakeBackend:
             self._apply(work, cmd)
         self.tables = work
         self.transactions.append(copy.deepcopy(list(commands)))
+
+    def transact_text(self, text: str) -> None:
+        """As libnftables reads it: JSON text, then :meth:`transact` of its commands."""
+        try:
+            commands = json.loads(text)["nftables"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Rejected(f"Error: invalid JSON input: {exc}") from exc
+        self.transact(commands)
 
     def check(self, commands: Sequence[JSONObj]) -> None:
         """Apply to a copy and throw it away (``fail_next`` is for transactions only)."""

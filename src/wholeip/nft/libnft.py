@@ -191,6 +191,15 @@ class LibnftBackend:
             text = str(err).strip()
             raise classify(text)("nft transaction refused", detail=text)
 
+    def transact_text(self, text: str) -> None:
+        with self._lock:
+            # (The context reads JSON input while its output is JSON: json_cmd sets the same.)
+            self._nft.set_json_output(True)
+            rc, _out, err = self._nft.cmd(text)
+        if rc != 0:
+            text = str(err).strip()
+            raise classify(text)("nft transaction refused", detail=text)
+
     def check(self, commands: Sequence[JSONObj]) -> None:
         if not commands:
             return

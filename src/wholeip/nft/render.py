@@ -25,7 +25,8 @@ elements as a few references, and its commands render when they are sent.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+import re
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +176,58 @@ def _key(key: Key, interval: bool) -> Any:
     if isinstance(key, tuple):
         return {"concat": [_part(p, interval) for p in key]}
     return _part(key, interval)
+
+
+def elements_text(verb: str, table: Table, elements: Elements) -> str:
+    """``{verb: body}`` of some elements as JSON text: what ``json.dumps`` gives of
+    ``{verb: body(table, elements)}``, equal once parsed, written without building the
+    objects first. A new table's fill is 350,000 elements at 100,000 Services, and
+    building then encoding them took a third of the cold commit's time."""
+    decl = elements.decl
+    head = json.dumps({verb: {"element": {**_where(table), "name": decl.name, "elem": []}}})
+    assert head.endswith("[]}}}")
+    return head[:-5] + "[" + ", ".join(_elem_texts(decl, elements.in_order())) + "]}}}"
+
+
+_PLAIN = re.compile(r"[0-9A-Za-z.:/_ -]*")
+"""Text that JSON writes between quotes as it is."""
+
+
+def _elem_texts(decl: SetDecl, elems: Iterable[Elem]) -> Iterator[str]:
+    interval = decl.interval
+    if decl.data is None:
+        for elem in elems:
+            yield _key_text(elem, interval)  # type: ignore[arg-type]
+        return
+    verdict = decl.data == "verdict"
+    verdicts: dict[str, str] = {}
+    for elem in elems:
+        if not isinstance(elem, tuple) or len(elem) != 2:
+            raise ValueError(f"map {decl.name}: element {elem!r} is not a (key, value) pair")
+        key, value = elem
+        if verdict:
+            word = str(value)
+            text = verdicts.get(word)
+            if text is None:
+                text = verdicts[word] = json.dumps(_verdict(word))
+        else:
+            text = _part_text(value, False)
+        yield f"[{_key_text(key, interval)}, {text}]"
+
+
+def _key_text(key: Key, interval: bool) -> str:
+    if isinstance(key, tuple):
+        return '{"concat": [' + ", ".join([_part_text(p, interval) for p in key]) + "]}"
+    return _part_text(key, interval)
+
+
+def _part_text(part: str | int, interval: bool) -> str:
+    if isinstance(part, str):
+        if not (interval and "/" in part) and _PLAIN.fullmatch(part):
+            return f'"{part}"'
+    elif type(part) is int and -(1 << 53) < part < 1 << 53:  # (not a bool: JSON spells those otherwise)
+        return str(part)
+    return json.dumps(_part(part, interval))
 
 
 def _verdict(value: str) -> Any:
