@@ -465,7 +465,8 @@ class Syncer:
     * **rebuild** (start-up, after a list of Services or slices, after an update of the
       index failed, and every sync in the :class:`Rebuild` mode): a new
       :class:`~wholeip.core.index.ClusterIndex` from a snapshot of every cache,
-      O(cluster);
+      O(cluster); at start-up, the index the ``prefill`` filled while the informers
+      listed, brought up to that snapshot (:mod:`wholeip.agent.prefill`), when it has one;
     * **update** (every other change, in the :class:`Incremental` mode): the index
       re-reads only the keys the informers reported (and every Node and ServiceCIDR
       after a change of one) and tells the engine which elements it touched, so the
