@@ -8,7 +8,6 @@ hold what the datapath needs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -197,17 +196,18 @@ async def test_nothing_is_written_until_the_informers_synced(api: ApiServer, sta
     assert (await http_get(agent.web.url + "/readyz"))[0] == 200
 
 
-async def test_the_start_up_index_follows_the_list_pages(api: ApiServer, start_agent: AgentFactory) -> None:
-    """The lists come in pages of 4: the first sync takes the index the prefill built from
-    them (every Service and slice listed) and commits every mapping; a Service changed and
-    one deleted afterwards are updates of that index, not rebuilds."""
+async def test_the_start_up_index_follows_the_lists(api: ApiServer, start_agent: AgentFactory) -> None:
+    """The first sync takes the index the prefill built from the lists (every Service and
+    slice listed) and commits every mapping; a Service changed and one deleted afterwards
+    are updates of that index, not rebuilds. (The first lists ask for resourceVersion=0,
+    which a server answers whole, as one page; pages of any size are test_prefill's.)"""
     cluster(api)
     for i in range(12):
         api.store.create(service(f"s{i}"))
         set_lb_ip(api, f"s{i}", f"198.51.100.{10 + i}")
         api.store.create(endpoint_slice(f"s{i}", f"10.244.1.{10 + i}", "n1"))
     listed = len(api.store.list("services", None)) + len(api.store.list("endpointslices", None))
-    agent = await start_agent("n1", watch_options=dataclasses.replace(FAST, page_size=4))
+    agent = await start_agent("n1")
     await agent.wait_ready()
     assert agent.syncer is not None
     assert agent.syncer.prefilled == listed

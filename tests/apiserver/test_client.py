@@ -72,6 +72,11 @@ async def test_list_with_selectors_and_pagination(api: ApiServer, k8s: client.Ap
     assert rest.metadata.remaining_item_count == 1
     now = await v1.list_service_for_all_namespaces(limit=10)
     assert [s.metadata.name for s in now.items] == ["s0", "s1", "s3", "s4", "s9", "x"]
+    # resourceVersion=0 (what informers ask for first) comes from a real server's watch
+    # cache, whole: the limit is ignored, there is no continue token.
+    whole = await v1.list_service_for_all_namespaces(limit=2, resource_version="0")
+    assert [s.metadata.name for s in whole.items] == ["s0", "s1", "s3", "s4", "s9", "x"]
+    assert not whole.metadata._continue
     api.compact()
     with pytest.raises(ApiException) as gone:
         await v1.list_namespaced_service("default", limit=10, _continue=page.metadata._continue)

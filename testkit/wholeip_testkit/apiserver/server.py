@@ -520,6 +520,10 @@ class ApiServer:
             minimum = parse_rv(q.get("resourceVersion"))
             if minimum:
                 await self._wait_for_rv(minimum)
+            elif q.get("resourceVersion") == "0":
+                # A real server answers resourceVersion=0 from its watch cache, whole: it
+                # ignores the limit (kube-apiserver since 1.13), so the client gets one page.
+                limit = 0
         list_rv = rv if rv is not None else self.store.rv
         items = self.store.list(t.rtype, selector, namespace=t.namespace, rv=rv, after=after, limit=limit)
         meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
