@@ -72,7 +72,7 @@ import structlog
 
 from wholeip.backoff import backoff_delay
 from wholeip.core.objects import namespaced_name
-from wholeip.kube.api import Gone, Obj, TooLargeResourceVersion, error_from_status, read_json
+from wholeip.kube.api import Gone, Obj, TooLargeResourceVersion, error_from_status, read_json, read_list
 
 log = structlog.get_logger(__name__)
 
@@ -139,6 +139,9 @@ def _version_number(version: str) -> int | None:
     except ValueError:
         return None
 
+
+_HANDED = 500
+"""Most objects :attr:`Informer.on_page` is given at once."""
 
 RESTART_REASONS = ("closed", "idle", "error", "expired", "too_large")
 """Why a watch was restarted (``Informer.restarts`` keys; the restarts metric's ``reason`` label)."""
@@ -268,10 +271,11 @@ class Informer:
         when a list replaced the cache (anything may have changed): for consumers that
         keep their own index of the cache and update only what changed."""
         self.on_page: Callable[[Sequence[tuple[str, Obj, object]]], None] | None = None
-        """Called during every list with each page's objects as they went into the new
-        cache: (key, the object, what the cache holds for it, see :meth:`stored`). For a
-        consumer that follows a list as it comes (the agent's start-up index); the objects
-        must not be mutated. Before ``on_key(None)``, which follows the whole list."""
+        """Called during every list with its objects as they went into the new cache, a page
+        or at most 500 at a time (a server answers a first list whole): (key, the object,
+        what the cache holds for it, see :meth:`stored`). For a consumer that follows a list
+        as it comes (the agent's start-up index); the objects must not be mutated. Before
+        ``on_key(None)``, which follows the whole list."""
         self.options = options or WatchOptions()
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -446,26 +450,31 @@ class Informer:
                 kwargs["_continue"] = token
             elif not consistent:
                 kwargs["resource_version"] = "0"
+            top: dict[str, Any] = {}
             try:
-                page = await read_json(await self._list_func(**kwargs))
+                page = await read_list(await self._list_func(**kwargs), top)
             except Gone as exc:
                 # The continue token outlived the server's history: the whole list must
                 # be redone, at the newest version.
                 raise _Expired from exc
             except TooLargeResourceVersion as exc:
                 raise _TooLarge from exc
-            meta = page.get("metadata") or {}
             listed: list[tuple[str, Obj, object]] | None = [] if self.on_page is not None else None
             stored: Mapping[str, object] = items.raw if isinstance(items, PackedCache) else items
-            for raw in page.get("items") or []:
+            for raw in page:  # (decoded one at a time: the first list is the whole cluster at once)
                 if isinstance(raw, dict):
                     obj = self._prepare(raw)
                     key = object_key(obj)
                     items[key] = obj
                     if listed is not None:
                         listed.append((key, obj, stored[key]))
-            if self.on_page is not None and listed:
-                self.on_page(listed)
+                        if len(listed) >= _HANDED:
+                            self._hand(listed)
+                            listed = []
+            if listed:
+                self._hand(listed)
+            meta = top.get("metadata")
+            meta = meta if isinstance(meta, dict) else {}
             if not version:
                 version = str(meta.get("resourceVersion") or "")
             token = str(meta.get("continue") or "")
@@ -597,6 +606,10 @@ class Informer:
                 self._notify(key)
         else:
             log.warning("unknown watch event type ignored", resource=self.resource, type=kind)
+
+    def _hand(self, listed: list[tuple[str, Obj, object]]) -> None:
+        if self.on_page is not None:
+            self.on_page(listed)
 
     def _prepare(self, obj: Obj) -> Obj:
         return self._transform(obj) if self._transform is not None else obj
