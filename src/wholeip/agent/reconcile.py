@@ -719,12 +719,15 @@ class Syncer:
             self.index = None
             snap = self._snapshot()
             indexing = time.perf_counter()
-            taken = await self._take_prefill(snap)
+            taken = None
+            if self.prefill is not None:
+                taken = await self._take_prefill(snap)
+                if taken is None:
+                    snap = self._snapshot()  # (the prefill may have read some of the iterators)
             if taken is not None:
                 index, index_cpu = taken.index, taken.catch_up_cpu_s
                 await self._offload(_keep_long)
             else:
-                snap = self._snapshot()  # (the prefill may have read some of the iterators)
                 index, index_cpu = await self._offload(_with_cpu, lambda: self._rebuild(snap))
             index_seconds = time.perf_counter() - indexing
             if self.engine.last is None and index.delegated.has_affinity():
