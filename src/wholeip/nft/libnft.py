@@ -185,20 +185,16 @@ class LibnftBackend:
     def transact(self, commands: Sequence[JSONObj]) -> None:
         if not commands:
             return
-        with self._lock:
-            rc, _out, err = self._nft.json_cmd({"nftables": list(commands)})
-        if rc != 0:
-            text = str(err).strip()
-            raise classify(text)("nft transaction refused", detail=text)
+        self.transact_text(json.dumps({"nftables": list(commands)}))
 
     def transact_text(self, text: str) -> None:
         with self._lock:
-            # (The context reads JSON input while its output is JSON: json_cmd sets the same.)
+            # (The context reads JSON input while its output is JSON, as json_cmd sets it.)
             self._nft.set_json_output(True)
             rc, _out, err = self._nft.cmd(text)
         if rc != 0:
-            text = str(err).strip()
-            raise classify(text)("nft transaction refused", detail=text)
+            detail = str(err).strip()
+            raise classify(detail)("nft transaction refused", detail=detail)
 
     def check(self, commands: Sequence[JSONObj]) -> None:
         if not commands:

@@ -155,12 +155,17 @@ def _elem_list(decl: SetDecl, elems: Iterable[Elem]) -> list[Any]:
         return [_key(elem, interval) for elem in elems]  # type: ignore[arg-type]
     verdict = decl.data == "verdict"
     out: list[Any] = []
+    for key, value in _pairs(decl, elems):
+        out.append([_key(key, interval), _verdict(str(value)) if verdict else _part(value, False)])
+    return out
+
+
+def _pairs(decl: SetDecl, elems: Iterable[Elem]) -> Iterator[tuple[Any, Any]]:
+    """A map's elements as (key, value); anything else is refused."""
     for elem in elems:
         if not isinstance(elem, tuple) or len(elem) != 2:
             raise ValueError(f"map {decl.name}: element {elem!r} is not a (key, value) pair")
-        key, value = elem
-        out.append([_key(key, interval), _verdict(str(value)) if verdict else _part(value, False)])
-    return out
+        yield elem
 
 
 def _part(part: str | int, interval: bool) -> Any:
@@ -201,10 +206,7 @@ def _elem_texts(decl: SetDecl, elems: Iterable[Elem]) -> Iterator[str]:
         return
     verdict = decl.data == "verdict"
     verdicts: dict[str, str] = {}
-    for elem in elems:
-        if not isinstance(elem, tuple) or len(elem) != 2:
-            raise ValueError(f"map {decl.name}: element {elem!r} is not a (key, value) pair")
-        key, value = elem
+    for key, value in _pairs(decl, elems):
         if verdict:
             word = str(value)
             text = verdicts.get(word)
