@@ -2,13 +2,15 @@
 
 For each N, in fresh network namespaces on this machine, side by side:
 
-* **ours**: a child process loads the cluster (JSON), builds the model and
-  its elements as ``wholeip apply`` does (``index.load_objects``, then the
-  table over the index's sets), commits with the engine (libnftables JSON),
-  and reports the time of each stage (the model's also per Service) and its
-  peak RSS; then, in the same process, the least Python can do to turn the same
-  objects into the same whole-IP elements (``python_floor``: no index, no checks),
-  the model's baseline;
+* **ours, the split**: a child process reads the cluster file (JSON) as
+  ``wholeip apply`` reads it (``clusterfile.load``), builds the model and its
+  elements as it does (``index.load_objects``, then the table over the index's
+  sets), commits with the engine (libnftables JSON), and reports the time of each
+  stage (the model's also per Service) and its peak RSS; then, in the same
+  process, the least Python can do to turn the same objects into the same
+  whole-IP elements (``python_floor``: no index, no checks), the model's baseline;
+* **ours, the process**: the ``wholeip apply`` command itself on the same file,
+  from its start to its exit, in a fresh namespace of its own;
 * **floor**: ``nft -f`` of the very same table (our table listed back in nft
   syntax, so the same sets, chains, rules and elements; only the three
   constant ICMP-error rules are left out, nft cannot parse its own listing of
@@ -66,13 +68,14 @@ def lb_services(m: int) -> list[dict[str, Any]]:
 
 def child(path: str) -> None:
     """Inside the namespace: load, model, compile, commit; print timings as JSON."""
+    from wholeip.cli import clusterfile
     from wholeip.core import index
     from wholeip.engine import Engine
     from wholeip.nft.libnft import LibnftBackend
     from wholeip.settings import ModelSettings
 
     t0 = time.perf_counter()
-    objects = json.loads(Path(path).read_text())["items"]
+    objects = clusterfile.load([path]).objects
     t1 = time.perf_counter()
     settings = ModelSettings(lb_to_clusterip=os.environ.get("WHOLEIP_BENCH_LB") == "1")
     # What ``wholeip apply`` does: the index of every object (the model, the elements with
@@ -150,6 +153,12 @@ def python_floor(objects: list[dict[str, Any]], node: str) -> float:
     return spent
 
 
+def _tokens(listing: str) -> list[str]:
+    """An nft listing's words in order of their text: equal for the same table whatever
+    order its hash sets list their elements in."""
+    return sorted(listing.replace(",", " ").split())
+
+
 def _icmp_fix_rule(line: str) -> bool:
     """A rule of the ICMP-error fix (raw payload writes, see core/ruleset.py)."""
     text = line.strip()
@@ -163,14 +172,23 @@ def measure(n: int, workdir: Path, *, lb: int = 0, delegated: bool = False) -> d
     objects = synth.delegated_cluster(n) if delegated else synth.cluster(n)
     cluster.write_text(json.dumps(synth.as_list(objects + lb_services(lb))))
     with Netns() as ours:
-        started = time.perf_counter()
         argv = [sys.executable, "-m", "wholeip_bench.commit", "--child", str(cluster)]
         out = ours.run(["env", f"WHOLEIP_BENCH_LB={int(lb > 0)}", *argv])
-        wall = time.perf_counter() - started
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         stats: dict[str, Any] = json.loads(out.stdout)
         listing = ours.run(["nft", "list", "table", "inet", "wholeip"]).stdout
+    with Netns() as apply_ns:
+        # The command a user runs, start to exit (the interpreter, imports, the file, the
+        # model, the commit, the exit): what the floor is compared with.
+        argv = [sys.executable, "-m", "wholeip", "apply", "-f", str(cluster), "--node-name", "n1"]
+        started = time.perf_counter()
+        out = apply_ns.run([*argv, *(["--lb-to-clusterip"] if lb else [])])
+        wall = time.perf_counter() - started
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr)
+        if _tokens(apply_ns.run(["nft", "list", "table", "inet", "wholeip"]).stdout) != _tokens(listing):
+            raise RuntimeError("wholeip apply left another table than the measured commit")
     # nft prints the raw-payload writes of the three ICMP-fix rules in a typed form it
     # cannot parse back; they are constant and cost nothing next to N elements, so the
     # floor's file leaves them out (it is still the same sets, maps and elements).

