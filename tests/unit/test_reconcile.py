@@ -592,14 +592,19 @@ async def test_every_sync_applies_the_egress_routing_before_its_marks_are_commit
 
 async def test_a_full_sync_reads_the_hosts_addresses_again_and_a_change_rebuilds() -> None:
     """podnat's ifaceAuto follows the node's default-route source without a restart."""
-    hosts = iter(["192.0.2.11", "192.0.2.11", "192.0.2.99"])
+    hosts = iter(["192.0.2.11", "192.0.2.99"])
+    read: list[str] = []
 
-    def rehost() -> ModelSettings:
-        source = ipaddress.ip_address(next(hosts))
+    def host(text: str) -> ModelSettings:
+        source = ipaddress.ip_address(text)
         podnat = dataclasses.replace(
             ModelSettings().podnat, default_sources=(source,), host_addresses=frozenset({source})
         )
         return dataclasses.replace(ModelSettings(), podnat=podnat)
+
+    def rehost() -> ModelSettings:
+        read.append(next(hosts))
+        return host(read[-1])
 
     changes = Changes(clock=lambda: 0.0)
     services = [_service("a", "198.51.100.1")]
@@ -608,22 +613,23 @@ async def test_a_full_sync_reads_the_hosts_addresses_again_and_a_change_rebuilds
         engine=Engine(backend=FakeBackend(), table="wholeip"),
         snapshot=lambda: Snapshot(services=list(services), endpoint_slices=list(slices), nodes=[]),
         node_name="n1",
-        model=ModelSettings(),
+        model=host("192.0.2.11"),
         table="wholeip",
         mode=Incremental(changes=changes, lookup=lambda resource, key: None, nodes=lambda: []),
         offload=_inline,
         rehost=rehost,
     )
-    await syncer(True)  # the first: a rebuild anyway, with the host as read
+    await syncer(True)  # the first: a rebuild anyway, with the host the Syncer was given
     assert syncer.rebuilds == 1
-    assert [str(a) for a in syncer.model.podnat.default_sources] == ["192.0.2.11"]
+    assert read == []  # (read a moment ago by whoever made the Syncer: not again)
     await syncer(True)  # nothing changed: the index is kept
-    assert syncer.rebuilds == 1
+    assert (read, syncer.rebuilds) == (["192.0.2.11"], 1)
+    assert [str(a) for a in syncer.model.podnat.default_sources] == ["192.0.2.11"]
     await syncer(True)  # the default route's source changed
     assert syncer.rebuilds == 2
     assert [str(a) for a in syncer.model.podnat.default_sources] == ["192.0.2.99"]
     await syncer(False)  # a partial sync does not ask
-    assert syncer.rebuilds == 2
+    assert (len(read), syncer.rebuilds) == (2, 2)
 
 
 async def test_a_restarted_agent_keeps_the_affinity_generations_of_the_kernels_table() -> None:

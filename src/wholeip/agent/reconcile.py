@@ -520,7 +520,10 @@ class Syncer:
         policy routing was last applied for, cleanly."""
         self.rehost = rehost
         """Reads this node's addresses and default-route sources again (podnat's
-        ``ifaceAuto``); called at every full sync, a change rebuilds the index."""
+        ``ifaceAuto``); called at every full sync but the first (``model`` was read just
+        before the Syncer was made), a change rebuilds the index."""
+        self._host_read = rehost is not None
+        """``model`` holds the host as read a moment ago: the first full sync takes it."""
         self._snapshot = snapshot
         self.node_name = node_name
         self.model = model
@@ -670,7 +673,9 @@ class Syncer:
         """Our table, when this sync has read it already (the affinity generations' take-over)."""
         nodes: Sequence[dict[str, Any]]
         rebuild = False
-        if full and self.rehost is not None:
+        if full and self._host_read:
+            self._host_read = False
+        elif full and self.rehost is not None:
             # The node's addresses and default route change rarely (a DHCP lease, a new
             # uplink): looked at once per full sync; a change is a new model, so a rebuild.
             try:
