@@ -83,6 +83,35 @@ def test_objects_of_unused_kinds_count_but_are_not_used() -> None:
     ]
 
 
+def test_a_note_says_which_item_of_which_list_it_is_about() -> None:
+    """Lists are opened (nested ones too, a typed list giving its items their kind); a
+    note names the document and the item path of what it skips."""
+    text = json.dumps(
+        {
+            "kind": "List",
+            "items": [
+                {"kind": "Service", "metadata": {"name": "s"}},
+                {"kind": "ConfigMap", "metadata": {"name": "c"}},
+                {"kind": "ServiceList", "items": [{"metadata": {"name": "t"}}, "text", {"metadata": {}}]},
+                {"metadata": {"name": "no-kind"}},
+            ],
+        }
+    )
+    parsed = clusterfile.parse_text(text, name="f")
+    assert [(o["kind"], o["metadata"]) for o in parsed.objects] == [
+        ("Service", {"name": "s"}),
+        ("Service", {"name": "t"}),
+        ("Service", {}),  # (what the model makes of it is the model's business)
+    ]
+    assert parsed.total == 4  # (the three Services and the ConfigMap)
+    assert parsed.notes == [
+        "f document 1 item 1: skipping kind ConfigMap"
+        " (only Service, EndpointSlice, Node, ServiceCIDR, Pod and ServiceL2Status are used)",
+        "f document 1 item 2 item 1: skipping a str, expected a Kubernetes object",
+        "f document 1 item 3: skipping an object without kind",
+    ]
+
+
 def test_a_set_of_files_is_empty_only_when_every_file_is(tmp_path: Path) -> None:
     empty = write(tmp_path, "", "empty.yaml")
     full = write(tmp_path, json.dumps(SERVICE), "full.json")
