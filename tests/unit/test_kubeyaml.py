@@ -130,6 +130,36 @@ def test_reads_the_subset_as_pyyaml_does(text: str) -> None:
     assert _agrees(text)
 
 
+class _Repeated(_Indented):
+    """The same object again is printed again (kubectl never prints anchors)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _read_keeping(text: str, kept: int) -> Any:
+    """kubeyaml's documents of ``text`` with at most ``kept`` distinct lines' parts kept."""
+    before = kubeyaml._LINES_KEPT
+    kubeyaml._LINES_KEPT = kept
+    try:
+        return kubeyaml.load_all(text)
+    except kubeyaml.Unsupported:
+        return "unsupported"
+    finally:
+        kubeyaml._LINES_KEPT = before
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(values, min_size=1, max_size=4))
+def test_repeated_lines_read_alike_kept_or_not(docs: list[Any]) -> None:
+    """A line read before is taken as read then (its parts are kept, up to a bound): the
+    same lines at several indentations read alike with every line kept, none, or two."""
+    doc = {"items": docs * 2, "nested": {"deeper": docs}}
+    text = yaml.dump(doc, Dumper=_Repeated, default_flow_style=False, allow_unicode=True, width=10_000)
+    _agrees(text)
+    assert _read_keeping(text, 1 << 20) == _read_keeping(text, 0) == _read_keeping(text, 2)
+
+
 def test_kubectl_output_takes_the_fast_path() -> None:
     """A List as ``kubectl get -o yaml`` prints it (go-yaml: sequences at their key's
     indentation, quoted timestamps, ``{}``) is read by kubeyaml, not handed to PyYAML."""
