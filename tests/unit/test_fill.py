@@ -71,12 +71,19 @@ def _loaded(c: Cluster, services: list[dict[str, Any]], slices: list[dict[str, A
     return index
 
 
-def _plain_service(i: int, ip: str, pod: str, node: str, *, egress: bool = False) -> list[dict[str, Any]]:
+def _plain_service(
+    i: int, ip: str, pod: str, node: str, *, egress: bool = False, v6: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """A plain whole-IP Service and its slice; ``v6``: an IPv6 external IP and pod as well
+    (dual-stack: a second slice), or instead (``ip`` empty: IPv6 only)."""
     annotations = {WHOLE_IP_ANNOTATION: "true"}
     if egress:
         annotations[EGRESS_IP_ANNOTATION] = "true"
     name = f"p{i}"
-    return [
+    ingress = [{"ip": ip}] if ip else []
+    if v6 is not None:
+        ingress.append({"ip": v6[0]})
+    out: list[dict[str, Any]] = [
         {
             "kind": "Service",
             "metadata": {
@@ -87,15 +94,24 @@ def _plain_service(i: int, ip: str, pod: str, node: str, *, egress: bool = False
                 "annotations": annotations,
             },
             "spec": {"type": "LoadBalancer"},
-            "status": {"loadBalancer": {"ingress": [{"ip": ip}]}},
-        },
-        {
-            "kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-x", "namespace": "ns", "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [pod], "nodeName": node, "conditions": {"ready": True}}],
-        },
+            "status": {"loadBalancer": {"ingress": ingress}},
+        }
     ]
+    for family, address, suffix in (("IPv4", pod if ip else "", "x"), ("IPv6", v6[1] if v6 else "", "y")):
+        if address:
+            out.append(
+                {
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "name": f"{name}-{suffix}",
+                        "namespace": "ns",
+                        "labels": {"kubernetes.io/service-name": name},
+                    },
+                    "addressType": family,
+                    "endpoints": [{"addresses": [address], "nodeName": node, "conditions": {"ready": True}}],
+                }
+            )
+    return out
 
 
 @st.composite
@@ -107,12 +123,19 @@ def plain_clusters(draw: st.DrawFn) -> Cluster:
     for i in range(draw(st.integers(1, 12))):
         ip = f"203.0.113.{draw(st.integers(1, 8))}"
         pod = f"10.244.{draw(st.integers(0, 2))}.{draw(st.integers(1, 6))}"
-        svc, sl = _plain_service(
-            i, ip, pod, draw(st.sampled_from(("n1", "n2", "elsewhere"))), egress=draw(st.booleans())
-        )
-        services.append(svc)
-        if draw(st.integers(0, 5)):
-            slices.append(sl)
+        v6 = (f"2001:db8:113::{draw(st.integers(1, 8))}", f"fd00:10:244::{draw(st.integers(1, 6)):x}")
+        node, egress = draw(st.sampled_from(("n1", "n2", "elsewhere"))), draw(st.booleans())
+        # IPv4 only (most), dual-stack, IPv6 only; now and then slices of other families
+        # than the Service's external IPs (a dual-stack Service with one family's IP).
+        stack = draw(st.sampled_from(("v4", "v4", "dual", "v6")))
+        slice_stack = draw(st.sampled_from((stack, stack, stack, "v4", "dual", "v6")))
+
+        made = {
+            x: _plain_service(i, "" if x == "v6" else ip, pod, node, egress=egress, v6=None if x == "v4" else v6)
+            for x in (stack, slice_stack)
+        }
+        services.append(made[stack][0])
+        slices += (sl for sl in made[slice_stack][1:] if draw(st.integers(0, 5)))  # (now and then one is missing)
     return Cluster(services, slices, base.nodes, base.settings, base.node_name)
 
 
@@ -215,11 +238,13 @@ def test_plain_pairs_take_the_short_way_and_the_rest_the_long_one() -> None:
     objs += _plain_service(6, "203.0.113.10", "10.244.1.99", "n1")  # p0's external IP, younger
     objs += _plain_service(7, "203.0.113.30", "10.244.1.11", "n1")  # p1's pod
     objs += _plain_service(8, "203.0.113.31", "10.244.1.40", "n1", egress=True)
+    objs += _plain_service(9, "203.0.113.32", "10.244.1.41", "n1", v6=("2001:db8::32", "fd00:10:244:1::41"))
+    objs += _plain_service(10, "", "", "n1", v6=("2001:db8::33", "fd00:10:244:1::42"))
     nodes = [
         {
             "kind": "Node",
             "metadata": {"name": "n1"},
-            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "spec": {"podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]},
             "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.11"}]},
         }
     ]
@@ -235,7 +260,8 @@ def test_plain_pairs_take_the_short_way_and_the_rest_the_long_one() -> None:
     services = [o for o in objs if o["kind"] == "Service"]
     slices = [o for o in objs if o["kind"] == "EndpointSlice"]
     index.fill(_by_key(services).items(), _slice_keys(slices).items())
-    # p0..p5 written; p6 (p0's IP) and p7 (p1's pod) read but left to update(), as p8 (egress).
+    # p0..p5, p9 (dual-stack) and p10 (IPv6) written; p6 (p0's IP) and p7 (p1's pod) read
+    # but left to update(), as p8 (egress).
     assert +calls == {"services": 1, "reads": 2, "read_slices": 3}
     _same(index, _by_updates(Cluster(services, slices, nodes, ModelSettings(), "n1"), services, slices))
     streamed = load_unique(
@@ -244,5 +270,7 @@ def test_plain_pairs_take_the_short_way_and_the_rest_the_long_one() -> None:
     flat = load(services=services, endpoint_slices=slices, nodes=nodes, node_name="n1", settings=ModelSettings())
     _same(streamed, flat)
     assert {str(m.external_ip) for m in flat.state().mappings} == {
-        f"203.0.113.{i}" for i in (10, 11, 12, 13, 14, 15, 30, 31)
+        *(f"203.0.113.{i}" for i in (10, 11, 12, 13, 14, 15, 30, 31, 32)),
+        "2001:db8::32",
+        "2001:db8::33",
     }

@@ -215,6 +215,7 @@ class _PlainSlice(NamedTuple):
     for its Service."""
 
     skey: str
+    family: int
     ready: Ready
     """Its one ready endpoint, inside the pod networks."""
     ports: SlicePorts
@@ -223,20 +224,30 @@ class _PlainSlice(NamedTuple):
     def read(self) -> SliceRead:
         """The slice as :func:`~wholeip.core.objects.read_slice` read it."""
         pod, node = chosen(self.ready)
-        return SliceInfo(self.every.service, 4, {pod: node}, dict(self.ports), ()), self.every
+        return SliceInfo(self.every.service, self.family, {pod: node}, dict(self.ports), ()), self.every
+
+
+_Plains = tuple[_PlainSlice, ...]
+"""The plain slices of one Service so far: at most one of each family, in the order they came."""
+
+
+def _families(read: ServiceRead) -> tuple[int, ...]:
+    """The families of a plain read's external IPs, in their order."""
+    return tuple(_version(ip) for ip in read.external_ips)
 
 
 def _plain_read(key: ServiceKey, objs: Sequence[RawObject], settings: ModelSettings) -> ServiceRead | None:
     """The Service under ``key`` as a plain whole-IP mapping reads it: one object with one
-    ordinary-looking IPv4 external IP, nothing to report, and nobody but the 1:1 mappings
-    reading it (no egress selection, no proxy-name label of ours, not the API server's);
-    None otherwise."""
+    external IP, or two of different families (dual-stack), nothing to report, and nobody
+    but the 1:1 mappings reading it (no egress selection, no proxy-name label of ours, not
+    the API server's); None otherwise."""
     if len(objs) != 1 or key == API_SERVER_SERVICE:
         return None
     read = read_service(objs[0], settings)
-    if not read or read.mode is not Mode.WHOLE_IP or len(read.external_ips) != 1:
+    if not read or read.mode is not Mode.WHOLE_IP:
         return None
-    if ipv4_number(read.external_ips[0]) is None:
+    exts = read.external_ips
+    if len(exts) != 1 and (len(exts) != 2 or _version(exts[0]) == _version(exts[1])):
         return None
     meta = objs[0]["metadata"]  # (a dict with a name: read_service read it)
     annotations, labels = meta.get("annotations"), meta.get("labels")
@@ -333,6 +344,12 @@ def _v4_ranges(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
 
 def _v4_numbers(addresses: Iterable[IPAddress]) -> frozenset[int]:
     return frozenset(int(ip) for ip in addresses if ip.version == 4)
+
+
+def _within(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    """Whether the address lies in one of the networks (parsed once, not once a network:
+    a cluster has a pod network per Node)."""
+    return any(address in net for net in networks)
 
 
 def _inside(number: int, ranges: tuple[tuple[int, int], ...]) -> bool:
@@ -653,37 +670,42 @@ class ClusterIndex:
         filler.finish()
 
     def _plain_slice(self, skey: str, both: SliceRead) -> _PlainSlice | None:
-        """The slice as a plain mapping takes it: IPv4, one ready endpoint, inside the pod
+        """The slice as a plain mapping takes it: one ready endpoint, inside the pod
         networks, nothing to report; None otherwise."""
         info, every = both
-        if info.family != 4 or info.problems or len(info.ready) != 1 or info.service == API_SERVER_SERVICE:
+        if info.problems or len(info.ready) != 1 or info.service == API_SERVER_SERVICE:
             return None
-        ready, outside = self._split(4, info.ready.items())
+        ready, outside = self._split(info.family, info.ready.items())
         if outside:
             return None
-        return _PlainSlice(skey, ready, self._shared_ports(tuple(info.ports.items())), every)
+        return _PlainSlice(skey, info.family, ready, self._shared_ports(tuple(info.ports.items())), every)
 
-    def _put_plain(self, read: ServiceRead, ps: _PlainSlice) -> bool:
-        """Write a plain mapping of :meth:`fill` as :meth:`update` would, if its external IP
-        is nobody's claim, its pod nobody's backend and the IP not refused; False otherwise
-        (nothing written)."""
-        ip, pod = read.external_ips[0], cast(str, ps.ready[0])
-        if ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
-            return False
-        # What _make_view makes of it with this one slice: its endpoint, no ports, no problems.
-        view = self._view_of_read(read, ready4=ps.ready)
+    def _put_plain(self, read: ServiceRead, plains: _Plains) -> bool:
+        """Write the plain mappings of :meth:`fill` as :meth:`update` would: each external
+        IP to the endpoint of the one slice of its family (``plains``, in the order of the
+        IPs), if no IP is anybody's claim, no pod anybody's backend and no IP refused;
+        False otherwise (nothing written)."""
+        pairs = [(ip, cast(str, ps.ready[0])) for ip, ps in zip(read.external_ips, plains, strict=True)]
+        for ip, pod in pairs:
+            if ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
+                return False
+        # What _make_view makes of it with these slices: their endpoints, no ports, no problems.
+        ready = {ps.family: ps.ready for ps in plains}
+        view = self._view_of_read(read, ready4=ready.get(4, NO_ENDPOINTS), ready6=ready.get(6, NO_ENDPOINTS))
         key = view.key
         self._views[key] = view
-        self._slices[ps.skey] = _Slice(key, 4, ps.ready, NO_ENDPOINTS, ps.ports)
-        self._slices_of[key] = ps.skey
-        self._endpoints.add(pod, ps.skey)
-        self._claims[ip] = key
-        self._claimed.add(ip, ip)
-        self._winners[ip] = view
-        self._pods[pod] = ip
-        for name, elem in self._elements_of(ip, _Side(view, True, _PLAIN_AT_POD)):
-            self.elements[name].add(elem)
-        self.delegated.file(ps.skey, ps.every)
+        for ps in plains:
+            self._slices[ps.skey] = _Slice(key, ps.family, ps.ready, NO_ENDPOINTS, ps.ports)
+            add_to(self._slices_of, key, ps.skey)
+            self._endpoints.add(cast(str, ps.ready[0]), ps.skey)
+            self.delegated.file(ps.skey, ps.every)
+        for ip, pod in pairs:
+            self._claims[ip] = key
+            self._claimed.add(ip, ip)
+            self._winners[ip] = view
+            self._pods[pod] = ip
+            for name, elem in self._elements_of(ip, _Side(view, True, _PLAIN_AT_POD)):
+                self.elements[name].add(elem)
         return True
 
     def _service_endpoints(self, key: ServiceKey) -> dict[int, list[tuple[str, str | None]]]:
@@ -857,7 +879,7 @@ class ClusterIndex:
             if number is not None:
                 inside = not nets or _inside(number, self._net.pod4)
             else:
-                inside = not nets or any(address_of(address) in n for n in nets)
+                inside = not nets or _within(address_of(address), nets)
             if not inside:
                 # A hand-written EndpointSlice must not point a whole IP at another
                 # tenant's address or a node (the CVE-2021-25740 pattern).
@@ -914,10 +936,10 @@ class ClusterIndex:
             closed=info.closed,
         )
 
-    def _view_of_read(self, read: ServiceRead, *, ready4: Ready = NO_ENDPOINTS) -> _View:
+    def _view_of_read(self, read: ServiceRead, *, ready4: Ready = NO_ENDPOINTS, ready6: Ready = NO_ENDPOINTS) -> _View:
         """The view of a Service :func:`~wholeip.core.objects.read_service` read (nothing to
-        report), before its slices (``ready4``: or with the one IPv4 endpoint a plain
-        mapping's slice gives it, see :meth:`_put_plain`)."""
+        report), before its slices (``ready4``, ``ready6``: or with the one endpoint of each
+        family a plain mapping's slices give it, see :meth:`_put_plain`)."""
         self._parse_problems.pop((read.namespace, read.name), None)
         exts = read.external_ips
         return _View(
@@ -931,6 +953,7 @@ class ClusterIndex:
             (),
             False,
             ready4,
+            ready6,
         )
 
     def _make_view(self, svc: _View) -> _View:
@@ -1278,13 +1301,14 @@ class Filler:
     """Services and slices streamed into a new index, in any order and interleaving: the
     index :meth:`ClusterIndex.update` would make of them, in a fraction of its time.
 
-    A Service with one slice that the two make a plain whole-IP mapping of (one IPv4
-    external IP, one ready endpoint inside the pod networks, nothing to report, no other
-    reader selecting the Service) is written straight into the index as soon as both have
-    come, when its external IP is nobody's claim yet, its pod nobody's backend and the IP
-    not refused: the index it leaves is the one :meth:`~ClusterIndex.update` would leave,
+    A Service whose slices and own fields make plain whole-IP mappings of it (one external
+    IP, or an IPv4 and an IPv6 one; one slice of each of their families, each with one ready
+    endpoint inside the pod networks; nothing to report, no other reader selecting the
+    Service) is written straight into the index as soon as all have come, when none of its
+    external IPs is anybody's claim yet, none of its pods anybody's backend and no IP
+    refused: the index it leaves is the one :meth:`~ClusterIndex.update` would leave,
     without the comparisons with what was there before (nothing) and the re-resolution of
-    others (none). Until its partner comes, such a Service or slice waits as what was read
+    others (none). Until its partners come, such a Service or slice waits as what was read
     of it (not the object). Everything else takes :meth:`~ClusterIndex.update`, in batches
     of ``batch`` objects, so that a stream is never held whole. The index is correct after
     every step, so whatever comes later (a second slice of a written Service, a Service
@@ -1302,14 +1326,15 @@ class Filler:
             raise ValueError("fill: the index is not new")
         self.index = index
         self.batch = batch
-        self._single: dict[ServiceKey, _PlainSlice] = {}
-        """Service not come yet -> its one slice so far, when that slice can make a plain mapping."""
+        self._single: dict[ServiceKey, _Plains] = {}
+        """Service not paired yet -> its slices so far, while each can make a plain mapping
+        and no two are of one family."""
         self._several: set[ServiceKey] = set()
-        """Services with a slice that cannot, or with more than one."""
+        """Services with a slice that cannot, or with two of one family."""
         self._waiting: dict[ServiceKey, ServiceRead] = {}
-        """Plain Services whose slice has not come (yet)."""
+        """Plain Services whose slices have not all come (yet)."""
         self._slices_done = False
-        """Every slice has come: a Service without a slice waits for none."""
+        """Every slice has come: a Service without its slices waits for none."""
         self._general: dict[ServiceKey, Sequence[RawObject]] = {}
         self._reads: dict[ServiceKey, ServiceRead] = {}
         self._pending: dict[str, SliceRead | None] = {}
@@ -1325,17 +1350,22 @@ class Filler:
                 continue  # (as update() files it: nothing)
             key = both[0].service
             plain = index._plain_slice(skey, both) if key not in several else None
-            if plain is not None and key not in single:
-                read = self._waiting.pop(key, None)
-                if read is None:
-                    single[key] = plain
-                else:
-                    self._pair(key, read, plain)
-                continue
+            read = self._waiting.get(key)
+            if plain is not None:
+                had = single.get(key, ())
+                if all(ps.family != plain.family for ps in had) and (read is None or plain.family in _families(read)):
+                    plains = (*had, plain)
+                    if read is not None and len(plains) == len(read.external_ips):
+                        del self._waiting[key]
+                        single.pop(key, None)
+                        self._pair(key, read, plains)
+                    else:
+                        single[key] = plains
+                    continue
             several.add(key)
-            first = single.pop(key, None)
-            if first is not None:
-                self._pending[first.skey] = first.read()
+            if read is not None:
+                self._reads[key] = self._waiting.pop(key)
+            self._pending.update((ps.skey, ps.read()) for ps in single.pop(key, ()))
             self._pending[skey] = both
             self._flush(full_only=True)
 
@@ -1347,26 +1377,34 @@ class Filler:
         """Take Services (key -> the objects under it)."""
         settings = self.index.settings
         for key, objs in services:
-            first = self._single.pop(key, None)
+            plains = self._single.pop(key, ())
             read = None
-            if key not in self._several and (first is not None or not self._slices_done):
+            if key not in self._several and (plains or not self._slices_done):
                 read = _plain_read(key, objs, settings)
+            if read is not None and any(ps.family not in _families(read) for ps in plains):
+                read = None  # a slice of a family it has no external IP of
             if read is None:
                 self._general[key] = objs
-                if first is not None:
-                    self._pending[first.skey] = first.read()
-            elif first is not None:
-                self._pair(key, read, first)
+                self._pending.update((ps.skey, ps.read()) for ps in plains)
+            elif len(plains) == len(read.external_ips):
+                self._pair(key, read, plains)
+            elif self._slices_done:
+                self._reads[key] = read
+                self._pending.update((ps.skey, ps.read()) for ps in plains)
             else:
                 self._waiting[key] = read
+                if plains:
+                    self._single[key] = plains
             self._flush(full_only=True)
 
-    def _pair(self, key: ServiceKey, read: ServiceRead, plain: _PlainSlice) -> None:
-        if self.index._put_plain(read, plain):
-            self._written.append((read.external_ips[0], cast(str, plain.ready[0])))
+    def _pair(self, key: ServiceKey, read: ServiceRead, plains: _Plains) -> None:
+        """Write a plain Service with a plain slice of each of its external IPs' families."""
+        ordered = tuple(next(ps for ps in plains if ps.family == v) for v in _families(read))
+        if self.index._put_plain(read, ordered):
+            self._written += ((ip, cast(str, ps.ready[0])) for ip, ps in zip(read.external_ips, ordered, strict=True))
         else:
             self._reads[key] = read
-            self._pending[plain.skey] = plain.read()
+            self._pending.update((ps.skey, ps.read()) for ps in plains)
 
     def _flush(self, *, full_only: bool) -> None:
         if full_only and len(self._general) + len(self._reads) + len(self._pending) < self.batch:
@@ -1375,8 +1413,8 @@ class Filler:
         self._general, self._reads, self._pending = {}, {}, {}
 
     def finish(self) -> None:
-        """Send what still waits: plain Services without a slice, slices of no Service (yet)."""
-        self._pending.update((ps.skey, ps.read()) for ps in self._single.values())
+        """Send what still waits: plain Services without their slices, slices of no Service (yet)."""
+        self._pending.update((ps.skey, ps.read()) for plains in self._single.values() for ps in plains)
         self._reads.update(self._waiting)
         self._single.clear()
         self._waiting.clear()
