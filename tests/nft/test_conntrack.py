@@ -17,13 +17,13 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
 
-from wholeip.agent.conntrack import ConntrackCleaner
+from wholeip.agent.conntrack import ConntrackCleaner, Entry, Pyroute2Netlink, Query
 from wholeip.core.elements import compile_table
 from wholeip.core.index import build_state_from_objects
 from wholeip.engine import Engine
@@ -86,6 +86,29 @@ class Flow:
     reply_dst: str
 
 
+class Recording(Pyroute2Netlink):
+    """The real ctnetlink client, with the dumps it was asked for kept; ``entries``: the size
+    of the table it reports (None: the kernel's own)."""
+
+    dumps: list[tuple[int, Query | None]] = []
+    entries: int | None = None
+
+    def count(self) -> int | None:
+        return super().count() if self.entries is None else self.entries
+
+    async def dump(self, version: int, query: Query | None) -> AsyncIterator[Entry]:
+        self.dumps.append((version, query))
+        async for entry in super().dump(version, query):
+            yield entry
+
+
+class Filtering(Recording):
+    """Reports a table too big to dump whole, so that the kernel-filtered dumps (CTA_FILTER)
+    are what these tests drive."""
+
+    entries = 10**9
+
+
 class Node(NetnsThread):
     """One node of the topology driven from here: a thread inside its namespace, an engine."""
 
@@ -93,7 +116,7 @@ class Node(NetnsThread):
         super().__init__(topo.netns_path(name))  # type: ignore[arg-type]
         self.name = name
         self.engine = Engine(backend=NetnsBackend(self))
-        self.cleaner = ConntrackCleaner(background=False)
+        self.cleaner = ConntrackCleaner(background=False, netlink=Filtering)
 
     def sync(self, objects: list[dict[str, Any]]) -> Plan:
         state = build_state_from_objects(objects, node_name=self.name, settings=SETTINGS)
@@ -328,10 +351,15 @@ def test_background_cleaner_in_the_nodes_namespace(kube: Cluster, family: int) -
     assert not stuck.ok
     assert stuck.server_peer is None
 
-    cleaner = ConntrackCleaner()
+    # The table's size as the cleaner reads it, in n1's namespace: these few flows.
+    assert n1.call(Pyroute2Netlink().count) == len(n1.flows(4)) + len(n1.flows(6))
+    Recording.dumps = []
+    cleaner = ConntrackCleaner(netlink=Recording)
     n1.call(cleaner, plans["n1"])  # returns at once
     assert cleaner.wait_idle(10)
     assert (cleaner.deleted_total, cleaner.failures) == (1, 0)
+    # A few entries: one whole dump of each family is cheaper than the filtered ones.
+    assert sorted(Recording.dumps) == [(4, None), (6, None)]
     moved = exchange(topo, client="n1", server="pod_b", addr=ext, proto="udp", port=port, sport=sport)
     assert moved.ok, moved.error
     assert moved.server_local == pod_b
