@@ -263,6 +263,15 @@ def test_plain_pairs_take_the_short_way_and_the_rest_the_long_one() -> None:
     # p0..p5, p9 (dual-stack) and p10 (IPv6) written; p6 (p0's IP) and p7 (p1's pod) read
     # but left to update(), as p8 (egress).
     assert +calls == {"services": 1, "reads": 2, "read_slices": 3}
+    # The same when the Services come first and wait for their slices.
+    calls.clear()
+    first = Counting(settings=ModelSettings(), node_name="n1", nodes=nodes)
+    filler = Filler(first)
+    filler.services(_by_key(services).items())
+    filler.slices(_slice_keys(slices).items())
+    filler.finish()
+    assert +calls == {"services": 1, "reads": 2, "read_slices": 3}
+    _same(first, index)
     _same(index, _by_updates(Cluster(services, slices, nodes, ModelSettings(), "n1"), services, slices))
     streamed = load_unique(
         services=services, endpoint_slices=slices, nodes=nodes, node_name="n1", settings=ModelSettings()

@@ -236,6 +236,14 @@ def _families(read: ServiceRead) -> tuple[int, ...]:
     return tuple(_version(ip) for ip in read.external_ips)
 
 
+def _covered(plains: _Plains, read: ServiceRead) -> bool:
+    """Whether every slice so far is of a family of the Service's external IPs."""
+    if len(plains) == 1 and len(read.external_ips) == 1:  # (nearly always)
+        return plains[0].family == _version(read.external_ips[0])
+    families = _families(read)
+    return all(ps.family in families for ps in plains)
+
+
 def _plain_read(key: ServiceKey, objs: Sequence[RawObject], settings: ModelSettings) -> ServiceRead | None:
     """The Service under ``key`` as a plain whole-IP mapping reads it: one object with one
     external IP, or two of different families (dual-stack), nothing to report, and nobody
@@ -685,21 +693,26 @@ class ClusterIndex:
         IP to the endpoint of the one slice of its family (``plains``, in the order of the
         IPs), if no IP is anybody's claim, no pod anybody's backend and no IP refused;
         False otherwise (nothing written)."""
-        pairs = [(ip, cast(str, ps.ready[0])) for ip, ps in zip(read.external_ips, plains, strict=True)]
-        for ip, pod in pairs:
-            if ip in self._claims or pod in self._pods or self._refusal(ip) is not None:
+        exts = read.external_ips
+        for ip, ps in zip(exts, plains, strict=True):
+            if ip in self._claims or ps.ready[0] in self._pods or self._refusal(ip) is not None:
                 return False
         # What _make_view makes of it with these slices: their endpoints, no ports, no problems.
-        ready = {ps.family: ps.ready for ps in plains}
-        view = self._view_of_read(read, ready4=ready.get(4, NO_ENDPOINTS), ready6=ready.get(6, NO_ENDPOINTS))
+        ready4 = ready6 = NO_ENDPOINTS
+        for ps in plains:
+            if ps.family == 4:
+                ready4 = ps.ready
+            else:
+                ready6 = ps.ready
+        view = self._view_of_read(read, ready4=ready4, ready6=ready6)
         key = view.key
         self._views[key] = view
-        for ps in plains:
+        self._slices_of[key] = plains[0].skey if len(plains) == 1 else [ps.skey for ps in plains]
+        for ip, ps in zip(exts, plains, strict=True):
+            pod = cast(str, ps.ready[0])
             self._slices[ps.skey] = _Slice(key, ps.family, ps.ready, NO_ENDPOINTS, ps.ports)
-            add_to(self._slices_of, key, ps.skey)
-            self._endpoints.add(cast(str, ps.ready[0]), ps.skey)
+            self._endpoints.add(pod, ps.skey)
             self.delegated.file(ps.skey, ps.every)
-        for ip, pod in pairs:
             self._claims[ip] = key
             self._claimed.add(ip, ip)
             self._winners[ip] = view
@@ -1352,8 +1365,14 @@ class Filler:
             plain = index._plain_slice(skey, both) if key not in several else None
             read = self._waiting.get(key)
             if plain is not None:
-                had = single.get(key, ())
-                if all(ps.family != plain.family for ps in had) and (read is None or plain.family in _families(read)):
+                had = single.get(key)
+                if had is None and read is None:  # (nearly always: the first slice, no Service yet)
+                    single[key] = (plain,)
+                    continue
+                had = had or ()
+                if (not had or (len(had) == 1 and had[0].family != plain.family)) and (
+                    read is None or plain.family in _families(read)
+                ):
                     plains = (*had, plain)
                     if read is not None and len(plains) == len(read.external_ips):
                         del self._waiting[key]
@@ -1381,7 +1400,7 @@ class Filler:
             read = None
             if key not in self._several and (plains or not self._slices_done):
                 read = _plain_read(key, objs, settings)
-            if read is not None and any(ps.family not in _families(read) for ps in plains):
+            if read is not None and plains and not _covered(plains, read):
                 read = None  # a slice of a family it has no external IP of
             if read is None:
                 self._general[key] = objs
@@ -1399,7 +1418,11 @@ class Filler:
 
     def _pair(self, key: ServiceKey, read: ServiceRead, plains: _Plains) -> None:
         """Write a plain Service with a plain slice of each of its external IPs' families."""
-        ordered = tuple(next(ps for ps in plains if ps.family == v) for v in _families(read))
+        ordered = (
+            plains
+            if len(plains) == 1
+            else tuple(sorted(plains, key=lambda ps: _version(read.external_ips[0]) != ps.family))
+        )
         if self.index._put_plain(read, ordered):
             self._written += ((ip, cast(str, ps.ready[0])) for ip, ps in zip(read.external_ips, ordered, strict=True))
         else:
