@@ -118,12 +118,15 @@ async def test_pod_change_swaps_the_element(api: ApiServer, start_agent: AgentFa
     # show before the last one (whose plan would otherwise be the last result read below).
     await agent.wait_ready()
 
-    assert agent.syncer is not None
-    rebuilds = agent.syncer.rebuilds
+    syncer = agent.syncer
+    assert syncer is not None
+    rebuilds, first = syncer.rebuilds, syncer.last_result
     eps = api.store.get("endpointslices", "web-a", "default")
     eps["endpoints"] = [{"addresses": ["10.244.2.20"], "nodeName": "n2", "conditions": {"ready": True}}]
     api.store.update(eps)
     await eventually(lambda: table(agent) == {("198.51.100.10", "10.244.2.20")})
+    # (The table is committed in the worker thread a moment before the loop books the result.)
+    await eventually(lambda: syncer.last_result is not first)
     assert table(agent, "egress4") == set()  # the pod moved to n2
     # A watched change updates the index in place: no snapshot of the whole cluster.
     assert agent.syncer.rebuilds == rebuilds
