@@ -136,6 +136,12 @@ def plain_clusters(draw: st.DrawFn) -> Cluster:
         }
         services.append(made[stack][0])
         slices += (sl for sl in made[slice_stack][1:] if draw(st.integers(0, 5)))  # (now and then one is missing)
+        if draw(st.integers(0, 5)) == 0:  # now and then a second slice of one family, another pod
+            again = made[slice_stack][-1]
+            n = draw(st.integers(7, 9))
+            other = f"10.244.1.{n}" if again["addressType"] == "IPv4" else f"fd00:10:244::{n:x}"
+            endpoint = {**again["endpoints"][0], "addresses": [other]}
+            slices.append({**again, "metadata": {**again["metadata"], "name": f"p{i}-z"}, "endpoints": [endpoint]})
     return Cluster(services, slices, base.nodes, base.settings, base.node_name)
 
 
@@ -198,6 +204,27 @@ def test_every_order_of_a_service_with_a_plain_slice_and_another() -> None:
             filler.finish()
             _same(index, _by_updates(c, c.services, c.slices))
             assert len(index.state().mappings) == 1
+
+
+def test_a_dual_stack_service_with_two_slices_of_one_family() -> None:
+    """A dual-stack Service whose two slices are both IPv6 (its IPv4 one missing), in every
+    order: two slices of one family are no pair for its two IPs (the IPv4 IP must not be
+    written to an IPv6 pod), whatever comes first."""
+    svc, _, six = _plain_service(0, "203.0.113.1", "10.244.1.5", "n1", v6=("2001:db8::1", "fd00:10:244:1::5"))
+    other = {**six, "metadata": {**six["metadata"], "name": "p0-z"}}
+    other["endpoints"] = [{"addresses": ["fd00:10:244:1::6"], "nodeName": "n1", "conditions": {"ready": True}}]
+    nodes = [{"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}]
+    c = Cluster([svc], [six, other], nodes, ModelSettings(), "n1")
+    for order in itertools.permutations((svc, six, other)):
+        index = ClusterIndex(settings=c.settings, node_name="n1", nodes=nodes)
+        filler = Filler(index, batch=1)
+        for obj in order:
+            if obj is svc:
+                filler.services(_by_key([obj]).items())
+            else:
+                filler.slices(_slice_keys([obj]).items())
+        filler.finish()
+        _same(index, _by_updates(c, c.services, c.slices))
 
 
 @props(100)

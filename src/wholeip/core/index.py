@@ -231,16 +231,11 @@ _Plains = tuple[_PlainSlice, ...]
 """The plain slices of one Service so far: at most one of each family, in the order they came."""
 
 
-def _families(read: ServiceRead) -> tuple[int, ...]:
-    """The families of a plain read's external IPs, in their order."""
-    return tuple(_version(ip) for ip in read.external_ips)
-
-
 def _covered(plains: _Plains, read: ServiceRead) -> bool:
     """Whether every slice so far is of a family of the Service's external IPs."""
     if len(plains) == 1 and len(read.external_ips) == 1:  # (nearly always)
         return plains[0].family == _version(read.external_ips[0])
-    families = _families(read)
+    families = {_version(ip) for ip in read.external_ips}
     return all(ps.family in families for ps in plains)
 
 
@@ -1369,11 +1364,8 @@ class Filler:
                 if had is None and read is None:  # (nearly always: the first slice, no Service yet)
                     single[key] = (plain,)
                     continue
-                had = had or ()
-                if (not had or (len(had) == 1 and had[0].family != plain.family)) and (
-                    read is None or plain.family in _families(read)
-                ):
-                    plains = (*had, plain)
+                plains = (*(had or ()), plain)
+                if len({ps.family for ps in plains}) == len(plains) and (read is None or _covered(plains, read)):
                     if read is not None and len(plains) == len(read.external_ips):
                         del self._waiting[key]
                         single.pop(key, None)
@@ -1384,7 +1376,7 @@ class Filler:
             several.add(key)
             if read is not None:
                 self._reads[key] = self._waiting.pop(key)
-            self._pending.update((ps.skey, ps.read()) for ps in single.pop(key, ()))
+            self._long_way(single.pop(key, ()))
             self._pending[skey] = both
             self._flush(full_only=True)
 
@@ -1404,12 +1396,12 @@ class Filler:
                 read = None  # a slice of a family it has no external IP of
             if read is None:
                 self._general[key] = objs
-                self._pending.update((ps.skey, ps.read()) for ps in plains)
+                self._long_way(plains)
             elif len(plains) == len(read.external_ips):
                 self._pair(key, read, plains)
             elif self._slices_done:
                 self._reads[key] = read
-                self._pending.update((ps.skey, ps.read()) for ps in plains)
+                self._long_way(plains)
             else:
                 self._waiting[key] = read
                 if plains:
@@ -1427,7 +1419,11 @@ class Filler:
             self._written += ((ip, cast(str, ps.ready[0])) for ip, ps in zip(read.external_ips, ordered, strict=True))
         else:
             self._reads[key] = read
-            self._pending.update((ps.skey, ps.read()) for ps in plains)
+            self._long_way(plains)
+
+    def _long_way(self, plains: _Plains) -> None:
+        """Send these slices, as read, through :meth:`~ClusterIndex.update` (with the next batch)."""
+        self._pending.update((ps.skey, ps.read()) for ps in plains)
 
     def _flush(self, *, full_only: bool) -> None:
         if full_only and len(self._general) + len(self._reads) + len(self._pending) < self.batch:
@@ -1437,7 +1433,8 @@ class Filler:
 
     def finish(self) -> None:
         """Send what still waits: plain Services without their slices, slices of no Service (yet)."""
-        self._pending.update((ps.skey, ps.read()) for plains in self._single.values() for ps in plains)
+        for plains in self._single.values():
+            self._long_way(plains)
         self._reads.update(self._waiting)
         self._single.clear()
         self._waiting.clear()
