@@ -87,11 +87,13 @@ class Flow:
 
 
 class Recording(Pyroute2Netlink):
-    """The real ctnetlink client, with the dumps it was asked for kept; ``entries``: the size
-    of the table it reports (None: the kernel's own)."""
+    """The real ctnetlink client, keeping the dumps it was asked for in ``dumps``; ``entries``:
+    the size of the table it reports (None: the kernel's own)."""
 
-    dumps: list[tuple[int, Query | None]] = []
-    entries: int | None = None
+    def __init__(self, dumps: list[tuple[int, Query | None]] | None = None, entries: int | None = None) -> None:
+        super().__init__()
+        self.dumps = [] if dumps is None else dumps
+        self.entries = entries
 
     def count(self) -> int | None:
         return super().count() if self.entries is None else self.entries
@@ -102,11 +104,10 @@ class Recording(Pyroute2Netlink):
             yield entry
 
 
-class Filtering(Recording):
-    """Reports a table too big to dump whole, so that the kernel-filtered dumps (CTA_FILTER)
-    are what these tests drive."""
-
-    entries = 10**9
+def filtering() -> Recording:
+    """A client that reports a table too big to dump whole, so that the kernel-filtered
+    dumps (CTA_FILTER) are what these tests drive."""
+    return Recording(entries=10**9)
 
 
 class Node(NetnsThread):
@@ -116,7 +117,7 @@ class Node(NetnsThread):
         super().__init__(topo.netns_path(name))  # type: ignore[arg-type]
         self.name = name
         self.engine = Engine(backend=NetnsBackend(self))
-        self.cleaner = ConntrackCleaner(background=False, netlink=Filtering)
+        self.cleaner = ConntrackCleaner(background=False, netlink=filtering)
 
     def sync(self, objects: list[dict[str, Any]]) -> Plan:
         state = build_state_from_objects(objects, node_name=self.name, settings=SETTINGS)
@@ -353,13 +354,13 @@ def test_background_cleaner_in_the_nodes_namespace(kube: Cluster, family: int) -
 
     # The table's size as the cleaner reads it, in n1's namespace: these few flows.
     assert n1.call(Pyroute2Netlink().count) == len(n1.flows(4)) + len(n1.flows(6))
-    Recording.dumps = []
-    cleaner = ConntrackCleaner(netlink=Recording)
+    dumps: list[tuple[int, Query | None]] = []
+    cleaner = ConntrackCleaner(netlink=lambda: Recording(dumps))
     n1.call(cleaner, plans["n1"])  # returns at once
     assert cleaner.wait_idle(10)
     assert (cleaner.deleted_total, cleaner.failures) == (1, 0)
     # A few entries: one whole dump of each family is cheaper than the filtered ones.
-    assert sorted(Recording.dumps) == [(4, None), (6, None)]
+    assert sorted(dumps) == [(4, None), (6, None)]
     moved = exchange(topo, client="n1", server="pod_b", addr=ext, proto="udp", port=port, sport=sport)
     assert moved.ok, moved.error
     assert moved.server_local == pod_b
