@@ -185,31 +185,17 @@ def entry_elements(
     ``addresses``: the same two as objects, when the caller has them (not parsed again).
     """
     ext4, pod4 = (None, None) if addresses else (ipv4_number(ext), ipv4_number(pod))
-    if ext4 is not None and pod4 is not None:
-        # Two dotted IPv4 addresses (the index's, nearly always): their numbers, no objects.
-        v, ext_n, pod_n = 4, ext4, pod4
-        fix_in, fix_out = _icmp4_word(ext4, pod4), _icmp4_word(pod4, ext4)
-    else:
-        ext_ip, pod_ip = addresses or (ipaddress.ip_address(ext), ipaddress.ip_address(pod))
-        v, ext_n, pod_n = ext_ip.version, int(ext_ip), int(pod_ip)
-        if v == 4:
-            fix_in, fix_out = icmp4_compensation(ext_ip, pod_ip), icmp4_compensation(pod_ip, ext_ip)
     egress_here = egress and pod_node == node_name
     pod_elsewhere = pod_node is not None and pod_node != node_name
-    out: list[tuple[str, Elem]] = [(INGRESS[v], (ext, pod))]
-    if v == 4:
-        out.append((ICMPFIX4, ((ext, ext_n), fix_in)))
+    if ext4 is not None and pod4 is not None:
+        # Two dotted IPv4 addresses (the index's, nearly always): their numbers, no objects.
+        v = 4
+        out = plain_elements(ext, pod, ext4, pod4, here=egress_here)
     else:
-        out.append((ICMPGUARD6, (ext, ext_n)))
-    if egress_here:
-        out.append((EGRESS[v], (pod, ext)))
-        out.append((SELF_HAIRPIN[v], (pod, pod)))
-        # Errors the pod sends about what came in through ``ext`` (docs/datapath.md row 15),
-        # keyed after the source rewrite: ``ext`` outside, the pod IP embedded.
-        if v == 4:
-            out.append((ICMPFIX4, ((ext, pod_n), fix_out)))
-        else:
-            out.append((ICMPGUARD6, (ext, pod_n)))
+        ext_ip, pod_ip = addresses or (ipaddress.ip_address(ext), ipaddress.ip_address(pod))
+        v = ext_ip.version
+        fixes = (icmp4_compensation(ext_ip, pod_ip), icmp4_compensation(pod_ip, ext_ip)) if v == 4 else None
+        out = _entry(v, ext, pod, int(ext_ip), int(pod_ip), fixes, egress_here)
     out += _filter_elements(
         ext, v, DISPATCH, mode=mode, allow_icmp=allow_icmp, ports=ports, ranges=source_ranges, closed=closed
     )
@@ -230,15 +216,49 @@ def entry_elements(
     return out
 
 
-def _icmp4_word(ext: int, pod: int) -> int:
+def plain_elements(ext: str, pod: str, ext_n: int, pod_n: int, *, here: bool) -> list[tuple[str, Elem]]:
+    """:func:`entry_elements` of a plain whole-IP IPv4 mapping that is its pod's egress (no
+    ports, no source ranges, no filter at the pod's node), from the two addresses as text
+    and as numbers: what the index's bulk load writes for nearly every Service. ``here``:
+    the pod is on this node."""
+    return _entry(4, ext, pod, ext_n, pod_n, _icmp4_words(ext_n, pod_n), here)
+
+
+def _entry(
+    v: int, ext: str, pod: str, ext_n: int, pod_n: int, fixes: tuple[int, int] | None, egress_here: bool
+) -> list[tuple[str, Elem]]:
+    """The elements every mapping has, whatever its filter: the address rewrite both ways
+    and the ICMP errors' (``fixes``: the IPv4 checksum words in, out; None for IPv6)."""
+    out: list[tuple[str, Elem]] = [(INGRESS[v], (ext, pod))]
+    if fixes is not None:
+        out.append((ICMPFIX4, ((ext, ext_n), fixes[0])))
+    else:
+        out.append((ICMPGUARD6, (ext, ext_n)))
+    if egress_here:
+        out.append((EGRESS[v], (pod, ext)))
+        out.append((SELF_HAIRPIN[v], (pod, pod)))
+        # Errors the pod sends about what came in through ``ext`` (docs/datapath.md row 15),
+        # keyed after the source rewrite: ``ext`` outside, the pod IP embedded.
+        if fixes is not None:
+            out.append((ICMPFIX4, ((ext, pod_n), fixes[1])))
+        else:
+            out.append((ICMPGUARD6, (ext, pod_n)))
+    return out
+
+
+def _icmp4_words(ext: int, pod: int) -> tuple[int, int]:
     """:func:`~wholeip.core.ruleset.icmp4_compensation` of two IPv4 addresses given as
-    numbers: the same fold of the same 16-bit words, without the bytes
-    (tests/unit/test_fastparse.py holds the two to the same answer)."""
-    total = 0
-    for word in (ext >> 16, ext & 0xFFFF, ~(pod >> 16) & 0xFFFF, ~pod & 0xFFFF):
-        total += word
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
+    numbers, both ways (``ext`` to ``pod``, ``pod`` to ``ext``): the ones'-complement sum of
+    one's 16-bit words and the complements of the other's, folded (adding the four words
+    first and folding twice gives what folding after each gives; tests/unit/test_fastparse.py
+    holds it to the long way)."""
+    e = (ext >> 16) + (ext & 0xFFFF)
+    p = (pod >> 16) + (pod & 0xFFFF)
+    fix_in = e + 0x1FFFE - p  # the complement of a word w is 0xFFFF - w
+    fix_in = (fix_in & 0xFFFF) + (fix_in >> 16)
+    fix_out = p + 0x1FFFE - e
+    fix_out = (fix_out & 0xFFFF) + (fix_out >> 16)
+    return (fix_in & 0xFFFF) + (fix_in >> 16), (fix_out & 0xFFFF) + (fix_out >> 16)
 
 
 def _filter_elements(

@@ -80,6 +80,7 @@ from wholeip.core.elements import (
     lb_elements,
     lb_redirect_element,
     network_elements,
+    plain_elements,
     pod_filter,
     table_doc,
     udp_filter,
@@ -703,8 +704,9 @@ class ClusterIndex:
         key = view.key
         self._views[key] = view
         self._slices_of[key] = plains[0].skey if len(plains) == 1 else [ps.skey for ps in plains]
+        elements = self.elements
         for ip, ps in zip(exts, plains, strict=True):
-            pod = cast(str, ps.ready[0])
+            pod, node = cast(tuple[str, str | None], ps.ready)  # (its one endpoint)
             self._slices[ps.skey] = _Slice(key, ps.family, ps.ready, NO_ENDPOINTS, ps.ports)
             self._endpoints.add(pod, ps.skey)
             self.delegated.file(ps.skey, ps.every)
@@ -712,8 +714,14 @@ class ClusterIndex:
             self._claimed.add(ip, ip)
             self._winners[ip] = view
             self._pods[pod] = ip
-            for name, elem in self._elements_of(ip, _Side(view, True, _PLAIN_AT_POD)):
-                self.elements[name].add(elem)
+            ext_n = ipv4_number(ip)
+            pod_n = ipv4_number(pod) if ext_n is not None else None
+            if ext_n is not None and pod_n is not None:
+                elems = plain_elements(ip, pod, ext_n, pod_n, here=node == self.node_name)
+            else:
+                elems = self._elements_of(ip, _Side(view, True, _PLAIN_AT_POD))
+            for name, elem in elems:
+                elements[name].add(elem)
         return True
 
     def _service_endpoints(self, key: ServiceKey) -> dict[int, list[tuple[str, str | None]]]:
