@@ -46,6 +46,7 @@ bench: bootstrap
 	$(PY) -m wholeip_bench.change --out bench-results/change.json
 	$(PY) -m wholeip_bench.commit --delegated --sizes 10000,100000 --out bench-results/commit-delegated.json
 	$(PY) -m wholeip_bench.change --delegated --out bench-results/change-delegated.json
+	$(PY) -m wholeip_bench.change --sizes 10000 --lb-services 100000 --changes 20 --out bench-results/change-lb.json
 	$(PY) -m wholeip_bench.delegated --out bench-results/delegated-slots.json
 	$(PY) -m wholeip_bench.clusterfile --out bench-results/clusterfile.json
 	$(PY) -m wholeip_bench.egressip --out bench-results/egressip.json

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from wholeip_bench import write_results
+from wholeip_bench.commit import lb_services
 from wholeip_testkit.netns import Netns
 from wholeip_testkit.sandbox import wait_for
 from wholeip_testkit.stats import percentile
@@ -101,10 +102,13 @@ class _Log:
         return out
 
 
-def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: bool = False) -> dict[str, Any]:
+def child(
+    n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: bool = False, lb: int = 0
+) -> dict[str, Any]:
     """Inside the namespace: double + agent, then the measurements. ``delegated``: N
     delegated Services of 3 endpoints each instead of whole-IP Services, and a change
-    replaces one Service's first endpoint (docs/datapath.md row 16)."""
+    replaces one Service's first endpoint (docs/datapath.md row 16). ``lb``: that many
+    LoadBalancer Services nobody manages too, and the agent runs with ``--lb-to-clusterip``."""
     from wholeip.core import index
     from wholeip.core.elements import compile_table
     from wholeip.engine import Engine
@@ -124,6 +128,11 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
             services += 1
             obj["spec"]["clusterIP"] = f"10.{96 + (services >> 16)}.{(services >> 8) & 255}.{services & 255}"
             obj["spec"].pop("type", None)
+    for i, obj in enumerate(lb_services(lb)):
+        # Their ClusterIPs after the ones above (10.96.0.0/12 holds both).
+        obj["spec"]["clusterIP"] = f"10.{100 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
+        objects.append(obj)
+    settings = ModelSettings(lb_to_clusterip=bool(lb))
     cluster = workdir / "cluster.json"
     cluster.write_text(json.dumps(synth.as_list(objects)))
     kubeconfig = workdir / "kubeconfig"
@@ -168,6 +177,7 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
                     "3600",
                     "--port",
                     str(PROBE_PORT),
+                    *(["--lb-to-clusterip"] if lb else []),
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -291,7 +301,7 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
 
         # Benchmark 3: observe = list + parse + compare, as a full sync does.
         cpu = time.process_time()
-        state = index.build_state_from_objects(objects, node_name="n1", settings=ModelSettings())
+        state = index.build_state_from_objects(objects, node_name="n1", settings=settings)
         # What a Node change cost before it updated the index: a rebuild (here: the model at once).
         rebuild_cpu = (time.process_time() - cpu) * 1000
         desired = compile_table(state, node_name="n1")
@@ -324,6 +334,7 @@ def child(n: int, changes: int, node_cycles: int, workdir: Path, *, delegated: b
         return {
             "services": n,
             "kind": "delegated" if delegated else "whole-ip",
+            "lb_services": lb,
             "agent_ready_s": ready_s,
             "startup_list_s": list_s,
             "startup_list_cpu_s": float(informed.get("cpu_s", 0.0)),
@@ -390,11 +401,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--delegated", action="store_true", help="delegated Services (3 endpoints each) instead of whole-IP ones"
     )
+    parser.add_argument(
+        "--lb-services",
+        type=int,
+        default=0,
+        help="also M LoadBalancer Services nobody manages, the agent with --lb-to-clusterip",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        result = child(args.child, args.changes, args.node_cycles, Path(args.workdir), delegated=args.delegated)
+        result = child(
+            args.child,
+            args.changes,
+            args.node_cycles,
+            Path(args.workdir),
+            delegated=args.delegated,
+            lb=args.lb_services,
+        )
         print(json.dumps(result), flush=True)
         return 0
     if os.geteuid() != 0:
@@ -405,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp, Netns() as ns:
             argv_child = [sys.executable, "-m", "wholeip_bench.change", "--child", str(n)]
             extra = ["--delegated"] if args.delegated else []
+            extra += ["--lb-services", str(args.lb_services)] if args.lb_services else []
             out = ns.run(
                 [
                     *argv_child,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import NewType, TypeAlias, TypeVar, cast
+from typing import Generic, NewType, TypeAlias, TypeVar, cast
 
 ServiceKey: TypeAlias = tuple[str, str]
 """A Service's (namespace, name): its key in the index (an EndpointSlice's too)."""
@@ -189,8 +189,8 @@ NO_PORTS: SlicePorts = ()
 # --------------------------------------------------------------------------- addresses by network
 
 
-class AddressBook:
-    """Addresses (canonical text), each with its values (a :data:`OneOrMany` of strings),
+class AddressBook(Generic[V]):
+    """Addresses (canonical text), each with its values (a :data:`OneOrMany`),
     filed by their /24 (IPv4) or /64 (IPv6): to find the few that lie inside a network
     without parsing all of them. The index asks it which external IPs or endpoints a
     Node change can concern (those inside the networks that changed).
@@ -202,7 +202,7 @@ class AddressBook:
     __slots__ = ("_buckets",)
 
     def __init__(self) -> None:
-        self._buckets: dict[str | int, dict[str, OneOrMany[str]]] = {}
+        self._buckets: dict[str | int, dict[str, OneOrMany[V]]] = {}
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values())
@@ -213,10 +213,10 @@ class AddressBook:
             return int(ipaddress.IPv6Address(address)) >> 64
         return address[: address.rindex(".")]
 
-    def add(self, address: str, value: str) -> None:
+    def add(self, address: str, value: V) -> None:
         add_to(self._buckets.setdefault(self._bucket(address), {}), address, value)
 
-    def discard(self, address: str, value: str) -> None:
+    def discard(self, address: str, value: V) -> None:
         key = self._bucket(address)
         bucket = self._buckets.get(key)
         if bucket is not None:
@@ -224,9 +224,9 @@ class AddressBook:
             if not bucket:
                 del self._buckets[key]
 
-    def within(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[tuple[str, list[str]]]:
+    def within(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[tuple[str, list[V]]]:
         """Every address inside ``net`` with its values."""
-        out: list[tuple[str, list[str]]] = []
+        out: list[tuple[str, list[V]]] = []
         v6 = net.version == 6
         width = 64 if v6 else 8  # the bits below a bucket
         first = int(net.network_address) >> width

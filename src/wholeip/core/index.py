@@ -438,7 +438,7 @@ class ClusterIndex:
         self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         # EndpointSlices, and which ones each Service has (one key, or a list of several).
         self._slices: dict[str, _Slice] = {}
-        self._endpoints = AddressBook()
+        self._endpoints: AddressBook[str] = AddressBook()
         """Ready endpoint address -> the keys of the slices that list it (a Node change
         re-reads the endpoints inside the pod networks it took away)."""
         self._outside: set[str] = set()
@@ -450,7 +450,7 @@ class ClusterIndex:
         self._views: dict[ServiceKey, _View] = {}
         self._view_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
         self._claims: dict[str, OneOrMany[ServiceKey]] = {}
-        self._claimed = AddressBook()
+        self._claimed: AddressBook[str] = AddressBook()
         """The external IPs of ``_claims``, by network (a Node change re-resolves those
         inside the networks it changed)."""
         self._ip_problems: dict[str, tuple[Problem, ...]] = {}
@@ -779,10 +779,14 @@ class ClusterIndex:
             for net in (*regions, *_CARRIERS):
                 affected.update(address for address, _ in self._claimed.within(net))
             if self.settings.lb_to_clusterip:
+                # The LoadBalancer IPs filed by network: those inside a region (or spelling an
+                # IPv4 address in IPv6), not every unmanaged LoadBalancer Service of the cluster.
+                near = {key for net in (*regions, *_CARRIERS) for _, keys in self._lb_ips.within(net) for key in keys}
+                infos = {key: self._lb_info[key] for key in near}
                 self._update_lb(
                     {
                         key: info
-                        for key, info in self._lb_info.items()
+                        for key, info in infos.items()
                         if any(x in net for ip in info.lb_ips for x in {ip, normalised(ip)} for net in regions)
                     },
                     touched,
@@ -1230,6 +1234,9 @@ class ClusterIndex:
         self._lb_info: dict[ServiceKey, LbServiceInfo] = {}
         """Every unmanaged LoadBalancer Service's own say (a Node change re-weighs the
         guards on their LoadBalancer IPs)."""
+        self._lb_ips: AddressBook[ServiceKey] = AddressBook()
+        """The LoadBalancer IPs of ``_lb_info``, by network (a Node change re-weighs the
+        Services with one inside the networks it changed)."""
         self._lb_of: dict[ServiceKey, _LbClaims] = {}
         self._lb_claims: dict[_LbKey, OneOrMany[ServiceKey]] = {}
         self._lb_winners: dict[_LbKey, tuple[ServiceKey, str]] = {}
@@ -1260,10 +1267,14 @@ class ClusterIndex:
             for lb_key, _ in old.entries if old is not None else ():
                 discard_from(self._lb_claims, lb_key, key)
                 dirty.add(lb_key)
-            self._lb_info.pop(key, None)
+            said = self._lb_info.pop(key, None)
+            for ip in said.lb_ips if said is not None else ():
+                self._lb_ips.discard(str(ip), key)
             if info is None:
                 continue
             self._lb_info[key] = info
+            for ip in info.lb_ips:
+                self._lb_ips.add(str(ip), key)
             new = self._lb_claims_of(info)
             if new is not None:
                 self._lb_of[key] = new
