@@ -36,9 +36,6 @@ started it, because the kernel may then differ from the desired table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import math
 import random
@@ -52,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import structlog
 
+from wholeip.agent import heap
 from wholeip.backoff import backoff_delay
 from wholeip.core.elements import count_mappings
 from wholeip.core.gcpause import freeze_kept
@@ -283,17 +281,10 @@ def _with_cpu(work: Callable[[], _T]) -> tuple[_T, float]:
 def _keep_long() -> None:
     """After a new index: what exists now (caches, index) lives long, so it is kept out of
     every future collection (a sync's garbage then costs a sync's size to collect), and
-    the heap the build freed goes back to the system."""
+    the heap the build freed goes back to the system (a rebuild decodes every cached
+    object once: without it the process would keep that high-water mark as RSS)."""
     freeze_kept()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``): a
-    rebuild decodes every cached object once, and without this the process keeps
-    that high-water mark as RSS for good."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    heap.trim()
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +533,7 @@ class Syncer:
         self.last_result: SyncResult | None = None
         self.rebuilds = 0
         """Syncs that built the index from a snapshot."""
+        self._trimmer = heap.Trimmer()
         self.prefilled: int | None = None
         """Objects the start-up index followed as they were listed, when the first sync took
         it (None: the index was built from the caches)."""
@@ -643,7 +635,9 @@ class Syncer:
     ) -> SyncResult:
         result = self.engine.sync(doc, full=full, touched=touched, already_read=observed)
         if full:
-            _trim_heap()  # a full sync parsed the kernel's listing of the whole table
+            self._trimmer.now()  # a full sync parsed the kernel's listing of the whole table
+        else:
+            self._trimmer.maybe()  # what the syncs since freed (see wholeip.agent.heap)
         if self.after_commit is not None and not result.plan.empty:
             try:
                 self.after_commit(result.plan)
