@@ -40,8 +40,32 @@ def test_trim_hands_freed_heap_back_to_the_system() -> None:
     assert held - after > 50, (held, after)
 
 
-def test_limit_arenas_is_taken_by_glibc() -> None:
-    assert _run("from wholeip.agent import heap; print(heap.limit_arenas())").strip() == "True"
+def test_a_large_block_is_mapped_whatever_was_freed_before() -> None:
+    """With the threshold fixed, a freed 1 MiB block does not raise it: the next 200 KiB
+    blocks are mapped (and unmapped when freed) instead of growing the heap."""
+    out = _run(
+        """
+        import ctypes
+        from wholeip.agent import heap
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in
+                        ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                         "uordblks", "fordblks", "keepcost")]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = Info
+        print(heap.tune())
+        del bytearray(1 << 20)[:]  # mapped, then freed (untuned, this raises the threshold)
+        big = bytearray(1 << 20)
+        del big
+        blocks = [bytearray(200 * 1024) for _ in range(20)]
+        print(libc.mallinfo2().hblks)
+        """
+    )
+    took, mapped = out.split()
+    assert took == "True"
+    assert int(mapped) >= 20
 
 
 def test_the_trimmer_trims_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:

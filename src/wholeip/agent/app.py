@@ -423,7 +423,7 @@ def _warn_addresses(error: str) -> None:
 def run(settings: Settings) -> int:
     """``wholeip run``: the agent until SIGTERM/SIGINT. 0 after a clean stop, 1 when it failed."""
     logsetup.configure(format=settings.log_format, level=settings.log_level)
-    heap.limit_arenas()  # before any thread (see wholeip.agent.heap)
+    heap.tune()  # before any thread (see wholeip.agent.heap)
     # What the process has loaded (the modules: aiohttp, kubernetes_asyncio...) lives as long
     # as it: out of every collection. A full collection of it alone took 40-48 ms, and the
     # listing of 100,000 Services ran 19 of them; later the index is frozen too (reconcile).

@@ -1,17 +1,20 @@
-"""The agent's C heap (glibc malloc): few arenas, and free pages handed back.
+"""The agent's C heap (glibc malloc): few arenas, large blocks mapped, free pages handed back.
 
 Python keeps objects of up to 512 bytes in arenas of its own; everything larger (watch
 events' bodies, dict tables, the kernel's replies, libnftables' and pyroute2's buffers)
 comes from glibc's ``malloc``, which gives each thread that allocates an arena of its own
-(up to eight per core) and returns freed memory to the system only from the top of the
-main heap. Under a steady churn the agent's live data stays flat while its RSS creeps up:
-in a ten-minute soak, live Python blocks and malloc's bytes in use were flat, malloc's
-free-but-held memory grew from 25 to 49 MiB (docs/performance.md, "Churn soak").
+(up to eight per core), serves a freed large block's size from the heap from then on
+(its mmap threshold rises with every mapped block freed, up to 32 MiB), and returns freed
+memory to the system only from the top of the main heap. Under a steady churn the
+agent's live data stays flat while its RSS creeps up: in a ten-minute soak of 2,000
+Services, live Python blocks and malloc's bytes in use were flat, malloc's free-but-held
+memory grew from 25 to 49 MiB (docs/performance.md, "Churn soak").
 
-Two remedies, both cheap: :func:`limit_arenas` at start (before threads exist), and
-:func:`trim` (``malloc_trim``: free pages inside every arena go back to the system)
-after a rebuild or a full sync, and at most every :data:`TRIM_EVERY_S` after a sync.
-Neither does anything where the C library is not glibc.
+So, at start (:func:`tune`, before threads exist): two arenas, and the mmap threshold
+fixed at glibc's initial 128 KiB (a large block is mapped and unmapped, never a hole in
+the heap); and :func:`trim` (``malloc_trim``: free pages inside every arena go back to
+the system) after a rebuild or a full sync, and at most every :data:`TRIM_EVERY_S` after
+other syncs. Nothing happens where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -24,11 +27,16 @@ import time
 from collections.abc import Callable
 
 M_ARENA_MAX = -8
-"""``mallopt`` parameter: the most arenas malloc creates (glibc's malloc.h)."""
+M_MMAP_THRESHOLD = -3
+"""``mallopt`` parameters (glibc's malloc.h): the most arenas malloc creates; the size
+from which a block is mapped on its own (setting it turns its rise off)."""
 
 ARENAS = 2
 """Arenas the agent runs with: the event loop's and one for the worker threads (the
 sync's commit, the conntrack cleaner, the policy routing) to share."""
+
+MMAP_THRESHOLD = 128 * 1024
+"""glibc's initial threshold, kept."""
 
 TRIM_EVERY_S = 60.0
 """At most one :func:`trim` a minute after ordinary syncs (a trim of 50 MiB of free
@@ -45,11 +53,13 @@ def _libc() -> ctypes.CDLL | None:
     return None
 
 
-def limit_arenas(arenas: int = ARENAS) -> bool:
-    """Cap malloc's arenas (``mallopt(M_ARENA_MAX)``); True when glibc took it. Call it
-    before the process starts threads: arenas made before stay."""
+def tune(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Cap malloc's arenas and fix its mmap threshold (``mallopt``); True when glibc took
+    both. Call it before the process starts threads: arenas made before stay."""
     libc = _libc()
-    return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas))
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arenas)) & bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
 
 
 def trim() -> None:
