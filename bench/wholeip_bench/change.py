@@ -129,8 +129,10 @@ def child(
             obj["spec"]["clusterIP"] = f"10.{96 + (services >> 16)}.{(services >> 8) & 255}.{services & 255}"
             obj["spec"].pop("type", None)
     for i, obj in enumerate(lb_services(lb)):
-        # Their ClusterIPs after the ones above (10.96.0.0/12 holds both).
+        # Their ClusterIPs after the ones above (10.96.0.0/12 holds both); no node ports
+        # (there are 2,768: a real server would refuse the rest too).
         obj["spec"]["clusterIP"] = f"10.{100 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
+        obj["spec"]["allocateLoadBalancerNodePorts"] = False
         objects.append(obj)
     settings = ModelSettings(lb_to_clusterip=bool(lb))
     cluster = workdir / "cluster.json"
@@ -177,7 +179,7 @@ def child(
                     "3600",
                     "--port",
                     str(PROBE_PORT),
-                    *(["--lb-to-clusterip"] if lb else []),
+                    *(["--lb-to-clusterip", "true"] if lb else []),
                 ],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -185,6 +187,8 @@ def child(
         log = _Log(log_path)
 
         def ready() -> bool:
+            if agent is not None and agent.poll() is not None:
+                raise RuntimeError(f"the agent exited ({agent.returncode}) before it was ready")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{PROBE_PORT}/readyz", timeout=5) as r:
                     return bool(r.status == 200)
