@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import json
 import os
@@ -62,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wholeip.agent import heap
 from wholeip_bench import write_results
 from wholeip_testkit.stats import percentile
 
@@ -987,24 +987,6 @@ class Soak:
         return best
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
 def heap_figures() -> dict[str, Any]:
     """This process's heap: Python's live blocks and objects, glibc's arenas (MiB)."""
     import gc
@@ -1017,15 +999,7 @@ def heap_figures() -> dict[str, Any]:
         "gc_objects": len(gc.get_objects()),
         "threads": threading.active_count(),
     }
-    with contextlib.suppress(AttributeError, OSError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _Mallinfo2
-        info = libc.mallinfo2()
-        mib = 1024 * 1024
-        row["malloc_in_use_mib"] = round(info.uordblks / mib, 2)
-        row["malloc_free_held_mib"] = round(info.fordblks / mib, 2)
-        row["malloc_arena_mib"] = round(info.arena / mib, 2)
-        row["malloc_mmap_mib"] = round(info.hblkhd / mib, 2)
+    row.update(heap.figures() or {})
     return row
 
 

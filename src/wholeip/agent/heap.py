@@ -44,13 +44,52 @@ memory costs well under a millisecond; the pages it gives back are faulted in ag
 when reused)."""
 
 
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2``."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
     with contextlib.suppress(OSError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt"):
+            if hasattr(libc, "mallinfo2"):  # glibc 2.33 and later
+                libc.mallinfo2.restype = _Mallinfo2
             return libc
     return None
+
+
+def figures() -> dict[str, float] | None:
+    """What malloc holds (``mallinfo2``, over every arena), in MiB: in use, free but held,
+    its heaps (arenas), and the blocks mapped on their own (in use).
+    None where glibc cannot say. For diagnosis (the churn soak's ``--agent-memstats``)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    info = libc.mallinfo2()
+    mib = 1024 * 1024
+    return {
+        "malloc_in_use_mib": round(info.uordblks / mib, 2),
+        "malloc_free_held_mib": round(info.fordblks / mib, 2),
+        "malloc_arena_mib": round(info.arena / mib, 2),
+        "malloc_mmap_mib": round(info.hblkhd / mib, 2),
+    }
 
 
 def tune(arenas: int = ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
@@ -70,7 +109,7 @@ def trim() -> None:
 
 
 class Trimmer:
-    """:func:`trim`, at most every ``every`` seconds (``due`` asks without trimming)."""
+    """:func:`trim`, at most every ``every`` seconds (:meth:`maybe`), or now (:meth:`now`)."""
 
     def __init__(self, every: float = TRIM_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.every = every
