@@ -51,6 +51,11 @@ def first_of(entry: OneOrMany[V] | None) -> V | None:
     return entry
 
 
+def one_or_many(values: list[V]) -> OneOrMany[V]:
+    """The entry of these values (one or more, distinct): the one itself, or the list."""
+    return values if len(values) > 1 else values[0]
+
+
 def add_to(index: dict[K, OneOrMany[V]], key: K, value: V) -> None:
     """Add ``value`` under ``key`` (nothing if it is there already), last of the values."""
     have = index.get(key)
@@ -67,8 +72,7 @@ def discard_from(index: dict[K, OneOrMany[V]], key: K, value: V) -> None:
     """Take ``value`` away from under ``key``; the key goes when its last value does."""
     have = index.get(key)
     if isinstance(have, list):
-        rest = [v for v in have if v != value]
-        index[key] = rest if len(rest) > 1 else rest[0]
+        index[key] = one_or_many([v for v in have if v != value])
     elif have == value:
         del index[key]
 

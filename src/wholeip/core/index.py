@@ -65,6 +65,7 @@ from wholeip.core.compact import (
     first_of,
     ipv4_number,
     numeric,
+    one_or_many,
     pack_uid,
     pod_ips,
     ready_of,
@@ -703,7 +704,7 @@ class ClusterIndex:
         view = self._view_of_read(read, ready4=ready4, ready6=ready6)
         key = view.key
         self._views[key] = view
-        self._slices_of[key] = plains[0].skey if len(plains) == 1 else [ps.skey for ps in plains]
+        self._slices_of[key] = one_or_many([ps.skey for ps in plains])
         elements = self.elements
         for ip, ps in zip(exts, plains, strict=True):
             pod, node = cast(tuple[str, str | None], ps.ready)  # (its one endpoint)
