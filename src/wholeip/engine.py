@@ -23,9 +23,12 @@ shape of their JSON.
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,15 +114,55 @@ def isolate(backend: Backend, commands: Sequence[Command]) -> list[Rejection]:
 
 def apply_plan(backend: Backend, plan: Plan) -> None:
     """Send a plan: its transaction, then (only when the table is created or rebuilt) the
-    typeof declarations, the element transactions of a new table and the transaction of
-    what uses them. Each transaction is rendered just before it is sent."""
+    typeof declarations, the element transactions of a new table (see :func:`send_fill`)
+    and the transaction of what uses them. Each transaction is rendered just before it is
+    sent."""
     backend.transact(as_json(plan.commands))
     if plan.declarations:
         backend.declare("; ".join(plan.declarations))
-    for fill in plan.fill:
-        backend.transact_text(as_text(fill))
+    send_fill(backend, plan.fill)
     if plan.after:
         backend.transact(as_json(plan.after))
+
+
+FILL_SWITCH_INTERVAL = 0.0005
+"""The interpreter's switch interval while a fill is sent (Python's own is 5 ms): a sender
+back from libnftables waits for the GIL until the renderer is made to give it up, up to
+this long, at each of its calls into the library."""
+
+_filling = threading.Lock()
+"""One fill at a time sets and restores the switch interval."""
+
+
+def send_fill(backend: Backend, fill: Sequence[Sequence[Command]]) -> None:
+    """Send a new table's element transactions in order, each rendered while the one
+    before it is in libnftables and the kernel: one thread renders (Python), another
+    sends (C, without the GIL), so at 100,000 Services the 0.6 s of rendering hides under
+    the 1.3 s of sending instead of adding to it. A transaction is sent only once the one
+    before it is committed; the first failure is raised and nothing after it is sent."""
+    if len(fill) < 2:
+        for transaction in fill:
+            backend.transact_text(as_text(transaction))
+        return
+    with _filling:
+        _send_overlapped(backend, fill)
+
+
+def _send_overlapped(backend: Backend, fill: Sequence[Sequence[Command]]) -> None:
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(FILL_SWITCH_INTERVAL)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wholeip-fill") as sender:
+            sending: Future[None] | None = None
+            for transaction in fill:
+                text = as_text(transaction)
+                if sending is not None:
+                    sending.result()
+                sending = sender.submit(backend.transact_text, text)
+            if sending is not None:
+                sending.result()
+    finally:
+        sys.setswitchinterval(interval)
 
 
 class Engine:

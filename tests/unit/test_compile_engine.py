@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import pytest
 
 from wholeip.core import index
 from wholeip.core.elements import compile_table
-from wholeip.engine import Engine
+from wholeip.engine import Engine, apply_plan
 from wholeip.nft.backend import Rejected
+from wholeip.nft.commands import as_json
+from wholeip.nft.diff import diff
 from wholeip.nft.doc import JSONObj, TableDoc
 from wholeip.nft.fake import FakeBackend
 from wholeip.nft.render import render_table
@@ -488,3 +492,58 @@ def test_no_source_ranges_at_all_leave_a_whole_ip_unfiltered() -> None:
     doc = compile_table(state, node_name="n1")
     assert not doc.elements["dispatch4"]
     assert not doc.elements["ranged4"]
+
+
+class _SlowFill(FakeBackend):
+    """Records each element transaction's start and end; ``fail_at``: which one is refused."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.events: list[tuple[str, int]] = []
+        self._sending = 0
+
+    def transact_text(self, text: str) -> None:
+        self._sending += 1
+        number = self._sending
+        self.events.append(("start", number))
+        time.sleep(0.002)  # (long enough for the renderer to run ahead, if it could send)
+        try:
+            if number == self.fail_at:
+                raise Rejected(f"transaction {number} refused")
+            super().transact_text(text)
+        finally:
+            self.events.append(("end", number))
+
+
+def test_fill_is_sent_in_order_one_transaction_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The element transactions of a new table go in the plan's order, each sent only once
+    the one before it is committed, although the next is rendered meanwhile."""
+    from wholeip.nft import diff as diffmod
+
+    monkeypatch.setattr(diffmod, "CREATE_CHUNK", 5)
+    interval = sys.getswitchinterval()
+    backend = _SlowFill()
+    doc = desired(12)
+    plan = Engine(backend=backend).sync(doc).plan
+    assert len(plan.fill) > 3
+    count = len(plan.fill)
+    assert backend.events == [(what, k) for k in range(1, count + 1) for what in ("start", "end")]
+    assert backend.transactions[1 : count + 1] == [json.loads(json.dumps(as_json(tx))) for tx in plan.fill]
+    assert sys.getswitchinterval() == interval
+    assert Engine(backend=backend).sync(doc, full=True).plan.empty
+
+
+def test_a_refused_fill_transaction_stops_the_fill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first refusal is raised; no element transaction after it and no rule is sent."""
+    from wholeip.nft import diff as diffmod
+
+    monkeypatch.setattr(diffmod, "CREATE_CHUNK", 5)
+    interval = sys.getswitchinterval()
+    backend = _SlowFill(fail_at=2)
+    with pytest.raises(Rejected, match="transaction 2 refused"):
+        apply_plan(backend, diff(desired(12), None))
+    assert backend.events == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+    assert len(backend.transactions) == 2  # the table's skeleton, the first fill
+    assert not any("rule" in cmd["add"] for tx in backend.transactions for cmd in tx)
+    assert sys.getswitchinterval() == interval

@@ -189,8 +189,11 @@ class LibnftBackend:
 
     def transact_text(self, text: str) -> None:
         with self._lock:
-            # (The context reads JSON input while its output is JSON, as json_cmd sets it.)
-            self._nft.set_json_output(True)
+            # The context reads JSON input while its output is JSON: set at construction, and
+            # every method that turns it off turns it on again before it lets the lock go. Not
+            # set again here: each call into the library gives the GIL up and must win it
+            # back, up to a switch interval later while another thread runs Python (see
+            # engine.send_fill).
             rc, _out, err = self._nft.cmd(text)
         if rc != 0:
             detail = str(err).strip()
