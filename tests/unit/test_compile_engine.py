@@ -495,7 +495,8 @@ def test_no_source_ranges_at_all_leave_a_whole_ip_unfiltered() -> None:
 
 
 class _SlowFill(FakeBackend):
-    """Records each element transaction's start and end; ``fail_at``: which one is refused."""
+    """Records each element transaction's start and end; ``fail_at``: which one is refused
+    (through the fake's own ``fail_next``)."""
 
     def __init__(self, fail_at: int | None = None) -> None:
         super().__init__()
@@ -508,9 +509,9 @@ class _SlowFill(FakeBackend):
         number = self._sending
         self.events.append(("start", number))
         time.sleep(0.002)  # (long enough for the renderer to run ahead, if it could send)
+        if number == self.fail_at:
+            self.fail_next = Rejected(f"transaction {number} refused")
         try:
-            if number == self.fail_at:
-                raise Rejected(f"transaction {number} refused")
             super().transact_text(text)
         finally:
             self.events.append(("end", number))
