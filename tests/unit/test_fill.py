@@ -23,6 +23,7 @@ from tests.unit.test_properties import Cluster, _by_key, _slice_keys, clusters, 
 from wholeip.core.compact import AddressBook
 from wholeip.core.delegated import without_history
 from wholeip.core.index import ClusterIndex, Filler, load, load_unique
+from wholeip.core.objects import EndpointsInfo, parse_endpoints
 from wholeip.names import EGRESS_IP_ANNOTATION, WHOLE_IP_ANNOTATION
 from wholeip.settings import ModelSettings
 
@@ -57,6 +58,20 @@ def _same(a: ClusterIndex, b: ClusterIndex) -> None:
     assert without_history(a.elements) == without_history(b.elements)
     assert a.state() == b.state()
     assert sorted(map(repr, a.problems)) == sorted(map(repr, b.problems))
+
+
+def _reads_as_parsed(index: ClusterIndex, slices: dict[str, dict[str, Any]]) -> None:
+    """Each slice the index keeps reads, for the delegated Services, as the object does
+    (:func:`parse_endpoints`): made again from its record, or kept as read where the record
+    says less (an endpoint not ready, or terminating; a port out of range)."""
+
+    def norm(e: EndpointsInfo | None) -> Any:
+        return None if e is None else (e.service, e.family, sorted(e.endpoints), e.ports)
+
+    assert {skey: norm(index._endpoints_info(skey)) for skey in index._slices} == {
+        skey: norm(read) for skey, obj in slices.items() if (read := parse_endpoints(obj)) is not None
+    }
+    event(f"slices kept as read: {'some' if index._every else 'none'}")
 
 
 def _by_updates(c: Cluster, services: list[dict[str, Any]], slices: list[dict[str, Any]]) -> ClusterIndex:
@@ -151,6 +166,7 @@ def test_a_filled_index_is_the_index_updates_build(c: Cluster) -> None:
     filled = _loaded(c, c.services, c.slices)
     written = len(filled._views)
     _same(filled, _by_updates(c, c.services, c.slices))
+    _reads_as_parsed(filled, _slice_keys(c.slices))
     event(f"mappings: {'some' if written else 'none'}")
 
 
@@ -250,6 +266,7 @@ def test_a_filled_index_goes_on_like_one_built_by_updates(a: Cluster, other: Clu
     filled, updated = _loaded(a, a.services, a.slices), _by_updates(a, a.services, a.slices)
     assert filled.update(**change) == updated.update(**change)  # type: ignore[arg-type]
     _same(filled, updated)
+    _reads_as_parsed(filled, now_slices)
     fresh = ClusterIndex(settings=a.settings, node_name=a.node_name, nodes=b_nodes)
     fresh.fill(now.items(), now_slices.items())
     assert fresh.state() == filled.state()

@@ -371,6 +371,10 @@ def endpoint_slice(
         ready = draw(st.sampled_from((True, True, True, True, False, None)))
         if ready is not None:
             endpoint["conditions"] = {"ready": ready, "serving": True, "terminating": not ready}
+        if draw(st.integers(0, 7)) == 0:  # conditions no kubelet writes (ready, yet terminating ...)
+            endpoint["conditions"] = draw(
+                st.dictionaries(st.sampled_from(("ready", "serving", "terminating")), st.sampled_from((True, False)))
+            )
         if draw(st.integers(0, 5)) > 0:
             endpoint["nodeName"] = NODES[node]
         endpoints.append(endpoint)

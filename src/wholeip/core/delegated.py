@@ -29,10 +29,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from typing import NamedTuple
 
-from wholeip.core.compact import OneOrMany, ServiceKey, add_to, all_of, discard_from
+from wholeip.core.compact import ServiceKey
 from wholeip.core.model import Frontend, HealthCheck, ObjectRef, Problem
 from wholeip.core.objects import (
     DelegatedInfo,
@@ -403,15 +403,22 @@ class DelegatedIndex:
     elements, kept current one object at a time (a full build is the same index filled
     at once)."""
 
-    def __init__(self, *, settings: ModelSettings, node_name: str, elements: dict[str, set[Elem]]) -> None:
+    def __init__(
+        self,
+        *,
+        settings: ModelSettings,
+        node_name: str,
+        elements: dict[str, set[Elem]],
+        slices_of: Callable[[ServiceKey], Iterable[EndpointsInfo]],
+    ) -> None:
         self.settings = settings
         self.node_name = node_name
         self.elements = elements
+        self.slices_of = slices_of
+        """A Service's slices as :func:`~wholeip.core.objects.parse_endpoints` reads them,
+        in the order of their keys: the cluster index keeps every slice (a Service that
+        becomes delegated later has them), this index none."""
         self._services: dict[ServiceKey, _Service] = {}
-        self._slices: dict[str, EndpointsInfo] = {}
-        self._slices_of: dict[ServiceKey, OneOrMany[str]] = {}
-        """Service -> its slices (one as itself: every Service's slices are kept, delegated
-        or not, so that one that becomes delegated has them)."""
         self._claims: dict[FrontKey, set[ServiceKey]] = {}
         self._winners: dict[FrontKey, Frontend] = {}
         self._generations: dict[FrontKey, Generation] = {}
@@ -424,22 +431,12 @@ class DelegatedIndex:
     def update(
         self,
         services: Mapping[ServiceKey, Sequence[RawObject]],
-        slices: Mapping[str, EndpointsInfo | None],
+        sliced: Iterable[ServiceKey],
         touched: dict[str, set[Elem]],
     ) -> None:
-        """``slices``: changed slices as :func:`~wholeip.core.objects.parse_endpoints` reads
-        them (the cluster index reads each slice once for both; None: deleted, or no pod
-        addresses)."""
-        dirty: set[ServiceKey] = set()
-        for skey, new in slices.items():
-            old = self._slices.pop(skey, None)
-            if old is not None:
-                discard_from(self._slices_of, old.service, skey)
-                dirty.add(old.service)
-            if new is not None:
-                self._slices[skey] = new
-                add_to(self._slices_of, new.service, skey)
-                dirty.add(new.service)
+        """``services``: changed Services (key -> the objects under it); ``sliced``: the
+        Services whose slices changed (as :attr:`slices_of` gives them now)."""
+        dirty: set[ServiceKey] = set(sliced)
         infos: dict[ServiceKey, DelegatedInfo | None] = {}
         for key, objs in services.items():
             parsed = [i for i in (parse_delegated_service(o, self.settings, []) for o in objs) if i is not None]
@@ -461,9 +458,7 @@ class DelegatedIndex:
                     ports.add(old_svc.health.port)
             if info is None:
                 continue
-            fronts, health = frontends(
-                info, (self._slices[s] for s in sorted(all_of(self._slices_of.get(key)))), self.node_name
-            )
+            fronts, health = frontends(info, self.slices_of(key), self.node_name)
             self._services[key] = _Service(info, tuple(fronts), health)
             for f in fronts:
                 self._claims.setdefault(front_key(f), set()).add(key)
@@ -497,12 +492,6 @@ class DelegatedIndex:
                 self._health.pop(port, None)
         for key in problem_keys:
             self._reproblem(key)
-
-    def file(self, skey: str, slice_: EndpointsInfo) -> None:
-        """Keep a new slice of a Service that is not delegated (:meth:`update` without its
-        work: nothing to resolve; the Service may become delegated later)."""
-        self._slices[skey] = slice_
-        add_to(self._slices_of, slice_.service, skey)
 
     def _count(self, name: str, elem: Elem, delta: int, touched: dict[str, set[Elem]]) -> None:
         item = (name, elem)

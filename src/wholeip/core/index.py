@@ -109,6 +109,7 @@ from wholeip.core.objects import (
     LbServiceInfo,
     RawObject,
     ServiceRead,
+    SliceEndpoint,
     SliceInfo,
     SliceRead,
     created_seconds,
@@ -230,6 +231,21 @@ class _PlainSlice(NamedTuple):
 
 
 _Plains = tuple[_PlainSlice, ...]
+
+
+def _as_kept(every: EndpointsInfo, ready: int, ports: SlicePorts) -> bool:
+    """Whether the delegated Services read of a slice no more than the index keeps of it:
+    its ``ready`` ready endpoints, each serving and not terminating, and its ``ports``, every
+    number valid. (Every ready endpoint is among ``every``'s, under the same address; the
+    same count, all ready, means the same endpoints on the same nodes.) Then
+    :meth:`ClusterIndex._endpoints_info` makes it again rather than keeping it."""
+    return (
+        len(every.endpoints) == ready
+        and every.ports == tuple(sorted(ports))
+        and all(e.ready and e.serving and not e.terminating for e in every.endpoints)
+    )
+
+
 """The plain slices of one Service so far: at most one of each family, in the order they came."""
 
 
@@ -445,6 +461,11 @@ class ClusterIndex:
         self._outside: set[str] = set()
         """Keys of the slices with endpoints outside the pod networks (few: a mistake)."""
         self._slices_of: dict[ServiceKey, OneOrMany[str]] = {}
+        self._every: dict[str, EndpointsInfo] = {}
+        """Slices whose every endpoint, as delegated Services read them, is more than the
+        slice's record says (an endpoint not ready, or terminating; a port out of range):
+        kept as read. Any other slice's is made again when asked (:meth:`_endpoints_infos`),
+        which saves a second record of every slice of the cluster."""
         self._slice_problems: dict[str, tuple[Problem, ...]] = {}
         self._port_shapes: dict[SlicePorts, SlicePorts] = {}
         # Managed Services with their endpoints, and who claims which external IP.
@@ -482,7 +503,9 @@ class ClusterIndex:
             slot_capacity=steer_slots(settings.egress_mark_mask),
         )
         """Egress Services: their holders and members (the egressIP annotation)."""
-        self.delegated = DelegatedIndex(settings=settings, node_name=node_name, elements=self.elements)
+        self.delegated = DelegatedIndex(
+            settings=settings, node_name=node_name, elements=self.elements, slices_of=self._endpoints_infos
+        )
         """The ClusterIPs and NodePorts of Services labelled for us."""
         self._init_lb()
 
@@ -538,24 +561,26 @@ class ClusterIndex:
             for key, objs in services.items()
         }
         api_before = set(self._control_plane)
-        delegated_slices: dict[str, EndpointsInfo | None] = {}
-        """The same slices as the delegated Services read them (each slice read once)."""
+        sliced: set[ServiceKey] = set()
+        """The Services whose slices changed (for the delegated Services)."""
         for skey, both in self._read_all(slices, read_slices):
             old = self._slices.pop(skey, None)
             self._slice_problems.pop(skey, None)
             self._api_slices.pop(skey, None)
+            self._every.pop(skey, None)
             if old is not None:
                 self._unfile(skey, old)
                 discard_from(self._slices_of, old.service, skey)
-                dirty.add(old.service)
-            new, delegated_slices[skey] = self._ingest_slice(skey, both, parsed) if both is not None else (None, None)
+                sliced.add(old.service)
+            new = self._ingest_slice(skey, both, parsed) if both is not None else None
             if new is not None and new.service == API_SERVER_SERVICE:
                 self._api_slices[skey] = (*pod_ips(new.ready), *pod_ips(new.outside))
             if new is not None:
                 self._slices[skey] = new
                 self._file(skey, new)
                 add_to(self._slices_of, new.service, skey)
-                dirty.add(new.service)
+                sliced.add(new.service)
+        dirty |= sliced
         if slices or read_slices:
             # The API server's published addresses decide the guard of those addresses only.
             self._control_plane = dict(self._configured_api)
@@ -645,8 +670,8 @@ class ClusterIndex:
                 {key: self._lb_info_of(objs) if parsed.get(key) is None else None for key, objs in services.items()},
                 touched,
             )
-        if services or delegated_slices:
-            self.delegated.update(services, delegated_slices, touched)
+        if services or sliced:
+            self.delegated.update(services, sliced, touched)
         # A pod may publish ports only while it is no whole-IP backend: recheck those whose
         # mappings changed.
         if pod_objects or readdress is not None or (pods and self.podnat.has_pods):
@@ -710,7 +735,8 @@ class ClusterIndex:
             pod, node = cast(tuple[str, str | None], ps.ready)  # (its one endpoint)
             self._slices[ps.skey] = _Slice(key, ps.family, ps.ready, NO_ENDPOINTS, ps.ports)
             self._endpoints.add(pod, ps.skey)
-            self.delegated.file(ps.skey, ps.every)
+            if not _as_kept(ps.every, 1, ps.ports):
+                self._every[ps.skey] = ps.every
             self._claims[ip] = key
             self._claimed.add(ip, ip)
             self._winners[ip] = view
@@ -869,15 +895,15 @@ class ClusterIndex:
             yield skey, read_slice(obj) if obj is not None else None
         yield from read.items()
 
-    def _ingest_slice(
-        self, skey: str, both: SliceRead, parsed: Mapping[ServiceKey, _View | None]
-    ) -> tuple[_Slice, EndpointsInfo]:
-        """The slice as the index keeps it, and as the delegated Services read it. ``parsed``:
-        the Services of the same update (the slice is filed under its Service's very key
-        object, one per Service)."""
+    def _ingest_slice(self, skey: str, both: SliceRead, parsed: Mapping[ServiceKey, _View | None]) -> _Slice:
+        """The slice as the index keeps it (and, when that is not all they read, as the
+        delegated Services read it). ``parsed``: the Services of the same update (the slice
+        is filed under its Service's very key object, one per Service)."""
         info, every = both
         if info.problems:
             self._slice_problems[skey] = info.problems
+        if not _as_kept(every, len(info.ready), tuple(info.ports.items())):
+            self._every[skey] = every
         ready, outside = self._split(info.family, info.ready.items())
         view = parsed.get(info.service) or self._views.get(info.service)
         return _Slice(
@@ -886,7 +912,26 @@ class ClusterIndex:
             ready,
             outside,
             self._shared_ports(tuple(info.ports.items())),
-        ), every
+        )
+
+    def _endpoints_infos(self, key: ServiceKey) -> list[EndpointsInfo]:
+        """A Service's slices as the delegated Services read them, in the order of their keys."""
+        return [self._endpoints_info(skey) for skey in sorted(all_of(self._slices_of.get(key)))]
+
+    def _endpoints_info(self, skey: str) -> EndpointsInfo:
+        """A slice as :func:`~wholeip.core.objects.parse_endpoints` reads it (its endpoints
+        in another order, perhaps)."""
+        every = self._every.get(skey)
+        if every is not None:
+            return every
+        sl = self._slices[skey]
+        found = (*endpoints(sl.ready), *endpoints(sl.outside))
+        return EndpointsInfo(
+            sl.service,
+            sl.family,
+            tuple(SliceEndpoint(address, node, True, True, False) for address, node in found),
+            tuple(sorted(sl.ports)),
+        )
 
     def _split(self, family: int, found: Iterable[Endpoint]) -> tuple[Ready, Ready]:
         """Ready endpoints (address, node) inside the family's pod networks, and those
