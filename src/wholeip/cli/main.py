@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 from collections.abc import Callable, Sequence
 
 from wholeip import __version__
@@ -77,9 +78,27 @@ def entry() -> int:
     gives back anyway. Frozen objects are left out of it. (``main`` itself is called in
     tests, which must not freeze what they hold.)
     """
+    leave_out_unused()
     code = main()
     gc.freeze()
     return code
+
+
+UNUSED = ("rich", "better_exceptions")
+"""Packages structlog imports when they are installed, for its console renderer's
+tracebacks: rich alone is 8 MiB in every agent (its ~50 modules and pygments), and
+wholeip neither depends on them nor needs them (the agent logs JSON lines; the console
+format prints plain tracebacks without them). The image does not have them; a
+virtualenv that also holds other tools often does."""
+
+
+def leave_out_unused() -> None:
+    """Make :data:`UNUSED` unimportable in this process (before anything imports structlog),
+    unless something imported them already. Only the command's own process does this:
+    :func:`main` is also called in tests, which must not change what their process can import."""
+    for name in UNUSED:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]  # (an import of it raises ImportError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
