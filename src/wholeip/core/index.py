@@ -231,6 +231,7 @@ class _PlainSlice(NamedTuple):
 
 
 _Plains = tuple[_PlainSlice, ...]
+"""The plain slices of one Service so far: at most one of each family, in the order they came."""
 
 
 def _as_kept(every: EndpointsInfo, ready: int, ports: SlicePorts) -> bool:
@@ -244,9 +245,6 @@ def _as_kept(every: EndpointsInfo, ready: int, ports: SlicePorts) -> bool:
         and every.ports == tuple(sorted(ports))
         and all(e.ready and e.serving and not e.terminating for e in every.endpoints)
     )
-
-
-"""The plain slices of one Service so far: at most one of each family, in the order they came."""
 
 
 def _covered(plains: _Plains, read: ServiceRead) -> bool:
@@ -463,7 +461,7 @@ class ClusterIndex:
         self._slices_of: dict[ServiceKey, OneOrMany[str]] = {}
         self._every: dict[str, EndpointsInfo] = {}
         """Slices whose every endpoint, as delegated Services read them, is more than the
-        slice's record says (an endpoint not ready, or terminating; a port out of range):
+        slice's record says (an endpoint not ready, not serving or terminating; a port out of range):
         kept as read. Any other slice's is made again when asked (:meth:`_endpoints_infos`),
         which saves a second record of every slice of the cluster."""
         self._slice_problems: dict[str, tuple[Problem, ...]] = {}
@@ -902,7 +900,8 @@ class ClusterIndex:
         info, every = both
         if info.problems:
             self._slice_problems[skey] = info.problems
-        if not _as_kept(every, len(info.ready), tuple(info.ports.items())):
+        ports = tuple(info.ports.items())
+        if not _as_kept(every, len(info.ready), ports):
             self._every[skey] = every
         ready, outside = self._split(info.family, info.ready.items())
         view = parsed.get(info.service) or self._views.get(info.service)
@@ -911,7 +910,7 @@ class ClusterIndex:
             info.family,
             ready,
             outside,
-            self._shared_ports(tuple(info.ports.items())),
+            self._shared_ports(ports),
         )
 
     def _endpoints_infos(self, key: ServiceKey) -> list[EndpointsInfo]:
