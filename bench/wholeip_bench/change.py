@@ -36,6 +36,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -411,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also M LoadBalancer Services nobody manages, the agent with --lb-to-clusterip",
     )
+    parser.add_argument("--keep-logs", help="a directory to copy each size's agent log to")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -446,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                     *extra,
                 ]
             )
+            if args.keep_logs:
+                Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(tmp, "agent.log"), Path(args.keep_logs, f"agent-{n}.log"))
             if out.returncode != 0:
                 log = Path(tmp, "agent.log")
                 tail = log.read_text()[-3000:] if log.exists() else ""

@@ -23,6 +23,7 @@ shape of their JSON.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -30,14 +31,14 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from wholeip.core.gcpause import gc_paused
 from wholeip.nft import render
 from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailable
 from wholeip.nft.commands import Command, Delete, as_json, as_text, one_by_one
-from wholeip.nft.diff import Plan, diff, diff_touched
-from wholeip.nft.doc import Elem, JSONObj, TableDoc
+from wholeip.nft.diff import Plan, create, diff, diff_touched
+from wholeip.nft.doc import Elem, JSONObj, Skeleton, TableDoc
 from wholeip.nft.render import Table
 
 
@@ -52,6 +53,16 @@ class SyncResult:
     commit_seconds: float
     rejected: tuple[Rejection, ...] = ()
     """Element changes the kernel refused even alone (the rest of the plan is committed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of a table filled before its rules (:meth:`Engine.stage`)."""
+
+    plan: Plan
+    table: TableDoc
+    """What the plan is made from: the sets as they were when it was made (a new table's
+    all, a later step's refilled interval sets), the rest the caller's live sets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +186,14 @@ class Engine:
         self.last: TableDoc | None = None
         """The table as last committed; None until the first commit or after a failure."""
         self._memory: dict[str, set[Elem]] = {}
+        self._staged = False
+        """``last`` is a table :meth:`stage` is filling (no rules yet)."""
+
+    @property
+    def staged(self) -> bool:
+        """The kernel holds a table this engine made and is filling before its rules
+        (:meth:`stage`), and nothing has failed since: its memory is what the kernel holds."""
+        return self._staged and self.last is not None
 
     def observe(self, known: Mapping[str, AbstractSet[Elem]] | None = None) -> TableDoc | None:
         """The table as the kernel holds it now (None when it does not exist). ``known``:
@@ -241,16 +260,14 @@ class Engine:
         # Isolated: the kernel holds the plan minus ``rejected``; the memory stays void and
         # the next sync is full (it tries the rejected changes again, alone).
         if partial and not isolated:
-            for name, gone in plan.removed.items():
-                self._memory[name] -= gone
-            for name, came in plan.inserted.items():
-                self._memory[name] |= came
-            for name in plan.refilled:
-                self._memory[name] = set(desired.elements.get(name, ()))
+            self._remember(plan, desired)
+            if self._staged:  # the rules are in now
+                self.last = TableDoc(desired.family, desired.name, desired.skeleton, self._memory)
         elif not isolated:
             # Our own copy: the caller may keep changing its sets (the agent's index does).
             self._memory = {name: set(elems) for name, elems in desired.elements.items()}
             self.last = TableDoc(desired.family, desired.name, desired.skeleton, self._memory)
+        self._staged = False
         return SyncResult(
             plan=plan,
             full=full,
@@ -259,6 +276,95 @@ class Engine:
             commit_seconds=time.perf_counter() - observed,
             rejected=tuple(rejected),
         )
+
+    def _remember(self, plan: Plan, desired: TableDoc) -> None:
+        """The memory after a committed element plan (not a created or rebuilt table)."""
+        memory = self._memory
+        for name, gone in plan.removed.items():
+            memory[name] -= gone
+        for name, came in plan.inserted.items():
+            memory.setdefault(name, set()).update(came)
+        for name in plan.refilled:
+            memory[name] = set(desired.elements.get(name, ()))
+
+    def held(self) -> int:
+        """How many elements the table holds as last committed."""
+        return sum(len(elems) for elems in self._memory.values())
+
+    def unsent(self, desired: TableDoc) -> dict[str, set[Elem]]:
+        """Per set, the elements in which ``desired`` and the last commit differ (dynamic sets
+        aside): the ``touched`` of a :meth:`sync` that compares the whole table with the
+        memory instead of the kernel. Costs a hash lookup per element of both."""
+        memory = self._memory
+        out: dict[str, set[Elem]] = {}
+        for decl in desired.skeleton.sets:
+            if decl.dynamic:
+                continue
+            differ = memory.get(decl.name, set()) ^ desired.elements.get(decl.name, frozenset())
+            if differ:
+                out[decl.name] = differ
+        return out
+
+    def stage(self, desired: TableDoc, *, most: int) -> Stage:
+        """The next step of filling a new table before its rules: some of what the kernel
+        lacks of ``desired``'s sets, without any rule, so that no packet sees it yet.
+
+        The first step creates the table, its sets and chains, empty, with ``create``: it
+        fails (``Exists``) when the table is there already, and there is nothing to stage
+        then. Each later step deletes every element the kernel holds and ``desired`` does
+        not (a map entry whose value changed included) and adds at most ``most`` of those
+        it lacks. :meth:`sync` sends the rest and the rules, in one transaction (with
+        :meth:`unsent` as its ``touched``).
+
+        Made where ``desired``'s sets change (the agent's event loop); holds copies of what
+        :meth:`send` renders, so that they may go on changing while it sends."""
+        bare = Skeleton(desired.skeleton.sets, desired.skeleton.chains, ())
+        if self.last is None:
+            doc = TableDoc(desired.family, desired.name, bare, {name: set() for name in desired.elements})
+            return Stage(create(doc, exclusive=True), doc)
+        if not self._staged:
+            raise RuntimeError("stage: the table has had its rules already")
+        memory = self._memory
+        touched: dict[str, set[Elem]] = {}
+        room = most
+        for name, differ in self.unsent(desired).items():
+            have = memory.get(name, set())
+            step = differ & have  # (every deletion: an added map entry never meets its old value)
+            if room > 0:
+                added = differ - have
+                step.update(itertools.islice(added, room))
+                room -= min(room, len(added))
+            if step:
+                touched[name] = step
+        elements = dict(desired.elements)
+        for decl in desired.skeleton.sets:
+            if decl.cover_compared and decl.name in touched:
+                elements[decl.name] = frozenset(elements.get(decl.name, ()))  # (refilled whole)
+        doc = TableDoc(desired.family, desired.name, bare, elements)
+        plan = diff_touched(doc, self.last, touched)
+        if plan is None:  # (a declaration differs: not one table any more)
+            raise RuntimeError("stage: the table's declarations changed")
+        return Stage(plan, doc)
+
+    def send(self, stage: Stage) -> None:
+        """Commit a :meth:`stage` (in any thread, with no other call to this engine meanwhile);
+        on an error the memory is void and the next sync is full."""
+        plan = stage.plan
+        try:
+            with gc_paused():
+                if plan.created:
+                    apply_plan(self.backend, plan)
+                else:  # (elements only: written as text, as a new table's fill is)
+                    self.backend.transact_text(as_text(plan.commands))
+        except BaseException:
+            self.last, self._memory, self._staged = None, {}, False
+            raise
+        if stage.plan.created:
+            self._memory = cast(dict[str, set[Elem]], stage.table.elements)
+            self._staged = True
+        else:
+            self._remember(stage.plan, stage.table)
+        self.last = TableDoc(stage.table.family, stage.table.name, stage.table.skeleton, self._memory)
 
     def cleanup(self) -> bool:
         """Delete our table (and nothing else). True when there was one."""

@@ -74,19 +74,47 @@ def test_the_index_taken_is_the_one_built_from_the_caches_then(c: Cluster, other
         prefill.drop("the test is over")  # (a no-op once taken)
 
 
-def _follow(prefill: Prefill, caches: _Caches, c: Cluster, other: Cluster, data: st.DataObject) -> None:
-    pages: list[tuple[str, list[tuple[str, Obj, object]]]] = []
+Page = tuple[str, list[tuple[str, Obj, object]]]
+
+
+def pages_in_order(caches: _Caches, data: st.DataObject) -> tuple[list[Page], int]:
+    """The caches' objects as pages of both lists in a drawn order, and the page before which
+    the index begins (the Nodes listed)."""
+    pages: list[Page] = []
     for resource in ("services", "endpointslices"):
         items = list(caches.of(resource).items())
         size = data.draw(st.integers(1, 4))
         pages += [(resource, [(k, o, o) for k, o in items[i : i + size]]) for i in range(0, len(items), size)]
     order = data.draw(st.permutations(range(len(pages))))
-    begin_at = data.draw(st.integers(0, len(pages)))
-    for n, i in enumerate(order):
+    return [pages[i] for i in order], data.draw(st.integers(0, len(pages)))
+
+
+def _follow(prefill: Prefill, caches: _Caches, c: Cluster, other: Cluster, data: st.DataObject) -> None:
+    pages, begin_at = pages_in_order(caches, data)
+    for n, page in enumerate(pages):
         if n == begin_at:
             prefill.begin(nodes=c.nodes, settings=c.settings)
-        prefill.page(*pages[i])
-    # Until the gate opens: changes, equal copies, deletions and new objects in both caches.
+        prefill.page(*page)
+    change_until_the_gate(caches, other, data)
+    nodes = data.draw(st.sampled_from((c.nodes, other.nodes)))
+    taken = _take(prefill, c, nodes)
+    assert taken is not None
+    event(f"caught up: {'some' if taken.caught_up else 'none'}")
+    built = _built(c, caches, nodes)
+    if nodes is c.nodes:
+        _same(taken.index, built)
+    else:
+        # Other Nodes re-read the endpoints they move in or out of the pod networks, which
+        # may list a slice's endpoints in another order than a fresh read: the same index
+        # otherwise (test_fill compares a changed index with a fresh one the same way).
+        assert taken.index.state() == built.state()
+        assert without_history(taken.index.elements) == without_history(built.elements)
+        assert sorted(map(repr, taken.index.problems)) == sorted(map(repr, built.problems))
+    assert taken.listed == sum(len(p[1]) for p in pages)
+
+
+def change_until_the_gate(caches: _Caches, other: Cluster, data: st.DataObject) -> None:
+    """Until the gate opens: changes, equal copies, deletions and new objects in both caches."""
     later = _Caches(other)
     for resource in ("services", "endpointslices"):
         cache = caches.of(resource)
@@ -105,21 +133,6 @@ def _follow(prefill: Prefill, caches: _Caches, c: Cluster, other: Cluster, data:
                 cache[key] = new
         for key, obj in list(later.of(resource).items())[: data.draw(st.integers(0, 3))]:
             cache.setdefault(key, obj)
-    nodes = data.draw(st.sampled_from((c.nodes, other.nodes)))
-    taken = _take(prefill, c, nodes)
-    assert taken is not None
-    event(f"caught up: {'some' if taken.caught_up else 'none'}")
-    built = _built(c, caches, nodes)
-    if nodes is c.nodes:
-        _same(taken.index, built)
-    else:
-        # Other Nodes re-read the endpoints they move in or out of the pod networks, which
-        # may list a slice's endpoints in another order than a fresh read: the same index
-        # otherwise (test_fill compares a changed index with a fresh one the same way).
-        assert taken.index.state() == built.state()
-        assert without_history(taken.index.elements) == without_history(built.elements)
-        assert sorted(map(repr, taken.index.problems)) == sorted(map(repr, built.problems))
-    assert taken.listed == sum(len(p[1]) for p in pages)
 
 
 def test_a_key_listed_twice_gives_the_prefill_up() -> None:

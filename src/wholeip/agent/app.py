@@ -47,6 +47,7 @@ from wholeip import __version__
 from wholeip.agent import heap
 from wholeip.agent import log as logsetup
 from wholeip.agent.controlplane import with_control_plane
+from wholeip.agent.earlyfill import EarlyFill
 from wholeip.agent.health import Health
 from wholeip.agent.healthcheck import HealthCheckServers
 from wholeip.agent.hostaddr import read_host
@@ -206,12 +207,17 @@ class Agent:
         real = isinstance(self.backend, LibnftBackend)
 
         # The start-up index follows the lists of Services and slices as their pages come.
-        prefill = Prefill(node_name=s.node_name, table=s.table, stored=self._stored, lookup=self._lookup)
+        # On a node without our table, its elements go to the kernel as they are filled in.
+        early = EarlyFill(self.engine)
+        prefill = Prefill(
+            node_name=s.node_name, table=s.table, stored=self._stored, lookup=self._lookup, on_filled=early.grew
+        )
         for informer in informers:
             if informer.resource in PREFILLED:
                 informer.on_page = functools.partial(prefill.page, informer.resource)
         self.syncer = Syncer(
             prefill=prefill,
+            early=early,
             engine=self.engine,
             snapshot=self._snapshot,
             node_name=s.node_name,
@@ -287,6 +293,8 @@ class Agent:
         task, self._task = self._task, None
         if self.syncer is not None and self.syncer.prefill is not None:
             self.syncer.prefill.drop("the agent stopped")
+        if self.syncer is not None and self.syncer.early is not None:
+            self.syncer.early.cancel()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -81,8 +81,12 @@ class Prefill:
         stored: Callable[[str], Mapping[str, object]],
         lookup: Callable[[str, str], Obj | None],
         batch: int = 2000,
+        on_filled: Callable[[ClusterIndex], None] | None = None,
     ) -> None:
         self.node_name = node_name
+        self.on_filled = on_filled
+        """Called with the index after each page it took (``EarlyFill.grew``); its errors give
+        the prefill up."""
         self.table = table
         self._stored = stored
         """resource -> its informer's key -> what its cache holds for it now."""
@@ -132,9 +136,10 @@ class Prefill:
         finally:
             self._cpu += time.thread_time() - started
         for resource, chunk in waiting:
-            self._fill(resource, chunk)
+            self._fill(resource, chunk, tell=False)
+        self._filled()
 
-    def _fill(self, resource: str, chunk: list[tuple[str, Obj]]) -> None:
+    def _fill(self, resource: str, chunk: list[tuple[str, Obj]], *, tell: bool = True) -> None:
         filler = self._filler
         if filler is None or self._closed:
             return
@@ -149,6 +154,17 @@ class Prefill:
             self.drop(f"{type(exc).__name__}: {exc}")
         finally:
             self._cpu += time.thread_time() - started
+        if tell:
+            self._filled()
+
+    def _filled(self) -> None:
+        filler = self._filler
+        if filler is None or self._closed or self.on_filled is None:
+            return
+        try:
+            self.on_filled(filler.index)
+        except Exception as exc:
+            self.drop(f"{type(exc).__name__}: {exc}")
 
     def drop(self, reason: str) -> None:
         """Give the prefill up (the first sync builds the index from the caches)."""

@@ -65,6 +65,7 @@ from wholeip.nft.doc import TableDoc
 from wholeip.settings import ModelSettings
 
 if TYPE_CHECKING:
+    from wholeip.agent.earlyfill import EarlyFill
     from wholeip.agent.metrics import Metrics
     from wholeip.agent.prefill import Prefill, Taken
 
@@ -494,11 +495,16 @@ class Syncer:
         on_health: Callable[[Sequence[HealthCheck]], None] | None = None,
         rehost: Callable[[], ModelSettings] | None = None,
         prefill: Prefill | None = None,
+        early: EarlyFill | None = None,
     ) -> None:
         self.engine = engine
         self.prefill = prefill
         """The start-up index, followed while the informers list (see
         :mod:`wholeip.agent.prefill`): taken by the first rebuild, if any."""
+        self.early = early
+        """The steps that send the start-up index's elements while the informers list (see
+        :mod:`wholeip.agent.earlyfill`): settled by the first rebuild, before it takes the
+        index."""
         self.on_health = on_health
         """Called on the event loop after every sync with the healthCheckNodePorts of the
         delegated Services (the health-check servers)."""
@@ -560,6 +566,19 @@ class Syncer:
                 catch_up_cpu_ms=round(taken.catch_up_cpu_s * 1000, 2),
             )
         return taken
+
+    async def _settle_early(self, early: EarlyFill) -> None:
+        started = time.perf_counter()
+        await early.settle()
+        if early.steps:
+            log.info(
+                "early fill: elements sent while the informers listed",
+                steps=early.steps,
+                elements=early.sent,
+                sending_s=round(early.seconds, 2),
+                waited_ms=round((time.perf_counter() - started) * 1000, 2),
+                staged=self.engine.staged,
+            )
 
     def _rebuild(self, snap: Snapshot) -> ClusterIndex:
         index = load_unique(
@@ -633,6 +652,10 @@ class Syncer:
     def _commit(
         self, doc: TableDoc, full: bool, touched: Touched | None = None, observed: TableDoc | None = None
     ) -> SyncResult:
+        if self.engine.staged and observed is None:
+            # The early fill's table: the kernel holds what the engine remembers sending a
+            # moment ago; the rest and the rules go without reading it back.
+            full, touched = False, self.engine.unsent(doc)
         result = self.engine.sync(doc, full=full, touched=touched, already_read=observed)
         if full:
             self._trimmer.now()  # a full sync parsed the kernel's listing of the whole table
@@ -719,6 +742,9 @@ class Syncer:
             snap = self._snapshot()
             indexing = time.perf_counter()
             taken = None
+            if self.early is not None:
+                await self._settle_early(self.early)
+                self.early = None
             if self.prefill is not None:
                 taken = await self._take_prefill(snap)
                 if taken is None:

@@ -26,7 +26,7 @@ from wholeip.nft import render
 from wholeip.nft.doc import ChainDecl, JSONObj, SetDecl
 from wholeip.nft.render import Elements, NftObject, Table
 
-Verb = Literal["add", "delete", "flush"]
+Verb = Literal["add", "create", "delete", "flush"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,22 @@ class Add:
     @property
     def elements(self) -> Elements | None:
         return self.obj if isinstance(self.obj, Elements) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    """Create the table itself, failing (``Exists``) when it exists: the transaction that
+    begins with it makes a table nobody else holds, or nothing at all."""
+
+    table: Table
+    verb: ClassVar[Verb] = "create"
+
+    def to_json(self) -> JSONObj:
+        return {"create": render.body(self.table, self.table)}
+
+    @property
+    def elements(self) -> Elements | None:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +94,7 @@ class Flush:
         return None
 
 
-Command = Add | Delete | Flush
+Command = Add | Create | Delete | Flush
 
 
 def as_json(commands: Iterable[Command]) -> list[JSONObj]:
@@ -107,7 +123,7 @@ def one_by_one(commands: Sequence[Command]) -> list[Add | Delete] | None:
     place before the additions that follow it); None when a command is no element change."""
     out: list[Add | Delete] = []
     for cmd in commands:
-        if isinstance(cmd, Flush) or cmd.elements is None:
+        if isinstance(cmd, Flush | Create) or cmd.elements is None:
             return None
         out += [type(cmd)(cmd.table, part) for part in cmd.elements.each()]
     return out

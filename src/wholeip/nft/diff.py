@@ -29,7 +29,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from wholeip.nft import render
-from wholeip.nft.commands import Add, Command, Delete, Flush, element_count
+from wholeip.nft.commands import Add, Command, Create, Delete, Flush, element_count
 from wholeip.nft.doc import Elem, SetDecl, TableDoc, comparable_chain, comparable_set, elements_equal
 from wholeip.nft.render import Elements, Table
 
@@ -107,7 +107,7 @@ class Plan:
         return "; ".join(parts)
 
 
-def create(desired: TableDoc) -> Plan:
+def create(desired: TableDoc, *, exclusive: bool = False) -> Plan:
     """A new table, so that traffic sees it whole or not at all.
 
     1. the table, its sets and its chains, without a rule (an empty base chain
@@ -121,6 +121,9 @@ def create(desired: TableDoc) -> Plan:
     before sending it) and the kernel's per-transaction work bounded. If a step
     fails, the half-built table has no rules and so no effect; the next sync
     finds the skeleton in place and adds what is missing.
+
+    ``exclusive``: the first transaction creates the table with ``create`` (it fails with
+    ``Exists`` when the table is there already, and then nothing of the plan is made).
     """
     table = Table.of(desired)
     fills: list[tuple[Command, ...]] = []
@@ -139,8 +142,11 @@ def create(desired: TableDoc) -> Plan:
                 fill, room = [], CREATE_CHUNK
     if fill:
         fills.append(tuple(fill))
+    commands: list[Command] = [Add(table, obj) for obj in render.skeleton(desired)]
+    if exclusive:
+        commands[0] = Create(table)  # (the skeleton begins with the table)
     return Plan(
-        commands=tuple(Add(table, obj) for obj in render.skeleton(desired)),
+        commands=tuple(commands),
         declarations=render.declarations(desired),
         fill=tuple(fills),
         after=tuple(Add(table, rule) for rule in desired.skeleton.rules),
@@ -207,17 +213,7 @@ def diff(desired: TableDoc, current: TableDoc | None) -> Plan:
             to_delete = frozenset((k, v) for k, v in have_map.items() if want_map.get(k) != v)
             to_add = frozenset((k, v) for k, v in want_map.items() if have_map.get(k) != v)
             changes.elements(decl, to_delete, to_add)
-    cmds = changes.cmds
-    want_tags = desired.skeleton.rule_tags()
-    have_tags = current.skeleton.rule_tags()
-    rebuilt: list[str] = []
-    for chain in desired.skeleton.chains:
-        if want_tags.get(chain.name, ()) == have_tags.get(chain.name, ()):
-            continue
-        rebuilt.append(chain.name)
-        cmds.append(Flush(changes.table, chain))
-        cmds += [Add(changes.table, r) for r in desired.skeleton.rules if r.chain == chain.name]
-    return changes.plan(desired, chains_rebuilt=tuple(rebuilt))
+    return changes.plan(desired, chains_rebuilt=changes.rules(desired, current))
 
 
 def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, AbstractSet[Elem]]) -> Plan | None:
@@ -226,10 +222,13 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
     For a caller that knows which elements can have changed since ``current`` (the
     agent's index reports them): the cost is the size of the change, not of the table.
     A touched one-field interval set (the cluster networks: a few elements) is compared
-    and refilled as a whole, as :func:`diff` does. None when the skeletons differ or a
-    dynamic set is touched: use :func:`diff`.
+    and refilled as a whole, as :func:`diff` does; chains whose rules differ are flushed
+    and given their rules again, as :func:`diff` does (a table filled before its rules,
+    see :meth:`wholeip.engine.Engine.stage`). None when a set or chain declaration
+    differs or a dynamic set is touched: use :func:`diff`.
     """
-    if desired.skeleton is not current.skeleton and desired.skeleton != current.skeleton:
+    same = desired.skeleton is current.skeleton or desired.skeleton == current.skeleton
+    if not same and not skeleton_matches(desired, current):
         return None
     changes = _Changes(Table.of(desired))
     for decl in desired.skeleton.sets:
@@ -250,7 +249,7 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
             frozenset(e for e in elems if e in have and e not in want),
             frozenset(e for e in elems if e in want and e not in have),
         )
-    return changes.plan(desired)
+    return changes.plan(desired, chains_rebuilt=() if same else changes.rules(desired, current))
 
 
 class _Changes:
@@ -279,6 +278,20 @@ class _Changes:
             self.added += len(to_add)
             if listed:
                 self.inserted[decl.name] = to_add
+
+    def rules(self, desired: TableDoc, current: TableDoc) -> tuple[str, ...]:
+        """Flush every chain whose rules differ and add its rules again, after the element
+        changes; the names of those chains."""
+        want_tags = desired.skeleton.rule_tags()
+        have_tags = current.skeleton.rule_tags()
+        rebuilt: list[str] = []
+        for chain in desired.skeleton.chains:
+            if want_tags.get(chain.name, ()) == have_tags.get(chain.name, ()):
+                continue
+            rebuilt.append(chain.name)
+            self.cmds.append(Flush(self.table, chain))
+            self.cmds += [Add(self.table, r) for r in desired.skeleton.rules if r.chain == chain.name]
+        return tuple(rebuilt)
 
     def plan(self, desired: TableDoc, *, chains_rebuilt: tuple[str, ...] = ()) -> Plan:
         return Plan(
