@@ -36,8 +36,8 @@ from typing import Any, cast
 from wholeip.core.gcpause import gc_paused
 from wholeip.nft import render
 from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailable
-from wholeip.nft.commands import Command, Delete, as_json, as_text, one_by_one
-from wholeip.nft.diff import Plan, create, diff, diff_touched
+from wholeip.nft.commands import Command, Delete, as_json, as_text, in_transactions, one_by_one
+from wholeip.nft.diff import CREATE_CHUNK, Plan, create, diff, diff_touched
 from wholeip.nft.doc import Elem, JSONObj, Skeleton, TableDoc
 from wholeip.nft.render import Table
 
@@ -354,8 +354,9 @@ class Engine:
             with gc_paused():
                 if plan.created:
                     apply_plan(self.backend, plan)
-                else:  # (elements only: written as text, as a new table's fill is)
-                    self.backend.transact_text(as_text(plan.commands))
+                else:  # (elements only: in transactions of a new table's fill, written as text)
+                    for transaction in in_transactions(plan.commands, CREATE_CHUNK):
+                        self.backend.transact_text(as_text(transaction))
         except BaseException:
             self.last, self._memory, self._staged = None, {}, False
             raise

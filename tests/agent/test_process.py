@@ -41,4 +41,8 @@ def test_run_serves_syncs_and_leaves_the_table_on_sigterm() -> None:
     assert "agent stopped; table left in place" in events
     synced = next(entry for entry in logs if entry["event"] == "synced")
     assert synced["sync_id"]
-    assert synced["full"] is True
+    # A fresh namespace: the early fill created the table while the informers listed, and
+    # the first sync completed it without reading it back.
+    assert "early fill: elements sent while the informers listed" in events
+    assert synced["full"] is False
+    assert "rebuilt chains" in synced["changes"]

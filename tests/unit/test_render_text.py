@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.unit.test_properties import Cluster, clusters, props
 
 from wholeip.core.index import load
-from wholeip.nft.commands import Add, Delete, as_json, as_text
+from wholeip.nft.commands import Add, Command, Delete, Flush, as_json, as_text, element_count, in_transactions
 from wholeip.nft.doc import SetDecl
 from wholeip.nft.render import Elements, Table
 from wholeip.settings import ModelSettings
@@ -96,3 +96,35 @@ def test_a_map_element_that_is_no_pair_is_refused_alike() -> None:
             as_json(cmd)
         with pytest.raises(ValueError, match="is not a \\(key, value\\) pair"):
             as_text(cmd)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(("add", "delete", "flush")), st.integers(0, 9)), max_size=8),
+    st.integers(1, 7),
+)
+def test_in_transactions_keeps_the_order_and_holds_at_most_so_many_elements_each(
+    shape: list[tuple[str, int]], most: int
+) -> None:
+    """A step of the early fill (``commands.in_transactions``): the same commands in the same
+    order, element commands split where a transaction is full, none over ``most``."""
+    decl = SetDecl("ingress4", ("ipv4_addr",), data="ipv4_addr")
+    commands: list[Command] = []
+    for n, (verb, count) in enumerate(shape):
+        if verb == "flush":
+            commands.append(Flush(T, decl))
+            continue
+        elems = {(f"203.0.113.{n * 10 + i}", f"10.0.0.{i}") for i in range(count)}
+        commands.append((Add if verb == "add" else Delete)(T, Elements(decl, elems)))
+    transactions = in_transactions(commands, most)
+    assert all(element_count(t) <= most for t in transactions)
+    assert all(transactions)  # (none empty)
+    sent = [c for t in transactions for c in t]
+
+    def flat(cmds: list[Command]) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        for c in cmds:
+            els = c.elements
+            out += [(c.verb, e) for e in els.elems] if els is not None else [(c.verb, None)]
+        return out
+
+    assert flat(sent) == flat(commands)

@@ -652,13 +652,16 @@ class Syncer:
     def _commit(
         self, doc: TableDoc, full: bool, touched: Touched | None = None, observed: TableDoc | None = None
     ) -> SyncResult:
-        if self.engine.staged and observed is None:
+        staged = self.engine.staged and observed is None
+        if staged:
             # The early fill's table: the kernel holds what the engine remembers sending a
             # moment ago; the rest and the rules go without reading it back.
             full, touched = False, self.engine.unsent(doc)
         result = self.engine.sync(doc, full=full, touched=touched, already_read=observed)
-        if full:
-            self._trimmer.now()  # a full sync parsed the kernel's listing of the whole table
+        if full or staged:
+            # A full sync parsed the kernel's listing of the whole table; the early fill's
+            # steps left libnftables' buffers in the worker threads' arena.
+            self._trimmer.now()
         else:
             self._trimmer.maybe()  # what the syncs since freed (see wholeip.agent.heap)
         if self.after_commit is not None and not result.plan.empty:

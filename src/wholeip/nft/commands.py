@@ -118,6 +118,35 @@ def element_count(commands: Iterable[Command]) -> int:
     return sum(len(els.elems) for cmd in commands if (els := cmd.elements) is not None)
 
 
+def in_transactions(commands: Iterable[Command], most: int) -> list[tuple[Command, ...]]:
+    """``commands`` in order, as transactions of at most ``most`` elements each: an element
+    command with more is split where a transaction is full, and every element command comes
+    out unsorted. For element changes nothing uses yet (a new table's fill, the early fill's
+    steps), which need no sorting: libnftables parses a whole transaction before it sends
+    it, so its memory follows the transaction's size."""
+    out: list[tuple[Command, ...]] = []
+    current: list[Command] = []
+    room = most
+    for cmd in commands:
+        els = cmd.elements
+        if els is None or isinstance(cmd, Flush | Create):
+            current.append(cmd)
+            continue
+        elems = tuple(els.elems)
+        start = 0
+        while start < len(elems):
+            piece = elems[start : start + room]
+            current.append(type(cmd)(cmd.table, render.Elements(els.decl, piece, ordered=False)))
+            start += len(piece)
+            room -= len(piece)
+            if not room:
+                out.append(tuple(current))
+                current, room = [], most
+    if current:
+        out.append(tuple(current))
+    return out
+
+
 def one_by_one(commands: Sequence[Command]) -> list[Add | Delete] | None:
     """Element changes split into one command per element, in order (a deletion keeps its
     place before the additions that follow it); None when a command is no element change."""

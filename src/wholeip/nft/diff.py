@@ -29,7 +29,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from wholeip.nft import render
-from wholeip.nft.commands import Add, Command, Create, Delete, Flush, element_count
+from wholeip.nft.commands import Add, Command, Create, Delete, Flush, element_count, in_transactions
 from wholeip.nft.doc import Elem, SetDecl, TableDoc, comparable_chain, comparable_set, elements_equal
 from wholeip.nft.render import Elements, Table
 
@@ -126,22 +126,14 @@ def create(desired: TableDoc, *, exclusive: bool = False) -> Plan:
     ``Exists`` when the table is there already, and then nothing of the plan is made).
     """
     table = Table.of(desired)
-    fills: list[tuple[Command, ...]] = []
-    fill: list[Command] = []
-    room = CREATE_CHUNK
-    for decl in desired.skeleton.sets:
-        elems = tuple(desired.elements.get(decl.name, ()))
-        start = 0
-        while start < len(elems):
-            piece = elems[start : start + room]
-            fill.append(Add(table, Elements(decl, piece, ordered=False)))
-            start += len(piece)
-            room -= len(piece)
-            if not room:
-                fills.append(tuple(fill))
-                fill, room = [], CREATE_CHUNK
-    if fill:
-        fills.append(tuple(fill))
+    fills = in_transactions(
+        (
+            Add(table, Elements(decl, tuple(elems), ordered=False))
+            for decl in desired.skeleton.sets
+            if (elems := desired.elements.get(decl.name))
+        ),
+        CREATE_CHUNK,
+    )
     commands: list[Command] = [Add(table, obj) for obj in render.skeleton(desired)]
     if exclusive:
         commands[0] = Create(table)  # (the skeleton begins with the table)
