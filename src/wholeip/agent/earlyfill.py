@@ -39,6 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 
+from wholeip.agent import heap
 from wholeip.core.index import ClusterIndex
 from wholeip.engine import Engine, Stage
 from wholeip.nft.backend import Exists
@@ -158,4 +159,5 @@ class EarlyFill:
 def _timed(send: Callable[[Stage], None], stage: Stage) -> float:
     started = time.perf_counter()
     send(stage)
+    heap.trim()  # (what libnftables freed, back to the system while the lists are decoded)
     return time.perf_counter() - started
