@@ -207,6 +207,9 @@ def child(
         first = next(line for line in startup if line.get("event") == "synced")
         # The start-up index filled as the lists came (absent: built from the caches at the gate).
         prefill = next((line for line in startup if line.get("event") == "start-up index followed the lists"), {})
+        # The table's elements sent meanwhile (absent: the table existed, or nothing was sent).
+        early_event = "early fill: elements sent while the informers listed"
+        early = next((line for line in startup if line.get("event") == early_event), {})
         list_s = _stamp(informed["timestamp"]) - wall_started
         time.sleep(1.0)  # let the allocator settle before reading RSS (no condition to wait on)
         rss, hwm = _rss_mib(agent.pid)
@@ -349,6 +352,9 @@ def child(
             "startup_observe_s": float(first["observe_ms"]) / 1000,
             "startup_prefilled_objects": int(prefill.get("listed", 0)),
             "startup_prefill_cpu_s": float(prefill.get("cpu_s", 0.0)),
+            "startup_early_steps": int(early.get("steps", 0)),
+            "startup_early_elements": int(early.get("elements", 0)),
+            "startup_early_sending_s": float(early.get("sending_s", 0.0)),
             "agent_rss_mib": rss,
             "agent_peak_rss_mib": max(hwm, hwm_after),
             "agent_rss_after_changes_mib": rss_after,
@@ -474,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
             f" {r['startup_list_s']:.1f}s ({r['startup_list_cpu_s']:.1f}s of the agent's CPU),"
             f" index {r['startup_index_s']:.2f}s ({r['startup_index_cpu_s']:.2f}s of its"
             f" thread's CPU; {r['startup_prefilled_objects']} objects filled in while listing, with"
-            f" {r['startup_prefill_cpu_s']:.2f}s of CPU), commit {r['startup_commit_s']:.2f}s"
+            f" {r['startup_prefill_cpu_s']:.2f}s of CPU; {r['startup_early_elements']} elements sent meanwhile"
+            f" in {r['startup_early_steps']} steps, {r['startup_early_sending_s']:.2f}s in their thread),"
+            f" commit {r['startup_commit_s']:.2f}s"
             f" (of which reading the table {r['startup_observe_s']:.2f}s);"
             f" the agent's own part (index + commit) {r['startup_index_s'] + r['startup_commit_s']:.2f}s",
             flush=True,
