@@ -294,13 +294,18 @@ class Engine:
     def unsent(self, desired: TableDoc) -> dict[str, set[Elem]]:
         """Per set, the elements in which ``desired`` and the last commit differ (dynamic sets
         aside): the ``touched`` of a :meth:`sync` that compares the whole table with the
-        memory instead of the kernel. Costs a hash lookup per element of both."""
+        memory instead of the kernel. Costs a hash lookup per element of ``desired``, and per
+        element of the memory too for a set that lost some (the sizes tell)."""
         memory = self._memory
         out: dict[str, set[Elem]] = {}
         for decl in desired.skeleton.sets:
             if decl.dynamic:
                 continue
-            differ = memory.get(decl.name, set()) ^ desired.elements.get(decl.name, frozenset())
+            want = desired.elements.get(decl.name, frozenset())
+            have = memory.get(decl.name, set())
+            differ = set(want - have)
+            if len(want) - len(have) != len(differ):  # (not only additions)
+                differ |= have - want
             if differ:
                 out[decl.name] = differ
         return out
@@ -332,7 +337,7 @@ class Engine:
             step = differ & have  # (every deletion: an added map entry never meets its old value)
             if room > 0:
                 added = differ - have
-                step.update(itertools.islice(added, room))
+                step |= added if len(added) <= room else set(itertools.islice(added, room))
                 room -= min(room, len(added))
             if step:
                 touched[name] = step

@@ -37,9 +37,9 @@ from wholeip.settings import ModelSettings
 Obj = dict[str, Any]
 
 
-def _now(fn: Callable[[], float]) -> Future[float]:
+def _now(fn: Callable[[], tuple[float, float]]) -> Future[tuple[float, float]]:
     """Sends a step at once (the agent sends it from a thread of its own)."""
-    future: Future[float] = Future()
+    future: Future[tuple[float, float]] = Future()
     try:
         future.set_result(fn())
     except Exception as exc:

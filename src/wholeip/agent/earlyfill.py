@@ -46,7 +46,7 @@ from wholeip.nft.backend import Exists
 
 log = structlog.get_logger(__name__)
 
-Submit = Callable[[Callable[[], float]], "Future[float]"]
+Submit = Callable[[Callable[[], tuple[float, float]]], "Future[tuple[float, float]]"]
 """Runs a step's sending somewhere else than the event loop, returning its future."""
 
 EVERY = 20_000
@@ -73,7 +73,7 @@ class EarlyFill:
         self.every = every
         self._submit = submit
         self._executor: ThreadPoolExecutor | None = None
-        self._sending: tuple[Stage, Future[float]] | None = None
+        self._sending: tuple[Stage, Future[tuple[float, float]]] | None = None
         self._held = 0
         """How many elements the kernel's table holds (after the steps sent)."""
         self._closed = False
@@ -83,6 +83,10 @@ class EarlyFill:
         """Elements the steps added."""
         self.seconds = 0.0
         """Time the steps spent sending (in their thread)."""
+        self.sending_cpu = 0.0
+        """CPU time of their thread (rendering, libnftables, the kernel's work)."""
+        self.planning_cpu = 0.0
+        """CPU time making the steps, on the event loop."""
         self.ended: str | None = None
         """Why the steps ended before the gate (None: they did not)."""
 
@@ -92,11 +96,14 @@ class EarlyFill:
             return
         if self.engine.staged and _count(index) - self._held < self.every:
             return
+        started = time.thread_time()
         try:
             stage = self.engine.stage(index.doc(), most=2 * self.every)
         except Exception as exc:  # the first sync is a full one, as without these steps
             self._end(f"{type(exc).__name__}: {exc}")
             return
+        finally:
+            self.planning_cpu += time.thread_time() - started
         if stage.plan.empty:  # (what the count saw is not for the kernel: wait for more)
             self._held = _count(index)
             return
@@ -119,12 +126,14 @@ class EarlyFill:
             return False
         self._sending = None
         try:
-            self.seconds += future.result()
+            wall, cpu = future.result()
         except Exists:
             self._end("our table exists already: the first sync compares with it", info=True)
         except Exception as exc:  # the first sync is a full one, as without these steps
             self._end(f"{type(exc).__name__}: {exc}")
         else:
+            self.seconds += wall
+            self.sending_cpu += cpu
             self.steps += 1
             self.sent += stage.plan.added
             self._held = self.engine.held()
@@ -156,8 +165,9 @@ class EarlyFill:
         (log.info if info else log.warning)("early fill: no further step", reason=reason, steps=self.steps)
 
 
-def _timed(send: Callable[[Stage], None], stage: Stage) -> float:
-    started = time.perf_counter()
+def _timed(send: Callable[[Stage], None], stage: Stage) -> tuple[float, float]:
+    """Send, and how long it took: wall and the thread's CPU time."""
+    started, cpu = time.perf_counter(), time.thread_time()
     send(stage)
     heap.trim()  # (what libnftables freed, back to the system while the lists are decoded)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.thread_time() - cpu

@@ -576,6 +576,8 @@ class Syncer:
                 steps=early.steps,
                 elements=early.sent,
                 sending_s=round(early.seconds, 2),
+                sending_cpu_s=round(early.sending_cpu, 2),
+                planning_cpu_s=round(early.planning_cpu, 2),
                 waited_ms=round((time.perf_counter() - started) * 1000, 2),
                 staged=self.engine.staged,
             )

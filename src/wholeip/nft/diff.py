@@ -236,11 +236,7 @@ def diff_touched(desired: TableDoc, current: TableDoc, touched: Mapping[str, Abs
                 changes.flush(decl, have)
                 changes.elements(decl, frozenset(), want, listed=False)
             continue
-        changes.elements(
-            decl,
-            frozenset(e for e in elems if e in have and e not in want),
-            frozenset(e for e in elems if e in want and e not in have),
-        )
+        changes.elements(decl, frozenset((elems & have) - want), frozenset((elems & want) - have))
     return changes.plan(desired, chains_rebuilt=() if same else changes.rules(desired, current))
 
 
