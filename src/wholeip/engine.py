@@ -365,11 +365,11 @@ class Engine:
         except BaseException:
             self.last, self._memory, self._staged = None, {}, False
             raise
-        if stage.plan.created:
+        if plan.created:
             self._memory = cast(dict[str, set[Elem]], stage.table.elements)
             self._staged = True
         else:
-            self._remember(stage.plan, stage.table)
+            self._remember(plan, stage.table)
         self.last = TableDoc(stage.table.family, stage.table.name, stage.table.skeleton, self._memory)
 
     def cleanup(self) -> bool:
