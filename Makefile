@@ -18,9 +18,14 @@ demo: bootstrap
 image: bootstrap
 	IMAGE="$(IMAGE)" BASE_IMAGE="$(BASE_IMAGE)" hack/image.sh
 
-## The whole test suite (lint, types, layers, unit, real-kernel, end to end).
+## The whole test suite (lint, types, layers, unit, real-kernel, end to end), on JOBS
+## worker processes (pytest-xdist); a test file's tests stay together on one worker
+## (module fixtures: a lab of namespaces is built once). JOBS=0: in this process.
+JOBS ?= 2
+XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
+
 test: bootstrap lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) tests
 
 lint: bootstrap
 	$(VENV)/bin/ruff check src testkit bench tests hack
@@ -31,13 +36,13 @@ typecheck: bootstrap
 	$(VENV)/bin/mypy
 
 unit: bootstrap
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q $(XDIST) tests/unit
 
 kernel: bootstrap
-	$(PY) -m pytest -q tests/nft
+	$(PY) -m pytest -q $(XDIST) tests/nft
 
 e2e: bootstrap
-	$(PY) -m pytest -q tests/e2e
+	$(PY) -m pytest -q $(XDIST) tests/e2e
 
 ## Benchmarks live outside the suite: they print a table and write JSON.
 bench: bootstrap
