@@ -327,3 +327,39 @@ def test_plain_pairs_take_the_short_way_and_the_rest_the_long_one() -> None:
         "2001:db8::32",
         "2001:db8::33",
     }
+
+
+def test_an_external_ip_at_a_pods_address_is_refused_by_a_fill_in_any_order_as_by_updates() -> None:
+    """Where no Node has pod CIDRs (every endpoint counts), an external IP may be a pod's
+    address: another Service's pod, or its own. Its mapping and the pod's would be keyed by
+    the same address in the filter's sets, so the external IP is refused, whether a fill
+    meets the Service or the slice first."""
+    objs = [
+        *_plain_service(0, "203.0.113.1", "10.0.0.5", "n1"),
+        *_plain_service(1, "203.0.113.2", "203.0.113.1", "n1"),  # a pod at p0's external IP
+        *_plain_service(2, "203.0.113.3", "203.0.113.3", "n1"),  # a pod at its own external IP
+    ]
+    services = [o for o in objs if o["kind"] == "Service"]
+    slices = [o for o in objs if o["kind"] == "EndpointSlice"]
+    c = Cluster(services, slices, [], ModelSettings(), "n1")
+    updates = _by_updates(c, services, slices)
+    assert {(str(m.external_ip), str(m.pod_ip)) for m in updates.state().mappings} == {("203.0.113.2", "203.0.113.1")}
+    assert sorted((p.ref.name, p.reason) for p in updates.problems) == [
+        ("p0", "ExternalIPRefused"),
+        ("p2", "ExternalIPRefused"),
+    ]
+    assert all("is a pod's address" in p.message for p in updates.problems)
+    for order in itertools.permutations(range(3)):
+        for services_first in (True, False):
+            index = ClusterIndex(settings=c.settings, node_name="n1", nodes=[])
+            filler = Filler(index, batch=1)
+            keyed = list(_slice_keys(slices).items())  # (in the order of the Services)
+            chunks: list[tuple[str, list[Any]]] = [("slices", [keyed[i]]) for i in order]
+            chunks.insert(0 if services_first else len(chunks), ("services", [services[i] for i in order]))
+            for what, chunk in chunks:
+                if what == "services":
+                    filler.services(_by_key(chunk).items())
+                else:
+                    filler.slices(chunk)
+            filler.finish()
+            _same(index, updates)

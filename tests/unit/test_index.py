@@ -188,9 +188,28 @@ FIRST_POD_CIDR = [
     ("node", _node("n2", ["10.244.3.0/24"], ["192.0.2.12"])),
 ]
 
+# No Node has pod CIDRs (every endpoint counts): an endpoint comes at an external IP's
+# address (refused), moves away (mapped again), a Service's own pod at its address; then
+# the pod networks are known, and the endpoint outside them no longer counts.
+POD_AT_EXTERNAL_IP = [
+    ("del-node", "n1"),
+    ("del-node", "n2"),
+    ("svc", _svc("s0", "2026-01-01T00:00:00Z", ["203.0.113.1"])),
+    ("slice", slice_obj("s0", 4, [("10.244.1.10", True, "n1")], 0)),
+    ("svc", _svc("s1", "2026-01-01T00:00:01Z", ["203.0.113.2"])),
+    ("slice", slice_obj("s1", 4, [("203.0.113.1", True, "n1")], 0)),
+    ("slice", slice_obj("s1", 4, [("10.244.1.11", True, "n1")], 0)),
+    ("svc", _svc("s2", "2026-01-01T00:00:02Z", ["203.0.113.3"])),
+    ("slice", slice_obj("s2", 4, [("203.0.113.3", True, "n1")], 0)),
+    ("slice", slice_obj("s1", 4, [("203.0.113.1", True, "n1")], 0)),
+    ("node", _node("n1", ["10.244.1.0/24"], ["192.0.2.11"])),
+    ("del-svc", "s1"),
+]
+
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.lists(change, min_size=10, max_size=40))
+@example(POD_AT_EXTERNAL_IP)
 @example(EGRESS_MOVES)
 @example(SPELLED_NODE)
 @example(FIRST_POD_CIDR)

@@ -554,10 +554,15 @@ def expected(c: Cluster) -> Expected:
     for s in first.values():
         for ip in s.external_ips:
             claimants.setdefault(ip, []).append(s)
+    # A pod's address is no external IP (its mapping and the pod's would share the filter's
+    # elements): possible where a family's pod networks are unknown.
+    pod_addresses = set().union(*ready.values())
     winners = {}
     for ip, svcs in claimants.items():
         allowed = c.settings.allowed_external_cidrs
         if model.refusal(ip, cluster=guard, node_ips=frozenset(node_ips), allowed=allowed) is not None:
+            continue
+        if ip in pod_addresses:
             continue
         # The oldest claimant that has a ready endpoint of the family wins.
         for s in sorted(svcs, key=lambda s: s.age_key):

@@ -217,6 +217,11 @@ class AddressBook(Generic[V]):
             return int(ipaddress.IPv6Address(address)) >> 64
         return address[: address.rindex(".")]
 
+    def get(self, address: str) -> OneOrMany[V] | None:
+        """The values filed under ``address`` (None: none)."""
+        bucket = self._buckets.get(self._bucket(address))
+        return bucket.get(address) if bucket is not None else None
+
     def add(self, address: str, value: V) -> None:
         add_to(self._buckets.setdefault(self._bucket(address), {}), address, value)
 

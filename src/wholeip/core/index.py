@@ -567,7 +567,7 @@ class ClusterIndex:
             self._api_slices.pop(skey, None)
             self._every.pop(skey, None)
             if old is not None:
-                self._unfile(skey, old)
+                self._unfile(skey, old, affected)
                 discard_from(self._slices_of, old.service, skey)
                 sliced.add(old.service)
             new = self._ingest_slice(skey, both, parsed) if both is not None else None
@@ -575,7 +575,7 @@ class ClusterIndex:
                 self._api_slices[skey] = (*pod_ips(new.ready), *pod_ips(new.outside))
             if new is not None:
                 self._slices[skey] = new
-                self._file(skey, new)
+                self._file(skey, new, affected)
                 add_to(self._slices_of, new.service, skey)
                 sliced.add(new.service)
         dirty |= sliced
@@ -714,9 +714,11 @@ class ClusterIndex:
         IPs), if no IP is anybody's claim, no pod anybody's backend and no IP refused;
         False otherwise (nothing written)."""
         exts = read.external_ips
+        claims = self._claims
         for ip, ps in zip(exts, plains, strict=True):
-            if ip in self._claims or ps.ready[0] in self._pods or self._refusal(ip) is not None:
-                return False
+            pod = ps.ready[0]
+            if ip in claims or pod in self._pods or pod in claims or pod in exts or self._refusal(ip) is not None:
+                return False  # (a pod at an external IP's address: refused by update(), see _refusal)
         # What _make_view makes of it with these slices: their endpoints, no ports, no problems.
         ready4 = ready6 = NO_ENDPOINTS
         for ps in plains:
@@ -758,15 +760,23 @@ class ClusterIndex:
             merged[sl.family].update(endpoints(sl.ready))
         return {v: list(d.items()) for v, d in merged.items()}
 
-    def _file(self, skey: str, sl: _Slice) -> None:
+    def _file(self, skey: str, sl: _Slice, affected: set[str]) -> None:
+        """File the slice's ready endpoints; into ``affected``: those that are external IPs
+        (a pod's address is none: :meth:`_refusal`)."""
+        claims = self._claims
         for address in pod_ips(sl.ready):
             self._endpoints.add(address, skey)
+            if address in claims:
+                affected.add(address)
         if sl.outside:
             self._outside.add(skey)
 
-    def _unfile(self, skey: str, sl: _Slice) -> None:
+    def _unfile(self, skey: str, sl: _Slice, affected: set[str]) -> None:
+        claims = self._claims
         for address in pod_ips(sl.ready):
             self._endpoints.discard(address, skey)
+            if address in claims:
+                affected.add(address)
         self._outside.discard(skey)
 
     def _renetwork(
@@ -828,10 +838,10 @@ class ClusterIndex:
                     resplit.update(skeys)
             for skey in resplit:
                 sl = self._slices[skey]
-                self._unfile(skey, sl)
+                self._unfile(skey, sl, affected)
                 ready, outside = self._split(family, (*endpoints(sl.ready), *endpoints(sl.outside)))
                 sl = self._slices[skey] = sl._replace(ready=ready, outside=outside)
-                self._file(skey, sl)
+                self._file(skey, sl, affected)
                 dirty.add(sl.service)
         addresses = node_addresses(nodes, self.node_name, settings.podnat)
         return addresses if addresses != self.podnat.addresses else None
@@ -1115,10 +1125,10 @@ class ClusterIndex:
         dotted IPv4 address outside every guard, nobody's Node or API server address and
         inside the allowed CIDRs (if any) is told apart by numbers, without an address
         object (the answer for nearly every external IP of a cluster); anything else is
-        asked the long way."""
+        asked the long way. Then: no ready endpoint's address."""
         net = self._net
         number = ipv4_number(ip)
-        if (
+        if not (
             number is not None
             and ordinary_v4(number)
             and number not in net.node4
@@ -1126,14 +1136,23 @@ class ClusterIndex:
             and not _inside(number, net.guard4)
             and (not self.settings.allowed_external_cidrs or _inside(number, net.allowed4))
         ):
-            return None
-        return refusal(
-            address_of(ip),
-            cluster=net.guard,
-            node_ips=net.node_ips,
-            allowed=self.settings.allowed_external_cidrs,
-            control_plane=self._control_plane,
-        )
+            why = refusal(
+                address_of(ip),
+                cluster=net.guard,
+                node_ips=net.node_ips,
+                allowed=self.settings.allowed_external_cidrs,
+                control_plane=self._control_plane,
+            )
+            if why is not None:
+                return why
+        # A pod's own address, which only the pod networks' guard above would have told
+        # where they are known (Nodes without podCIDRs, no --cluster-cidr: every endpoint
+        # counts): its mapping and the pod's, keyed by the same address, would share the
+        # filter's elements.
+        pod_of = self._endpoints.get(ip)
+        if pod_of is not None:
+            return f"{ip} is a pod's address (a ready endpoint in EndpointSlice {first_of(pod_of)})"
+        return None
 
     def _egress_order(self, ext: str) -> tuple[tuple[int, str, str], int]:
         view = self._winners[ext]
