@@ -27,6 +27,13 @@ XDIST = $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 test: bootstrap lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider $(XDIST) tests
 
+## The index's property tests with 20 times the examples, random (not derandomized as in
+## `make test`): test_properties alone takes 20 minutes of a core; a failure prints its seed.
+PROPERTY_TESTS = $(addprefix tests/unit/test_,properties.py index.py fill.py egressip.py podnat.py earlyfill.py prefill.py)
+.PHONY: test-long
+test-long: bootstrap
+	WHOLEIP_HYPOTHESIS=long $(PY) -m pytest -q -p no:cacheprovider --timeout=0 $(XDIST) $(PROPERTY_TESTS)
+
 lint: bootstrap
 	$(VENV)/bin/ruff check src testkit bench tests hack
 	$(VENV)/bin/ruff format --check src testkit bench tests hack

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
+from tests.unit.test_properties import props
 
 from wholeip.core.elements import compile_table
 from wholeip.core.index import ClusterIndex, build_state, build_state_from_objects
@@ -309,7 +310,7 @@ HOLDER_READDRESSED = [
 ]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@props(60)
 @given(st.lists(change, min_size=10, max_size=40))
 @example(HOLDER_READDRESSED)
 def test_incremental_equals_fresh_with_egress_services(changes: list[tuple[str, Any]]) -> None:

@@ -13,8 +13,9 @@ import dataclasses
 import ipaddress
 from typing import Any
 
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
+from tests.unit.test_properties import props
 
 from wholeip.core.delegated import GENERATION_SETS, without_history
 from wholeip.core.elements import compile_table
@@ -207,7 +208,7 @@ POD_AT_EXTERNAL_IP = [
 ]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@props(60)
 @given(st.lists(change, min_size=10, max_size=40))
 @example(POD_AT_EXTERNAL_IP)
 @example(EGRESS_MOVES)
@@ -420,7 +421,7 @@ lb_change = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@props(60)
 @given(st.lists(lb_change, min_size=10, max_size=40))
 def test_incremental_equals_fresh_with_lb_to_clusterip(changes: list[tuple[str, Any]]) -> None:
     """The same with ``--lb-to-clusterip``: Services we do not manage (sharing LoadBalancer

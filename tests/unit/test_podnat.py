@@ -7,8 +7,9 @@ import ipaddress
 import json
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from tests.unit.test_properties import props
 
 from wholeip.core.elements import compile_table
 from wholeip.core.index import ClusterIndex, build_state, build_state_from_objects
@@ -281,7 +282,7 @@ change = st.one_of(
 
 
 @given(st.lists(change, min_size=5, max_size=30))
-@settings(deadline=None, max_examples=150)
+@props(150)
 def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> None:
     """Each change into the index alone; after each, state and elements equal a fresh build and
     an engine fed only the touched elements leaves the fake kernel holding the fresh table."""

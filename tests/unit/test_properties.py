@@ -22,6 +22,10 @@ Runs are derandomized (the same examples every time, about 20 s). For a longer,
 random exploration (20x the examples; shrinking a failure can take minutes)::
 
     WHOLEIP_HYPOTHESIS=long pytest --timeout=0 tests/unit/test_properties.py
+
+:func:`props` sets the other property tests of the index as well (``test_index``,
+``test_fill``, ``test_egressip``, ``test_podnat``, ``test_earlyfill``, ``test_prefill``):
+the same variable runs them long (``make test-long``).
 """
 
 from __future__ import annotations
