@@ -200,6 +200,25 @@ def test_an_egress_ip_that_is_one_of_our_external_ips_is_refused() -> None:
     assert "EgressIPIsExternalIP" in reasons(s)
 
 
+def test_an_egress_ip_that_is_a_mapped_pods_address_is_refused() -> None:
+    """A 1:1-mapped pod's node takes every packet to that pod's address from outside
+    (``notrack``, the stateless path): the replies to the egress IP would go to that pod."""
+    mail = [svc("mail", ["10.244.2.20"]), eps("mail", 4, [("10.244.1.10", "n1")]), l2("mail", "n1")]
+    web = [svc("web", ["203.0.113.10"], annotation=None, whole=True), eps("web", 4, [("10.244.2.20", "n2")], idx=5)]
+    s = state([*mail, *web], "n1")
+    assert s.egress_snat == ()
+    assert "EgressIPIsPodAddress" in reasons(s)
+    # Without the mapping it is served, and the index follows the mapping both ways.
+    assert state(mail, "n1").egress_snat == (("10.244.1.10", "10.244.2.20"),)
+    index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
+    index.update(services={("ns", "mail"): [mail[0]]}, slices={"ns/mail-0": mail[1]}, l2_statuses={"mail": mail[2]})
+    assert index.state().egress_snat == (("10.244.1.10", "10.244.2.20"),)
+    index.update(services={("ns", "web"): [web[0]]}, slices={"ns/web-5": web[1]})
+    assert index.state().egress_snat == ()
+    index.update(slices={"ns/web-5": None})
+    assert index.state().egress_snat == (("10.244.1.10", "10.244.2.20"),)
+
+
 def test_not_on_link_holders_leave_the_pods_alone_with_an_event() -> None:
     index = ClusterIndex(settings=SETTINGS, node_name="n2", nodes=NODES)
     index.update(
@@ -260,7 +279,11 @@ egress_svc = st.builds(
         name, ips, created=created, annotation=annotation, label=label, node=node, whole=whole
     ),
     st.sampled_from(SERVICES),
-    st.lists(st.sampled_from(["203.0.113.50", "203.0.113.60", "2001:db8:100::50", "203.0.113.10"]), max_size=2),
+    # 203.0.113.10: a whole-IP Service's external IP; 10.244.2.20: a pod's address.
+    st.lists(
+        st.sampled_from(["203.0.113.50", "203.0.113.60", "2001:db8:100::50", "203.0.113.10", "10.244.2.20"]),
+        max_size=2,
+    ),
     st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"]),
     st.sampled_from(["true", "true", None, "bogus"]),
     st.sampled_from([None, None, "true"]),
@@ -309,10 +332,20 @@ HOLDER_READDRESSED = [
     ("node", ("n2", ["192.0.2.22"])),
 ]
 
+# An egress IP that becomes, and stops being, a whole-IP backend's address.
+EGRESS_IP_BECOMES_MAPPED = [
+    ("svc", svc("s0", ["10.244.2.20"], node="n1")),
+    ("slice", eps("s0", 4, [("10.244.1.10", "n1")])),
+    ("svc", svc("s1", ["203.0.113.50"], annotation=None, whole=True)),
+    ("slice", eps("s1", 4, [("10.244.2.20", "n2")])),
+    ("del-slice", "s1-0"),
+]
+
 
 @props(60)
 @given(st.lists(change, min_size=10, max_size=40))
 @example(HOLDER_READDRESSED)
+@example(EGRESS_IP_BECOMES_MAPPED)
 def test_incremental_equals_fresh_with_egress_services(changes: list[tuple[str, Any]]) -> None:
     """Random Services, slices and ServiceL2Status objects (shared pods, holders moving,
     whole-IP backends, on-link verdicts) into the index one at a time: its state equals a

@@ -23,7 +23,8 @@ such IP: that family's egress is unchanged). Decisions, each a
   (creation time, then namespace/name): ``EgressPodClaimedByOlderService`` on the other;
 * an egress IP that is also one of our external IPs (a whole-IP or per-port mapping,
   whose stateless path would take its replies): ``EgressIPIsExternalIP``, that family not
-  served;
+  served; likewise an egress IP that is the address of a 1:1-mapped pod (the pod's node
+  takes every packet to it from outside, replies included): ``EgressIPIsPodAddress``;
 * on a node whose members must be steered: the holder is not on-link from this node
   (``EgressNodeNotOnLink``), has no address of the family (``EgressNodeNoAddress``),
   every mark value is in use (``EgressNoSlot``), or its rule or route could not be put in
@@ -285,10 +286,12 @@ class EgressIndex:
                 self._statuses[skey] = new
                 self._statuses_of.setdefault(new[0], set()).add(skey)
                 dirty.add(new[0])
-        ext = set(external_ips)
-        if ext:
-            dirty.update(k for k, s in self._services.items() if ext.intersection(s.ips))
-        dirty_pods: set[str] = {p for p in pods if p in self._claims}
+        # An external IP or a 1:1-mapped pod that changed may be an egress IP (refused).
+        mapped = set(pods)
+        changed = mapped.union(external_ips)
+        if changed:
+            dirty.update(k for k, s in self._services.items() if changed.intersection(s.ips))
+        dirty_pods: set[str] = {p for p in mapped if p in self._claims}
         for key in dirty:
             for pod, _ in self._candidates.pop(key, ()):
                 self._claims[pod].discard(key)
@@ -372,6 +375,17 @@ class EgressIndex:
                             "EgressIPIsExternalIP",
                             f"{ip} is mapped 1:1 to a pod (a whole-IP or per-port Service), whose stateless path"
                             f" takes every packet to it; the pods' IPv{v} egress is unchanged",
+                        )
+                    )
+                    continue
+                if self._whole_ip(ip):
+                    problems.append(
+                        Problem(
+                            svc.ref,
+                            "EgressIPIsPodAddress",
+                            f"{ip} is the address of a pod mapped 1:1 (the backend of a whole-IP or per-port"
+                            " Service), whose node takes every packet to it from outside for that pod; the pods'"
+                            f" IPv{v} egress is unchanged",
                         )
                     )
                     continue
