@@ -224,7 +224,7 @@ class Sandbox:
         code = (
             "import urllib.request,urllib.error\n"
             f"u='http://{NODE_IP[node]}:{PROBE_PORT}{path}'\n"
-            "try:\n r=urllib.request.urlopen(u, timeout=2); print(r.status); print(r.read().decode())\n"
+            "try:\n r=urllib.request.urlopen(u, timeout=5); print(r.status); print(r.read().decode())\n"
             "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n"
             "except Exception as e:\n print(0); print(e)\n"
         )
@@ -261,11 +261,14 @@ class Sandbox:
                 events.append(event)
         return events
 
-    def metrics(self, node: Node) -> dict[str, float]:
+    def metrics(self, node: Node, *, strict: bool = False) -> dict[str, float]:
         """The agent's ``/metrics`` as ``{'name{a="x",b="y"}': value}``, labels sorted by name
-        (empty when it does not answer)."""
+        (empty when it does not answer; ``strict``: raise instead, for a baseline that a
+        later reading is compared with)."""
         status, body = self.probe(node, "/metrics")
         if status != 200:
+            if strict:
+                raise SandboxError(f"the {node} agent's /metrics did not answer: {status} {body.strip()}")
             return {}
         samples: dict[str, float] = {}
         for line in body.splitlines():
@@ -280,6 +283,12 @@ class Sandbox:
     def api_up(self) -> bool:
         """The API server double answers (from the router's namespace)."""
         return bool(self.api_call("GET", "/version"))
+
+    def resume_api(self) -> None:
+        """End the double's outage (``POST /_double/stop``) now: SIGUSR1 to its process."""
+        if self.api is None:
+            raise SandboxError("the API server double is not running")
+        self.api.send_signal(signal.SIGUSR1)
 
     # ---------------------------------------------------------------- kernel state
 

@@ -52,7 +52,7 @@ async def test_metallb_installed_then_removed_while_the_agent_runs(api: ApiServe
     assert agent.l2_statuses is not None
     assert agent.l2_statuses.informer is None  # no such API yet
     await eventually(lambda: "EgressNodeUnknown" in reasons(agent), what="no holder known")
-    assert not snat(agent)
+    await eventually(lambda: not snat(agent), what="the holder's SNAT gone")
 
     async with aiohttp.ClientSession(api.url) as s:
         async with s.post(
@@ -78,7 +78,7 @@ async def test_metallb_installed_then_removed_while_the_agent_runs(api: ApiServe
 
     await eventually(lambda: agent.l2_statuses is not None and agent.l2_statuses.informer is None, what="let go")
     await eventually(lambda: "EgressNodeUnknown" in reasons(agent), what="back to the annotation (none here)")
-    assert not snat(agent)
+    await eventually(lambda: not snat(agent), what="the holder's SNAT gone")
     # Still ready: a removed API is not a failing informer.
     assert agent.health is not None
     assert agent.health.ready().ok, agent.health.ready()

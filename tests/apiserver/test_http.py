@@ -157,6 +157,25 @@ async def test_control_endpoint(api: ApiServer) -> None:
         assert resp.status == 200
 
 
+async def test_an_outage_can_be_ended_before_its_time(api: ApiServer) -> None:
+    async with aiohttp.ClientSession(api.url) as s, s.post("/_double/stop?seconds=600") as resp:
+        assert resp.status == 200
+    assert api.restarting is not None
+    restarting = api.restarting
+
+    async def gone() -> None:
+        while api.running:  # noqa: ASYNC110 (the double has no event for it; polled under a deadline)
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(gone(), 5)
+    assert not restarting.done()  # away: 600 s were asked for
+    api.resume()
+    await asyncio.wait_for(restarting, 5)
+    assert api.running
+    async with aiohttp.ClientSession(api.url) as s, s.get("/version") as resp:
+        assert resp.status == 200
+
+
 async def test_audit_since_and_load_balancers_without_node_ports(api: ApiServer) -> None:
     async with aiohttp.ClientSession(api.url) as s:
         async with s.get("/_double/audit") as resp:

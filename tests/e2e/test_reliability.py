@@ -146,7 +146,7 @@ def test_sigkill_restart_keeps_streams_and_commits_nothing(sb: Sandbox) -> None:
         assert into[f].udp_sent > restart_gap / 0.01 * 0.5, "the stream ran through the restart"
 
     # The restarted agent found the table as it wanted it: one full sync, no changes.
-    metrics = sb.metrics("n1")
+    metrics = sb.metrics("n1", strict=True)
     assert sample(metrics, 'wholeip_syncs_total{result="success"}') == 0, metrics
     assert sample(metrics, 'wholeip_syncs_total{result="noop"}') >= 1, metrics
     assert sample(metrics, 'wholeip_syncs_total{result="error"}') == 0, metrics
@@ -179,6 +179,7 @@ def _canonical(listing: str) -> list[str]:
     return sorted(objects)
 
 
+FULL_SYNCS = 'wholeip_sync_duration_seconds_count{kind="full"}'
 DAMAGE = {
     "flush-table": ["flush", "table", "inet", "wholeip"],
     "delete-table": ["delete", "table", "inet", "wholeip"],
@@ -192,31 +193,41 @@ DAMAGE = {
 def test_drift_is_repaired_counted_and_logged_once(sb: Sandbox, damage: str) -> None:
     foreign = _listing(sb, "someoneelse")
     ours = _canonical(_listing(sb, "wholeip"))
-    repairs = sample(sb.metrics("n1"), "wholeip_drift_repairs_total")
+    before = sb.metrics("n1", strict=True)
+    repairs = sample(before, "wholeip_drift_repairs_total")
+    fulls = sample(before, FULL_SYNCS)
     warnings = count_events(sb, "n1", DRIFT_EVENT)
 
     damaged_at = time.monotonic()
     sb.t.nft("n1", *DAMAGE[damage])
-    wait_for(
-        lambda: sample(sb.metrics("n1"), "wholeip_drift_repairs_total") > repairs,
-        within=RESYNC + 5,
-        what=f"{damage} repaired",
-    )
+    seen: dict[str, float] = {}
+
+    def repaired() -> bool:
+        seen.update(sb.metrics("n1"))
+        return sample(seen, "wholeip_drift_repairs_total") > repairs
+
+    wait_for(repaired, within=RESYNC + 5, what=f"{damage} repaired")
     took = time.monotonic() - damaged_at
-    print(f"\n{damage}: repaired {took:.2f}s after the damage (resync interval {RESYNC:g}s)")
-    # Within the resync interval (plus what a sync and this poll take).
-    assert took < RESYNC + 1.5
+    syncs = sample(seen, FULL_SYNCS) - fulls
+    print(f"\n{damage}: repaired {took:.2f}s after the damage, full sync {syncs:g} after it (resync {RESYNC:g}s)")
+    # By the first full sync that read the table after the damage: the next one, or the one
+    # after it if one was under way (the agent counts the repair and the sync with no
+    # await between them, so a scrape that shows the repair shows its sync; a later one
+    # may be counted too only if this poll lagged by a whole resync interval). Counted in
+    # syncs, not seconds: a loaded machine stretches the seconds, not the count.
+    assert 1 <= syncs <= 2
+    assert took < 2 * RESYNC + 3  # and the interval is the one asked for (the default is 10 s)
     assert _canonical(_listing(sb, "wholeip")) == ours
     reaches(sb, "pod_a", EXT[0], within=3)
 
     # Once: one count and one warning, and the next full sync finds nothing to repair.
-    full = sample(sb.metrics("n1"), 'wholeip_sync_duration_seconds_count{kind="full"}')
+    full = sample(sb.metrics("n1", strict=True), FULL_SYNCS)
     wait_for(
-        lambda: sample(sb.metrics("n1"), 'wholeip_sync_duration_seconds_count{kind="full"}') >= full + 1,
+        lambda: sample(sb.metrics("n1"), FULL_SYNCS) >= full + 1,
         within=RESYNC + 5,
         what="the next full sync",
     )
-    assert sample(sb.metrics("n1"), "wholeip_drift_repairs_total") == repairs + 1
+    assert sample(sb.metrics("n1", strict=True), "wholeip_drift_repairs_total") == repairs + 1
     # The log line is read from the agent's log file, which can trail the metric.
     wait_for(lambda: count_events(sb, "n1", DRIFT_EVENT) >= warnings + 1, within=5, what="the drift warning in the log")
     assert count_events(sb, "n1", DRIFT_EVENT) == warnings + 1
@@ -226,7 +237,7 @@ def test_drift_is_repaired_counted_and_logged_once(sb: Sandbox, damage: str) -> 
 
 # --------------------------------------------------------------------------- 3. API server outage
 
-OUTAGE = 8.0  # seconds the double stays away: long enough for every check below
+OUTAGE = 60.0  # at most: the test ends the outage when its checks are done (a loaded machine may be slow)
 
 
 def probes(sb: Sandbox, node: Node) -> tuple[int, int]:
@@ -240,14 +251,14 @@ def expired_restarts(sb: Sandbox) -> float:
     return sum(
         value
         for node in ("n1", "n2")
-        for name, value in sb.metrics(node).items()
+        for name, value in sb.metrics(node, strict=True).items()
         if name.startswith("wholeip_watch_restarts_total{") and 'reason="expired"' in name
     )
 
 
 def test_api_server_outage_keeps_rules_and_catches_up(sb: Sandbox) -> None:
     assert sb.api_up()
-    before = sb.metrics("n2")
+    before = sb.metrics("n2", strict=True)
     with (
         Stream(sb.t, client="ext", server="pod_a", addr=EXT[0]) as stream,
         Stream(sb.t, client="ext", server="pod_a", addr=EXT[1]) as stream6,
@@ -279,12 +290,13 @@ def test_api_server_outage_keeps_rules_and_catches_up(sb: Sandbox) -> None:
         assert probes(sb, "n1") == (200, 503)
         assert probes(sb, "n2") == (200, 200)
         # The resync against the kernel goes on without the API server.
-        after = sb.metrics("n2")
+        after = sb.metrics("n2", strict=True)
         stamp = "wholeip_last_successful_sync_timestamp_seconds"
         assert sample(after, stamp) > sample(before, stamp)
         assert not sb.api_up(), f"the checks took longer than the {OUTAGE:g}s outage"
 
-        wait_for(sb.api_up, within=OUTAGE + 10, what="the API server to come back")
+        sb.resume_api()
+        wait_for(sb.api_up, within=10, what="the API server to come back")
         back_at = time.monotonic()
         # A change right after it is back is applied on every node.
         sb.apply([sb.service_manifest("late"), *sb.slices_manifest("late", "pod_b")])
@@ -310,7 +322,7 @@ def test_watch_faults_keep_traffic_probes_and_table(sb: Sandbox, fault: str) -> 
     """410 storms and silent watches (their catch-up is in test_sandbox.py): traffic and
     probes stay up, and a relist of unchanged objects commits nothing."""
     sb.wait_ready()
-    committed = [sample(sb.metrics(n), 'wholeip_syncs_total{result="success"}') for n in ("n1", "n2")]
+    committed = [sample(sb.metrics(n, strict=True), 'wholeip_syncs_total{result="success"}') for n in ("n1", "n2")]
     expired = expired_restarts(sb)
     with Stream(sb.t, client="ext", server="pod_a", addr=EXT[0]) as stream:
         more_echoes(stream, count=50)
@@ -330,4 +342,6 @@ def test_watch_faults_keep_traffic_probes_and_table(sb: Sandbox, fault: str) -> 
         result = stream.stop()
     print(f"\n{fault}: {result.summary()}")
     assert_clean(result, peer=sb.t.addr("ext", 4), reply_from=EXT[0])
-    assert [sample(sb.metrics(n), 'wholeip_syncs_total{result="success"}') for n in ("n1", "n2")] == committed
+    assert [
+        sample(sb.metrics(n, strict=True), 'wholeip_syncs_total{result="success"}') for n in ("n1", "n2")
+    ] == committed

@@ -3,7 +3,9 @@
 Prints the URL on stdout (one line, flushed, so a parent process can read the
 port chosen with ``--port 0``), optionally writes a kubeconfig, then serves
 until SIGTERM or SIGINT.  Fault knobs are reachable over HTTP under
-``/_double/`` (see :class:`~wholeip_testkit.apiserver.server.ApiServer`).
+``/_double/`` (see :class:`~wholeip_testkit.apiserver.server.ApiServer`);
+SIGUSR1 ends an outage begun by ``POST /_double/stop`` early (nothing listens
+for HTTP then).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ async def _run(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, api.resume)
     async with api:
         if args.preload:
             preload(api, args.preload)

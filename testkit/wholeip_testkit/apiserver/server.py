@@ -157,8 +157,10 @@ class ApiServer:
         self._faults = _Faults()
         self._runner: web.AppRunner | None = None
         self.restarting: asyncio.Task[None] | None = None
-        self._backup: Backup | None = None
         """The stop-wait-start task started by ``POST /_double/stop`` (tests await it)."""
+        self._backup: Backup | None = None
+        self._resume: asyncio.Event | None = None
+        """Set by :meth:`resume`: ends a ``stop`` outage before its time."""
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -340,7 +342,10 @@ class ApiServer:
             self.restarting = asyncio.get_running_loop().create_task(self._restore_later(backup))
         elif op == "stop":
             # Answer first, then go away for the requested time on a separate task.
-            self.restarting = asyncio.get_running_loop().create_task(self._bounce(float(query.get("seconds", "1"))))
+            self._resume = asyncio.Event()
+            self.restarting = asyncio.get_running_loop().create_task(
+                self._bounce(float(query.get("seconds", "1")), self._resume)
+            )
         else:
             return _error(NotFound(f"no control operation {op!r}"))
         return _json({"ok": True, "resourceVersion": str(self.store.rv)})
@@ -349,12 +354,24 @@ class ApiServer:
         await asyncio.sleep(0.05)
         await self.restore(backup)
 
-    async def _bounce(self, seconds: float) -> None:
+    async def _bounce(self, seconds: float, resume: asyncio.Event) -> None:
         # Give the control request's response time to leave before cutting connections.
         await asyncio.sleep(0.05)
         await self.stop()
-        await asyncio.sleep(seconds)
+        try:
+            await asyncio.wait_for(resume.wait(), seconds)
+        except TimeoutError:
+            pass
+        finally:
+            self._resume = None
         await self.start()
+
+    def resume(self) -> None:
+        """End an outage begun by ``POST /_double/stop`` now, before its ``seconds`` are up
+        (``python -m wholeip_testkit.apiserver``: on SIGUSR1). A test can then ask for an
+        outage as long as its checks may ever take, and end it when they are done."""
+        if self._resume is not None:
+            self._resume.set()
 
     # --- dispatch ---------------------------------------------------------------
 
