@@ -185,6 +185,8 @@ def test_malformed_annotations_publish_nothing_of_that_pod_only() -> None:
         {"entries": [{"srcPort": 80, "dstPort": 80, "bogus": 1}]},
         {"entries": [{"srcPort": 80, "dstPort": 80}, {"srcPort": 80, "dstPort": 81}]},
         {"entries": [{"srcPort": 80, "dstPort": 80}, {"srcPort": 81, "dstPort": 81, "extra": True}]},
+        # 2 KB of brackets: past the JSON decoder's recursion limit (RecursionError, not ValueError).
+        '{"entries": ' + "[" * 5000 + "]" * 5000 + "}",
     ]
     good = pod("good", {"entries": [{"srcPort": 9000, "dstPort": 9000, "proto": "udp"}]}, ips=("10.244.1.11",))
     for value in bad:

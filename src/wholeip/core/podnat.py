@@ -100,6 +100,8 @@ def parse_entries(text: str) -> tuple[tuple[Entry, ...], str | None]:
         doc = json.loads(text)
     except ValueError as exc:
         return (), f"not JSON: {exc}"
+    except RecursionError:  # (a few kilobytes of brackets: the decoder's recursion limit)
+        return (), "not JSON this agent reads: nested too deeply"
     raw = doc.get("entries") if isinstance(doc, dict) else None
     if not isinstance(raw, list):
         return (), 'expected an object with a list "entries"'
