@@ -14,6 +14,8 @@ from wholeip.core.elements import compile_table
 from wholeip.core.index import build_state, load
 from wholeip.core.model import Frontend, ObjectRef
 from wholeip.core.ruleset import SKELETON, SLOT_CLASSES, slot_count
+from wholeip.engine import Engine
+from wholeip.nft.fake import FakeBackend
 from wholeip.settings import ModelSettings
 from wholeip_testkit import synth
 
@@ -336,3 +338,54 @@ def test_ten_thousand_delegated_services_cost_the_rules_of_one() -> None:
     assert len(many.elements["svc4"]) == 10_000
     assert len(many.elements["svcaddr4"]) == 30_000
     assert ObjectRef("Service", "default", "dlg-9999") in {f.service for f in state.frontends}
+
+
+def _problems(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    state = build_state(
+        services=[o for o in objects if o["kind"] == "Service"],
+        endpoint_slices=[o for o in objects if o["kind"] == "EndpointSlice"],
+        nodes=synth.cluster(0, dual_stack=True),
+        node_name="n1",
+        settings=SETTINGS,
+    )
+    return sorted((p.ref.name, p.reason) for p in state.problems)
+
+
+def test_unusable_ports_and_timeouts_are_reported_and_left_out_not_sent_to_the_kernel() -> None:
+    """What the API server would refuse can still come in a cluster file: a numeric targetPort
+    out of range would have nft refuse the whole table (every other Service's rules with it)."""
+    good = svc("good", clusterIPs=["10.96.0.20"])
+    bad = svc(
+        "bad",
+        type="NodePort",
+        clusterIPs=["10.96.0.10"],
+        ports=[
+            {"name": "a", "port": 80, "targetPort": 70000, "protocol": "TCP"},
+            {"name": "b", "port": 0, "protocol": "TCP"},
+            {"name": "c", "port": 81, "protocol": "ICMP"},
+            {"name": "d", "port": 82, "targetPort": 8082, "protocol": "TCP", "nodePort": 70000},
+        ],
+        sessionAffinity="ClientIP",
+        sessionAffinityConfig={"clientIP": {"timeoutSeconds": 0}},
+    )
+    bad_slice = eps("bad", 4, [ep("10.128.0.1")])
+    bad_slice["ports"] = []
+    objects = [good, eps("good", 4, [ep("10.128.0.2")]), bad, bad_slice]
+    assert _problems(objects) == [("bad", "InvalidAffinityTimeout")] + [("bad", "InvalidPort")] * 4
+    served = by_key(fronts(objects))
+    assert set(served) == {(4, "10.96.0.20", 80), (4, "10.96.0.10", 82)}  # no NodePort for d
+    # The table goes to a kernel whole: nothing in it is refused.
+    index = load(
+        services=[o for o in objects if o["kind"] == "Service"],
+        endpoint_slices=[o for o in objects if o["kind"] == "EndpointSlice"],
+        nodes=synth.cluster(0, dual_stack=True),
+        node_name="n1",
+        settings=SETTINGS,
+    )
+    Engine(backend=FakeBackend()).sync(index.doc())
+
+
+def test_a_labelled_load_balancers_unusable_port_is_reported_once() -> None:
+    lb = svc("lb", type="LoadBalancer", ports=[{"name": "b", "port": 0, "protocol": "TCP"}])
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}
+    assert _problems([lb]).count(("lb", "InvalidPort")) == 1

@@ -426,6 +426,8 @@ class DelegatedIndex:
         history, which a fresh index does not have (it starts every front-end afresh)."""
         self._counts: dict[tuple[str, Elem], int] = {}
         self._problems: dict[ServiceKey, tuple[Problem, ...]] = {}
+        self._parse_problems: dict[ServiceKey, tuple[Problem, ...]] = {}
+        """What reading a Service found (an unusable port, an affinity timeout out of range)."""
         self._health: dict[int, set[ServiceKey]] = {}
 
     def update(
@@ -439,7 +441,12 @@ class DelegatedIndex:
         dirty: set[ServiceKey] = set(sliced)
         infos: dict[ServiceKey, DelegatedInfo | None] = {}
         for key, objs in services.items():
-            parsed = [i for i in (parse_delegated_service(o, self.settings, []) for o in objs) if i is not None]
+            problems: list[Problem] = []
+            parsed = [i for i in (parse_delegated_service(o, self.settings, problems) for o in objs) if i is not None]
+            if problems:
+                self._parse_problems[key] = tuple(problems)
+            else:
+                self._parse_problems.pop(key, None)
             if len(parsed) > 1:
                 parsed.sort(key=lambda i: (i.age_key, i.ref.uid, repr(i)))
             infos[key] = parsed[0] if parsed else None
@@ -557,7 +564,7 @@ class DelegatedIndex:
 
     @property
     def problems(self) -> list[Problem]:
-        return [p for ps in self._problems.values() for p in ps]
+        return [p for group in (self._parse_problems, self._problems) for ps in group.values() for p in ps]
 
     def adopt(self, kernel: Mapping[str, Set[Elem]], touched: dict[str, set[Elem]]) -> int:
         """Take the generations of the front-ends with affinity from the table a previous run

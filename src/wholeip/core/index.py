@@ -1201,6 +1201,7 @@ class ClusterIndex:
     def problems(self) -> list[Problem]:
         """Every problem, in no particular order (a :class:`~wholeip.core.model.ProblemSource`)."""
         out: list[Problem] = [*self._net.problems]
+        delegated = self.delegated.problems
         groups: tuple[Iterable[tuple[Problem, ...]], ...] = (
             self._parse_problems.values(),
             self._slice_problems.values(),
@@ -1209,12 +1210,13 @@ class ClusterIndex:
             self._pod_problems.values(),
             (tuple(self.podnat.problems),),
             (tuple(self.egress.problems),),
-            (tuple(self.delegated.problems),),
+            (tuple(delegated),),
         )
         for group in groups:
             for problems in group:
                 out += problems
-        return out
+        # Once each: a delegated LoadBalancer Service's unusable port is read by both readers.
+        return list(dict.fromkeys(out)) if delegated else out
 
     def owner(self, address: str) -> ObjectRef | None:
         """The Service whose mapping an element keyed by ``address`` belongs to (external IP,

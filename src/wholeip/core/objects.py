@@ -673,8 +673,10 @@ def _port_number(value: Any) -> int | None:
 def parse_delegated_service(obj: RawObject, settings: ModelSettings, problems: list[Problem]) -> DelegatedInfo | None:
     """A Service whose ``service.kubernetes.io/service-proxy-name`` label names us, or None.
 
-    Problems of its own (an unusable port) are reported by :func:`parse_service`; a
-    ``targetPort`` per-port mode refuses is fine here: the ClusterIP translates it."""
+    Its problems: a port it cannot serve (``InvalidPort``, as :func:`parse_service` words
+    it for a LoadBalancer Service, which reports it too: the index reports a problem once),
+    a numeric ``targetPort`` or ``nodePort`` out of range, an affinity timeout out of range.
+    A ``targetPort`` per-port mode refuses is fine here: the ClusterIP translates it."""
     meta = _dict(obj.get("metadata"))
     labels = _dict(meta.get("labels"))
     if not settings.proxy_name or labels.get(PROXY_NAME_LABEL) != settings.proxy_name:
@@ -698,13 +700,22 @@ def parse_delegated_service(obj: RawObject, settings: ModelSettings, problems: l
         protocol = _str(entry.get("protocol") or "TCP").upper()
         port = _port_number(entry.get("port"))
         if protocol not in ("TCP", "UDP", "SCTP") or port is None:
-            continue  # parse_service says so
+            problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535"))
+            continue
         target = entry.get("targetPort", port)
         if isinstance(target, bool) or not isinstance(target, int | str) or target in ("", 0):
             target = port
-        ports.append(
-            DelegatedPort(_str(entry.get("name")), protocol.lower(), port, target, _port_number(entry.get("nodePort")))
-        )
+        if isinstance(target, int) and _port_number(target) is None:
+            # (The API server refuses it; a cluster file may hold it, and nft would refuse the
+            # whole transaction that carries it.)
+            problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: targetPort {target} is not 1-65535"))
+            continue
+        node_port = entry.get("nodePort")
+        if node_port is not None and _port_number(node_port) is None:
+            problems.append(
+                Problem(ref, "InvalidPort", f"port {raw!r}: nodePort {node_port!r} is not 1-65535; no NodePort")
+            )
+        ports.append(DelegatedPort(_str(entry.get("name")), protocol.lower(), port, target, _port_number(node_port)))
     affinity = spec.get("sessionAffinity") == "ClientIP"
     timeout = _dict(_dict(spec.get("sessionAffinityConfig")).get("clientIP")).get("timeoutSeconds")
     if type(timeout) is not int or not 0 < timeout <= 86400:
