@@ -1,6 +1,7 @@
 """The engine: keeps one table in the kernel equal to a desired TableDoc.
 
-It remembers what it last committed. A normal sync diffs the desired table
+It remembers what it last committed (a view of the caller's journaled sets,
+:mod:`wholeip.nft.journal`, or copies of its own). A normal sync diffs the desired table
 against that memory and sends only the difference, never listing the kernel
 (listing a table of 100,000 elements costs far more than the change itself).
 A full sync lists the kernel and diffs against what is really there: at
@@ -39,6 +40,7 @@ from wholeip.nft.backend import Backend, NftError, NotFound, Rejected, Unavailab
 from wholeip.nft.commands import Command, Delete, as_json, as_text, in_transactions, one_by_one
 from wholeip.nft.diff import CREATE_CHUNK, Plan, create, diff, diff_touched
 from wholeip.nft.doc import Elem, JSONObj, Skeleton, TableDoc
+from wholeip.nft.journal import Committed, JournaledSet
 from wholeip.nft.render import Table
 
 
@@ -185,7 +187,10 @@ class Engine:
         self.table = table
         self.last: TableDoc | None = None
         """The table as last committed; None until the first commit or after a failure."""
-        self._memory: dict[str, set[Elem]] = {}
+        self._memory: dict[str, set[Elem] | Committed] = {}
+        """Per set, its elements as last committed: a set of the engine's own, or, for a
+        caller's :class:`~wholeip.nft.journal.JournaledSet` (the agent's index), a view of
+        it that undoes what changed since (no copy: :mod:`wholeip.nft.journal`)."""
         self._staged = False
         """``last`` is a table :meth:`stage` is filling (no rules yet)."""
 
@@ -222,13 +227,13 @@ class Engine:
         plan: Plan | None = None
         if full:
             # Sets the kernel holds unchanged come back as these objects: no second copy.
-            current = (
-                already_read
-                if already_read is not None
-                else self.observe(self._memory if self.last is not None else desired.elements)
-            )
-            if self.last is not None:
-                drift = current is None or not diff(self.last, current).empty
+            committed = self._committed()
+            if already_read is not None:
+                current: TableDoc | None = already_read
+            else:
+                current = self.observe(committed.elements if committed is not None else desired.elements)
+            if committed is not None:
+                drift = current is None or not diff(committed, current).empty
         else:
             current = self.last
             if touched is not None and current is not None:
@@ -246,7 +251,7 @@ class Engine:
             with gc_paused():
                 apply_plan(self.backend, plan)
         except Rejected:
-            self.last = None
+            self._forget()
             if one_by_one(plan.commands) is None or plan.declarations or plan.after or plan.fill:
                 raise
             # Validate-and-isolate: one bad element must not hold every other change back.
@@ -255,18 +260,12 @@ class Engine:
                 raise  # the refusal did not reproduce in dry runs: nothing committed, retry as usual
             isolated = True
         except BaseException:
-            self.last = None
+            self._forget()
             raise
         # Isolated: the kernel holds the plan minus ``rejected``; the memory stays void and
         # the next sync is full (it tries the rejected changes again, alone).
-        if partial and not isolated:
-            self._remember(plan, desired)
-            if self._staged:  # the rules are in now
-                self.last = TableDoc(desired.family, desired.name, desired.skeleton, self._memory)
-        elif not isolated:
-            # Our own copy: the caller may keep changing its sets (the agent's index does).
-            self._memory = {name: set(elems) for name, elems in desired.elements.items()}
-            self.last = TableDoc(desired.family, desired.name, desired.skeleton, self._memory)
+        if not isolated:
+            self._settle(desired, plan if partial else None)
         self._staged = False
         return SyncResult(
             plan=plan,
@@ -277,13 +276,62 @@ class Engine:
             rejected=tuple(rejected),
         )
 
+    def _settle(self, desired: TableDoc, plan: Plan | None) -> None:
+        """The memory once the kernel holds ``desired``. ``plan``: the element plan just
+        committed over the memory (a partial sync), None after a whole comparison.
+
+        A caller's journaled set is armed and remembered as a view; any other set is kept
+        as a set of the engine's own (the caller may go on changing its sets), changed by
+        the plan or copied whole."""
+        old = self._memory
+        shareable = _shareable(desired.skeleton)
+        memory: dict[str, set[Elem] | Committed] = {}
+        for name, elems in desired.elements.items():
+            if name in shareable and isinstance(elems, JournaledSet) and elems.owned_by(self):
+                elems.arm(self)
+                memory[name] = Committed(elems)
+                continue
+            have = old.get(name)
+            if plan is not None and type(have) is set and name not in plan.refilled:
+                gone, came = plan.removed.get(name), plan.inserted.get(name)
+                if gone:
+                    have -= gone
+                if came:
+                    have |= came
+                memory[name] = have
+            else:
+                memory[name] = set(elems)
+        _release(self, old, keep=memory)
+        self._memory = memory
+        self.last = TableDoc(desired.family, desired.name, desired.skeleton, memory)
+
+    def _forget(self) -> None:
+        """The memory can no longer be trusted: the next sync reads the kernel."""
+        _release(self, self._memory)
+        self.last, self._memory = None, {}
+
+    def _committed(self) -> TableDoc | None:
+        """The last commit as sets (views made whole: a full sync compares every element)."""
+        last = self.last
+        if last is None:
+            return None
+        elements = {name: self._held_set(name) for name in self._memory}
+        return TableDoc(last.family, last.name, last.skeleton, elements)
+
+    def _held_set(self, name: str) -> AbstractSet[Elem]:
+        have = self._memory.get(name)
+        if have is None:
+            return frozenset()
+        return have.materialize() if isinstance(have, Committed) else have
+
     def _remember(self, plan: Plan, desired: TableDoc) -> None:
-        """The memory after a committed element plan (not a created or rebuilt table)."""
+        """The memory of a table being filled (:meth:`send`: its own sets) after a committed
+        element plan (not a created or rebuilt table)."""
         memory = self._memory
         for name, gone in plan.removed.items():
-            memory[name] -= gone
+            cast(set[Elem], memory[name]).difference_update(gone)
         for name, came in plan.inserted.items():
-            memory.setdefault(name, set()).update(came)
+            cast(set[Elem], memory.setdefault(name, set())).update(came)
         for name in plan.refilled:
             memory[name] = set(desired.elements.get(name, ()))
 
@@ -302,7 +350,12 @@ class Engine:
             if decl.dynamic:
                 continue
             want = desired.elements.get(decl.name, frozenset())
-            have = memory.get(decl.name, set())
+            view = memory.get(decl.name)
+            if isinstance(view, Committed) and view.live is want:
+                if view.journal and (changed := view.changed()):
+                    out[decl.name] = changed
+                continue
+            have = self._held_set(decl.name)
             differ = set(want - have)
             if len(want) - len(have) != len(differ):  # (not only additions)
                 differ |= have - want
@@ -329,11 +382,10 @@ class Engine:
             return Stage(create(doc, exclusive=True), doc)
         if not self._staged:
             raise RuntimeError("stage: the table has had its rules already")
-        memory = self._memory
         touched: dict[str, set[Elem]] = {}
         room = most
         for name, differ in self.unsent(desired).items():
-            have = memory.get(name, set())
+            have = self._held_set(name)
             step = differ & have  # (every deletion: an added map entry never meets its old value)
             if room > 0:
                 added = differ - have
@@ -363,10 +415,12 @@ class Engine:
                     for transaction in in_transactions(plan.commands, CREATE_CHUNK):
                         self.backend.transact_text(as_text(transaction))
         except BaseException:
-            self.last, self._memory, self._staged = None, {}, False
+            self._forget()
+            self._staged = False
             raise
         if plan.created:
-            self._memory = cast(dict[str, set[Elem]], stage.table.elements)
+            _release(self, self._memory)
+            self._memory = cast(dict[str, set[Elem] | Committed], stage.table.elements)
             self._staged = True
         else:
             self._remember(plan, stage.table)
@@ -374,9 +428,24 @@ class Engine:
 
     def cleanup(self) -> bool:
         """Delete our table (and nothing else). True when there was one."""
-        self.last = None
+        self._forget()
         try:
             self.backend.transact([Delete(Table(self.family, self.table)).to_json()])
         except NotFound:
             return False
         return True
+
+
+def _shareable(skeleton: Skeleton) -> frozenset[str]:
+    """The sets whose memory may be a view of the caller's set: every set compared element by
+    element (not the dynamic ones, not the interval sets compared and refilled whole)."""
+    return frozenset(d.name for d in skeleton.sets if not d.dynamic and not d.cover_compared)
+
+
+def _release(owner: Engine, memory: Mapping[str, AbstractSet[Elem]], keep: Mapping[str, object] = {}) -> None:
+    """Disarm the journaled sets ``memory`` viewed that ``keep`` no longer views."""
+    for name, view in memory.items():
+        if isinstance(view, Committed):
+            kept = keep.get(name)
+            if not (isinstance(kept, Committed) and kept.live is view.live):
+                view.live.disarm(owner)

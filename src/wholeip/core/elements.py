@@ -60,6 +60,7 @@ from wholeip.names import (
     steer_slot_chain,
 )
 from wholeip.nft.doc import Elem, TableDoc
+from wholeip.nft.journal import JournaledSet
 from wholeip.settings import IPNetwork
 
 
@@ -318,6 +319,13 @@ def lb_elements(redirects: Iterable[LbRedirect], local_pods: Iterable[IPNetwork]
 def empty_elements() -> dict[str, set[Elem]]:
     """One empty set per declared set and map."""
     return {decl.name: set() for decl in SKELETON.sets}
+
+
+def live_elements() -> dict[str, set[Elem]]:
+    """One empty set per declared set and map, for sets kept and changed in place (the
+    agent's index): journaled, so that the engine can tell what they held at its last
+    commit without a copy (:mod:`wholeip.nft.journal`)."""
+    return {decl.name: JournaledSet() for decl in SKELETON.sets}
 
 
 def elements(state: ClusterState, *, node_name: str) -> dict[str, frozenset[Elem]]:

@@ -76,10 +76,10 @@ from wholeip.core.delegated import DelegatedIndex
 from wholeip.core.egressip import EgressIndex
 from wholeip.core.elements import (
     PodFilter,
-    empty_elements,
     entry_elements,
     lb_elements,
     lb_redirect_element,
+    live_elements,
     network_elements,
     plain_elements,
     pod_filter,
@@ -479,7 +479,7 @@ class ClusterIndex:
         self._pods: dict[str, OneOrMany[str]] = {}
         """Pod IP -> the external IPs mapped to it, the one it leaves with first."""
         self._pod_problems: dict[str, tuple[Problem, ...]] = {}
-        self.elements: dict[str, set[Elem]] = empty_elements()
+        self.elements: dict[str, set[Elem]] = live_elements()
         """Live sets: the table's elements as of the last update (read only outside)."""
         for name, elem in network_elements(self._net.cluster):
             self.elements[name].add(elem)
