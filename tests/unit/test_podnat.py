@@ -154,6 +154,42 @@ def test_an_explicit_src_ip_must_be_this_nodes() -> None:
     assert reasons(s) == [("mail", "PodNATAddressRefused")]
 
 
+def test_an_explicit_src_ip_inside_the_cluster_networks_is_refused() -> None:
+    """The host carries addresses of the cluster's networks (kube-proxy's IPVS mode puts every
+    ClusterIP on kube-ipvs0, the CNI its gateway in the pod network): publishing on one would
+    take that port from the node's pods."""
+    host = PodNatSettings(
+        **{
+            **_fields(HOST),
+            "host_addresses": HOST.host_addresses
+            | {ipaddress.ip_address("10.96.0.1"), ipaddress.ip_address("10.244.1.1")},
+        }
+    )
+    model = ModelSettings(podnat=host, service_cidrs=(ipaddress.ip_network("10.96.0.0/12"),))
+    entries = {
+        "entries": [
+            {"srcIP": "10.96.0.1", "srcPort": 443, "dstPort": 8443},
+            {"srcIP": "10.244.1.1", "srcPort": 80, "dstPort": 80},
+            {"srcIP": "192.0.2.111", "srcPort": 25, "dstPort": 25},
+        ]
+    }
+    s = state(pod("p", entries), model=model)
+    assert [(p.address, p.port) for p in s.pod_ports] == [("192.0.2.111", 25)]
+    messages = [p.message for p in s.problems if p.reason == "PodNATAddressRefused"]
+    assert len(messages) == 2
+    assert any("10.244.1.1 lies inside the cluster network 10.244.1.0/24" in m for m in messages), messages
+    assert any("10.96.0.1 lies inside the cluster network 10.96.0.0/12" in m for m in messages), messages
+
+
+def test_an_empty_src_ip_is_no_src_ip() -> None:
+    """podnat-controller writes ``"srcIP": ""`` for none: the automatic address."""
+    s = state(pod("p", {"entries": [{"srcIP": "", "srcPort": 25, "dstPort": 25}]}))
+    assert [(p.address, p.port) for p in s.pod_ports] == [("192.0.2.11", 25)]
+    assert not s.problems
+    s = state(pod("p", {"entries": [{"srcIP": "", "ifaceAuto": False, "srcPort": 25, "dstPort": 25}]}))
+    assert reasons(s) == [("p", "InvalidPodNATAnnotation")]
+
+
 def test_restricted_ports_are_refused_one_by_one() -> None:
     s = state(pod("p", {"entries": [{"srcPort": 22, "dstPort": 2222}, {"srcPort": 80, "dstPort": 80}]}))
     assert [p.port for p in s.pod_ports] == [80]
@@ -280,6 +316,9 @@ change = st.one_of(
             max_size=2,
         ),
     ),
+    # The other Node's pod network comes to hold, or no longer holds, a host address an
+    # explicit srcIP names (192.0.2.111): the guard moves under the pods.
+    st.tuples(st.just("n2cidr"), st.sampled_from(["10.244.2.0/24", "192.0.2.96/27"])),
 )
 
 
@@ -310,9 +349,12 @@ def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> N
         elif kind == "del-svc":
             services.pop(arg, None)
             touched = index.update(services={("ns", arg): []}, slices={f"ns/{arg}-1": None})
+        elif kind == "n2cidr":
+            nodes = [nodes[0], {**NODES[1], "spec": {"podCIDRs": [arg]}}]
+            touched = index.update(nodes=nodes)
         else:
             addresses = [{"type": t, "address": a} for t, a in arg]
-            nodes = [{**NODES[0], "status": {"addresses": addresses}}, NODES[1]]
+            nodes = [{**NODES[0], "status": {"addresses": addresses}}, nodes[1]]
             touched = index.update(nodes=nodes)
         fresh_state = build_state(
             services=[objs[0] for objs in services.values()],

@@ -489,6 +489,7 @@ class ClusterIndex:
             nodes=nodes,
             elements=self.elements,
             managed=lambda pod: pod in self._pods,
+            guard=self._net.guard,
         )
         """Ports this node's pods publish on its address (the podnat annotation)."""
         self.egress = EgressIndex(
@@ -843,7 +844,7 @@ class ClusterIndex:
                 sl = self._slices[skey] = sl._replace(ready=ready, outside=outside)
                 self._file(skey, sl, affected)
                 dirty.add(sl.service)
-        addresses = node_addresses(nodes, self.node_name, settings.podnat)
+        addresses = node_addresses(nodes, self.node_name, settings.podnat, new.guard)
         return addresses if addresses != self.podnat.addresses else None
 
     def _at_pod(self, pod: str, winner: Callable[[str], _View | None]) -> PodFilter | None:

@@ -54,7 +54,7 @@ from wholeip.core.model import IPAddress, ObjectRef, PodPort, Problem
 from wholeip.core.objects import RawObject, created_seconds, parse_ip
 from wholeip.names import PODNAT_ADDR, PODNAT_PORT, PODNAT_SELF
 from wholeip.nft.doc import Elem
-from wholeip.settings import PodNatSettings
+from wholeip.settings import IPNetwork, PodNatSettings
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 """What an entry's ``proto`` may say (podnat: tcp, udp; we add sctp). Absent: tcp."""
@@ -123,7 +123,7 @@ def parse_entries(text: str) -> tuple[tuple[Entry, ...], str | None]:
         if auto_raw is not None and not isinstance(auto_raw, bool):
             return (), f"{where}: ifaceAuto must be true or false"
         src_ip = None
-        if "srcIP" in item:
+        if item.get("srcIP") not in (None, ""):  # (podnat-controller writes "" for none)
             src_ip = parse_ip(item["srcIP"])
             if src_ip is None:
                 return (), f"{where}: srcIP {item['srcIP']!r} is not an IP address"
@@ -186,11 +186,19 @@ class NodeAddresses(NamedTuple):
     """Family -> the ``ifaceAuto`` address (none: that family is not published)."""
     own: frozenset[IPAddress]
     """Every address an explicit ``srcIP`` may name."""
+    guarded: Mapping[IPAddress, IPNetwork] = {}
+    """This node's addresses an explicit ``srcIP`` may not name: those inside the cluster's
+    networks (a ClusterIP that kube-proxy's IPVS mode puts on ``kube-ipvs0``, the CNI's
+    gateway in the pod network), each with the network. Publishing on one would take that
+    address's port from the node's pods (a Service's ClusterIP port, for example)."""
 
 
-def node_addresses(nodes: Iterable[RawObject], node_name: str, settings: PodNatSettings) -> NodeAddresses:
+def node_addresses(
+    nodes: Iterable[RawObject], node_name: str, settings: PodNatSettings, guard: Iterable[IPNetwork] = ()
+) -> NodeAddresses:
     """ExternalIP of this node's Node object per family, else the default route's source;
-    filtered by the include/exclude networks."""
+    filtered by the include/exclude networks. ``guard``: the cluster's networks (pod,
+    Service, ``--cluster-cidr``), which no explicit ``srcIP`` may be inside."""
     external: list[IPAddress] = []
     own: set[IPAddress] = {*settings.host_addresses, *settings.default_sources}
     for node in nodes:
@@ -217,7 +225,10 @@ def node_addresses(nodes: Iterable[RawObject], node_name: str, settings: PodNatS
     for ip in [*external, *settings.default_sources]:
         if ip.version not in auto and usable(ip):
             auto[ip.version] = str(ip)
-    return NodeAddresses(auto, frozenset(ip for ip in own if not ip.is_loopback and not ip.is_unspecified))
+    usable_own = {ip for ip in own if not ip.is_loopback and not ip.is_unspecified}
+    networks = tuple(guard)
+    guarded = {ip: net for ip in usable_own for net in networks if ip in net}
+    return NodeAddresses(auto, frozenset(usable_own - guarded.keys()), guarded)
 
 
 class _Claims(NamedTuple):
@@ -265,10 +276,11 @@ class PodNatIndex:
         nodes: Iterable[RawObject],
         elements: dict[str, set[Elem]],
         managed: Callable[[str], bool],
+        guard: Iterable[IPNetwork] = (),
     ) -> None:
         self.settings = settings
         self.node_name = node_name
-        self.addresses = node_addresses(nodes, node_name, settings)
+        self.addresses = node_addresses(nodes, node_name, settings, guard)
         self._elements = elements
         self._managed = managed
         """Pod IP -> is it the backend of a whole-IP mapping (the ClusterIndex knows)."""
@@ -410,6 +422,17 @@ class PodNatIndex:
                 )
                 continue
             if entry.src_ip is not None:
+                net = self.addresses.guarded.get(entry.src_ip)
+                if net is not None:
+                    problems.append(
+                        Problem(
+                            info.ref,
+                            "PodNATAddressRefused",
+                            f"{where}: srcIP {entry.src_ip} lies inside the cluster network {net} (a ClusterIP or"
+                            " a pod network's address this node carries); not published",
+                        )
+                    )
+                    continue
                 if entry.src_ip not in self.addresses.own:
                     problems.append(
                         Problem(
