@@ -319,6 +319,8 @@ change = st.one_of(
     # The other Node's pod network comes to hold, or no longer holds, a host address an
     # explicit srcIP names (192.0.2.111): the guard moves under the pods.
     st.tuples(st.just("n2cidr"), st.sampled_from(["10.244.2.0/24", "192.0.2.96/27"])),
+    # A delegated Service's NodePort and health check come, move or go over published ports.
+    st.tuples(st.just("np"), st.sampled_from([None, (25, 80), (80, 22), (8080, 25)])),
 )
 
 
@@ -330,6 +332,7 @@ def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> N
     pods: dict[str, dict[str, Any]] = {}
     services: dict[str, list[dict[str, Any]]] = {}
     nodes = NODES
+    node_ports: list[dict[str, Any]] = []
     index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
     engine = Engine(backend=FakeBackend())
     engine.sync(index.doc())
@@ -349,6 +352,9 @@ def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> N
         elif kind == "del-svc":
             services.pop(arg, None)
             touched = index.update(services={("ns", arg): []}, slices={f"ns/{arg}-1": None})
+        elif kind == "np":
+            node_ports = [] if arg is None else [_node_port_service(*arg)]
+            touched = index.update(services={("ns", "np"): node_ports})
         elif kind == "n2cidr":
             nodes = [nodes[0], {**NODES[1], "spec": {"podCIDRs": [arg]}}]
             touched = index.update(nodes=nodes)
@@ -357,7 +363,7 @@ def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> N
             nodes = [{**NODES[0], "status": {"addresses": addresses}}, nodes[1]]
             touched = index.update(nodes=nodes)
         fresh_state = build_state(
-            services=[objs[0] for objs in services.values()],
+            services=[*(objs[0] for objs in services.values()), *node_ports],
             endpoint_slices=[objs[1] for objs in services.values()],
             nodes=nodes,
             node_name="n1",
@@ -391,3 +397,53 @@ def test_one_pod_change_at_ten_thousand_pods_touches_its_own_elements() -> None:
         PODNAT_SELF[4]: {("10.0.7.1", "10.0.7.1")},
     }
     assert ("10.0.7.1", "10.0.7.1") in index.elements[PODNAT_SELF[4]]
+
+
+def _node_port_service(node_port: int = 30080, health: int = 30999) -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {
+            "namespace": "ns",
+            "name": "np",
+            "labels": {"service.kubernetes.io/service-proxy-name": "wholeip"},
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {
+            "type": "NodePort",
+            "clusterIPs": ["10.96.0.10"],
+            "externalTrafficPolicy": "Local",
+            "healthCheckNodePort": health,
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": node_port}],
+        },
+    }
+
+
+def test_a_delegated_services_node_port_and_health_check_are_not_published() -> None:
+    """Both hold their port on every address of the node (the agent serves them): a pod's
+    entry for one would DNAT it away, first in the chain, so the Service keeps it."""
+    model = ModelSettings(podnat=HOST, service_cidrs=(ipaddress.ip_network("10.96.0.0/12"),))
+    entries = {
+        "entries": [
+            {"srcPort": 30080, "dstPort": 80},
+            {"srcPort": 30999, "dstPort": 80},
+            {"srcPort": 30080, "dstPort": 80, "proto": "udp"},  # (the NodePort is TCP)
+        ]
+    }
+    thief = pod("thief", entries)
+    s = state(_node_port_service(), thief, model=model)
+    assert [(p.protocol, p.port) for p in s.pod_ports] == [("udp", 30080)]
+    messages = sorted(p.message for p in s.problems if p.reason == "PodNATPortConflict")
+    assert messages == [
+        "TCP port 30080 is the NodePort of Service ns/np on every address of the node; not published",
+        "TCP port 30999 is the health check port of Service ns/np on every address of the node; not published",
+    ]
+    # In the index, in either order, and the ports come back when the Service goes.
+    index = ClusterIndex(settings=model, node_name="n1", nodes=NODES)
+    index.update(pod_objects={("ns", "thief"): thief})
+    assert len(index.state().pod_ports) == 3
+    index.update(services={("ns", "np"): [_node_port_service()]})
+    assert index.state() == s
+    index.update(services={("ns", "np"): [_node_port_service(node_port=30081, health=31000)]})
+    assert {(p.protocol, p.port) for p in index.state().pod_ports} == {("tcp", 30080), ("tcp", 30999), ("udp", 30080)}
+    index.update(services={("ns", "np"): []})
+    assert len(index.state().pod_ports) == 3

@@ -435,9 +435,11 @@ class DelegatedIndex:
         services: Mapping[ServiceKey, Sequence[RawObject]],
         sliced: Iterable[ServiceKey],
         touched: dict[str, set[Elem]],
-    ) -> None:
+    ) -> set[tuple[str, int]]:
         """``services``: changed Services (key -> the objects under it); ``sliced``: the
-        Services whose slices changed (as :attr:`slices_of` gives them now)."""
+        Services whose slices changed (as :attr:`slices_of` gives them now). Returns the
+        node ports, (protocol, port), whose NodePort or health check may have another owner
+        now (:meth:`node_port_owner` answers otherwise): published pod ports give way to them."""
         dirty: set[ServiceKey] = set(sliced)
         infos: dict[ServiceKey, DelegatedInfo | None] = {}
         for key, objs in services.items():
@@ -472,6 +474,7 @@ class DelegatedIndex:
                 changed.add(front_key(f))
             if health is not None:
                 self._health.setdefault(health.port, set()).add(key)
+                ports.add(health.port)
         problem_keys: set[ServiceKey] = set(dirty)
         for fk in changed:
             was = self._winners.pop(fk, None)
@@ -499,6 +502,22 @@ class DelegatedIndex:
                 self._health.pop(port, None)
         for key in problem_keys:
             self._reproblem(key)
+        moved = {(fk[2], fk[3]) for fk in changed if fk[1] is None}
+        moved.update(("tcp", port) for port in ports)
+        return moved
+
+    def node_port_owner(self, protocol: str, port: int) -> str | None:
+        """What holds this port on every address of the node, if a delegated Service does: its
+        NodePort, or its health check (TCP); for the Event of a pod that would publish it."""
+        for family in (4, 6):
+            front = self._winners.get((family, None, protocol, port))
+            if front is not None:
+                return f"the NodePort of Service {front.service.namespace}/{front.service.name}"
+        keys = self._health.get(port) if protocol == "tcp" else None
+        if keys:
+            ref = self._services[min(keys, key=lambda k: self._services[k].info.age_key)].info.ref
+            return f"the health check port of Service {ref.namespace}/{ref.name}"
+        return None
 
     def _count(self, name: str, elem: Elem, delta: int, touched: dict[str, set[Elem]]) -> None:
         item = (name, elem)

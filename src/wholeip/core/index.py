@@ -490,6 +490,7 @@ class ClusterIndex:
             elements=self.elements,
             managed=lambda pod: pod in self._pods,
             guard=self._net.guard,
+            node_port=lambda protocol, port: self.delegated.node_port_owner(protocol, port),
         )
         """Ports this node's pods publish on its address (the podnat annotation)."""
         self.egress = EgressIndex(
@@ -669,12 +670,13 @@ class ClusterIndex:
                 {key: self._lb_info_of(objs) if parsed.get(key) is None else None for key, objs in services.items()},
                 touched,
             )
+        moved: set[tuple[str, int]] = set()
         if services or sliced:
-            self.delegated.update(services, sliced, touched)
-        # A pod may publish ports only while it is no whole-IP backend: recheck those whose
-        # mappings changed.
-        if pod_objects or readdress is not None or (pods and self.podnat.has_pods):
-            self.podnat.update(pod_objects, touched, recheck=pods, addresses=readdress)
+            moved = self.delegated.update(services, sliced, touched)
+        # A pod may publish ports only while it is no whole-IP backend, and not on a delegated
+        # Service's NodePort: recheck those whose mappings changed, and the ports that moved.
+        if pod_objects or readdress is not None or ((pods or moved) and self.podnat.has_pods):
+            self.podnat.update(pod_objects, touched, recheck=pods, addresses=readdress, ports=moved)
         if nodes is not None:
             self.egress.set_nodes(self._nodes, touched)
         self.egress.update(

@@ -277,6 +277,7 @@ class PodNatIndex:
         elements: dict[str, set[Elem]],
         managed: Callable[[str], bool],
         guard: Iterable[IPNetwork] = (),
+        node_port: Callable[[str, int], str | None] = lambda protocol, port: None,
     ) -> None:
         self.settings = settings
         self.node_name = node_name
@@ -284,6 +285,9 @@ class PodNatIndex:
         self._elements = elements
         self._managed = managed
         """Pod IP -> is it the backend of a whole-IP mapping (the ClusterIndex knows)."""
+        self._node_port = node_port
+        """(protocol, port) -> what holds it on every address of the node (a delegated
+        Service's NodePort or health check), if anything."""
         self._infos: dict[PodKey, PodInfo] = {}
         self._by_ip: dict[str, OneOrMany[PodKey]] = {}
         self._of: dict[PodKey, _Claims] = {}
@@ -306,6 +310,7 @@ class PodNatIndex:
         *,
         recheck: Iterable[str] = (),
         addresses: NodeAddresses | None = None,
+        ports: Iterable[tuple[str, int]] = (),
     ) -> None:
         """Apply changed pods (None: gone); ``recheck``: pod IPs whose whole-IP mappings
         changed (a pod may publish ports only while it has none); ``addresses``: this node's
@@ -316,6 +321,10 @@ class PodNatIndex:
             dirty_pods.update(self._infos)
         for ip in recheck:
             dirty_pods.update(all_of(self._by_ip.get(ip)))
+        if ports := set(ports):
+            dirty_pods.update(
+                key for key, info in self._infos.items() if any((e.protocol, e.src_port) in ports for e in info.entries)
+            )
         dirty: set[RouteKey] = set()
         for key in dirty_pods:
             if key in pods:
@@ -418,6 +427,16 @@ class PodNatIndex:
                         "PodNATPortRestricted",
                         f"{where} is restricted on the node's address (--podnat-restricted-ports:"
                         f" {', '.join(map(str, sorted(restricted)))}); not published",
+                    )
+                )
+                continue
+            holder = self._node_port(entry.protocol, entry.src_port)
+            if holder is not None:
+                problems.append(
+                    Problem(
+                        info.ref,
+                        "PodNATPortConflict",
+                        f"{where} is {holder} on every address of the node; not published",
                     )
                 )
                 continue
