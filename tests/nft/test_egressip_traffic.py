@@ -293,3 +293,52 @@ def test_row_18_cleanup_removes_table_rules_and_routes_and_nothing_else(stand_in
         _ip(stand_in, "n2", "rule", "del", "fwmark", "0x1000/0xf000", "lookup", "300200", "priority", "2000")
         _ip(stand_in, "n2", "route", "flush", "table", "300200")
         apply(stand_in, cluster(), tmp_path)
+
+
+NODE_PORT = 31017
+PROBE_TABLE = "e17probe"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_row_18_replies_of_a_members_inbound_flows_are_not_steered(served: Topology, proto: str, family: int) -> None:
+    """A member's replies to a flow that came in (a NodePort on its node, a published port:
+    any DNAT to the pod) leave from its own node, as the flow came: only the member's own
+    new flows go to the holder. Steered, they went out through the holder with the other
+    node's address, a path a network that checks sources drops."""
+    v = "ip" if family == 4 else "ip6"
+    served.nft(
+        "n2",
+        "-f",
+        "-",
+        input=f"""table inet {PROBE_TABLE} {{
+  chain probe_prerouting {{ type nat hook prerouting priority dstnat; policy accept;
+    {v} daddr {addr("n2", family)} {proto} dport {NODE_PORT} dnat to {addr("pod_b", family)}
+  }}
+}}""",
+    )
+    served.nft(
+        "n1",
+        "-f",
+        "-",
+        input=f"""table inet {PROBE_TABLE} {{
+  chain probe_forward {{ type filter hook forward priority 0; policy accept;
+    {v} saddr {addr("n2", family)} {proto} sport {NODE_PORT} counter
+  }}
+}}""",
+    )
+    try:
+        r = exchange(served, client="ext", server="pod_b", addr=addr("n2", family), proto=proto, port=NODE_PORT)  # type: ignore[arg-type]
+        assert r.ok, r.error
+        assert r.server_peer == addr("ext", family)
+        assert r.client_reply_from == addr("n2", family)
+        listing = json.loads(served.nft("n1", "-j", "list", "table", "inet", PROBE_TABLE))
+        (counter,) = [e["counter"] for e in _exprs(listing) if "counter" in e]
+        assert counter["packets"] == 0, "the reply went out through the holder n1"
+    finally:
+        for node in ("n1", "n2"):
+            served.nft(node, "delete", "table", "inet", PROBE_TABLE)  # type: ignore[arg-type]
+
+
+def _exprs(listing: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for item in listing["nftables"] if "rule" in item for e in item["rule"]["expr"]]

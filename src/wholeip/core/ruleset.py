@@ -745,8 +745,9 @@ def _podnat_rules() -> list[Rule]:
 #   free. On another node, a member steered to the holder (below) gets a NAT binding to its
 #   own address, so that a CNI's masquerade cannot give it the node's address on the way.
 # * filter prerouting (``egress_steer``, dstnat+10, after a proxy's DNAT, so a flow to a
-#   Service that became a flow to a pod is not steered): a packet from a member of this
-#   node whose IP another node holds, to outside the cluster networks, goes through
+#   Service that became a flow to a pod is not steered): a packet of a flow a member of
+#   this node opened (``ct direction original``: not the replies of a flow DNATed to it),
+#   whose IP another node holds, to outside the cluster networks, goes through
 #   ``egresssteer4/6`` (pod IP -> ``goto steer_slot_<n>``); chain ``steer_slot_<n>`` sets the
 #   holder's slot into the mark bits (``--egress-mark-mask``) and keeps every other bit, so
 #   the policy routing (:mod:`wholeip.agent.policyroute`) sends the packet to the holder.
@@ -768,7 +769,12 @@ def _egress_ip_rules(mark_mask: int) -> list[Rule]:
     for v, proto, _ in _FAMILIES:
         saddr, daddr = _payload(proto, "saddr"), _payload(proto, "daddr")
         outside = _match(daddr, f"@{CLUSTER[v]}", op="!=")
-        rules.append(Rule(EGRESS_STEER_CHAIN, (outside, {"vmap": {"key": saddr, "data": f"@{EGRESS_STEER[v]}"}})))
+        # The member's own flows only: a reply (of a flow DNATed to it, a NodePort or a
+        # published port) leaves as its flow came, from this node.
+        original = _match({"ct": {"key": "direction"}}, "original")
+        rules.append(
+            Rule(EGRESS_STEER_CHAIN, (outside, original, {"vmap": {"key": saddr, "data": f"@{EGRESS_STEER[v]}"}}))
+        )
         snat = {"snat": {"family": proto, "addr": _map_lookup(saddr, EGRESS_SNAT[v])}}
         rules.append(Rule(HAIRPIN_POSTROUTING, (outside, snat)))
         rules.append(
