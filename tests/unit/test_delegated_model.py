@@ -57,15 +57,19 @@ def ep(address: str, node: str = "n1", **conditions: bool) -> dict[str, Any]:
     return {"addresses": [address], "nodeName": node, "conditions": conditions}
 
 
+def cluster_args(objects: list[dict[str, Any]], node: str = "n1") -> dict[str, Any]:
+    """The arguments of build_state and load for these Services and slices on a dual-stack node."""
+    return {
+        "services": [o for o in objects if o["kind"] == "Service"],
+        "endpoint_slices": [o for o in objects if o["kind"] == "EndpointSlice"],
+        "nodes": synth.cluster(0, dual_stack=True),
+        "node_name": node,
+        "settings": SETTINGS,
+    }
+
+
 def fronts(objects: list[dict[str, Any]], node: str = "n1") -> list[Frontend]:
-    state = build_state(
-        services=[o for o in objects if o["kind"] == "Service"],
-        endpoint_slices=[o for o in objects if o["kind"] == "EndpointSlice"],
-        nodes=synth.cluster(0, dual_stack=True),
-        node_name=node,
-        settings=SETTINGS,
-    )
-    return list(state.frontends)
+    return list(build_state(**cluster_args(objects, node)).frontends)
 
 
 def by_key(fs: list[Frontend]) -> dict[tuple[int, str | None, int], Frontend]:
@@ -341,14 +345,7 @@ def test_ten_thousand_delegated_services_cost_the_rules_of_one() -> None:
 
 
 def _problems(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    state = build_state(
-        services=[o for o in objects if o["kind"] == "Service"],
-        endpoint_slices=[o for o in objects if o["kind"] == "EndpointSlice"],
-        nodes=synth.cluster(0, dual_stack=True),
-        node_name="n1",
-        settings=SETTINGS,
-    )
-    return sorted((p.ref.name, p.reason) for p in state.problems)
+    return sorted((p.ref.name, p.reason) for p in build_state(**cluster_args(objects)).problems)
 
 
 def test_unusable_ports_and_timeouts_are_reported_and_left_out_not_sent_to_the_kernel() -> None:
@@ -375,14 +372,7 @@ def test_unusable_ports_and_timeouts_are_reported_and_left_out_not_sent_to_the_k
     served = by_key(fronts(objects))
     assert set(served) == {(4, "10.96.0.20", 80), (4, "10.96.0.10", 82)}  # no NodePort for d
     # The table goes to a kernel whole: nothing in it is refused.
-    index = load(
-        services=[o for o in objects if o["kind"] == "Service"],
-        endpoint_slices=[o for o in objects if o["kind"] == "EndpointSlice"],
-        nodes=synth.cluster(0, dual_stack=True),
-        node_name="n1",
-        settings=SETTINGS,
-    )
-    Engine(backend=FakeBackend()).sync(index.doc())
+    Engine(backend=FakeBackend()).sync(load(**cluster_args(objects)).doc())
 
 
 def test_a_labelled_load_balancers_unusable_port_is_reported_once() -> None:
