@@ -15,6 +15,7 @@ from wholeip.core.elements import compile_table
 from wholeip.core.index import ClusterIndex, build_state, build_state_from_objects
 from wholeip.core.podnat import parse_entries
 from wholeip.engine import Engine
+from wholeip.kube.pods import trim_pod
 from wholeip.names import PODNAT_ADDR, PODNAT_ANNOTATION, PODNAT_PORT, PODNAT_SELF
 from wholeip.nft.diff import diff
 from wholeip.nft.fake import FakeBackend
@@ -239,6 +240,19 @@ def test_only_running_pods_of_this_node_with_an_address() -> None:
     terminating["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert not state(terminating).pod_ports
     assert state(pod("p", MAIL)).pod_ports
+
+
+def test_a_host_network_pod_publishes_nothing_and_is_told() -> None:
+    """Its addresses are the node's: it listens there itself, and its (node, node) self element
+    would masquerade the node's DNATed flows to itself. The informer keeps the field."""
+    host = pod("h", MAIL, ips=("192.0.2.11",))
+    host["spec"]["hostNetwork"] = True
+    trimmed = trim_pod(host, annotation=PODNAT_ANNOTATION)
+    assert trimmed["spec"]["hostNetwork"] is True
+    s = state(trimmed)
+    assert not s.pod_ports
+    assert not s.podnat_pods
+    assert reasons(s) == [("h", "InvalidPodNATAnnotation")]
 
 
 def test_sctp_and_udp_and_an_explicit_v6_source() -> None:

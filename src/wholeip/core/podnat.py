@@ -20,7 +20,8 @@ Decisions, each a :class:`~wholeip.core.model.Problem` on the Pod (an Event):
 
 * the annotation is not JSON, or an entry is malformed (a port outside 1-65535, an
   unknown protocol, ``ifaceAuto`` false without ``srcIP``, one key sent to two
-  destinations): ``InvalidPodNATAnnotation``, and nothing of that pod is published;
+  destinations), or the pod is a host-network pod (its addresses are the node's):
+  ``InvalidPodNATAnnotation``, and nothing of that pod is published;
 * a restricted port (``--podnat-restricted-ports``: 22, 53, 6443 and the agent's own
   port by default): ``PodNATPortRestricted``, that entry only;
 * an explicit ``srcIP`` that is not this node's, or no address for the entry:
@@ -167,6 +168,18 @@ def parse_pod(obj: RawObject, *, annotation: str, node_name: str, problems: list
     if not ips:
         return None
     ref = _ref(obj)
+    if spec.get("hostNetwork") is True:
+        # Its addresses are the node's: it listens there itself, and its "self" element
+        # (node address, node address) would masquerade the node's DNATed flows to itself.
+        problems.append(
+            Problem(
+                ref,
+                "InvalidPodNATAnnotation",
+                f"annotation {annotation}: a host-network pod listens on the node's addresses itself;"
+                " no port of this pod is published",
+            )
+        )
+        return None
     entries, error = parse_entries(value) if isinstance(value, str) else ((), "not a string")
     if error is not None:
         problems.append(

@@ -4,7 +4,7 @@ Pods change far more often than Services (every start, every readiness flip), an
 cluster holds many more of them, so the agent watches only its own node's
 (``fieldSelector=spec.nodeName=<node>``, served from the API server's cache like the
 kubelet's own watch) and keeps of each pod only its name, uid, creation time, the podnat
-annotation, node, phase and addresses. A change to anything else (conditions, container
+annotation, node, host network, phase and addresses. A change to anything else (conditions, container
 statuses: most pod updates) is trimmed away before it reaches the cache, so it wakes
 nothing.
 """
@@ -36,7 +36,7 @@ def trim_pod(obj: Obj, *, annotation: str) -> Obj:
     return {
         "kind": "Pod",
         "metadata": out_meta,
-        "spec": {k: spec[k] for k in ("nodeName",) if k in spec},
+        "spec": {k: spec[k] for k in ("nodeName", "hostNetwork") if k in spec},
         "status": {k: status[k] for k in ("phase", "podIP", "podIPs") if k in status},
     }
 
