@@ -241,6 +241,8 @@ class Engine:
         partial = plan is not None
         observed = time.perf_counter()
         if plan is None:
+            if not full:  # (the whole memory compared: as sets, not views element by element)
+                current = self._committed()
             plan = diff(desired, current)
         rejected: list[Rejection] = []
         isolated = False
