@@ -271,3 +271,25 @@ def test_row_19_a_deleted_pods_mapping_and_conntrack_entries_go(
     r = exchange(topo, client="ext", server="n2", addr=addr("n2", family), proto="udp", port=UDP[1], sport=sport)
     assert r.ok, r.error
     assert r.server_peer == addr("ext", family)
+
+
+def test_the_addresses_a_srcip_may_name_leave_out_service_vip_links(topo: Topology) -> None:
+    """kube-proxy's IPVS mode puts every ClusterIP, external and LoadBalancer IP on the dummy
+    ``kube-ipvs0``: those are Services' addresses, not the node's. A secondary address of the
+    node's own interface is the node's. (A veth stands in for the dummy: this kernel may lack
+    the dummy module; the name is what counts.)"""
+    script = (
+        "ip link add kube-ipvs0 type veth peer name kipvs-peer && ip addr add 10.96.0.1/32 dev kube-ipvs0"
+        " && ip addr add 198.51.100.77/32 dev kube-ipvs0 && ip addr add 192.0.2.211/32 dev eth0"
+    )
+    assert topo.exec("n2", ["sh", "-c", script]).returncode == 0
+    try:
+        code = "from wholeip.agent.hostaddr import _read; print(sorted(map(str, _read()[1])))"
+        out = topo.exec("n2", [sys.executable, "-c", code])
+        assert out.returncode == 0, out.stderr
+        addresses = set(json.loads(out.stdout.replace("'", '"')))
+        assert "192.0.2.211" in addresses
+        assert topo.addr("n2", 4) in addresses
+        assert not addresses & {"10.96.0.1", "198.51.100.77"}
+    finally:
+        topo.exec("n2", ["sh", "-c", "ip link del kube-ipvs0; ip addr del 192.0.2.211/32 dev eth0"])

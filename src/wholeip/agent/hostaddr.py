@@ -2,10 +2,13 @@
 
 ``ifaceAuto`` takes the Node object's ExternalIP, else the source address of the
 default route, per family; an explicit ``srcIP`` must be one of the node's own
-addresses. The Node object is the informers'; the rest is read here from the network
-namespace the process runs in (the host's: the DaemonSet runs with ``hostNetwork``)
-and handed to the pure core inside :class:`~wholeip.settings.PodNatSettings`, like the
-node name.
+addresses. Not those of the dummy interfaces service proxies put every Service address
+on (:data:`SERVICE_VIP_LINKS`: kube-proxy's IPVS mode, kube-router): a ClusterIP, an
+external or LoadBalancer IP there is a Service's, not the node's, and a port published
+on it would take that Service's port on this node. The Node object is the informers';
+the rest is read here from the network namespace the process runs in (the host's:
+the DaemonSet runs with ``hostNetwork``) and handed to the pure core inside
+:class:`~wholeip.settings.PodNatSettings`, like the node name.
 
 The default route's source: its ``prefsrc`` when it has one, else the source the
 kernel picks for its gateway (``ip route get <gateway>``), else for a global address
@@ -21,6 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from wholeip.settings import IPAddr, ModelSettings
+
+SERVICE_VIP_LINKS = frozenset({"kube-ipvs0", "kube-dummy-if"})
+"""Interfaces that hold Service addresses, not the node's (kube-proxy IPVS, kube-router)."""
 
 _FAMILIES = ((4, 2, "192.0.2.1"), (6, 10, "2001:db8::1"))
 """(version, AF_*, an address any default route reaches, for ``route get``)."""
@@ -53,7 +59,10 @@ def _read() -> tuple[list[IPAddr], set[IPAddr]]:
     sources: list[IPAddr] = []
     addresses: set[IPAddr] = set()
     with IPRoute() as ipr:
+        vips = {link["index"] for link in ipr.get_links() if _attr(link, "IFLA_IFNAME") in SERVICE_VIP_LINKS}
         for msg in ipr.get_addr():
+            if msg["index"] in vips:
+                continue
             ip = ipaddress.ip_address(str(_attr(msg, "IFA_ADDRESS")).split("%")[0])
             if not (ip.is_loopback or ip.is_link_local):
                 addresses.add(ip)
