@@ -515,9 +515,13 @@ class DelegatedIndex:
                 return f"the NodePort of Service {front.service.namespace}/{front.service.name}"
         keys = self._health.get(port) if protocol == "tcp" else None
         if keys:
-            ref = self._services[min(keys, key=lambda k: self._services[k].info.age_key)].info.ref
+            ref = self._oldest(keys).info.ref
             return f"the health check port of Service {ref.namespace}/{ref.name}"
         return None
+
+    def _oldest(self, keys: Iterable[ServiceKey]) -> _Service:
+        """The oldest of these Services (who owns a health check port they share)."""
+        return self._services[min(keys, key=lambda k: self._services[k].info.age_key)]
 
     def _count(self, name: str, elem: Elem, delta: int, touched: dict[str, set[Elem]]) -> None:
         item = (name, elem)
@@ -625,8 +629,7 @@ class DelegatedIndex:
         """One health check per port (the oldest Service's), by port."""
         out = []
         for keys in self._health.values():
-            owner = min(keys, key=lambda k: self._services[k].info.age_key)
-            health = self._services[owner].health
+            health = self._oldest(keys).health
             if health is not None:
                 out.append(health)
         return sorted(out)

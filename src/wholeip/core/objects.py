@@ -183,6 +183,12 @@ def _service_mode(
     return Mode.PER_PORT if labelled else None
 
 
+def _unusable_port(ref: ObjectRef, raw: Any) -> Problem:
+    """A Service port neither reader serves. Both say it in these words, so that the index
+    reports it once for a Service both read (a labelled LoadBalancer Service)."""
+    return Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535")
+
+
 def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Problem]) -> tuple[RawPort, ...]:
     ports: list[RawPort] = []
     for raw in _list(spec.get("ports")):
@@ -191,7 +197,7 @@ def _service_ports(spec: Mapping[str, Any], ref: ObjectRef, problems: list[Probl
         port = entry.get("port")
         # bool is an int to Python: without the check, "port: true" became port True (1), which nft refuses.
         if protocol not in ("TCP", "UDP", "SCTP") or type(port) is not int or not 0 < port < 65536:
-            problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535"))
+            problems.append(_unusable_port(ref, raw))
             continue
         target = entry.get("targetPort", port)
         if not isinstance(target, int | str) or isinstance(target, bool):
@@ -700,7 +706,7 @@ def parse_delegated_service(obj: RawObject, settings: ModelSettings, problems: l
         protocol = _str(entry.get("protocol") or "TCP").upper()
         port = _port_number(entry.get("port"))
         if protocol not in ("TCP", "UDP", "SCTP") or port is None:
-            problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: not TCP/UDP/SCTP 1-65535"))
+            problems.append(_unusable_port(ref, raw))
             continue
         target = entry.get("targetPort", port)
         if isinstance(target, bool) or not isinstance(target, int | str) or target in ("", 0):
