@@ -16,7 +16,7 @@ from tests.unit.test_properties import props
 from wholeip.core.elements import live_elements, table_doc
 from wholeip.engine import Engine
 from wholeip.nft.diff import diff
-from wholeip.nft.doc import Elem, TableDoc
+from wholeip.nft.doc import Elem
 from wholeip.nft.fake import FakeBackend
 from wholeip.nft.journal import Committed, JournaledSet
 
@@ -122,10 +122,6 @@ def test_one_owner_at_a_time_and_disarming_is_the_owners() -> None:
 # --------------------------------------------------------------------------- the engine
 
 
-def _doc(elements: dict[str, set[Elem]]) -> TableDoc:
-    return table_doc(elements)
-
-
 set_op = st.tuples(
     st.sampled_from(["ingress4", "egress4", "away4"]),
     st.sampled_from(["add", "discard"]),
@@ -151,7 +147,7 @@ def test_an_engine_remembering_views_commits_what_the_kernel_must_hold(
     live = live_elements()
     backend = FakeBackend()
     engine = Engine(backend=backend)
-    engine.sync(_doc(live))
+    engine.sync(table_doc(live))
     for changes in rounds:
         touched: dict[str, set[Elem]] = {}
         for name, how, n in changes:
@@ -162,36 +158,36 @@ def test_an_engine_remembering_views_commits_what_the_kernel_must_hold(
         if kind == "refused":
             backend.fail_next = RuntimeError("refused")
             with contextlib.suppress(RuntimeError):
-                engine.sync(_doc(live), touched=touched)
+                engine.sync(table_doc(live), touched=touched)
             if backend.fail_next is None:  # (an empty plan sends nothing to refuse)
                 assert engine.last is None
                 assert all(s.journal is None for s in live.values())  # the memory is void, the journals too
             backend.fail_next = None
-        result = engine.sync(_doc(live), full=kind == "full", touched=touched)
+        result = engine.sync(table_doc(live), full=kind == "full", touched=touched)
         assert not result.drift
         observed = engine.observe()
         assert observed is not None
-        assert diff(_doc(live), observed).empty
+        assert diff(table_doc(live), observed).empty
         for name in ("ingress4", "egress4", "away4"):
             view = engine._memory[name]
             assert isinstance(view, Committed)
             assert view.live is live[name]
-    assert engine.sync(_doc(live), full=True).plan.empty
+    assert engine.sync(table_doc(live), full=True).plan.empty
 
 
 def test_a_second_engine_on_the_same_sets_keeps_its_own_copy() -> None:
     live = live_elements()
     live["away4"].add("203.0.113.1")
     first, second = Engine(backend=FakeBackend()), Engine(backend=FakeBackend())
-    first.sync(_doc(live))
-    second.sync(_doc(live))
+    first.sync(table_doc(live))
+    second.sync(table_doc(live))
     assert isinstance(first._memory["away4"], Committed)
     assert type(second._memory["away4"]) is set
     live["away4"].add("203.0.113.2")
     touched = {"away4": {"203.0.113.2"}}
     for engine in (first, second):
-        assert engine.sync(_doc(live), touched=touched).plan.added == 1
-        assert engine.sync(_doc(live), full=True).plan.empty
+        assert engine.sync(table_doc(live), touched=touched).plan.added == 1
+        assert engine.sync(table_doc(live), full=True).plan.empty
 
 
 def test_drift_is_still_found_against_a_view() -> None:
@@ -199,12 +195,12 @@ def test_drift_is_still_found_against_a_view() -> None:
     live["away4"].update({"203.0.113.1", "203.0.113.2"})
     backend = FakeBackend()
     engine = Engine(backend=backend)
-    engine.sync(_doc(live))
+    engine.sync(table_doc(live))
     backend.transact(
         [{"delete": {"element": {"family": "inet", "table": "wholeip", "name": "away4", "elem": ["203.0.113.1"]}}}]
     )
     live["away4"].add("203.0.113.3")  # and a change of our own since the commit
-    result = engine.sync(_doc(live), full=True)
+    result = engine.sync(table_doc(live), full=True)
     assert result.drift
     assert result.plan.added == 2
-    assert diff(_doc(live), engine.observe()).empty  # type: ignore[arg-type]
+    assert diff(table_doc(live), engine.observe()).empty  # type: ignore[arg-type]
