@@ -126,6 +126,26 @@ def test_external_ip_of_the_node_object_comes_before_the_default_route() -> None
     assert {p.address for p in s.pod_ports} == {"198.18.0.1"}
 
 
+def test_two_node_objects_of_one_name_decide_by_content_not_order() -> None:
+    """A cluster file can hold a Node twice (two `kubectl get -o yaml` outputs joined): which
+    one counts must not depend on the order; an informer's cache never holds both, and the
+    index updated with both agrees with a fresh one."""
+    twins = [
+        {**NODES[0], "status": {"addresses": [{"type": "ExternalIP", "address": address}]}}
+        for address in ("198.18.0.1", "198.18.0.2")
+    ]
+    got = set()
+    for order in (twins, twins[::-1]):
+        s = build_state_from_objects([*order, NODES[1], pod("mail", MAIL)], node_name="n1", settings=SETTINGS)
+        got.add(frozenset(p.address for p in s.pod_ports))
+        index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
+        index.update(pod_objects={("ns", "mail"): pod("mail", MAIL)})
+        index.update(nodes=[*order, NODES[1]])
+        assert index.state() == s
+    assert len(got) == 1, got
+    assert got in ({frozenset({"198.18.0.1"})}, {frozenset({"198.18.0.2"})})
+
+
 def test_include_and_exclude_networks_filter_the_automatic_address() -> None:
     model = ModelSettings(
         podnat=PodNatSettings(**{**_fields(HOST), "exclude_cidrs": (ipaddress.ip_network("192.0.2.0/24"),)})

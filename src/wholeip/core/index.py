@@ -376,6 +376,23 @@ def _inside(number: int, ranges: tuple[tuple[int, int], ...]) -> bool:
     return any(number & mask == base for base, mask in ranges)
 
 
+def _unique_nodes(nodes: Iterable[RawObject]) -> tuple[RawObject, ...]:
+    """The Nodes, one per name. Two under one name (a cluster file can hold both; an
+    informer's cache never does): the first in content order, so that input order does not
+    decide this node's podnat address or the egress steering's next hop. Nameless ones stay
+    (nothing says they are one)."""
+    nodes = tuple(nodes)
+    names = [namespaced_name(node)[1] for node in nodes]
+    named = [name for name in names if name]
+    if len(set(named)) == len(named):
+        return nodes  # (always, from an informer)
+    kept: dict[str, RawObject] = {}
+    for node, name in sorted(zip(nodes, names, strict=True), key=lambda pair: repr(pair[0])):
+        if name:
+            kept.setdefault(name, node)
+    return tuple(node for node, name in zip(nodes, names, strict=True) if not name or kept[name] is node)
+
+
 def _networks(nodes: Sequence[RawObject], settings: ModelSettings, node_name: str) -> _Networks:
     problems: list[Problem] = []
     pod_cidrs, node_ips = node_networks(nodes, problems)
@@ -433,7 +450,7 @@ class ClusterIndex:
         nodes: Iterable[RawObject],
         table: str = TABLE,
     ) -> None:
-        nodes = tuple(nodes)  # read twice: the cluster networks, and this node's pod CIDRs
+        nodes = _unique_nodes(nodes)  # read twice: the cluster networks, and this node's pod CIDRs
         self.settings = settings
         self.node_name = node_name
         self.table = table
@@ -553,7 +570,11 @@ class ClusterIndex:
         readdress = None
         if nodes is not None or settings is not None:
             readdress = self._renetwork(
-                self._nodes if nodes is None else tuple(nodes), settings or self.settings, dirty, affected, touched
+                self._nodes if nodes is None else _unique_nodes(nodes),
+                settings or self.settings,
+                dirty,
+                affected,
+                touched,
             )
         # The Services first: a new slice is filed under its Service's very key object.
         parsed: dict[ServiceKey, _View | None] = {
