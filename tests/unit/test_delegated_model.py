@@ -138,6 +138,33 @@ def test_node_ports_by_traffic_policy_and_the_health_check() -> None:
     assert names == {"nodeport4", "npaddr4", "npport4", "npmasq4", "svcself4"}
 
 
+def test_two_services_with_one_health_check_port_the_younger_is_told() -> None:
+    """The API server allocates a healthCheckNodePort once; a cluster file can give two
+    Services the same one. The older's health check answers; the younger learns it,
+    and learns it no more once the older goes (incrementally as from a fresh index)."""
+
+    def local(name: str, created: str, node_port: int) -> dict[str, Any]:
+        port = {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "nodePort": node_port}
+        obj = svc(name, type="NodePort", ports=[port], externalTrafficPolicy="Local", healthCheckNodePort=32000)
+        obj["spec"]["clusterIPs"] = [f"10.96.0.{node_port - 30000}"]
+        obj["metadata"]["creationTimestamp"] = created
+        return obj
+
+    older, younger = local("a", "2026-01-01T00:00:00Z", 30080), local("b", "2026-01-02T00:00:00Z", 30081)
+    objects = [younger, older, eps("a", 4, [ep("10.128.0.1")]), eps("b", 4, [ep("10.128.0.2"), ep("10.128.0.3")])]
+    state = build_state(**cluster_args(objects))
+    assert [(p.ref.name, p.reason) for p in state.problems] == [("b", "HealthCheckPortConflict")]
+    assert "older Service ns/a" in state.problems[0].message
+    ((port, ref, count),) = [(h.port, h.service.name, h.local_endpoints) for h in state.health_checks]
+    assert (port, ref, count) == (32000, "a", 1)
+    index = load(**cluster_args(objects))
+    index.update(services={("ns", "a"): []})
+    alone = build_state(**cluster_args(objects[:1] + objects[2:]))
+    assert index.state() == alone
+    assert not alone.problems
+    assert [(h.service.name, h.local_endpoints) for h in alone.health_checks] == [("b", 2)]
+
+
 def test_affinity_takes_the_client_hash_chain() -> None:
     objects = [svc(sessionAffinity="ClientIP"), eps("s", 4, [ep("10.128.0.1"), ep("10.128.0.2")])]
     f = by_key(fronts(objects))[(4, "10.96.0.10", 80)]

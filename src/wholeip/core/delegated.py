@@ -476,6 +476,8 @@ class DelegatedIndex:
                 self._health.setdefault(health.port, set()).add(key)
                 ports.add(health.port)
         problem_keys: set[ServiceKey] = set(dirty)
+        for port in ports:  # (who shares a health check port learns whose it is now)
+            problem_keys.update(self._health.get(port, ()))
         for fk in changed:
             was = self._winners.pop(fk, None)
             claimants = sorted(self._claims.get(fk, ()), key=lambda k: self._services[k].info.age_key)
@@ -553,6 +555,18 @@ class DelegatedIndex:
                         "FrontendConflict",
                         f"{what} {f.protocol.upper()}/{f.port} is claimed by the older Service"
                         f" {win.service.namespace}/{win.service.name}; not served for this one",
+                    )
+                )
+        sharers = self._health.get(svc.health.port, ()) if svc.health is not None else ()
+        if len(sharers) > 1 and svc.health is not None:
+            owner = self._oldest(sharers).info.ref
+            if owner != svc.info.ref:
+                problems.append(
+                    Problem(
+                        svc.info.ref,
+                        "HealthCheckPortConflict",
+                        f"healthCheckNodePort {svc.health.port} is the older Service {owner.namespace}/{owner.name}'s"
+                        " as well; it answers with that Service's endpoints, not this one's",
                     )
                 )
         for f in svc.fronts:
