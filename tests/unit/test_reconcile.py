@@ -762,3 +762,185 @@ async def test_an_incremental_sync_leaves_the_egress_routing_when_its_routes_are
     changes.record("endpointslices", "default/a-x")
     await syncer(False)
     assert len(router.calls) == 5
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def _raising_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """A defect of the index, injected: reading the Service named ``name`` raises, on the
+    bulk path and the object-by-object one (both read Services with ``read_service``).
+    Returns the names it raised on."""
+    from wholeip.core import index as index_module
+
+    real = index_module.read_service
+    raised: list[str] = []
+
+    def read_service(obj: Any, settings: Any) -> Any:
+        if obj.get("metadata", {}).get("name") == name and obj["metadata"].get("resourceVersion") == "1":
+            raised.append(name)
+            raise ZeroDivisionError("injected")
+        return real(obj, settings)
+
+    monkeypatch.setattr(index_module, "read_service", read_service)
+    return raised
+
+
+async def test_an_object_the_index_fails_on_is_left_out_and_every_other_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One object that makes the index raise (a defect of ours) used to stop every sync of
+    the node. A rebuild now finds it, leaves it out with an InternalError problem and
+    serves the rest; a new version of it is read again."""
+    raised = _raising_on(monkeypatch, "bad")
+    cache: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, n in (("a", 1), ("bad", 2), ("c", 3)):
+        svc = _service(name, f"198.51.100.{n}")
+        svc["metadata"]["resourceVersion"] = "1"
+        cache[("services", f"default/{name}")] = svc
+        cache[("endpointslices", f"default/{name}-x")] = _slice(name, f"10.244.1.{10 + n}")
+
+    def of(resource: str) -> list[dict[str, Any]]:
+        return [obj for (r, _), obj in cache.items() if r == resource]
+
+    engine = Engine(backend=FakeBackend(), table="wholeip")
+    changes = Changes(clock=lambda: 0.0)
+    seen: list[list[str]] = []
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(services=of("services"), endpoint_slices=of("endpointslices"), nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Incremental(changes=changes, lookup=lambda r, k: cache.get((r, k)), nodes=lambda: []),
+        offload=_inline,
+        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
+    )
+
+    def served() -> set[str]:
+        doc = engine.observe()
+        assert doc is not None
+        return {str(e[0]) for e in doc.elements["ingress4"] if isinstance(e, tuple)}
+
+    with capture_logs() as logs:
+        await syncer(True)
+    assert raised, "the injected defect was not met"
+    assert served() == {"198.51.100.1", "198.51.100.3"}
+    assert seen[-1] == ["bad:InternalError"]
+    (problem,) = syncer.quarantine.problems()
+    assert "ZeroDivisionError: injected" in problem.message
+    assert problem.ref.kind == "Service"
+    assert any(e["event"].startswith("the index failed on an object") for e in logs)
+
+    # Another Service changes: an incremental sync, the held one stays out (not read again).
+    raised.clear()
+    cache[("endpointslices", "default/c-x")] = _slice("c", "10.244.1.99")
+    changes.record("endpointslices", "default/c-x")
+    changes.record("services", "default/bad")  # (reported again with the same version)
+    await syncer(False)
+    assert not raised
+    assert syncer.rebuilds == 1
+    assert ("198.51.100.3", "10.244.1.99") in engine.observe().elements["ingress4"]  # type: ignore[union-attr]
+    assert seen[-1] == ["bad:InternalError"]
+
+    # Its new version is read again, and served.
+    fixed = _service("bad", "198.51.100.2")
+    fixed["metadata"]["resourceVersion"] = "2"
+    cache[("services", "default/bad")] = fixed
+    changes.record("services", "default/bad")
+    await syncer(False)
+    assert served() == {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
+    assert seen[-1] == []
+    assert len(syncer.quarantine) == 0
+
+
+async def test_an_incremental_update_that_raises_rebuilds_in_the_same_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index meets the defect on a change: the same sync rebuilds without the object,
+    so the other changes it carried land at once (no failed sync, no back-off)."""
+    services = [_service("a", "198.51.100.1")]
+    slices = [_slice("a", "10.244.1.11"), _slice("bad", "10.244.1.12"), _slice("b", "10.244.1.13")]
+    cache = {("services", "default/a"): services[0]}
+    cache.update({("endpointslices", f"default/{s['metadata']['labels']['kubernetes.io/service-name']}-x"): s
+                  for s in slices})  # fmt: skip
+    engine = Engine(backend=FakeBackend(), table="wholeip")
+    changes = Changes(clock=lambda: 0.0)
+
+    def of(resource: str) -> list[dict[str, Any]]:
+        return [obj for (r, _), obj in cache.items() if r == resource]
+
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(services=of("services"), endpoint_slices=of("endpointslices"), nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Incremental(changes=changes, lookup=lambda r, k: cache.get((r, k)), nodes=lambda: []),
+        offload=_inline,
+    )
+    await syncer(True)
+    _raising_on(monkeypatch, "bad")
+    for name, n in (("bad", 2), ("b", 3)):
+        svc = _service(name, f"198.51.100.{n}")
+        svc["metadata"]["resourceVersion"] = "1"
+        cache[("services", f"default/{name}")] = svc
+        changes.record("services", f"default/{name}")
+    await syncer(False)
+    doc = engine.observe()
+    assert doc is not None
+    assert {str(e[0]) for e in doc.elements["ingress4"] if isinstance(e, tuple)} == {"198.51.100.1", "198.51.100.3"}
+    assert syncer.rebuilds == 2
+    assert [p.ref.name for p in syncer.quarantine.problems()] == ["bad"]
+    # Deleted: released (nothing is held for an object that is gone).
+    del cache[("services", "default/bad")]
+    changes.record("services", "default/bad")
+    await syncer(False)
+    assert len(syncer.quarantine) == 0
+
+
+async def test_a_defect_every_object_meets_still_fails_the_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not one odd object: the index fails on everything (past the limit), so the sync
+    fails, as before, rather than leaving the cluster out."""
+    from wholeip.core import index as index_module
+
+    def broken(obj: Any, settings: Any) -> Any:
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(index_module, "read_service", broken)
+    services = [_service(f"s{i}", f"198.51.100.{i}") for i in range(1, 6)]
+    syncer = Syncer(
+        engine=Engine(backend=FakeBackend(), table="wholeip"),
+        snapshot=lambda: Snapshot(services=list(services), endpoint_slices=[], nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        offload=_inline,
+    )
+    syncer.quarantine.limit = 3
+    with pytest.raises(RuntimeError, match="more than 3 objects"):
+        await syncer(True)
+
+
+async def test_a_slice_the_index_fails_on_is_told_to_its_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wholeip.core import index as index_module
+
+    real = index_module.read_slice
+
+    def read_slice(obj: Any) -> Any:
+        if obj["metadata"]["name"] == "bad-x":
+            raise RecursionError("injected")
+        return real(obj)
+
+    monkeypatch.setattr(index_module, "read_slice", read_slice)
+    seen: list[list[str]] = []
+    engine = Engine(backend=FakeBackend(), table="wholeip")
+    services = [_service("a", "198.51.100.1"), _service("bad", "198.51.100.2")]
+    slices = [_slice("a", "10.244.1.11"), _slice("bad", "10.244.1.12")]
+    syncer = _reporting(engine, lambda: Snapshot(services=list(services), endpoint_slices=list(slices), nodes=[]), seen)
+    await syncer(True)
+    doc = engine.observe()
+    assert doc is not None
+    assert set(doc.elements["ingress4"]) == {("198.51.100.1", "10.244.1.11")}
+    (problem,) = syncer.quarantine.problems()
+    assert (problem.ref.kind, problem.ref.name, problem.reason) == ("Service", "bad", "InternalError")
+    assert "EndpointSlice default/bad-x (RecursionError: injected)" in problem.message
+    assert "bad:InternalError" in seen[-1]

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from wholeip.agent import heap
+from wholeip.agent.quarantine import Quarantine
 from wholeip.backoff import backoff_delay
 from wholeip.core.elements import count_mappings
 from wholeip.core.gcpause import freeze_kept
@@ -536,6 +537,9 @@ class Syncer:
         self._offload = offload
         self._wall_clock = wall_clock
         self.index: ClusterIndex | None = None
+        self.quarantine = Quarantine()
+        """Objects the index failed on, left out until they change (see
+        :mod:`wholeip.agent.quarantine`)."""
         self.last_result: SyncResult | None = None
         self.rebuilds = 0
         """Syncs that built the index from a snapshot."""
@@ -583,18 +587,56 @@ class Syncer:
             )
 
     def _rebuild(self, snap: Snapshot) -> ClusterIndex:
+        held = self.quarantine.without
         index = load_unique(
-            services=snap.services,
-            endpoint_slices=snap.endpoint_slices,
+            services=held("services", snap.services),
+            endpoint_slices=held("endpointslices", snap.endpoint_slices),
             nodes=snap.nodes,
             node_name=self.node_name,
             settings=effective_model(self.model, snap.service_cidrs),
             table=self.table,
-            pods=snap.pods,
-            l2_statuses=snap.l2_statuses,
+            pods=held("pods", snap.pods),
+            l2_statuses=held(L2_STATUS_RESOURCE, snap.l2_statuses),
         )
         _keep_long()
         return index
+
+    def _lookup(self, resource: str, key: str) -> dict[str, Any] | None:
+        """The cached object under ``key`` as the index is to see it (the mode's lookup, but
+        None for one held out)."""
+        mode = self.mode
+        assert isinstance(mode, Incremental)
+        return self.quarantine.lookup(resource, key, mode.lookup(resource, key))
+
+    async def _build(self, snap: Snapshot) -> tuple[ClusterIndex, float]:
+        """The index of ``snap`` (a rebuild), and its CPU seconds. If building it raises, the
+        objects it fails on are found and left out, and it is built again without them
+        (:mod:`wholeip.agent.quarantine`); if none is found, the error stands."""
+        try:
+            built: tuple[ClusterIndex, float] = await self._offload(_with_cpu, lambda: self._rebuild(snap))
+            return built
+        except Exception as exc:
+            log.error(
+                "building the index failed; looking for the objects it fails on", error=f"{type(exc).__name__}: {exc}"
+            )
+            again = self._snapshot()
+            settings = effective_model(self.model, again.service_cidrs)
+
+            def fresh() -> ClusterIndex:
+                return ClusterIndex(settings=settings, node_name=self.node_name, nodes=again.nodes, table=self.table)
+
+            caches = {
+                "services": again.services,
+                "endpointslices": again.endpoint_slices,
+                "pods": again.pods,
+                L2_STATUS_RESOURCE: again.l2_statuses,
+            }
+            found, scan_cpu = await self._offload(_with_cpu, lambda: self.quarantine.scan(caches, fresh))
+            if not found:
+                raise
+        latest = self._snapshot()
+        index, cpu = await self._offload(_with_cpu, lambda: self._rebuild(latest))
+        return index, scan_cpu + cpu
 
     async def _steer(self, index: ClusterIndex, touched: Touched | None, *, full: bool = True) -> None:
         """The policy routing for the holders this node steers to, before the marks that use
@@ -714,35 +756,43 @@ class Syncer:
                 rebuild = True
         if isinstance(mode, Incremental) and not pending.everything and index is not None and not rebuild:
             # The caches are read here, on the loop, where they are consistent.
+            lookup = self._lookup
             services: dict[ServiceKey, list[dict[str, Any]]] = {}
             for key in pending.services:
-                obj = mode.lookup("services", key)
+                obj = lookup("services", key)
                 services[split_key(key)] = [obj] if obj is not None else []
-            slices = {key: mode.lookup("endpointslices", key) for key in pending.slices}
-            pods = {split_key(key): mode.lookup("pods", key) for key in pending.pods}
-            l2 = {key: mode.lookup(L2_STATUS_RESOURCE, key) for key in pending.l2_statuses}
+            slices = {key: lookup("endpointslices", key) for key in pending.slices}
+            pods = {split_key(key): lookup("pods", key) for key in pending.pods}
+            l2 = {key: lookup(L2_STATUS_RESOURCE, key) for key in pending.l2_statuses}
             nodes = mode.nodes()
             # A Node or ServiceCIDR change re-reads them all (they are few) and updates what
             # they decide in place: at 100,000 Services a Node joining is a few elements.
             networks = (nodes, effective_model(self.model, mode.service_cidrs())) if pending.networks else None
             self.index = None  # until the update is known to have completed
             indexing = time.perf_counter()
-            touched, index_cpu = await self._offload(
-                _with_cpu,
-                lambda: index.update(
-                    services=services,
-                    slices=slices,
-                    pod_objects=pods,
-                    l2_statuses=l2,
-                    nodes=networks[0] if networks else None,
-                    settings=networks[1] if networks else None,
-                ),
-            )
-            index_seconds = time.perf_counter() - indexing
-            await self._steer(index, touched, full=full)
-            if full:
-                touched = None  # compare the whole table with the kernel
-        else:
+            try:
+                touched, index_cpu = await self._offload(
+                    _with_cpu,
+                    lambda: index.update(
+                        services=services,
+                        slices=slices,
+                        pod_objects=pods,
+                        l2_statuses=l2,
+                        nodes=networks[0] if networks else None,
+                        settings=networks[1] if networks else None,
+                    ),
+                )
+            except Exception as exc:
+                # A defect met on some object: the index is in doubt, so it is built again
+                # now (and the objects it fails on are left out, see _build).
+                log.error("the index update failed; rebuilding it", error=f"{type(exc).__name__}: {exc}")
+                rebuild = True
+            else:
+                index_seconds = time.perf_counter() - indexing
+                await self._steer(index, touched, full=full)
+                if full:
+                    touched = None  # compare the whole table with the kernel
+        if not isinstance(mode, Incremental) or pending.everything or index is None or rebuild:
             self.index = None
             snap = self._snapshot()
             indexing = time.perf_counter()
@@ -758,7 +808,7 @@ class Syncer:
                 index, index_cpu = taken.index, taken.catch_up_cpu_s
                 await self._offload(_keep_long)
             else:
-                index, index_cpu = await self._offload(_with_cpu, lambda: self._rebuild(snap))
+                index, index_cpu = await self._build(snap)
             index_seconds = time.perf_counter() - indexing
             if self.engine.last is None and index.delegated.has_affinity():
                 observed = await self._adopt(index)
@@ -771,7 +821,10 @@ class Syncer:
         # Kept for tests and tools: without the rendered commands, which would otherwise
         # live until the next sync.
         self.last_result = dataclasses.replace(result, plan=result.plan.light())
-        reported = _Reported(index, [_rejection_problem(r, index, self.node_name) for r in result.rejected])
+        reported = _Reported(
+            index,
+            [*self.quarantine.problems(), *(_rejection_problem(r, index, self.node_name) for r in result.rejected)],
+        )
         problems = reported.problems
         if result.rejected:
             log.error(
