@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from wholeip.core.gcpause import gc_paused
 from wholeip.core.model import ObjectRef, Problem
 from wholeip.core.objects import namespaced_name, split_key
 from wholeip.names import L2_STATUS_KIND, L2_STATUS_RESOURCE, SERVICE_NAME_LABEL
@@ -133,6 +134,10 @@ class Quarantine:
         raise the object is taken out of the index again (or, if that raises too, the scan
         goes on with a fresh index), so that what it left behind does not blame the next
         objects."""
+        with gc_paused(long_lived=True):  # (as a rebuild: the index is long-lived and acyclic)
+            return self._scan(caches, fresh)
+
+    def _scan(self, caches: Mapping[str, Iterable[Obj]], fresh: Callable[[], ClusterIndex]) -> list[Offender]:
         index = fresh()
         found: list[Offender] = []
         for resource, objs in caches.items():
