@@ -202,6 +202,29 @@ def test_an_explicit_src_ip_inside_the_cluster_networks_is_refused() -> None:
     assert any("10.96.0.1 lies inside the cluster network 10.96.0.0/12" in m for m in messages), messages
 
 
+def test_a_src_ip_that_is_a_services_external_ip_is_refused_while_it_is() -> None:
+    """A host address (a secondary one, not in the Node object) that is also a Service's
+    external IP: its traffic goes to that Service's pod, so a port published on it would be
+    dead. Refused, and published again once the Service lets it go (incrementally too)."""
+    entries = {"entries": [{"srcIP": "192.0.2.111", "srcPort": 25, "dstPort": 25}]}
+    svc, sl = whole_ip("mail", "192.0.2.111", "10.244.1.20")
+    s = state(pod("p", entries), svc, sl)
+    assert not s.pod_ports
+    (problem,) = [p for p in s.problems if p.ref.name == "p"]
+    assert problem.reason == "PodNATAddressRefused"
+    assert "srcIP 192.0.2.111 is the external IP of Service ns/mail" in problem.message
+    index = ClusterIndex(settings=SETTINGS, node_name="n1", nodes=NODES)
+    index.update(
+        pod_objects={("ns", "p"): pod("p", entries)}, services={("ns", "mail"): [svc]}, slices={"ns/mail-1": sl}
+    )
+    assert index.state() == s
+    index.update(services={("ns", "mail"): []})
+    assert [(p.address, p.port) for p in index.state().pod_ports] == [("192.0.2.111", 25)]
+    assert index.state() == state(pod("p", entries))
+    index.update(services={("ns", "mail"): [svc]})
+    assert not index.state().pod_ports
+
+
 def test_an_empty_src_ip_is_no_src_ip() -> None:
     """podnat-controller writes ``"srcIP": ""`` for none: the automatic address."""
     s = state(pod("p", {"entries": [{"srcIP": "", "srcPort": 25, "dstPort": 25}]}))
@@ -340,8 +363,10 @@ change = st.one_of(
     st.tuples(st.just("pod"), pod_obj),
     st.tuples(st.just("pod"), pod_obj),
     st.tuples(st.just("del-pod"), st.sampled_from(POD_NAMES)),
-    st.tuples(st.just("svc"), st.tuples(st.sampled_from(["s0", "s1"]), st.sampled_from(POD_IPS))),
-    st.tuples(st.just("del-svc"), st.sampled_from(["s0", "s1"])),
+    # (s2's external IP is a host address an explicit srcIP names: the pods' entries on it
+    # are refused while it is claimed)
+    st.tuples(st.just("svc"), st.tuples(st.sampled_from(["s0", "s1", "s2"]), st.sampled_from(POD_IPS))),
+    st.tuples(st.just("del-svc"), st.sampled_from(["s0", "s1", "s2"])),
     # This node's addresses change: its ExternalIP (the automatic address), an explicit srcIP's.
     st.tuples(
         st.just("node"),
@@ -380,7 +405,8 @@ def test_incremental_equals_fresh_with_pods(changes: list[tuple[str, Any]]) -> N
             touched = index.update(pod_objects={("ns", arg): None})
         elif kind == "svc":
             name, pod_ip = arg
-            svc, sl = whole_ip(name, "203.0.113.1" if name == "s0" else "2001:db8:100::1", pod_ip)
+            ext = {"s0": "203.0.113.1", "s1": "2001:db8:100::1", "s2": "192.0.2.111"}[name]
+            svc, sl = whole_ip(name, ext, pod_ip)
             services[name] = [svc, sl]
             touched = index.update(services={("ns", name): [svc]}, slices={f"ns/{name}-1": sl})
         elif kind == "del-svc":

@@ -508,6 +508,7 @@ class ClusterIndex:
             managed=lambda pod: pod in self._pods,
             guard=self._net.guard,
             node_port=lambda protocol, port: self.delegated.node_port_owner(protocol, port),
+            external=self._claimant,
         )
         """Ports this node's pods publish on its address (the podnat annotation)."""
         self.egress = EgressIndex(
@@ -696,8 +697,8 @@ class ClusterIndex:
             moved = self.delegated.update(services, sliced, touched)
         # A pod may publish ports only while it is no whole-IP backend, and not on a delegated
         # Service's NodePort: recheck those whose mappings changed, and the ports that moved.
-        if pod_objects or readdress is not None or ((pods or moved) and self.podnat.has_pods):
-            self.podnat.update(pod_objects, touched, recheck=pods, addresses=readdress, ports=moved)
+        if pod_objects or readdress is not None or ((pods or moved or affected) and self.podnat.has_pods):
+            self.podnat.update(pod_objects, touched, recheck=pods, addresses=readdress, ports=moved, externals=affected)
         if nodes is not None:
             self.egress.set_nodes(self._nodes, touched)
         self.egress.update(
@@ -774,6 +775,15 @@ class ClusterIndex:
             for name, elem in elems:
                 elements[name].add(elem)
         return True
+
+    def _claimant(self, ip: str) -> str | None:
+        """The Service (the oldest, if several) that claims ``ip`` (canonical text) as its
+        external IP, if one does: for podnat, where no pod may publish a port."""
+        claims = self._claims.get(ip)
+        if claims is None:
+            return None
+        key = min(all_of(claims), key=lambda k: self._views[k].age_key)
+        return f"Service {key[0]}/{key[1]}"
 
     def _service_endpoints(self, key: ServiceKey) -> dict[int, list[tuple[str, str | None]]]:
         """A Service's ready endpoints per family, inside the pod networks (a later slice's

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -291,6 +291,7 @@ class PodNatIndex:
         managed: Callable[[str], bool],
         guard: Iterable[IPNetwork] = (),
         node_port: Callable[[str, int], str | None] = lambda protocol, port: None,
+        external: Callable[[str], str | None] = lambda address: None,
     ) -> None:
         self.settings = settings
         self.node_name = node_name
@@ -301,6 +302,9 @@ class PodNatIndex:
         self._node_port = node_port
         """(protocol, port) -> what holds it on every address of the node (a delegated
         Service's NodePort or health check), if anything."""
+        self._external = external
+        """An address -> the Service that claims it as its external IP, if one does (its
+        traffic goes to that Service's pod: no port of it is the host's)."""
         self._infos: dict[PodKey, PodInfo] = {}
         self._by_ip: dict[str, OneOrMany[PodKey]] = {}
         self._of: dict[PodKey, _Claims] = {}
@@ -324,16 +328,24 @@ class PodNatIndex:
         recheck: Iterable[str] = (),
         addresses: NodeAddresses | None = None,
         ports: Iterable[tuple[str, int]] = (),
+        externals: Collection[str] = (),
     ) -> None:
         """Apply changed pods (None: gone); ``recheck``: pod IPs whose whole-IP mappings
         changed (a pod may publish ports only while it has none); ``addresses``: this node's
-        addresses, when they changed (every pod claims again)."""
+        addresses, when they changed (every pod claims again); ``externals``: external IPs
+        whose claims may have changed (a ``srcIP`` on one is refused)."""
         dirty_pods = set(pods)
         if addresses is not None:
             self.addresses = addresses
             dirty_pods.update(self._infos)
         for ip in recheck:
             dirty_pods.update(all_of(self._by_ip.get(ip)))
+        if externals:
+            dirty_pods.update(
+                key
+                for key, info in self._infos.items()
+                if any(e.src_ip is not None and str(e.src_ip) in externals for e in info.entries)
+            )
         if ports := set(ports):
             dirty_pods.update(
                 key for key, info in self._infos.items() if any((e.protocol, e.src_port) in ports for e in info.entries)
@@ -462,6 +474,17 @@ class PodNatIndex:
                             "PodNATAddressRefused",
                             f"{where}: srcIP {entry.src_ip} lies inside the cluster network {net} (a ClusterIP or"
                             " a pod network's address this node carries); not published",
+                        )
+                    )
+                    continue
+                service = self._external(str(entry.src_ip))
+                if service is not None:
+                    problems.append(
+                        Problem(
+                            info.ref,
+                            "PodNATAddressRefused",
+                            f"{where}: srcIP {entry.src_ip} is the external IP of {service} (its traffic goes to"
+                            " that Service's pod); not published",
                         )
                     )
                     continue
