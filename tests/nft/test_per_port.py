@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from tests.nft.test_datapath import EXT_A, FAMILIES, addr, cluster
 
+from wholeip.names import FLOWS
 from wholeip_testkit.sandbox import Sandbox
 from wholeip_testkit.topology import Node, Topology
 from wholeip_testkit.traffic import bulk, exchange, ping
@@ -73,6 +74,13 @@ def configure(
         argv = [sys.executable, "-m", "wholeip", "apply", "-f", str(path), "--node-name", node]
         result = topo.exec(node, [*argv, "--service-cidr", "10.96.0.0/12,fd00:10:96::/112"])
         assert result.returncode == 0, result.stderr
+        # Each configuration starts without flow memory. A filtered pod's UDP replies to an
+        # earlier test's client are remembered for 180 s (``flows4/6``: replies to them pass
+        # as the pod's own flows, as they should), and a later client's random port can be
+        # that very one: a refusal asserted then failed (seen once, per-port-4).
+        for v in (4, 6):
+            flushed = topo.exec(node, ["nft", "flush", "set", "inet", "wholeip", FLOWS[v]])
+            assert flushed.returncode == 0, flushed.stderr
 
 
 def _per_port_service(name: str, pod: str, ext: dict[int, str], created: str) -> list[dict[str, Any]]:
