@@ -786,6 +786,29 @@ def _raising_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
     return raised
 
 
+def _incremental(
+    engine: Engine, cache: dict[tuple[str, str], dict[str, Any]], seen: list[list[str]]
+) -> tuple[Syncer, Changes]:
+    """An incremental Syncer over ``cache`` ((resource, key) -> object: Services and slices),
+    appending each sync's problems (``name:reason``) to ``seen``; and its change feed."""
+
+    def of(resource: str) -> list[dict[str, Any]]:
+        return [obj for (r, _), obj in cache.items() if r == resource]
+
+    changes = Changes(clock=lambda: 0.0)
+    syncer = Syncer(
+        engine=engine,
+        snapshot=lambda: Snapshot(services=of("services"), endpoint_slices=of("endpointslices"), nodes=[]),
+        node_name="n1",
+        model=ModelSettings(),
+        table="wholeip",
+        mode=Incremental(changes=changes, lookup=lambda r, k: cache.get((r, k)), nodes=lambda: []),
+        offload=_inline,
+        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
+    )
+    return syncer, changes
+
+
 async def test_an_object_the_index_fails_on_is_left_out_and_every_other_is_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -800,22 +823,9 @@ async def test_an_object_the_index_fails_on_is_left_out_and_every_other_is_serve
         cache[("services", f"default/{name}")] = svc
         cache[("endpointslices", f"default/{name}-x")] = _slice(name, f"10.244.1.{10 + n}")
 
-    def of(resource: str) -> list[dict[str, Any]]:
-        return [obj for (r, _), obj in cache.items() if r == resource]
-
     engine = Engine(backend=FakeBackend(), table="wholeip")
-    changes = Changes(clock=lambda: 0.0)
     seen: list[list[str]] = []
-    syncer = Syncer(
-        engine=engine,
-        snapshot=lambda: Snapshot(services=of("services"), endpoint_slices=of("endpointslices"), nodes=[]),
-        node_name="n1",
-        model=ModelSettings(),
-        table="wholeip",
-        mode=Incremental(changes=changes, lookup=lambda r, k: cache.get((r, k)), nodes=lambda: []),
-        offload=_inline,
-        on_state=lambda state, nodes: seen.append([f"{p.ref.name}:{p.reason}" for p in state.problems]),
-    )
+    syncer, changes = _incremental(engine, cache, seen)
 
     def served() -> set[str]:
         doc = engine.observe()
@@ -863,20 +873,7 @@ async def test_an_incremental_update_that_raises_rebuilds_in_the_same_sync(monke
     cache.update({("endpointslices", f"default/{s['metadata']['labels']['kubernetes.io/service-name']}-x"): s
                   for s in slices})  # fmt: skip
     engine = Engine(backend=FakeBackend(), table="wholeip")
-    changes = Changes(clock=lambda: 0.0)
-
-    def of(resource: str) -> list[dict[str, Any]]:
-        return [obj for (r, _), obj in cache.items() if r == resource]
-
-    syncer = Syncer(
-        engine=engine,
-        snapshot=lambda: Snapshot(services=of("services"), endpoint_slices=of("endpointslices"), nodes=[]),
-        node_name="n1",
-        model=ModelSettings(),
-        table="wholeip",
-        mode=Incremental(changes=changes, lookup=lambda r, k: cache.get((r, k)), nodes=lambda: []),
-        offload=_inline,
-    )
+    syncer, changes = _incremental(engine, cache, [])
     await syncer(True)
     _raising_on(monkeypatch, "bad")
     for name, n in (("bad", 2), ("b", 3)):
