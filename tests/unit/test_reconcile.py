@@ -769,15 +769,16 @@ async def test_an_incremental_sync_leaves_the_egress_routing_when_its_routes_are
 
 def _raising_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
     """A defect of the index, injected: reading the Service named ``name`` raises, on the
-    bulk path and the object-by-object one (both read Services with ``read_service``).
-    Returns the names it raised on."""
+    bulk path and the object-by-object one (both read Services with ``read_service``),
+    unless it is labelled ``fixed``. Returns the names it raised on."""
     from wholeip.core import index as index_module
 
     real = index_module.read_service
     raised: list[str] = []
 
     def read_service(obj: Any, settings: Any) -> Any:
-        if obj.get("metadata", {}).get("name") == name and obj["metadata"].get("resourceVersion") == "1":
+        meta = obj.get("metadata", {})
+        if meta.get("name") == name and "fixed" not in meta.get("labels", {}):
             raised.append(name)
             raise ZeroDivisionError("injected")
         return real(obj, settings)
@@ -853,9 +854,16 @@ async def test_an_object_the_index_fails_on_is_left_out_and_every_other_is_serve
     assert ("198.51.100.3", "10.244.1.99") in engine.observe().elements["ingress4"]  # type: ignore[union-attr]
     assert seen[-1] == ["bad:InternalError"]
 
-    # Its new version is read again, and served.
+    # A write that changes its resourceVersion alone: still the object it failed on.
+    cache[("services", "default/bad")] = same = _service("bad", "198.51.100.2")
+    same["metadata"]["resourceVersion"] = "2"
+    changes.record("services", "default/bad")
+    await syncer(False)
+    assert not raised
+    assert seen[-1] == ["bad:InternalError"]
+    # Changed: read again, and served.
     fixed = _service("bad", "198.51.100.2")
-    fixed["metadata"]["resourceVersion"] = "2"
+    fixed["metadata"].update(resourceVersion="3", labels={"fixed": "yes"})
     cache[("services", "default/bad")] = fixed
     changes.record("services", "default/bad")
     await syncer(False)

@@ -11,8 +11,8 @@ Now, when a rebuild raises, :meth:`Quarantine.scan` feeds the snapshot's objects
 time into a fresh index and takes out those whose update raises; the rebuild is tried
 again without them. A quarantined object is left out of the index as if it were deleted
 (its own rules go: what the index cannot read it cannot program), gets an ``InternalError``
-Problem (a Warning Event on it) and a log line with the exception, and stays out while its
-``resourceVersion`` is the same; a new version is tried again. Nodes are not quarantined
+Problem (a Warning Event on it) and a log line with the exception, and stays out while it
+reads the same (its ``resourceVersion`` aside); a changed object is tried again. Nodes are not quarantined
 (the index's networks are all of them together): a Node the index fails on still fails
 the sync, as before.
 """
@@ -57,18 +57,21 @@ def cache_key(obj: Obj) -> str:
     return f"{ns}/{name}" if ns else name
 
 
-def _version(obj: Obj) -> tuple[str, str]:
+def _content(obj: Obj) -> Obj:
+    """What the index reads of an object: all of it but its ``resourceVersion`` (a write
+    the informer's trim leaves no trace of changes that alone)."""
     meta = obj.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    return (str(meta.get("uid") or ""), str(meta.get("resourceVersion") or ""))
+    if not isinstance(meta, dict) or "resourceVersion" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
 
 
 @dataclass(frozen=True, slots=True)
 class Offender:
     resource: str
     key: str
-    version: tuple[str, str]
-    """(uid, resourceVersion) of the object that raised: the same object stays out."""
+    content: Obj
+    """The object that raised, but its ``resourceVersion``: while it reads the same, it stays out."""
     ref: ObjectRef
     """Whom the problem is told to: the object, or the Service an EndpointSlice names (Events
     are written for Services and Pods)."""
@@ -91,7 +94,7 @@ class Quarantine:
         held = self._held.get((resource, key))
         if held is None:
             return False
-        if obj is not None and _version(obj) == held.version:
+        if obj is not None and _content(obj) == held.content:
             return True
         del self._held[(resource, key)]
         log.info("a quarantined object changed or went; it is read again", object=held.what)
@@ -169,7 +172,7 @@ class Quarantine:
         service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
         if resource == "endpointslices" and isinstance(service, str) and service:
             ref = ObjectRef("Service", ns, service)
-        offender = Offender(resource, key, _version(obj), ref, what, f"{type(exc).__name__}: {exc}"[:300])
+        offender = Offender(resource, key, _content(obj), ref, what, f"{type(exc).__name__}: {exc}"[:300])
         self._held[(resource, key)] = offender
         log.error(
             "the index failed on an object; it is left out until it changes",
