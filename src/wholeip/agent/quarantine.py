@@ -11,10 +11,10 @@ Now, when a rebuild raises, :meth:`Quarantine.scan` feeds the snapshot's objects
 time into a fresh index and takes out those whose update raises; the rebuild is tried
 again without them. A quarantined object is left out of the index as if it were deleted
 (its own rules go: what the index cannot read it cannot program), gets an ``InternalError``
-Problem (a Warning Event on it) and a log line with the exception, and stays out while it
-reads the same (its ``resourceVersion`` aside); a changed object is tried again. Nodes are not quarantined
-(the index's networks are all of them together): a Node the index fails on still fails
-the sync, as before.
+Problem (a Warning Event on it, or on an EndpointSlice's Service) and a log line with the
+exception, and stays out while it reads the same (its ``resourceVersion`` aside); a
+changed object is tried again. Nodes are not quarantined (the index's networks are all
+of them together): a Node the index fails on still fails the sync, as before.
 """
 
 from __future__ import annotations
