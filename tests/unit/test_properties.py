@@ -509,16 +509,31 @@ def clusters(draw: st.DrawFn, *, max_services: int = 6) -> Cluster:
                     )
                 )
     slices += draw(st.lists(endpoint_slice(), max_size=2))
-    return Cluster(
+    c = Cluster(
         services=[draw(corrupt(s)) for s in services],
         slices=[draw(corrupt(s)) for s in slices],
         nodes=[draw(corrupt(n)) for n in nodes],
         settings=draw(model_settings),
         node_name=draw(st.sampled_from((*NODES, "n1", "elsewhere"))),
     )
+    if nodes and draw(st.integers(0, 4)) == 0:
+        # A second Node under one name (a cluster file can hold both), other content.
+        twin = draw(node_obj(draw(st.integers(0, len(NODES) - 1))))
+        twin["metadata"]["name"] = draw(st.sampled_from(nodes))["metadata"]["name"]
+        c.nodes.append(twin)
+    return c
 
 
 # --------------------------------------------------------------------------- invariants
+
+
+def one_per_name(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Nodes that count: of two under one name, the one whose text sorts first (input
+    order must not decide); nameless ones all."""
+    first: dict[str, dict[str, Any]] = {}
+    for node in sorted(nodes, key=repr):
+        first.setdefault(service_key(node)[1], node)
+    return [n for n in nodes if not service_key(n)[1] or first[service_key(n)[1]] is n]
 
 
 def _canonical(addr: str) -> bool:
@@ -546,7 +561,7 @@ def expected(c: Cluster) -> Expected:
         sl = objects.parse_slice(raw)
         if sl is not None:
             ready.setdefault((sl.service, sl.family), set()).update(map(ipaddress.ip_address, sl.ready))
-    pod_cidrs, node_ips = objects.node_networks(c.nodes, [])
+    pod_cidrs, node_ips = objects.node_networks(one_per_name(c.nodes), [])
     guard = model.collapse([*c.settings.cluster_cidrs, *pod_cidrs, *c.settings.service_cidrs])
     # Backends must lie in the pod networks of their family, when that family's are known.
     pod_nets = model.collapse(c.settings.cluster_cidrs or pod_cidrs)
@@ -825,7 +840,7 @@ def check_lb(c: Cluster, doc: TableDoc) -> None:
         key=lambda i: (i.age_key, i.ref.uid, repr(i)),
     ):
         first.setdefault((info.ref.namespace, info.ref.name), info)
-    pod_cidrs, node_ips = objects.node_networks(c.nodes, [])
+    pod_cidrs, node_ips = objects.node_networks(one_per_name(c.nodes), [])
     guard = model.collapse([*c.settings.cluster_cidrs, *pod_cidrs, *c.settings.service_cidrs])
     want: dict[int, dict[Any, str]] = {4: {}, 6: {}}
     for key, info in sorted(first.items(), key=lambda kv: kv[1].age_key, reverse=True):
@@ -843,7 +858,7 @@ def check_lb(c: Cluster, doc: TableDoc) -> None:
             assert proto in ("tcp", "udp", "sctp")
             assert 0 < port < 65536
             assert ipaddress.ip_address(lb).version == ipaddress.ip_address(cluster_ip).version == v
-    own = {str(net) for net in objects.own_pod_cidrs(c.nodes, c.node_name)}
+    own = {str(net) for net in objects.own_pod_cidrs(one_per_name(c.nodes), c.node_name)}
     assert interval_cover(el["localpods4"] | el["localpods6"]) == interval_cover(own)
     if any(el[n] for n in names[:2]):
         event("lb-to-clusterip redirect")
@@ -1037,6 +1052,7 @@ def test_examples_reach_the_compiler_with_real_mappings() -> None:
         seen["lb-to-clusterip"] += bool(state.lb_redirects)
         seen["delegated"] += any(f.endpoints for f in state.frontends)
         seen["node port"] += any(f.address is None for f in state.frontends)
+        seen["twin node"] += len({service_key(n)[1] for n in c.nodes}) < len(c.nodes)
 
     sample()
     n = seen["examples"]
@@ -1044,5 +1060,5 @@ def test_examples_reach_the_compiler_with_real_mappings() -> None:
     assert seen["mappings"] >= 0.5 * n, seen
     for what in ("several mappings", "per-port", "IPv6", "ranges", "local egress", "conflict", "refused"):
         assert seen[what] >= 0.05 * n, (what, seen)
-    for what in ("shared pod", "garbage", "lb-to-clusterip", "delegated", "node port"):
+    for what in ("shared pod", "garbage", "lb-to-clusterip", "delegated", "node port", "twin node"):
         assert seen[what] >= 0.02 * n, (what, seen)
