@@ -406,3 +406,28 @@ def test_a_labelled_load_balancers_unusable_port_is_reported_once() -> None:
     lb = svc("lb", type="LoadBalancer", ports=[{"name": "b", "port": 0, "protocol": "TCP"}])
     lb["status"] = {"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}
     assert _problems([lb]).count(("lb", "InvalidPort")) == 1
+
+
+def test_a_port_listed_twice_is_served_as_first_listed_and_reported() -> None:
+    """The API server refuses a Service that lists a protocol and port twice, or one
+    nodePort twice; a cluster file can. The first entry counts; the others are told."""
+    ports = [
+        {"name": "a", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080},
+        {"name": "b", "port": 80, "targetPort": 9090, "protocol": "TCP", "nodePort": 30081},
+        {"name": "c", "port": 81, "targetPort": 8081, "protocol": "TCP", "nodePort": 30080},
+        {"name": "d", "port": 80, "targetPort": 8082, "protocol": "UDP", "nodePort": 30080},
+    ]
+    objects = [svc(type="NodePort", ports=ports), eps("s", 4, [ep("10.128.0.1")])]
+    state = build_state(**cluster_args(objects))
+    got = {(f.address, f.protocol, f.port): f.endpoints for f in state.frontends if f.family == 4}
+    assert got == {
+        ("10.96.0.10", "tcp", 80): (("10.128.0.1", 8080),),
+        ("10.96.0.10", "tcp", 81): (("10.128.0.1", 8081),),
+        ("10.96.0.10", "udp", 80): (("10.128.0.1", 8082),),
+        (None, "tcp", 30080): (("10.128.0.1", 8080),),
+        (None, "udp", 30080): (("10.128.0.1", 8082),),
+    }
+    messages = sorted(p.message for p in state.problems if p.reason == "InvalidPort")
+    assert len(messages) == 2, messages
+    assert "TCP/80 is listed before" in messages[0]
+    assert "TCP nodePort 30080 is listed before; no NodePort" in messages[1]

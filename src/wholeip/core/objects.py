@@ -716,11 +716,22 @@ def parse_delegated_service(obj: RawObject, settings: ModelSettings, problems: l
             # whole transaction that carries it.)
             problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: targetPort {target} is not 1-65535"))
             continue
+        if any(p.protocol == protocol.lower() and p.port == port for p in ports):
+            # (The API server refuses a Service that lists one twice; a cluster file may.)
+            problems.append(Problem(ref, "InvalidPort", f"ignoring port {raw!r}: {protocol}/{port} is listed before"))
+            continue
         node_port = entry.get("nodePort")
         if node_port is not None and _port_number(node_port) is None:
             problems.append(
                 Problem(ref, "InvalidPort", f"port {raw!r}: nodePort {node_port!r} is not 1-65535; no NodePort")
             )
+        elif node_port is not None and any(p.protocol == protocol.lower() and p.node_port == node_port for p in ports):
+            problems.append(
+                Problem(
+                    ref, "InvalidPort", f"port {raw!r}: {protocol} nodePort {node_port} is listed before; no NodePort"
+                )
+            )
+            node_port = None
         ports.append(DelegatedPort(_str(entry.get("name")), protocol.lower(), port, target, _port_number(node_port)))
     affinity = spec.get("sessionAffinity") == "ClientIP"
     timeout = _dict(_dict(spec.get("sessionAffinityConfig")).get("clientIP")).get("timeoutSeconds")
