@@ -124,6 +124,7 @@ def resource_types(crd: Obj) -> list[ResourceType]:
             categories=tuple(names.get("categories") or ()),
             subresources=("status",) if "status" in (v.get("subresources") or {}) else (),
             custom=True,
+            printer_columns=tuple(c for c in v.get("additionalPrinterColumns") or () if isinstance(c, dict)),
         )
         for v in versions
         if v.get("served")

@@ -49,6 +49,8 @@ class ResourceType:
     custom: bool = False
     """Served from a CustomResourceDefinition: list items keep ``apiVersion``/``kind``
     (unstructured lists do), and the type goes away with its definition."""
+    printer_columns: tuple[Obj, ...] = field(default=(), compare=False)
+    """A custom resource's ``additionalPrinterColumns`` (its version's), for ``kubectl get``."""
 
     @property
     def api_version(self) -> str:

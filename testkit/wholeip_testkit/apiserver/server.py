@@ -36,7 +36,7 @@ from typing import Any, Literal
 import yaml
 from aiohttp import web
 
-from . import discovery, protobuf
+from . import discovery, protobuf, tables
 from .allocation import DEFAULT_SERVICE_CIDRS
 from .errors import (
     ApiError,
@@ -500,7 +500,28 @@ class ApiServer:
 
     async def _get(self, request: web.Request, t: _Target) -> web.StreamResponse:
         assert t.name is not None
-        return _json(_in_version(self.store.get(t.rtype, t.name, t.namespace), t.rtype))
+        obj = _in_version(self.store.get(t.rtype, t.name, t.namespace), t.rtype)
+        version = tables.wanted(request.headers.get("Accept", ""))
+        if version is not None:
+            meta = {"resourceVersion": str(obj.get("metadata", {}).get("resourceVersion", ""))}
+            return _json(self._table(request, t.rtype, [obj], meta, version))
+        return _json(obj)
+
+    def _table(
+        self,
+        request: web.Request,
+        rtype: ResourceType,
+        objs: list[Obj],
+        meta: Obj,
+        version: str,
+        *,
+        headers: bool = True,
+    ) -> Obj:
+        """The Table a ``kubectl get`` asked for (see :mod:`.tables`)."""
+        include = request.query.get("includeObject")
+        if include not in (None, "None", "Metadata", "Object"):
+            raise BadRequest(f"unrecognized includeObject value: {include!r}")
+        return tables.table(rtype, objs, meta=meta, version=version, include=include, headers=headers)
 
     def _selector(self, request: web.Request, t: _Target) -> Selector:
         return Selector.parse(
@@ -549,6 +570,9 @@ class ApiServer:
             last = items[-1]["metadata"]
             meta["continue"] = _encode_continue(list_rv, (last.get("namespace", ""), last["name"]))
             meta["remainingItemCount"] = remaining
+        version = tables.wanted(request.headers.get("Accept", ""))
+        if version is not None:
+            return _json(self._table(request, t.rtype, items, meta, version))
         for item in items:
             if t.rtype.custom:  # unstructured lists keep them, in the version asked for
                 item["apiVersion"] = t.rtype.api_version
@@ -578,6 +602,8 @@ class ApiServer:
             raise BadRequest(
                 "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan"
             )
+        if tables.wanted(request.headers.get("Accept", "")) is not None:
+            self._table(request, t.rtype, [], {}, "v1")  # (refuses a bad includeObject before the stream)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -611,10 +637,15 @@ class ApiServer:
         store = self.store
         now = time.monotonic()
         deadline = now + timeout_seconds if timeout_seconds is not None else None
+        as_table = tables.wanted(watch.request.headers.get("Accept", ""))
+        headers = [True]  # (a Table's column definitions go with the first event only)
 
         async def send(type_: str, obj: Obj) -> None:
             if rtype.custom and obj.get("apiVersion") not in (None, rtype.api_version):
                 obj = {**obj, "apiVersion": rtype.api_version}
+            if as_table is not None and type_ in ("ADDED", "MODIFIED", "DELETED"):
+                obj = self._table(watch.request, rtype, [obj], {}, as_table, headers=headers[0])
+                headers[0] = False
             await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
 
         if self._faults.fail_next_watches > 0:
