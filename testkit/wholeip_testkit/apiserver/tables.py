@@ -133,6 +133,16 @@ def _labels(value: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in pairs) or "<none>"
 
 
+def _text(*path: str, default: str = "<none>") -> Callable[[Obj, datetime.datetime], Cell]:
+    """The cell of one field, as text (``default`` where it is unset)."""
+    return lambda obj, now: str(_get(obj, *path) or default)
+
+
+def _wide(name: str, cell: Callable[[Obj, datetime.datetime], Cell], description: str) -> Column:
+    """A column ``kubectl get -o wide`` adds (priority 1)."""
+    return Column(name, cell, priority=1, description=description)
+
+
 NAME = Column("Name", _name, format="name", description="Name must be unique within a namespace.")
 AGE = Column(
     "Age",
@@ -226,24 +236,9 @@ POD = (
         "Restarts", _pod_restarts, description="The number of times the containers in this pod have been restarted."
     ),
     AGE,
-    Column(
-        "IP",
-        lambda o, n: str(_get(o, "status", "podIP") or "<none>"),
-        priority=1,
-        description="The IP address assigned to the pod",
-    ),
-    Column(
-        "Node",
-        lambda o, n: str(_get(o, "spec", "nodeName") or "<none>"),
-        priority=1,
-        description="The name of the node where this pod is running.",
-    ),
-    Column(
-        "Nominated Node",
-        lambda o, n: str(_get(o, "status", "nominatedNodeName") or "<none>"),
-        priority=1,
-        description="The name of the node where this pod is nominated to run.",
-    ),
+    _wide("IP", _text("status", "podIP"), "The IP address assigned to the pod"),
+    _wide("Node", _text("spec", "nodeName"), "The name of the node where this pod is running."),
+    _wide("Nominated Node", _text("status", "nominatedNodeName"), "The node where this pod is nominated to run."),
     Column(
         "Readiness Gates",
         lambda o, n: (
@@ -299,34 +294,15 @@ NODE = (
     Column("Status", _node_status, description="The status of the node"),
     Column("Roles", _node_roles, description="The roles of the node"),
     AGE,
-    Column(
-        "Version",
-        lambda o, n: str(_get(o, "status", "nodeInfo", "kubeletVersion") or ""),
-        description="Kubelet Version reported by the node.",
-    ),
-    Column(
-        "Internal-IP", _node_address("InternalIP"), priority=1, description="List of addresses reachable to the node."
-    ),
-    Column(
-        "External-IP", _node_address("ExternalIP"), priority=1, description="List of addresses reachable to the node."
-    ),
-    Column(
-        "OS-Image",
-        lambda o, n: str(_get(o, "status", "nodeInfo", "osImage") or "<unknown>"),
-        priority=1,
-        description="OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
-    ),
-    Column(
-        "Kernel-Version",
-        lambda o, n: str(_get(o, "status", "nodeInfo", "kernelVersion") or "<unknown>"),
-        priority=1,
-        description="Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
-    ),
-    Column(
+    Column("Version", _text("status", "nodeInfo", "kubeletVersion", default=""), description="Kubelet Version."),
+    _wide("Internal-IP", _node_address("InternalIP"), "List of addresses reachable to the node."),
+    _wide("External-IP", _node_address("ExternalIP"), "List of addresses reachable to the node."),
+    _wide("OS-Image", _text("status", "nodeInfo", "osImage", default="<unknown>"), "OS Image reported by the node."),
+    _wide("Kernel-Version", _text("status", "nodeInfo", "kernelVersion", default="<unknown>"), "Kernel Version."),
+    _wide(
         "Container-Runtime",
-        lambda o, n: str(_get(o, "status", "nodeInfo", "containerRuntimeVersion") or "<unknown>"),
-        priority=1,
-        description="Container Runtime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+        _text("status", "nodeInfo", "containerRuntimeVersion", default="<unknown>"),
+        "Container Runtime Version reported by the node.",
     ),
 )
 
@@ -440,35 +416,15 @@ def _count(*path: str) -> Callable[[Obj, datetime.datetime], Cell]:
 
 DAEMON_SET = (
     NAME,
-    Column(
-        "Desired",
-        _count("status", "desiredNumberScheduled"),
-        type="integer",
-        description="The number of nodes that should be running the daemon pod.",
-    ),
-    Column(
-        "Current",
-        _count("status", "currentNumberScheduled"),
-        type="integer",
-        description="The number of nodes running at least one daemon pod and are supposed to.",
-    ),
-    Column(
-        "Ready",
-        _count("status", "numberReady"),
-        type="integer",
-        description="Nodes that should run the daemon pod and run it ready.",
-    ),
-    Column(
-        "Up-to-date",
-        _count("status", "updatedNumberScheduled"),
-        type="integer",
-        description="The total number of nodes that are running updated daemon pod.",
-    ),
-    Column(
-        "Available",
-        _count("status", "numberAvailable"),
-        type="integer",
-        description="Nodes that should run the daemon pod and run it available.",
+    *(
+        Column(name, _count("status", field), type="integer", description=description)
+        for name, field, description in (
+            ("Desired", "desiredNumberScheduled", "The number of nodes that should be running the daemon pod."),
+            ("Current", "currentNumberScheduled", "The number of nodes running at least one daemon pod."),
+            ("Ready", "numberReady", "Nodes that should run the daemon pod and run it ready."),
+            ("Up-to-date", "updatedNumberScheduled", "The total number of nodes that are running updated daemon pod."),
+            ("Available", "numberAvailable", "Nodes that should run the daemon pod and run it available."),
+        )
     ),
     Column(
         "Node Selector",
