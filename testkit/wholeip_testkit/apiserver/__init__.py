@@ -2,8 +2,9 @@
 
 Unmodified ``kubectl`` and ``kubernetes_asyncio`` clients talk to it over plain
 HTTP exactly as to a real cluster: discovery, CRUD with the real ``Status``
-errors, the four PATCH content types, status subresources, list with
-selectors and pagination, and watch with bookmarks and ``410 Gone``.  Tests
+errors, the four PATCH content types, status subresources, ``dryRun=All``
+(``kubectl diff``), list with selectors and pagination, server-side printing
+(``kubectl get``'s columns), and watch with bookmarks and ``410 Gone``.  Tests
 drive it from Python::
 
     async with ApiServer(bookmark_interval=0.2, history=100) as api:
@@ -15,7 +16,8 @@ drive it from Python::
 Modules: :mod:`.registry` (the resource table), :mod:`.store` (objects, revisions,
 history), :mod:`.allocation` (ClusterIPs from the ServiceCIDRs, NodePorts),
 :mod:`.crd` (CustomResourceDefinitions become served types), :mod:`.selectors`,
-:mod:`.patch`, :mod:`.discovery` (discovery and OpenAPI stubs), :mod:`.server`
+:mod:`.patch`, :mod:`.discovery` (discovery and OpenAPI stubs), :mod:`.tables` (the
+``Table`` answers), :mod:`.server`
 (HTTP, watch streaming, fault knobs, audit).
 
 ``ApiServer(service_cidrs=[...])`` sets the Service range(s) (default

@@ -220,9 +220,10 @@ class Registry:
         self.types: tuple[ResourceType, ...] = tuple(
             t for t in types if service_cidrs or t.key != "servicecidrs.networking.k8s.io"
         )
-        self._index()
+        self.reindex()
 
-    def _index(self) -> None:
+    def reindex(self) -> None:
+        """Index :attr:`types` again (after it was set)."""
         self._by_url = {(t.group, t.version, t.plural): t for t in self.types}
         self._by_kind = {(t.api_version, t.kind): t for t in self.types}
 
@@ -230,13 +231,13 @@ class Registry:
         """Serve a new type (a CRD version), replacing one at the same URL."""
         url = (rtype.group, rtype.version, rtype.plural)
         self.types = (*(t for t in self.types if (t.group, t.version, t.plural) != url), rtype)
-        self._index()
+        self.reindex()
 
     def remove(self, key: str) -> list[ResourceType]:
         """Stop serving every version of ``plural.group``; returns what was removed."""
         gone = [t for t in self.types if t.key == key]
         self.types = tuple(t for t in self.types if t.key != key)
-        self._index()
+        self.reindex()
         return gone
 
     def has(self, key: str) -> bool:

@@ -41,6 +41,7 @@ from .allocation import DEFAULT_SERVICE_CIDRS
 from .errors import (
     ApiError,
     BadRequest,
+    Forbidden,
     Gone,
     MethodNotAllowed,
     NotFound,
@@ -55,6 +56,8 @@ from .store import Backup, Change, Store, parse_rv
 log = logging.getLogger(__name__)
 
 Verb = Literal["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]
+IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
+_WRITES = ("create", "update", "patch", "delete", "deletecollection")
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
@@ -482,8 +485,19 @@ class ApiServer:
         return _json(doc)
 
     async def _resource(self, request: web.Request, verb: Verb, target: _Target) -> web.StreamResponse:
-        if _truthy(request.query.get("dryRun")) or request.query.get("dryRun") == "All":
-            raise BadRequest("dryRun is not supported by the API server double")
+        dry = request.query.get("dryRun")
+        if verb in ("delete", "deletecollection") and request.can_read_body:
+            # kubectl sends a deletion's options (dryRun among them) in the body.
+            options = await self._body(request)
+            if isinstance(options, dict) and isinstance(options.get("dryRun"), list) and options["dryRun"]:
+                dry = ",".join(map(str, options["dryRun"]))
+        if dry is not None and verb in _WRITES:
+            if dry != "All":
+                raise BadRequest(f'Invalid value: "{dry}": supported values: "All"')
+            return await self._dry_run(request, verb, target)
+        return await self._handle(request, verb, target)
+
+    async def _handle(self, request: web.Request, verb: Verb, target: _Target) -> web.StreamResponse:
         handlers: dict[Verb, Callable[[web.Request, _Target], Awaitable[web.StreamResponse]]] = {
             "get": self._get,
             "list": self._list,
@@ -495,6 +509,27 @@ class ApiServer:
             "deletecollection": self._delete_collection,
         }
         return await handlers[verb](request, target)
+
+    async def _dry_run(self, request: web.Request, verb: Verb, target: _Target) -> web.StreamResponse:
+        """``dryRun=All``: the write's answer, nothing written (:meth:`Store.dry_run`). The
+        object answered keeps the stored one's resourceVersion (none for a create), as a
+        real server's dry-run storage leaves it."""
+        await request.read()  # (now: the write below must not wait for the network)
+        before: Obj | None = None
+        if target.name is not None:
+            with contextlib.suppress(NotFound):
+                before = self.store.get(target.rtype, target.name, target.namespace)
+        with self.store.dry_run():
+            response = await self._handle(request, verb, target)
+        if not isinstance(response, web.Response) or response.body is None or response.status >= 300:
+            return response
+        answer = json.loads(bytes(response.body))  # type: ignore[arg-type]
+        meta = answer.get("metadata") if isinstance(answer, dict) and answer.get("kind") != "Status" else None
+        if isinstance(meta, dict):
+            meta.pop("resourceVersion", None)
+            if before is not None:
+                meta["resourceVersion"] = before["metadata"]["resourceVersion"]
+        return _json(answer, response.status)
 
     # --- reads -------------------------------------------------------------------
 
@@ -798,6 +833,9 @@ class ApiServer:
 
     async def _delete(self, request: web.Request, t: _Target) -> web.StreamResponse:
         assert t.name is not None
+        if t.rtype.key == "namespaces" and t.name in IMMORTAL_NAMESPACES:
+            # (kube-apiserver's NamespaceLifecycle admission)
+            raise Forbidden(f'namespaces "{t.name}" is forbidden: this namespace may not be deleted')
         preconditions: dict[str, Any] = {}
         if request.can_read_body:
             body = await self._body(request)

@@ -36,7 +36,7 @@ import ipaddress
 import random
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -143,6 +143,8 @@ class Store:
         paginated list of 100,000 objects would otherwise sort them for every page)."""
         self._history: deque[Change] = deque()
         self._changed = asyncio.Event()
+        self.dry = False
+        """Inside :meth:`dry_run`: nothing may be scheduled for later."""
         ns = self.registry.resolve("namespaces")
         for name in namespaces:
             self.create({"metadata": {"name": name}}, rtype=ns)
@@ -204,6 +206,30 @@ class Store:
             self.compacted_rv = self._history.popleft().rv
         self.poke()
         return copy.deepcopy(obj)
+
+    @contextlib.contextmanager
+    def dry_run(self) -> Iterator[None]:
+        """Writes inside are checked, defaulted, allocated and answered as usual, then undone
+        (``dryRun=All``, what ``kubectl diff`` and ``--dry-run=server`` send): nothing is
+        stored, no revision is spent, no watcher hears of them. Synchronous: no other
+        request can write in between."""
+        objects = {key: dict(bucket) for key, bucket in self._objects.items()}
+        kept = (self.rv, self.compacted_rv, deque(self._history), self.registry.types)
+        allocation = (dict(self.allocator.ip_owner), dict(self.allocator.port_owner), self.allocator.state())
+        self.dry = True
+        try:
+            yield
+        finally:
+            self.dry = False
+            self._objects = objects
+            self.rv, self.compacted_rv, self._history, types = kept
+            if types != self.registry.types:
+                self.registry.types = types
+                self.registry.reindex()
+            self.allocator.ip_owner, self.allocator.port_owner = allocation[0], allocation[1]
+            self.allocator.set_state(allocation[2])
+            self._sorted_keys.clear()
+            self._ranges = None
 
     def compact(self) -> None:
         """Forget all history: any watch or ``continue`` from an older revision gets 410."""
@@ -564,6 +590,8 @@ class Store:
         terminating.setdefault("status", {})["phase"] = "Terminating"
         result = self._commit("MODIFIED", self.registry.resolve("namespaces"), terminating, ns)
         name = ns["metadata"]["name"]
+        if self.dry:
+            return result  # (a dry run schedules nothing)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
