@@ -252,3 +252,17 @@ async def test_typed_create_commands_send_protobuf_and_get_json_back(api: ApiSer
     cm = api.store.get("configmaps", "cm", "x")
     assert cm["data"] == {"k": "v", "e": ""}
     assert (await get_json(kubectl, "namespace", "x"))["metadata"]["name"] == "x"
+
+
+async def test_auth_can_i_answers_as_a_server_without_authorization(api: ApiServer, kubectl: Kubectl) -> None:
+    """``kubectl auth can-i`` (the typed client: protobuf reviews) gets "yes", as from a server
+    with ``--authorization-mode=AlwaysAllow``; reviews are answered, never stored or listed."""
+    assert (await kubectl("auth", "can-i", "list", "services")).out.strip() == "yes"
+    sa = "--as=system:serviceaccount:wholeip-system:wholeip"
+    assert (await kubectl("auth", "can-i", "watch", "endpointslices.discovery.k8s.io", sa)).out.strip() == "yes"
+    rules = (await kubectl("auth", "can-i", "--list")).out.splitlines()
+    assert rules[0].split() == ["Resources", "Non-Resource", "URLs", "Resource", "Names", "Verbs"]
+    assert rules[1].split() == ["*.*", "[]", "[]", "[*]"]
+    listed = await kubectl("get", "selfsubjectaccessreviews", check=False)
+    assert listed.code != 0
+    assert "MethodNotAllowed" in listed.err

@@ -4,7 +4,8 @@ Unmodified ``kubectl`` and ``kubernetes_asyncio`` clients talk to it over plain
 HTTP exactly as to a real cluster: discovery, CRUD with the real ``Status``
 errors, the four PATCH content types, status subresources, ``dryRun=All``
 (``kubectl diff``), list with selectors and pagination, server-side printing
-(``kubectl get``'s columns), and watch with bookmarks and ``410 Gone``.  Tests
+(``kubectl get``'s columns), access reviews answered as without authorization
+(``kubectl auth can-i``: yes), and watch with bookmarks and ``410 Gone``.  Tests
 drive it from Python::
 
     async with ApiServer(bookmark_interval=0.2, history=100) as api:

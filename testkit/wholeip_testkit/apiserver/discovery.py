@@ -91,9 +91,10 @@ def api_resource_list(registry: Registry, group: str, version: str) -> dict[str,
             "singularName": t.singular,
             "namespaced": t.namespaced,
             "kind": t.kind,
-            "verbs": list(ALL_VERBS),
-            "storageVersionHash": _storage_hash(t),
+            "verbs": ["create"] if t.review else list(ALL_VERBS),
         }
+        if not t.review:
+            entry["storageVersionHash"] = _storage_hash(t)
         if t.short_names:
             entry["shortNames"] = list(t.short_names)
         if t.categories:

@@ -49,6 +49,8 @@ class ResourceType:
     custom: bool = False
     """Served from a CustomResourceDefinition: list items keep ``apiVersion``/``kind``
     (unstructured lists do), and the type goes away with its definition."""
+    review: bool = False
+    """An access review (``kubectl auth can-i``): created only, answered, never stored."""
     printer_columns: tuple[Obj, ...] = field(default=(), compare=False)
     """A custom resource's ``additionalPrinterColumns`` (its version's), for ``kubectl get``."""
 
@@ -139,6 +141,7 @@ def _r(
     categories: Iterable[str] = (),
     defaulter: Defaulter | None = None,
     status_on_create: bool = False,
+    review: bool = False,
 ) -> ResourceType:
     return ResourceType(
         group=group,
@@ -153,6 +156,7 @@ def _r(
         categories=tuple(categories),
         defaulter=defaulter,
         status_on_create=status_on_create,
+        review=review,
     )
 
 
@@ -202,6 +206,10 @@ DEFAULT_RESOURCES: tuple[ResourceType, ...] = (
     _r("rbac.authorization.k8s.io", "v1", "roles", "Role", namespaced=True),
     _r("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", namespaced=True),
     _r("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True),
+    _r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview",
+       namespaced=False, review=True),
+    _r("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "SelfSubjectRulesReview",
+       namespaced=False, review=True),
     _r("batch", "v1", "jobs", "Job", namespaced=True, sub=["status"], categories=["all"],
        fields=["status.successful"]),
     _r("networking.k8s.io", "v1", "servicecidrs", "ServiceCIDR", namespaced=False,
