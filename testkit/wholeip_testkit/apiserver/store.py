@@ -450,7 +450,10 @@ class Store:
             meta.pop(field, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now()
-        meta["generation"] = 1
+        if _has_generation(t):
+            meta["generation"] = 1
+        else:
+            meta.pop("generation", None)
         if t.defaulter is not None:
             t.defaulter(new)
         self._admit(t, new, None)
@@ -518,7 +521,7 @@ class Store:
             t.defaulter(new)
         if subresource is None:
             self._admit(t, new, old)
-        if _spec(new) != _spec(old):
+        if _spec(new) != _spec(old) and _has_generation(t):
             new_meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         if new == old:
             return copy.deepcopy(old)
@@ -655,6 +658,15 @@ class Store:
             self.registry.add(t)
         self._objects.setdefault(key, {})
         self._sorted_keys.pop(key, None)
+
+
+GENERATION_KINDS = frozenset({"DaemonSet", "Deployment", "Job", "CustomResourceDefinition", "Pod"})
+"""Built-in kinds whose strategy keeps ``metadata.generation`` on a real server (custom
+resources do too); Services, ConfigMaps, Nodes, EndpointSlices ... have none."""
+
+
+def _has_generation(t: ResourceType) -> bool:
+    return t.custom or t.kind in GENERATION_KINDS
 
 
 def _spec(obj: Obj) -> dict[str, Any]:
