@@ -5,7 +5,8 @@ Steps (each waits on a condition with a deadline and reports what it saw):
 1. bring up the sandbox: two network-namespace nodes, a router, an outside
    client, the API server double, one ``wholeip run`` per node;
 2. ``kubectl apply`` a LoadBalancer Service and its EndpointSlices (pod A on
-   node 1), ``kubectl patch --subresource=status`` its IPs as MetalLB would;
+   node 1), ``kubectl patch --subresource=status`` its IPs as MetalLB would,
+   and show it as ``kubectl get -o wide`` does;
 3. ``kubectl annotate`` it with ``networking.cozystack.io/wholeIP=true``;
 4. traffic from the outside client to random TCP and UDP ports (IPv4 and
    IPv6), ICMP echo, the pod's egress, hairpin from pod B on the other node;
@@ -64,7 +65,8 @@ def run() -> int:
         report.step("kubectl apply a LoadBalancer Service 'vm' with its pod on n1")
         sb.apply([sb.service_manifest("vm"), *sb.slices_manifest("vm", "pod_a")])
         sb.set_load_balancer_ips("vm", EXT)
-        print("  status.loadBalancer.ingress:", ", ".join(EXT))
+        for line in sb.kubectl("get", "service", "vm", "-o", "wide").stdout.splitlines():
+            print(f"  {line}")  # (the columns a real API server sends: the double prints them too)
 
         report.step("kubectl annotate service vm networking.cozystack.io/wholeIP=true")
         sb.kubectl("annotate", "service", "vm", "networking.cozystack.io/wholeIP=true")
