@@ -949,3 +949,49 @@ async def test_a_slice_the_index_fails_on_is_told_to_its_service(monkeypatch: py
     assert (problem.ref.kind, problem.ref.name, problem.reason) == ("Service", "bad", "InternalError")
     assert "EndpointSlice default/bad-x (RecursionError: injected)" in problem.message
     assert "bad:InternalError" in seen[-1]
+
+
+async def test_a_node_the_index_fails_on_is_left_out_and_the_rest_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes are not fed one by one (the networks are all of them together): the one that
+    raises alone is held out; a Node has no Event, its problem is logged and counted."""
+    from wholeip.core import index as index_module
+
+    real = index_module.node_networks
+
+    def node_networks(nodes: Any, problems: Any) -> Any:
+        nodes = list(nodes)
+        if any(n["metadata"]["name"] == "bad" and "fixed" not in n["metadata"].get("labels", {}) for n in nodes):
+            raise KeyError("injected")
+        return real(nodes, problems)
+
+    monkeypatch.setattr(index_module, "node_networks", node_networks)
+    good = {"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}
+    bad = {"kind": "Node", "metadata": {"name": "bad"}, "spec": {"podCIDRs": ["10.244.2.0/24"]}}
+    nodes = [good, bad]
+    cache = {("services", "default/a"): _service("a", "198.51.100.1"),
+             ("endpointslices", "default/a-x"): _slice("a", "10.244.1.11")}  # fmt: skip
+    engine = Engine(backend=FakeBackend(), table="wholeip")
+    seen: list[list[str]] = []
+    syncer, changes = _incremental(engine, cache, seen)
+    syncer._snapshot = lambda: Snapshot(  # (the helper's Syncer, with Nodes)
+        services=[cache[("services", "default/a")]], endpoint_slices=[cache[("endpointslices", "default/a-x")]],
+        nodes=nodes,
+    )  # fmt: skip
+    syncer.mode = dataclasses.replace(syncer.mode, nodes=lambda: nodes)  # type: ignore[arg-type]
+    await syncer(True)
+    doc = engine.observe()
+    assert doc is not None
+    assert set(doc.elements["ingress4"]) == {("198.51.100.1", "10.244.1.11")}
+    networks = {str(e) for e in doc.elements["cluster4"]}
+    assert "10.244.1.0/24" in networks
+    assert not any("10.244.2" in n for n in networks)  # (bad's pod network left out)
+    (problem,) = syncer.quarantine.problems()
+    assert (problem.ref.kind, problem.ref.name, problem.reason) == ("Node", "bad", "InternalError")
+    # Fixed: a Node change, an update; the Node is read again and its network comes.
+    nodes[1] = {**bad, "metadata": {"name": "bad", "labels": {"fixed": "1"}}}
+    changes.record("nodes", "bad")
+    await syncer(False)
+    doc = engine.observe()
+    assert doc is not None
+    assert not syncer.quarantine.problems()
+    assert any("10.244.2" in str(e) for e in doc.elements["cluster4"]), doc.elements["cluster4"]

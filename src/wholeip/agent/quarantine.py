@@ -13,14 +13,15 @@ again without them. A quarantined object is left out of the index as if it were 
 (its own rules go: what the index cannot read it cannot program), gets an ``InternalError``
 Problem (a Warning Event on it, or on an EndpointSlice's Service) and a log line with the
 exception, and stays out while it reads the same (its ``resourceVersion`` aside); a
-changed object is tried again. Nodes are not quarantined (the index's networks are all
-of them together): a Node the index fails on still fails the sync, as before.
+changed object is tried again. A Node the index fails on is found by building an index of
+it alone (the networks are all Nodes together, so Nodes are not fed one by one); its
+problem is logged and counted, not written as an Event (Events go to Services and Pods).
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ log = structlog.get_logger("wholeip.quarantine")
 Obj = dict[str, Any]
 
 KINDS: Mapping[str, str] = {
+    "nodes": "Node",
     "services": "Service",
     "endpointslices": "EndpointSlice",
     "pods": "Pod",
@@ -131,35 +133,55 @@ class Quarantine:
             for o in sorted(self._held.values(), key=lambda o: (o.resource, o.key))
         ]
 
-    def scan(self, caches: Mapping[str, Iterable[Obj]], fresh: Callable[[], ClusterIndex]) -> list[Offender]:
-        """Feed the cached objects (resource -> its objects, those not held out) one at a
-        time into ``fresh()`` and hold out each whose update raises; returns them. After a
-        raise the object is taken out of the index again (or, if that raises too, the scan
-        goes on with a fresh index), so that what it left behind does not blame the next
-        objects."""
+    def scan(
+        self,
+        caches: Mapping[str, Iterable[Obj]],
+        nodes: Iterable[Obj],
+        fresh: Callable[[Sequence[Obj]], ClusterIndex],
+    ) -> list[Offender]:
+        """Hold out what the index fails on; returns it. ``fresh(nodes)``: a new index of
+        those Nodes. If the index of every Node (those not held out) raises, each Node that
+        raises alone is held. Then the cached objects (resource -> its objects) are fed
+        one at a time into that index, and each whose update raises is held; after a raise
+        the object is taken out of the index again (or, if that raises too, the scan goes
+        on with a fresh index), so that what it left behind does not blame the next ones."""
         with gc_paused(long_lived=True):  # (as a rebuild: the index is long-lived and acyclic)
-            return self._scan(caches, fresh)
+            return self._scan(caches, list(self.without("nodes", nodes)), fresh)
 
-    def _scan(self, caches: Mapping[str, Iterable[Obj]], fresh: Callable[[], ClusterIndex]) -> list[Offender]:
-        index = fresh()
+    def _scan(
+        self, caches: Mapping[str, Iterable[Obj]], nodes: list[Obj], fresh: Callable[[Sequence[Obj]], ClusterIndex]
+    ) -> list[Offender]:
         found: list[Offender] = []
+        try:
+            index = fresh(nodes)
+        except Exception as exc:
+            for node in nodes:
+                try:
+                    fresh([node])
+                except Exception as alone:
+                    found.append(self._hold("nodes", cache_key(node), node, alone))
+            if not found:
+                raise
+            self._check_limit(exc)
+            nodes = [node for node in nodes if not self.holds("nodes", cache_key(node), node)]
+            index = fresh(nodes)
         for resource, objs in caches.items():
             for obj in self.without(resource, objs):
                 key = cache_key(obj)
                 try:
                     _feed(index, resource, key, obj)
                 except Exception as exc:
-                    offender = self._hold(resource, key, obj, exc)
-                    found.append(offender)
-                    if len(self._held) > self.limit:
-                        raise RuntimeError(
-                            f"the index failed on more than {self.limit} objects; not leaving them all out"
-                        ) from exc
+                    found.append(self._hold(resource, key, obj, exc))
+                    self._check_limit(exc)
                     try:
                         _feed(index, resource, key, None)
                     except Exception:
-                        index = fresh()
+                        index = fresh(nodes)
         return found
+
+    def _check_limit(self, exc: Exception) -> None:
+        if len(self._held) > self.limit:
+            raise RuntimeError(f"the index failed on more than {self.limit} objects; not leaving them all out") from exc
 
     def _hold(self, resource: str, key: str, obj: Obj, exc: Exception) -> Offender:
         ns, name = namespaced_name(obj)

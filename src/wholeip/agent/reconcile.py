@@ -591,7 +591,7 @@ class Syncer:
         index = load_unique(
             services=held("services", snap.services),
             endpoint_slices=held("endpointslices", snap.endpoint_slices),
-            nodes=snap.nodes,
+            nodes=held("nodes", snap.nodes),
             node_name=self.node_name,
             settings=effective_model(self.model, snap.service_cidrs),
             table=self.table,
@@ -622,8 +622,8 @@ class Syncer:
             again = self._snapshot()
             settings = effective_model(self.model, again.service_cidrs)
 
-            def fresh() -> ClusterIndex:
-                return ClusterIndex(settings=settings, node_name=self.node_name, nodes=again.nodes, table=self.table)
+            def fresh(nodes: Sequence[dict[str, Any]]) -> ClusterIndex:
+                return ClusterIndex(settings=settings, node_name=self.node_name, nodes=nodes, table=self.table)
 
             caches = {
                 "services": again.services,
@@ -631,7 +631,7 @@ class Syncer:
                 "pods": again.pods,
                 L2_STATUS_RESOURCE: again.l2_statuses,
             }
-            found, scan_cpu = await self._offload(_with_cpu, lambda: self.quarantine.scan(caches, fresh))
+            found, scan_cpu = await self._offload(_with_cpu, lambda: self.quarantine.scan(caches, again.nodes, fresh))
             if not found:
                 raise
         latest = self._snapshot()
@@ -767,7 +767,13 @@ class Syncer:
             nodes = mode.nodes()
             # A Node or ServiceCIDR change re-reads them all (they are few) and updates what
             # they decide in place: at 100,000 Services a Node joining is a few elements.
-            networks = (nodes, effective_model(self.model, mode.service_cidrs())) if pending.networks else None
+            networks = None
+            if pending.networks:
+                # (without a Node held out, see agent/quarantine.py)
+                networks = (
+                    list(self.quarantine.without("nodes", nodes)),
+                    effective_model(self.model, mode.service_cidrs()),
+                )
             self.index = None  # until the update is known to have completed
             indexing = time.perf_counter()
             try:
