@@ -619,21 +619,25 @@ class Syncer:
             log.error(
                 "building the index failed; looking for the objects it fails on", error=f"{type(exc).__name__}: {exc}"
             )
-            again = self._snapshot()
-            settings = effective_model(self.model, again.service_cidrs)
+            failure = exc
+            # Its frames hold the half-built index: let it go before the scan builds another
+            # (two indexes of 100,000 Services at once would not fit the agent's memory limit).
+            failure.__traceback__ = None
+        again = self._snapshot()
+        settings = effective_model(self.model, again.service_cidrs)
 
-            def fresh(nodes: Sequence[dict[str, Any]]) -> ClusterIndex:
-                return ClusterIndex(settings=settings, node_name=self.node_name, nodes=nodes, table=self.table)
+        def fresh(nodes: Sequence[dict[str, Any]]) -> ClusterIndex:
+            return ClusterIndex(settings=settings, node_name=self.node_name, nodes=nodes, table=self.table)
 
-            caches = {
-                "services": again.services,
-                "endpointslices": again.endpoint_slices,
-                "pods": again.pods,
-                L2_STATUS_RESOURCE: again.l2_statuses,
-            }
-            found, scan_cpu = await self._offload(_with_cpu, lambda: self.quarantine.scan(caches, again.nodes, fresh))
-            if not found:
-                raise
+        caches = {
+            "services": again.services,
+            "endpointslices": again.endpoint_slices,
+            "pods": again.pods,
+            L2_STATUS_RESOURCE: again.l2_statuses,
+        }
+        found, scan_cpu = await self._offload(_with_cpu, lambda: self.quarantine.scan(caches, again.nodes, fresh))
+        if not found:
+            raise failure
         latest = self._snapshot()
         index, cpu = await self._offload(_with_cpu, lambda: self._rebuild(latest))
         return index, scan_cpu + cpu
@@ -799,7 +803,7 @@ class Syncer:
                 if full:
                     touched = None  # compare the whole table with the kernel
         if not isinstance(mode, Incremental) or pending.everything or index is None or rebuild:
-            self.index = None
+            self.index = index = None  # (the old index goes before the new one is built)
             snap = self._snapshot()
             indexing = time.perf_counter()
             taken = None
