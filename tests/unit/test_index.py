@@ -492,3 +492,42 @@ def test_a_node_without_pod_cidrs_is_told_its_pods_are_not_redirected() -> None:
     index = ClusterIndex(settings=LB_SETTINGS, node_name="n1", nodes=nodes)
     assert [p.reason for p in index.problems] == ["NoPodCIDR"]
     assert index.elements["localpods4"] == set()
+
+
+def test_an_index_let_go_is_freed_at_once_even_frozen() -> None:
+    """No reference cycle in an index (its sub-indexes call back into it weakly): reference
+    counting frees it the moment it is let go. The agent freezes what it keeps
+    (``gc.freeze``), which the cyclic collector never looks at again, so with a cycle every
+    index a rebuild replaced (a relist, a quarantine scan) stayed: a whole index per rebuild."""
+    import gc
+    import weakref
+
+    from tests.unit.test_egressip import MEMBERS, l2
+    from tests.unit.test_podnat import MAIL, pod
+    from tests.unit.test_podnat import SETTINGS as PODNAT
+
+    from wholeip.core.gcpause import freeze_kept, unfreeze_kept
+    from wholeip.core.index import load_objects
+    from wholeip_testkit import synth
+
+    settings = dataclasses.replace(PODNAT, lb_to_clusterip=True, proxy_name="wholeip")
+    objects = [*synth.cluster(3), *synth.delegated_cluster(3), *MEMBERS, l2("mail", "n1"), pod("mail", MAIL)]
+    was_enabled = gc.isenabled()
+    gc.disable()
+    freeze_kept()
+    try:
+        index = load_objects(objects, node_name="n1", settings=settings)
+        index.update(services={("ns", "gone"): []}, slices={"ns/gone-1": None})  # (the update path too)
+        state = index.state()  # (every sub-index holds something)
+        assert state.frontends
+        assert state.egress_snat
+        assert state.pod_ports
+        assert state.mappings
+        del state
+        gone = weakref.ref(index)
+        del index
+        assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
+    finally:
+        unfreeze_kept()
+        if was_enabled:
+            gc.enable()

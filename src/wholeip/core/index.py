@@ -43,8 +43,9 @@ import dataclasses
 import datetime
 import ipaddress
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple, ParamSpec, TypeVar, cast
 
 from wholeip.core.compact import (
     NO_ENDPOINTS,
@@ -376,6 +377,26 @@ def _inside(number: int, ranges: tuple[tuple[int, int], ...]) -> bool:
     return any(number & mask == base for base, mask in ranges)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _weakly(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """A bound method of the index, held without holding the index. A sub-index's callback
+    into its parent made the two a reference cycle, which only the cyclic collector frees;
+    the agent freezes what it keeps (``gc.freeze``, see gcpause), so an index replaced by a
+    rebuild (a relist, a quarantine scan) was never freed: a whole index leaked each time.
+    Without cycles, reference counting frees it, frozen or not (tests/unit/test_index.py)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        bound = ref()
+        assert bound is not None, "the index is gone"
+        return bound(*args, **kwargs)
+
+    return call
+
+
 def _unique_nodes(nodes: Iterable[RawObject]) -> tuple[RawObject, ...]:
     """The Nodes, one per name. Two under one name (a cluster file can hold both; an
     informer's cache never does): the first in content order, so that input order does not
@@ -505,24 +526,24 @@ class ClusterIndex:
             node_name=node_name,
             nodes=nodes,
             elements=self.elements,
-            managed=lambda pod: pod in self._pods,
+            managed=_weakly(self._is_backend),
             guard=self._net.guard,
-            node_port=lambda protocol, port: self.delegated.node_port_owner(protocol, port),
-            external=self._claimant,
+            node_port=_weakly(self._node_port_owner),
+            external=_weakly(self._claimant),
         )
         """Ports this node's pods publish on its address (the podnat annotation)."""
         self.egress = EgressIndex(
             node_name=node_name,
             nodes=nodes,
             elements=self.elements,
-            endpoints=self._service_endpoints,
-            whole_ip=lambda pod: pod in self._pods,
-            external=lambda ip: ip in self._winners,
+            endpoints=_weakly(self._service_endpoints),
+            whole_ip=_weakly(self._is_backend),
+            external=_weakly(self._is_mapped),
             slot_capacity=steer_slots(settings.egress_mark_mask),
         )
         """Egress Services: their holders and members (the egressIP annotation)."""
         self.delegated = DelegatedIndex(
-            settings=settings, node_name=node_name, elements=self.elements, slices_of=self._endpoints_infos
+            settings=settings, node_name=node_name, elements=self.elements, slices_of=_weakly(self._endpoints_infos)
         )
         """The ClusterIPs and NodePorts of Services labelled for us."""
         self._init_lb()
@@ -775,6 +796,17 @@ class ClusterIndex:
             for name, elem in elems:
                 elements[name].add(elem)
         return True
+
+    def _is_backend(self, pod: str) -> bool:
+        """Whether a pod IP is the backend of a 1:1 mapping."""
+        return pod in self._pods
+
+    def _is_mapped(self, ip: str) -> bool:
+        """Whether an external IP is mapped (some Service won it)."""
+        return ip in self._winners
+
+    def _node_port_owner(self, protocol: str, port: int) -> str | None:
+        return self.delegated.node_port_owner(protocol, port)
 
     def _claimant(self, ip: str) -> str | None:
         """The Service (the oldest, if several) that claims ``ip`` (canonical text) as its
