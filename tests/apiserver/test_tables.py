@@ -82,6 +82,13 @@ async def test_kubectl_get_prints_the_columns_of_a_real_server(
     assert daemonsets[0] == ["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"]
     roles = cells((await kubectl("get", "clusterroles", "agent")).out)
     assert roles[0] == ["NAME", "CREATED AT"]  # (the default table of a kind without a printer)
+    bindings = cells((await kubectl("get", "clusterrolebindings", "agent")).out)
+    assert (bindings[0], bindings[1][:2]) == (["NAME", "ROLE", "AGE"], ["agent", "ClusterRole/agent"])
+    await kubectl("create", "secret", "generic", "token", "-n", "demo", "--from-literal=a=b")
+    secrets = cells((await kubectl("get", *ns, "secrets", "token")).out)
+    assert (secrets[0], secrets[1][:3]) == (["NAME", "TYPE", "DATA", "AGE"], ["token", "Opaque", "1"])
+    # (kubectl create secret sends protobuf: the value arrives as a real server stores it)
+    assert (await kubectl("get", *ns, "secret", "token", "-o", "jsonpath={.data.a}")).out == "Yg=="
     cidrs = cells((await kubectl("get", "servicecidrs")).out)
     assert cidrs[0] == ["NAME", "CIDRS", "AGE"]
     sorted_wide = cells((await kubectl("get", *ns, "services", "--sort-by=.metadata.name", "-o", "wide")).out)

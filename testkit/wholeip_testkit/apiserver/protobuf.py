@@ -110,6 +110,13 @@ SCHEMAS: dict[tuple[str, str], Schema] = {
         2: ("spec", {1: ("finalizers", "repeated_string")}),
         3: ("status", {1: ("phase", "string")}),
     },
+    ("v1", "Secret"): {
+        1: ("metadata", _OBJECT_META),
+        2: ("data", "map_bytes"),
+        3: ("type", "string"),
+        4: ("stringData", "map_string"),
+        5: ("immutable", "bool"),
+    },
     ("v1", "ConfigMap"): {
         1: ("metadata", _OBJECT_META),
         2: ("data", "map_string"),

@@ -434,6 +434,16 @@ DAEMON_SET = (
     AGE,
 )
 
+
+def _replicas(obj: Obj) -> int:
+    wanted = _get(obj, "spec", "replicas")
+    return 1 if wanted is None else int(wanted)  # (the API's default)
+
+
+def _role(obj: Obj, now: datetime.datetime) -> Cell:
+    return f"{_get(obj, 'roleRef', 'kind') or ''}/{_get(obj, 'roleRef', 'name') or ''}"
+
+
 COLUMNS: dict[str, Sequence[Column]] = {
     "services": SERVICE,
     "pods": POD,
@@ -487,6 +497,29 @@ COLUMNS: dict[str, Sequence[Column]] = {
         ),
         AGE,
     ),
+    "secrets": (
+        NAME,
+        Column("Type", _text("type", default=""), description="The type of the secret"),
+        Column("Data", lambda o, n: len(_get(o, "data") or {}), type="integer", description="The number of items"),
+        AGE,
+    ),
+    "deployments.apps": (
+        NAME,
+        Column(
+            "Ready",
+            lambda o, n: f"{int(_get(o, 'status', 'readyReplicas') or 0)}/{_replicas(o)}",
+            description="Number of the pod with ready state",
+        ),
+        Column("Up-to-date", _count("status", "updatedReplicas"), type="integer", description="Updated replicas."),
+        Column("Available", _count("status", "availableReplicas"), type="integer", description="Available replicas."),
+        AGE,
+    ),
+    "clusterrolebindings.rbac.authorization.k8s.io": (
+        NAME,
+        Column("Role", _role, description="Role of the binding."),
+        AGE,
+    ),
+    "rolebindings.rbac.authorization.k8s.io": (NAME, Column("Role", _role, description="Role of the binding."), AGE),
 }
 """Per resource (``ResourceType.key``): kube-apiserver's columns for it."""
 
