@@ -266,3 +266,29 @@ async def test_auth_can_i_answers_as_a_server_without_authorization(api: ApiServ
     listed = await kubectl("get", "selfsubjectaccessreviews", check=False)
     assert listed.code != 0
     assert "MethodNotAllowed" in listed.err
+
+
+async def test_kubectls_typed_create_commands_for_rbac_and_service_accounts(kubectl: Kubectl) -> None:
+    """``kubectl create serviceaccount|role|clusterrole|rolebinding|clusterrolebinding|secret``
+    send protobuf bodies; the objects arrive as a real server stores them."""
+    await kubectl("create", "serviceaccount", "agent")
+    await kubectl("create", "role", "r", "--verb=get,list", "--resource=pods,daemonsets.apps")
+    await kubectl("create", "clusterrole", "c", "--verb=get", "--non-resource-url=/healthz")
+    await kubectl("create", "rolebinding", "rb", "--role=r", "--serviceaccount=default:agent")
+    await kubectl("create", "clusterrolebinding", "b", "--clusterrole=view", "--user=alice")
+    await kubectl("create", "secret", "generic", "s", "--from-literal=k=v")
+    assert (await get_json(kubectl, "serviceaccount", "agent"))["metadata"]["name"] == "agent"
+    assert (await get_json(kubectl, "role", "r"))["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get", "list"]},
+    ]
+    assert (await get_json(kubectl, "clusterrole", "c"))["rules"] == [
+        {"nonResourceURLs": ["/healthz"], "verbs": ["get"]}
+    ]
+    binding = await get_json(kubectl, "rolebinding", "rb")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "agent", "namespace": "default"}]
+    cluster = await get_json(kubectl, "clusterrolebinding", "b")
+    assert cluster["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]
+    secret = await get_json(kubectl, "secret", "s")
+    assert (secret["type"], secret["data"]) == ("Opaque", {"k": "dg=="})

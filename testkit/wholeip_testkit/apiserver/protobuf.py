@@ -88,7 +88,33 @@ _RESOURCE_ATTRIBUTES: Schema = {
     6: ("subresource", "string"),
     7: ("name", "string"),
 }
+_POLICY_RULE: Schema = {
+    1: ("verbs", "repeated_string"),
+    2: ("apiGroups", "repeated_string"),
+    3: ("resources", "repeated_string"),
+    4: ("resourceNames", "repeated_string"),
+    5: ("nonResourceURLs", "repeated_string"),
+}
+_BINDING: Schema = {
+    1: ("metadata", _OBJECT_META),
+    2: (
+        "subjects",
+        [{1: ("kind", "string"), 2: ("apiGroup", "string"), 3: ("name", "string"), 4: ("namespace", "string")}],
+    ),
+    3: ("roleRef", {1: ("apiGroup", "string"), 2: ("kind", "string"), 3: ("name", "string")}),
+}
+_RBAC = "rbac.authorization.k8s.io/v1"
 SCHEMAS: dict[tuple[str, str], Schema] = {
+    # (kubectl create role, clusterrole, rolebinding, clusterrolebinding, serviceaccount)
+    (_RBAC, "Role"): {1: ("metadata", _OBJECT_META), 2: ("rules", [_POLICY_RULE])},
+    (_RBAC, "ClusterRole"): {1: ("metadata", _OBJECT_META), 2: ("rules", [_POLICY_RULE])},
+    (_RBAC, "RoleBinding"): _BINDING,
+    (_RBAC, "ClusterRoleBinding"): _BINDING,
+    ("v1", "ServiceAccount"): {
+        1: ("metadata", _OBJECT_META),
+        3: ("imagePullSecrets", [{1: ("name", "string")}]),
+        4: ("automountServiceAccountToken", "optional_bool"),
+    },
     # (kubectl auth can-i)
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): {
         1: ("metadata", _OBJECT_META),
