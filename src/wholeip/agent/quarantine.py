@@ -30,6 +30,7 @@ import structlog
 from wholeip.core.gcpause import gc_paused
 from wholeip.core.model import ObjectRef, Problem
 from wholeip.core.objects import namespaced_name, split_key
+from wholeip.kube.informer import object_key, without_resource_version
 from wholeip.names import L2_STATUS_KIND, L2_STATUS_RESOURCE, SERVICE_NAME_LABEL
 
 if TYPE_CHECKING:
@@ -51,21 +52,6 @@ KINDS: Mapping[str, str] = {
 LIMIT = 100
 """More offenders than this is no odd object but a defect every object meets: the sync
 fails (and says so) rather than leaving out most of the cluster."""
-
-
-def cache_key(obj: Obj) -> str:
-    """The informers' cache key of an object: ``namespace/name``, or ``name``."""
-    ns, name = namespaced_name(obj)
-    return f"{ns}/{name}" if ns else name
-
-
-def _content(obj: Obj) -> Obj:
-    """What the index reads of an object: all of it but its ``resourceVersion`` (a write
-    the informer's trim leaves no trace of changes that alone)."""
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict) or "resourceVersion" not in meta:
-        return obj
-    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +82,7 @@ class Quarantine:
         held = self._held.get((resource, key))
         if held is None:
             return False
-        if obj is not None and _content(obj) == held.content:
+        if obj is not None and without_resource_version(obj) == held.content:
             return True
         del self._held[(resource, key)]
         log.info("a quarantined object changed or went; it is read again", object=held.what)
@@ -114,7 +100,7 @@ class Quarantine:
     def _without(self, resource: str, objs: Iterable[Obj]) -> Iterator[Obj]:
         seen = set()
         for obj in objs:
-            key = cache_key(obj)
+            key = object_key(obj)
             if self.holds(resource, key, obj):
                 seen.add(key)
             else:
@@ -159,15 +145,15 @@ class Quarantine:
                 try:
                     fresh([node])
                 except Exception as alone:
-                    found.append(self._hold("nodes", cache_key(node), node, alone))
+                    found.append(self._hold("nodes", object_key(node), node, alone))
             if not found:
                 raise
             self._check_limit(exc)
-            nodes = [node for node in nodes if not self.holds("nodes", cache_key(node), node)]
+            nodes = [node for node in nodes if not self.holds("nodes", object_key(node), node)]
             index = fresh(nodes)
         for resource, objs in caches.items():
             for obj in self.without(resource, objs):
-                key = cache_key(obj)
+                key = object_key(obj)
                 try:
                     _feed(index, resource, key, obj)
                 except Exception as exc:
@@ -194,7 +180,9 @@ class Quarantine:
         service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
         if resource == "endpointslices" and isinstance(service, str) and service:
             ref = ObjectRef("Service", ns, service)
-        offender = Offender(resource, key, _content(obj), ref, what, f"{type(exc).__name__}: {exc}"[:300])
+        offender = Offender(
+            resource, key, without_resource_version(obj), ref, what, f"{type(exc).__name__}: {exc}"[:300]
+        )
         self._held[(resource, key)] = offender
         log.error(
             "the index failed on an object; it is left out until it changes",

@@ -160,7 +160,9 @@ def _resource_version(obj: Any) -> str:
     return str(meta.get("resourceVersion") or "") if isinstance(meta, dict) else ""
 
 
-def _without_rv(obj: Obj) -> Obj:
+def without_resource_version(obj: Obj) -> Obj:
+    """The object but its ``resourceVersion``, which every write changes: what a reader of
+    it sees (equal before and after a write that changed nothing else)."""
     meta = obj.get("metadata")
     if not isinstance(meta, dict) or "resourceVersion" not in meta:
         return obj
@@ -596,7 +598,7 @@ class Informer:
                 self.resource_version = version
             # Level-triggered consumers only need a wake-up when something they could
             # read changed; equality ignores the version, which always changes.
-            if old is None or _without_rv(old) != _without_rv(new):
+            if old is None or without_resource_version(old) != without_resource_version(new):
                 self._notify(key)
         elif kind == "DELETED":
             key = object_key(obj)
