@@ -340,15 +340,16 @@ class PodNatIndex:
             dirty_pods.update(self._infos)
         for ip in recheck:
             dirty_pods.update(all_of(self._by_ip.get(ip)))
-        if externals:
+        ports = set(ports)
+        if ports or externals:
+            # Pods with an entry on a port that moved, or on an explicit srcIP whose claim did.
             dirty_pods.update(
                 key
                 for key, info in self._infos.items()
-                if any(e.src_ip is not None and str(e.src_ip) in externals for e in info.entries)
-            )
-        if ports := set(ports):
-            dirty_pods.update(
-                key for key, info in self._infos.items() if any((e.protocol, e.src_port) in ports for e in info.entries)
+                if any(
+                    (e.protocol, e.src_port) in ports or (e.src_ip is not None and str(e.src_ip) in externals)
+                    for e in info.entries
+                )
             )
         dirty: set[RouteKey] = set()
         for key in dirty_pods:
