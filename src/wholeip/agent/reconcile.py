@@ -241,6 +241,16 @@ class Snapshot:
     l2_statuses: Iterable[dict[str, Any]] = ()
     """MetalLB's ServiceL2Status objects (none where the server has no such API)."""
 
+    def by_resource(self) -> dict[str, Iterable[dict[str, Any]]]:
+        """The objects the index takes one by one, under their informers' resource names
+        (the names :class:`~wholeip.agent.quarantine.Quarantine` holds them by)."""
+        return {
+            "services": self.services,
+            "endpointslices": self.endpoint_slices,
+            "pods": self.pods,
+            L2_STATUS_RESOURCE: self.l2_statuses,
+        }
+
 
 Offload = Callable[..., Awaitable[Any]]
 
@@ -587,16 +597,16 @@ class Syncer:
             )
 
     def _rebuild(self, snap: Snapshot) -> ClusterIndex:
-        held = self.quarantine.without
+        held = {resource: self.quarantine.without(resource, objs) for resource, objs in snap.by_resource().items()}
         index = load_unique(
-            services=held("services", snap.services),
-            endpoint_slices=held("endpointslices", snap.endpoint_slices),
-            nodes=held("nodes", snap.nodes),
+            services=held["services"],
+            endpoint_slices=held["endpointslices"],
+            nodes=self.quarantine.without("nodes", snap.nodes),
             node_name=self.node_name,
             settings=effective_model(self.model, snap.service_cidrs),
             table=self.table,
-            pods=held("pods", snap.pods),
-            l2_statuses=held(L2_STATUS_RESOURCE, snap.l2_statuses),
+            pods=held["pods"],
+            l2_statuses=held[L2_STATUS_RESOURCE],
         )
         _keep_long()
         return index
@@ -629,13 +639,9 @@ class Syncer:
         def fresh(nodes: Sequence[dict[str, Any]]) -> ClusterIndex:
             return ClusterIndex(settings=settings, node_name=self.node_name, nodes=nodes, table=self.table)
 
-        caches = {
-            "services": again.services,
-            "endpointslices": again.endpoint_slices,
-            "pods": again.pods,
-            L2_STATUS_RESOURCE: again.l2_statuses,
-        }
-        found, scan_cpu = await self._offload(_with_cpu, lambda: self.quarantine.scan(caches, again.nodes, fresh))
+        found, scan_cpu = await self._offload(
+            _with_cpu, lambda: self.quarantine.scan(again.by_resource(), again.nodes, fresh)
+        )
         if not found:
             raise failure
         latest = self._snapshot()
