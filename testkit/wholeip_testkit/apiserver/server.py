@@ -540,7 +540,7 @@ class ApiServer:
     async def _get(self, request: web.Request, t: _Target) -> web.StreamResponse:
         assert t.name is not None
         obj = _in_version(self.store.get(t.rtype, t.name, t.namespace), t.rtype)
-        version = tables.wanted(request.headers.get("Accept", ""))
+        version = _table_version(request)
         if version is not None:
             meta = {"resourceVersion": str(obj.get("metadata", {}).get("resourceVersion", ""))}
             return _json(self._table(request, t.rtype, [obj], meta, version))
@@ -557,10 +557,7 @@ class ApiServer:
         headers: bool = True,
     ) -> Obj:
         """The Table a ``kubectl get`` asked for (see :mod:`.tables`)."""
-        include = request.query.get("includeObject")
-        if include not in (None, "None", "Metadata", "Object"):
-            raise BadRequest(f"unrecognized includeObject value: {include!r}")
-        return tables.table(rtype, objs, meta=meta, version=version, include=include, headers=headers)
+        return tables.table(rtype, objs, meta=meta, version=version, include=_include(request), headers=headers)
 
     def _selector(self, request: web.Request, t: _Target) -> Selector:
         return Selector.parse(
@@ -609,7 +606,7 @@ class ApiServer:
             last = items[-1]["metadata"]
             meta["continue"] = _encode_continue(list_rv, (last.get("namespace", ""), last["name"]))
             meta["remainingItemCount"] = remaining
-        version = tables.wanted(request.headers.get("Accept", ""))
+        version = _table_version(request)
         if version is not None:
             return _json(self._table(request, t.rtype, items, meta, version))
         for item in items:
@@ -641,8 +638,8 @@ class ApiServer:
             raise BadRequest(
                 "sendInitialEvents is forbidden for watch unless resourceVersionMatch is set to NotOlderThan"
             )
-        if tables.wanted(request.headers.get("Accept", "")) is not None:
-            self._table(request, t.rtype, [], {}, "v1")  # (refuses a bad includeObject before the stream)
+        if _table_version(request) is not None:
+            _include(request)  # (a bad value is refused before the stream starts)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -676,7 +673,7 @@ class ApiServer:
         store = self.store
         now = time.monotonic()
         deadline = now + timeout_seconds if timeout_seconds is not None else None
-        as_table = tables.wanted(watch.request.headers.get("Accept", ""))
+        as_table = _table_version(watch.request)
         headers = [True]  # (a Table's column definitions go with the first event only)
 
         async def send(type_: str, obj: Obj) -> None:
@@ -882,6 +879,19 @@ class ApiServer:
                 "items": deleted,
             }
         )
+
+
+def _table_version(request: web.Request) -> str | None:
+    """The ``meta.k8s.io`` version of the Table the request asks for first, if it does."""
+    return tables.wanted(request.headers.get("Accept", ""))
+
+
+def _include(request: web.Request) -> str | None:
+    """The request's ``includeObject`` (None: the default), refused when it is no such value."""
+    include = request.query.get("includeObject")
+    if include not in (None, "None", "Metadata", "Object"):
+        raise BadRequest(f"unrecognized includeObject value: {include!r}")
+    return include
 
 
 ALLOWED = "the API server double authorizes every request (as --authorization-mode=AlwaysAllow does)"
