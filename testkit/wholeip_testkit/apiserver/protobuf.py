@@ -103,11 +103,13 @@ _BINDING: Schema = {
     ),
     3: ("roleRef", {1: ("apiGroup", "string"), 2: ("kind", "string"), 3: ("name", "string")}),
 }
+_ROLE: Schema = {1: ("metadata", _OBJECT_META), 2: ("rules", [_POLICY_RULE])}
+"""A Role or a ClusterRole (whose aggregationRule, 3, kubectl create does not send)."""
 _RBAC = "rbac.authorization.k8s.io/v1"
 SCHEMAS: dict[tuple[str, str], Schema] = {
     # (kubectl create role, clusterrole, rolebinding, clusterrolebinding, serviceaccount)
-    (_RBAC, "Role"): {1: ("metadata", _OBJECT_META), 2: ("rules", [_POLICY_RULE])},
-    (_RBAC, "ClusterRole"): {1: ("metadata", _OBJECT_META), 2: ("rules", [_POLICY_RULE])},
+    (_RBAC, "Role"): _ROLE,
+    (_RBAC, "ClusterRole"): _ROLE,
     (_RBAC, "RoleBinding"): _BINDING,
     (_RBAC, "ClusterRoleBinding"): _BINDING,
     ("v1", "ServiceAccount"): {
