@@ -184,10 +184,10 @@ def _service_ports(obj: Obj, now: datetime.datetime) -> Cell:
 
 SERVICE = (
     NAME,
-    Column("Type", lambda o, n: str(_get(o, "spec", "type") or "ClusterIP"), description="The type of the service."),
+    Column("Type", _text("spec", "type", default="ClusterIP"), description="The type of the service."),
     Column(
         "Cluster-IP",
-        lambda o, n: str(_get(o, "spec", "clusterIP") or "<none>"),
+        _text("spec", "clusterIP"),
         description="The IP address of the service.",
     ),
     Column("External-IP", _service_external, description="The external IP address of the service."),
@@ -325,7 +325,7 @@ def _slice_endpoints(obj: Obj, now: datetime.datetime) -> Cell:
 
 ENDPOINT_SLICE = (
     NAME,
-    Column("AddressType", lambda o, n: str(o.get("addressType") or ""), description="The IP protocol for this slice"),
+    Column("AddressType", _text("addressType", default=""), description="The IP protocol for this slice"),
     Column("Ports", _slice_ports, description="Ports in this slice"),
     Column("Endpoints", _slice_endpoints, description="Endpoints in this slice"),
     AGE,
@@ -365,18 +365,18 @@ EVENT = (
     Column("Last Seen", _event_last_seen, description="Time when last occurrence of this event was observed."),
     Column(
         "Type",
-        lambda o, n: str(o.get("type") or ""),
+        _text("type", default=""),
         description="Type of this event (Normal, Warning), new types could be added in the future.",
     ),
     Column(
         "Reason",
-        lambda o, n: str(o.get("reason") or ""),
+        _text("reason", default=""),
         description="Why the event was generated, short and machine understandable.",
     ),
     Column("Object", _event_object, description="The object that this event is about."),
     Column(
         "Subobject",
-        lambda o, n: str(_get(o, "involvedObject", "fieldPath") or ""),
+        _text("involvedObject", "fieldPath", default=""),
         priority=1,
         description="The subobject that this event is about.",
     ),
@@ -456,7 +456,7 @@ COLUMNS: dict[str, Sequence[Column]] = {
         NAME,
         Column(
             "Status",
-            lambda o, n: str(_get(o, "status", "phase") or "Active"),
+            _text("status", "phase", default="Active"),
             description="The status of the namespace",
         ),
         AGE,
@@ -492,9 +492,7 @@ COLUMNS: dict[str, Sequence[Column]] = {
     ),
     "leases.coordination.k8s.io": (
         NAME,
-        Column(
-            "Holder", lambda o, n: str(_get(o, "spec", "holderIdentity") or ""), description="The holder of the lease."
-        ),
+        Column("Holder", _text("spec", "holderIdentity", default=""), description="The holder of the lease."),
         AGE,
     ),
     "secrets": (
