@@ -39,7 +39,6 @@ from wholeip.core.objects import (
     EndpointsInfo,
     RawObject,
     SliceEndpoint,
-    namespaced_name,
     parse_delegated_service,
 )
 from wholeip.core.ruleset import GENERATIONS, rec_chain, slot_count, timeout_class
@@ -678,8 +677,3 @@ def _frontend_order(f: Frontend) -> tuple[int, tuple[int, int], str, int]:
 def delegated_elements(fronts: Iterable[Frontend]) -> list[tuple[str, Elem]]:
     """Every front-end's elements (a full build)."""
     return [item for f in fronts for item in frontend_elements(f)]
-
-
-def slice_key(obj: RawObject) -> str:
-    ns, name = namespaced_name(obj)
-    return f"{ns}/{name}" if ns else name
